@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: `make demo` renders the example offline, `make test` runs the suite.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/scenecast/v1/*.proto)
+
+.PHONY: install protos demo serve test clean
+
+install: $(VENV)/.installed
+
+# The venv is rebuilt when the dependencies change; gen/ must exist first because it is installed as a package.
+$(VENV)/.installed: pyproject.toml gen/.stamp
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet 'grpcio-tools==1.85.*'
+
+protos: gen/.stamp
+
+gen/.stamp: $(PROTOS) $(VENV)/bin/python
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch gen/scenecast/__init__.py gen/scenecast/v1/__init__.py $@
+
+# Starts the five services on loopback, renders the example script, stops the services.
+demo: install
+	mkdir -p out
+	$(VENV)/bin/scenecast render examples/safety-ladder.yaml -o out/demo.mp4 --start-services
+
+# Runs the five services in the foreground until Ctrl-C.
+serve: install
+	$(VENV)/bin/scenecast serve
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf gen out $(VENV)

@@ -1,0 +1,64 @@
+"""Caption files: styled ASS per scene for libass to burn in, and SRT for the soft subtitle track."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pysubs2
+
+from services.assembler.plan import (
+    CAPTION_SIDE_MARGIN_RATIO,
+    ScenePlan,
+    caption_font_size,
+)
+from services.common.output import OutputFormat
+
+CAPTION_FONT = "DejaVu Sans"
+# Distance of the caption's baseline block from the bottom edge, relative to the frame height (title-safe).
+_BOTTOM_MARGIN_RATIO = 0.06
+
+
+def ass_text(text: str) -> str:
+    """Makes plain text safe as ASS event text: braces would open override blocks, backslashes start tags."""
+    return text.replace("\\", "\u29f5").replace("{", "\uff5b").replace("}", "\uff5d").replace("\n", " ")
+
+
+def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:
+    """Writes the scene's cues as ASS whose script resolution equals the output, so sizes are in output pixels."""
+    subs = pysubs2.SSAFile()
+    subs.info["PlayResX"] = str(output.width)
+    subs.info["PlayResY"] = str(output.height)
+    subs.info["WrapStyle"] = "0"
+    size = caption_font_size(output)
+    subs.styles["Default"] = pysubs2.SSAStyle(
+        fontname=CAPTION_FONT,
+        fontsize=size,
+        bold=True,
+        primarycolor=pysubs2.Color(255, 255, 255),
+        outlinecolor=pysubs2.Color(0, 0, 0),
+        backcolor=pysubs2.Color(0, 0, 0, 96),
+        outline=max(1.0, size * 0.09),
+        shadow=max(1.0, size * 0.05),
+        alignment=pysubs2.Alignment.BOTTOM_CENTER,
+        marginl=round(output.width * CAPTION_SIDE_MARGIN_RATIO),
+        marginr=round(output.width * CAPTION_SIDE_MARGIN_RATIO),
+        marginv=round(output.height * _BOTTOM_MARGIN_RATIO),
+    )
+    for cue in plan.cues:
+        subs.append(pysubs2.SSAEvent(start=cue.start_ms, end=cue.end_ms, text=ass_text(cue.text)))
+    subs.save(str(path), format_="ass")
+
+
+def write_srt(plans: Sequence[ScenePlan], path: Path) -> None:
+    """Writes every cue on the video's timeline (scene starts are the sums of the scenes' frame-exact lengths)."""
+    subs = pysubs2.SSAFile()
+    offset_frames = 0
+    for plan in plans:
+        offset_ms = round(offset_frames * 1000 / plan.fps)
+        for cue in plan.cues:
+            event = pysubs2.SSAEvent(start=offset_ms + cue.start_ms, end=offset_ms + cue.end_ms)
+            event.plaintext = cue.text
+            subs.append(event)
+        offset_frames += plan.frames
+    subs.save(str(path), format_="srt")

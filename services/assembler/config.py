@@ -1,0 +1,36 @@
+"""Assembler settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AssemblerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # host:port to listen on; port 0 picks a free one.
+    listen_address: str = "127.0.0.1:50054"
+    # Where per-call working folders are made (removed when the call ends); empty means the system temp dir.
+    assembler_tmp_dir: str = ""
+    # Silence before the narration starts in each scene, in milliseconds.
+    scene_lead_ms: int = 300
+    # Time the picture stays after the narration ends, in milliseconds.
+    scene_tail_ms: int = 500
+    # Fade in and out of each scene, in milliseconds (capped at a third of the scene).
+    fade_ms: int = 400
+    # Most scenes one assembly may have.
+    max_scenes: int = 200
+    # Largest asset accepted, in bytes.
+    max_asset_bytes: int = 512 * 1024 * 1024
+    # Scene segments encoded at the same time; 0 means the number of cores.
+    encode_concurrency: int = 0
+    # Longest one FFmpeg run may take, in seconds.
+    ffmpeg_timeout_seconds: float = 900.0
+    # Seconds running calls get to finish after SIGTERM.
+    shutdown_grace_seconds: float = 20.0
+
+    @property
+    def encoders(self) -> int:
+        return self.encode_concurrency or os.cpu_count() or 1

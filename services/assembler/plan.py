@@ -1,0 +1,109 @@
+"""Timing of the finished video, worked out before any encoding: scene lengths in frames and caption cues."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from services.common.output import OutputFormat
+
+# Caption text height relative to the frame's short side; readable on a phone and on a TV.
+CAPTION_SIZE_RATIO = 0.055
+# Side margins of captions relative to the frame width (inside the title-safe area).
+CAPTION_SIDE_MARGIN_RATIO = 0.06
+# Average advance of a DejaVu Sans glyph relative to its font size; used to cut cues that fit in two lines.
+_AVERAGE_GLYPH_WIDTH = 0.55
+CAPTION_MAX_LINES = 2
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A caption shown from `start_ms` to `end_ms`, relative to its scene's start."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class SpokenText:
+    """A sentence (or word) of narration with its timing relative to the start of the narration audio."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    index: int
+    frames: int
+    fps: int
+    lead_ms: int
+    cues: tuple[Cue, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps
+
+    @property
+    def duration_ms(self) -> int:
+        return round(self.frames * 1000 / self.fps)
+
+
+def caption_font_size(output: OutputFormat) -> int:
+    return max(12, round(min(output.width, output.height) * CAPTION_SIZE_RATIO))
+
+
+def caption_line_chars(output: OutputFormat) -> int:
+    """How many average characters fit on one caption line."""
+    usable = output.width * (1 - 2 * CAPTION_SIDE_MARGIN_RATIO)
+    return max(8, int(usable / (caption_font_size(output) * _AVERAGE_GLYPH_WIDTH)))
+
+
+def plan_scene(
+    index: int,
+    narration_ms: int,
+    spoken: list[SpokenText],
+    output: OutputFormat,
+    lead_ms: int,
+    tail_ms: int,
+) -> ScenePlan:
+    """Lays out one scene: lead-in silence, the narration, a tail, rounded up to whole frames."""
+    frames = math.ceil((lead_ms + narration_ms + tail_ms) * output.fps / 1000)
+    cues: list[Cue] = []
+    if output.captions:
+        max_chars = caption_line_chars(output) * CAPTION_MAX_LINES
+        for part in spoken:
+            for cue in split_cue(part, max_chars):
+                cues.append(Cue(cue.text, cue.start_ms + lead_ms, cue.end_ms + lead_ms))
+    return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=tuple(cues))
+
+
+def split_cue(part: SpokenText, max_chars: int) -> list[SpokenText]:
+    """Cuts a sentence into cues of at most `max_chars` at word boundaries, sharing its time by character count."""
+    words = part.text.split()
+    # Aim for equal pieces, so a long sentence does not end with a one-word orphan cue.
+    target = len(part.text) / max(1, math.ceil(len(part.text) / max_chars))
+    pieces: list[str] = []
+    current = ""
+    for word in words:
+        candidate = f"{current} {word}" if current else word
+        if current and (len(candidate) > max_chars or len(current) >= target):
+            pieces.append(current)
+            current = word
+        else:
+            current = candidate
+    if current:
+        pieces.append(current)
+    total_chars = sum(len(piece) for piece in pieces) or 1
+    span = part.end_ms - part.start_ms
+    cues: list[SpokenText] = []
+    start = part.start_ms
+    done_chars = 0
+    for piece in pieces:
+        done_chars += len(piece)
+        end = part.start_ms + round(span * done_chars / total_chars)
+        cues.append(SpokenText(piece, start, end))
+        start = end
+    return cues

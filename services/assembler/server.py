@@ -1,0 +1,27 @@
+"""Assembler bootstrap."""
+
+from __future__ import annotations
+
+import grpc
+from scenecast.v1 import assembler_service_pb2, assembler_service_pb2_grpc
+
+from services.assembler.config import AssemblerSettings
+from services.assembler.servicer import AssemblerServicer
+from services.common.server import Server, build_server, run
+
+SERVICE_NAME = assembler_service_pb2.DESCRIPTOR.services_by_name["AssemblerService"].full_name
+
+
+def build(settings: AssemblerSettings) -> Server:
+    servicer = AssemblerServicer(settings)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        assembler_service_pb2_grpc.add_AssemblerServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return build_server(settings.listen_address, register)
+
+
+def main() -> None:
+    settings = AssemblerSettings()
+    run(lambda: build(settings), settings.shutdown_grace_seconds)

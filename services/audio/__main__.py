@@ -1,0 +1,5 @@
+"""`python -m services.audio` runs the audio service."""
+
+from services.audio.server import main
+
+main()

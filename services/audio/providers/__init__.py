@@ -1,0 +1,14 @@
+"""Speech providers, keyed by the name used in TTS_PROVIDER and in requests."""
+
+from __future__ import annotations
+
+from services.audio.providers.base import SpeechProvider
+from services.audio.providers.piper import PiperProvider
+from services.common.providers import ProviderRegistry
+
+# Adding a provider is one module and one line here.
+_PROVIDERS = (PiperProvider,)
+
+
+def build_registry(default: str) -> ProviderRegistry[SpeechProvider]:
+    return ProviderRegistry(_PROVIDERS, default, "TTS_PROVIDER")

@@ -1,0 +1,31 @@
+"""Audio service bootstrap."""
+
+from __future__ import annotations
+
+import grpc
+from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc
+
+from services.audio.config import AudioSettings
+from services.audio.providers import build_registry
+from services.audio.servicer import AudioServicer
+from services.common.server import Server, build_server, run
+
+SERVICE_NAME = audio_service_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name
+
+
+def build(settings: AudioSettings) -> Server:
+    registry = build_registry(settings.tts_provider)
+    if registry.default:
+        registry.get("", "TTS_PROVIDER")  # warm-up: load the default voice before reporting SERVING
+    servicer = AudioServicer(registry)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        audio_service_pb2_grpc.add_AudioServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return build_server(settings.listen_address, register)
+
+
+def main() -> None:
+    settings = AudioSettings()
+    run(lambda: build(settings), settings.shutdown_grace_seconds)

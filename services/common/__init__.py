@@ -1,0 +1,1 @@
+"""Code every scenecast service shares: bootstrap, errors, chunking, media probing, FFmpeg runs."""

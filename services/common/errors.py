@@ -1,0 +1,92 @@
+"""Domain errors, and the one place where they become gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ScenecastError(Exception):
+    """An error whose message is written for the caller: it names the field or cause and the fix."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ScenecastError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(ScenecastError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class MissingCredential(FailedPrecondition):
+    """A provider needs an environment variable that is not set."""
+
+    def __init__(self, variable: str, provider: str) -> None:
+        super().__init__(f"provider '{provider}' needs the environment variable {variable}; set it on the service")
+
+
+class ProviderUnavailable(ScenecastError):
+    """A provider failed in a way that may succeed on a later attempt."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class QuotaExceeded(ScenecastError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class MediaError(ScenecastError):
+    """Media could not be processed (FFmpeg failed on input that passed validation)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def grpc_errors(method: Method) -> Method:
+    """Turns domain errors raised by a servicer method (unary or streaming) into gRPC statuses.
+
+    Unexpected exceptions are logged with their traceback and reported as INTERNAL without internals.
+    """
+
+    async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+        if isinstance(error, ScenecastError):
+            _LOGGER.info("%s: %s %s", method.__qualname__, error.code.name, error)
+            await context.abort(error.code, str(error))
+        _LOGGER.exception("%s failed", method.__qualname__, exc_info=error)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__qualname__}; see service logs")
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except Exception as error:  # noqa: BLE001 - mapped to a status in one place
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                await abort(context, error)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as error:  # noqa: BLE001 - mapped to a status in one place
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await abort(context, error)
+
+    return unary_wrapper  # type: ignore[return-value]

@@ -1,0 +1,104 @@
+"""Probing media with PyAV (the FFmpeg wheel ships no ffprobe) and running FFmpeg as a killable subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import imageio_ffmpeg
+
+from services.common.errors import InvalidArgument, MediaError
+
+_LOGGER = logging.getLogger(__name__)
+
+_STDERR_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a file holds, read from its streams."""
+
+    has_video: bool
+    has_audio: bool
+    width: int
+    height: int
+    sample_rate: int
+    duration_ms: int
+    codec: str
+
+
+def probe(source: Path | BinaryIO, field: str) -> MediaInfo:
+    """Reads a media file's streams; the duration is decoded from the audio when there is audio.
+
+    Raises InvalidArgument naming `field` when the bytes are not media FFmpeg can read.
+    """
+    try:
+        with av.open(str(source) if isinstance(source, Path) else source) as container:
+            video = next(iter(container.streams.video), None)
+            audio = next(iter(container.streams.audio), None)
+            if video is None and audio is None:
+                raise InvalidArgument(f"{field}: the file has no audio or video stream")
+            duration_ms = _decoded_duration_ms(container, audio) if audio is not None else _video_duration_ms(
+                container, video
+            )
+            width = video.codec_context.width if video is not None else 0
+            height = video.codec_context.height if video is not None else 0
+            if video is not None and (width <= 0 or height <= 0):
+                raise InvalidArgument(f"{field}: the picture has no size")
+            return MediaInfo(
+                has_video=video is not None,
+                has_audio=audio is not None,
+                width=width,
+                height=height,
+                sample_rate=audio.codec_context.sample_rate if audio is not None else 0,
+                duration_ms=duration_ms,
+                codec=(video or audio).codec_context.name,
+            )
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as error:
+        raise InvalidArgument(f"{field}: not a readable image, audio or video file ({error})") from error
+
+
+def _decoded_duration_ms(container: av.container.InputContainer, stream: av.AudioStream) -> int:
+    # Container headers lie (VBR MP3, truncated WAV); counting decoded samples does not.
+    samples = 0
+    for frame in container.decode(stream):
+        samples += frame.samples
+    if samples == 0:
+        raise InvalidArgument("audio decodes to no samples")
+    return round(samples * 1000 / stream.codec_context.sample_rate)
+
+
+def _video_duration_ms(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    if stream.duration is not None and stream.time_base is not None:
+        return round(float(stream.duration * stream.time_base) * 1000)
+    if container.duration is not None:
+        return round(container.duration / 1000)
+    return 0
+
+
+def ffmpeg_exe() -> str:
+    """The FFmpeg binary shipped in the imageio-ffmpeg wheel (libx264, libass, AAC included)."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+async def run_ffmpeg(argv: list[str], timeout_seconds: float) -> None:
+    """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and reports stderr's tail on failure."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout_seconds)
+    except BaseException:
+        # Cancellation, timeout or anything else: never leave an FFmpeg process behind.
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    if process.returncode != 0:
+        tail = stderr.decode("utf-8", "replace")[-_STDERR_TAIL_CHARS:]
+        _LOGGER.warning("ffmpeg failed (%d): %s\n%s", process.returncode, " ".join(argv), tail)
+        raise MediaError(f"ffmpeg exited with {process.returncode}: {tail.strip().splitlines()[-1] if tail else ''}")

@@ -1,0 +1,90 @@
+"""Bootstrap every service the same way: health, reflection, SERVING after warm-up, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+_LOGGER = logging.getLogger(__name__)
+
+# Far above the ~256 KiB chunks, so only a misbehaving client hits it.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Server:
+    """A built but not yet started gRPC server and the port it bound (the real one when asked for port 0)."""
+
+    grpc_server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stops taking new calls at once and gives running calls `grace_seconds` to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace_seconds)
+
+
+def build_server(address: str, register: Callable[[grpc.aio.Server], Sequence[str]]) -> Server:
+    """Creates a server with health and reflection; `register` adds the servicers and returns their full names."""
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    service_names = tuple(register(grpc_server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        grpc_server,
+    )
+    port = grpc_server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    return Server(grpc_server, port, health_servicer, service_names)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def serve_until_signal(build: Callable[[], Server], grace_seconds: float) -> None:
+    """Runs a server until SIGTERM or SIGINT, then drains it (grace shorter than Kubernetes' termination grace).
+
+    `build` runs inside the event loop because grpc.aio servers belong to the loop that creates them.
+    """
+    server = build()
+    await server.start()
+    _LOGGER.info("serving %s on port %d", ", ".join(server.service_names), server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    _LOGGER.info("draining for up to %.1f s", grace_seconds)
+    await server.stop(grace_seconds)
+
+
+def run(build: Callable[[], Server], grace_seconds: float) -> None:
+    """Entry point used by each service's `python -m` module."""
+    configure_logging()
+    asyncio.run(serve_until_signal(build, grace_seconds))

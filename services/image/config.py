@@ -1,0 +1,16 @@
+"""Image service settings, read once from the environment."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ImageSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # host:port to listen on; port 0 picks a free one.
+    listen_address: str = "127.0.0.1:50051"
+    # Provider used when a request names none.
+    image_provider: str = "slides"
+    # Seconds running calls get to finish after SIGTERM.
+    shutdown_grace_seconds: float = 5.0

@@ -1,0 +1,41 @@
+"""What an image provider takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from services.common.providers import ProviderDescription, Quality
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One scene's image request, in plain values."""
+
+    prompt: str
+    title: str
+    scene_index: int
+    width: int
+    height: int
+    quality: Quality
+    render_id: str = ""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """An encoded image at exactly the job's width and height."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+    model: str
+    estimated_cost_usd: float = 0.0
+
+
+class ImageProvider(Protocol):
+    description: ClassVar[ProviderDescription]
+
+    async def generate(self, job: ImageJob) -> ImageResult:
+        """Makes the image; raises services.common.errors domain errors on failure."""
+        ...

@@ -1,0 +1,28 @@
+"""Image service bootstrap."""
+
+from __future__ import annotations
+
+import grpc
+from scenecast.v1 import image_service_pb2, image_service_pb2_grpc
+
+from services.common.server import Server, build_server, run
+from services.image.config import ImageSettings
+from services.image.providers import build_registry
+from services.image.servicer import ImageServicer
+
+SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+
+
+def build(settings: ImageSettings) -> Server:
+    servicer = ImageServicer(build_registry(settings.image_provider))
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return build_server(settings.listen_address, register)
+
+
+def main() -> None:
+    settings = ImageSettings()
+    run(lambda: build(settings), settings.shutdown_grace_seconds)

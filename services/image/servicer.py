@@ -1,0 +1,67 @@
+"""ImageService: translates requests to ImageJobs and results to metadata plus chunks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
+
+from services.common.chunks import iter_chunks
+from services.common.convert import provider_set
+from services.common.errors import InvalidArgument, grpc_errors
+from services.common.output import output_format
+from services.common.providers import ProviderRegistry
+from services.common.text import checked_text
+from services.image.providers.base import ImageJob, ImageProvider
+
+MAX_PROMPT_CHARS = 4000
+MAX_TITLE_CHARS = 200
+
+
+class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
+    def __init__(self, registry: ProviderRegistry[ImageProvider]) -> None:
+        self._registry = registry
+
+    @grpc_errors
+    async def GenerateImage(
+        self, request: image_service_pb2.GenerateImageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[image_service_pb2.GenerateImageResponse]:
+        output = output_format(request.output)
+        prompt = checked_text(request.scene.visual_prompt, "scene.visual_prompt", MAX_PROMPT_CHARS, required=False)
+        title = checked_text(request.scene.title, "scene.title", MAX_TITLE_CHARS, required=False)
+        if not prompt and not title:
+            raise InvalidArgument("scene.visual_prompt and scene.title are both empty; give at least one")
+        name, provider = self._registry.get(request.provider, "provider")
+        result = await provider.generate(
+            ImageJob(
+                prompt=prompt,
+                title=title,
+                scene_index=request.scene_index,
+                width=output.width,
+                height=output.height,
+                quality=output.quality,
+                render_id=request.render_id,
+            )
+        )
+        yield image_service_pb2.GenerateImageResponse(
+            metadata=types_pb2.AssetMetadata(
+                mime_type=result.mime_type,
+                size_bytes=len(result.data),
+                width=result.width,
+                height=result.height,
+                provider=name,
+                model=result.model,
+                estimated_cost_usd=result.estimated_cost_usd,
+            )
+        )
+        for chunk in iter_chunks(result.data):
+            yield image_service_pb2.GenerateImageResponse(chunk=chunk)
+
+    @grpc_errors
+    async def ListImageProviders(
+        self, request: image_service_pb2.ListImageProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> image_service_pb2.ListImageProvidersResponse:
+        return image_service_pb2.ListImageProvidersResponse(
+            providers=provider_set(types_pb2.MEDIA_KIND_IMAGE, self._registry)
+        )

@@ -1,0 +1,5 @@
+"""`python -m services.video` runs the video service."""
+
+from services.video.server import main
+
+main()

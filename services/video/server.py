@@ -1,0 +1,28 @@
+"""Video service bootstrap."""
+
+from __future__ import annotations
+
+import grpc
+from scenecast.v1 import video_service_pb2, video_service_pb2_grpc
+
+from services.common.server import Server, build_server, run
+from services.video.config import VideoSettings
+from services.video.providers import build_registry
+from services.video.servicer import VideoServicer
+
+SERVICE_NAME = video_service_pb2.DESCRIPTOR.services_by_name["VideoService"].full_name
+
+
+def build(settings: VideoSettings) -> Server:
+    servicer = VideoServicer(build_registry(settings.video_provider), settings)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        video_service_pb2_grpc.add_VideoServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return build_server(settings.listen_address, register)
+
+
+def main() -> None:
+    settings = VideoSettings()
+    run(lambda: build(settings), settings.shutdown_grace_seconds)
