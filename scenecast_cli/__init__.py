@@ -1,0 +1,1 @@
+"""The `scenecast` command: render a script through the gateway, show the configuration, run a local stack."""

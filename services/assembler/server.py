@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from scenecast.v1 import assembler_service_pb2, assembler_service_pb2_grpc
 
 from services.assembler.config import AssemblerSettings
@@ -15,11 +14,7 @@ SERVICE_NAME = assembler_service_pb2.DESCRIPTOR.services_by_name["AssemblerServi
 def build(settings: AssemblerSettings) -> Server:
     servicer = AssemblerServicer(settings)
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        assembler_service_pb2_grpc.add_AssemblerServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    return build_server(settings.listen_address, register)
+    return build_server(settings.listen_address, servicer, assembler_service_pb2_grpc.add_AssemblerServiceServicer_to_server, SERVICE_NAME)
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc
 
 from services.audio.config import AudioSettings
@@ -19,11 +18,7 @@ def build(settings: AudioSettings) -> Server:
         registry.get("", "TTS_PROVIDER")  # warm-up: load the default voice before reporting SERVING
     servicer = AudioServicer(registry)
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        audio_service_pb2_grpc.add_AudioServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    return build_server(settings.listen_address, register)
+    return build_server(settings.listen_address, servicer, audio_service_pb2_grpc.add_AudioServiceServicer_to_server, SERVICE_NAME)
 
 
 def main() -> None:

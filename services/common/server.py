@@ -6,8 +6,9 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,15 +40,19 @@ class Server:
         await self.grpc_server.stop(grace_seconds)
 
 
-def build_server(address: str, register: Callable[[grpc.aio.Server], Sequence[str]]) -> Server:
-    """Creates a server with health and reflection; `register` adds the servicers and returns their full names."""
+def build_server(
+    address: str, servicer: object, add_to_server: Callable[[Any, grpc.aio.Server], None], service_name: str
+) -> Server:
+    """Creates a server for one servicer (`add_to_server` is the generated `add_XxxServicer_to_server`), with health
+    and reflection."""
     grpc_server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
-    service_names = tuple(register(grpc_server))
+    add_to_server(servicer, grpc_server)
+    service_names = (service_name,)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc
 
 from services.common.server import Server, build_server, run
@@ -16,11 +15,7 @@ SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].ful
 def build(settings: ImageSettings) -> Server:
     servicer = ImageServicer(build_registry(settings.image_provider))
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    return build_server(settings.listen_address, register)
+    return build_server(settings.listen_address, servicer, image_service_pb2_grpc.add_ImageServiceServicer_to_server, SERVICE_NAME)
 
 
 def main() -> None:

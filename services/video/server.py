@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from scenecast.v1 import video_service_pb2, video_service_pb2_grpc
 
 from services.common.server import Server, build_server, run
@@ -16,11 +15,7 @@ SERVICE_NAME = video_service_pb2.DESCRIPTOR.services_by_name["VideoService"].ful
 def build(settings: VideoSettings) -> Server:
     servicer = VideoServicer(build_registry(settings.video_provider), settings)
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        video_service_pb2_grpc.add_VideoServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
-
-    return build_server(settings.listen_address, register)
+    return build_server(settings.listen_address, servicer, video_service_pb2_grpc.add_VideoServiceServicer_to_server, SERVICE_NAME)
 
 
 def main() -> None:

@@ -1,0 +1,5 @@
+"""`python -m gateway` runs the gateway (RenderService)."""
+
+from gateway.server import main
+
+main()

@@ -1,0 +1,29 @@
+"""Gateway settings, read once from the environment."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # host:port to listen on; port 0 picks a free one.
+    listen_address: str = "127.0.0.1:50050"
+    # Addresses (gRPC target strings) of the services the gateway calls.
+    image_service_address: str = "127.0.0.1:50051"
+    audio_service_address: str = "127.0.0.1:50052"
+    video_service_address: str = "127.0.0.1:50053"
+    assembler_service_address: str = "127.0.0.1:50054"
+    # Most scenes one render may have.
+    max_scenes: int = 50
+    # Most scenes whose assets are generated at the same time (each scene makes 2-3 provider calls).
+    max_concurrent_scenes: int = 4
+    # Longest one asset call (image, speech or clip) may take, in seconds; cut short by the render's own deadline.
+    asset_timeout_seconds: float = 600.0
+    # Longest a render may take when the caller sets no deadline, in seconds.
+    render_timeout_seconds: float = 3600.0
+    # Clips are asked this much longer than the narration, in milliseconds, to cover the scene's lead-in and tail.
+    clip_extra_ms: int = 1000
+    # Seconds running renders get to finish after SIGTERM.
+    shutdown_grace_seconds: float = 25.0

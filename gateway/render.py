@@ -1,0 +1,286 @@
+"""One render: fans scene asset calls out concurrently, feeds the assembler as scenes complete, relays its output."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from scenecast.v1 import assembler_service_pb2 as assembler_pb
+from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb2, types_pb2, video_service_pb2
+
+from gateway.clients import Downstream
+from gateway.config import GatewaySettings
+from services.common.errors import ProviderUnavailable, ScenecastError
+
+_LOGGER = logging.getLogger(__name__)
+
+_ASSEMBLY_STAGES = {
+    assembler_pb.ASSEMBLY_STAGE_SCENE_ENCODED: render_service_pb2.RENDER_STAGE_SCENE_ENCODED,
+    assembler_pb.ASSEMBLY_STAGE_MUXING: render_service_pb2.RENDER_STAGE_MUXING,
+    assembler_pb.ASSEMBLY_STAGE_DONE: render_service_pb2.RENDER_STAGE_STREAMING,
+}
+
+
+class DownstreamError(ScenecastError):
+    """A service call failed; keeps its status code and says which scene and asset it was for."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Asset:
+    """A received asset: its metadata and its chunks, kept as they came (the bytes are held once)."""
+
+    metadata: types_pb2.AssetMetadata
+    chunks: list[types_pb2.MediaChunk]
+
+
+@dataclass
+class _SceneAssets:
+    image: Asset | None = None
+    narration: Asset | None = None
+    clip: Asset | None = None
+
+    @property
+    def visual(self) -> Asset:
+        visual = self.clip or self.image
+        assert visual is not None
+        return visual
+
+
+@dataclass
+class RenderJob:
+    """Everything one Render call needs; `run` yields RenderResponse messages."""
+
+    render_id: str
+    request: render_service_pb2.RenderRequest
+    use_clips: bool
+    downstream: Downstream
+    settings: GatewaySettings
+    deadline: float
+    _events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    _ready: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    _assets: dict[int, _SceneAssets] = field(default_factory=dict)
+    _reports: dict[int, render_service_pb2.SceneReport] = field(default_factory=dict)
+    _completed_steps: int = 0
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def total_steps(self) -> int:
+        # Per scene: image, speech, maybe a clip, and its encoding.
+        return len(self.request.scenes) * (4 if self.use_clips else 3)
+
+    async def run(self) -> AsyncIterator[render_service_pb2.RenderResponse]:
+        yield self._progress(render_service_pb2.RENDER_STAGE_ACCEPTED, message=f"render {self.render_id} accepted")
+        slots = asyncio.Semaphore(self.settings.max_concurrent_scenes)
+        tasks = [asyncio.create_task(self._guard(self._scene(i, slots))) for i in range(len(self.request.scenes))]
+        call = self.downstream.assembler.Assemble(self._assembler_requests(), timeout=self._timeout(None))
+        tasks.append(asyncio.create_task(self._guard(self._relay(call))))
+        try:
+            while (item := await self._events.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            call.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        """Hands a task's failure to the main loop, which raises it to the caller."""
+        try:
+            await work
+        except Exception as error:  # noqa: BLE001 - re-raised by run()
+            self._events.put_nowait(error)
+
+    def _timeout(self, limit: float | None) -> float:
+        left = max(0.1, self.deadline - time.monotonic())
+        return min(left, limit) if limit else left
+
+    async def _scene(self, index: int, slots: asyncio.Semaphore) -> None:
+        scene = self.request.scenes[index]
+        assets = _SceneAssets()
+        async with slots:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._image(index, assets))
+                group.create_task(self._speech(index, assets))
+            if self.use_clips:
+                await self._clip(index, assets)
+        self._assets[index] = assets
+        cost = sum(a.metadata.estimated_cost_usd for a in (assets.image, assets.narration, assets.clip) if a)
+        report = render_service_pb2.SceneReport(scene_id=scene.id, estimated_cost_usd=cost)
+        report.visual.CopyFrom(assets.visual.metadata)
+        report.narration.CopyFrom(assets.narration.metadata)  # type: ignore[union-attr]
+        report.narration.ClearField("timings")  # the caller has the text; timings would only bloat the summary
+        self._reports[index] = report
+        self._ready.put_nowait(index)
+
+    async def _image(self, index: int, assets: _SceneAssets) -> None:
+        request = image_service_pb2.GenerateImageRequest(
+            render_id=self.render_id,
+            scene_index=index,
+            scene=self.request.scenes[index],
+            output=self.request.output,
+            provider=self.request.providers.image,
+        )
+        call = self.downstream.image.GenerateImage(request, timeout=self._timeout(self.settings.asset_timeout_seconds))
+        assets.image = await self._receive(call, index, "image")
+        self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image)
+
+    async def _speech(self, index: int, assets: _SceneAssets) -> None:
+        request = audio_service_pb2.SynthesizeSpeechRequest(
+            render_id=self.render_id,
+            text=self.request.scenes[index].narration,
+            voice=self.request.voice,
+            quality=self.request.output.quality,
+            provider=self.request.providers.speech,
+        )
+        call = self.downstream.audio.SynthesizeSpeech(
+            request, timeout=self._timeout(self.settings.asset_timeout_seconds)
+        )
+        assets.narration = await self._receive(call, index, "speech")
+        self._asset_ready(index, types_pb2.MEDIA_KIND_SPEECH, assets.narration)
+
+    async def _clip(self, index: int, assets: _SceneAssets) -> None:
+        assert assets.image is not None and assets.narration is not None
+        image = assets.image
+
+        async def requests() -> AsyncIterator[video_service_pb2.GenerateClipRequest]:
+            yield video_service_pb2.GenerateClipRequest(
+                spec=video_service_pb2.ClipSpec(
+                    render_id=self.render_id,
+                    scene_index=index,
+                    scene=self.request.scenes[index],
+                    output=self.request.output,
+                    duration_ms=assets.narration.metadata.duration_ms + self.settings.clip_extra_ms,  # type: ignore[union-attr]
+                    provider=self.request.providers.video,
+                    source_image_mime_type=image.metadata.mime_type,
+                )
+            )
+            for chunk in image.chunks:
+                yield video_service_pb2.GenerateClipRequest(source_image_chunk=chunk)
+
+        call = self.downstream.video.GenerateClip(requests(), timeout=self._timeout(self.settings.asset_timeout_seconds))
+        assets.clip = await self._receive(call, index, "clip")
+        self._asset_ready(index, types_pb2.MEDIA_KIND_VIDEO, assets.clip)
+
+    async def _receive(self, call: Any, index: int, what: str) -> Asset:
+        """Collects an asset stream, checking the metadata came first and no bytes are missing."""
+        where = f"scenes[{index}] ({self.request.scenes[index].id}) {what}"
+        metadata: types_pb2.AssetMetadata | None = None
+        chunks: list[types_pb2.MediaChunk] = []
+        received = 0
+        try:
+            async for response in call:
+                if response.HasField("metadata"):
+                    metadata = response.metadata
+                else:
+                    chunks.append(response.chunk)
+                    received += len(response.chunk.data)
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(error.code(), f"{where}: {error.details()}") from error
+        if metadata is None or received != metadata.size_bytes:
+            raise ProviderUnavailable(f"{where}: the stream ended early ({received} bytes); try again")
+        return Asset(metadata, chunks)
+
+    def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
+        self._completed_steps += 1
+        scene_id = self.request.scenes[index].id
+        self._events.put_nowait(
+            self._progress(
+                render_service_pb2.RENDER_STAGE_ASSET_READY,
+                index,
+                kind,
+                f"scene {scene_id}: {types_pb2.MediaKind.Name(kind).removeprefix('MEDIA_KIND_').lower()} "
+                f"from {asset.metadata.provider}",
+            )
+        )
+
+    async def _assembler_requests(self) -> AsyncIterator[assembler_pb.AssembleRequest]:
+        yield assembler_pb.AssembleRequest(
+            start=assembler_pb.AssemblyStart(
+                render_id=self.render_id, output=self.request.output, scene_count=len(self.request.scenes)
+            )
+        )
+        for _ in self.request.scenes:
+            index = await self._ready.get()
+            # Popped, so each scene's bytes are released once sent.
+            assets = self._assets.pop(index)
+            yield assembler_pb.AssembleRequest(
+                scene=assembler_pb.SceneStart(
+                    scene_index=index,
+                    scene=self.request.scenes[index],
+                    visual=assets.visual.metadata,
+                    narration=assets.narration.metadata,  # type: ignore[union-attr]
+                )
+            )
+            for role, asset in ((assembler_pb.ASSET_ROLE_VISUAL, assets.visual),
+                                (assembler_pb.ASSET_ROLE_NARRATION, assets.narration)):
+                for chunk in asset.chunks:  # type: ignore[union-attr]
+                    yield assembler_pb.AssembleRequest(
+                        chunk=assembler_pb.SceneChunk(scene_index=index, role=role, chunk=chunk)
+                    )
+
+    async def _relay(self, call: Any) -> None:
+        try:
+            async for response in call:
+                kind = response.WhichOneof("payload")
+                if kind == "chunk":
+                    self._events.put_nowait(render_service_pb2.RenderResponse(chunk=response.chunk))
+                elif kind == "progress":
+                    self._relay_progress(response.progress)
+                elif kind == "summary":
+                    self._events.put_nowait(render_service_pb2.RenderResponse(summary=self._summary(response.summary)))
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(error.code(), f"assembler: {error.details()}") from error
+        self._events.put_nowait(None)
+
+    def _relay_progress(self, progress: assembler_pb.AssemblyProgress) -> None:
+        stage = _ASSEMBLY_STAGES.get(progress.stage)
+        if stage is None:
+            return
+        if stage == render_service_pb2.RENDER_STAGE_SCENE_ENCODED:
+            self._completed_steps += 1
+            scene_id = self.request.scenes[progress.scene_index].id
+            message = f"scene {scene_id}: encoded ({progress.scenes_encoded}/{progress.scene_count})"
+        else:
+            message = "joining scenes" if stage == render_service_pb2.RENDER_STAGE_MUXING else "streaming the MP4"
+        self._events.put_nowait(self._progress(stage, progress.scene_index, message=message))
+
+    def _progress(
+        self, stage: int, index: int = 0, kind: int = types_pb2.MEDIA_KIND_UNSPECIFIED, message: str = ""
+    ) -> render_service_pb2.RenderResponse:
+        return render_service_pb2.RenderResponse(
+            progress=render_service_pb2.RenderProgress(
+                stage=stage,
+                scene_index=index,
+                scene_id=self.request.scenes[index].id if stage != render_service_pb2.RENDER_STAGE_ACCEPTED else "",
+                media_kind=kind,
+                completed_steps=self._completed_steps,
+                total_steps=self.total_steps,
+                message=message,
+            )
+        )
+
+    def _summary(self, assembled: assembler_pb.AssemblySummary) -> render_service_pb2.RenderSummary:
+        reports = [self._reports[i] for i in range(len(self.request.scenes))]
+        for report, duration_ms in zip(reports, assembled.scene_duration_ms, strict=True):
+            report.duration_ms = duration_ms
+        return render_service_pb2.RenderSummary(
+            render_id=self.render_id,
+            duration_ms=assembled.duration_ms,
+            size_bytes=assembled.size_bytes,
+            width=assembled.width,
+            height=assembled.height,
+            scenes=reports,
+            estimated_cost_usd=sum(report.estimated_cost_usd for report in reports),
+            elapsed_ms=round((time.monotonic() - self._started) * 1000),
+        )

@@ -1,0 +1,23 @@
+"""Gateway bootstrap."""
+
+from __future__ import annotations
+
+from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
+
+from gateway.clients import connect
+from gateway.config import GatewaySettings
+from gateway.servicer import RenderServicer
+from services.common.server import Server, build_server, run
+
+SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].full_name
+
+
+def build(settings: GatewaySettings) -> Server:
+    servicer = RenderServicer(connect(settings), settings)
+
+    return build_server(settings.listen_address, servicer, render_service_pb2_grpc.add_RenderServiceServicer_to_server, SERVICE_NAME)
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    run(lambda: build(settings), settings.shutdown_grace_seconds)

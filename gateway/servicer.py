@@ -1,0 +1,84 @@
+"""RenderService: validates requests, starts RenderJobs, and reports the providers behind the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from scenecast.v1 import (
+    audio_service_pb2,
+    image_service_pb2,
+    render_service_pb2,
+    render_service_pb2_grpc,
+    types_pb2,
+    video_service_pb2,
+)
+
+from gateway.clients import Downstream
+from gateway.config import GatewaySettings
+from gateway.render import DownstreamError, RenderJob
+from gateway.validation import check_provider, validate_render
+from services.common.errors import grpc_errors
+
+# Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
+_LIST_TIMEOUT_SECONDS = 10.0
+
+
+class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
+    def __init__(self, downstream: Downstream, settings: GatewaySettings) -> None:
+        self._downstream = downstream
+        self._settings = settings
+
+    @grpc_errors
+    async def Render(
+        self, request: render_service_pb2.RenderRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[render_service_pb2.RenderResponse]:
+        validate_render(request, self._settings.max_scenes)
+        image, speech, video = await self._provider_sets()
+        check_provider(request.providers.image, "providers.image", [p.name for p in image.providers])
+        check_provider(request.providers.speech, "providers.speech", [p.name for p in speech.providers])
+        check_provider(request.providers.video, "providers.video", [p.name for p in video.providers])
+        remaining = context.time_remaining()
+        budget = min(remaining, self._settings.render_timeout_seconds) if remaining else self._settings.render_timeout_seconds
+        job = RenderJob(
+            render_id=request.render_id or uuid.uuid4().hex[:16],
+            request=request,
+            use_clips=bool(request.providers.video or video.default_provider),
+            downstream=self._downstream,
+            settings=self._settings,
+            deadline=time.monotonic() + budget,
+        )
+        async for response in job.run():
+            yield response
+
+    @grpc_errors
+    async def GetConfig(
+        self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
+    ) -> render_service_pb2.GetConfigResponse:
+        return render_service_pb2.GetConfigResponse(
+            provider_sets=await self._provider_sets(),
+            max_scenes=self._settings.max_scenes,
+            max_concurrent_scenes=self._settings.max_concurrent_scenes,
+        )
+
+    async def _provider_sets(self) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
+        """Asks each media service for its providers: the services own them and their environment defaults."""
+        calls = {
+            "image": self._downstream.image.ListImageProviders(
+                image_service_pb2.ListImageProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
+            ),
+            "audio": self._downstream.audio.ListSpeechProviders(
+                audio_service_pb2.ListSpeechProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
+            ),
+            "video": self._downstream.video.ListVideoProviders(
+                video_service_pb2.ListVideoProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
+            ),
+        }
+        try:
+            image, audio, video = await asyncio.gather(*calls.values())
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(error.code(), f"listing providers failed: {error.details()}") from error
+        return image.providers, audio.providers, video.providers

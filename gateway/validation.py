@@ -1,0 +1,46 @@
+"""Checks a RenderRequest before any provider is called; every error names the field path and the fix."""
+
+from __future__ import annotations
+
+import re
+
+from scenecast.v1 import render_service_pb2
+
+from services.common.errors import InvalidArgument
+from services.common.output import OutputFormat, output_format
+from services.common.text import checked_text
+
+MAX_NARRATION_CHARS = 4000
+MAX_PROMPT_CHARS = 4000
+MAX_TITLE_CHARS = 200
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def validate_render(request: render_service_pb2.RenderRequest, max_scenes: int) -> OutputFormat:
+    """Returns the output format of a valid request; raises InvalidArgument on the first problem found."""
+    if request.render_id and not _ID.fullmatch(request.render_id):
+        raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
+    if not request.scenes:
+        raise InvalidArgument("scenes is empty; a script needs at least one scene")
+    if len(request.scenes) > max_scenes:
+        raise InvalidArgument(f"scenes has {len(request.scenes)} entries; the limit is {max_scenes}, so split the script")
+    seen: dict[str, int] = {}
+    for index, scene in enumerate(request.scenes):
+        field = f"scenes[{index}]"
+        if not _ID.fullmatch(scene.id):
+            raise InvalidArgument(f"{field}.id must be 1-64 characters of A-Z, a-z, 0-9, _ and - (got {scene.id!r})")
+        if scene.id in seen:
+            raise InvalidArgument(f"{field}.id {scene.id!r} repeats scenes[{seen[scene.id]}].id; ids must be unique")
+        seen[scene.id] = index
+        checked_text(scene.narration, f"{field}.narration", MAX_NARRATION_CHARS)
+        prompt = checked_text(scene.visual_prompt, f"{field}.visual_prompt", MAX_PROMPT_CHARS, required=False)
+        title = checked_text(scene.title, f"{field}.title", MAX_TITLE_CHARS, required=False)
+        if not prompt and not title:
+            raise InvalidArgument(f"{field}.visual_prompt and {field}.title are both empty; give at least one")
+    return output_format(request.output, "output")
+
+
+def check_provider(name: str, field: str, valid: list[str]) -> None:
+    """An override must name a provider the service has; checked up front so nothing is spent on a doomed render."""
+    if name and name not in valid:
+        raise InvalidArgument(f"{field}: unknown provider {name!r}; valid: {', '.join(valid)}")

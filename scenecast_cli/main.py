@@ -1,0 +1,102 @@
+"""`scenecast render|config|serve`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from scenecast.v1 import types_pb2
+
+from scenecast_cli.client import get_config, render_to_file
+from scenecast_cli.script import ScriptError, load_script
+from scenecast_cli.stack import LocalStack
+
+DEFAULT_GATEWAY = os.environ.get("SCENECAST_GATEWAY", "127.0.0.1:50050")
+_console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scenecast", description="Script in, narrated MP4 out.")
+    parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (env SCENECAST_GATEWAY)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser("render", help="render a YAML or JSON script to an MP4")
+    render.add_argument("script", type=Path)
+    render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
+    render.add_argument("--start-services", action="store_true",
+                        help="start the five services locally for this render, then stop them")
+    commands.add_parser("config", help="show the providers behind the gateway and their prices")
+    commands.add_parser("serve", help="run the five services locally until Ctrl-C")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "render":
+            return _render(args)
+        if args.command == "config":
+            _print_config(get_config(args.gateway))
+            return 0
+        return _serve()
+    except ScriptError as error:
+        _console.print(f"[red]bad script:[/red] {error}")
+        return 2
+    except grpc.RpcError as error:
+        _console.print(f"[red]{error.code().name}:[/red] {error.details()}")  # type: ignore[attr-defined]
+        return 1
+
+
+def _render(args: argparse.Namespace) -> int:
+    request = load_script(args.script)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack().start() if args.start_services else None
+    address = stack.gateway_address if stack else args.gateway
+    started = time.monotonic()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=_console) as progress:
+            task = progress.add_task("starting", total=None)
+
+            def show(event: object) -> None:
+                progress.update(task, description=event.message, completed=event.completed_steps,  # type: ignore[attr-defined]
+                                total=event.total_steps)  # type: ignore[attr-defined]
+
+            summary = render_to_file(address, request, args.output, show)
+    finally:
+        if stack:
+            stack.stop()
+    _console.print(
+        f"[green]wrote[/green] {args.output}: {summary.width}x{summary.height}, {summary.duration_ms / 1000:.1f} s, "
+        f"{summary.size_bytes / 1e6:.1f} MB, estimated cost ${summary.estimated_cost_usd:.3f}; "
+        f"render {summary.elapsed_ms / 1000:.1f} s, total {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def _print_config(config: object) -> None:
+    table = Table(title="scenecast providers")
+    for column in ("media", "provider", "default", "offline", "configured", "needs", "prices"):
+        table.add_column(column)
+    for provider_set in config.provider_sets:  # type: ignore[attr-defined]
+        kind = types_pb2.MediaKind.Name(provider_set.kind).removeprefix("MEDIA_KIND_").lower()
+        for provider in provider_set.providers:
+            prices = ", ".join(f"{p.model} ${p.usd_per_unit:g}/{p.unit}" for p in provider.prices) or "free"
+            table.add_row(kind, provider.name, "yes" if provider.name == provider_set.default_provider else "",
+                          "yes" if provider.offline else "", "yes" if provider.configured else "no",
+                          " ".join(provider.required_env), prices)
+    Console().print(table)
+
+
+def _serve() -> int:
+    with LocalStack() as stack:
+        _console.print(f"gateway listening on {stack.gateway_address}; Ctrl-C stops")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

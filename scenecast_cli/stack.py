@@ -1,0 +1,110 @@
+"""Runs the five services as local processes on free loopback ports: for `make demo`, `scenecast serve` and tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# Module to run, and the gateway variable that points at it.
+SERVICES = {
+    "image": ("services.image", "IMAGE_SERVICE_ADDRESS"),
+    "audio": ("services.audio", "AUDIO_SERVICE_ADDRESS"),
+    "video": ("services.video", "VIDEO_SERVICE_ADDRESS"),
+    "assembler": ("services.assembler", "ASSEMBLER_SERVICE_ADDRESS"),
+}
+_STOP_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class LocalStack:
+    """Starts the services with `start()` and stops them with `stop()` (or use it as a context manager).
+
+    `env` adds variables to every service's environment (for example a provider choice); `log_dir`, when given,
+    receives one log file per service instead of inheriting the caller's stderr.
+    """
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    addresses: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway_address(self) -> str:
+        return self.addresses["gateway"]
+
+    def start(self, timeout_seconds: float = 60.0) -> LocalStack:
+        base_env = {**os.environ, **self.env}
+        gateway_env = dict(base_env)
+        for name, (module, gateway_variable) in SERVICES.items():
+            address = f"127.0.0.1:{free_port()}"
+            self.addresses[name] = address
+            gateway_env[gateway_variable] = address
+            self._spawn(name, module, {**base_env, "LISTEN_ADDRESS": address})
+        self.addresses["gateway"] = f"127.0.0.1:{free_port()}"
+        self._spawn("gateway", "gateway", {**gateway_env, "LISTEN_ADDRESS": self.addresses["gateway"]})
+        try:
+            for name, address in self.addresses.items():
+                wait_until_serving(address, timeout_seconds, self.processes[name])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb") if self.log_dir else None
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
+        if log is not None:
+            log.close()  # the child keeps its own handle
+
+    def stop(self) -> None:
+        """SIGTERM every service (they drain), then kill what is still running after the grace period."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_SECONDS
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def wait_until_serving(address: str, timeout_seconds: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Polls the standard gRPC health service until it answers SERVING."""
+    deadline = time.monotonic() + timeout_seconds
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the service for {address} exited with {process.returncode} while starting")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no SERVING health answer from {address} within {timeout_seconds:.0f} s")
+            time.sleep(0.1)
