@@ -20,8 +20,12 @@ _BOTTOM_MARGIN_RATIO = 0.06
 
 
 def ass_text(text: str) -> str:
-    """Makes plain text safe as ASS event text: braces would open override blocks, backslashes start tags."""
-    return text.replace("\\", "\u29f5").replace("{", "\uff5b").replace("}", "\uff5d").replace("\n", " ")
+    r"""Makes plain text safe as libass event text, so captions are data and never tags.
+
+    A word joiner (invisible) after each backslash keeps `\N`, `\h` or `\{` in the text from being read as
+    escapes; libass reads `\{` and `\}` as literal braces, which would otherwise open override blocks.
+    """
+    return text.replace("\\", "\\\u2060").replace("{", "\\{").replace("}", "\\}").replace("\n", " ")
 
 
 def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -59,7 +60,9 @@ def grpc_errors(method: Method) -> Method:
     Unexpected exceptions are logged with their traceback and reported as INTERNAL without internals.
     """
 
-    async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    async def abort(request: Any, context: grpc.aio.ServicerContext, error: Exception) -> None:
+        if isinstance(request, AsyncIterator):
+            await _drain(request)
         if isinstance(error, ScenecastError):
             _LOGGER.info("%s: %s %s", method.__qualname__, error.code.name, error)
             await context.abort(error.code, str(error))
@@ -76,7 +79,7 @@ def grpc_errors(method: Method) -> Method:
             except Exception as error:  # noqa: BLE001 - mapped to a status in one place
                 if isinstance(error, grpc.aio.AbortError):
                     raise
-                await abort(context, error)
+                await abort(request, context, error)
 
         return stream_wrapper  # type: ignore[return-value]
 
@@ -87,6 +90,27 @@ def grpc_errors(method: Method) -> Method:
         except Exception as error:  # noqa: BLE001 - mapped to a status in one place
             if isinstance(error, grpc.aio.AbortError):
                 raise
-            await abort(context, error)
+            await abort(request, context, error)
 
     return unary_wrapper  # type: ignore[return-value]
+
+
+# How long a failed client-streaming call keeps reading the client's remaining messages before it aborts.
+_DRAIN_SECONDS = 5.0
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Reads what the client is still sending, so it receives our status rather than a failed write.
+
+    grpc.aio clients that are still writing when the server aborts report INTERNAL ("Internal error from Core")
+    instead of the server's status; draining first lets the precise error reach the caller.
+    """
+
+    async def consume() -> None:
+        async for _ in requests:
+            pass
+
+    try:
+        await asyncio.wait_for(consume(), _DRAIN_SECONDS)
+    except Exception:  # noqa: BLE001 - best effort: the abort that follows carries the real error
+        return

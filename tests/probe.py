@@ -1,0 +1,79 @@
+"""Reads a rendered MP4 back with PyAV, so tests check the file rather than trust an exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+@dataclass
+class ProbedVideo:
+    video_codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    audio_codec: str
+    audio_rate: int
+    duration_s: float
+    video_duration_s: float
+    audio_duration_s: float
+    subtitle_texts: list[str]
+    subtitle_starts_s: list[float]
+
+
+def probe_mp4(path: Path) -> ProbedVideo:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        texts: list[str] = []
+        starts: list[float] = []
+        for subtitle_stream in container.streams.subtitles:
+            for packet in container.demux(subtitle_stream):
+                for subtitle in packet.decode() if packet.size else []:
+                    text = subtitle.dialogue.decode("utf-8").strip()
+                    if text:
+                        texts.append(text)
+                        starts.append(float(packet.pts * subtitle_stream.time_base))
+        return ProbedVideo(
+            video_codec=video.codec_context.name,
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+            pix_fmt=video.codec_context.pix_fmt,
+            audio_codec=audio.codec_context.name,
+            audio_rate=audio.codec_context.sample_rate,
+            duration_s=container.duration / 1_000_000,
+            video_duration_s=float(video.duration * video.time_base),
+            audio_duration_s=float(audio.duration * audio.time_base),
+            subtitle_texts=texts,
+            subtitle_starts_s=starts,
+        )
+
+
+def frame_at(path: Path, seconds: float) -> np.ndarray:
+    """The first decoded frame at or after `seconds`, as an RGB array."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time >= seconds:
+                return frame.to_ndarray(format="rgb24")
+    raise AssertionError(f"no frame at {seconds} s in {path}")
+
+
+def audio_rms(path: Path, start_s: float, end_s: float) -> float:
+    """Root-mean-square level of the audio between two times (0 is silence, 1 is full scale)."""
+    samples = []
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < start_s:
+                continue
+            if frame.time > end_s:
+                break
+            samples.append(frame.to_ndarray().astype(np.float64).ravel())
+    if not samples:
+        return 0.0
+    data = np.concatenate(samples)
+    return float(np.sqrt(np.mean(data**2)))

@@ -1,0 +1,124 @@
+"""The assembler over real gRPC: a good assembly is probed; broken streams get INVALID_ARGUMENT and leave nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import grpc
+import pytest
+from scenecast.v1 import (
+    assembler_service_pb2 as pb,
+)
+from scenecast.v1 import (
+    assembler_service_pb2_grpc,
+    audio_service_pb2,
+    audio_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    types_pb2,
+)
+
+from services.common.chunks import iter_chunks
+from tests.probe import probe_mp4
+from tests.services.test_media_services import OUTPUT_16_9, SCENE, collect
+
+Asset = tuple[types_pb2.AssetMetadata, bytes]
+
+
+@pytest.fixture(scope="module")
+async def assets(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> tuple[Asset, Asset]:
+    image = await collect(
+        image_service_pb2_grpc.ImageServiceStub(image_channel).GenerateImage(
+            image_service_pb2.GenerateImageRequest(scene=SCENE, output=OUTPUT_16_9)
+        )
+    )
+    speech = await collect(
+        audio_service_pb2_grpc.AudioServiceStub(audio_channel).SynthesizeSpeech(
+            audio_service_pb2.SynthesizeSpeechRequest(text=SCENE.narration)
+        )
+    )
+    return image, speech
+
+
+def scene_messages(index: int, visual: Asset, narration: Asset) -> list[pb.AssembleRequest]:
+    messages = [pb.AssembleRequest(scene=pb.SceneStart(scene_index=index, scene=SCENE, visual=visual[0],
+                                                       narration=narration[0]))]
+    for role, (_, data) in ((pb.ASSET_ROLE_VISUAL, visual), (pb.ASSET_ROLE_NARRATION, narration)):
+        messages += [pb.AssembleRequest(chunk=pb.SceneChunk(scene_index=index, role=role, chunk=c))
+                     for c in iter_chunks(data)]
+    return messages
+
+
+def start(scene_count: int) -> pb.AssembleRequest:
+    return pb.AssembleRequest(start=pb.AssemblyStart(output=OUTPUT_16_9, scene_count=scene_count))
+
+
+async def assemble(channel: grpc.aio.Channel, messages: Iterable[pb.AssembleRequest]) -> tuple[bytes, list, pb.AssemblySummary]:
+    async def requests() -> AsyncIterator[pb.AssembleRequest]:
+        for message in messages:
+            yield message
+
+    movie, progress, summary = bytearray(), [], None
+    async for response in assembler_service_pb2_grpc.AssemblerServiceStub(channel).Assemble(requests()):
+        kind = response.WhichOneof("payload")
+        if kind == "chunk":
+            movie += response.chunk.data
+        elif kind == "progress":
+            progress.append(response.progress.stage)
+        else:
+            summary = response.summary
+    assert summary is not None
+    return bytes(movie), progress, summary
+
+
+async def test_two_scenes_sent_out_of_order_make_one_mp4(
+    assembler_channel: grpc.aio.Channel, assets: tuple[Asset, Asset], work_root: Path, tmp_path: Path
+) -> None:
+    image, speech = assets
+    messages = [start(2), *scene_messages(1, image, speech), *scene_messages(0, image, speech)]
+    movie, progress, summary = await assemble(assembler_channel, messages)
+    path = tmp_path / "movie.mp4"
+    path.write_bytes(movie)
+    probed = probe_mp4(path)
+    assert (probed.video_codec, probed.width, probed.height, probed.audio_codec) == ("h264", 640, 360, "aac")
+    expected_s = 2 * (0.3 + speech[0].duration_ms / 1000 + 0.5)
+    assert abs(probed.duration_s - expected_s) < 0.1
+    assert abs(summary.duration_ms - sum(summary.scene_duration_ms)) <= len(summary.scene_duration_ms)
+    assert summary.size_bytes == len(movie)
+    assert probed.subtitle_texts == ["Check the ladder.", "Then climb."] * 2
+    assert progress.count(pb.ASSEMBLY_STAGE_SCENE_ENCODED) == 2 and progress[-1] == pb.ASSEMBLY_STAGE_DONE
+    assert list(work_root.iterdir()) == []
+
+
+async def test_broken_streams_are_invalid_argument_and_leave_no_files(
+    assembler_channel: grpc.aio.Channel, assets: tuple[Asset, Asset], work_root: Path
+) -> None:
+    image, speech = assets
+    good = scene_messages(0, image, speech)
+    not_an_image = (types_pb2.AssetMetadata(mime_type="image/png", size_bytes=11), b"hello world")
+    not_audio = (types_pb2.AssetMetadata(mime_type="audio/wav", size_bytes=9), b"\x00" * 9)
+    late_chunk = pb.AssembleRequest(chunk=pb.SceneChunk(
+        scene_index=0, role=pb.ASSET_ROLE_VISUAL, chunk=types_pb2.MediaChunk(offset=100, data=b"x")))
+    cases = {
+        "first message must be `start`": good,
+        "start.scene_count": [pb.AssembleRequest(start=pb.AssemblyStart(output=OUTPUT_16_9))],
+        "start.output.aspect_ratio": [pb.AssembleRequest(start=pb.AssemblyStart(scene_count=1))],
+        "scene[0].visual": [start(1), *scene_messages(0, not_an_image, speech)],
+        "scene[0].narration": [start(1), *scene_messages(0, image, not_audio)],
+        "chunk at offset 100, expected 0": [start(1), good[0], late_chunk],
+        "chunk for scene 0 arrived before its `scene` message": [start(1), *good[1:]],
+        "stream ended with scene[0]": [start(1), *good[:-1]],
+        "ended before scenes [1]": [start(2), *good],
+        "announced twice": [start(2), good[0], good[0]],
+        "out of range": [start(1), *scene_messages(3, image, speech)],
+    }
+    for message, requests in cases.items():
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await assemble(assembler_channel, requests)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in error.value.details()
+        assert list(work_root.iterdir()) == [], message
+    # The service still works after all that.
+    movie, _, _ = await assemble(assembler_channel, [start(1), *good])
+    assert movie[4:8] == b"ftyp"
