@@ -207,7 +207,10 @@ class RenderJob:
     async def _assembler_requests(self) -> AsyncIterator[assembler_pb.AssembleRequest]:
         yield assembler_pb.AssembleRequest(
             start=assembler_pb.AssemblyStart(
-                render_id=self.render_id, output=self.request.output, scene_count=len(self.request.scenes)
+                render_id=self.render_id,
+                output=self.request.output,
+                scene_count=len(self.request.scenes),
+                title=self.request.title,
             )
         )
         for _ in self.request.scenes:

@@ -20,6 +20,7 @@ def validate_render(request: render_service_pb2.RenderRequest, max_scenes: int) 
     """Returns the output format of a valid request; raises InvalidArgument on the first problem found."""
     if request.render_id and not _ID.fullmatch(request.render_id):
         raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
+    checked_text(request.title, "title", MAX_TITLE_CHARS, required=False)
     if not request.scenes:
         raise InvalidArgument("scenes is empty; a script needs at least one scene")
     if len(request.scenes) > max_scenes:

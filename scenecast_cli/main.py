@@ -25,15 +25,16 @@ _console = Console(stderr=True)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scenecast", description="Script in, narrated MP4 out.")
-    parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (env SCENECAST_GATEWAY)")
+    gateway = argparse.ArgumentParser(add_help=False)
+    gateway.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (env SCENECAST_GATEWAY)")
     commands = parser.add_subparsers(dest="command", required=True)
-    render = commands.add_parser("render", help="render a YAML or JSON script to an MP4")
+    render = commands.add_parser("render", parents=[gateway], help="render a YAML or JSON script to an MP4")
     render.add_argument("script", type=Path)
     render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
     render.add_argument("--start-services", action="store_true",
                         help="start the five services locally for this render, then stop them")
-    commands.add_parser("config", help="show the providers behind the gateway and their prices")
-    commands.add_parser("serve", help="run the five services locally until Ctrl-C")
+    commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
+    commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
     args = parser.parse_args(argv)
     try:
         if args.command == "render":
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScriptError as error:
         _console.print(f"[red]bad script:[/red] {error}")
         return 2
+    except (RuntimeError, TimeoutError) as error:
+        _console.print(f"[red]error:[/red] {error}")
+        return 1
     except grpc.RpcError as error:
         _console.print(f"[red]{error.code().name}:[/red] {error.details()}")  # type: ignore[attr-defined]
         return 1
@@ -92,7 +96,7 @@ def _print_config(config: object) -> None:
 
 
 def _serve() -> int:
-    with LocalStack() as stack:
+    with LocalStack(default_ports=True) as stack:
         _console.print(f"gateway listening on {stack.gateway_address}; Ctrl-C stops")
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     return 0

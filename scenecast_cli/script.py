@@ -45,7 +45,7 @@ class ProvidersModel(_Strict):
 
 
 class ScriptModel(_Strict):
-    title: str = ""
+    title: str = Field("", max_length=200)
     output: OutputModel = OutputModel()
     providers: ProvidersModel = ProvidersModel()
     voice: str = ""
@@ -88,4 +88,5 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
         ),
         providers=types_pb2.ProviderOverrides(**script.providers.model_dump()),
         voice=script.voice,
+        title=script.title,
     )

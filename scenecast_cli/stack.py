@@ -15,13 +15,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# Module to run, and the gateway variable that points at it.
+# Module to run, the gateway variable that points at it, and its default port (as in each service's config).
 SERVICES = {
-    "image": ("services.image", "IMAGE_SERVICE_ADDRESS"),
-    "audio": ("services.audio", "AUDIO_SERVICE_ADDRESS"),
-    "video": ("services.video", "VIDEO_SERVICE_ADDRESS"),
-    "assembler": ("services.assembler", "ASSEMBLER_SERVICE_ADDRESS"),
+    "image": ("services.image", "IMAGE_SERVICE_ADDRESS", 50051),
+    "audio": ("services.audio", "AUDIO_SERVICE_ADDRESS", 50052),
+    "video": ("services.video", "VIDEO_SERVICE_ADDRESS", 50053),
+    "assembler": ("services.assembler", "ASSEMBLER_SERVICE_ADDRESS", 50054),
 }
+GATEWAY_PORT = 50050
 _STOP_SECONDS = 30.0
 
 
@@ -36,11 +37,13 @@ class LocalStack:
     """Starts the services with `start()` and stops them with `stop()` (or use it as a context manager).
 
     `env` adds variables to every service's environment (for example a provider choice); `log_dir`, when given,
-    receives one log file per service instead of inheriting the caller's stderr.
+    receives one log file per service instead of inheriting the caller's stderr. `default_ports` uses the ports the
+    services listen on by default (so the CLI finds the gateway without `--gateway`); otherwise free ports are used.
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    default_ports: bool = False
     addresses: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -51,12 +54,12 @@ class LocalStack:
     def start(self, timeout_seconds: float = 60.0) -> LocalStack:
         base_env = {**os.environ, **self.env}
         gateway_env = dict(base_env)
-        for name, (module, gateway_variable) in SERVICES.items():
-            address = f"127.0.0.1:{free_port()}"
+        for name, (module, gateway_variable, port) in SERVICES.items():
+            address = f"127.0.0.1:{port if self.default_ports else free_port()}"
             self.addresses[name] = address
             gateway_env[gateway_variable] = address
             self._spawn(name, module, {**base_env, "LISTEN_ADDRESS": address})
-        self.addresses["gateway"] = f"127.0.0.1:{free_port()}"
+        self.addresses["gateway"] = f"127.0.0.1:{GATEWAY_PORT if self.default_ports else free_port()}"
         self._spawn("gateway", "gateway", {**gateway_env, "LISTEN_ADDRESS": self.addresses["gateway"]})
         try:
             for name, address in self.addresses.items():

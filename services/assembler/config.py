@@ -20,8 +20,8 @@ class AssemblerSettings(BaseSettings):
     scene_tail_ms: int = 500
     # Fade in and out of each scene, in milliseconds (capped at a third of the scene).
     fade_ms: int = 400
-    # Most scenes one assembly may have.
-    max_scenes: int = 200
+    # Most scenes one assembly may have (named apart from the gateway's MAX_SCENES, since .env files are shared).
+    assembler_max_scenes: int = 200
     # Largest asset accepted, in bytes.
     max_asset_bytes: int = 512 * 1024 * 1024
     # Scene segments encoded at the same time; 0 means the number of cores.

@@ -89,6 +89,7 @@ class MuxJob:
     plans: Sequence[ScenePlan]
     subtitles: Path | None
     output_path: Path
+    title: str = ""
 
 
 def mux_command(exe: str, job: MuxJob) -> list[str]:
@@ -111,6 +112,9 @@ def mux_command(exe: str, job: MuxJob) -> list[str]:
     audio = ffmpeg.concat(*narrations, v=0, a=1) if len(narrations) > 1 else narrations[0]
     streams = [video, audio]
     options: dict[str, object] = {"c:v": "copy", "c:a": "aac", "b:a": AUDIO_BITRATE, "movflags": "+faststart"}
+    if job.title:
+        # An argv element, never a shell string: any text is safe here.
+        options["metadata"] = f"title={job.title}"
     if job.subtitles is not None:
         streams.append(ffmpeg.input(str(job.subtitles))["s"])
         options.update({"c:s": "mov_text", "metadata:s:s:0": "language=eng"})

@@ -21,9 +21,11 @@ from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, grpc_errors
 from services.common.media import ffmpeg_exe, probe, run_ffmpeg
 from services.common.output import OutputFormat, output_format
+from services.common.text import checked_text
 
 _LOGGER = logging.getLogger(__name__)
 
+MAX_TITLE_CHARS = 200
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
                "audio/wav": ".wav", "audio/mpeg": ".mp3"}
 
@@ -45,6 +47,7 @@ class _Assembly:
     folder: Path
     output: OutputFormat
     scene_count: int
+    title: str
     scenes: dict[int, _Scene] = field(default_factory=dict)
     encodes: list[asyncio.Task[int]] = field(default_factory=list)
 
@@ -96,9 +99,14 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         if not message.HasField("start"):
             raise InvalidArgument("the first message must be `start` (output settings and scene_count)")
         start = message.start
-        if not 1 <= start.scene_count <= self._settings.max_scenes:
-            raise InvalidArgument(f"start.scene_count must be 1 to {self._settings.max_scenes} (got {start.scene_count})")
-        return _Assembly(folder=folder, output=output_format(start.output, "start.output"), scene_count=start.scene_count)
+        if not 1 <= start.scene_count <= self._settings.assembler_max_scenes:
+            raise InvalidArgument(f"start.scene_count must be 1 to {self._settings.assembler_max_scenes} (got {start.scene_count})")
+        return _Assembly(
+            folder=folder,
+            output=output_format(start.output, "start.output"),
+            scene_count=start.scene_count,
+            title=checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
+        )
 
     def _receive(self, assembly: _Assembly, message: pb.AssembleRequest) -> list[pb.AssembleResponse]:
         kind = message.WhichOneof("payload")
@@ -208,7 +216,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             subtitles = assembly.folder / "captions.srt"
             captions.write_srt(plans, subtitles)
         movie = assembly.folder / "movie.mp4"
-        job = MuxJob(segment_list, [scene.narration.path for scene in ordered], plans, subtitles, movie)
+        job = MuxJob(segment_list, [scene.narration.path for scene in ordered], plans, subtitles, movie, assembly.title)
         await run_ffmpeg(mux_command(self._exe, job), self._settings.ffmpeg_timeout_seconds)
         return movie
 
