@@ -92,13 +92,20 @@ async def run_ffmpeg(argv: list[str], timeout_seconds: float) -> None:
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout_seconds)
+    except TimeoutError:
+        await _kill(process)
+        raise MediaError(f"ffmpeg ran longer than {timeout_seconds:.0f} s and was stopped") from None
     except BaseException:
-        # Cancellation, timeout or anything else: never leave an FFmpeg process behind.
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        # Cancelled (the caller went away) or anything else: never leave an FFmpeg process behind.
+        await _kill(process)
         raise
     if process.returncode != 0:
         tail = stderr.decode("utf-8", "replace")[-_STDERR_TAIL_CHARS:]
         _LOGGER.warning("ffmpeg failed (%d): %s\n%s", process.returncode, " ".join(argv), tail)
         raise MediaError(f"ffmpeg exited with {process.returncode}: {tail.strip().splitlines()[-1] if tail else ''}")
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.kill()
+        await process.wait()

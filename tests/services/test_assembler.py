@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import wave
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -122,3 +125,58 @@ async def test_broken_streams_are_invalid_argument_and_leave_no_files(
     # The service still works after all that.
     movie, _, _ = await assemble(assembler_channel, [start(1), *good])
     assert movie[4:8] == b"ftyp"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (an FFmpeg working on files under a folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+async def test_cancelled_assembly_kills_ffmpeg_and_removes_its_files(
+    assembler_channel: grpc.aio.Channel, image_channel: grpc.aio.Channel, work_root: Path
+) -> None:
+    hd = types_pb2.OutputSettings(aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=1080, quality=types_pb2.QUALITY_HD)
+    image = await collect(
+        image_service_pb2_grpc.ImageServiceStub(image_channel).GenerateImage(
+            image_service_pb2.GenerateImageRequest(scene=SCENE, output=hd)
+        )
+    )
+    # Two minutes of silence: long enough that the encode is still running when the call is cancelled.
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(b"\x00\x00" * 16000 * 120)
+    silence = (types_pb2.AssetMetadata(mime_type="audio/wav", size_bytes=len(buffer.getvalue())), buffer.getvalue())
+    never = asyncio.Event()
+
+    async def requests() -> AsyncIterator[pb.AssembleRequest]:
+        yield pb.AssembleRequest(start=pb.AssemblyStart(output=hd, scene_count=2))
+        for message in scene_messages(0, image, silence):
+            yield message
+        await never.wait()  # keep the stream open, as a client still generating scene 2 would
+
+    call = assembler_service_pb2_grpc.AssemblerServiceStub(assembler_channel).Assemble(requests())
+    async for response in call:
+        if response.progress.stage == pb.ASSEMBLY_STAGE_SCENE_RECEIVED:
+            break
+    for _ in range(50):
+        if _processes_mentioning(str(work_root)):
+            break
+        await asyncio.sleep(0.1)
+    assert _processes_mentioning(str(work_root)), "the scene's FFmpeg encode never started"
+    call.cancel()
+    for _ in range(50):
+        if not _processes_mentioning(str(work_root)) and not list(work_root.iterdir()):
+            break
+        await asyncio.sleep(0.1)
+    assert _processes_mentioning(str(work_root)) == []
+    assert list(work_root.iterdir()) == []

@@ -59,9 +59,10 @@ def test_mux_copies_video_and_encodes_the_narration_once() -> None:
     second = ScenePlan(index=1, frames=45, fps=30, lead_ms=300, cues=())
     job = MuxJob(
         Path("/w/segments.txt"), [Path("/w/n0.wav"), Path("/w/n1.mp3")], [PLAN, second], Path("/w/c.srt"),
-        Path("/w/movie.mp4"),
+        Path("/w/movie.mp4"), title="Ladders: a 'safe' start",
     )
     argv = mux_command("ffmpeg", job)
+    assert argv[argv.index("-metadata") + 1] == "title=Ladders: a 'safe' start"
     assert argv[1:7] == ["-f", "concat", "-safe", "0", "-i", "/w/segments.txt"]
     graph = _filter_graph(argv)
     assert "adelay=all=1:delays=300" in graph
