@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos demo serve test clean
+.PHONY: install protos lint-protos demo serve test clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ gen/.stamp: $(PROTOS) $(VENV)/bin/python
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
 	touch gen/scenecast/__init__.py gen/scenecast/v1/__init__.py $@
 
+# buf (from npm, pinned in package-lock.json) lints the contract the polyglot clients are generated from.
+BUF := node_modules/.bin/buf
+$(BUF): package.json package-lock.json
+	npm ci --silent
+	touch $@
+
+lint-protos: $(BUF)
+	$(BUF) lint
+
 # Starts the five services on loopback, renders the example script, stops the services.
 demo: install
 	mkdir -p out
@@ -33,8 +42,8 @@ demo: install
 serve: install
 	$(VENV)/bin/scenecast serve
 
-test: install
+test: install $(BUF)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf gen out $(VENV)
+	rm -rf gen out $(VENV) node_modules
