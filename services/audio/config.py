@@ -12,5 +12,7 @@ class AudioSettings(BaseSettings):
     listen_address: str = "127.0.0.1:50052"
     # Provider used when a request names none.
     tts_provider: str = "piper"
+    # Attempts per provider call for failures that can succeed later (429, 5xx, timeouts); jittered backoff between.
+    provider_attempts: int = 4
     # Seconds running calls get to finish after SIGTERM.
     shutdown_grace_seconds: float = 5.0

@@ -16,7 +16,7 @@ def build(settings: AudioSettings) -> Server:
     registry = build_registry(settings.tts_provider)
     if registry.default:
         registry.get("", "TTS_PROVIDER")  # warm-up: load the default voice before reporting SERVING
-    servicer = AudioServicer(registry)
+    servicer = AudioServicer(registry, settings.provider_attempts)
 
     return build_server(settings.listen_address, servicer, audio_service_pb2_grpc.add_AudioServiceServicer_to_server, SERVICE_NAME)
 

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 
 import grpc
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
-from services.audio.providers.base import SpeechJob, SpeechProvider
+from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResult
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
-from services.common.errors import MediaError, grpc_errors
-from services.common.media import probe
+from services.common.errors import InvalidArgument, ProviderUnavailable, grpc_errors
+from services.common.media import MediaInfo, probe
 from services.common.output import QUALITIES
 from services.common.providers import ProviderRegistry, Quality
+from services.common.retry import call_deadline, call_with_retries
 from services.common.text import checked_text
 
 MAX_TEXT_CHARS = 4000
 
 
 class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
-    def __init__(self, registry: ProviderRegistry[SpeechProvider]) -> None:
+    def __init__(self, registry: ProviderRegistry[SpeechProvider], attempts: int) -> None:
         self._registry = registry
+        self._attempts = attempts
 
     @grpc_errors
     async def SynthesizeSpeech(
@@ -30,14 +33,25 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
     ) -> AsyncIterator[audio_service_pb2.SynthesizeSpeechResponse]:
         text = checked_text(request.text, "text", MAX_TEXT_CHARS)
         name, provider = self._registry.get(request.provider, "provider")
-        result = await provider.synthesize(
-            SpeechJob(text=text, voice=request.voice, quality=QUALITIES.get(request.quality, Quality.STANDARD),
-                      render_id=request.render_id)
+        job = SpeechJob(
+            text=text, voice=request.voice, quality=QUALITIES.get(request.quality, Quality.STANDARD),
+            render_id=request.render_id,
         )
-        try:
-            info = probe(io.BytesIO(result.data), f"{name} audio")
-        except Exception as error:  # a provider returning broken audio is the provider's fault, not the caller's
-            raise MediaError(f"provider {name!r} returned audio that does not decode: {error}") from error
+
+        async def attempt() -> tuple[SpeechResult, MediaInfo]:
+            result = await provider.synthesize(job)
+            try:
+                # The duration is measured by decoding the audio, never taken from the provider.
+                info = await asyncio.to_thread(probe, io.BytesIO(result.data), f"{name} audio")
+            except InvalidArgument as error:
+                raise ProviderUnavailable(f"provider {name!r} returned audio that does not decode: {error}") from error
+            if not info.has_audio:
+                raise ProviderUnavailable(f"provider {name!r} returned a file with no audio")
+            return result, info
+
+        result, info = await call_with_retries(
+            attempt, attempts=self._attempts, deadline=call_deadline(context), what=f"speech from {name}"
+        )
         yield audio_service_pb2.SynthesizeSpeechResponse(
             metadata=types_pb2.AssetMetadata(
                 mime_type=result.mime_type,

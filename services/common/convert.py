@@ -10,7 +10,7 @@ from services.common.providers import ProviderDescription, ProviderRegistry
 def provider_set(kind: int, registry: ProviderRegistry[object]) -> types_pb2.ProviderSet:
     return types_pb2.ProviderSet(
         kind=kind,
-        default_provider=registry.default,
+        default_provider=registry.current_default,
         providers=[provider_info(description) for description in registry.descriptions()],
     )
 

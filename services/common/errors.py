@@ -36,12 +36,27 @@ class MissingCredential(FailedPrecondition):
 
 
 class ProviderUnavailable(ScenecastError):
-    """A provider failed in a way that may succeed on a later attempt."""
+    """A provider failed in a way that may succeed on a later attempt (5xx, timeout, reset, truncated output).
+
+    `retry_after` is the provider's own advice in seconds (a Retry-After header), when it gave one.
+    """
 
     code = grpc.StatusCode.UNAVAILABLE
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(ProviderUnavailable):
+    """The provider said 429: retried like any transient failure, reported as RESOURCE_EXHAUSTED when it persists."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
 
 class QuotaExceeded(ScenecastError):
+    """A limit that waiting will not lift (a budget, an exhausted account)."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MissingCredential
 
 ProviderT = TypeVar("ProviderT")
 
@@ -60,15 +60,24 @@ class ProviderRegistry(Generic[ProviderT]):
         self.env_var = env_var
 
     def get(self, name: str, field: str) -> tuple[str, ProviderT]:
-        """Returns the named provider, or the default when `name` is empty; `field` names the request field."""
-        chosen = name or self.default
+        """Returns the named provider, or the default when `name` is empty; `field` names the request field.
+
+        The default is read from the environment at request time, so a changed variable needs no code change; the
+        value given at start-up (already validated) is the fallback.
+        """
+        chosen = name or self.current_default
         if not chosen:
             raise InvalidArgument(f"{field} is empty and {self.env_var} is unset; name one of: {self.valid_names}")
         if chosen not in self._factories:
-            raise InvalidArgument(f"{field}: unknown provider {chosen!r}; valid: {self.valid_names}")
+            source = field if name else self.env_var
+            raise InvalidArgument(f"{source}: unknown provider {chosen!r}; valid: {self.valid_names}")
         if chosen not in self._instances:
             self._instances[chosen] = self._factories[chosen]()
         return chosen, self._instances[chosen]
+
+    @property
+    def current_default(self) -> str:
+        return os.environ.get(self.env_var, self.default)
 
     @property
     def valid_names(self) -> str:
@@ -76,3 +85,11 @@ class ProviderRegistry(Generic[ProviderT]):
 
     def descriptions(self) -> list[ProviderDescription]:
         return [self._factories[name].description for name in sorted(self._factories)]  # type: ignore[attr-defined]
+
+
+def require_env(variable: str, provider: str) -> str:
+    """The value of a provider's secret, read at request time; never logged."""
+    value = os.environ.get(variable, "")
+    if not value:
+        raise MissingCredential(variable, provider)
+    return value

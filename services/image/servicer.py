@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
@@ -12,16 +14,19 @@ from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, grpc_errors
 from services.common.output import output_format
 from services.common.providers import ProviderRegistry
+from services.common.retry import call_deadline, call_with_retries
 from services.common.text import checked_text
-from services.image.providers.base import ImageJob, ImageProvider
+from services.image.fit import fit_image
+from services.image.providers.base import ImageJob, ImageProvider, ImageResult
 
 MAX_PROMPT_CHARS = 4000
 MAX_TITLE_CHARS = 200
 
 
 class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
-    def __init__(self, registry: ProviderRegistry[ImageProvider]) -> None:
+    def __init__(self, registry: ProviderRegistry[ImageProvider], attempts: int) -> None:
         self._registry = registry
+        self._attempts = attempts
 
     @grpc_errors
     async def GenerateImage(
@@ -33,16 +38,27 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
         if not prompt and not title:
             raise InvalidArgument("scene.visual_prompt and scene.title are both empty; give at least one")
         name, provider = self._registry.get(request.provider, "provider")
-        result = await provider.generate(
-            ImageJob(
-                prompt=prompt,
-                title=title,
-                scene_index=request.scene_index,
-                width=output.width,
-                height=output.height,
-                quality=output.quality,
-                render_id=request.render_id,
-            )
+        job = ImageJob(
+            prompt=prompt,
+            title=title,
+            scene_index=request.scene_index,
+            width=output.width,
+            height=output.height,
+            quality=output.quality,
+            aspect=output.aspect_name,
+            render_id=request.render_id,
+        )
+
+        async def attempt() -> ImageResult:
+            result = await provider.generate(job)
+            if (result.width, result.height, result.mime_type) != (job.width, job.height, "image/png"):
+                # Models have their own sizes (1792x1024, 1536x1024...): bring every image to the frame exactly.
+                data = await asyncio.to_thread(fit_image, result.data, job.width, job.height)
+                result = replace(result, data=data, mime_type="image/png", width=job.width, height=job.height)
+            return result
+
+        result = await call_with_retries(
+            attempt, attempts=self._attempts, deadline=call_deadline(context), what=f"image from {name}"
         )
         yield image_service_pb2.GenerateImageResponse(
             metadata=types_pb2.AssetMetadata(

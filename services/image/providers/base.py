@@ -18,12 +18,14 @@ class ImageJob:
     width: int
     height: int
     quality: Quality
+    # The output's aspect ratio as written in scripts: "16:9", "9:16" or "1:1".
+    aspect: str
     render_id: str = ""
 
 
 @dataclass(frozen=True)
 class ImageResult:
-    """An encoded image at exactly the job's width and height."""
+    """An encoded image; the service scales and crops it to the job's size when the model made another size."""
 
     data: bytes
     mime_type: str

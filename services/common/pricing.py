@@ -1,0 +1,78 @@
+"""The cost table: published prices (shared/docs/providers.md) and the estimates built on them, in one place.
+
+Providers price the assets they make with these functions, the gateway prices whole scripts with the same ones
+(EstimateCost), and GetConfig shows the table. Figures marked "assumed" are not published per unit; they are our
+estimate of GPU seconds and say so in their note.
+"""
+
+from __future__ import annotations
+
+from services.common.providers import Price, Quality
+
+# OpenAI Images, USD per image: (square 1024x1024, wide or tall) by quality.
+DALL_E_3 = {Quality.STANDARD: (0.040, 0.080), Quality.HD: (0.080, 0.120)}
+GPT_IMAGE_1_MINI = {Quality.DRAFT: (0.005, 0.006), Quality.STANDARD: (0.011, 0.015), Quality.HD: (0.036, 0.052)}
+# Replicate.
+FLUX_DEV_PER_IMAGE = 0.025
+L40S_PER_SECOND = 0.000975
+T4_PER_SECOND = 0.000225
+# Assumed GPU time: SDXL at 1024px takes about 0.25 s per step on an L40S; Kokoro about 1 s per 100 characters on a T4.
+SDXL_SECONDS_PER_STEP = 0.25
+KOKORO_SECONDS_PER_CHAR = 0.01
+# OpenAI Speech, USD per character.
+TTS_1_PER_CHAR = 15 / 1_000_000
+TTS_1_HD_PER_CHAR = 30 / 1_000_000
+
+SDXL_STEPS = {Quality.DRAFT: 25, Quality.STANDARD: 35, Quality.HD: 50}
+
+
+def dall_e_3_cost(quality: Quality, square: bool) -> float:
+    square_price, wide_price = DALL_E_3[Quality.HD if quality == Quality.HD else Quality.STANDARD]
+    return square_price if square else wide_price
+
+
+def gpt_image_1_mini_cost(quality: Quality, square: bool) -> float:
+    square_price, wide_price = GPT_IMAGE_1_MINI[quality]
+    return square_price if square else wide_price
+
+
+def sdxl_cost(steps: int, gpu_seconds: float | None = None) -> float:
+    """Billed by GPU time: the measured predict_time when known, else the assumed time for the step count."""
+    return L40S_PER_SECOND * (gpu_seconds if gpu_seconds is not None else steps * SDXL_SECONDS_PER_STEP)
+
+
+def openai_tts_cost(quality: Quality, characters: int) -> float:
+    return characters * (TTS_1_HD_PER_CHAR if quality == Quality.HD else TTS_1_PER_CHAR)
+
+
+def kokoro_cost(characters: int, gpu_seconds: float | None = None) -> float:
+    return T4_PER_SECOND * (gpu_seconds if gpu_seconds is not None else characters * KOKORO_SECONDS_PER_CHAR)
+
+
+# What GetConfig shows, per provider name.
+PRICE_TABLE: dict[str, tuple[Price, ...]] = {
+    "dall-e-3": (
+        Price("dall-e-3", "image", 0.040, "standard, 1024x1024"),
+        Price("dall-e-3", "image", 0.080, "standard, 1792x1024 or 1024x1792"),
+        Price("dall-e-3", "image", 0.080, "hd, 1024x1024"),
+        Price("dall-e-3", "image", 0.120, "hd, 1792x1024 or 1024x1792"),
+    ),
+    "gpt-image-1-mini": tuple(
+        Price("gpt-image-1-mini", "image", price, f"{level}, {size}")
+        for quality, level in ((Quality.DRAFT, "low"), (Quality.STANDARD, "medium"), (Quality.HD, "high"))
+        for price, size in zip(GPT_IMAGE_1_MINI[quality], ("1024x1024", "1536x1024 or 1024x1536"), strict=True)
+    ),
+    "flux": (Price("black-forest-labs/flux-dev", "image", FLUX_DEV_PER_IMAGE),),
+    "sdxl": (
+        Price("stability-ai/sdxl", "GPU second", L40S_PER_SECOND,
+              f"L40S; assumed {SDXL_SECONDS_PER_STEP} s per step, 25-50 steps by quality"),
+    ),
+    "openai": (
+        Price("tts-1", "character", TTS_1_PER_CHAR, "$15 per 1M characters"),
+        Price("tts-1-hd", "character", TTS_1_HD_PER_CHAR, "$30 per 1M characters"),
+    ),
+    "kokoro": (
+        Price("jaaari/kokoro-82m", "GPU second", T4_PER_SECOND, f"T4; assumed {KOKORO_SECONDS_PER_CHAR} s per character"),
+    ),
+    "edge": (Price("edge-tts", "character", 0.0, "free service, not for commercial use"),),
+}

@@ -1,0 +1,70 @@
+"""The one retry policy: bounded, jittered attempts for failures that can succeed later, within the call's deadline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from services.common.errors import ProviderUnavailable
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Jittered exponential backoff between attempts, in seconds, unless the provider says how long to wait.
+BACKOFF_MIN_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 8.0
+# A provider asking for a longer pause than this is treated as a persistent failure, not waited out.
+MAX_RETRY_AFTER_SECONDS = 120.0
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]], *, attempts: int, deadline: float | None, what: str
+) -> T:
+    """Runs `attempt` until it succeeds, retrying only ProviderUnavailable (429, 5xx, timeouts, resets).
+
+    `deadline` is a time.monotonic() value (from the gRPC call's deadline): no retry starts whose wait would end
+    after it. Anything else (a 4xx, a content-policy refusal, a missing key) is raised at once.
+    """
+    backoff = wait_random_exponential(multiplier=BACKOFF_MIN_SECONDS, max=BACKOFF_MAX_SECONDS)
+
+    def wait(state: RetryCallState) -> float:
+        advised = getattr(state.outcome.exception() if state.outcome else None, "retry_after", None)
+        return float(advised) if advised is not None else backoff(state)
+
+    def out_of_time(state: RetryCallState) -> bool:
+        if state.upcoming_sleep > MAX_RETRY_AFTER_SECONDS:
+            return True
+        return deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline
+
+    def log(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        _LOGGER.info("%s: attempt %d failed (%s); retrying in %.1f s", what, state.attempt_number, error,
+                     state.upcoming_sleep)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(ProviderUnavailable),
+        stop=stop_after_attempt(max(1, attempts)) | out_of_time,
+        wait=wait,
+        before_sleep=log,
+        reraise=True,
+    )
+    return await retrying(attempt)
+
+
+def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The incoming call's deadline as a time.monotonic() value, or None when the caller set none."""
+    remaining = context.time_remaining()
+    return time.monotonic() + remaining if remaining is not None else None
