@@ -21,6 +21,7 @@ from gateway.clients import Downstream
 from gateway.config import GatewaySettings
 from gateway.render import DownstreamError, RenderJob
 from gateway.validation import check_provider, validate_render
+from services.common import pricing
 from services.common.errors import grpc_errors
 
 # Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
@@ -37,10 +38,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.RenderResponse]:
         validate_render(request, self._settings.max_scenes)
-        image, speech, video = await self._provider_sets()
-        check_provider(request.providers.image, "providers.image", [p.name for p in image.providers])
-        check_provider(request.providers.speech, "providers.speech", [p.name for p in speech.providers])
-        check_provider(request.providers.video, "providers.video", [p.name for p in video.providers])
+        _, _, video = await self._checked_provider_sets(request)
         remaining = context.time_remaining()
         budget = min(remaining, self._settings.render_timeout_seconds) if remaining else self._settings.render_timeout_seconds
         job = RenderJob(
@@ -55,6 +53,33 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             yield response
 
     @grpc_errors
+    async def EstimateCost(
+        self, request: render_service_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
+    ) -> render_service_pb2.EstimateCostResponse:
+        render = request.render
+        output = validate_render(render, self._settings.max_scenes)
+        image, speech, video = await self._checked_provider_sets(render)
+        image_name = render.providers.image or image.default_provider
+        speech_name = render.providers.speech or speech.default_provider
+        video_name = render.providers.video or video.default_provider
+        scenes = []
+        for scene in render.scenes:
+            estimate = render_service_pb2.SceneEstimate(
+                scene_id=scene.id,
+                image_provider=image_name,
+                image_usd=pricing.estimate_image(image_name, output.quality, output.aspect_name),
+                speech_provider=speech_name,
+                speech_usd=pricing.estimate_speech(speech_name, output.quality, len(scene.narration.strip())),
+                video_provider=video_name,
+                video_usd=pricing.estimate_clip(
+                    video_name, len(scene.narration) / pricing.SPOKEN_CHARS_PER_SECOND
+                ) if video_name else 0.0,
+            )
+            estimate.total_usd = estimate.image_usd + estimate.speech_usd + estimate.video_usd
+            scenes.append(estimate)
+        return render_service_pb2.EstimateCostResponse(scenes=scenes, total_usd=sum(s.total_usd for s in scenes))
+
+    @grpc_errors
     async def GetConfig(
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:
@@ -63,6 +88,16 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             max_scenes=self._settings.max_scenes,
             max_concurrent_scenes=self._settings.max_concurrent_scenes,
         )
+
+    async def _checked_provider_sets(
+        self, request: render_service_pb2.RenderRequest
+    ) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
+        """The provider sets, after checking the request's overrides name providers the services have."""
+        image, speech, video = await self._provider_sets()
+        check_provider(request.providers.image, "providers.image", [p.name for p in image.providers])
+        check_provider(request.providers.speech, "providers.speech", [p.name for p in speech.providers])
+        check_provider(request.providers.video, "providers.video", [p.name for p in video.providers])
+        return image, speech, video
 
     async def _provider_sets(self) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
         """Asks each media service for its providers: the services own them and their environment defaults."""

@@ -53,3 +53,11 @@ def get_config(address: str, timeout_seconds: float = 30.0) -> render_service_pb
     with _channel(address) as channel:
         stub = render_service_pb2_grpc.RenderServiceStub(channel)
         return stub.GetConfig(render_service_pb2.GetConfigRequest(), timeout=timeout_seconds)
+
+
+def estimate_cost(
+    address: str, request: render_service_pb2.RenderRequest, timeout_seconds: float = 30.0
+) -> render_service_pb2.EstimateCostResponse:
+    with _channel(address) as channel:
+        stub = render_service_pb2_grpc.RenderServiceStub(channel)
+        return stub.EstimateCost(render_service_pb2.EstimateCostRequest(render=request), timeout=timeout_seconds)

@@ -13,9 +13,9 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from scenecast.v1 import types_pb2
+from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.client import get_config, render_to_file
+from scenecast_cli.client import estimate_cost, get_config, render_to_file
 from scenecast_cli.script import ScriptError, load_script
 from scenecast_cli.stack import LocalStack
 
@@ -33,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
     render.add_argument("--start-services", action="store_true",
                         help="start the five services locally for this render, then stop them")
+    estimate = commands.add_parser("estimate", parents=[gateway], help="price a script without rendering it")
+    estimate.add_argument("script", type=Path)
     commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
     commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
     args = parser.parse_args(argv)
     try:
         if args.command == "render":
             return _render(args)
+        if args.command == "estimate":
+            _print_estimate(estimate_cost(args.gateway, load_script(args.script)))
+            return 0
         if args.command == "config":
             _print_config(get_config(args.gateway))
             return 0
@@ -92,6 +97,22 @@ def _print_config(config: object) -> None:
             table.add_row(kind, provider.name, "yes" if provider.name == provider_set.default_provider else "",
                           "yes" if provider.offline else "", "yes" if provider.configured else "no",
                           " ".join(provider.required_env), prices)
+    Console().print(table)
+
+
+def _print_estimate(estimate: render_service_pb2.EstimateCostResponse) -> None:
+    table = Table(title="estimated cost (USD)")
+    for column in ("scene", "image", "speech", "video", "total"):
+        table.add_column(column, justify="left" if column == "scene" else "right")
+    for scene in estimate.scenes:
+        table.add_row(
+            scene.scene_id,
+            f"{scene.image_provider} {scene.image_usd:.4f}",
+            f"{scene.speech_provider} {scene.speech_usd:.4f}",
+            f"{scene.video_provider} {scene.video_usd:.4f}" if scene.video_provider else "-",
+            f"{scene.total_usd:.4f}",
+        )
+    table.add_row("all", "", "", "", f"{estimate.total_usd:.4f}")
     Console().print(table)
 
 

@@ -76,3 +76,35 @@ PRICE_TABLE: dict[str, tuple[Price, ...]] = {
     ),
     "edge": (Price("edge-tts", "character", 0.0, "free service, not for commercial use"),),
 }
+
+
+def estimate_image(provider: str, quality: Quality, aspect: str) -> float:
+    """What one image from `provider` is expected to cost before it is made; offline providers are free."""
+    square = aspect == "1:1"
+    if provider == "dall-e-3":
+        return dall_e_3_cost(quality, square)
+    if provider == "gpt-image-1-mini":
+        return gpt_image_1_mini_cost(quality, square)
+    if provider == "flux":
+        return FLUX_DEV_PER_IMAGE
+    if provider == "sdxl":
+        return sdxl_cost(SDXL_STEPS[quality])
+    return 0.0
+
+
+def estimate_speech(provider: str, quality: Quality, characters: int) -> float:
+    """What speaking `characters` characters with `provider` is expected to cost."""
+    if provider == "openai":
+        return openai_tts_cost(quality, characters)
+    if provider == "kokoro":
+        return kokoro_cost(characters)
+    return 0.0
+
+
+# Typical narration pace, used to guess clip lengths before the speech exists.
+SPOKEN_CHARS_PER_SECOND = 15.0
+
+
+def estimate_clip(provider: str, seconds: float) -> float:
+    """What one clip of `seconds` from `provider` is expected to cost (offline motion is free)."""
+    return 0.0

@@ -1,0 +1,83 @@
+"""The retry policy (what is retried, how often, within which deadline) and the price arithmetic."""
+
+import time
+
+import pytest
+
+from services.common import pricing
+from services.common.errors import FailedPrecondition, InvalidArgument, ProviderUnavailable, RateLimited
+from services.common.providers import Quality
+from services.common.retry import call_with_retries
+
+
+class Flaky:
+    """Fails with `errors` in turn, then returns "ok"; counts calls."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+async def test_transient_failures_are_retried_honouring_retry_after() -> None:
+    flaky = Flaky(RateLimited("429", retry_after=0.2), ProviderUnavailable("503", retry_after=0))
+    started = time.monotonic()
+    assert await call_with_retries(flaky, attempts=4, deadline=None, what="t") == "ok"
+    assert flaky.calls == 3
+    assert time.monotonic() - started >= 0.2
+
+
+@pytest.mark.parametrize("error", [InvalidArgument("refused"), FailedPrecondition("no key")])
+async def test_permanent_failures_are_not_retried(error: Exception) -> None:
+    flaky = Flaky(error)
+    with pytest.raises(type(error)):
+        await call_with_retries(flaky, attempts=4, deadline=None, what="t")
+    assert flaky.calls == 1
+
+
+async def test_attempts_are_bounded() -> None:
+    flaky = Flaky(*(ProviderUnavailable("503", retry_after=0) for _ in range(10)))
+    with pytest.raises(ProviderUnavailable):
+        await call_with_retries(flaky, attempts=3, deadline=None, what="t")
+    assert flaky.calls == 3
+
+
+async def test_no_retry_waits_past_the_deadline_or_a_long_retry_after() -> None:
+    flaky = Flaky(RateLimited("429", retry_after=5))
+    with pytest.raises(RateLimited):
+        await call_with_retries(flaky, attempts=4, deadline=time.monotonic() + 1, what="t")
+    assert flaky.calls == 1
+    patient = Flaky(RateLimited("429", retry_after=3600))
+    with pytest.raises(RateLimited):
+        await call_with_retries(patient, attempts=4, deadline=None, what="t")
+    assert patient.calls == 1
+
+
+async def test_backoff_is_jittered() -> None:
+    waits = []
+    for _ in range(3):
+        flaky = Flaky(ProviderUnavailable("503"))
+        started = time.monotonic()
+        await call_with_retries(flaky, attempts=2, deadline=None, what="t")
+        waits.append(time.monotonic() - started)
+    assert all(w <= 1.0 for w in waits)
+    assert len({round(w, 3) for w in waits}) > 1
+
+
+def test_published_prices() -> None:
+    assert pricing.estimate_image("dall-e-3", Quality.HD, "16:9") == 0.12
+    assert pricing.estimate_image("dall-e-3", Quality.DRAFT, "1:1") == 0.04
+    assert pricing.estimate_image("gpt-image-1-mini", Quality.DRAFT, "9:16") == 0.006
+    assert pricing.estimate_image("gpt-image-1-mini", Quality.HD, "1:1") == 0.036
+    assert pricing.estimate_image("flux", Quality.HD, "16:9") == 0.025
+    assert pricing.estimate_image("slides", Quality.HD, "16:9") == 0.0
+    assert pricing.estimate_speech("openai", Quality.STANDARD, 1_000_000) == pytest.approx(15.0)
+    assert pricing.estimate_speech("openai", Quality.HD, 1000) == pytest.approx(0.03)
+    assert pricing.estimate_speech("edge", Quality.HD, 1000) == 0.0
+    assert pricing.sdxl_cost(steps=50, gpu_seconds=10.0) == pytest.approx(0.00975)
+    assert pricing.kokoro_cost(100, gpu_seconds=2.0) == pytest.approx(0.00045)
