@@ -137,7 +137,11 @@ def test_config_lists_providers_and_services_offer_reflection(stack: LocalStack)
     config = get_config(stack.gateway_address)
     defaults = {types_pb2.MediaKind.Name(s.kind): s.default_provider for s in config.provider_sets}
     assert defaults == {"MEDIA_KIND_IMAGE": "slides", "MEDIA_KIND_SPEECH": "piper", "MEDIA_KIND_VIDEO": ""}
-    assert all(p.offline and p.configured for s in config.provider_sets for p in s.providers)
+    # The defaults need nothing; cloud providers are listed with the variables they need and whether those are set.
+    by_name = {p.name: p for s in config.provider_sets for p in s.providers}
+    assert all(by_name[name].offline and by_name[name].configured for name in ("slides", "piper", "kenburns"))
+    assert all(p.required_env and not p.offline for p in by_name.values() if p.name not in ("slides", "piper", "kenburns", "edge"))
+    assert {p.model for p in by_name["dall-e-3"].prices} == {"dall-e-3"}
     with grpc.insecure_channel(stack.addresses["assembler"]) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from services.audio.providers.base import SpeechProvider
+from services.audio.providers.edge import EdgeProvider
+from services.audio.providers.kokoro import KokoroProvider
+from services.audio.providers.openai_tts import OpenAISpeechProvider
 from services.audio.providers.piper import PiperProvider
 from services.common.providers import ProviderRegistry
 
 # Adding a provider is one module and one line here.
-_PROVIDERS = (PiperProvider,)
+_PROVIDERS = (PiperProvider, OpenAISpeechProvider, EdgeProvider, KokoroProvider)
 
 
 def build_registry(default: str) -> ProviderRegistry[SpeechProvider]:

@@ -1,0 +1,261 @@
+"""The OpenAI image and speech providers through the real services and the real openai SDK, against FakeOpenAI."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable, Iterator
+
+import av
+import grpc
+import pytest
+from PIL import Image
+from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc, types_pb2
+
+from services.audio.providers.base import SpeechJob
+from services.audio.providers.openai_tts import OpenAISpeechProvider
+from services.common import pricing
+from services.common.errors import InvalidArgument
+from services.common.providers import Quality
+from services.image.config import ImageSettings
+from tests.fakes.base import Fault
+from tests.fakes.openai_server import (
+    COLOUR,
+    CONTENT_POLICY_MESSAGE,
+    MS_PER_CHARACTER,
+    SAMPLE_RATE,
+    FakeOpenAI,
+    error_body,
+    rate_limit_body,
+)
+from tests.services.test_media_services import collect
+
+KEY = "sk-test-0123456789"
+IMAGES, SPEECH = "/v1/images/generations", "/v1/audio/speech"
+PATHS = {"dall-e-3": IMAGES, "gpt-image-1-mini": IMAGES, "openai": SPEECH}
+PROVIDERS = list(PATHS)
+NARRATION = "Check the ladder. Then climb."
+ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
+QUALITIES = {Quality.DRAFT: types_pb2.QUALITY_DRAFT, Quality.STANDARD: types_pb2.QUALITY_STANDARD,
+             Quality.HD: types_pb2.QUALITY_HD}
+# The services in conftest are built from default settings, so this is the attempt count they use.
+ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
+
+Call = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]
+
+
+@pytest.fixture(scope="module")
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAI:
+    """The fake, emptied, with the services pointed at it (the providers read these variables per request)."""
+    openai_fake.reset()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{openai_fake.base_url}/v1")
+    for variable in ("OPENAI_TTS_FORMAT", "OPENAI_TTS_VOICE"):
+        monkeypatch.delenv(variable, raising=False)
+    return openai_fake
+
+
+@pytest.fixture
+def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Call:
+    """Asks the image or audio service (by provider name) for one asset and collects it."""
+
+    async def run(provider: str, text: str = "A ladder against a wall.", aspect: str = "16:9", height: int = 360,
+                  quality: Quality = Quality.STANDARD, voice: str = "") -> tuple[types_pb2.AssetMetadata, bytes]:
+        if PATHS[provider] == SPEECH:
+            stub = audio_service_pb2_grpc.AudioServiceStub(audio_channel)
+            return await collect(stub.SynthesizeSpeech(audio_service_pb2.SynthesizeSpeechRequest(
+                text=text, provider=provider, voice=voice, quality=QUALITIES[quality],
+            )))
+        output = types_pb2.OutputSettings(aspect_ratio=ASPECTS[aspect], height=height, quality=QUALITIES[quality])
+        scene = types_pb2.Scene(id="s1", narration=NARRATION, visual_prompt=text, title="Ladders")
+        stub = image_service_pb2_grpc.ImageServiceStub(image_channel)
+        return await collect(stub.GenerateImage(
+            image_service_pb2.GenerateImageRequest(scene=scene, output=output, provider=provider)
+        ))
+
+    return run
+
+
+async def failure(call: Call, provider: str, **fields: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call(provider, **fields)
+    return error.value
+
+
+@pytest.mark.parametrize(
+    ("provider", "aspect", "height", "quality", "frame", "sent", "cost"),
+    [
+        ("dall-e-3", "16:9", 360, Quality.HD, (640, 360),
+         {"size": "1792x1024", "quality": "hd", "response_format": "b64_json"},
+         pricing.dall_e_3_cost(Quality.HD, False)),
+        ("dall-e-3", "1:1", 256, Quality.DRAFT, (256, 256),
+         {"size": "1024x1024", "quality": "standard", "response_format": "b64_json"},
+         pricing.dall_e_3_cost(Quality.DRAFT, True)),
+        ("gpt-image-1-mini", "9:16", 640, Quality.STANDARD, (360, 640),
+         {"size": "1024x1536", "quality": "medium", "output_format": "png"},
+         pricing.gpt_image_1_mini_cost(Quality.STANDARD, False)),
+        ("gpt-image-1-mini", "16:9", 360, Quality.DRAFT, (640, 360),
+         {"size": "1536x1024", "quality": "low", "output_format": "png"},
+         pricing.gpt_image_1_mini_cost(Quality.DRAFT, False)),
+    ],
+)
+async def test_image_is_fitted_to_the_frame_and_priced(
+    fake: FakeOpenAI, call: Call, provider: str, aspect: str, height: int, quality: Quality,
+    frame: tuple[int, int], sent: dict[str, str], cost: float,
+) -> None:
+    metadata, data = await call(provider, aspect=aspect, height=height, quality=quality)
+    image = Image.open(io.BytesIO(data))
+    assert (image.format, image.size) == ("PNG", frame)
+    assert image.convert("RGB").getpixel((frame[0] // 2, frame[1] // 2)) == COLOUR
+    assert (metadata.provider, metadata.model, metadata.mime_type) == (provider, provider, "image/png")
+    assert (metadata.width, metadata.height, metadata.size_bytes) == (*frame, len(data))
+    assert metadata.estimated_cost_usd == pytest.approx(cost)
+    [request] = fake.requests_to(IMAGES)
+    assert request.headers["Authorization"] == f"Bearer {KEY}"
+    body = request.json()
+    assert {key: body.get(key) for key in sent} == sent
+    assert (body["model"], body["n"], body["prompt"]) == (provider, 1, "A ladder against a wall.")
+    if provider != "dall-e-3":
+        assert "response_format" not in body
+
+
+@pytest.mark.parametrize(
+    ("audio_format", "quality", "voice", "env_voice", "sent"),
+    [
+        ("", Quality.STANDARD, "", "", {"model": "tts-1", "voice": "alloy", "response_format": "wav"}),
+        ("mp3", Quality.HD, "nova", "", {"model": "tts-1-hd", "voice": "nova", "response_format": "mp3"}),
+        ("wav", Quality.DRAFT, "", "echo", {"model": "tts-1", "voice": "echo", "response_format": "wav"}),
+    ],
+)
+async def test_speech_duration_is_measured_from_the_audio(
+    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch,
+    audio_format: str, quality: Quality, voice: str, env_voice: str, sent: dict[str, str],
+) -> None:
+    if audio_format:
+        monkeypatch.setenv("OPENAI_TTS_FORMAT", audio_format)
+    if env_voice:
+        monkeypatch.setenv("OPENAI_TTS_VOICE", env_voice)
+    metadata, data = await call("openai", text=NARRATION, quality=quality, voice=voice)
+    with av.open(io.BytesIO(data)) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert metadata.duration_ms == round(samples * 1000 / SAMPLE_RATE)
+    # The fake speaks 60 ms per character; MP3 adds at most a frame or two of padding.
+    assert abs(metadata.duration_ms - len(NARRATION) * MS_PER_CHARACTER) <= 60
+    assert metadata.sample_rate == SAMPLE_RATE
+    assert metadata.mime_type == ("audio/mpeg" if audio_format == "mp3" else "audio/wav")
+    assert (metadata.provider, metadata.model) == ("openai", sent["model"])
+    assert list(metadata.timings) == []
+    assert metadata.estimated_cost_usd == pytest.approx(pricing.openai_tts_cost(quality, len(NARRATION)))
+    [request] = fake.requests_to(SPEECH)
+    assert request.json() == {**sent, "input": NARRATION}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("", status=429, body=rate_limit_body(), headers={"Retry-After": "0"}),
+        Fault("", status=429, body=rate_limit_body(), headers={"retry-after-ms": "0"}),
+        Fault("", status=500, body=error_body("The server had an error processing your request.", "server_error")),
+        Fault("", reset=True),
+    ],
+    ids=["429-retry-after", "429-retry-after-ms", "500", "reset"],
+)
+async def test_a_transient_failure_is_retried_once(fake: FakeOpenAI, call: Call, provider: str, fault: Fault) -> None:
+    fake.add_fault(Fault(PATHS[provider], fault.status, fault.body, fault.headers, reset=fault.reset))
+    metadata, data = await call(provider, text=NARRATION)
+    assert metadata.provider == provider and data
+    # The SDK's own retries are off: both attempts come from the service's retry policy.
+    assert len(fake.requests_to(PATHS[provider])) == 2
+
+
+async def test_a_persistent_429_is_resource_exhausted(fake: FakeOpenAI, call: Call) -> None:
+    for _ in range(ATTEMPTS):
+        fake.add_fault(Fault(IMAGES, 429, rate_limit_body("gpt-image-1-mini"), {"Retry-After": "0"}))
+    error = await failure(call, "gpt-image-1-mini")
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Rate limit exceeded for images per minute" in error.details()
+    assert len(fake.requests_to(IMAGES)) == ATTEMPTS
+
+
+@pytest.mark.parametrize(("provider", "field"), [("dall-e-3", "scene.visual_prompt"),
+                                                 ("gpt-image-1-mini", "scene.visual_prompt"), ("openai", "text")])
+async def test_a_content_policy_refusal_is_not_retried(fake: FakeOpenAI, call: Call, provider: str, field: str) -> None:
+    if provider == "openai":  # speech has no documented refusal marker, so the refusal is scripted
+        fake.add_fault(Fault(SPEECH, 400, error_body(CONTENT_POLICY_MESSAGE, code="content_policy_violation")))
+    error = await failure(call, provider, text=f"A {fake.refuse_marker} scene.")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{field} was refused by OpenAI's safety system" in error.details()
+    assert "Your request was rejected as a result of our safety system" in error.details()
+    assert len(fake.requests_to(PATHS[provider])) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_missing_key_is_failed_precondition(
+    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    error = await failure(call, provider)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "OPENAI_API_KEY" in error.details()
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_rejected_key_is_failed_precondition_without_the_key(
+    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-5678")
+    error = await failure(call, provider)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "rejected OPENAI_API_KEY" in error.details()
+    assert "5678" not in error.details()
+    # The changed variable took effect on this request, with no restart.
+    assert [r.headers["Authorization"] for r in fake.requests] == ["Bearer sk-wrong-5678"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_malformed_answer_is_retried_then_unavailable(fake: FakeOpenAI, call: Call, provider: str) -> None:
+    fake.malformed = True
+    error = await failure(call, provider)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("not valid base64" if provider != "openai" else "no audio") in error.details()
+    assert len(fake.requests_to(PATHS[provider])) == ATTEMPTS
+
+
+async def test_a_retired_dall_e_3_suggests_gpt_image_1_mini(fake: FakeOpenAI, call: Call) -> None:
+    fake.retired_models.add("dall-e-3")
+    error = await failure(call, "dall-e-3")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "model_not_found" not in error.details()  # the caller gets advice, not the code
+    assert "2026-05-12" in error.details() and "IMAGE_PROVIDER=gpt-image-1-mini" in error.details()
+    assert len(fake.requests_to(IMAGES)) == 1
+
+
+async def test_an_unknown_voice_is_invalid_argument_with_openais_words(fake: FakeOpenAI, call: Call) -> None:
+    error = await failure(call, "openai", voice="nobody")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Invalid value: 'nobody'" in error.details()
+    assert len(fake.requests) == 1
+
+
+async def test_an_unsupported_tts_format_is_failed_precondition(
+    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_TTS_FORMAT", "ogg")
+    error = await failure(call, "openai")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "OPENAI_TTS_FORMAT='ogg'" in error.details()
+    assert fake.requests == []
+
+
+async def test_speech_over_openais_input_limit_names_text(fake: FakeOpenAI) -> None:
+    # The audio service already caps text below 4096 characters, so the provider's own check is called directly.
+    with pytest.raises(InvalidArgument, match="^text has 4097 characters"):
+        await OpenAISpeechProvider().synthesize(SpeechJob(text="a" * 4097, voice="", quality=Quality.STANDARD))
+    assert fake.requests == []
