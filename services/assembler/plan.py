@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -68,15 +69,21 @@ def plan_scene(
     output: OutputFormat,
     lead_ms: int,
     tail_ms: int,
+    narration: str = "",
 ) -> ScenePlan:
-    """Lays out one scene: lead-in silence, the narration, a tail, rounded up to whole frames."""
+    """Lays out one scene: lead-in silence, the narration, a tail, rounded up to whole frames.
+
+    `spoken` holds sentence timings, or word timings when `narration` (the text as written) is given: words are
+    then grouped into cues that keep the written punctuation.
+    """
     frames = math.ceil((lead_ms + narration_ms + tail_ms) * output.fps / 1000)
     cues: list[Cue] = []
     if output.captions:
         max_chars = caption_line_chars(output) * CAPTION_MAX_LINES
-        for part in spoken:
-            for cue in split_cue(part, max_chars):
-                cues.append(Cue(cue.text, cue.start_ms + lead_ms, cue.end_ms + lead_ms))
+        parts = cues_from_words(narration, spoken, max_chars) if narration else [
+            cue for part in spoken for cue in split_cue(part, max_chars)
+        ]
+        cues = [Cue(part.text, part.start_ms + lead_ms, part.end_ms + lead_ms) for part in parts]
     return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=tuple(cues))
 
 
@@ -107,3 +114,61 @@ def split_cue(part: SpokenText, max_chars: int) -> list[SpokenText]:
         cues.append(SpokenText(piece, start, end))
         start = end
     return cues
+
+
+def _alnum(text: str) -> str:
+    return "".join(character for character in text.lower() if character.isalnum())
+
+
+def cues_from_words(text: str, words: list[SpokenText], max_chars: int) -> list[SpokenText]:
+    """Groups the written text into cues timed by word timings, breaking at sentence ends and at `max_chars`.
+
+    Providers report words without punctuation and sometimes say them differently ("12" spoken as "twelve"), so
+    written tokens are matched to spoken words with difflib; tokens left unmatched share the time between their
+    matched neighbours by length.
+    """
+    tokens = text.split()
+    if not tokens or not words:
+        return []
+    times: list[tuple[int, int] | None] = [None] * len(tokens)
+    matcher = difflib.SequenceMatcher(a=[_alnum(t) for t in tokens], b=[_alnum(w.text) for w in words], autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for offset in range(block.size):
+            word = words[block.b + offset]
+            times[block.a + offset] = (word.start_ms, word.end_ms)
+    index = 0
+    while index < len(tokens):
+        if times[index] is not None:
+            index += 1
+            continue
+        gap_end = index
+        while gap_end < len(tokens) and times[gap_end] is None:
+            gap_end += 1
+        previous, following = times[index - 1] if index else None, times[gap_end] if gap_end < len(tokens) else None
+        start = previous[1] if previous else words[0].start_ms
+        end = following[0] if following else words[-1].end_ms
+        weights = [max(1, len(token)) for token in tokens[index:gap_end]]
+        position = float(start)
+        for offset, weight in enumerate(weights):
+            share = (max(end, start) - start) * weight / sum(weights)
+            times[index + offset] = (round(position), round(position + share))
+            position += share
+        index = gap_end
+    timed = [(token, *span) for token, span in zip(tokens, times, strict=True) if span is not None]
+    cues: list[SpokenText] = []
+    current: list[tuple[str, int, int]] = []
+    for item in timed:
+        if current and len(" ".join(t for t, _, _ in [*current, item])) > max_chars:
+            cues.append(_cue(current))
+            current = []
+        current.append(item)
+        if item[0].endswith((".", "!", "?", "…")):
+            cues.append(_cue(current))
+            current = []
+    if current:
+        cues.append(_cue(current))
+    return cues
+
+
+def _cue(items: list[tuple[str, int, int]]) -> SpokenText:
+    return SpokenText(" ".join(token for token, _, _ in items), items[0][1], items[-1][2])

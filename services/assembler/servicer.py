@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc
+from scenecast.v1.types_pb2 import TIMING_KIND_WORD
 
 from services.assembler import captions
 from services.assembler.config import AssemblerSettings
@@ -163,12 +164,15 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             raise InvalidArgument(f"{field_name}.visual has no picture")
         if not narration.has_audio or narration.duration_ms <= 0:
             raise InvalidArgument(f"{field_name}.narration has no audio")
-        spoken = [SpokenText(t.text, t.start_ms, t.end_ms) for t in scene.start.narration.timings] or [
+        timings = scene.start.narration.timings
+        spoken = [SpokenText(t.text, t.start_ms, t.end_ms) for t in timings] or [
             SpokenText(scene.start.scene.narration, 0, narration.duration_ms)
         ]
+        words = bool(timings) and all(t.kind == TIMING_KIND_WORD for t in timings)
         scene.plan = plan_scene(
             scene.index, narration.duration_ms, spoken, assembly.output,
             self._settings.scene_lead_ms, self._settings.scene_tail_ms,
+            narration=scene.start.scene.narration if words else "",
         )
 
     async def _encode(self, assembly: _Assembly, scene: _Scene) -> int:

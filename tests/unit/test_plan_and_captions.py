@@ -65,3 +65,26 @@ def test_srt_places_cues_on_the_video_timeline(tmp_path: Path) -> None:
     write_srt([first, second], path)
     subs = pysubs2.load(str(path))
     assert [(e.plaintext, e.start) for e in subs] == [("One.", 300), ("Two.", first.duration_ms + 300)]
+
+
+def test_word_timings_become_cues_with_the_written_punctuation() -> None:
+    from services.assembler.plan import cues_from_words
+
+    words = [SpokenText(w, i * 400, i * 400 + 300) for i, w in enumerate(
+        ["Wet", "floors", "cause", "slips", "Look", "for", "12", "signs"])]
+    cues = cues_from_words("Wet floors cause slips. Look for twelve signs!", words, max_chars=40)
+    assert [c.text for c in cues] == ["Wet floors cause slips.", "Look for twelve signs!"]
+    assert (cues[0].start_ms, cues[0].end_ms) == (0, 1500)
+    # "twelve" was spoken as "12": it takes that word's time from its matched neighbours.
+    assert (cues[1].start_ms, cues[1].end_ms) == (1600, 3100)
+
+
+def test_word_cues_break_at_the_length_limit() -> None:
+    from services.assembler.plan import cues_from_words
+
+    text = " ".join(f"w{i}" for i in range(30))
+    words = [SpokenText(f"w{i}", i * 100, i * 100 + 80) for i in range(30)]
+    cues = cues_from_words(text, words, max_chars=20)
+    assert all(len(c.text) <= 20 for c in cues)
+    assert " ".join(c.text for c in cues) == text
+    assert all(a.end_ms <= b.start_ms for a, b in zip(cues, cues[1:]))

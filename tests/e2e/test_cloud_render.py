@@ -1,0 +1,125 @@
+"""Whole renders with cloud providers, chosen by environment variables alone, against the fake APIs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scenecast.v1 import render_service_pb2, types_pb2
+
+from scenecast_cli.client import estimate_cost, render_to_file
+from scenecast_cli.stack import LocalStack
+from services.common import pricing
+from services.common.providers import Quality
+from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
+from tests.fakes.edge_tts_server import FakeEdgeTTS
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.replicate_server import TOKEN, FakeReplicate
+from tests.probe import probe_mp4
+
+REQUEST = render_service_pb2.RenderRequest(
+    scenes=SCENES,
+    output=types_pb2.OutputSettings(
+        aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=360, fps=25, quality=types_pb2.QUALITY_STANDARD
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def replicate_fake() -> Iterator[FakeReplicate]:
+    with FakeReplicate() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def edge_fake() -> Iterator[FakeEdgeTTS]:
+    with FakeEdgeTTS() as fake:
+        yield fake
+
+
+def _render(env: dict[str, str], tmp_path: Path) -> tuple[render_service_pb2.EstimateCostResponse,
+                                                          render_service_pb2.RenderSummary, Path]:
+    path = tmp_path / "cloud.mp4"
+    with LocalStack(env=env, log_dir=tmp_path) as stack:
+        estimate = estimate_cost(stack.gateway_address, REQUEST)
+        summary = render_to_file(stack.gateway_address, REQUEST, path, timeout_seconds=120)
+    return estimate, summary, path
+
+
+def _check_video(path: Path, summary: render_service_pb2.RenderSummary) -> None:
+    probed = probe_mp4(path)
+    assert (probed.video_codec, probed.width, probed.height, probed.audio_codec) == ("h264", 640, 360, "aac")
+    expected_s = sum(s.narration.duration_ms for s in summary.scenes) / 1000 + len(SCENES) * (LEAD_S + TAIL_S)
+    assert abs(probed.duration_s - expected_s) < 0.3
+    assert " ".join(probed.subtitle_texts).split() == " ".join(s.narration for s in SCENES).split()
+
+
+def test_flux_and_kokoro(replicate_fake: FakeReplicate, tmp_path: Path) -> None:
+    env = {
+        "IMAGE_PROVIDER": "flux",
+        "TTS_PROVIDER": "kokoro",
+        "REPLICATE_API_TOKEN": TOKEN,
+        "REPLICATE_BASE_URL": replicate_fake.base_url,
+        "REPLICATE_POLL_INTERVAL": "0.05",
+    }
+    estimate, summary, path = _render(env, tmp_path)
+    _check_video(path, summary)
+    assert {(s.visual.provider, s.narration.provider) for s in summary.scenes} == {("flux", "kokoro")}
+    assert summary.scenes[0].visual.model == "black-forest-labs/flux-dev"
+    assert summary.scenes[0].narration.model.startswith("jaaari/kokoro-82m:")
+    creates = replicate_fake.requests_to("/v1/models/black-forest-labs/flux-dev/predictions", "POST")
+    assert len(creates) == len(SCENES)
+    assert all(r.json()["input"]["aspect_ratio"] == "16:9" for r in creates)
+    # Images are priced per image, as estimated; kokoro is billed by the GPU seconds the prediction reports.
+    assert [e.image_usd for e in estimate.scenes] == [pricing.FLUX_DEV_PER_IMAGE] * len(SCENES)
+    for report, scene in zip(summary.scenes, SCENES, strict=True):
+        assert report.visual.estimated_cost_usd == pricing.FLUX_DEV_PER_IMAGE
+        assert report.narration.estimated_cost_usd == pytest.approx(
+            pricing.kokoro_cost(len(scene.narration), replicate_fake.predict_time)
+        )
+    assert summary.estimated_cost_usd == pytest.approx(sum(s.estimated_cost_usd for s in summary.scenes))
+
+
+def test_gpt_image_mini_and_edge(openai_fake: FakeOpenAI, edge_fake: FakeEdgeTTS, tmp_path: Path) -> None:
+    env = {
+        "IMAGE_PROVIDER": "gpt-image-1-mini",
+        "TTS_PROVIDER": "edge",
+        "OPENAI_API_KEY": openai_fake.api_key,
+        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        "EDGE_TTS_WSS_URL": edge_fake.wss_url,
+    }
+    estimate, summary, path = _render(env, tmp_path)
+    _check_video(path, summary)
+    assert {(s.visual.provider, s.narration.provider) for s in summary.scenes} == {("gpt-image-1-mini", "edge")}
+    requests = openai_fake.requests_to("/v1/images/generations", "POST")
+    assert [r.json()["size"] for r in requests] == ["1536x1024"] * len(SCENES)
+    assert [u.text for u in edge_fake.utterances] == [s.narration for s in SCENES]
+    # The estimate and the render agree with the cost table, scene by scene.
+    price = pricing.gpt_image_1_mini_cost(Quality.STANDARD, square=False)
+    assert [e.total_usd for e in estimate.scenes] == [price] * len(SCENES)
+    assert [s.estimated_cost_usd for s in summary.scenes] == [price] * len(SCENES)
+    assert summary.estimated_cost_usd == pytest.approx(estimate.total_usd)
+
+
+def test_openai_image_and_speech_estimate_matches_render(openai_fake: FakeOpenAI, tmp_path: Path) -> None:
+    env = {
+        "IMAGE_PROVIDER": "dall-e-3",
+        "TTS_PROVIDER": "openai",
+        "OPENAI_API_KEY": openai_fake.api_key,
+        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+    }
+    estimate, summary, path = _render(env, tmp_path)
+    _check_video(path, summary)
+    expected = [
+        pricing.dall_e_3_cost(Quality.STANDARD, square=False) + pricing.openai_tts_cost(Quality.STANDARD, len(s.narration))
+        for s in SCENES
+    ]
+    assert [e.total_usd for e in estimate.scenes] == pytest.approx(expected)
+    assert [s.estimated_cost_usd for s in summary.scenes] == pytest.approx(expected)
