@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from services.common.output import OutputFormat
+from services.common.text import split_sentences
 
 # Caption text height relative to the frame's short side; readable on a phone and on a TV.
 CAPTION_SIZE_RATIO = 0.055
@@ -85,6 +86,18 @@ def plan_scene(
         ]
         cues = [Cue(part.text, part.start_ms + lead_ms, part.end_ms + lead_ms) for part in parts]
     return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=tuple(cues))
+
+
+def spread_sentences(text: str, duration_ms: int) -> list[SpokenText]:
+    """Sentence timings for speech that came without any: the duration shared by character count."""
+    sentences = split_sentences(text)
+    total = sum(len(sentence) for sentence in sentences) or 1
+    spans, done = [], 0
+    for sentence in sentences:
+        start = round(duration_ms * done / total)
+        done += len(sentence)
+        spans.append(SpokenText(sentence, start, round(duration_ms * done / total)))
+    return spans
 
 
 def split_cue(part: SpokenText, max_chars: int) -> list[SpokenText]:

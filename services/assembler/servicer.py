@@ -17,7 +17,7 @@ from scenecast.v1.types_pb2 import TIMING_KIND_WORD
 from services.assembler import captions
 from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import MuxJob, SegmentJob, concat_list, mux_command, segment_command
-from services.assembler.plan import ScenePlan, SpokenText, plan_scene
+from services.assembler.plan import ScenePlan, SpokenText, plan_scene, spread_sentences
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, grpc_errors
 from services.common.media import ffmpeg_exe, probe, run_ffmpeg
@@ -165,9 +165,9 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         if not narration.has_audio or narration.duration_ms <= 0:
             raise InvalidArgument(f"{field_name}.narration has no audio")
         timings = scene.start.narration.timings
-        spoken = [SpokenText(t.text, t.start_ms, t.end_ms) for t in timings] or [
-            SpokenText(scene.start.scene.narration, 0, narration.duration_ms)
-        ]
+        spoken = [SpokenText(t.text, t.start_ms, t.end_ms) for t in timings] or spread_sentences(
+            scene.start.scene.narration, narration.duration_ms
+        )
         words = bool(timings) and all(t.kind == TIMING_KIND_WORD for t in timings)
         scene.plan = plan_scene(
             scene.index, narration.duration_ms, spoken, assembly.output,

@@ -88,3 +88,10 @@ def test_word_cues_break_at_the_length_limit() -> None:
     assert all(len(c.text) <= 20 for c in cues)
     assert " ".join(c.text for c in cues) == text
     assert all(a.end_ms <= b.start_ms for a, b in zip(cues, cues[1:]))
+
+
+def test_speech_without_timings_is_shared_between_sentences_by_length() -> None:
+    from services.assembler.plan import spread_sentences
+
+    spans = spread_sentences("Stop. Look around you now.", 2600)
+    assert [(s.text, s.start_ms, s.end_ms) for s in spans] == [("Stop.", 0, 520), ("Look around you now.", 520, 2600)]
