@@ -18,7 +18,25 @@ from services.common.server import MAX_MESSAGE_BYTES
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Spread calls over every address the target resolves to (each replica), not just the first.
+    ("grpc.lb_policy_name", "round_robin"),
+    # Ping idle connections so a replica that vanished without closing them is noticed within ~40 s.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Re-resolve DNS soon after replicas change (a headless Service scaling up or down).
+    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
 ]
+
+
+def channel_target(address: str) -> str:
+    """A gRPC target for an address setting: a comma-separated list of IP:port replicas becomes an `ipv4:` (or
+    `ipv6:`) target with all of them; anything else (host:port, dns:///name:port) is used as it is."""
+    if "," not in address:
+        return address
+    replicas = [part.strip() for part in address.split(",") if part.strip()]
+    scheme = "ipv6" if all(part.startswith("[") for part in replicas) else "ipv4"
+    return f"{scheme}:{','.join(replicas)}"
 
 
 @dataclass
@@ -41,7 +59,9 @@ def connect(settings: GatewaySettings) -> Downstream:
         settings.video_service_address,
         settings.assembler_service_address,
     )
-    channels = tuple(grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) for address in addresses)
+    channels = tuple(
+        grpc.aio.insecure_channel(channel_target(address), options=_CHANNEL_OPTIONS) for address in addresses
+    )
     return Downstream(
         image=image_service_pb2_grpc.ImageServiceStub(channels[0]),
         audio=audio_service_pb2_grpc.AudioServiceStub(channels[1]),

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from services.common.settings import ServiceSettings
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    # host:port to listen on; port 0 picks a free one.
+class GatewaySettings(ServiceSettings):
     listen_address: str = "127.0.0.1:50050"
-    # Addresses (gRPC target strings) of the services the gateway calls.
+    # Where the services are: host:port; a comma-separated list of replicas' IP:port; or dns:///name:port, where the
+    # name resolves to every replica (a headless Kubernetes Service). Calls are spread over replicas round-robin.
     image_service_address: str = "127.0.0.1:50051"
     audio_service_address: str = "127.0.0.1:50052"
     video_service_address: str = "127.0.0.1:50053"
@@ -23,7 +21,8 @@ class GatewaySettings(BaseSettings):
     asset_timeout_seconds: float = 600.0
     # Longest a render may take when the caller sets no deadline, in seconds.
     render_timeout_seconds: float = 3600.0
+    # Attempts of one asset call when a service replica is UNAVAILABLE (each retry may reach another replica).
+    scene_call_attempts: int = 3
     # Clips are asked this much longer than the narration, in milliseconds, to cover the scene's lead-in and tail.
     clip_extra_ms: int = 1000
-    # Seconds running renders get to finish after SIGTERM.
     shutdown_grace_seconds: float = 25.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,8 @@ from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
 from services.common.errors import ProviderUnavailable, ScenecastError
+from services.common.observability import call_metadata
+from services.common.retry import call_with_retries
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,6 +34,16 @@ class DownstreamError(ScenecastError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ReplicaUnavailable(ProviderUnavailable):
+    """A service replica could not be reached or went away mid-call; another replica may serve a retry."""
+
+
+def downstream_error(error: grpc.aio.AioRpcError, where: str) -> ScenecastError:
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return ReplicaUnavailable(f"{where}: {error.details()}")
+    return DownstreamError(error.code(), f"{where}: {error.details()}")
 
 
 @dataclass
@@ -81,7 +93,10 @@ class RenderJob:
         yield self._progress(render_service_pb2.RENDER_STAGE_ACCEPTED, message=f"render {self.render_id} accepted")
         slots = asyncio.Semaphore(self.settings.max_concurrent_scenes)
         tasks = [asyncio.create_task(self._guard(self._scene(i, slots))) for i in range(len(self.request.scenes))]
-        call = self.downstream.assembler.Assemble(self._assembler_requests(), timeout=self._timeout(None))
+        # Not retried: the assembly holds the whole render's state, so a lost assembler fails the render clearly.
+        call = self.downstream.assembler.Assemble(
+            self._assembler_requests(), timeout=self._timeout(None), metadata=call_metadata(self.render_id)
+        )
         tasks.append(asyncio.create_task(self._guard(self._relay(call))))
         try:
             while (item := await self._events.get()) is not None:
@@ -123,6 +138,18 @@ class RenderJob:
         self._reports[index] = report
         self._ready.put_nowait(index)
 
+    async def _fetch(self, index: int, what: str, start_call: Callable[[], Any]) -> Asset:
+        """One asset call, retried on UNAVAILABLE (round_robin sends the retry to another replica)."""
+        return await call_with_retries(
+            lambda: self._receive(start_call(), index, what),
+            attempts=self.settings.scene_call_attempts,
+            deadline=self.deadline,
+            provider=f"{what}-service",
+        )
+
+    def _call_options(self) -> dict[str, Any]:
+        return {"timeout": self._timeout(self.settings.asset_timeout_seconds), "metadata": call_metadata(self.render_id)}
+
     async def _image(self, index: int, assets: _SceneAssets) -> None:
         request = image_service_pb2.GenerateImageRequest(
             render_id=self.render_id,
@@ -131,8 +158,9 @@ class RenderJob:
             output=self.request.output,
             provider=self.request.providers.image,
         )
-        call = self.downstream.image.GenerateImage(request, timeout=self._timeout(self.settings.asset_timeout_seconds))
-        assets.image = await self._receive(call, index, "image")
+        assets.image = await self._fetch(
+            index, "image", lambda: self.downstream.image.GenerateImage(request, **self._call_options())
+        )
         self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image)
 
     async def _speech(self, index: int, assets: _SceneAssets) -> None:
@@ -143,10 +171,9 @@ class RenderJob:
             quality=self.request.output.quality,
             provider=self.request.providers.speech,
         )
-        call = self.downstream.audio.SynthesizeSpeech(
-            request, timeout=self._timeout(self.settings.asset_timeout_seconds)
+        assets.narration = await self._fetch(
+            index, "speech", lambda: self.downstream.audio.SynthesizeSpeech(request, **self._call_options())
         )
-        assets.narration = await self._receive(call, index, "speech")
         self._asset_ready(index, types_pb2.MEDIA_KIND_SPEECH, assets.narration)
 
     async def _clip(self, index: int, assets: _SceneAssets) -> None:
@@ -168,8 +195,9 @@ class RenderJob:
             for chunk in image.chunks:
                 yield video_service_pb2.GenerateClipRequest(source_image_chunk=chunk)
 
-        call = self.downstream.video.GenerateClip(requests(), timeout=self._timeout(self.settings.asset_timeout_seconds))
-        assets.clip = await self._receive(call, index, "clip")
+        assets.clip = await self._fetch(
+            index, "clip", lambda: self.downstream.video.GenerateClip(requests(), **self._call_options())
+        )
         self._asset_ready(index, types_pb2.MEDIA_KIND_VIDEO, assets.clip)
 
     async def _receive(self, call: Any, index: int, what: str) -> Asset:
@@ -186,7 +214,7 @@ class RenderJob:
                     chunks.append(response.chunk)
                     received += len(response.chunk.data)
         except grpc.aio.AioRpcError as error:
-            raise DownstreamError(error.code(), f"{where}: {error.details()}") from error
+            raise downstream_error(error, where) from error
         if metadata is None or received != metadata.size_bytes:
             raise ProviderUnavailable(f"{where}: the stream ended early ({received} bytes); try again")
         return Asset(metadata, chunks)
@@ -243,7 +271,7 @@ class RenderJob:
                 elif kind == "summary":
                     self._events.put_nowait(render_service_pb2.RenderResponse(summary=self._summary(response.summary)))
         except grpc.aio.AioRpcError as error:
-            raise DownstreamError(error.code(), f"assembler: {error.details()}") from error
+            raise downstream_error(error, "assembler") from error
         self._events.put_nowait(None)
 
     def _relay_progress(self, progress: assembler_pb.AssemblyProgress) -> None:

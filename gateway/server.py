@@ -20,4 +20,4 @@ def build(settings: GatewaySettings) -> Server:
 
 def main() -> None:
     settings = GatewaySettings()
-    run(lambda: build(settings), settings.shutdown_grace_seconds)
+    run("gateway", lambda: build(settings), settings)

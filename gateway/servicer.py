@@ -22,7 +22,8 @@ from gateway.config import GatewaySettings
 from gateway.render import DownstreamError, RenderJob
 from gateway.validation import check_provider, validate_render
 from services.common import pricing
-from services.common.errors import grpc_errors
+from services.common.errors import rpc_method
+from services.common.observability import render_id_var
 
 # Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
 _LIST_TIMEOUT_SECONDS = 10.0
@@ -33,7 +34,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self._downstream = downstream
         self._settings = settings
 
-    @grpc_errors
+    @rpc_method
     async def Render(
         self, request: render_service_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.RenderResponse]:
@@ -41,8 +42,10 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         _, _, video = await self._checked_provider_sets(request)
         remaining = context.time_remaining()
         budget = min(remaining, self._settings.render_timeout_seconds) if remaining else self._settings.render_timeout_seconds
+        render_id = request.render_id or uuid.uuid4().hex[:16]
+        render_id_var.set(render_id)  # every log line and downstream call of this render carries it
         job = RenderJob(
-            render_id=request.render_id or uuid.uuid4().hex[:16],
+            render_id=render_id,
             request=request,
             use_clips=bool(request.providers.video or video.default_provider),
             downstream=self._downstream,
@@ -52,7 +55,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         async for response in job.run():
             yield response
 
-    @grpc_errors
+    @rpc_method
     async def EstimateCost(
         self, request: render_service_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.EstimateCostResponse:
@@ -79,7 +82,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             scenes.append(estimate)
         return render_service_pb2.EstimateCostResponse(scenes=scenes, total_usd=sum(s.total_usd for s in scenes))
 
-    @grpc_errors
+    @rpc_method
     async def GetConfig(
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:

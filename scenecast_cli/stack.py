@@ -44,7 +44,11 @@ class LocalStack:
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     default_ports: bool = False
+    # Replicas per media service (default 1); the gateway gets all their addresses and spreads calls round-robin.
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    # Process name ("image", "image-2", "gateway"...) to its gRPC address and its Prometheus /metrics port.
     addresses: dict[str, str] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -54,13 +58,19 @@ class LocalStack:
     def start(self, timeout_seconds: float = 60.0) -> LocalStack:
         base_env = {**os.environ, **self.env}
         gateway_env = dict(base_env)
-        for name, (module, gateway_variable, port) in SERVICES.items():
-            address = f"127.0.0.1:{port if self.default_ports else free_port()}"
-            self.addresses[name] = address
-            gateway_env[gateway_variable] = address
-            self._spawn(name, module, {**base_env, "LISTEN_ADDRESS": address})
-        self.addresses["gateway"] = f"127.0.0.1:{GATEWAY_PORT if self.default_ports else free_port()}"
-        self._spawn("gateway", "gateway", {**gateway_env, "LISTEN_ADDRESS": self.addresses["gateway"]})
+        for service, (module, gateway_variable, port) in SERVICES.items():
+            count = self.replicas.get(service, 1)
+            if self.default_ports and count > 1:
+                raise ValueError("replicas need free ports; do not combine them with default_ports")
+            replica_addresses = []
+            for replica in range(count):
+                name = service if replica == 0 else f"{service}-{replica + 1}"
+                address = f"127.0.0.1:{port if self.default_ports else free_port()}"
+                replica_addresses.append(address)
+                self._spawn(name, module, address, base_env)
+            gateway_env[gateway_variable] = ",".join(replica_addresses)
+        gateway_address = f"127.0.0.1:{GATEWAY_PORT if self.default_ports else free_port()}"
+        self._spawn("gateway", "gateway", gateway_address, gateway_env)
         try:
             for name, address in self.addresses.items():
                 wait_until_serving(address, timeout_seconds, self.processes[name])
@@ -69,11 +79,19 @@ class LocalStack:
             raise
         return self
 
-    def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
+    def _spawn(self, name: str, module: str, address: str, env: dict[str, str]) -> None:
+        self.addresses[name] = address
+        self.metrics_ports[name] = free_port()
+        env = {**env, "LISTEN_ADDRESS": address, "METRICS_PORT": str(self.metrics_ports[name])}
         log = (self.log_dir / f"{name}.log").open("wb") if self.log_dir else None
         self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
         if log is not None:
             log.close()  # the child keeps its own handle
+
+    def kill(self, name: str) -> None:
+        """Kills one process at once (SIGKILL), as a crashed pod would go."""
+        self.processes[name].kill()
+        self.processes[name].wait()
 
     def stop(self) -> None:
         """SIGTERM every service (they drain), then kill what is still running after the grace period."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from services.common.settings import ServiceSettings
 
 
-class AssemblerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    # host:port to listen on; port 0 picks a free one.
+class AssemblerSettings(ServiceSettings):
     listen_address: str = "127.0.0.1:50054"
     # Where per-call working folders are made (removed when the call ends); empty means the system temp dir.
     assembler_tmp_dir: str = ""
@@ -28,7 +25,6 @@ class AssemblerSettings(BaseSettings):
     encode_concurrency: int = 0
     # Longest one FFmpeg run may take, in seconds.
     ffmpeg_timeout_seconds: float = 900.0
-    # Seconds running calls get to finish after SIGTERM.
     shutdown_grace_seconds: float = 20.0
 
     @property

@@ -19,4 +19,4 @@ def build(settings: AssemblerSettings) -> Server:
 
 def main() -> None:
     settings = AssemblerSettings()
-    run(lambda: build(settings), settings.shutdown_grace_seconds)
+    run("assembler", lambda: build(settings), settings)

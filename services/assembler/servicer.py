@@ -19,7 +19,7 @@ from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import MuxJob, SegmentJob, concat_list, mux_command, segment_command
 from services.assembler.plan import ScenePlan, SpokenText, plan_scene, spread_sentences
 from services.common.chunks import ChunkSink, iter_file_chunks
-from services.common.errors import InvalidArgument, grpc_errors
+from services.common.errors import InvalidArgument, rpc_method
 from services.common.media import ffmpeg_exe, probe, run_ffmpeg
 from services.common.output import OutputFormat, output_format
 from services.common.text import checked_text
@@ -60,7 +60,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         # Shared by all calls: the machine's cores are the limit, not one call's scenes.
         self._encode_slots = asyncio.Semaphore(settings.encoders)
 
-    @grpc_errors
+    @rpc_method
     async def Assemble(
         self, request_iterator: AsyncIterator[pb.AssembleRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AssembleResponse]:

@@ -23,4 +23,4 @@ def build(settings: AudioSettings) -> Server:
 
 def main() -> None:
     settings = AudioSettings()
-    run(lambda: build(settings), settings.shutdown_grace_seconds)
+    run("audio", lambda: build(settings), settings)

@@ -12,8 +12,9 @@ from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResult
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
-from services.common.errors import InvalidArgument, ProviderUnavailable, grpc_errors
+from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
 from services.common.media import MediaInfo, probe
+from services.common.observability import record_spend
 from services.common.output import QUALITIES
 from services.common.providers import ProviderRegistry, Quality
 from services.common.retry import call_deadline, call_with_retries
@@ -27,7 +28,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         self._registry = registry
         self._attempts = attempts
 
-    @grpc_errors
+    @rpc_method
     async def SynthesizeSpeech(
         self, request: audio_service_pb2.SynthesizeSpeechRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[audio_service_pb2.SynthesizeSpeechResponse]:
@@ -50,8 +51,9 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
             return result, info
 
         result, info = await call_with_retries(
-            attempt, attempts=self._attempts, deadline=call_deadline(context), what=f"speech from {name}"
+            attempt, attempts=self._attempts, deadline=call_deadline(context), provider=name
         )
+        record_spend(name, result.model, result.estimated_cost_usd)
         yield audio_service_pb2.SynthesizeSpeechResponse(
             metadata=types_pb2.AssetMetadata(
                 mime_type=result.mime_type,
@@ -75,7 +77,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         for chunk in iter_chunks(result.data):
             yield audio_service_pb2.SynthesizeSpeechResponse(chunk=chunk)
 
-    @grpc_errors
+    @rpc_method
     async def ListSpeechProviders(
         self, request: audio_service_pb2.ListSpeechProvidersRequest, context: grpc.aio.ServicerContext
     ) -> audio_service_pb2.ListSpeechProvidersResponse:

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.common.observability import CallRecord, server_call
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -69,43 +71,54 @@ class MediaError(ScenecastError):
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-def grpc_errors(method: Method) -> Method:
-    """Turns domain errors raised by a servicer method (unary or streaming) into gRPC statuses.
+def rpc_method(method: Method) -> Method:
+    """Wraps every servicer method (unary or streaming) the same way.
 
-    Unexpected exceptions are logged with their traceback and reported as INTERNAL without internals.
+    It runs the call inside `observability.server_call` (trace context, render id, metrics) and turns domain
+    errors into gRPC statuses: the one place where that mapping happens. Unexpected exceptions are logged with their
+    traceback and reported as INTERNAL without internals.
     """
+    name = method.__name__
 
-    async def abort(request: Any, context: grpc.aio.ServicerContext, error: Exception) -> None:
+    async def abort(request: Any, context: grpc.aio.ServicerContext, error: Exception, record: CallRecord) -> None:
         if isinstance(request, AsyncIterator):
             await _drain(request)
         if isinstance(error, ScenecastError):
-            _LOGGER.info("%s: %s %s", method.__qualname__, error.code.name, error)
+            record.code = error.code.name
+            _LOGGER.info("%s: %s %s", name, error.code.name, error)
             await context.abort(error.code, str(error))
-        _LOGGER.exception("%s failed", method.__qualname__, exc_info=error)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__qualname__}; see service logs")
+        record.code = grpc.StatusCode.INTERNAL.name
+        _LOGGER.exception("%s failed", name, exc_info=error)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see service logs")
 
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
         async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                async for item in method(self, request, context):
-                    yield item
-            except Exception as error:  # noqa: BLE001 - mapped to a status in one place
-                if isinstance(error, grpc.aio.AbortError):
+            with server_call(name, context) as record:
+                try:
+                    async for item in method(self, request, context):
+                        record.bytes_sent += item.ByteSize()
+                        yield item
+                except asyncio.CancelledError:
+                    record.code = grpc.StatusCode.CANCELLED.name
                     raise
-                await abort(request, context, error)
+                except Exception as error:  # noqa: BLE001 - mapped to a status in one place
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    await abort(request, context, error, record)
 
         return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(method)
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except Exception as error:  # noqa: BLE001 - mapped to a status in one place
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            await abort(request, context, error)
+        with server_call(name, context) as record:
+            try:
+                return await method(self, request, context)
+            except Exception as error:  # noqa: BLE001 - mapped to a status in one place
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                await abort(request, context, error, record)
 
     return unary_wrapper  # type: ignore[return-value]
 

@@ -17,7 +17,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from services.common.errors import ProviderUnavailable
+from services.common.errors import ProviderUnavailable, ScenecastError
+from services.common.observability import record_provider_attempt
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ MAX_RETRY_AFTER_SECONDS = 120.0
 
 
 async def call_with_retries(
-    attempt: Callable[[], Awaitable[T]], *, attempts: int, deadline: float | None, what: str
+    attempt: Callable[[], Awaitable[T]], *, attempts: int, deadline: float | None, provider: str
 ) -> T:
     """Runs `attempt` until it succeeds, retrying only ProviderUnavailable (429, 5xx, timeouts, resets).
 
@@ -51,8 +52,17 @@ async def call_with_retries(
 
     def log(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        _LOGGER.info("%s: attempt %d failed (%s); retrying in %.1f s", what, state.attempt_number, error,
+        _LOGGER.info("%s: attempt %d failed (%s); retrying in %.1f s", provider, state.attempt_number, error,
                      state.upcoming_sleep)
+
+    async def counted() -> T:
+        try:
+            result = await attempt()
+        except ScenecastError as error:
+            record_provider_attempt(provider, error.code.name)
+            raise
+        record_provider_attempt(provider, "OK")
+        return result
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(ProviderUnavailable),
@@ -61,7 +71,7 @@ async def call_with_retries(
         before_sleep=log,
         reraise=True,
     )
-    return await retrying(attempt)
+    return await retrying(counted)
 
 
 def call_deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from services.common import observability
+from services.common.settings import ServiceSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Accept the gateway's keepalive pings (every 30 s) instead of answering them with GOAWAY.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
     add_to_server(servicer, grpc_server)
@@ -63,13 +68,6 @@ def build_server(
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     return Server(grpc_server, port, health_servicer, service_names)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 async def serve_until_signal(build: Callable[[], Server], grace_seconds: float) -> None:
@@ -89,7 +87,9 @@ async def serve_until_signal(build: Callable[[], Server], grace_seconds: float) 
     await server.stop(grace_seconds)
 
 
-def run(build: Callable[[], Server], grace_seconds: float) -> None:
+def run(service: str, build: Callable[[], Server], settings: ServiceSettings) -> None:
     """Entry point used by each service's `python -m` module."""
-    configure_logging()
-    asyncio.run(serve_until_signal(build, grace_seconds))
+    observability.configure(
+        service, settings.log_format, settings.log_level, settings.metrics_port, settings.otel_traces_exporter
+    )
+    asyncio.run(serve_until_signal(build, settings.shutdown_grace_seconds))

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from services.common.settings import ServiceSettings
 
 
-class ImageSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    # host:port to listen on; port 0 picks a free one.
+class ImageSettings(ServiceSettings):
     listen_address: str = "127.0.0.1:50051"
     # Provider used when a request names none.
     image_provider: str = "slides"
     # Attempts per provider call for failures that can succeed later (429, 5xx, timeouts); jittered backoff between.
     provider_attempts: int = 4
-    # Seconds running calls get to finish after SIGTERM.
     shutdown_grace_seconds: float = 5.0

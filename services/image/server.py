@@ -20,4 +20,4 @@ def build(settings: ImageSettings) -> Server:
 
 def main() -> None:
     settings = ImageSettings()
-    run(lambda: build(settings), settings.shutdown_grace_seconds)
+    run("image", lambda: build(settings), settings)

@@ -11,7 +11,8 @@ from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
-from services.common.errors import InvalidArgument, grpc_errors
+from services.common.errors import InvalidArgument, rpc_method
+from services.common.observability import record_spend
 from services.common.output import output_format
 from services.common.providers import ProviderRegistry
 from services.common.retry import call_deadline, call_with_retries
@@ -28,7 +29,7 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
         self._registry = registry
         self._attempts = attempts
 
-    @grpc_errors
+    @rpc_method
     async def GenerateImage(
         self, request: image_service_pb2.GenerateImageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[image_service_pb2.GenerateImageResponse]:
@@ -58,8 +59,9 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
             return result
 
         result = await call_with_retries(
-            attempt, attempts=self._attempts, deadline=call_deadline(context), what=f"image from {name}"
+            attempt, attempts=self._attempts, deadline=call_deadline(context), provider=name
         )
+        record_spend(name, result.model, result.estimated_cost_usd)
         yield image_service_pb2.GenerateImageResponse(
             metadata=types_pb2.AssetMetadata(
                 mime_type=result.mime_type,
@@ -74,7 +76,7 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
         for chunk in iter_chunks(result.data):
             yield image_service_pb2.GenerateImageResponse(chunk=chunk)
 
-    @grpc_errors
+    @rpc_method
     async def ListImageProviders(
         self, request: image_service_pb2.ListImageProvidersRequest, context: grpc.aio.ServicerContext
     ) -> image_service_pb2.ListImageProvidersResponse:

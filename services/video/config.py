@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from services.common.settings import ServiceSettings
 
 
-class VideoSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    # host:port to listen on; port 0 picks a free one.
+class VideoSettings(ServiceSettings):
     listen_address: str = "127.0.0.1:50053"
     # Provider used when a request names none. Empty, as in the seed: renders use still images unless a render or
     # the gateway asks for clips.
@@ -17,5 +14,4 @@ class VideoSettings(BaseSettings):
     video_tmp_dir: str = ""
     # Largest source image accepted, in bytes.
     max_source_image_bytes: int = 64 * 1024 * 1024
-    # Seconds running calls get to finish after SIGTERM.
     shutdown_grace_seconds: float = 10.0

@@ -20,4 +20,4 @@ def build(settings: VideoSettings) -> Server:
 
 def main() -> None:
     settings = VideoSettings()
-    run(lambda: build(settings), settings.shutdown_grace_seconds)
+    run("video", lambda: build(settings), settings)

@@ -11,8 +11,9 @@ from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
 from services.common.chunks import ChunkSink, iter_chunks
 from services.common.convert import provider_set
-from services.common.errors import InvalidArgument, MediaError, grpc_errors
+from services.common.errors import InvalidArgument, MediaError, rpc_method
 from services.common.media import probe
+from services.common.observability import record_spend
 from services.common.output import output_format
 from services.common.providers import ProviderRegistry
 from services.common.text import checked_text
@@ -28,7 +29,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         self._registry = registry
         self._settings = settings
 
-    @grpc_errors
+    @rpc_method
     async def GenerateClip(
         self, request_iterator: AsyncIterator[video_service_pb2.GenerateClipRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[video_service_pb2.GenerateClipResponse]:
@@ -55,6 +56,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                     render_id=spec.render_id,
                 )
             )
+            record_spend(name, result.model, result.estimated_cost_usd)
             clip_path = work_dir / "clip-result"
             clip_path.write_bytes(result.data)
             try:
@@ -101,7 +103,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             raise InvalidArgument("the request stream was empty; send `spec` first")
         return spec, sink.path if sink is not None else None
 
-    @grpc_errors
+    @rpc_method
     async def ListVideoProviders(
         self, request: video_service_pb2.ListVideoProvidersRequest, context: grpc.aio.ServicerContext
     ) -> video_service_pb2.ListVideoProvidersResponse:

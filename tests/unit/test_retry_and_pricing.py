@@ -27,7 +27,7 @@ class Flaky:
 async def test_transient_failures_are_retried_honouring_retry_after() -> None:
     flaky = Flaky(RateLimited("429", retry_after=0.2), ProviderUnavailable("503", retry_after=0))
     started = time.monotonic()
-    assert await call_with_retries(flaky, attempts=4, deadline=None, what="t") == "ok"
+    assert await call_with_retries(flaky, attempts=4, deadline=None, provider="t") == "ok"
     assert flaky.calls == 3
     assert time.monotonic() - started >= 0.2
 
@@ -36,25 +36,25 @@ async def test_transient_failures_are_retried_honouring_retry_after() -> None:
 async def test_permanent_failures_are_not_retried(error: Exception) -> None:
     flaky = Flaky(error)
     with pytest.raises(type(error)):
-        await call_with_retries(flaky, attempts=4, deadline=None, what="t")
+        await call_with_retries(flaky, attempts=4, deadline=None, provider="t")
     assert flaky.calls == 1
 
 
 async def test_attempts_are_bounded() -> None:
     flaky = Flaky(*(ProviderUnavailable("503", retry_after=0) for _ in range(10)))
     with pytest.raises(ProviderUnavailable):
-        await call_with_retries(flaky, attempts=3, deadline=None, what="t")
+        await call_with_retries(flaky, attempts=3, deadline=None, provider="t")
     assert flaky.calls == 3
 
 
 async def test_no_retry_waits_past_the_deadline_or_a_long_retry_after() -> None:
     flaky = Flaky(RateLimited("429", retry_after=5))
     with pytest.raises(RateLimited):
-        await call_with_retries(flaky, attempts=4, deadline=time.monotonic() + 1, what="t")
+        await call_with_retries(flaky, attempts=4, deadline=time.monotonic() + 1, provider="t")
     assert flaky.calls == 1
     patient = Flaky(RateLimited("429", retry_after=3600))
     with pytest.raises(RateLimited):
-        await call_with_retries(patient, attempts=4, deadline=None, what="t")
+        await call_with_retries(patient, attempts=4, deadline=None, provider="t")
     assert patient.calls == 1
 
 
@@ -63,7 +63,7 @@ async def test_backoff_is_jittered() -> None:
     for _ in range(3):
         flaky = Flaky(ProviderUnavailable("503"))
         started = time.monotonic()
-        await call_with_retries(flaky, attempts=2, deadline=None, what="t")
+        await call_with_retries(flaky, attempts=2, deadline=None, provider="t")
         waits.append(time.monotonic() - started)
     assert all(w <= 1.0 for w in waits)
     assert len({round(w, 3) for w in waits}) > 1

@@ -1,0 +1,135 @@
+"""Metrics, structured logs and trace context, the same in every service.
+
+Every servicer method is wrapped by `services.common.errors.rpc_method`, which opens a `server_call` here: it reads
+the caller's trace context and render id from the gRPC metadata, starts a span, counts the call and its latency, and
+the bytes it streamed. Outgoing calls carry the same context with `call_metadata`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from prometheus_client import Counter, Histogram, start_http_server
+
+RENDER_ID_KEY = "x-render-id"
+render_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("render_id", default="")
+
+RPC_REQUESTS = Counter(
+    "scenecast_rpc_requests_total", "RPCs handled, by method and final status code.", ["method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "scenecast_rpc_latency_seconds", "Time from an RPC's start to its end.", ["method"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+BYTES_STREAMED = Counter(
+    "scenecast_bytes_streamed_total", "Bytes of response messages streamed, by method.", ["method"]
+)
+PROVIDER_CALLS = Counter(
+    "scenecast_provider_calls_total", "Provider attempts, by provider and outcome (ok or a status code name).",
+    ["provider", "outcome"],
+)
+ESTIMATED_SPEND = Counter(
+    "scenecast_estimated_spend_usd_total", "Estimated US dollars spent on generated assets.", ["provider", "model"]
+)
+
+_tracer = trace.get_tracer("scenecast")
+
+
+def configure(service: str, log_format: str, log_level: str, metrics_port: int, traces_exporter: str) -> None:
+    """Called once at process start: logging, the metrics endpoint, and the tracer provider."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service) if log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(render_id)s]: %(message)s"))
+    handler.addFilter(_add_context)
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    if metrics_port:
+        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from other pods
+    provider = TracerProvider(resource=Resource.create({"service.name": f"scenecast-{service}"}))
+    if traces_exporter == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def _add_context(record: logging.LogRecord) -> bool:
+    """Stamps every record with the render id and trace id of the call it belongs to."""
+    record.render_id = render_id_var.get()
+    span_context = trace.get_current_span().get_span_context()
+    record.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+    return True
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "service": self._service,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "render_id": getattr(record, "render_id", ""),
+            "trace_id": getattr(record, "trace_id", ""),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+@contextmanager
+def server_call(method: str, context: grpc.aio.ServicerContext) -> Iterator[CallRecord]:
+    """Scope of one incoming RPC: trace context and render id from the metadata, a span, and the metrics."""
+    metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    token = render_id_var.set(metadata.get(RENDER_ID_KEY, ""))
+    record = CallRecord(method)
+    started = time.monotonic()
+    try:
+        with _tracer.start_as_current_span(method, context=propagate.extract(metadata),
+                                           kind=trace.SpanKind.SERVER):
+            yield record
+    finally:
+        RPC_REQUESTS.labels(method, record.code).inc()
+        RPC_LATENCY.labels(method).observe(time.monotonic() - started)
+        BYTES_STREAMED.labels(method).inc(record.bytes_sent)
+        render_id_var.reset(token)
+
+
+class CallRecord:
+    """What an RPC's wrapper learns while it runs: its final code and how many bytes it streamed."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.code = grpc.StatusCode.OK.name
+        self.bytes_sent = 0
+
+
+def call_metadata(render_id: str = "") -> tuple[tuple[str, str], ...]:
+    """Metadata for an outgoing call: the current trace context and the render id."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if render_id or render_id_var.get():
+        carrier[RENDER_ID_KEY] = render_id or render_id_var.get()
+    return tuple(carrier.items())
+
+
+def record_provider_attempt(provider: str, outcome: str) -> None:
+    PROVIDER_CALLS.labels(provider, outcome).inc()
+
+
+def record_spend(provider: str, model: str, usd: float) -> None:
+    if usd > 0:
+        ESTIMATED_SPEND.labels(provider, model).inc(usd)
