@@ -33,6 +33,13 @@ $(BUF): package.json package-lock.json
 lint-protos: $(BUF)
 	$(BUF) lint
 
+# The Node.js client's pinned dependencies (clients/node/package-lock.json), for tests/e2e/test_node_client.py.
+# Install scripts are skipped: protobufjs's postinstall is not needed to load .proto files.
+NODE_CLIENT := clients/node/node_modules/.package-lock.json
+$(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
+	npm ci --prefix clients/node --ignore-scripts --silent
+	touch $@
+
 # Starts the five services on loopback, renders the example script, stops the services.
 demo: install
 	mkdir -p out
@@ -42,8 +49,8 @@ demo: install
 serve: install
 	$(VENV)/bin/scenecast serve
 
-test: install $(BUF)
+test: install $(BUF) $(NODE_CLIENT)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf gen out $(VENV) node_modules
+	rm -rf gen out $(VENV) node_modules clients/node/node_modules

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from prometheus_client import Counter, Histogram, start_http_server
 
+_LOGGER = logging.getLogger(__name__)
+
 RENDER_ID_KEY = "x-render-id"
 render_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("render_id", default="")
 
@@ -100,11 +102,16 @@ def server_call(method: str, context: grpc.aio.ServicerContext) -> Iterator[Call
     try:
         with _tracer.start_as_current_span(method, context=propagate.extract(metadata),
                                            kind=trace.SpanKind.SERVER):
-            yield record
+            try:
+                yield record
+            finally:
+                elapsed = time.monotonic() - started
+                # One access-log line per call, inside the span so it carries the trace id.
+                _LOGGER.info("%s %s in %.3f s, %d bytes sent", method, record.code, elapsed, record.bytes_sent)
+                RPC_REQUESTS.labels(method, record.code).inc()
+                RPC_LATENCY.labels(method).observe(elapsed)
+                BYTES_STREAMED.labels(method).inc(record.bytes_sent)
     finally:
-        RPC_REQUESTS.labels(method, record.code).inc()
-        RPC_LATENCY.labels(method).observe(time.monotonic() - started)
-        BYTES_STREAMED.labels(method).inc(record.bytes_sent)
         render_id_var.reset(token)
 
 
