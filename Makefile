@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint-protos demo serve test clean
+.PHONY: install protos lint lint-protos demo serve test clean
 
 install: $(VENV)/.installed
 
@@ -49,7 +49,12 @@ demo: install
 serve: install
 	$(VENV)/bin/scenecast serve
 
-test: install $(BUF) $(NODE_CLIENT)
+# ruff keeps the Python consistent (pyflakes, pycodestyle, import order, bugbear, pyupgrade; format checked).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install $(BUF) $(NODE_CLIENT) lint
 	$(PY) -m pytest -q
 
 clean:

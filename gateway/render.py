@@ -148,7 +148,10 @@ class RenderJob:
         )
 
     def _call_options(self) -> dict[str, Any]:
-        return {"timeout": self._timeout(self.settings.asset_timeout_seconds), "metadata": call_metadata(self.render_id)}
+        return {
+            "timeout": self._timeout(self.settings.asset_timeout_seconds),
+            "metadata": call_metadata(self.render_id),
+        }
 
     async def _image(self, index: int, assets: _SceneAssets) -> None:
         request = image_service_pb2.GenerateImageRequest(
@@ -253,8 +256,10 @@ class RenderJob:
                     narration=assets.narration.metadata,  # type: ignore[union-attr]
                 )
             )
-            for role, asset in ((assembler_pb.ASSET_ROLE_VISUAL, assets.visual),
-                                (assembler_pb.ASSET_ROLE_NARRATION, assets.narration)):
+            for role, asset in (
+                (assembler_pb.ASSET_ROLE_VISUAL, assets.visual),
+                (assembler_pb.ASSET_ROLE_NARRATION, assets.narration),
+            ):
                 for chunk in asset.chunks:  # type: ignore[union-attr]
                     yield assembler_pb.AssembleRequest(
                         chunk=assembler_pb.SceneChunk(scene_index=index, role=role, chunk=chunk)

@@ -15,7 +15,9 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 def build(settings: GatewaySettings) -> Server:
     servicer = RenderServicer(connect(settings), settings)
 
-    return build_server(settings.listen_address, servicer, render_service_pb2_grpc.add_RenderServiceServicer_to_server, SERVICE_NAME)
+    return build_server(
+        settings.listen_address, servicer, render_service_pb2_grpc.add_RenderServiceServicer_to_server, SERVICE_NAME
+    )
 
 
 def main() -> None:

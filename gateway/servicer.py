@@ -41,7 +41,11 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         validate_render(request, self._settings.max_scenes)
         _, _, video = await self._checked_provider_sets(request)
         remaining = context.time_remaining()
-        budget = min(remaining, self._settings.render_timeout_seconds) if remaining else self._settings.render_timeout_seconds
+        budget = (
+            min(remaining, self._settings.render_timeout_seconds)
+            if remaining
+            else self._settings.render_timeout_seconds
+        )
         render_id = request.render_id or uuid.uuid4().hex[:16]
         render_id_var.set(render_id)  # every log line and downstream call of this render carries it
         job = RenderJob(
@@ -74,9 +78,9 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
                 speech_provider=speech_name,
                 speech_usd=pricing.estimate_speech(speech_name, output.quality, len(scene.narration.strip())),
                 video_provider=video_name,
-                video_usd=pricing.estimate_clip(
-                    video_name, len(scene.narration) / pricing.SPOKEN_CHARS_PER_SECOND
-                ) if video_name else 0.0,
+                video_usd=pricing.estimate_clip(video_name, len(scene.narration) / pricing.SPOKEN_CHARS_PER_SECOND)
+                if video_name
+                else 0.0,
             )
             estimate.total_usd = estimate.image_usd + estimate.speech_usd + estimate.video_usd
             scenes.append(estimate)

@@ -24,7 +24,9 @@ def validate_render(request: render_service_pb2.RenderRequest, max_scenes: int) 
     if not request.scenes:
         raise InvalidArgument("scenes is empty; a script needs at least one scene")
     if len(request.scenes) > max_scenes:
-        raise InvalidArgument(f"scenes has {len(request.scenes)} entries; the limit is {max_scenes}, so split the script")
+        raise InvalidArgument(
+            f"scenes has {len(request.scenes)} entries; the limit is {max_scenes}, so split the script"
+        )
     seen: dict[str, int] = {}
     for index, scene in enumerate(request.scenes):
         field = f"scenes[{index}]"

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     render = commands.add_parser("render", parents=[gateway], help="render a YAML or JSON script to an MP4")
     render.add_argument("script", type=Path)
     render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
-    render.add_argument("--start-services", action="store_true",
-                        help="start the five services locally for this render, then stop them")
+    render.add_argument(
+        "--start-services", action="store_true", help="start the five services locally for this render, then stop them"
+    )
     estimate = commands.add_parser("estimate", parents=[gateway], help="price a script without rendering it")
     estimate.add_argument("script", type=Path)
     commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
@@ -66,13 +67,22 @@ def _render(args: argparse.Namespace) -> int:
     address = stack.gateway_address if stack else args.gateway
     started = time.monotonic()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=_console) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=_console,
+        ) as progress:
             task = progress.add_task("starting", total=None)
 
             def show(event: object) -> None:
-                progress.update(task, description=event.message, completed=event.completed_steps,  # type: ignore[attr-defined]
-                                total=event.total_steps)  # type: ignore[attr-defined]
+                progress.update(
+                    task,
+                    description=event.message,
+                    completed=event.completed_steps,  # type: ignore[attr-defined]
+                    total=event.total_steps,
+                )  # type: ignore[attr-defined]
 
             summary = render_to_file(address, request, args.output, show)
     finally:
@@ -94,9 +104,15 @@ def _print_config(config: object) -> None:
         kind = types_pb2.MediaKind.Name(provider_set.kind).removeprefix("MEDIA_KIND_").lower()
         for provider in provider_set.providers:
             prices = ", ".join(f"{p.model} ${p.usd_per_unit:g}/{p.unit}" for p in provider.prices) or "free"
-            table.add_row(kind, provider.name, "yes" if provider.name == provider_set.default_provider else "",
-                          "yes" if provider.offline else "", "yes" if provider.configured else "no",
-                          " ".join(provider.required_env), prices)
+            table.add_row(
+                kind,
+                provider.name,
+                "yes" if provider.name == provider_set.default_provider else "",
+                "yes" if provider.offline else "",
+                "yes" if provider.configured else "no",
+                " ".join(provider.required_env),
+                prices,
+            )
     Console().print(table)
 
 

@@ -60,7 +60,9 @@ def load_script(path: Path) -> render_service_pb2.RenderRequest:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ScriptError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {error}") from error
+        raise ScriptError(
+            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {error}"
+        ) from error
     try:
         script = ScriptModel.model_validate(data)
     except ValidationError as error:

@@ -122,7 +122,10 @@ def wait_until_serving(address: str, timeout_seconds: float, process: subprocess
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"the service for {address} exited with {process.returncode} while starting")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass

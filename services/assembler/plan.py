@@ -81,9 +81,11 @@ def plan_scene(
     cues: list[Cue] = []
     if output.captions:
         max_chars = caption_line_chars(output) * CAPTION_MAX_LINES
-        parts = cues_from_words(narration, spoken, max_chars) if narration else [
-            cue for part in spoken for cue in split_cue(part, max_chars)
-        ]
+        parts = (
+            cues_from_words(narration, spoken, max_chars)
+            if narration
+            else [cue for part in spoken for cue in split_cue(part, max_chars)]
+        )
         cues = [Cue(part.text, part.start_ms + lead_ms, part.end_ms + lead_ms) for part in parts]
     return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=tuple(cues))
 

@@ -14,7 +14,12 @@ SERVICE_NAME = assembler_service_pb2.DESCRIPTOR.services_by_name["AssemblerServi
 def build(settings: AssemblerSettings) -> Server:
     servicer = AssemblerServicer(settings)
 
-    return build_server(settings.listen_address, servicer, assembler_service_pb2_grpc.add_AssemblerServiceServicer_to_server, SERVICE_NAME)
+    return build_server(
+        settings.listen_address,
+        servicer,
+        assembler_service_pb2_grpc.add_AssemblerServiceServicer_to_server,
+        SERVICE_NAME,
+    )
 
 
 def main() -> None:

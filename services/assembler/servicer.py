@@ -27,8 +27,14 @@ from services.common.text import checked_text
 _LOGGER = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 200
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
-               "audio/wav": ".wav", "audio/mpeg": ".mp3"}
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "video/mp4": ".mp4",
+    "audio/wav": ".wav",
+    "audio/mpeg": ".mp3",
+}
 
 
 @dataclass
@@ -101,7 +107,9 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             raise InvalidArgument("the first message must be `start` (output settings and scene_count)")
         start = message.start
         if not 1 <= start.scene_count <= self._settings.assembler_max_scenes:
-            raise InvalidArgument(f"start.scene_count must be 1 to {self._settings.assembler_max_scenes} (got {start.scene_count})")
+            raise InvalidArgument(
+                f"start.scene_count must be 1 to {self._settings.assembler_max_scenes} (got {start.scene_count})"
+            )
         return _Assembly(
             folder=folder,
             output=output_format(start.output, "start.output"),
@@ -131,10 +139,15 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         assembly.scenes[index] = _Scene(
             index=index,
             start=start,
-            visual=ChunkSink(assembly.folder / f"visual-{index}{visual_ext}", start.visual.size_bytes,
-                             f"{field_name}.visual", limit),
-            narration=ChunkSink(assembly.folder / f"narration-{index}{audio_ext}", start.narration.size_bytes,
-                                f"{field_name}.narration", limit),
+            visual=ChunkSink(
+                assembly.folder / f"visual-{index}{visual_ext}", start.visual.size_bytes, f"{field_name}.visual", limit
+            ),
+            narration=ChunkSink(
+                assembly.folder / f"narration-{index}{audio_ext}",
+                start.narration.size_bytes,
+                f"{field_name}.narration",
+                limit,
+            ),
         )
 
     def _add_chunk(self, assembly: _Assembly, chunk: pb.SceneChunk) -> list[pb.AssembleResponse]:
@@ -170,8 +183,12 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         )
         words = bool(timings) and all(t.kind == TIMING_KIND_WORD for t in timings)
         scene.plan = plan_scene(
-            scene.index, narration.duration_ms, spoken, assembly.output,
-            self._settings.scene_lead_ms, self._settings.scene_tail_ms,
+            scene.index,
+            narration.duration_ms,
+            spoken,
+            assembly.output,
+            self._settings.scene_lead_ms,
+            self._settings.scene_tail_ms,
             narration=scene.start.scene.narration if words else "",
         )
 

@@ -18,7 +18,9 @@ def build(settings: AudioSettings) -> Server:
         registry.get("", "TTS_PROVIDER")  # warm-up: load the default voice before reporting SERVING
     servicer = AudioServicer(registry, settings.provider_attempts)
 
-    return build_server(settings.listen_address, servicer, audio_service_pb2_grpc.add_AudioServiceServicer_to_server, SERVICE_NAME)
+    return build_server(
+        settings.listen_address, servicer, audio_service_pb2_grpc.add_AudioServiceServicer_to_server, SERVICE_NAME
+    )
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         text = checked_text(request.text, "text", MAX_TEXT_CHARS)
         name, provider = self._registry.get(request.provider, "provider")
         job = SpeechJob(
-            text=text, voice=request.voice, quality=QUALITIES.get(request.quality, Quality.STANDARD),
+            text=text,
+            voice=request.voice,
+            quality=QUALITIES.get(request.quality, Quality.STANDARD),
             render_id=request.render_id,
         )
 

@@ -61,7 +61,9 @@ def _decode_data_uri(uri: str, max_bytes: int) -> Downloaded:
     if len(payload) * 3 // 4 > max_bytes:
         raise ProviderUnavailable(f"the output is over the {max_bytes}-byte limit")
     try:
-        data = base64.b64decode(payload, validate=True) if ";base64" in header else urllib.parse.unquote_to_bytes(payload)
+        data = (
+            base64.b64decode(payload, validate=True) if ";base64" in header else urllib.parse.unquote_to_bytes(payload)
+        )
     except (binascii.Error, ValueError) as error:
         raise ProviderUnavailable(f"the output's data: URI is not valid base64 ({error})") from error
     return Downloaded(data, media_type)

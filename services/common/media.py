@@ -42,8 +42,8 @@ def probe(source: Path | BinaryIO, field: str) -> MediaInfo:
             audio = next(iter(container.streams.audio), None)
             if video is None and audio is None:
                 raise InvalidArgument(f"{field}: the file has no audio or video stream")
-            duration_ms = _decoded_duration_ms(container, audio) if audio is not None else _video_duration_ms(
-                container, video
+            duration_ms = (
+                _decoded_duration_ms(container, audio) if audio is not None else _video_duration_ms(container, video)
             )
             width = video.codec_context.width if video is not None else 0
             height = video.codec_context.height if video is not None else 0

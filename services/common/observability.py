@@ -32,14 +32,17 @@ RPC_REQUESTS = Counter(
     "scenecast_rpc_requests_total", "RPCs handled, by method and final status code.", ["method", "code"]
 )
 RPC_LATENCY = Histogram(
-    "scenecast_rpc_latency_seconds", "Time from an RPC's start to its end.", ["method"],
+    "scenecast_rpc_latency_seconds",
+    "Time from an RPC's start to its end.",
+    ["method"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
 BYTES_STREAMED = Counter(
     "scenecast_bytes_streamed_total", "Bytes of response messages streamed, by method.", ["method"]
 )
 PROVIDER_CALLS = Counter(
-    "scenecast_provider_calls_total", "Provider attempts, by provider and outcome (ok or a status code name).",
+    "scenecast_provider_calls_total",
+    "Provider attempts, by provider and outcome (ok or a status code name).",
     ["provider", "outcome"],
 )
 ESTIMATED_SPEND = Counter(
@@ -52,8 +55,11 @@ _tracer = trace.get_tracer("scenecast")
 def configure(service: str, log_format: str, log_level: str, metrics_port: int, traces_exporter: str) -> None:
     """Called once at process start: logging, the metrics endpoint, and the tracer provider."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service) if log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s [%(render_id)s]: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter(service)
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(render_id)s]: %(message)s")
+    )
     handler.addFilter(_add_context)
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     if metrics_port:
@@ -100,8 +106,7 @@ def server_call(method: str, context: grpc.aio.ServicerContext) -> Iterator[Call
     record = CallRecord(method)
     started = time.monotonic()
     try:
-        with _tracer.start_as_current_span(method, context=propagate.extract(metadata),
-                                           kind=trace.SpanKind.SERVER):
+        with _tracer.start_as_current_span(method, context=propagate.extract(metadata), kind=trace.SpanKind.SERVER):
             try:
                 yield record
             finally:

@@ -21,7 +21,11 @@ _RATIOS = {
     types_pb2.ASPECT_RATIO_1_1: (1, 1),
 }
 # The ratio as written in scripts and provider APIs.
-ASPECT_NAMES = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
+ASPECT_NAMES = {
+    "16:9": types_pb2.ASPECT_RATIO_16_9,
+    "9:16": types_pb2.ASPECT_RATIO_9_16,
+    "1:1": types_pb2.ASPECT_RATIO_1_1,
+}
 QUALITIES = {
     types_pb2.QUALITY_DRAFT: Quality.DRAFT,
     types_pb2.QUALITY_STANDARD: Quality.STANDARD,

@@ -64,15 +64,21 @@ PRICE_TABLE: dict[str, tuple[Price, ...]] = {
     ),
     "flux": (Price("black-forest-labs/flux-dev", "image", FLUX_DEV_PER_IMAGE),),
     "sdxl": (
-        Price("stability-ai/sdxl", "GPU second", L40S_PER_SECOND,
-              f"L40S; assumed {SDXL_SECONDS_PER_STEP} s per step, 25-50 steps by quality"),
+        Price(
+            "stability-ai/sdxl",
+            "GPU second",
+            L40S_PER_SECOND,
+            f"L40S; assumed {SDXL_SECONDS_PER_STEP} s per step, 25-50 steps by quality",
+        ),
     ),
     "openai": (
         Price("tts-1", "character", TTS_1_PER_CHAR, "$15 per 1M characters"),
         Price("tts-1-hd", "character", TTS_1_HD_PER_CHAR, "$30 per 1M characters"),
     ),
     "kokoro": (
-        Price("jaaari/kokoro-82m", "GPU second", T4_PER_SECOND, f"T4; assumed {KOKORO_SECONDS_PER_CHAR} s per character"),
+        Price(
+            "jaaari/kokoro-82m", "GPU second", T4_PER_SECOND, f"T4; assumed {KOKORO_SECONDS_PER_CHAR} s per character"
+        ),
     ),
     "edge": (Price("edge-tts", "character", 0.0, "free service, not for commercial use"),),
 }

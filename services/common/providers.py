@@ -54,7 +54,9 @@ class ProviderRegistry(Generic[ProviderT]):
         """`providers` are classes with a `description` attribute, built with no arguments on first use."""
         self._factories = {provider.description.name: provider for provider in providers}  # type: ignore[attr-defined]
         if default and default not in self._factories:
-            raise ValueError(f"{env_var}={default!r} is not a known provider; valid: {', '.join(sorted(self._factories))}")
+            raise ValueError(
+                f"{env_var}={default!r} is not a known provider; valid: {', '.join(sorted(self._factories))}"
+            )
         self._instances: dict[str, ProviderT] = {}
         self.default = default
         self.env_var = env_var

@@ -85,9 +85,7 @@ async def run_prediction(
     try:
         async with asyncio.timeout(limit):
             if model.version:
-                prediction = await client.predictions.async_create(
-                    version=model.version, input=model_input, wait=wait
-                )
+                prediction = await client.predictions.async_create(version=model.version, input=model_input, wait=wait)
             else:
                 prediction = await client.models.predictions.async_create(
                     model=model.name, input=model_input, wait=wait

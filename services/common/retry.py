@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -52,8 +51,13 @@ async def call_with_retries(
 
     def log(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        _LOGGER.info("%s: attempt %d failed (%s); retrying in %.1f s", provider, state.attempt_number, error,
-                     state.upcoming_sleep)
+        _LOGGER.info(
+            "%s: attempt %d failed (%s); retrying in %.1f s",
+            provider,
+            state.attempt_number,
+            error,
+            state.upcoming_sleep,
+        )
 
     async def counted() -> T:
         try:

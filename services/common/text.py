@@ -25,7 +25,9 @@ def checked_text(value: str, field: str, max_chars: int, required: bool = True) 
     if required and not text:
         raise InvalidArgument(f"{field} is empty; give the text to use")
     if len(text) > max_chars:
-        raise InvalidArgument(f"{field} has {len(text)} characters; the limit is {max_chars}, so shorten it or split the scene")
+        raise InvalidArgument(
+            f"{field} has {len(text)} characters; the limit is {max_chars}, so shorten it or split the scene"
+        )
     if match := _CONTROL.search(text):
         raise InvalidArgument(f"{field} contains the control character U+{ord(match.group()):04X}; remove it")
     return text

@@ -15,7 +15,9 @@ SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].ful
 def build(settings: ImageSettings) -> Server:
     servicer = ImageServicer(build_registry(settings.image_provider), settings.provider_attempts)
 
-    return build_server(settings.listen_address, servicer, image_service_pb2_grpc.add_ImageServiceServicer_to_server, SERVICE_NAME)
+    return build_server(
+        settings.listen_address, servicer, image_service_pb2_grpc.add_ImageServiceServicer_to_server, SERVICE_NAME
+    )
 
 
 def main() -> None:

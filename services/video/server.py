@@ -15,7 +15,9 @@ SERVICE_NAME = video_service_pb2.DESCRIPTOR.services_by_name["VideoService"].ful
 def build(settings: VideoSettings) -> Server:
     servicer = VideoServicer(build_registry(settings.video_provider), settings)
 
-    return build_server(settings.listen_address, servicer, video_service_pb2_grpc.add_VideoServiceServicer_to_server, SERVICE_NAME)
+    return build_server(
+        settings.listen_address, servicer, video_service_pb2_grpc.add_VideoServiceServicer_to_server, SERVICE_NAME
+    )
 
 
 def main() -> None:

@@ -93,8 +93,12 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 if not message.HasField("source_image_chunk"):
                     raise InvalidArgument("only `source_image_chunk` messages may follow the spec")
                 if sink is None:
-                    sink = ChunkSink(work_dir / "source-image", self._settings.max_source_image_bytes + 1,
-                                     "source_image", self._settings.max_source_image_bytes + 1)
+                    sink = ChunkSink(
+                        work_dir / "source-image",
+                        self._settings.max_source_image_bytes + 1,
+                        "source_image",
+                        self._settings.max_source_image_bytes + 1,
+                    )
                 sink.write(message.source_image_chunk)
         finally:
             if sink is not None:

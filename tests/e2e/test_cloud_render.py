@@ -44,8 +44,9 @@ def edge_fake() -> Iterator[FakeEdgeTTS]:
         yield fake
 
 
-def _render(env: dict[str, str], tmp_path: Path) -> tuple[render_service_pb2.EstimateCostResponse,
-                                                          render_service_pb2.RenderSummary, Path]:
+def _render(
+    env: dict[str, str], tmp_path: Path
+) -> tuple[render_service_pb2.EstimateCostResponse, render_service_pb2.RenderSummary, Path]:
     path = tmp_path / "cloud.mp4"
     with LocalStack(env=env, log_dir=tmp_path) as stack:
         estimate = estimate_cost(stack.gateway_address, REQUEST)
@@ -119,7 +120,8 @@ def test_openai_image_and_speech_estimate_matches_render(openai_fake: FakeOpenAI
     estimate, summary, path = _render(env, tmp_path)
     _check_video(path, summary)
     expected = [
-        pricing.dall_e_3_cost(Quality.STANDARD, square=False) + pricing.openai_tts_cost(Quality.STANDARD, len(s.narration))
+        pricing.dall_e_3_cost(Quality.STANDARD, square=False)
+        + pricing.openai_tts_cost(Quality.STANDARD, len(s.narration))
         for s in SCENES
     ]
     assert [e.total_usd for e in estimate.scenes] == pytest.approx(expected)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,25 @@ CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 SCRIPT: dict[str, Any] = {
     "title": "Cables",
     "scenes": [
-        {"id": "trip", "title": "Cables trip people", "visualPrompt": "A cable across an office walkway.",
-         "narration": "Loose cables across a walkway are easy to miss. They cause falls every day."},
-        {"id": "cover", "visualPrompt": "A rubber cable cover taped to the floor.",
-         "narration": "Route cables along the wall, or cover them."},
+        {
+            "id": "trip",
+            "title": "Cables trip people",
+            "visualPrompt": "A cable across an office walkway.",
+            "narration": "Loose cables across a walkway are easy to miss. They cause falls every day.",
+        },
+        {
+            "id": "cover",
+            "visualPrompt": "A rubber cable cover taped to the floor.",
+            "narration": "Route cables along the wall, or cover them.",
+        },
     ],
-    "output": {"aspectRatio": "ASPECT_RATIO_16_9", "height": 360, "fps": 25, "quality": "QUALITY_DRAFT",
-               "captions": True},
+    "output": {
+        "aspectRatio": "ASPECT_RATIO_16_9",
+        "height": 360,
+        "fps": 25,
+        "quality": "QUALITY_DRAFT",
+        "captions": True,
+    },
     "providers": {"image": "slides", "speech": "piper"},
 }
 
@@ -43,21 +54,12 @@ def node() -> str:
     return executable
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    logs = tmp_path_factory.mktemp("logs")
-    local = LocalStack(log_dir=logs).start()
-    yield local
-    local.stop()
-    # SIGTERM is a graceful shutdown: every service drains and exits cleanly.
-    assert {name: p.returncode for name, p in local.processes.items()} == dict.fromkeys(local.processes, 0), [
-        (path.name, path.read_text()[-2000:]) for path in logs.iterdir()
-    ]
-
-
 def _run(node: str, *args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [node, str(CLIENT_DIR / "render.js"), *args], capture_output=True, text=True, timeout=timeout,
+        [node, str(CLIENT_DIR / "render.js"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -86,9 +88,7 @@ def test_node_client_renders_a_captioned_narrated_mp4(node: str, stack: LocalSta
     assert " ".join(probed.subtitle_texts).split() == " ".join(s["narration"] for s in SCRIPT["scenes"]).split()
 
 
-def test_node_client_reports_invalid_argument_and_leaves_no_file(
-    node: str, stack: LocalStack, tmp_path: Path
-) -> None:
+def test_node_client_reports_invalid_argument_and_leaves_no_file(node: str, stack: LocalStack, tmp_path: Path) -> None:
     script, out = tmp_path / "bad.json", tmp_path / "bad.mp4"
     script.write_text(json.dumps({**SCRIPT, "output": {**SCRIPT["output"], "height": 0}}))
     result = _run(node, str(script), str(out), "--gateway", stack.gateway_address, timeout=60)

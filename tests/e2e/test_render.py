@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,25 +20,21 @@ from tests.probe import audio_rms, frame_at, probe_mp4
 LEAD_S, TAIL_S = 0.3, 0.5
 
 SCENES = [
-    types_pb2.Scene(id="hazard", title="Spot the hazard", visual_prompt="A wet floor sign in a corridor.",
-                    narration="Wet floors cause many slips. Look for the yellow sign."),
-    types_pb2.Scene(id="report", visual_prompt="A worker calling facilities on a phone.",
-                    narration="If you see a spill, report it right away."),
-    types_pb2.Scene(id="clean", title="Clean it up",
-                    narration="Use the spill kit, then keep others away until the floor is dry."),
+    types_pb2.Scene(
+        id="hazard",
+        title="Spot the hazard",
+        visual_prompt="A wet floor sign in a corridor.",
+        narration="Wet floors cause many slips. Look for the yellow sign.",
+    ),
+    types_pb2.Scene(
+        id="report",
+        visual_prompt="A worker calling facilities on a phone.",
+        narration="If you see a spill, report it right away.",
+    ),
+    types_pb2.Scene(
+        id="clean", title="Clean it up", narration="Use the spill kit, then keep others away until the floor is dry."
+    ),
 ]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    logs = tmp_path_factory.mktemp("logs")
-    local = LocalStack(log_dir=logs).start()
-    yield local
-    local.stop()
-    # SIGTERM is a graceful shutdown: every service drains and exits cleanly.
-    assert {name: p.returncode for name, p in local.processes.items()} == dict.fromkeys(local.processes, 0), [
-        (path.name, path.read_text()[-2000:]) for path in logs.iterdir()
-    ]
 
 
 def _request(aspect: int, height: int, **fields: object) -> render_service_pb2.RenderRequest:
@@ -51,10 +46,13 @@ def _request(aspect: int, height: int, **fields: object) -> render_service_pb2.R
     )
 
 
-@pytest.mark.parametrize(("aspect", "height", "size"), [
-    (types_pb2.ASPECT_RATIO_16_9, 360, (640, 360)),
-    (types_pb2.ASPECT_RATIO_9_16, 640, (360, 640)),
-])
+@pytest.mark.parametrize(
+    ("aspect", "height", "size"),
+    [
+        (types_pb2.ASPECT_RATIO_16_9, 360, (640, 360)),
+        (types_pb2.ASPECT_RATIO_9_16, 640, (360, 640)),
+    ],
+)
 def test_three_scene_render_is_a_captioned_narrated_mp4(
     stack: LocalStack, tmp_path: Path, aspect: int, height: int, size: tuple[int, int]
 ) -> None:
@@ -76,7 +74,7 @@ def test_three_scene_render_is_a_captioned_narrated_mp4(
     assert audio_rms(path, LEAD_S + 0.2, LEAD_S + narration_s[0] - 0.2) > 0.01
     # Burned-in captions: white caption text in the band the slide leaves free, while the first sentence is spoken.
     frame = frame_at(path, LEAD_S + 0.5)
-    band = frame[int(frame.shape[0] * 0.8):]
+    band = frame[int(frame.shape[0] * 0.8) :]
     assert (band.min(axis=2) > 230).sum() > 200
 
     assert (summary.width, summary.height) == size
@@ -140,7 +138,11 @@ def test_config_lists_providers_and_services_offer_reflection(stack: LocalStack)
     # The defaults need nothing; cloud providers are listed with the variables they need and whether those are set.
     by_name = {p.name: p for s in config.provider_sets for p in s.providers}
     assert all(by_name[name].offline and by_name[name].configured for name in ("slides", "piper", "kenburns"))
-    assert all(p.required_env and not p.offline for p in by_name.values() if p.name not in ("slides", "piper", "kenburns", "edge"))
+    assert all(
+        p.required_env and not p.offline
+        for p in by_name.values()
+        if p.name not in ("slides", "piper", "kenburns", "edge")
+    )
     assert {p.model for p in by_name["dall-e-3"].prices} == {"dall-e-3"}
     with grpc.insecure_channel(stack.addresses["assembler"]) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -154,7 +156,9 @@ def test_cli_reports_a_bad_script_with_file_and_field(tmp_path: Path) -> None:
     script.write_text("scenes:\n  - id: intro\n    narration: ''\n")
     result = subprocess.run(
         [sys.executable, "-m", "scenecast_cli.main", "render", str(script), "-o", str(tmp_path / "x.mp4")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr and "scenes.0.narration" in result.stderr
@@ -168,9 +172,20 @@ def test_cli_renders_through_the_gateway(stack: LocalStack, tmp_path: Path) -> N
     )
     out = tmp_path / "one.mp4"
     result = subprocess.run(
-        [sys.executable, "-m", "scenecast_cli.main", "render", str(script), "-o", str(out),
-         "--gateway", stack.gateway_address],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "scenecast_cli.main",
+            "render",
+            str(script),
+            "-o",
+            str(out),
+            "--gateway",
+            stack.gateway_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     probed = probe_mp4(out)

@@ -112,8 +112,11 @@ class FakeServer:
                 RecordedRequest(request.method, request.path, dict(request.query), dict(request.headers), body)
             )
             fault = next(
-                (f for f in self.faults
-                 if request.path.startswith(f.path_prefix) and f.method in (None, request.method)),
+                (
+                    f
+                    for f in self.faults
+                    if request.path.startswith(f.path_prefix) and f.method in (None, request.method)
+                ),
                 None,
             )
             if fault is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import imageio_ffmpeg
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from tests.fakes.base import Fault, FakeServer
+from tests.fakes.base import FakeServer, Fault
 
 PATH = "/consumer/speech/synthesize/readaloud/edge/v1"
 # The public token every Edge browser sends; the real service rejects connections without it.
@@ -72,19 +72,36 @@ def tone_command(ffmpeg: str, word_count: int) -> list[str]:
     seconds = lead + word_count * period
     expression = f"gte(t,{lead})*lt(mod(t-{lead},{period}),{tone})*0.3*sin(2*PI*440*t)"
     return [
-        ffmpeg, "-hide_banner", "-loglevel", "error",
-        "-f", "lavfi", "-i", f"aevalsrc=exprs='{expression}':s={SAMPLE_RATE}:d={seconds},"
-                             f"atrim=start_sample={ENCODER_DELAY_SAMPLES}",
-        "-ac", "1", "-c:a", "libmp3lame", "-b:a", "48k",
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc=exprs='{expression}':s={SAMPLE_RATE}:d={seconds},atrim=start_sample={ENCODER_DELAY_SAMPLES}",
+        "-ac",
+        "1",
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "48k",
         # A bare stream of MP3 frames, as the service sends: no ID3 tag, no Xing header.
-        "-id3v2_version", "0", "-write_xing", "0", "-f", "mp3", "pipe:1",
+        "-id3v2_version",
+        "0",
+        "-write_xing",
+        "0",
+        "-f",
+        "mp3",
+        "pipe:1",
     ]
 
 
 @functools.lru_cache(maxsize=16)
 def tone_mp3(word_count: int) -> bytes:
-    return subprocess.run(tone_command(imageio_ffmpeg.get_ffmpeg_exe(), word_count), capture_output=True,
-                          check=True, timeout=30).stdout
+    return subprocess.run(
+        tone_command(imageio_ffmpeg.get_ffmpeg_exe(), word_count), capture_output=True, check=True, timeout=30
+    ).stdout
 
 
 class FakeEdgeTTS(FakeServer):
@@ -207,11 +224,18 @@ def _audio_frame(request_id: str, stream_id: str, data: bytes) -> bytes:
 
 
 def _metadata(word: Word) -> dict[str, object]:
-    return {"Metadata": [{"Type": "WordBoundary", "Data": {
-        "Offset": word.start_ms * TICKS_PER_MS,
-        "Duration": (word.end_ms - word.start_ms) * TICKS_PER_MS,
-        "text": {"Text": word.text, "Length": len(word.text), "BoundaryType": "WordBoundary"},
-    }}]}
+    return {
+        "Metadata": [
+            {
+                "Type": "WordBoundary",
+                "Data": {
+                    "Offset": word.start_ms * TICKS_PER_MS,
+                    "Duration": (word.end_ms - word.start_ms) * TICKS_PER_MS,
+                    "text": {"Text": word.text, "Length": len(word.text), "BoundaryType": "WordBoundary"},
+                },
+            }
+        ]
+    }
 
 
 def _parse_ssml(ssml: str) -> tuple[str, str]:

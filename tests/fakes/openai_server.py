@@ -20,17 +20,34 @@ from PIL import Image
 from tests.fakes.base import FakeServer
 
 DALL_E_3 = {
-    "sizes": {"1024x1024", "1792x1024", "1024x1792"}, "qualities": {"standard", "hd"}, "max_prompt": 4000, "max_n": 1,
+    "sizes": {"1024x1024", "1792x1024", "1024x1792"},
+    "qualities": {"standard", "hd"},
+    "max_prompt": 4000,
+    "max_n": 1,
 }
 GPT_IMAGE = {
-    "sizes": {"1024x1024", "1536x1024", "1024x1536", "auto"}, "qualities": {"low", "medium", "high", "auto"},
-    "max_prompt": 32000, "max_n": 10,
+    "sizes": {"1024x1024", "1536x1024", "1024x1536", "auto"},
+    "qualities": {"low", "medium", "high", "auto"},
+    "max_prompt": 32000,
+    "max_n": 10,
 }
 IMAGE_MODELS = {"dall-e-3": DALL_E_3, "gpt-image-1": GPT_IMAGE, "gpt-image-1-mini": GPT_IMAGE}
 GPT_IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 SPEECH_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15"}
 VOICES = {
-    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin", "cedar",
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "onyx",
+    "nova",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
 }
 # FFmpeg output options and Content-Type per compressed response_format; wav and pcm are written directly.
 ENCODINGS = {
@@ -50,8 +67,9 @@ CONTENT_POLICY_MESSAGE = (
 )
 
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """The documented error shape, shared by every OpenAI endpoint."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -60,7 +78,8 @@ def rate_limit_body(model: str = "dall-e-3") -> dict[str, Any]:
     """What a 429 carries (for tests to inject as a Fault body)."""
     return error_body(
         f"Rate limit exceeded for images per minute in organization org-fake. Limit: 5/1min. ({model})",
-        type_="requests", code="rate_limit_exceeded",
+        type_="requests",
+        code="rate_limit_exceeded",
     )
 
 
@@ -87,9 +106,19 @@ def tone_wav(characters: int, speed: float = 1.0) -> bytes:
 async def encode(wav: bytes, options: list[str]) -> bytes:
     """Re-encodes a WAV with the imageio-ffmpeg binary, piped through stdin and stdout."""
     process = await asyncio.create_subprocess_exec(
-        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0",
-        *options, "pipe:1",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "wav",
+        "-i",
+        "pipe:0",
+        *options,
+        "pipe:1",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     output, errors = await process.communicate(wav)
     if process.returncode != 0:
@@ -137,8 +166,10 @@ class FakeOpenAI(FakeServer):
         async def guarded(request: web.Request) -> web.Response:
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-                message = (f"Incorrect API key provided: {given[:3]}***{given[-4:]}. You can find your API key at "
-                           "https://platform.openai.com/account/api-keys.")
+                message = (
+                    f"Incorrect API key provided: {given[:3]}***{given[-4:]}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys."
+                )
                 return web.json_response(error_body(message, code="invalid_api_key"), status=401)
             try:
                 body = await request.json()
@@ -148,8 +179,11 @@ class FakeOpenAI(FakeServer):
                 if not isinstance(body, dict):
                     raise Rejected(400, "We could not parse the JSON body of your request.")
                 if body.get("model") in self.retired_models:
-                    raise Rejected(404, f"The model `{body['model']}` does not exist or you do not have access to it.",
-                                   code="model_not_found")
+                    raise Rejected(
+                        404,
+                        f"The model `{body['model']}` does not exist or you do not have access to it.",
+                        code="model_not_found",
+                    )
                 return await handler(body)
             except Rejected as rejected:
                 return web.json_response(
@@ -161,42 +195,62 @@ class FakeOpenAI(FakeServer):
     async def _images(self, body: dict[str, Any]) -> web.Response:
         model = body.get("model", "dall-e-2")
         if model not in IMAGE_MODELS:
-            raise Rejected(404, f"The model `{model}` does not exist or you do not have access to it.",
-                           code="model_not_found")
+            raise Rejected(
+                404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+            )
         rules = IMAGE_MODELS[model]
         dalle = model == "dall-e-3"
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise Rejected(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
         if len(prompt) > rules["max_prompt"]:
-            raise Rejected(400, f"Invalid 'prompt': string too long. Expected a string with maximum length "
-                           f"{rules['max_prompt']}, but got a string with length {len(prompt)} instead.",
-                           "prompt", "string_above_max_length")
+            raise Rejected(
+                400,
+                f"Invalid 'prompt': string too long. Expected a string with maximum length "
+                f"{rules['max_prompt']}, but got a string with length {len(prompt)} instead.",
+                "prompt",
+                "string_above_max_length",
+            )
         n = body.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= rules["max_n"]:
-            raise Rejected(400, f"Invalid 'n': integer must be from 1 to {rules['max_n']} for {model}.", "n",
-                           "invalid_value")
+            raise Rejected(
+                400, f"Invalid 'n': integer must be from 1 to {rules['max_n']} for {model}.", "n", "invalid_value"
+            )
         size = body.get("size", "1024x1024" if dalle else "auto")
         quality = body.get("quality", "standard" if dalle else "auto")
         for param, value, allowed in (("size", size, rules["sizes"]), ("quality", quality, rules["qualities"])):
             if value not in allowed:
-                raise Rejected(400, f"Invalid value: '{value}'. Supported values are: "
-                               f"{', '.join(repr(v) for v in sorted(allowed))}.", param, "invalid_value")
+                raise Rejected(
+                    400,
+                    f"Invalid value: '{value}'. Supported values are: {', '.join(repr(v) for v in sorted(allowed))}.",
+                    param,
+                    "invalid_value",
+                )
         # Parameters the other family has: the real API names the first unknown one.
         foreign = (
-            ("output_format", "output_compression", "background", "moderation") if dalle else ("response_format", "style")
+            ("output_format", "output_compression", "background", "moderation")
+            if dalle
+            else ("response_format", "style")
         )
         for param in foreign:
             if param in body:
                 raise Rejected(400, f"Unknown parameter: '{param}'.", param, "unknown_parameter")
         output_format = "png" if dalle else body.get("output_format", "png")
         if output_format not in GPT_IMAGE_FORMATS:
-            raise Rejected(400, f"Invalid value: '{output_format}'. Supported values are: 'png', 'jpeg' and 'webp'.",
-                           "output_format", "invalid_value")
+            raise Rejected(
+                400,
+                f"Invalid value: '{output_format}'. Supported values are: 'png', 'jpeg' and 'webp'.",
+                "output_format",
+                "invalid_value",
+            )
         response_format = body.get("response_format", "url") if dalle else "b64_json"
         if response_format not in ("url", "b64_json"):
-            raise Rejected(400, f"Invalid value: '{response_format}'. Supported values are: 'url' and 'b64_json'.",
-                           "response_format", "invalid_value")
+            raise Rejected(
+                400,
+                f"Invalid value: '{response_format}'. Supported values are: 'url' and 'b64_json'.",
+                "response_format",
+                "invalid_value",
+            )
         if self.refuse_marker in prompt:
             raise Rejected(400, CONTENT_POLICY_MESSAGE, code="content_policy_violation")
 
@@ -215,38 +269,60 @@ class FakeOpenAI(FakeServer):
         if not dalle:
             tokens = len(prompt.split())
             answer.update(
-                background="opaque", output_format=output_format, size=f"{width}x{height}",
+                background="opaque",
+                output_format=output_format,
+                size=f"{width}x{height}",
                 quality="medium" if quality == "auto" else quality,
-                usage={"input_tokens": tokens, "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0},
-                       "output_tokens": 272, "total_tokens": tokens + 272},
+                usage={
+                    "input_tokens": tokens,
+                    "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0},
+                    "output_tokens": 272,
+                    "total_tokens": tokens + 272,
+                },
             )
         return web.json_response(answer)
 
     async def _speech(self, body: dict[str, Any]) -> web.Response:
         model = body.get("model")
         if model not in SPEECH_MODELS:
-            raise Rejected(404, f"The model `{model}` does not exist or you do not have access to it.",
-                           code="model_not_found")
+            raise Rejected(
+                404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+            )
         text = body.get("input")
         if not isinstance(text, str) or not text:
             raise Rejected(400, "Missing required parameter: 'input'.", "input", "missing_required_parameter")
         if len(text) > 4096:
-            raise Rejected(400, "[{'type': 'string_too_long', 'loc': ('body', 'input'), 'msg': 'String should have "
-                           "at most 4096 characters'}]", "input", "string_above_max_length")
+            raise Rejected(
+                400,
+                "[{'type': 'string_too_long', 'loc': ('body', 'input'), 'msg': 'String should have "
+                "at most 4096 characters'}]",
+                "input",
+                "string_above_max_length",
+            )
         voice = body.get("voice")
         if voice not in VOICES and not (isinstance(voice, dict) and str(voice.get("id", "")).startswith("voice_")):
-            raise Rejected(400, f"Invalid value: '{voice}'. Supported values are: "
-                           f"{', '.join(repr(v) for v in sorted(VOICES))}.", "voice", "invalid_value")
+            raise Rejected(
+                400,
+                f"Invalid value: '{voice}'. Supported values are: {', '.join(repr(v) for v in sorted(VOICES))}.",
+                "voice",
+                "invalid_value",
+            )
         audio_format = body.get("response_format", "mp3")
         if audio_format not in (*ENCODINGS, "wav", "pcm"):
-            raise Rejected(400, f"Invalid value: '{audio_format}'. Supported values are: 'mp3', 'opus', 'aac', "
-                           "'flac', 'wav', and 'pcm'.", "response_format", "invalid_value")
+            raise Rejected(
+                400,
+                f"Invalid value: '{audio_format}'. Supported values are: 'mp3', 'opus', 'aac', "
+                "'flac', 'wav', and 'pcm'.",
+                "response_format",
+                "invalid_value",
+            )
         speed = body.get("speed", 1.0)
         if not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
             raise Rejected(400, f"Invalid 'speed': {speed} is not between 0.25 and 4.0.", "speed", "invalid_value")
         if body.get("stream_format") == "sse" and model in ("tts-1", "tts-1-hd"):
-            raise Rejected(400, f"stream_format 'sse' is not supported for {model}.", "stream_format",
-                           "unsupported_value")
+            raise Rejected(
+                400, f"stream_format 'sse' is not supported for {model}.", "stream_format", "unsupported_value"
+            )
 
         wav = tone_wav(len(text), speed)
         if audio_format == "wav":

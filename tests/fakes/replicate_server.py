@@ -13,7 +13,7 @@ import uuid
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -131,13 +131,19 @@ class FakeReplicate(FakeServer):
         if "/" in version:  # `owner/name` alone runs an official model
             name, version = version, ""
         model = next(
-            (m for m in self.models.values()
-             if (version == m.version or (not version and m.official)) and name in ("", m.name)),
+            (
+                m
+                for m in self.models.values()
+                if (version == m.version or (not version and m.official)) and name in ("", m.name)
+            ),
             None,
         )
         if model is None:
-            return _problem(404, "Invalid version or not permitted",
-                            "The specified version does not exist (or perhaps you don't have permission to use it?)")
+            return _problem(
+                404,
+                "Invalid version or not permitted",
+                "The specified version does not exist (or perhaps you don't have permission to use it?)",
+            )
         return await self._create(request, model)
 
     async def _create(self, request: web.Request, model: FakeModel) -> web.StreamResponse:
@@ -264,7 +270,7 @@ def _prefer_wait(header: str) -> float | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 # Input checks, with the ranges of providers.md section 4; messages imitate Cog's validation output.

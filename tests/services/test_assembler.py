@@ -45,11 +45,15 @@ async def assets(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channe
 
 
 def scene_messages(index: int, visual: Asset, narration: Asset) -> list[pb.AssembleRequest]:
-    messages = [pb.AssembleRequest(scene=pb.SceneStart(scene_index=index, scene=SCENE, visual=visual[0],
-                                                       narration=narration[0]))]
+    messages = [
+        pb.AssembleRequest(
+            scene=pb.SceneStart(scene_index=index, scene=SCENE, visual=visual[0], narration=narration[0])
+        )
+    ]
     for role, (_, data) in ((pb.ASSET_ROLE_VISUAL, visual), (pb.ASSET_ROLE_NARRATION, narration)):
-        messages += [pb.AssembleRequest(chunk=pb.SceneChunk(scene_index=index, role=role, chunk=c))
-                     for c in iter_chunks(data)]
+        messages += [
+            pb.AssembleRequest(chunk=pb.SceneChunk(scene_index=index, role=role, chunk=c)) for c in iter_chunks(data)
+        ]
     return messages
 
 
@@ -57,7 +61,9 @@ def start(scene_count: int) -> pb.AssembleRequest:
     return pb.AssembleRequest(start=pb.AssemblyStart(output=OUTPUT_16_9, scene_count=scene_count))
 
 
-async def assemble(channel: grpc.aio.Channel, messages: Iterable[pb.AssembleRequest]) -> tuple[bytes, list, pb.AssemblySummary]:
+async def assemble(
+    channel: grpc.aio.Channel, messages: Iterable[pb.AssembleRequest]
+) -> tuple[bytes, list, pb.AssemblySummary]:
     async def requests() -> AsyncIterator[pb.AssembleRequest]:
         for message in messages:
             yield message
@@ -101,8 +107,9 @@ async def test_broken_streams_are_invalid_argument_and_leave_no_files(
     good = scene_messages(0, image, speech)
     not_an_image = (types_pb2.AssetMetadata(mime_type="image/png", size_bytes=11), b"hello world")
     not_audio = (types_pb2.AssetMetadata(mime_type="audio/wav", size_bytes=9), b"\x00" * 9)
-    late_chunk = pb.AssembleRequest(chunk=pb.SceneChunk(
-        scene_index=0, role=pb.ASSET_ROLE_VISUAL, chunk=types_pb2.MediaChunk(offset=100, data=b"x")))
+    late_chunk = pb.AssembleRequest(
+        chunk=pb.SceneChunk(scene_index=0, role=pb.ASSET_ROLE_VISUAL, chunk=types_pb2.MediaChunk(offset=100, data=b"x"))
+    )
     cases = {
         "first message must be `start`": good,
         "start.scene_count": [pb.AssembleRequest(start=pb.AssemblyStart(output=OUTPUT_16_9))],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from itertools import pairwise
 
 import av
 import grpc
@@ -77,7 +78,7 @@ async def test_speech_is_mp3_with_word_timings_that_match_the_audio(
         return float(np.abs(samples[int(start_ms * rate / 1000) : int(end_ms * rate / 1000)]).mean())
 
     # The audio is loud inside each word's span and silent in the gaps between them.
-    for word, following in zip(metadata.timings, metadata.timings[1:]):
+    for word, following in pairwise(metadata.timings):
         assert loudness(word.start_ms + 50, word.end_ms - 50) > 0.1
         assert loudness(word.end_ms + 25, following.start_ms - 25) < 0.01
     assert edge.connections() == 1

@@ -21,7 +21,6 @@ from scenecast.v1 import (
 )
 
 from services.common.chunks import iter_chunks
-from tests.probe import probe_mp4
 
 OUTPUT_16_9 = types_pb2.OutputSettings(
     aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=360, fps=24, quality=types_pb2.QUALITY_DRAFT
@@ -76,7 +75,9 @@ async def test_image_bad_input_is_invalid_argument(
 
 async def test_speech_has_measured_duration_and_sentence_timings(audio_channel: grpc.aio.Channel) -> None:
     stub = audio_service_pb2_grpc.AudioServiceStub(audio_channel)
-    metadata, data = await collect(stub.SynthesizeSpeech(audio_service_pb2.SynthesizeSpeechRequest(text=SCENE.narration)))
+    metadata, data = await collect(
+        stub.SynthesizeSpeech(audio_service_pb2.SynthesizeSpeechRequest(text=SCENE.narration))
+    )
     with wave.open(io.BytesIO(data)) as wav:
         measured_ms = round(wav.getnframes() * 1000 / wav.getframerate())
         assert wav.getframerate() == metadata.sample_rate == 22050
@@ -119,7 +120,10 @@ async def test_kenburns_clip_from_the_scene_image(
     async def requests() -> AsyncIterator[video_service_pb2.GenerateClipRequest]:
         yield video_service_pb2.GenerateClipRequest(
             spec=video_service_pb2.ClipSpec(
-                scene=SCENE, output=OUTPUT_16_9, duration_ms=2000, provider="kenburns",
+                scene=SCENE,
+                output=OUTPUT_16_9,
+                duration_ms=2000,
+                provider="kenburns",
                 source_image_mime_type=image_metadata.mime_type,
             )
         )
@@ -128,7 +132,12 @@ async def test_kenburns_clip_from_the_scene_image(
 
     stub = video_service_pb2_grpc.VideoServiceStub(video_channel)
     metadata, clip = await collect(stub.GenerateClip(requests()))
-    assert (metadata.mime_type, metadata.width, metadata.height, metadata.provider) == ("video/mp4", 640, 360, "kenburns")
+    assert (metadata.mime_type, metadata.width, metadata.height, metadata.provider) == (
+        "video/mp4",
+        640,
+        360,
+        "kenburns",
+    )
     assert abs(metadata.duration_ms - 2000) <= 50
     path = tmp_path / "clip.mp4"
     path.write_bytes(clip)

@@ -35,8 +35,11 @@ PATHS = {"dall-e-3": IMAGES, "gpt-image-1-mini": IMAGES, "openai": SPEECH}
 PROVIDERS = list(PATHS)
 NARRATION = "Check the ladder. Then climb."
 ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-QUALITIES = {Quality.DRAFT: types_pb2.QUALITY_DRAFT, Quality.STANDARD: types_pb2.QUALITY_STANDARD,
-             Quality.HD: types_pb2.QUALITY_HD}
+QUALITIES = {
+    Quality.DRAFT: types_pb2.QUALITY_DRAFT,
+    Quality.STANDARD: types_pb2.QUALITY_STANDARD,
+    Quality.HD: types_pb2.QUALITY_HD,
+}
 # The services in conftest are built from default settings, so this is the attempt count they use.
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 
@@ -64,19 +67,32 @@ def fake(openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAI
 def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Call:
     """Asks the image or audio service (by provider name) for one asset and collects it."""
 
-    async def run(provider: str, text: str = "A ladder against a wall.", aspect: str = "16:9", height: int = 360,
-                  quality: Quality = Quality.STANDARD, voice: str = "") -> tuple[types_pb2.AssetMetadata, bytes]:
+    async def run(
+        provider: str,
+        text: str = "A ladder against a wall.",
+        aspect: str = "16:9",
+        height: int = 360,
+        quality: Quality = Quality.STANDARD,
+        voice: str = "",
+    ) -> tuple[types_pb2.AssetMetadata, bytes]:
         if PATHS[provider] == SPEECH:
             stub = audio_service_pb2_grpc.AudioServiceStub(audio_channel)
-            return await collect(stub.SynthesizeSpeech(audio_service_pb2.SynthesizeSpeechRequest(
-                text=text, provider=provider, voice=voice, quality=QUALITIES[quality],
-            )))
+            return await collect(
+                stub.SynthesizeSpeech(
+                    audio_service_pb2.SynthesizeSpeechRequest(
+                        text=text,
+                        provider=provider,
+                        voice=voice,
+                        quality=QUALITIES[quality],
+                    )
+                )
+            )
         output = types_pb2.OutputSettings(aspect_ratio=ASPECTS[aspect], height=height, quality=QUALITIES[quality])
         scene = types_pb2.Scene(id="s1", narration=NARRATION, visual_prompt=text, title="Ladders")
         stub = image_service_pb2_grpc.ImageServiceStub(image_channel)
-        return await collect(stub.GenerateImage(
-            image_service_pb2.GenerateImageRequest(scene=scene, output=output, provider=provider)
-        ))
+        return await collect(
+            stub.GenerateImage(image_service_pb2.GenerateImageRequest(scene=scene, output=output, provider=provider))
+        )
 
     return run
 
@@ -90,23 +106,54 @@ async def failure(call: Call, provider: str, **fields: object) -> grpc.aio.AioRp
 @pytest.mark.parametrize(
     ("provider", "aspect", "height", "quality", "frame", "sent", "cost"),
     [
-        ("dall-e-3", "16:9", 360, Quality.HD, (640, 360),
-         {"size": "1792x1024", "quality": "hd", "response_format": "b64_json"},
-         pricing.dall_e_3_cost(Quality.HD, False)),
-        ("dall-e-3", "1:1", 256, Quality.DRAFT, (256, 256),
-         {"size": "1024x1024", "quality": "standard", "response_format": "b64_json"},
-         pricing.dall_e_3_cost(Quality.DRAFT, True)),
-        ("gpt-image-1-mini", "9:16", 640, Quality.STANDARD, (360, 640),
-         {"size": "1024x1536", "quality": "medium", "output_format": "png"},
-         pricing.gpt_image_1_mini_cost(Quality.STANDARD, False)),
-        ("gpt-image-1-mini", "16:9", 360, Quality.DRAFT, (640, 360),
-         {"size": "1536x1024", "quality": "low", "output_format": "png"},
-         pricing.gpt_image_1_mini_cost(Quality.DRAFT, False)),
+        (
+            "dall-e-3",
+            "16:9",
+            360,
+            Quality.HD,
+            (640, 360),
+            {"size": "1792x1024", "quality": "hd", "response_format": "b64_json"},
+            pricing.dall_e_3_cost(Quality.HD, False),
+        ),
+        (
+            "dall-e-3",
+            "1:1",
+            256,
+            Quality.DRAFT,
+            (256, 256),
+            {"size": "1024x1024", "quality": "standard", "response_format": "b64_json"},
+            pricing.dall_e_3_cost(Quality.DRAFT, True),
+        ),
+        (
+            "gpt-image-1-mini",
+            "9:16",
+            640,
+            Quality.STANDARD,
+            (360, 640),
+            {"size": "1024x1536", "quality": "medium", "output_format": "png"},
+            pricing.gpt_image_1_mini_cost(Quality.STANDARD, False),
+        ),
+        (
+            "gpt-image-1-mini",
+            "16:9",
+            360,
+            Quality.DRAFT,
+            (640, 360),
+            {"size": "1536x1024", "quality": "low", "output_format": "png"},
+            pricing.gpt_image_1_mini_cost(Quality.DRAFT, False),
+        ),
     ],
 )
 async def test_image_is_fitted_to_the_frame_and_priced(
-    fake: FakeOpenAI, call: Call, provider: str, aspect: str, height: int, quality: Quality,
-    frame: tuple[int, int], sent: dict[str, str], cost: float,
+    fake: FakeOpenAI,
+    call: Call,
+    provider: str,
+    aspect: str,
+    height: int,
+    quality: Quality,
+    frame: tuple[int, int],
+    sent: dict[str, str],
+    cost: float,
 ) -> None:
     metadata, data = await call(provider, aspect=aspect, height=height, quality=quality)
     image = Image.open(io.BytesIO(data))
@@ -133,8 +180,14 @@ async def test_image_is_fitted_to_the_frame_and_priced(
     ],
 )
 async def test_speech_duration_is_measured_from_the_audio(
-    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch,
-    audio_format: str, quality: Quality, voice: str, env_voice: str, sent: dict[str, str],
+    fake: FakeOpenAI,
+    call: Call,
+    monkeypatch: pytest.MonkeyPatch,
+    audio_format: str,
+    quality: Quality,
+    voice: str,
+    env_voice: str,
+    sent: dict[str, str],
 ) -> None:
     if audio_format:
         monkeypatch.setenv("OPENAI_TTS_FORMAT", audio_format)
@@ -183,8 +236,10 @@ async def test_a_persistent_429_is_resource_exhausted(fake: FakeOpenAI, call: Ca
     assert len(fake.requests_to(IMAGES)) == ATTEMPTS
 
 
-@pytest.mark.parametrize(("provider", "field"), [("dall-e-3", "scene.visual_prompt"),
-                                                 ("gpt-image-1-mini", "scene.visual_prompt"), ("openai", "text")])
+@pytest.mark.parametrize(
+    ("provider", "field"),
+    [("dall-e-3", "scene.visual_prompt"), ("gpt-image-1-mini", "scene.visual_prompt"), ("openai", "text")],
+)
 async def test_a_content_policy_refusal_is_not_retried(fake: FakeOpenAI, call: Call, provider: str, field: str) -> None:
     if provider == "openai":  # speech has no documented refusal marker, so the refusal is scripted
         fake.add_fault(Fault(SPEECH, 400, error_body(CONTENT_POLICY_MESSAGE, code="content_policy_violation")))

@@ -37,8 +37,11 @@ PROVIDERS = list(CREATE_PATHS)
 IMAGE_PROVIDERS = ["sdxl", "flux"]
 NARRATION = "Check the ladder. Then climb."
 ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-QUALITIES = {Quality.DRAFT: types_pb2.QUALITY_DRAFT, Quality.STANDARD: types_pb2.QUALITY_STANDARD,
-             Quality.HD: types_pb2.QUALITY_HD}
+QUALITIES = {
+    Quality.DRAFT: types_pb2.QUALITY_DRAFT,
+    Quality.STANDARD: types_pb2.QUALITY_STANDARD,
+    Quality.HD: types_pb2.QUALITY_HD,
+}
 # The services in conftest are built from default settings, so this is the attempt count they use.
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 
@@ -70,20 +73,35 @@ def fake(replicate_fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> Fake
 def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Call:
     """Asks the image or audio service (by provider name) for one asset and collects it."""
 
-    async def run(provider: str, text: str = "A ladder against a wall.", aspect: str = "16:9",
-                  quality: Quality = Quality.STANDARD, voice: str = "",
-                  timeout: float | None = None) -> tuple[types_pb2.AssetMetadata, bytes]:
+    async def run(
+        provider: str,
+        text: str = "A ladder against a wall.",
+        aspect: str = "16:9",
+        quality: Quality = Quality.STANDARD,
+        voice: str = "",
+        timeout: float | None = None,
+    ) -> tuple[types_pb2.AssetMetadata, bytes]:
         if provider == "kokoro":
             stub = audio_service_pb2_grpc.AudioServiceStub(audio_channel)
-            return await collect(stub.SynthesizeSpeech(audio_service_pb2.SynthesizeSpeechRequest(
-                text=text, provider=provider, voice=voice, quality=QUALITIES[quality],
-            ), timeout=timeout))
+            return await collect(
+                stub.SynthesizeSpeech(
+                    audio_service_pb2.SynthesizeSpeechRequest(
+                        text=text,
+                        provider=provider,
+                        voice=voice,
+                        quality=QUALITIES[quality],
+                    ),
+                    timeout=timeout,
+                )
+            )
         output = types_pb2.OutputSettings(aspect_ratio=ASPECTS[aspect], height=360, quality=QUALITIES[quality])
         scene = types_pb2.Scene(id="s1", narration=NARRATION, visual_prompt=text, title="Ladders")
         stub = image_service_pb2_grpc.ImageServiceStub(image_channel)
-        return await collect(stub.GenerateImage(
-            image_service_pb2.GenerateImageRequest(scene=scene, output=output, provider=provider), timeout=timeout
-        ))
+        return await collect(
+            stub.GenerateImage(
+                image_service_pb2.GenerateImageRequest(scene=scene, output=output, provider=provider), timeout=timeout
+            )
+        )
 
     return run
 
@@ -107,9 +125,16 @@ async def test_sdxl_pins_its_version_and_sizes_for_the_aspect(fake: FakeReplicat
     [create] = fake.creates()
     body = create.json()
     assert (create.path, body["version"], create.headers["Prefer"]) == (
-        "/v1/predictions", SDXL_VERSION, f"wait={SYNC_WAIT_SECONDS}")
+        "/v1/predictions",
+        SDXL_VERSION,
+        f"wait={SYNC_WAIT_SECONDS}",
+    )
     assert {key: body["input"][key] for key in ("prompt", "width", "height", "num_inference_steps")} == {
-        "prompt": "A ladder against a wall.", "width": 1344, "height": 768, "num_inference_steps": 35}
+        "prompt": "A ladder against a wall.",
+        "width": 1344,
+        "height": 768,
+        "num_inference_steps": 35,
+    }
     assert "fingers" in body["input"]["negative_prompt"]
     assert (metadata.provider, metadata.model) == ("sdxl", "stability-ai/sdxl:39ed52f2")
     assert metadata.estimated_cost_usd == pricing.sdxl_cost(35, fake.predict_time)
@@ -123,7 +148,10 @@ async def test_flux_runs_the_official_model_at_the_aspect_ratio(fake: FakeReplic
     model_input = create.json()["input"]
     assert "version" not in create.json()
     assert (model_input["aspect_ratio"], model_input["num_inference_steps"], model_input["output_format"]) == (
-        "9:16", 28, "png")
+        "9:16",
+        28,
+        "png",
+    )
     assert model_input["prompt"].startswith("A ladder against a wall.") and "five fingers" in model_input["prompt"]
     assert (metadata.provider, metadata.model) == ("flux", "black-forest-labs/flux-dev")
     assert metadata.estimated_cost_usd == pricing.FLUX_DEV_PER_IMAGE
@@ -147,8 +175,9 @@ async def test_kokoro_speech_is_a_wav_of_measured_length(fake: FakeReplicate, ca
     ("provider", "quality", "steps"),
     [("sdxl", Quality.DRAFT, 25), ("sdxl", Quality.HD, 50), ("flux", Quality.DRAFT, 20), ("flux", Quality.HD, 50)],
 )
-async def test_steps_follow_the_quality(fake: FakeReplicate, call: Call, provider: str, quality: Quality,
-                                        steps: int) -> None:
+async def test_steps_follow_the_quality(
+    fake: FakeReplicate, call: Call, provider: str, quality: Quality, steps: int
+) -> None:
     metadata, _ = await call(provider, quality=quality, aspect="1:1")
     assert (metadata.width, metadata.height) == (360, 360)
     [create] = fake.creates()
@@ -168,8 +197,9 @@ async def test_steps_follow_the_quality(fake: FakeReplicate, call: Call, provide
     ],
     ids=["429-retry-after", "500", "reset"],
 )
-async def test_a_failed_create_is_retried_by_the_service(fake: FakeReplicate, call: Call, provider: str,
-                                                         fault: Fault) -> None:
+async def test_a_failed_create_is_retried_by_the_service(
+    fake: FakeReplicate, call: Call, provider: str, fault: Fault
+) -> None:
     fault.path_prefix, fault.method = CREATE_PATHS[provider], "POST"
     fake.add_fault(fault)
     metadata, _ = await call(provider)
@@ -181,8 +211,14 @@ async def test_a_failed_create_is_retried_by_the_service(fake: FakeReplicate, ca
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_invalid_input_is_not_retried(fake: FakeReplicate, call: Call, provider: str) -> None:
     detail = "- input.num_inference_steps: Must be less than or equal to 50"
-    fake.add_fault(Fault(CREATE_PATHS[provider], status=422, method="POST",
-                         body={"title": "Input validation failed", "detail": detail, "status": 422}))
+    fake.add_fault(
+        Fault(
+            CREATE_PATHS[provider],
+            status=422,
+            method="POST",
+            body={"title": "Input validation failed", "detail": detail, "status": 422},
+        )
+    )
     error = await failure(call, provider)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert detail in error.details()
@@ -197,8 +233,9 @@ async def test_the_fakes_own_validation_reaches_the_caller(fake: FakeReplicate, 
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_missing_token_is_failed_precondition(fake: FakeReplicate, call: Call, provider: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_missing_token_is_failed_precondition(
+    fake: FakeReplicate, call: Call, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("REPLICATE_API_TOKEN")
     error = await failure(call, provider)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -206,8 +243,9 @@ async def test_missing_token_is_failed_precondition(fake: FakeReplicate, call: C
     assert fake.requests == []
 
 
-async def test_rejected_token_is_failed_precondition(fake: FakeReplicate, call: Call,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_rejected_token_is_failed_precondition(
+    fake: FakeReplicate, call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_revoked")
     error = await failure(call, "flux")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -215,8 +253,9 @@ async def test_rejected_token_is_failed_precondition(fake: FakeReplicate, call: 
     assert len(fake.requests) == 1
 
 
-async def test_unknown_version_names_its_variable(fake: FakeReplicate, call: Call,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unknown_version_names_its_variable(
+    fake: FakeReplicate, call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SDXL_VERSION", "0" * 64)
     error = await failure(call, "sdxl")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -225,8 +264,9 @@ async def test_unknown_version_names_its_variable(fake: FakeReplicate, call: Cal
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_failed_prediction_is_unavailable_after_every_attempt(fake: FakeReplicate, call: Call,
-                                                                     provider: str) -> None:
+async def test_a_failed_prediction_is_unavailable_after_every_attempt(
+    fake: FakeReplicate, call: Call, provider: str
+) -> None:
     fake.fail_with = "CUDA error: out of memory"
     error = await failure(call, provider)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -244,8 +284,9 @@ async def test_a_safety_refusal_is_invalid_argument(fake: FakeReplicate, call: C
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_truncated_output_is_unavailable_after_every_attempt(fake: FakeReplicate, call: Call,
-                                                                    provider: str) -> None:
+async def test_a_truncated_output_is_unavailable_after_every_attempt(
+    fake: FakeReplicate, call: Call, provider: str
+) -> None:
     fake.truncate_output = True
     error = await failure(call, provider)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -283,8 +324,9 @@ async def test_data_uri_outputs_are_decoded_and_sniffed(fake: FakeReplicate, cal
     assert fake.requests_to("/files/") == []
 
 
-async def test_a_prediction_over_the_time_limit_is_canceled(fake: FakeReplicate, call: Call,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_prediction_over_the_time_limit_is_canceled(
+    fake: FakeReplicate, call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.never_finish = True
     monkeypatch.setenv("REPLICATE_TIMEOUT_SECONDS", "0.3")
     error = await failure(call, "flux")
@@ -315,8 +357,9 @@ async def test_an_abandoned_call_cancels_its_prediction(fake: FakeReplicate, cal
         ("/v1/predictions", {"version": KOKORO_VERSION, "input": {"text": "Hi.", "speed": 6}}, "or equal to 5"),
     ],
 )
-async def test_the_fake_checks_documented_ranges(fake: FakeReplicate, path: str, body: dict[str, object],
-                                                 message: str) -> None:
+async def test_the_fake_checks_documented_ranges(
+    fake: FakeReplicate, path: str, body: dict[str, object], message: str
+) -> None:
     async with httpx.AsyncClient(base_url=fake.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         response = await client.post(path, json=body)
     assert response.status_code == 422

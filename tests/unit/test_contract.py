@@ -16,7 +16,8 @@ def test_buf_lint_catches_a_missing_comment(tmp_path: Path) -> None:
     protos = tmp_path / "protos" / "scenecast" / "v1"
     protos.mkdir(parents=True)
     (protos / "types.proto").write_text(
-        'syntax = "proto3";\n\n// Doc.\npackage scenecast.v1;\n\n// Doc.\nmessage Undocumented {\n  string name = 1;\n}\n'
+        'syntax = "proto3";\n\n// Doc.\npackage scenecast.v1;\n\n'
+        '// Doc.\nmessage Undocumented {\n  string name = 1;\n}\n'
     )
     (tmp_path / "buf.yaml").write_text((ROOT / "buf.yaml").read_text())
     result = subprocess.run([str(ROOT / "node_modules/.bin/buf"), "lint"], cwd=tmp_path, capture_output=True, text=True)

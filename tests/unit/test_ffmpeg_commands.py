@@ -58,8 +58,12 @@ def test_quality_picks_the_x264_preset() -> None:
 def test_mux_copies_video_and_encodes_the_narration_once() -> None:
     second = ScenePlan(index=1, frames=45, fps=30, lead_ms=300, cues=())
     job = MuxJob(
-        Path("/w/segments.txt"), [Path("/w/n0.wav"), Path("/w/n1.mp3")], [PLAN, second], Path("/w/c.srt"),
-        Path("/w/movie.mp4"), title="Ladders: a 'safe' start",
+        Path("/w/segments.txt"),
+        [Path("/w/n0.wav"), Path("/w/n1.mp3")],
+        [PLAN, second],
+        Path("/w/c.srt"),
+        Path("/w/movie.mp4"),
+        title="Ladders: a 'safe' start",
     )
     argv = mux_command("ffmpeg", job)
     assert argv[argv.index("-metadata") + 1] == "title=Ladders: a 'safe' start"

@@ -1,5 +1,6 @@
 """Scene timing, caption cues and caption files."""
 
+from itertools import pairwise
 from pathlib import Path
 
 import pysubs2
@@ -32,7 +33,7 @@ def test_long_sentence_is_cut_into_balanced_cues_that_share_its_time() -> None:
     assert all(len(cue.text) <= 100 for cue in cues)
     assert " ".join(cue.text for cue in cues) == sentence.text
     assert cues[0].start_ms == 1000 and cues[-1].end_ms == 9000
-    assert all(a.end_ms == b.start_ms for a, b in zip(cues, cues[1:]))
+    assert all(a.end_ms == b.start_ms for a, b in pairwise(cues))
     lengths = [len(cue.text) for cue in cues]
     assert max(lengths) - min(lengths) < 20
 
@@ -70,8 +71,10 @@ def test_srt_places_cues_on_the_video_timeline(tmp_path: Path) -> None:
 def test_word_timings_become_cues_with_the_written_punctuation() -> None:
     from services.assembler.plan import cues_from_words
 
-    words = [SpokenText(w, i * 400, i * 400 + 300) for i, w in enumerate(
-        ["Wet", "floors", "cause", "slips", "Look", "for", "12", "signs"])]
+    words = [
+        SpokenText(w, i * 400, i * 400 + 300)
+        for i, w in enumerate(["Wet", "floors", "cause", "slips", "Look", "for", "12", "signs"])
+    ]
     cues = cues_from_words("Wet floors cause slips. Look for twelve signs!", words, max_chars=40)
     assert [c.text for c in cues] == ["Wet floors cause slips.", "Look for twelve signs!"]
     assert (cues[0].start_ms, cues[0].end_ms) == (0, 1500)
@@ -87,7 +90,7 @@ def test_word_cues_break_at_the_length_limit() -> None:
     cues = cues_from_words(text, words, max_chars=20)
     assert all(len(c.text) <= 20 for c in cues)
     assert " ".join(c.text for c in cues) == text
-    assert all(a.end_ms <= b.start_ms for a, b in zip(cues, cues[1:]))
+    assert all(a.end_ms <= b.start_ms for a, b in pairwise(cues))
 
 
 def test_speech_without_timings_is_shared_between_sentences_by_length() -> None:

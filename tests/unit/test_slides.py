@@ -40,7 +40,12 @@ def _job(
     width: int, height: int, title: str = "Forklift checks", prompt: str = PROMPT, scene_index: int = 0
 ) -> ImageJob:
     return ImageJob(
-        prompt=prompt, title=title, scene_index=scene_index, width=width, height=height, quality=Quality.STANDARD,
+        prompt=prompt,
+        title=title,
+        scene_index=scene_index,
+        width=width,
+        height=height,
+        quality=Quality.STANDARD,
         aspect="16:9" if width > height else "9:16" if width < height else "1:1",
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Mapping
@@ -77,7 +76,7 @@ class EdgeProvider:
             ) from error
         except aiohttp.ClientResponseError as error:
             raise _handshake_error(error) from error
-        except (aiohttp.ClientError, asyncio.TimeoutError, EdgeTTSException) as error:
+        except (TimeoutError, aiohttp.ClientError, EdgeTTSException) as error:
             raise ProviderUnavailable(f"{NAME}: the connection to the speech service failed ({error!r})") from error
         if not audio:
             raise ProviderUnavailable(f"{NAME}: the speech service sent no audio")

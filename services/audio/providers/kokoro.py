@@ -18,8 +18,13 @@ KOKORO_VERSION = "f559560eb822dc509045f3921a1921234918b91739db4bf3daab2169b71c7a
 DEFAULT_VOICE = "af_bella"
 TIME_LIMIT_SECONDS = 180.0
 MAX_AUDIO_BYTES = 100 * 1024 * 1024
-_TYPES_BY_HEADER = {"audio/wav": "audio/wav", "audio/x-wav": "audio/wav", "audio/wave": "audio/wav",
-                    "audio/mpeg": "audio/mpeg", "audio/mp3": "audio/mpeg"}
+_TYPES_BY_HEADER = {
+    "audio/wav": "audio/wav",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/mpeg": "audio/mpeg",
+    "audio/mp3": "audio/mpeg",
+}
 
 
 def audio_type(data: bytes, content_type: str) -> str:

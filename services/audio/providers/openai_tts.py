@@ -57,6 +57,8 @@ class OpenAISpeechProvider:
         if not response.content:
             raise ProviderUnavailable(f"{NAME}: OpenAI answered with no audio")
         return SpeechResult(
-            data=response.content, mime_type=FORMATS[audio_format], model=model,
+            data=response.content,
+            mime_type=FORMATS[audio_format],
+            model=model,
             estimated_cost_usd=pricing.openai_tts_cost(job.quality, len(job.text)),
         )

@@ -47,9 +47,7 @@ class PiperProvider:
                 start = len(pcm) // 2
                 for chunk in self._voice.synthesize(sentence):
                     pcm += chunk.audio_int16_bytes
-                timings.append(
-                    Timing(sentence, _ms(start, sample_rate), _ms(len(pcm) // 2, sample_rate))
-                )
+                timings.append(Timing(sentence, _ms(start, sample_rate), _ms(len(pcm) // 2, sample_rate)))
         buffer = io.BytesIO()
         with wave.open(buffer, "wb") as wav:
             wav.setnchannels(1)

@@ -34,7 +34,11 @@ async def _generate(
     # The PNG header's own size, not the size asked for: the service fits whatever came to the frame.
     width, height = struct.unpack(">II", data[16:24])
     return ImageResult(
-        data=data, mime_type="image/png", width=width, height=height, model=model,
+        data=data,
+        mime_type="image/png",
+        width=width,
+        height=height,
+        model=model,
         estimated_cost_usd=cost(job.quality, job.aspect == "1:1"),
     )
 
@@ -66,7 +70,9 @@ class DallE3Provider:
 
     async def generate(self, job: ImageJob) -> ImageResult:
         return await _generate(
-            job, "dall-e-3", pricing.dall_e_3_cost,
+            job,
+            "dall-e-3",
+            pricing.dall_e_3_cost,
             not_found_hint=(
                 "OpenAI is reported to have retired dall-e-3 on 2026-05-12; set IMAGE_PROVIDER=gpt-image-1-mini"
             ),
@@ -90,6 +96,10 @@ class GptImageMiniProvider:
     async def generate(self, job: ImageJob) -> ImageResult:
         # GPT image models always answer in base64 and reject response_format; output_format picks the encoding.
         return await _generate(
-            job, "gpt-image-1-mini", pricing.gpt_image_1_mini_cost,
-            size=self.SIZES[job.aspect], quality=self.QUALITIES[job.quality], output_format="png",
+            job,
+            "gpt-image-1-mini",
+            pricing.gpt_image_1_mini_cost,
+            size=self.SIZES[job.aspect],
+            quality=self.QUALITIES[job.quality],
+            output_format="png",
         )

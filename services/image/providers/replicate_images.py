@@ -54,8 +54,7 @@ def _image_result(data: bytes, model: str, cost: float) -> ImageResult:
             width, height, mime_type = image.width, image.height, Image.MIME.get(image.format or "", "")
     except (UnidentifiedImageError, OSError) as error:
         raise ProviderUnavailable(f"Replicate {model} returned bytes that are not an image ({error})") from error
-    return ImageResult(data=data, mime_type=mime_type, width=width, height=height, model=model,
-                       estimated_cost_usd=cost)
+    return ImageResult(data=data, mime_type=mime_type, width=width, height=height, model=model, estimated_cost_usd=cost)
 
 
 class SdxlProvider:
