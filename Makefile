@@ -30,8 +30,11 @@ $(BUF): package.json package-lock.json
 	npm ci --silent
 	touch $@
 
+# Lint, and check the working tree's contract against the last commit (in a clean clone this compares HEAD with
+# itself; tests/unit/test_contract.py proves the check catches a breaking change).
 lint-protos: $(BUF)
 	$(BUF) lint
+	$(BUF) breaking --against '.git#ref=HEAD'
 
 # The Node.js client's pinned dependencies (clients/node/package-lock.json), for tests/e2e/test_node_client.py.
 # Install scripts are skipped: protobufjs's postinstall is not needed to load .proto files.
@@ -54,7 +57,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install $(BUF) $(NODE_CLIENT) lint
+test: install $(BUF) $(NODE_CLIENT) lint lint-protos
 	$(PY) -m pytest -q
 
 clean:
