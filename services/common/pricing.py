@@ -7,6 +7,9 @@ estimate of GPU seconds and say so in their note.
 
 from __future__ import annotations
 
+import math
+import os
+
 from services.common.providers import Price, Quality
 
 # OpenAI Images, USD per image: (square 1024x1024, wide or tall) by quality.
@@ -24,6 +27,43 @@ TTS_1_PER_CHAR = 15 / 1_000_000
 TTS_1_HD_PER_CHAR = 30 / 1_000_000
 
 SDXL_STEPS = {Quality.DRAFT: 25, Quality.STANDARD: 35, Quality.HD: 50}
+# Wan 2.1 on Replicate is billed per second of output video (about $0.09/s in third-party code; unconfirmed).
+WAN_PER_OUTPUT_SECOND = 0.09
+# HeyGen: Pro is $99 for 100 credits; a video avatar costs 2 credits a minute, billed in 30-second steps.
+HEYGEN_USD_PER_CREDIT = 0.99
+HEYGEN_CREDITS_PER_MINUTE = 2
+# Synthesia publishes no per-minute API price (providers.md); this assumed rate is overridable per deployment.
+SYNTHESIA_DEFAULT_USD_PER_MINUTE = 3.0
+
+
+def _env_float(variable: str, default: float) -> float:
+    try:
+        return float(os.environ.get(variable) or default)
+    except ValueError:
+        return default
+
+
+def selfhosted_usd_per_second() -> float:
+    """What a second of self-hosted video costs (your GPU time); SELFHOSTED_VIDEO_USD_PER_SECOND, default free."""
+    return _env_float("SELFHOSTED_VIDEO_USD_PER_SECOND", 0.0)
+
+
+def synthesia_usd_per_minute() -> float:
+    return _env_float("SYNTHESIA_USD_PER_MINUTE", SYNTHESIA_DEFAULT_USD_PER_MINUTE)
+
+
+def wan_cost(output_seconds: float) -> float:
+    return WAN_PER_OUTPUT_SECOND * output_seconds
+
+
+def heygen_cost(seconds: float) -> float:
+    """Credits are charged per started 30 seconds."""
+    steps = max(1, math.ceil(seconds / 30))
+    return steps * HEYGEN_CREDITS_PER_MINUTE / 2 * HEYGEN_USD_PER_CREDIT
+
+
+def synthesia_cost(seconds: float) -> float:
+    return synthesia_usd_per_minute() * seconds / 60
 
 
 def dall_e_3_cost(quality: Quality, square: bool) -> float:
@@ -81,6 +121,22 @@ PRICE_TABLE: dict[str, tuple[Price, ...]] = {
         ),
     ),
     "edge": (Price("edge-tts", "character", 0.0, "free service, not for commercial use"),),
+    "wan": (
+        Price(
+            "wavespeedai/wan-2.1-t2v-480p", "output second", WAN_PER_OUTPUT_SECOND, "unconfirmed rate; ~5 s per clip"
+        ),
+        Price(
+            "wavespeedai/wan-2.1-i2v-480p", "output second", WAN_PER_OUTPUT_SECOND, "unconfirmed rate; ~5 s per clip"
+        ),
+    ),
+    "heygen": (
+        Price(
+            "heygen video avatar",
+            "minute",
+            HEYGEN_CREDITS_PER_MINUTE * HEYGEN_USD_PER_CREDIT,
+            "2 credits a minute at $0.99 a credit (Pro plan), billed per 30 s",
+        ),
+    ),
 }
 
 
@@ -107,10 +163,48 @@ def estimate_speech(provider: str, quality: Quality, characters: int) -> float:
     return 0.0
 
 
+# Wan 2.1: 81 frames at 16 fps.
+WAN_CLIP_SECONDS = 81 / 16
 # Typical narration pace, used to guess clip lengths before the speech exists.
 SPOKEN_CHARS_PER_SECOND = 15.0
 
 
 def estimate_clip(provider: str, seconds: float) -> float:
     """What one clip of `seconds` from `provider` is expected to cost (offline motion is free)."""
+    if provider == "wan":
+        return wan_cost(WAN_CLIP_SECONDS)  # Wan makes a fixed-length clip that the assembler loops
+    if provider == "selfhosted":
+        return selfhosted_usd_per_second() * seconds
     return 0.0
+
+
+def estimate_avatar(provider: str, seconds: float) -> float:
+    """What an avatar video of `seconds` from `provider` is expected to cost."""
+    if provider == "heygen":
+        return heygen_cost(seconds)
+    if provider == "synthesia":
+        return synthesia_cost(seconds)
+    return 0.0
+
+
+def price_table() -> dict[str, tuple[Price, ...]]:
+    """PRICE_TABLE plus the prices that come from settings, as GetConfig shows them."""
+    return {
+        **PRICE_TABLE,
+        "selfhosted": (
+            Price(
+                "self-hosted video model",
+                "output second",
+                selfhosted_usd_per_second(),
+                "SELFHOSTED_VIDEO_USD_PER_SECOND",
+            ),
+        ),
+        "synthesia": (
+            Price(
+                "synthesia avatar",
+                "minute",
+                synthesia_usd_per_minute(),
+                "assumed; set SYNTHESIA_USD_PER_MINUTE to your plan's rate",
+            ),
+        ),
+    }
