@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import grpc
@@ -67,13 +68,23 @@ class _SceneAssets:
         return visual
 
 
+AVATAR_SCENE_ID = "avatar"
+
+
 @dataclass
 class RenderJob:
-    """Everything one Render call needs; `run` yields RenderResponse messages."""
+    """Everything one Render call needs; `run` yields RenderResponse messages.
+
+    `clip_provider` names the video provider for scenes that show clips (empty: the video service's default);
+    `clip_scenes` says which scenes do. With an `avatar_provider`, the whole script is instead one avatar video,
+    assembled as a single scene whose picture and voice come from that video.
+    """
 
     render_id: str
     request: render_service_pb2.RenderRequest
-    use_clips: bool
+    clip_provider: str
+    clip_scenes: frozenset[int]
+    avatar_provider: str
     downstream: Downstream
     settings: GatewaySettings
     deadline: float
@@ -84,15 +95,28 @@ class RenderJob:
     _completed_steps: int = 0
     _started: float = field(default_factory=time.monotonic)
 
+    @cached_property
+    def assembly_scenes(self) -> list[types_pb2.Scene]:
+        """The scenes the assembler receives: the script's, or one scene holding the whole avatar video."""
+        if not self.avatar_provider:
+            return list(self.request.scenes)
+        narration = " ".join(scene.narration.strip() for scene in self.request.scenes)
+        return [types_pb2.Scene(id=AVATAR_SCENE_ID, narration=narration, title=self.request.title)]
+
     @property
     def total_steps(self) -> int:
-        # Per scene: image, speech, maybe a clip, and its encoding.
-        return len(self.request.scenes) * (4 if self.use_clips else 3)
+        if self.avatar_provider:
+            return 2  # the avatar video, and its encoding
+        # Per scene: image, speech and its encoding, plus a clip where the scene shows one.
+        return 3 * len(self.request.scenes) + len(self.clip_scenes)
 
     async def run(self) -> AsyncIterator[render_service_pb2.RenderResponse]:
         yield self._progress(render_service_pb2.RENDER_STAGE_ACCEPTED, message=f"render {self.render_id} accepted")
-        slots = asyncio.Semaphore(self.settings.max_concurrent_scenes)
-        tasks = [asyncio.create_task(self._guard(self._scene(i, slots))) for i in range(len(self.request.scenes))]
+        if self.avatar_provider:
+            tasks = [asyncio.create_task(self._guard(self._avatar()))]
+        else:
+            slots = asyncio.Semaphore(self.settings.max_concurrent_scenes)
+            tasks = [asyncio.create_task(self._guard(self._scene(i, slots))) for i in range(len(self.request.scenes))]
         # Not retried: the assembly holds the whole render's state, so a lost assembler fails the render clearly.
         call = self.downstream.assembler.Assemble(
             self._assembler_requests(), timeout=self._timeout(None), metadata=call_metadata(self.render_id)
@@ -127,16 +151,39 @@ class RenderJob:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._image(index, assets))
                 group.create_task(self._speech(index, assets))
-            if self.use_clips:
+            if index in self.clip_scenes:
                 await self._clip(index, assets)
+        self._scene_ready(index, scene.id, assets)
+
+    def _scene_ready(self, index: int, scene_id: str, assets: _SceneAssets) -> None:
+        """Keeps the scene's report and hands its assets to the assembler stream."""
         self._assets[index] = assets
         cost = sum(a.metadata.estimated_cost_usd for a in (assets.image, assets.narration, assets.clip) if a)
-        report = render_service_pb2.SceneReport(scene_id=scene.id, estimated_cost_usd=cost)
+        report = render_service_pb2.SceneReport(scene_id=scene_id, estimated_cost_usd=cost)
         report.visual.CopyFrom(assets.visual.metadata)
         report.narration.CopyFrom(assets.narration.metadata)  # type: ignore[union-attr]
         report.narration.ClearField("timings")  # the caller has the text; timings would only bloat the summary
         self._reports[index] = report
         self._ready.put_nowait(index)
+
+    async def _avatar(self) -> None:
+        request = video_service_pb2.GenerateAvatarVideoRequest(
+            render_id=self.render_id,
+            scenes=self.request.scenes,
+            output=self.request.output,
+            provider=self.avatar_provider,
+            avatar=self.request.avatar,
+        )
+        video = await self._fetch(
+            0, "avatar", lambda: self.downstream.video.GenerateAvatarVideo(request, **self._call_options())
+        )
+        self._asset_ready(0, types_pb2.MEDIA_KIND_AVATAR, video)
+        # The avatar's own voice is the narration: the same bytes, read by the assembler for their audio track.
+        voice = types_pb2.AssetMetadata()
+        voice.CopyFrom(video.metadata)
+        voice.mime_type = "audio/mp4"
+        voice.estimated_cost_usd = 0.0  # counted once, with the picture
+        self._scene_ready(0, AVATAR_SCENE_ID, _SceneAssets(clip=video, narration=Asset(voice, video.chunks)))
 
     async def _fetch(self, index: int, what: str, start_call: Callable[[], Any]) -> Asset:
         """One asset call, retried on UNAVAILABLE (round_robin sends the retry to another replica)."""
@@ -191,7 +238,7 @@ class RenderJob:
                     scene=self.request.scenes[index],
                     output=self.request.output,
                     duration_ms=assets.narration.metadata.duration_ms + self.settings.clip_extra_ms,  # type: ignore[union-attr]
-                    provider=self.request.providers.video,
+                    provider=self.clip_provider,
                     source_image_mime_type=image.metadata.mime_type,
                 )
             )
@@ -205,7 +252,7 @@ class RenderJob:
 
     async def _receive(self, call: Any, index: int, what: str) -> Asset:
         """Collects an asset stream, checking the metadata came first and no bytes are missing."""
-        where = f"scenes[{index}] ({self.request.scenes[index].id}) {what}"
+        where = f"scenes[{index}] ({self.assembly_scenes[index].id}) {what}"
         metadata: types_pb2.AssetMetadata | None = None
         chunks: list[types_pb2.MediaChunk] = []
         received = 0
@@ -224,7 +271,7 @@ class RenderJob:
 
     def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
         self._completed_steps += 1
-        scene_id = self.request.scenes[index].id
+        scene_id = self.assembly_scenes[index].id
         self._events.put_nowait(
             self._progress(
                 render_service_pb2.RENDER_STAGE_ASSET_READY,
@@ -236,22 +283,23 @@ class RenderJob:
         )
 
     async def _assembler_requests(self) -> AsyncIterator[assembler_pb.AssembleRequest]:
-        yield assembler_pb.AssembleRequest(
-            start=assembler_pb.AssemblyStart(
-                render_id=self.render_id,
-                output=self.request.output,
-                scene_count=len(self.request.scenes),
-                title=self.request.title,
-            )
+        scenes = self.assembly_scenes
+        start = assembler_pb.AssemblyStart(
+            render_id=self.render_id, output=self.request.output, scene_count=len(scenes), title=self.request.title
         )
-        for _ in self.request.scenes:
+        if self.avatar_provider:
+            # The avatar's lips and voice are already in sync: no lead-in silence that would shift one of them.
+            start.scene_lead_ms = 0
+            start.scene_tail_ms = 0
+        yield assembler_pb.AssembleRequest(start=start)
+        for _ in scenes:
             index = await self._ready.get()
             # Popped, so each scene's bytes are released once sent.
             assets = self._assets.pop(index)
             yield assembler_pb.AssembleRequest(
                 scene=assembler_pb.SceneStart(
                     scene_index=index,
-                    scene=self.request.scenes[index],
+                    scene=scenes[index],
                     visual=assets.visual.metadata,
                     narration=assets.narration.metadata,  # type: ignore[union-attr]
                 )
@@ -285,7 +333,7 @@ class RenderJob:
             return
         if stage == render_service_pb2.RENDER_STAGE_SCENE_ENCODED:
             self._completed_steps += 1
-            scene_id = self.request.scenes[progress.scene_index].id
+            scene_id = self.assembly_scenes[progress.scene_index].id
             message = f"scene {scene_id}: encoded ({progress.scenes_encoded}/{progress.scene_count})"
         else:
             message = "joining scenes" if stage == render_service_pb2.RENDER_STAGE_MUXING else "streaming the MP4"
@@ -298,7 +346,7 @@ class RenderJob:
             progress=render_service_pb2.RenderProgress(
                 stage=stage,
                 scene_index=index,
-                scene_id=self.request.scenes[index].id if stage != render_service_pb2.RENDER_STAGE_ACCEPTED else "",
+                scene_id=self.assembly_scenes[index].id if stage != render_service_pb2.RENDER_STAGE_ACCEPTED else "",
                 media_kind=kind,
                 completed_steps=self._completed_steps,
                 total_steps=self.total_steps,
@@ -307,7 +355,7 @@ class RenderJob:
         )
 
     def _summary(self, assembled: assembler_pb.AssemblySummary) -> render_service_pb2.RenderSummary:
-        reports = [self._reports[i] for i in range(len(self.request.scenes))]
+        reports = [self._reports[i] for i in range(len(self._reports))]
         for report, duration_ms in zip(reports, assembled.scene_duration_ms, strict=True):
             report.duration_ms = duration_ms
         return render_service_pb2.RenderSummary(

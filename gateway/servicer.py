@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from scenecast.v1 import (
@@ -22,8 +23,9 @@ from gateway.config import GatewaySettings
 from gateway.render import DownstreamError, RenderJob
 from gateway.validation import check_provider, validate_render
 from services.common import pricing
-from services.common.errors import rpc_method
+from services.common.errors import InvalidArgument, rpc_method
 from services.common.observability import render_id_var
+from services.common.output import OutputFormat
 
 # Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
 _LIST_TIMEOUT_SECONDS = 10.0
@@ -38,8 +40,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     async def Render(
         self, request: render_service_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.RenderResponse]:
-        validate_render(request, self._settings.max_scenes)
-        _, _, video = await self._checked_provider_sets(request)
+        plan = await self._plan(request)
         remaining = context.time_remaining()
         budget = (
             min(remaining, self._settings.render_timeout_seconds)
@@ -51,7 +52,9 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         job = RenderJob(
             render_id=render_id,
             request=request,
-            use_clips=bool(request.providers.video or video.default_provider),
+            clip_provider=plan.clip_provider,
+            clip_scenes=plan.clip_scenes,
+            avatar_provider=plan.avatar_provider,
             downstream=self._downstream,
             settings=self._settings,
             deadline=time.monotonic() + budget,
@@ -64,23 +67,28 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.EstimateCostResponse:
         render = request.render
-        output = validate_render(render, self._settings.max_scenes)
-        image, speech, video = await self._checked_provider_sets(render)
-        image_name = render.providers.image or image.default_provider
-        speech_name = render.providers.speech or speech.default_provider
-        video_name = render.providers.video or video.default_provider
+        plan = await self._plan(render)
+        output = plan.output
+        spoken_seconds = [len(scene.narration.strip()) / pricing.SPOKEN_CHARS_PER_SECOND for scene in render.scenes]
+        if plan.avatar_provider:
+            avatar_usd = pricing.estimate_avatar(plan.avatar_provider, sum(spoken_seconds))
+            return render_service_pb2.EstimateCostResponse(
+                scenes=[render_service_pb2.SceneEstimate(scene_id=scene.id) for scene in render.scenes],
+                total_usd=avatar_usd,
+                avatar_provider=plan.avatar_provider,
+                avatar_usd=avatar_usd,
+            )
         scenes = []
-        for scene in render.scenes:
+        for index, scene in enumerate(render.scenes):
+            clip = plan.clip_provider if index in plan.clip_scenes else ""
             estimate = render_service_pb2.SceneEstimate(
                 scene_id=scene.id,
-                image_provider=image_name,
-                image_usd=pricing.estimate_image(image_name, output.quality, output.aspect_name),
-                speech_provider=speech_name,
-                speech_usd=pricing.estimate_speech(speech_name, output.quality, len(scene.narration.strip())),
-                video_provider=video_name,
-                video_usd=pricing.estimate_clip(video_name, len(scene.narration) / pricing.SPOKEN_CHARS_PER_SECOND)
-                if video_name
-                else 0.0,
+                image_provider=plan.image_provider,
+                image_usd=pricing.estimate_image(plan.image_provider, output.quality, output.aspect_name),
+                speech_provider=plan.speech_provider,
+                speech_usd=pricing.estimate_speech(plan.speech_provider, output.quality, len(scene.narration.strip())),
+                video_provider=clip,
+                video_usd=pricing.estimate_clip(clip, spoken_seconds[index]) if clip else 0.0,
             )
             estimate.total_usd = estimate.image_usd + estimate.speech_usd + estimate.video_usd
             scenes.append(estimate)
@@ -91,36 +99,71 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:
         return render_service_pb2.GetConfigResponse(
-            provider_sets=await self._provider_sets(),
+            provider_sets=[s for s in await self._provider_sets() if s.kind],
             max_scenes=self._settings.max_scenes,
             max_concurrent_scenes=self._settings.max_concurrent_scenes,
         )
 
-    async def _checked_provider_sets(
-        self, request: render_service_pb2.RenderRequest
-    ) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
-        """The provider sets, after checking the request's overrides name providers the services have."""
-        image, speech, video = await self._provider_sets()
+    async def _plan(self, request: render_service_pb2.RenderRequest) -> RenderPlan:
+        """Validates a render against the providers the services have now, before anything is spent."""
+        image, speech, video, avatar = await self._provider_sets()
         check_provider(request.providers.image, "providers.image", [p.name for p in image.providers])
         check_provider(request.providers.speech, "providers.speech", [p.name for p in speech.providers])
         check_provider(request.providers.video, "providers.video", [p.name for p in video.providers])
-        return image, speech, video
+        check_provider(request.providers.avatar, "providers.avatar", [p.name for p in avatar.providers])
+        avatar_provider = request.providers.avatar or avatar.default_provider
+        output = validate_render(request, self._settings.max_scenes, needs_visuals=not avatar_provider)
+        clip_provider = request.providers.video or video.default_provider
+        clip_scenes = frozenset(
+            index
+            for index, scene in enumerate(request.scenes)
+            if scene.visual_kind == types_pb2.VISUAL_KIND_CLIP
+            or (scene.visual_kind == types_pb2.VISUAL_KIND_UNSPECIFIED and clip_provider)
+        )
+        if clip_scenes and not clip_provider:
+            first = min(clip_scenes)
+            raise InvalidArgument(
+                f"scenes[{first}].visual_kind asks for a clip but no video provider is chosen; "
+                "set providers.video or VIDEO_PROVIDER"
+            )
+        return RenderPlan(
+            output=output,
+            image_provider=request.providers.image or image.default_provider,
+            speech_provider=request.providers.speech or speech.default_provider,
+            clip_provider=clip_provider,
+            clip_scenes=clip_scenes if not avatar_provider else frozenset(),
+            avatar_provider=avatar_provider,
+        )
 
-    async def _provider_sets(self) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
+    async def _provider_sets(
+        self,
+    ) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
         """Asks each media service for its providers: the services own them and their environment defaults."""
-        calls = {
-            "image": self._downstream.image.ListImageProviders(
+        calls = (
+            self._downstream.image.ListImageProviders(
                 image_service_pb2.ListImageProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
             ),
-            "audio": self._downstream.audio.ListSpeechProviders(
+            self._downstream.audio.ListSpeechProviders(
                 audio_service_pb2.ListSpeechProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
             ),
-            "video": self._downstream.video.ListVideoProviders(
+            self._downstream.video.ListVideoProviders(
                 video_service_pb2.ListVideoProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
             ),
-        }
+        )
         try:
-            image, audio, video = await asyncio.gather(*calls.values())
+            image, audio, video = await asyncio.gather(*calls)
         except grpc.aio.AioRpcError as error:
             raise DownstreamError(error.code(), f"listing providers failed: {error.details()}") from error
-        return image.providers, audio.providers, video.providers
+        return image.providers, audio.providers, video.providers, video.avatar_providers
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """Which providers a valid render uses, decided once from the request and the services' defaults."""
+
+    output: OutputFormat
+    image_provider: str
+    speech_provider: str
+    clip_provider: str
+    clip_scenes: frozenset[int]
+    avatar_provider: str

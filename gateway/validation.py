@@ -16,8 +16,13 @@ MAX_TITLE_CHARS = 200
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def validate_render(request: render_service_pb2.RenderRequest, max_scenes: int) -> OutputFormat:
-    """Returns the output format of a valid request; raises InvalidArgument on the first problem found."""
+def validate_render(
+    request: render_service_pb2.RenderRequest, max_scenes: int, needs_visuals: bool = True
+) -> OutputFormat:
+    """Returns the output format of a valid request; raises InvalidArgument on the first problem found.
+
+    `needs_visuals` is False for avatar renders, whose scenes need only narration.
+    """
     if request.render_id and not _ID.fullmatch(request.render_id):
         raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
     checked_text(request.title, "title", MAX_TITLE_CHARS, required=False)
@@ -38,7 +43,7 @@ def validate_render(request: render_service_pb2.RenderRequest, max_scenes: int) 
         checked_text(scene.narration, f"{field}.narration", MAX_NARRATION_CHARS)
         prompt = checked_text(scene.visual_prompt, f"{field}.visual_prompt", MAX_PROMPT_CHARS, required=False)
         title = checked_text(scene.title, f"{field}.title", MAX_TITLE_CHARS, required=False)
-        if not prompt and not title:
+        if needs_visuals and not prompt and not title:
             raise InvalidArgument(f"{field}.visual_prompt and {field}.title are both empty; give at least one")
     return output_format(request.output, "output")
 

@@ -27,7 +27,9 @@ from services.common.text import checked_text
 _LOGGER = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 200
+MAX_PAD_MS = 10_000
 _EXTENSIONS = {
+    "audio/mp4": ".m4a",
     "image/png": ".png",
     "image/jpeg": ".jpg",
     "image/webp": ".webp",
@@ -55,6 +57,8 @@ class _Assembly:
     output: OutputFormat
     scene_count: int
     title: str
+    lead_ms: int
+    tail_ms: int
     scenes: dict[int, _Scene] = field(default_factory=dict)
     encodes: list[asyncio.Task[int]] = field(default_factory=list)
 
@@ -106,6 +110,9 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         if not message.HasField("start"):
             raise InvalidArgument("the first message must be `start` (output settings and scene_count)")
         start = message.start
+        for name in ("scene_lead_ms", "scene_tail_ms"):
+            if getattr(start, name) > MAX_PAD_MS:
+                raise InvalidArgument(f"start.{name} must be at most {MAX_PAD_MS} (got {getattr(start, name)})")
         if not 1 <= start.scene_count <= self._settings.assembler_max_scenes:
             raise InvalidArgument(
                 f"start.scene_count must be 1 to {self._settings.assembler_max_scenes} (got {start.scene_count})"
@@ -115,6 +122,8 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             output=output_format(start.output, "start.output"),
             scene_count=start.scene_count,
             title=checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
+            lead_ms=start.scene_lead_ms if start.HasField("scene_lead_ms") else self._settings.scene_lead_ms,
+            tail_ms=start.scene_tail_ms if start.HasField("scene_tail_ms") else self._settings.scene_tail_ms,
         )
 
     def _receive(self, assembly: _Assembly, message: pb.AssembleRequest) -> list[pb.AssembleResponse]:
@@ -187,8 +196,8 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             narration.duration_ms,
             spoken,
             assembly.output,
-            self._settings.scene_lead_ms,
-            self._settings.scene_tail_ms,
+            assembly.lead_ms,
+            assembly.tail_ms,
             narration=scene.start.scene.narration if words else "",
         )
 

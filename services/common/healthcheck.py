@@ -33,7 +33,10 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> tuple[bool, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.common.healthcheck", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.common.healthcheck",
+        description="Asks a gRPC server's grpc.health.v1 service once; exits 0 for SERVING, 1 otherwise.",
+    )
     parser.add_argument("address", nargs="?", help="host:port to check; default: LISTEN_ADDRESS on loopback")
     parser.add_argument("--service", default="", help="service name to ask about; default: the whole server")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")

@@ -54,6 +54,9 @@ def build_server(
             # Accept the gateway's keepalive pings (every 30 s) instead of answering them with GOAWAY.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Close connections after 5 minutes (running calls finish first), so clients re-resolve DNS and new
+            # replicas added by an autoscaler get their share of round-robin traffic.
+            ("grpc.max_connection_age_ms", 300_000),
         ]
     )
     add_to_server(servicer, grpc_server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import wave
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -23,7 +24,8 @@ from scenecast.v1 import (
 )
 
 from services.common.chunks import iter_chunks
-from tests.probe import probe_mp4
+from services.common.media import ffmpeg_exe
+from tests.probe import audio_rms, probe_mp4
 from tests.services.test_media_services import OUTPUT_16_9, SCENE, collect
 
 Asset = tuple[types_pb2.AssetMetadata, bytes]
@@ -187,3 +189,46 @@ async def test_cancelled_assembly_kills_ffmpeg_and_removes_its_files(
         await asyncio.sleep(0.1)
     assert _processes_mentioning(str(work_root)) == []
     assert list(work_root.iterdir()) == []
+
+
+async def test_a_clip_with_its_own_voice_is_both_picture_and_narration(
+    assembler_channel: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    # An avatar-style video: its sound is the narration, so no lead-in or tail may shift it against the lips.
+    source = tmp_path / "talking.mp4"
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25:duration=2.4",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=2.4",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(source),
+        ],
+        check=True,
+    )
+    data = source.read_bytes()
+    picture = (types_pb2.AssetMetadata(mime_type="video/mp4", size_bytes=len(data)), data)
+    voice = (types_pb2.AssetMetadata(mime_type="audio/mp4", size_bytes=len(data)), data)
+    opening = pb.AssembleRequest(
+        start=pb.AssemblyStart(output=OUTPUT_16_9, scene_count=1, scene_lead_ms=0, scene_tail_ms=0)
+    )
+    movie, _, summary = await assemble(assembler_channel, [opening, *scene_messages(0, picture, voice)])
+    path = tmp_path / "avatar.mp4"
+    path.write_bytes(movie)
+    probed = probe_mp4(path)
+    assert (probed.width, probed.height) == (640, 360)
+    assert abs(probed.duration_s - 2.4) < 0.1
+    assert abs(probed.audio_duration_s - probed.video_duration_s) < 0.05
+    assert audio_rms(path, 0.1, 2.2) > 0.05

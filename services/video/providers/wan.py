@@ -1,0 +1,84 @@
+"""Wan 2.1 at 480p on Replicate: text to video, or image to video when the scene's still image is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from pathlib import Path
+from typing import Any, ClassVar
+
+from PIL import Image, UnidentifiedImageError
+
+from services.common import pricing
+from services.common.errors import InvalidArgument, ProviderUnavailable
+from services.common.providers import ProviderDescription, Quality
+from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
+from services.video.providers.base import ClipJob, ClipResult
+
+T2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-t2v-480p")
+I2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-i2v-480p")
+# Wan's native clip: 81 frames at 16 fps (about 5.06 s). The length is fixed; the assembler loops it to the narration.
+NUM_FRAMES = 81
+FRAMES_PER_SECOND = 16
+SAMPLE_STEPS = {Quality.DRAFT: 20, Quality.STANDARD: 30, Quality.HD: 40}  # the models accept 1-40
+# The i2v model scales the image to this area itself; sending more pixels only makes the request bigger.
+MAX_IMAGE_PIXELS = 832 * 480
+IMAGE_JPEG_QUALITY = 90
+# A 480p clip takes minutes, more on a cold start; the gRPC deadline still bounds the call.
+TIME_LIMIT_SECONDS = 900.0
+MAX_VIDEO_BYTES = 200 * 1024 * 1024
+
+
+class WanProvider:
+    description: ClassVar[ProviderDescription] = ProviderDescription(
+        name="wan",
+        description="Wan 2.1 480p on Replicate: a ~5 s clip from the prompt, or from the scene's image when sent",
+        offline=False,
+        required_env=(TOKEN_ENV,),
+        prices=pricing.PRICE_TABLE["wan"],
+    )
+
+    async def generate(self, job: ClipJob) -> ClipResult:
+        portrait = job.height > job.width
+        model_input: dict[str, Any] = {
+            "prompt": job.prompt or job.title,
+            "num_frames": NUM_FRAMES,
+            "frames_per_second": FRAMES_PER_SECOND,
+            "sample_steps": SAMPLE_STEPS[job.quality],
+        }
+        if job.source_image is None:
+            model = T2V_MODEL
+            # Wan makes 16:9 or 9:16 only; a square output is cropped or padded by the assembler.
+            model_input["aspect_ratio"] = "9:16" if portrait else "16:9"
+        else:
+            model = I2V_MODEL
+            model_input["image"] = await asyncio.to_thread(image_data_uri, job.source_image)
+            model_input["max_area"] = "480x832" if portrait else "832x480"
+        output = await run_for_file(
+            self.description.name, model, model_input, time_limit=TIME_LIMIT_SECONDS, max_bytes=MAX_VIDEO_BYTES
+        )
+        if output.data[4:8] != b"ftyp":
+            raise ProviderUnavailable(f"Replicate {model.label} returned bytes that are not an MP4 video")
+        return ClipResult(
+            data=output.data,
+            mime_type="video/mp4",
+            model=model.label,
+            estimated_cost_usd=pricing.wan_cost(NUM_FRAMES / FRAMES_PER_SECOND),
+        )
+
+
+def image_data_uri(path: Path) -> str:
+    """The source image as a JPEG data: URI, scaled down to the model's working area to keep the request small."""
+    try:
+        with Image.open(path) as image:
+            picture = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidArgument(f"source_image: not a readable image ({error})") from error
+    pixels = picture.width * picture.height
+    if pixels > MAX_IMAGE_PIXELS:
+        scale = (MAX_IMAGE_PIXELS / pixels) ** 0.5
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=IMAGE_JPEG_QUALITY)
+    return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}"
