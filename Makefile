@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos demo serve test clean
+.PHONY: install protos lint lint-protos demo serve up down test clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,26 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# `make up` runs the compose topology as local processes in the background (gateway on 127.0.0.1:50050, logs in
+# out/services.log); `make down` stops them gracefully. Same services, ports and defaults as docker-compose.yml.
+up: install
+	mkdir -p out
+	@if [ -f out/services.pid ] && kill -0 $$(cat out/services.pid) 2>/dev/null; then \
+		echo "already up (pid $$(cat out/services.pid))"; \
+	else \
+		nohup $(VENV)/bin/scenecast serve > out/services.log 2>&1 & echo $$! > out/services.pid; \
+	fi
+	@for attempt in $$(seq 120); do \
+		$(PY) -m services.common.healthcheck 127.0.0.1:50050 >/dev/null 2>&1 && echo "gateway serving on 127.0.0.1:50050" && exit 0; \
+		sleep 0.5; \
+	done; echo "services did not become healthy; see out/services.log"; exit 1
+
+down:
+	@if [ -f out/services.pid ]; then \
+		pid=$$(cat out/services.pid); kill $$pid 2>/dev/null; \
+		while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; rm -f out/services.pid; echo "stopped"; \
+	else echo "not running"; fi
 
 test: install $(BUF) $(NODE_CLIENT) lint lint-protos
 	$(PY) -m pytest -q

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from services.common.healthcheck import check
 
 # Module to run, the gateway variable that points at it, and its default port (as in each service's config).
 SERVICES = {
@@ -116,19 +115,12 @@ class LocalStack:
 def wait_until_serving(address: str, timeout_seconds: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Polls the standard gRPC health service until it answers SERVING."""
     deadline = time.monotonic() + timeout_seconds
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"the service for {address} exited with {process.returncode} while starting")
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no SERVING health answer from {address} within {timeout_seconds:.0f} s")
-            time.sleep(0.1)
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service for {address} exited with {process.returncode} while starting")
+        serving, seen = check(address, timeout=1.0)
+        if serving:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no SERVING health answer from {address} within {timeout_seconds:.0f} s ({seen})")
+        time.sleep(0.1)

@@ -73,7 +73,7 @@ def image_data_uri(path: Path) -> str:
     try:
         with Image.open(path) as image:
             picture = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
         raise InvalidArgument(f"source_image: not a readable image ({error})") from error
     pixels = picture.width * picture.height
     if pixels > MAX_IMAGE_PIXELS:
