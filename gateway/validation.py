@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from scenecast.v1 import render_service_pb2
+from scenecast.v1 import render_service_pb2, types_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.output import OutputFormat, output_format
@@ -45,6 +45,9 @@ def validate_render(
         title = checked_text(scene.title, f"{field}.title", MAX_TITLE_CHARS, required=False)
         if needs_visuals and not prompt and not title:
             raise InvalidArgument(f"{field}.visual_prompt and {field}.title are both empty; give at least one")
+        if scene.visual_kind not in types_pb2.VisualKind.values():
+            # An enum value from a newer contract would otherwise be rendered as a still without a word.
+            raise InvalidArgument(f"{field}.visual_kind must be STILL, CLIP or unspecified (got {scene.visual_kind})")
     return output_format(request.output, "output")
 
 

@@ -25,7 +25,24 @@ def ass_text(text: str) -> str:
     A word joiner (invisible) after each backslash keeps `\N`, `\h` or `\{` in the text from being read as
     escapes; libass reads `\{` and `\}` as literal braces, which would otherwise open override blocks.
     """
-    return text.replace("\\", "\\\u2060").replace("{", "\\{").replace("}", "\\}").replace("\n", " ")
+    return text.replace("\\", "\\\u2060").replace("{", "\\{").replace("}", "\\}").replace("\r", " ").replace("\n", " ")
+
+
+def srt_text(text: str) -> str:
+    r"""Makes plain text safe as an SRT cue for FFmpeg, so the soft subtitle track shows the text as written.
+
+    FFmpeg reads SRT as HTML-like markup and converts it to ASS: it drops `{\...}` and `{c:...}` blocks and unknown
+    `<tags>`, turns `<b>`, `<i>`, `<u>`, `<s>`, `<font>` into styles, and (there and in the mov_text encoder) reads
+    `\N` and `\n` as line breaks. SRT has no escapes of its own; a word joiner (invisible) after each backslash, `{`
+    and `<` breaks every one of those patterns.
+    """
+    return (
+        text.replace("\\", "\\\u2060")
+        .replace("{", "{\u2060")
+        .replace("<", "<\u2060")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
 
 
 def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:
@@ -61,8 +78,10 @@ def write_srt(plans: Sequence[ScenePlan], path: Path) -> None:
     for plan in plans:
         offset_ms = round(offset_frames * 1000 / plan.fps)
         for cue in plan.cues:
-            event = pysubs2.SSAEvent(start=offset_ms + cue.start_ms, end=offset_ms + cue.end_ms)
-            event.plaintext = cue.text
+            event = pysubs2.SSAEvent(
+                start=offset_ms + cue.start_ms, end=offset_ms + cue.end_ms, text=srt_text(cue.text)
+            )
             subs.append(event)
         offset_frames += plan.frames
-    subs.save(str(path), format_="srt")
+    # The text is SRT already: keep_ssa_tags stops pysubs2 from stripping `{...}` and `\N` from it as ASS markup.
+    subs.save(str(path), format_="srt", keep_ssa_tags=True)

@@ -86,8 +86,32 @@ def plan_scene(
             if narration
             else [cue for part in spoken for cue in split_cue(part, max_chars)]
         )
+        parts = _fold_untimed(parts, narration_ms)
         cues = [Cue(part.text, part.start_ms + lead_ms, part.end_ms + lead_ms) for part in parts]
     return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=tuple(cues))
+
+
+def _fold_untimed(parts: list[SpokenText], narration_ms: int) -> list[SpokenText]:
+    """Joins parts that take no time to a neighbour, so their words are still shown.
+
+    A voice may say nothing for some text (piper is silent for "{} ..."); its cue would start where it ends, never
+    show, and be dropped from the subtitle track by FFmpeg.
+    """
+    folded: list[SpokenText] = []
+    leading = ""  # untimed text before the first timed part
+    for part in parts:
+        if part.end_ms > part.start_ms:
+            text = f"{leading} {part.text}" if leading else part.text
+            folded.append(SpokenText(text, part.start_ms, part.end_ms))
+            leading = ""
+        elif folded:
+            last = folded[-1]
+            folded[-1] = SpokenText(f"{last.text} {part.text}", last.start_ms, last.end_ms)
+        else:
+            leading = f"{leading} {part.text}" if leading else part.text
+    if leading:
+        folded.append(SpokenText(leading, 0, narration_ms))
+    return folded
 
 
 def spread_sentences(text: str, duration_ms: int) -> list[SpokenText]:

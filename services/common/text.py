@@ -15,8 +15,9 @@ def split_sentences(text: str) -> list[str]:
     return [part.strip() for part in _SENTENCE_END.split(text.strip()) if part.strip()]
 
 
-# Control characters other than tab and newline have no place in narration, prompts or captions.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters other than tab and newline have no place in narration, prompts or captions: C0, DEL and C1
+# (U+0085 is a line break to some readers, U+009B a terminal escape).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def checked_text(value: str, field: str, max_chars: int, required: bool = True) -> str:

@@ -10,6 +10,11 @@ class VideoSettings(ServiceSettings):
     # Provider used when a request names none. Empty, as in the seed: renders use still images unless a render or
     # the gateway asks for clips.
     video_provider: str = ""
+    # Avatar vendor ("synthesia", "heygen") used when a GenerateAvatarVideo request names none. Empty: renders are
+    # made of scenes unless a render asks for an avatar video.
+    avatar_provider: str = ""
+    # Attempts per provider call for failures that can succeed later (429, 5xx, timeouts); jittered backoff between.
+    provider_attempts: int = 4
     # Where per-call working folders are made; empty means the system temp dir.
     video_tmp_dir: str = ""
     # Largest source image accepted, in bytes.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from scenecast.v1 import video_service_pb2, video_service_pb2_grpc
 
 from services.common.server import Server, build_server, run
+from services.video.avatars import build_avatar_registry
 from services.video.config import VideoSettings
 from services.video.providers import build_registry
 from services.video.servicer import VideoServicer
@@ -13,7 +14,9 @@ SERVICE_NAME = video_service_pb2.DESCRIPTOR.services_by_name["VideoService"].ful
 
 
 def build(settings: VideoSettings) -> Server:
-    servicer = VideoServicer(build_registry(settings.video_provider), settings)
+    servicer = VideoServicer(
+        build_registry(settings.video_provider), build_avatar_registry(settings.avatar_provider), settings
+    )
 
     return build_server(
         settings.listen_address, servicer, video_service_pb2_grpc.add_VideoServiceServicer_to_server, SERVICE_NAME

@@ -1,32 +1,48 @@
-"""VideoService: receives the spec and the optional source image, returns the clip as metadata plus chunks."""
+"""VideoService: clips (spec plus optional source image in, MP4 out) and avatar videos of whole scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common.chunks import ChunkSink, iter_chunks
+from services.common.chunks import ChunkSink, iter_chunks, iter_file_chunks
 from services.common.convert import provider_set
-from services.common.errors import InvalidArgument, MediaError, rpc_method
-from services.common.media import probe
+from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
+from services.common.media import MediaInfo, probe
 from services.common.observability import record_spend
 from services.common.output import output_format
 from services.common.providers import ProviderRegistry
+from services.common.retry import call_deadline, call_with_retries
 from services.common.text import checked_text
+from services.video.avatars.base import AvatarJob, AvatarProvider, AvatarResult, AvatarScene
 from services.video.config import VideoSettings
-from services.video.providers.base import ClipJob, VideoProvider
+from services.video.providers.base import ClipJob, ClipResult, VideoProvider
 
 MAX_PROMPT_CHARS = 4000
 MAX_DURATION_MS = 10 * 60 * 1000
+MAX_NARRATION_CHARS = 4000
+MAX_TITLE_CHARS = 200
+# Avatar, voice and background ids (a background may be a URL).
+MAX_AVATAR_SETTING_CHARS = 2000
+# The avatar vendor stops waiting this long before the call's deadline, so the caller learns why (UNAVAILABLE naming
+# the deadline) instead of a bare DEADLINE_EXCEEDED, and no retry is started that could not finish.
+AVATAR_DEADLINE_MARGIN_SECONDS = 1.0
 
 
 class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
-    def __init__(self, registry: ProviderRegistry[VideoProvider], settings: VideoSettings) -> None:
+    def __init__(
+        self,
+        registry: ProviderRegistry[VideoProvider],
+        avatars: ProviderRegistry[AvatarProvider],
+        settings: VideoSettings,
+    ) -> None:
         self._registry = registry
+        self._avatars = avatars
         self._settings = settings
 
     @rpc_method
@@ -41,28 +57,38 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             if spec.duration_ms > MAX_DURATION_MS:
                 raise InvalidArgument(f"spec.duration_ms must be at most {MAX_DURATION_MS} (got {spec.duration_ms})")
             name, provider = self._registry.get(spec.provider, "spec.provider")
-            result = await provider.generate(
-                ClipJob(
-                    prompt=prompt,
-                    title=spec.scene.title,
-                    scene_index=spec.scene_index,
-                    width=output.width,
-                    height=output.height,
-                    fps=output.fps,
-                    duration_ms=spec.duration_ms,
-                    quality=output.quality,
-                    source_image=source_image,
-                    work_dir=work_dir,
-                    render_id=spec.render_id,
-                )
+            job = ClipJob(
+                prompt=prompt,
+                title=spec.scene.title,
+                scene_index=spec.scene_index,
+                width=output.width,
+                height=output.height,
+                fps=output.fps,
+                duration_ms=spec.duration_ms,
+                quality=output.quality,
+                source_image=source_image,
+                work_dir=work_dir,
+                render_id=spec.render_id,
             )
-            record_spend(name, result.model, result.estimated_cost_usd)
             clip_path = work_dir / "clip-result"
-            clip_path.write_bytes(result.data)
-            try:
-                info = probe(clip_path, f"{name} clip")
-            except InvalidArgument as error:
-                raise MediaError(f"provider {name!r} returned a clip that does not decode: {error}") from error
+
+            async def attempt() -> tuple[ClipResult, MediaInfo]:
+                result = await provider.generate(job)
+                record_spend(name, result.model, result.estimated_cost_usd)  # billed even if the file is bad
+                clip_path.write_bytes(result.data)
+                try:
+                    info = await asyncio.to_thread(probe, clip_path, f"{name} clip")
+                except InvalidArgument as error:
+                    raise ProviderUnavailable(
+                        f"provider {name!r} returned a clip that does not decode: {error}"
+                    ) from error
+                if not info.has_video:
+                    raise ProviderUnavailable(f"provider {name!r} returned a file with no picture")
+                return result, info
+
+            result, info = await call_with_retries(
+                attempt, attempts=self._settings.provider_attempts, deadline=call_deadline(context), provider=name
+            )
             yield video_service_pb2.GenerateClipResponse(
                 metadata=types_pb2.AssetMetadata(
                     mime_type=result.mime_type,
@@ -108,9 +134,95 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         return spec, sink.path if sink is not None else None
 
     @rpc_method
+    async def GenerateAvatarVideo(
+        self, request: video_service_pb2.GenerateAvatarVideoRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[video_service_pb2.GenerateAvatarVideoResponse]:
+        output = output_format(request.output)
+        scenes = _avatar_scenes(request.scenes)
+        if not request.provider and not self._avatars.current_default:
+            raise InvalidArgument(
+                "provider is empty and AVATAR_PROVIDER is unset; set AVATAR_PROVIDER on the video service or name "
+                f"one of: {self._avatars.valid_names}"
+            )
+        name, provider = self._avatars.get(request.provider, "provider")
+        if len(scenes) > provider.max_scenes:
+            raise InvalidArgument(
+                f"scenes has {len(scenes)} entries; {name} takes at most {provider.max_scenes} per video, so merge "
+                "scenes or split the script"
+            )
+        call_end = call_deadline(context)
+        job = AvatarJob(
+            scenes=scenes,
+            width=output.width,
+            height=output.height,
+            aspect=output.aspect_name,
+            avatar=checked_text(request.avatar.avatar, "avatar.avatar", MAX_AVATAR_SETTING_CHARS, required=False),
+            voice=checked_text(request.avatar.voice, "avatar.voice", MAX_AVATAR_SETTING_CHARS, required=False),
+            background=checked_text(
+                request.avatar.background, "avatar.background", MAX_AVATAR_SETTING_CHARS, required=False
+            ),
+            render_id=request.render_id,
+            deadline=call_end - AVATAR_DEADLINE_MARGIN_SECONDS if call_end is not None else None,
+        )
+        with tempfile.TemporaryDirectory(prefix="scenecast-avatar-", dir=self._settings.video_tmp_dir or None) as tmp:
+            path = Path(tmp) / "avatar.mp4"
+
+            async def attempt() -> tuple[AvatarResult, MediaInfo]:
+                result = await provider.generate(job)
+                # The vendor bills a rendered video even when it turns out unusable here.
+                record_spend(name, result.model, result.estimated_cost_usd)
+                return result, await asyncio.to_thread(_stored_video, path, result.data, name)
+
+            # A video that does not decode, or lacks its picture or voice, is ordered again like any transient failure;
+            # retries stop at the same deadline the vendor is polled to.
+            result, info = await call_with_retries(
+                attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
+            )
+            yield video_service_pb2.GenerateAvatarVideoResponse(
+                metadata=types_pb2.AssetMetadata(
+                    mime_type=result.mime_type,
+                    size_bytes=len(result.data),
+                    width=info.width,
+                    height=info.height,
+                    duration_ms=info.duration_ms,
+                    provider=name,
+                    model=result.model,
+                    estimated_cost_usd=result.estimated_cost_usd,
+                )
+            )
+            for chunk in iter_file_chunks(path):
+                yield video_service_pb2.GenerateAvatarVideoResponse(chunk=chunk)
+
+    @rpc_method
     async def ListVideoProviders(
         self, request: video_service_pb2.ListVideoProvidersRequest, context: grpc.aio.ServicerContext
     ) -> video_service_pb2.ListVideoProvidersResponse:
         return video_service_pb2.ListVideoProvidersResponse(
-            providers=provider_set(types_pb2.MEDIA_KIND_VIDEO, self._registry)
+            providers=provider_set(types_pb2.MEDIA_KIND_VIDEO, self._registry),
+            avatar_providers=provider_set(types_pb2.MEDIA_KIND_AVATAR, self._avatars),
         )
+
+
+def _avatar_scenes(scenes: Sequence[types_pb2.Scene]) -> tuple[AvatarScene, ...]:
+    if not scenes:
+        raise InvalidArgument("scenes is empty; give at least one scene with narration")
+    return tuple(
+        AvatarScene(
+            narration=checked_text(scene.narration, f"scenes[{index}].narration", MAX_NARRATION_CHARS),
+            title=checked_text(scene.title, f"scenes[{index}].title", MAX_TITLE_CHARS, required=False),
+        )
+        for index, scene in enumerate(scenes)
+    )
+
+
+def _stored_video(path: Path, data: bytes, provider: str) -> MediaInfo:
+    """Writes the vendor's MP4 to the call's folder and checks it holds both a picture and the spoken narration."""
+    path.write_bytes(data)
+    try:
+        info = probe(path, f"{provider} video")
+    except InvalidArgument as error:
+        raise ProviderUnavailable(f"provider {provider!r} returned a video that does not decode: {error}") from error
+    if not info.has_video or not info.has_audio:
+        missing = "picture" if not info.has_video else "audio track"
+        raise ProviderUnavailable(f"provider {provider!r} returned a video with no {missing}")
+    return info

@@ -134,7 +134,12 @@ def test_bad_input_is_invalid_argument_and_services_keep_serving(
 def test_config_lists_providers_and_services_offer_reflection(stack: LocalStack) -> None:
     config = get_config(stack.gateway_address)
     defaults = {types_pb2.MediaKind.Name(s.kind): s.default_provider for s in config.provider_sets}
-    assert defaults == {"MEDIA_KIND_IMAGE": "slides", "MEDIA_KIND_SPEECH": "piper", "MEDIA_KIND_VIDEO": ""}
+    assert defaults == {
+        "MEDIA_KIND_IMAGE": "slides",
+        "MEDIA_KIND_SPEECH": "piper",
+        "MEDIA_KIND_VIDEO": "",
+        "MEDIA_KIND_AVATAR": "",
+    }
     # The defaults need nothing; cloud providers are listed with the variables they need and whether those are set.
     by_name = {p.name: p for s in config.provider_sets for p in s.providers}
     assert all(by_name[name].offline and by_name[name].configured for name in ("slides", "piper", "kenburns"))

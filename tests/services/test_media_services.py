@@ -162,5 +162,5 @@ async def test_video_is_off_by_default(video_channel: grpc.aio.Channel) -> None:
     stub = video_service_pb2_grpc.VideoServiceStub(video_channel)
     response = await stub.ListVideoProviders(video_service_pb2.ListVideoProvidersRequest())
     assert response.providers.default_provider == ""
-    assert [p.name for p in response.providers.providers] == ["kenburns"]
+    assert "kenburns" in [p.name for p in response.providers.providers]
     assert response.providers.kind == types_pb2.MEDIA_KIND_VIDEO

@@ -42,8 +42,14 @@ SERVICES: dict[str, tuple[str, str, int]] = {
 }
 MEDIA = ("image", "audio", "video", "assembler")
 # The services that call paid providers, and so the only ones given the keys.
-KEYED = ("image", "audio")
-KEY_VARIABLES = ("OPENAI_API_KEY", "REPLICATE_API_TOKEN")
+KEYED = ("image", "audio", "video")
+# The keys each service's providers need; nothing else gets a key.
+SERVICE_KEYS = {
+    "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN"},
+    "audio": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN"},
+    "video": {"REPLICATE_API_TOKEN", "SYNTHESIA_API_KEY", "HEYGEN_API_KEY"},
+}
+KEY_VARIABLES = tuple(sorted(set().union(*SERVICE_KEYS.values())))
 METRICS_PORT = 9464
 UID = 10001
 NAMESPACE = "scenecast"
@@ -421,7 +427,7 @@ def test_compose_service_runs_its_module_safely(name: str) -> None:
     assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "services.common.healthcheck"]
     assert parse_duration(service["stop_grace_period"]) > _drain_seconds(name, {})
     assert "env_file" not in service, "a required env_file fails when .env is missing (see the comment at the top)"
-    assert {key for key in env if key in KEY_VARIABLES} == (set(KEY_VARIABLES) if name in KEYED else set())
+    assert {key for key in env if key in KEY_VARIABLES} == SERVICE_KEYS.get(name, set())
 
 
 def test_compose_gateway_waits_for_healthy_media_services() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from services.common.providers import ProviderRegistry
 from services.video.providers.base import VideoProvider
 from services.video.providers.kenburns import KenBurnsProvider
+from services.video.providers.selfhosted import SelfHostedProvider
+from services.video.providers.wan import WanProvider
 
 # Adding a provider is one module and one line here.
-_PROVIDERS = (KenBurnsProvider,)
+_PROVIDERS = (KenBurnsProvider, WanProvider, SelfHostedProvider)
 
 
 def build_registry(default: str) -> ProviderRegistry[VideoProvider]:

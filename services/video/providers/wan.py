@@ -40,9 +40,12 @@ class WanProvider:
     )
 
     async def generate(self, job: ClipJob) -> ClipResult:
+        prompt = job.prompt or job.title
+        if not prompt:
+            raise InvalidArgument("spec.scene.visual_prompt and spec.scene.title are both empty; wan needs a prompt")
         portrait = job.height > job.width
         model_input: dict[str, Any] = {
-            "prompt": job.prompt or job.title,
+            "prompt": prompt,
             "num_frames": NUM_FRAMES,
             "frames_per_second": FRAMES_PER_SECOND,
             "sample_steps": SAMPLE_STEPS[job.quality],
@@ -78,7 +81,7 @@ def image_data_uri(path: Path) -> str:
     pixels = picture.width * picture.height
     if pixels > MAX_IMAGE_PIXELS:
         scale = (MAX_IMAGE_PIXELS / pixels) ** 0.5
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))))
+        picture = picture.resize((max(1, int(picture.width * scale)), max(1, int(picture.height * scale))))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=IMAGE_JPEG_QUALITY)
     return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}"

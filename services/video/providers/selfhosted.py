@@ -1,0 +1,591 @@
+"""Your own video model (LTX-Video, Wan, ...) behind a Cog-style HTTP server or ComfyUI, chosen by SELFHOSTED_VIDEO_API.
+
+Cog: `POST /predictions {"input": {...}}` answered when done (or `processing` with an id that is polled).
+ComfyUI: a workflow template (API format) with `{{placeholders}}`, queued with `POST /prompt`, polled on
+`/history/{id}`, the video fetched from `/view`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+
+from services.common import pricing
+from services.common.download import fetch_output
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ProviderUnavailable,
+    RateLimited,
+    ScenecastError,
+)
+from services.common.providers import ProviderDescription, require_env
+from services.video.providers.base import ClipJob, ClipResult
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NAME = "selfhosted"
+URL_ENV = "SELFHOSTED_VIDEO_URL"
+API_ENV = "SELFHOSTED_VIDEO_API"
+WORKFLOW_ENV = "SELFHOSTED_COMFYUI_WORKFLOW"
+HEIGHT_ENV = "SELFHOSTED_VIDEO_HEIGHT"
+FPS_ENV = "SELFHOSTED_VIDEO_FPS"
+MAX_FRAMES_ENV = "SELFHOSTED_VIDEO_MAX_FRAMES"
+TIMEOUT_ENV = "SELFHOSTED_VIDEO_TIMEOUT_SECONDS"
+POLL_ENV = "SELFHOSTED_VIDEO_POLL_SECONDS"
+APIS = ("cog", "comfyui")
+
+# The short side of the clip, as in "480p"; both sides become multiples of 32, which LTX-Video needs.
+DEFAULT_SHORT_SIDE = 480
+SIZE_STEP = 32
+DEFAULT_FPS = 24
+# LTX-Video takes 8k+1 frames; 121 is about 5 s at 24 fps.
+DEFAULT_MAX_FRAMES = 121
+MIN_FRAMES = 9
+DEFAULT_DURATION_MS = 5000
+DEFAULT_TIMEOUT_SECONDS = 900.0
+# Polling starts at this interval and backs off to POLL_MAX_SECONDS: a clip takes tens of seconds to minutes.
+DEFAULT_POLL_SECONDS = 1.0
+POLL_BACKOFF = 1.5
+POLL_MAX_SECONDS = 5.0
+# A poll answered 429/502/503/504 is asked again (after Retry-After, capped) this many times in a row: the job is
+# still running on the server, and giving up on it would waste the GPU time already spent.
+POLL_TRANSIENT_TRIES = 5
+POLL_TRANSIENT_STATUSES = (429, 502, 503, 504)
+MAX_RETRY_AFTER_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+WRITE_TIMEOUT_SECONDS = 60.0
+DOWNLOAD_TIMEOUT_SECONDS = 120.0
+CLEANUP_TIMEOUT_SECONDS = 5.0
+MAX_VIDEO_BYTES = 200 * 1024 * 1024
+# LTX-Video's recommended negative prompt; Wan-style templates may ignore it.
+NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted, watermark, text"
+_DETAIL_CHARS = 500
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+# Inputs through which a ComfyUI template names its model file, reported in metadata.
+_MODEL_INPUTS = ("ckpt_name", "unet_name", "model_name")
+_PENDING = ("starting", "processing")
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """What is asked of the model, whichever wire carries it."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    frames: int
+    fps: int
+    seed: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
+    def placeholders(self) -> dict[str, str | int]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "frames": self.frames,
+            "fps": self.fps,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The provider's environment, read per request so an operator's change needs no restart."""
+
+    url: str
+    api: str
+    short_side: int
+    fps: int
+    max_frames: int
+    time_limit: float
+    poll_seconds: float
+
+    @classmethod
+    def from_env(cls) -> _Settings:
+        url = require_env(URL_ENV, NAME).rstrip("/")
+        api = (os.environ.get(API_ENV) or "cog").strip().lower()
+        if api not in APIS:
+            raise FailedPrecondition(f"{API_ENV}={api!r} is not supported; use one of: {', '.join(APIS)}")
+        return cls(
+            url=url,
+            api=api,
+            short_side=_env_number(HEIGHT_ENV, DEFAULT_SHORT_SIDE, 64, 2160, int),
+            fps=_env_number(FPS_ENV, DEFAULT_FPS, 1, 60, int),
+            max_frames=_env_number(MAX_FRAMES_ENV, DEFAULT_MAX_FRAMES, MIN_FRAMES, 1025, int),
+            time_limit=_env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, 0.1, 24 * 3600.0, float),
+            poll_seconds=_env_number(POLL_ENV, DEFAULT_POLL_SECONDS, 0.001, 60.0, float),
+        )
+
+
+def _env_number(variable: str, default: T, low: float, high: float, kind: Callable[[str], T]) -> T:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise FailedPrecondition(f"{variable}={raw!r} is not a number") from None
+    if not low <= value <= high:  # type: ignore[operator]
+        raise FailedPrecondition(f"{variable} must be from {low:g} to {high:g} (got {raw})")
+    return value
+
+
+def clip_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """The output's aspect ratio at `short_side` ("480p"), each side rounded to a multiple of 32."""
+    scale = short_side / min(width, height)
+    return _multiple(width * scale), _multiple(height * scale)
+
+
+def _multiple(length: float) -> int:
+    return max(SIZE_STEP, round(length / SIZE_STEP) * SIZE_STEP)
+
+
+def clip_frames(duration_ms: int, fps: int, max_frames: int) -> int:
+    """The 8k+1 frame count nearest the wanted length, from 9 up to `max_frames` (itself brought down to 8k+1)."""
+    wanted = (duration_ms or DEFAULT_DURATION_MS) * fps / 1000
+    cap = max(MIN_FRAMES, (max_frames - 1) // 8 * 8 + 1)
+    return min(cap, max(MIN_FRAMES, round((wanted - 1) / 8) * 8 + 1))
+
+
+def plan_clip(job: ClipJob, short_side: int, fps: int, max_frames: int) -> ClipPlan:
+    width, height = clip_size(job.width, job.height, short_side)
+    prompt = job.prompt or job.title
+    if not prompt:
+        raise InvalidArgument(f"spec.scene.visual_prompt and spec.scene.title are both empty; {NAME} needs a prompt")
+    return ClipPlan(
+        prompt=prompt,
+        negative_prompt=NEGATIVE_PROMPT,
+        width=width,
+        height=height,
+        frames=clip_frames(job.duration_ms, fps, max_frames),
+        fps=fps,
+        # Stable per scene, so a re-render (or a retry) asks for the same clip.
+        seed=zlib.crc32(f"{job.render_id}/{job.scene_index}/{prompt}".encode()),
+    )
+
+
+class SelfHostedProvider:
+    description: ClassVar[ProviderDescription] = ProviderDescription(
+        name=NAME,
+        description=(
+            "Your own video model (e.g. LTX-Video) behind a Cog-style server or ComfyUI "
+            f"({API_ENV}=cog|comfyui); sends the scene's image when given"
+        ),
+        offline=False,
+        required_env=(URL_ENV,),
+        prices=pricing.price_table()[NAME],
+    )
+
+    async def generate(self, job: ClipJob) -> ClipResult:
+        settings = _Settings.from_env()
+        plan = plan_clip(job, settings.short_side, settings.fps, settings.max_frames)
+        # A synchronous Cog answers only when the clip is made, so a read may take the whole time limit.
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=settings.time_limit, write=WRITE_TIMEOUT_SECONDS)
+        async with httpx.AsyncClient(base_url=settings.url, timeout=timeout) as client:
+            session = (_CogSession if settings.api == "cog" else _ComfySession)(client, settings)
+            try:
+                async with asyncio.timeout(settings.time_limit):
+                    data, model = await session.run(job, plan)
+            except (TimeoutError, asyncio.CancelledError) as stop:
+                await session.abandon()
+                if isinstance(stop, asyncio.CancelledError):
+                    raise
+                raise ProviderUnavailable(
+                    f"{session.label} did not finish within {settings.time_limit:g} s ({TIMEOUT_ENV})"
+                ) from stop
+        return ClipResult(
+            data=data,
+            mime_type=_video_type(data, session.label),
+            model=model,
+            estimated_cost_usd=pricing.selfhosted_usd_per_second() * plan.seconds,
+        )
+
+
+class _Session:
+    """One clip's conversation with the server; `abandon` stops the server's work when the caller gives up."""
+
+    label = NAME
+
+    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
+        raise NotImplementedError
+
+    async def abandon(self) -> None:
+        raise NotImplementedError
+
+    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        try:
+            return await self._client.request(method, path, json=body)
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}") from error
+
+    async def _submit(self, path: str, body: Any) -> httpx.Response:
+        response = await self._send("POST", path, body)
+        if response.status_code in (404, 405):
+            raise FailedPrecondition(
+                f"{self.label}: the server at {URL_ENV} has no POST {path} ({response.status_code}); "
+                f"check {URL_ENV} and {API_ENV}"
+            )
+        return response
+
+    async def _poll(self, path: str, finished: Callable[[Any], T | None]) -> T:
+        """GETs `path` with backoff until `finished` returns a value for the JSON body."""
+        interval = self._settings.poll_seconds
+        transient = 0
+        while True:
+            await asyncio.sleep(interval)
+            response = await self._send("GET", path)
+            if response.status_code in POLL_TRANSIENT_STATUSES and transient < POLL_TRANSIENT_TRIES:
+                transient += 1
+                advised = _retry_after(response)
+                _LOGGER.info("%s: poll of %s answered %d; asking again", self.label, path, response.status_code)
+                await asyncio.sleep(min(advised if advised is not None else interval, MAX_RETRY_AFTER_SECONDS))
+                continue
+            if not response.is_success:
+                error = _status_error(response, self.label)
+                if isinstance(error, ProviderUnavailable):
+                    raise error
+                raise ProviderUnavailable(f"{self.label} lost the job ({response.status_code}): {_detail(response)}")
+            transient = 0
+            result = finished(_json(response, self.label))
+            if result is not None:
+                return result
+            interval = min(interval * POLL_BACKOFF, POLL_MAX_SECONDS)
+
+    async def _best_effort(self, path: str, body: Any) -> None:
+        try:
+            await asyncio.wait_for(self._client.post(path, json=body), CLEANUP_TIMEOUT_SECONDS)
+            _LOGGER.info("%s: sent POST %s", self.label, path)
+        except Exception as error:  # noqa: BLE001 - the caller is already leaving; a failure is only logged
+            _LOGGER.warning("%s: POST %s failed: %r", self.label, path, error)
+
+    async def _download(self, url: str) -> bytes:
+        return (await fetch_output(url, max_bytes=MAX_VIDEO_BYTES, timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS)).data
+
+
+class _CogSession(_Session):
+    """The Cog container API, as Replicate's models speak it inside."""
+
+    label = f"{NAME} (cog)"
+
+    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
+        super().__init__(client, settings)
+        self._prediction_id = ""
+
+    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
+        model_input: dict[str, Any] = {
+            "prompt": plan.prompt,
+            "negative_prompt": plan.negative_prompt,
+            "width": plan.width,
+            "height": plan.height,
+            "num_frames": plan.frames,
+            "fps": plan.fps,
+            "seed": plan.seed,
+        }
+        if job.source_image is not None:
+            model_input["image"] = await asyncio.to_thread(_image_data_uri, job.source_image)
+        # No `Prefer: respond-async`: Cog answers when the prediction ends. Servers that answer at once with
+        # `processing` and an id are polled instead.
+        response = await self._submit("/predictions", {"input": model_input})
+        if not response.is_success:
+            raise _status_error(response, self.label)
+        prediction = _json(response, self.label)
+        if prediction.get("status") in _PENDING:
+            self._prediction_id = str(prediction.get("id") or "")
+            if not self._prediction_id:
+                raise ProviderUnavailable(f"{self.label} answered {prediction.get('status')!r} without an id to poll")
+            _LOGGER.info("%s: prediction %s is %s", self.label, self._prediction_id, prediction.get("status"))
+            prediction = await self._poll(
+                f"/predictions/{self._prediction_id}", lambda body: None if body.get("status") in _PENDING else body
+            )
+            self._prediction_id = ""
+        status = prediction.get("status")
+        if status != "succeeded":
+            reason = prediction.get("error") or "no error given"
+            raise ProviderUnavailable(f"{self.label}: the prediction ended {status!r}: {str(reason)[:_DETAIL_CHARS]}")
+        output = prediction.get("output")
+        first = output[0] if isinstance(output, list) and output else output
+        if not isinstance(first, str) or not first:
+            raise ProviderUnavailable(f"{self.label}: the prediction succeeded without an output file")
+        url = first if first.startswith("data:") else str(self._client.base_url.join(first))
+        model = prediction.get("model")
+        label = f"{NAME}-cog:{model}" if isinstance(model, str) and model else f"{NAME}-cog"
+        return await self._download(url), label
+
+    async def abandon(self) -> None:
+        """Cancels a polled prediction; a synchronous one has no id, and closing its connection is all we can do."""
+        if self._prediction_id:
+            await self._best_effort(f"/predictions/{self._prediction_id}/cancel", None)
+
+
+class _ComfySession(_Session):
+    """ComfyUI's own API: queue a filled-in workflow, wait for its history entry, fetch the video it saved."""
+
+    label = f"{NAME} (comfyui)"
+
+    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
+        super().__init__(client, settings)
+        self._prompt_id = ""
+
+    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
+        path = Path(os.environ.get(WORKFLOW_ENV, "").strip())
+        if not path.name:
+            raise FailedPrecondition(
+                f"{self.label} needs {WORKFLOW_ENV}: a ComfyUI workflow in API format with {{{{prompt}}}}-style "
+                "placeholders (see deploy/comfyui/ltx-video-workflow.json)"
+            )
+        template = await asyncio.to_thread(load_workflow, path)
+        graph = fill_workflow(template, plan.placeholders(), path)
+        response = await self._submit("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+        if response.status_code == 400:
+            raise FailedPrecondition(_refusal(response, path))
+        if not response.is_success:
+            raise _status_error(response, self.label)
+        queued = _json(response, self.label)
+        self._prompt_id = str(queued.get("prompt_id") or "")
+        if not self._prompt_id:
+            raise ProviderUnavailable(f"{self.label}: POST /prompt answered without a prompt_id")
+        _LOGGER.info("%s: queued prompt %s (number %s)", self.label, self._prompt_id, queued.get("number"))
+        # /history/{id} is {} until the prompt has run (or failed).
+        entry = await self._poll(f"/history/{self._prompt_id}", lambda body: body.get(self._prompt_id) or None)
+        self._prompt_id = ""
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":
+            raise ProviderUnavailable(f"{self.label}: the workflow failed: {_execution_error(status)}")
+        video = find_video(entry.get("outputs") or {})
+        if video is None:
+            raise FailedPrecondition(
+                f"{self.label}: the workflow {path} finished without a video output; end it with a node that saves "
+                "MP4 (core SaveVideo, or VideoHelperSuite VHS_VideoCombine)"
+            )
+        params = {
+            "filename": video["filename"],
+            "subfolder": video.get("subfolder") or "",
+            "type": video.get("type") or "output",
+        }
+        url = str(self._client.build_request("GET", "/view", params=params).url)
+        model = template_model(template)
+        return await self._download(url), f"{NAME}-comfyui:{model}" if model else f"{NAME}-comfyui"
+
+    async def abandon(self) -> None:
+        """Drops the prompt from the queue, or interrupts it if running (older ComfyUI interrupts whatever runs)."""
+        if self._prompt_id:
+            await self._best_effort("/queue", {"delete": [self._prompt_id]})
+            await self._best_effort("/interrupt", {"prompt_id": self._prompt_id})
+
+
+def load_workflow(path: Path) -> dict[str, Any]:
+    """Reads a workflow template; every problem is the operator's to fix, so it is a FailedPrecondition."""
+    try:
+        graph = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FailedPrecondition(f"{WORKFLOW_ENV}: cannot read the ComfyUI workflow {path}: {error}") from error
+    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
+        raise FailedPrecondition(
+            f"{WORKFLOW_ENV}: {path} is a UI-format workflow; export it with ComfyUI's 'Save (API Format)'"
+        )
+    if (
+        not isinstance(graph, dict)
+        or not graph
+        or not all(isinstance(node, dict) and "class_type" in node for node in graph.values())
+    ):
+        raise FailedPrecondition(
+            f"{WORKFLOW_ENV}: {path} is not a ComfyUI API-format workflow (an object of nodes with class_type)"
+        )
+    return graph
+
+
+def fill_workflow(template: dict[str, Any], values: dict[str, str | int], path: Path) -> dict[str, Any]:
+    """Replaces `{{name}}` strings in the parsed graph: a whole-string placeholder takes the value's own JSON type
+    (numbers stay numbers), one inside longer text is substituted as text. The graph is never built as a string.
+    """
+    unknown: set[str] = set()
+    used: set[str] = set()
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: fill(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [fill(value) for value in node]
+        if not isinstance(node, str):
+            return node
+        names = _PLACEHOLDER.findall(node)
+        unknown.update(name for name in names if name not in values)
+        used.update(name for name in names if name in values)
+        whole = _PLACEHOLDER.fullmatch(node.strip())
+        if whole is not None and whole.group(1) in values:
+            return values[whole.group(1)]
+        return _PLACEHOLDER.sub(lambda match: str(values.get(match.group(1), match.group(0))), node)
+
+    graph = fill(template)
+    if unknown:
+        raise FailedPrecondition(
+            f"{WORKFLOW_ENV}: {path} uses unknown placeholders {sorted(unknown)}; known: {sorted(values)}"
+        )
+    if "prompt" not in used:
+        raise FailedPrecondition(f"{WORKFLOW_ENV}: {path} has no {{{{prompt}}}} placeholder, so it ignores the scene")
+    return graph
+
+
+def find_video(outputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The first video file among the output nodes: VideoHelperSuite lists it under `gifs`, core SaveVideo under
+    `images` (with `animated`). Files are recognised by their format or extension, so still images are skipped.
+    """
+    for node in outputs.values():
+        if not isinstance(node, dict):
+            continue
+        for key in ("gifs", "images", "videos"):
+            for item in node.get(key) or []:
+                if isinstance(item, dict) and isinstance(item.get("filename"), str) and _is_video(item):
+                    return item
+    return None
+
+
+def _is_video(item: dict[str, Any]) -> bool:
+    return str(item.get("format", "")).startswith("video/") or item["filename"].lower().endswith(
+        (".mp4", ".webm", ".mov", ".mkv")
+    )
+
+
+def template_model(graph: dict[str, Any]) -> str:
+    """The model file the template loads, for metadata; empty when no loader names one."""
+    for node in graph.values():
+        inputs = node.get("inputs") or {}
+        for key in _MODEL_INPUTS:
+            if isinstance(inputs.get(key), str):
+                return str(inputs[key])
+    return ""
+
+
+def _refusal(response: httpx.Response, path: Path) -> str:
+    """ComfyUI's 400 for a graph it will not run: `{"error": {...}, "node_errors": {id: {class_type, errors}}}`."""
+    body = _json_or_none(response)
+    if not isinstance(body, dict):
+        return f"ComfyUI refused the workflow {path} ({WORKFLOW_ENV}): {_detail(response)}"
+    error = body.get("error")
+    summary = error.get("message", "") if isinstance(error, dict) else str(error or "")
+    nodes = []
+    for node_id, node in (body.get("node_errors") or {}).items():
+        if not isinstance(node, dict):
+            continue
+        problems = "; ".join(
+            f"{e.get('message', '')}: {e.get('details', '')}".strip(": ")
+            for e in node.get("errors") or []
+            if isinstance(e, dict)
+        )
+        nodes.append(f"node {node_id} ({node.get('class_type', '?')}): {problems}")
+    message = f"ComfyUI refused the workflow {path} ({WORKFLOW_ENV}): {summary}"
+    if nodes:
+        message += "; " + "; ".join(nodes)
+    return message[: _DETAIL_CHARS * 2]
+
+
+def _execution_error(status: dict[str, Any]) -> str:
+    for message in status.get("messages") or []:
+        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
+            detail = message[1] if isinstance(message[1], dict) else {}
+            return (
+                f"node {detail.get('node_id', '?')} ({detail.get('node_type', '?')}): "
+                f"{detail.get('exception_type', '')} {detail.get('exception_message', '')}".strip()
+            )[:_DETAIL_CHARS]
+    return "no execution_error message given"
+
+
+def _status_error(response: httpx.Response, label: str) -> ScenecastError:
+    """The error mapping shared by both wires: 429 throttled, 409 busy and 5xx retryable, other 4xx the input."""
+    code, detail = response.status_code, _detail(response)
+    if code == 429:
+        return RateLimited(f"{label} throttled the request (429): {detail}", _retry_after(response))
+    if code == 409:  # Cog runs one prediction at a time and answers 409 while busy
+        return ProviderUnavailable(f"{label} is busy with another job (409): {detail}", _retry_after(response))
+    if code >= 500:
+        return ProviderUnavailable(f"{label} failed ({code}): {detail}", _retry_after(response))
+    if code in (401, 403):
+        return FailedPrecondition(f"{label} refused access ({code}): {detail}; check the server's access rules")
+    return InvalidArgument(f"{label} refused the input ({code}): {detail}")
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's own message: Cog (FastAPI) `detail`, ComfyUI `error`, or the text."""
+    body = _json_or_none(response)
+    if isinstance(body, dict):
+        for key in ("detail", "error", "message"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value[:_DETAIL_CHARS]
+            if isinstance(value, list) and value:  # FastAPI validation: [{"loc": [...], "msg": "..."}]
+                return "; ".join(
+                    f"{'.'.join(map(str, item.get('loc', [])))}: {item.get('msg', '')}"
+                    if isinstance(item, dict)
+                    else str(item)
+                    for item in value
+                )[:_DETAIL_CHARS]
+            if isinstance(value, dict) and value.get("message"):
+                return str(value["message"])[:_DETAIL_CHARS]
+    return response.text[:_DETAIL_CHARS] or "no detail given"
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _json(response: httpx.Response, label: str) -> dict[str, Any]:
+    body = _json_or_none(response)
+    if not isinstance(body, dict):
+        raise ProviderUnavailable(f"{label} answered {response.status_code} with a body that is not a JSON object")
+    return body
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _image_data_uri(path: Path) -> str:
+    """The source image as sent by the caller, as a data: URI typed from its bytes."""
+    try:
+        with Image.open(path) as image:
+            mime_type = Image.MIME.get(image.format or "", "")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+        raise InvalidArgument(f"source_image: not a readable image ({error})") from error
+    if not mime_type:
+        raise InvalidArgument("source_image: the image format has no MIME type; send PNG or JPEG")
+    return f"data:{mime_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _video_type(data: bytes, label: str) -> str:
+    if data[4:8] == b"ftyp":
+        return "video/mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "video/webm"
+    raise ProviderUnavailable(f"{label} returned {len(data)} bytes that are not an MP4 or WebM video")

@@ -1,0 +1,433 @@
+"""The synthesia and heygen avatar providers through the real video service, against FakeSynthesia and FakeHeyGen."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
+
+from services.common import pricing, retry
+from services.common.media import probe
+from services.video.avatars import heygen, synthesia
+from services.video.config import VideoSettings
+from tests.fakes.avatar_servers import HEYGEN_KEY, SYNTHESIA_KEY, FakeHeyGen, FakeSynthesia, spoken_ms
+from tests.fakes.base import Fault
+from tests.services.test_media_services import collect
+
+# The service in conftest is built from default settings, so this is the attempt count it uses.
+ATTEMPTS = VideoSettings(listen_address="127.0.0.1:0").provider_attempts
+SCENES = (
+    types_pb2.Scene(id="intro", narration="Check the ladder.", title="Ladders"),
+    types_pb2.Scene(id="climb", narration="Then climb, one rung at a time."),
+)
+NARRATIONS = [scene.narration for scene in SCENES]
+ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
+KEY_ENVS = {"synthesia": synthesia.KEY_ENV, "heygen": heygen.KEY_ENV}
+HEYGEN_AVATAR = "Angela-inblackskirt-20220820"
+HEYGEN_VOICE = "1bd001e7e50f421d891986aad5158bc8"
+
+Fake = FakeSynthesia | FakeHeyGen
+
+
+@pytest.fixture(scope="module")
+def synthesia_server() -> Iterator[FakeSynthesia]:
+    with FakeSynthesia() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def heygen_server() -> Iterator[FakeHeyGen]:
+    with FakeHeyGen() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def quick_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No default avatar vendor, and a short retry backoff: the policy's shape is not under test here."""
+    monkeypatch.delenv("AVATAR_PROVIDER", raising=False)
+    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
+    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
+
+
+@pytest.fixture
+def synthesia_fake(synthesia_server: FakeSynthesia, monkeypatch: pytest.MonkeyPatch) -> FakeSynthesia:
+    """The fake, emptied, with the service pointed at it (the provider reads these variables per request)."""
+    synthesia_server.reset()
+    monkeypatch.setenv("SYNTHESIA_API_KEY", SYNTHESIA_KEY)
+    monkeypatch.setenv("SYNTHESIA_BASE_URL", synthesia_server.base_url)
+    monkeypatch.setenv("SYNTHESIA_POLL_SECONDS", "0.02")
+    for variable in ("SYNTHESIA_AVATAR", "SYNTHESIA_BACKGROUND", "SYNTHESIA_VOICE", "SYNTHESIA_TEST"):
+        monkeypatch.delenv(variable, raising=False)
+    return synthesia_server
+
+
+@pytest.fixture
+def heygen_fake(heygen_server: FakeHeyGen, monkeypatch: pytest.MonkeyPatch) -> FakeHeyGen:
+    heygen_server.reset()
+    monkeypatch.setenv("HEYGEN_API_KEY", HEYGEN_KEY)
+    monkeypatch.setenv("HEYGEN_BASE_URL", heygen_server.base_url)
+    monkeypatch.setenv("HEYGEN_POLL_SECONDS", "0.02")
+    monkeypatch.setenv("HEYGEN_AVATAR_ID", HEYGEN_AVATAR)
+    monkeypatch.setenv("HEYGEN_VOICE_ID", HEYGEN_VOICE)
+    for variable in ("HEYGEN_BACKGROUND", "HEYGEN_TEST"):
+        monkeypatch.delenv(variable, raising=False)
+    return heygen_server
+
+
+@pytest.fixture(params=["synthesia", "heygen"])
+def vendor(request: pytest.FixtureRequest) -> tuple[str, Fake]:
+    """Each vendor in turn, as (provider name, its fake)."""
+    return request.param, request.getfixturevalue(f"{request.param}_fake")
+
+
+@pytest.fixture
+def stub(video_channel: grpc.aio.Channel) -> video_service_pb2_grpc.VideoServiceStub:
+    return video_service_pb2_grpc.VideoServiceStub(video_channel)
+
+
+def avatar_request(
+    provider: str,
+    aspect: str = "16:9",
+    height: int = 360,
+    scenes: tuple[types_pb2.Scene, ...] = SCENES,
+    avatar: types_pb2.AvatarSettings | None = None,
+) -> video_service_pb2.GenerateAvatarVideoRequest:
+    return video_service_pb2.GenerateAvatarVideoRequest(
+        render_id="r-avatar",
+        scenes=scenes,
+        output=types_pb2.OutputSettings(aspect_ratio=ASPECTS[aspect], height=height, quality=types_pb2.QUALITY_DRAFT),
+        provider=provider,
+        avatar=avatar,
+    )
+
+
+async def failure(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    request: video_service_pb2.GenerateAvatarVideoRequest,
+    **kwargs: float,
+) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await collect(stub.GenerateAvatarVideo(request, **kwargs))
+    return error.value
+
+
+def assert_video(
+    metadata: types_pb2.AssetMetadata, data: bytes, path: Path, size: tuple[int, int], provider: str, model: str
+) -> None:
+    """The metadata describes the file exactly, and the voice lasts as long as the fake's narration tone."""
+    path.write_bytes(data)
+    info = probe(path, "avatar video")
+    assert info.has_video and info.has_audio
+    assert (metadata.mime_type, metadata.size_bytes) == ("video/mp4", len(data))
+    assert (metadata.width, metadata.height) == (info.width, info.height) == size
+    assert metadata.duration_ms == info.duration_ms
+    assert abs(metadata.duration_ms - spoken_ms(NARRATIONS)) <= 100
+    assert (metadata.provider, metadata.model) == (provider, model)
+
+
+@pytest.mark.parametrize(
+    ("aspect", "env", "settings", "expected", "size"),
+    [
+        ("1:1", {}, None, ("anna_costume1_cameraA", "off_white", None, False), (320, 320)),
+        (
+            "16:9",
+            {"SYNTHESIA_AVATAR": "env_avatar", "SYNTHESIA_BACKGROUND": "white_studio", "SYNTHESIA_VOICE": "v-env"},
+            None,
+            ("env_avatar", "white_studio", "v-env", False),
+            (320, 180),
+        ),
+        (
+            "9:16",
+            {"SYNTHESIA_AVATAR": "env_avatar", "SYNTHESIA_TEST": "true"},
+            types_pb2.AvatarSettings(avatar="mia_casual", voice="v-request", background="green_screen"),
+            ("mia_casual", "green_screen", "v-request", True),
+            (180, 320),
+        ),
+    ],
+)
+async def test_synthesia_video_has_one_scene_per_narration(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    synthesia_fake: FakeSynthesia,
+    monkeypatch: pytest.MonkeyPatch,
+    work_root: Path,
+    tmp_path: Path,
+    aspect: str,
+    env: dict[str, str],
+    settings: types_pb2.AvatarSettings | None,
+    expected: tuple[str, str, str | None, bool],
+    size: tuple[int, int],
+) -> None:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    metadata, data = await collect(stub.GenerateAvatarVideo(avatar_request("synthesia", aspect, avatar=settings)))
+    avatar, background, voice, test = expected
+    assert_video(metadata, data, tmp_path / "avatar.mp4", size, "synthesia", avatar)
+    assert metadata.estimated_cost_usd == pytest.approx(pricing.synthesia_cost(spoken_ms(NARRATIONS) / 1000))
+    (create,) = synthesia_fake.creates()
+    assert create.headers["Authorization"] == SYNTHESIA_KEY
+    body = create.json()
+    assert (body["aspectRatio"], body["visibility"], body["test"], body["title"]) == (
+        aspect,
+        "private",
+        test,
+        "Ladders",
+    )
+    assert [scene["scriptText"] for scene in body["input"]] == NARRATIONS
+    assert {(scene["avatar"], scene["background"]) for scene in body["input"]} == {(avatar, background)}
+    assert {scene.get("avatarSettings", {}).get("voice") for scene in body["input"]} == {voice}
+    # The pre-signed download gets no key, and the call's folder is gone.
+    (download,) = synthesia_fake.downloads()
+    assert "Authorization" not in download.headers
+    assert list(work_root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("aspect", "height", "env", "settings", "expected"),
+    [
+        # 2160x2160 is over HeyGen's sizes: asked for at 1920 on the long side.
+        ("1:1", 2160, {}, None, (HEYGEN_AVATAR, HEYGEN_VOICE, {"type": "color", "value": "#FAFAFA"}, 1920, 1920)),
+        (
+            "16:9",
+            360,
+            {"HEYGEN_TEST": "1", "HEYGEN_BACKGROUND": "#000000"},
+            types_pb2.AvatarSettings(avatar="Tyler-incasual", voice="voice-2", background="#112233"),
+            ("Tyler-incasual", "voice-2", {"type": "color", "value": "#112233"}, 640, 360),
+        ),
+        (
+            "9:16",
+            1280,
+            {"HEYGEN_BACKGROUND": "https://example.com/office.png"},
+            None,
+            (HEYGEN_AVATAR, HEYGEN_VOICE, {"type": "image", "url": "https://example.com/office.png"}, 720, 1280),
+        ),
+    ],
+)
+async def test_heygen_video_has_one_input_per_narration(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    heygen_fake: FakeHeyGen,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    aspect: str,
+    height: int,
+    env: dict[str, str],
+    settings: types_pb2.AvatarSettings | None,
+    expected: tuple[str, str, dict[str, str], int, int],
+) -> None:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    metadata, data = await collect(
+        stub.GenerateAvatarVideo(avatar_request("heygen", aspect, height=height, avatar=settings))
+    )
+    avatar, voice, background, width, asked_height = expected
+    fake_size = (320, 320) if aspect == "1:1" else (320, 180) if aspect == "16:9" else (180, 320)
+    assert_video(metadata, data, tmp_path / "avatar.mp4", fake_size, "heygen", avatar)
+    assert metadata.estimated_cost_usd == pytest.approx(pricing.heygen_cost(spoken_ms(NARRATIONS) / 1000))
+    (create,) = heygen_fake.creates()
+    assert create.headers["X-Api-Key"] == HEYGEN_KEY
+    body = create.json()
+    assert body["dimension"] == {"width": width, "height": asked_height}
+    assert body["test"] is ("HEYGEN_TEST" in env)
+    assert [item["voice"] for item in body["video_inputs"]] == [
+        {"type": "text", "voice_id": voice, "input_text": text} for text in NARRATIONS
+    ]
+    assert {tuple(item["character"].items()) for item in body["video_inputs"]} == {
+        (("type", "avatar"), ("avatar_id", avatar), ("avatar_style", "normal"))
+    }
+    assert all(item["background"] == background for item in body["video_inputs"])
+    assert heygen_fake.status_checks()[0].query == {"video_id": next(iter(heygen_fake.videos))}
+    (download,) = heygen_fake.downloads()
+    assert "X-Api-Key" not in download.headers
+
+
+async def test_slow_video_is_polled_through_a_failed_status_check(
+    stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake]
+) -> None:
+    """A 503 on a status check is not the end of the video: polling goes on, and it is ordered only once."""
+    name, fake = vendor
+    fake.polls_to_finish = 4
+    fake.add_fault(Fault(fake.status_path, status=503, body={"error": "Service Unavailable"}, method="GET"))
+    metadata, _ = await collect(stub.GenerateAvatarVideo(avatar_request(name)))
+    assert metadata.provider == name
+    assert (len(fake.creates()), len(fake.status_checks())) == (1, 5)
+    (video,) = fake.videos.values()
+    assert video.history == [fake.in_progress] + [fake.rendering] * 3 + [video.status]
+    assert video.status in ("complete", "completed")
+
+
+@pytest.mark.parametrize(
+    ("name", "knobs", "height", "code", "message", "orders"),
+    [
+        ("synthesia", {"fail_with": "Avatar rendering failed"}, 360, "UNAVAILABLE", "Avatar rendering failed", 0),
+        (
+            "synthesia",
+            {"reject_with": "The script breaks the acceptable use policy"},
+            360,
+            "INVALID_ARGUMENT",
+            "rejected video",
+            1,
+        ),
+        ("heygen", {"fail_with": "Voice synthesis failed"}, 360, "UNAVAILABLE", "Voice synthesis failed", 0),
+        ("heygen", {"plan_max_side": 1280}, 1080, "FAILED_PRECONDITION", "higher plan", 1),
+    ],
+)
+async def test_failed_video_reports_the_vendors_reason(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    request: pytest.FixtureRequest,
+    name: str,
+    knobs: dict[str, object],
+    height: int,
+    code: str,
+    message: str,
+    orders: int,
+) -> None:
+    """A render failure is ordered again (the bounded attempts); a refusal or plan limit is reported at once."""
+    fake: Fake = request.getfixturevalue(f"{name}_fake")
+    for knob, value in knobs.items():
+        setattr(fake, knob, value)
+    error = await failure(stub, avatar_request(name, height=height))
+    assert error.code().name == code
+    assert message in error.details()
+    assert len(fake.creates()) == (orders or ATTEMPTS)
+
+
+async def test_throttled_order_is_retried_after_retry_after(
+    stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake]
+) -> None:
+    name, fake = vendor
+    fake.throttle_creates, fake.retry_after = 1, "1"
+    started = time.monotonic()
+    metadata, _ = await collect(stub.GenerateAvatarVideo(avatar_request(name)))
+    assert time.monotonic() - started >= 1.0
+    assert metadata.provider == name
+    assert len(fake.creates()) == 2
+
+
+@pytest.mark.parametrize(
+    ("knob", "message"), [("corrupt_video", "does not decode"), ("silent_video", "no audio track")]
+)
+async def test_unusable_video_is_unavailable_after_the_attempts(
+    stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake], knob: str, message: str
+) -> None:
+    name, fake = vendor
+    setattr(fake, knob, True)
+    error = await failure(stub, avatar_request(name))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"provider '{name}' returned a video" in error.details() and message in error.details()
+    assert len(fake.creates()) == len(fake.downloads()) == ATTEMPTS
+
+
+@pytest.mark.parametrize("key", ["", "not-the-key"])
+async def test_missing_or_wrong_key_is_failed_precondition(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    vendor: tuple[str, Fake],
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+) -> None:
+    name, fake = vendor
+    monkeypatch.setenv(KEY_ENVS[name], key)
+    error = await failure(stub, avatar_request(name))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert KEY_ENVS[name] in error.details()
+    assert len(fake.creates()) == (1 if key else 0)
+
+
+@pytest.mark.parametrize("variable", ["HEYGEN_AVATAR_ID", "HEYGEN_VOICE_ID"])
+async def test_heygen_without_avatar_or_voice_is_failed_precondition(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    heygen_fake: FakeHeyGen,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+) -> None:
+    monkeypatch.delenv(variable)
+    error = await failure(stub, avatar_request("heygen"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert variable in error.details()
+    assert heygen_fake.creates() == []
+
+
+async def test_deadline_shorter_than_the_render_stops_polling(
+    stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake]
+) -> None:
+    """The vendor is given up on just before the call's deadline, with a status that says so, and polled no more."""
+    name, fake = vendor
+    fake.polls_to_finish = 10**6
+    error = await failure(stub, avatar_request(name), timeout=1.5)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "did not finish before the render's deadline" in error.details()
+    checks = len(fake.status_checks())
+    assert checks >= 2 and len(fake.creates()) == 1
+    await asyncio.sleep(0.5)
+    assert len(fake.status_checks()) == checks
+
+
+async def test_cancelled_call_stops_polling(
+    stub: video_service_pb2_grpc.VideoServiceStub, synthesia_fake: FakeSynthesia, work_root: Path
+) -> None:
+    synthesia_fake.polls_to_finish = 10**6
+    call = stub.GenerateAvatarVideo(avatar_request("synthesia"))
+    receiving = asyncio.create_task(collect(call))
+    async with asyncio.timeout(5):
+        while len(synthesia_fake.status_checks()) < 2:
+            await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    await asyncio.sleep(0.2)  # the server learns of the cancellation
+    checks = len(synthesia_fake.status_checks())
+    await asyncio.sleep(0.5)
+    assert len(synthesia_fake.status_checks()) == checks
+    assert list(work_root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("provider", "change", "message"),
+    [
+        ("", {}, "set AVATAR_PROVIDER on the video service or name one of: heygen, synthesia"),
+        ("d-id", {}, "provider: unknown provider 'd-id'; valid: heygen, synthesia"),
+        ("synthesia", {"scenes": ()}, "scenes is empty"),
+        ("synthesia", {"scenes": (SCENES[0], types_pb2.Scene(id="b", narration=" "))}, "scenes[1].narration is empty"),
+        ("synthesia", {"scenes": SCENES[:1] * 26}, "scenes has 26 entries; synthesia takes at most 25"),
+        ("heygen", {"scenes": SCENES[:1] * 51}, "scenes has 51 entries; heygen takes at most 50"),
+        ("synthesia", {"height": 100}, "output.height"),
+    ],
+)
+async def test_bad_request_is_invalid_argument_before_any_order(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    synthesia_fake: FakeSynthesia,
+    heygen_fake: FakeHeyGen,
+    provider: str,
+    change: dict[str, object],
+    message: str,
+) -> None:
+    error = await failure(stub, avatar_request(provider, **change))  # type: ignore[arg-type]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.details()
+    assert synthesia_fake.requests == heygen_fake.requests == []
+
+
+async def test_avatar_providers_are_listed_and_avatar_provider_is_the_default(
+    stub: video_service_pb2_grpc.VideoServiceStub,
+    synthesia_fake: FakeSynthesia,
+    heygen_fake: FakeHeyGen,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AVATAR_PROVIDER", "heygen")
+    monkeypatch.delenv("SYNTHESIA_API_KEY")
+    response = await stub.ListVideoProviders(video_service_pb2.ListVideoProvidersRequest())
+    avatars = response.avatar_providers
+    assert (avatars.kind, avatars.default_provider) == (types_pb2.MEDIA_KIND_AVATAR, "heygen")
+    listed = {p.name: (p.offline, tuple(p.required_env), p.configured) for p in avatars.providers}
+    assert listed == {
+        "heygen": (False, ("HEYGEN_API_KEY",), True),
+        "synthesia": (False, ("SYNTHESIA_API_KEY",), False),
+    }
+    assert all(p.prices for p in avatars.providers)
+    assert "heygen" not in {p.name for p in response.providers.providers}
+    # A request that names no vendor goes to AVATAR_PROVIDER.
+    metadata, _ = await collect(stub.GenerateAvatarVideo(avatar_request("")))
+    assert metadata.provider == "heygen" and len(heygen_fake.creates()) == 1

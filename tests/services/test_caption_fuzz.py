@@ -1,0 +1,327 @@
+"""Property tests of caption text: escaping never turns text into markup, and cue planning keeps every word in order.
+
+The fast properties run the pure functions on arbitrary text; the slow ones send a few texts through piper and the
+real assembler and read the MP4's subtitle track back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from itertools import pairwise
+from pathlib import Path
+from typing import NamedTuple
+
+import av
+import grpc
+import pysubs2
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from scenecast.v1 import assembler_service_pb2 as pb
+from scenecast.v1 import (
+    assembler_service_pb2_grpc,
+    audio_service_pb2,
+    audio_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    types_pb2,
+)
+
+from services.assembler.captions import ass_text, srt_text, write_scene_ass, write_srt
+from services.assembler.plan import Cue, ScenePlan, SpokenText, cues_from_words, plan_scene, split_cue
+from services.common.chunks import iter_chunks
+from services.common.output import OutputFormat
+from services.common.providers import Quality
+from services.common.text import split_sentences
+from tests.probe import probe_mp4
+from tests.services.test_media_services import collect
+
+WORD_JOINER = "\u2060"
+# Text that means something to libass, pysubs2, FFmpeg's SRT reader or the mov_text encoder.
+MARKUP = [
+    "{",
+    "}",
+    "\\",
+    "\\N",
+    "\\n",
+    "\\h",
+    "\\{",
+    "{\\b1}",
+    "{\\b0}",
+    "{\\pos(1,2)}",
+    "{\\an8}",
+    "{c:red}",
+    "{y:i}",
+    "{}",
+    "<b>",
+    "</b>",
+    "<i>",
+    "<br>",
+    "<font color=red>",
+    "< u >",
+    "<<",
+    "&amp;",
+    "&nbsp;",
+    "%",
+    "%s",
+    ":",
+    ",",
+    "'",
+    '"',
+    "-->",
+    "00:00:01,000",
+    WORD_JOINER,
+    "\u202e",
+    "\ufeff",
+    "\U0001f600",
+    "C:\\new\\table",
+]
+# Unicode text without control characters (narration may not hold them) or surrogates (not valid UTF-8).
+_PLAIN = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)
+_LONG_WORD = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=60, max_size=300)
+_PIECE = st.one_of(_PLAIN, st.sampled_from(MARKUP), st.sampled_from([" ", "\t", "\n", ". ", "! ", "? "]), _LONG_WORD)
+TEXT = st.lists(_PIECE, max_size=25).map("".join)
+# What a caption may be handed: anything a client can send, line breaks and control characters included.
+ANY_TEXT = st.lists(st.one_of(st.text(st.characters(blacklist_categories=("Cs",))), st.sampled_from(MARKUP))).map(
+    "".join
+)
+
+OUTPUT = OutputFormat(640, 360, 25, True, Quality.DRAFT, "16:9")
+NARROW = OutputFormat(144, 256, 25, True, Quality.DRAFT, "9:16")
+FAST = settings(max_examples=150, deadline=None)
+
+
+def unescape(text: str, escapes: dict[str, str], specials: str) -> str:
+    """Reads escaped caption text the way its consumer does; fails on any sequence that consumer would interpret.
+
+    `escapes` maps each two-character escape to its literal; `specials` (characters that start markup for the
+    consumer) may appear only as part of an escape.
+    """
+    out, index = [], 0
+    while index < len(text):
+        pair = text[index : index + 2]
+        if pair in escapes:
+            out.append(escapes[pair])
+            index += 2
+            continue
+        assert text[index] not in specials, f"unescaped {text[index]!r} at {index} in {text!r}"
+        out.append(text[index])
+        index += 1
+    return "".join(out)
+
+
+# libass: `\` starts an escape (`\N`, `\h`, `\{`...), `{` an override block. We only ever write these three pairs.
+ASS_ESCAPES = {"\\" + WORD_JOINER: "\\", "\\{": "{", "\\}": "}"}
+ASS_SPECIALS = "\\{}"
+# FFmpeg's SRT reader and the mov_text encoder: `\`, `{` and `<` start markup unless a word joiner follows.
+SRT_ESCAPES = {"\\" + WORD_JOINER: "\\", "{" + WORD_JOINER: "{", "<" + WORD_JOINER: "<"}
+SRT_SPECIALS = "\\{<"
+
+
+def _lines_as_spaces(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+@FAST
+@given(ANY_TEXT)
+def test_ass_text_is_never_markup_and_unescapes_to_the_input(text: str) -> None:
+    escaped = ass_text(text)
+    assert "\n" not in escaped and "\r" not in escaped
+    assert unescape(escaped, ASS_ESCAPES, ASS_SPECIALS) == _lines_as_spaces(text)
+
+
+@FAST
+@given(ANY_TEXT)
+def test_srt_text_is_never_markup_and_unescapes_to_the_input(text: str) -> None:
+    escaped = srt_text(text)
+    assert "\n" not in escaped and "\r" not in escaped
+    assert unescape(escaped, SRT_ESCAPES, SRT_SPECIALS) == _lines_as_spaces(text)
+
+
+def _words(cues: tuple[Cue, ...] | list[SpokenText]) -> list[str]:
+    return " ".join(cue.text for cue in cues).split()
+
+
+def _sentence_plan(text: str, output: OutputFormat, index: int = 0) -> ScenePlan:
+    sentences = split_sentences(text)
+    spoken = [SpokenText(sentence, i * 1000, i * 1000 + 900) for i, sentence in enumerate(sentences)]
+    return plan_scene(index, max(1, len(sentences)) * 1000, spoken, output, lead_ms=300, tail_ms=500)
+
+
+@FAST
+@given(TEXT, st.sampled_from([OUTPUT, NARROW]))
+def test_caption_files_read_back_as_the_cue_text(text: str, output: OutputFormat) -> None:
+    plan = _sentence_plan(text, output)
+    assert _words(plan.cues) == text.split()
+    second = _sentence_plan("Next scene.", output, index=1)
+    with tempfile.TemporaryDirectory() as folder:
+        ass_path, srt_path = Path(folder) / "scene.ass", Path(folder) / "all.srt"
+        write_scene_ass(plan, output, ass_path)
+        write_srt([plan, second], srt_path)
+        ass_events = pysubs2.load(str(ass_path)).events
+        srt_events = pysubs2.load(str(srt_path)).events
+    assert [unescape(e.text, ASS_ESCAPES, ASS_SPECIALS) for e in ass_events] == [cue.text for cue in plan.cues]
+    # ASS times are in centiseconds.
+    assert all(
+        abs(e.start - cue.start_ms) < 10 and abs(e.end - cue.end_ms) < 10 for e, cue in zip(ass_events, plan.cues)
+    )
+    expected = [*plan.cues, *second.cues]
+    assert [unescape(e.text, SRT_ESCAPES, SRT_SPECIALS) for e in srt_events] == [cue.text for cue in expected]
+    # The second scene's cues sit after the first scene on the video's timeline.
+    assert srt_events[-1].start == plan.duration_ms + second.cues[0].start_ms
+
+
+@FAST
+@given(TEXT, st.integers(0, 10_000), st.integers(0, 20_000), st.integers(8, 120))
+def test_split_cue_keeps_words_in_order_and_shares_the_time(text: str, start: int, span: int, max_chars: int) -> None:
+    cues = split_cue(SpokenText(text, start, start + span), max_chars)
+    assert _words(cues) == text.split()
+    assert all(len(cue.text) <= max_chars or len(cue.text.split()) == 1 for cue in cues)
+    assert all(cue.text == " ".join(cue.text.split()) and cue.text for cue in cues)
+    if cues:
+        assert cues[0].start_ms == start and cues[-1].end_ms == start + span
+        assert all(a.end_ms == b.start_ms for a, b in pairwise(cues))
+        assert all(cue.start_ms <= cue.end_ms for cue in cues)
+
+
+def _respell(token: str) -> str:
+    """How a speech provider might report a written token: no punctuation, or a different spelling."""
+    return "".join(c for c in token if c.isalnum()) or token
+
+
+@st.composite
+def text_and_word_timings(draw: st.DrawFn) -> tuple[str, list[SpokenText]]:
+    text = draw(TEXT.filter(lambda t: t.split()))
+    spoken = [_respell(token) for token in text.split()]
+    # Providers drop words, add words and say numbers differently.
+    for _ in range(draw(st.integers(0, 3))):
+        position = draw(st.integers(0, len(spoken)))
+        if draw(st.booleans()) and position < len(spoken):
+            del spoken[position]
+        else:
+            spoken.insert(position, draw(st.sampled_from(["twelve", "um", "the", "N"])))
+    if not spoken:
+        spoken = ["hm"]
+    words, clock = [], draw(st.integers(0, 500))
+    for word in spoken:
+        gap, length = draw(st.integers(0, 300)), draw(st.integers(0, 900))
+        words.append(SpokenText(word, clock + gap, clock + gap + length))
+        clock += gap + length
+    return text, words
+
+
+@FAST
+@given(text_and_word_timings(), st.integers(8, 120))
+def test_word_cues_keep_written_words_in_order_and_in_time(case: tuple[str, list[SpokenText]], max_chars: int) -> None:
+    text, words = case
+    cues = cues_from_words(text, words, max_chars)
+    assert _words(cues) == text.split()
+    assert all(len(cue.text) <= max_chars or len(cue.text.split()) == 1 for cue in cues)
+    assert all(words[0].start_ms <= cue.start_ms <= cue.end_ms <= words[-1].end_ms for cue in cues)
+    assert all(a.end_ms <= b.start_ms for a, b in pairwise(cues))
+    # A cue never runs on past the end of a sentence.
+    assert all(not token.endswith((".", "!", "?", "…")) for cue in cues for token in cue.text.split()[:-1])
+
+
+@st.composite
+def sentence_timings(draw: st.DrawFn) -> list[SpokenText]:
+    """Sentences as a voice times them; some take no time at all (piper says nothing for "{} ...")."""
+    spoken, clock = [], 0
+    for text in draw(st.lists(TEXT, min_size=1, max_size=6)):
+        gap, length = draw(st.integers(0, 300)), draw(st.sampled_from([0, 0, 1, 40, 700, 3000]))
+        spoken.append(SpokenText(text, clock + gap, clock + gap + length))
+        clock += gap + length
+    return spoken
+
+
+@FAST
+@given(sentence_timings(), st.sampled_from([OUTPUT, NARROW]), st.integers(0, 1000))
+def test_every_word_gets_a_cue_that_is_shown(spoken: list[SpokenText], output: OutputFormat, lead_ms: int) -> None:
+    narration_ms = max(1, spoken[-1].end_ms)
+    plan = plan_scene(0, narration_ms, spoken, output, lead_ms=lead_ms, tail_ms=500)
+    assert _words(plan.cues) == _words(spoken)
+    assert all(lead_ms <= cue.start_ms < cue.end_ms <= lead_ms + narration_ms for cue in plan.cues)
+    assert all(a.end_ms <= b.start_ms for a, b in pairwise(plan.cues))
+    assert plan.frames * 1000 >= (lead_ms + narration_ms + 500) * output.fps
+
+
+# The real assembler: a few texts through piper, one slide, the segment encode and the mux.
+
+SMALL = types_pb2.OutputSettings(
+    aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=144, fps=10, quality=types_pb2.QUALITY_DRAFT
+)
+# Needs at least one speakable word: text that piper cannot say at all is rejected before any caption is made.
+SPOKEN_TEXT = st.tuples(st.sampled_from(["Look", "Stop.", "Wait", "Hello!"]), TEXT).map(" ".join)
+
+
+def subtitle_track_texts(path: Path) -> list[str]:
+    """The text of each mov_text sample exactly as stored (a 16-bit length, then UTF-8).
+
+    tests/probe.py reads the track through PyAV's ASS `dialogue`, which drops any `{...}` run, so it cannot show
+    whether literal braces survived.
+    """
+    texts = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.subtitles[0]):
+            data = bytes(packet)
+            if len(data) >= 2 and (length := int.from_bytes(data[:2], "big")):
+                texts.append(data[2 : 2 + length].decode("utf-8"))
+    return texts
+
+
+class Asset(NamedTuple):
+    metadata: types_pb2.AssetMetadata
+    data: bytes
+
+    def __repr__(self) -> str:  # hypothesis prints the arguments of a failing example
+        return f"Asset({self.metadata.mime_type}, {len(self.data)} bytes)"
+
+
+@pytest.fixture(scope="module")
+async def slide(image_channel: grpc.aio.Channel) -> Asset:
+    scene = types_pb2.Scene(id="s", narration="x", title="Captions")
+    stub = image_service_pb2_grpc.ImageServiceStub(image_channel)
+    return Asset(*await collect(stub.GenerateImage(image_service_pb2.GenerateImageRequest(scene=scene, output=SMALL))))
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@example(text=r"Use {\b1}bold{\b0}, {\pos(1,2)}here, <i>tags</i>, a \N break, a \h space, {curly} & 100% at C:\new\h.")
+@example(text="Hello. {} ...")
+@given(text=SPOKEN_TEXT)
+async def test_assembled_subtitle_track_is_the_narration(
+    text: str,
+    slide: Asset,
+    audio_channel: grpc.aio.Channel,
+    assembler_channel: grpc.aio.Channel,
+    work_root: Path,
+    tmp_path: Path,
+) -> None:
+    speech = await collect(
+        audio_service_pb2_grpc.AudioServiceStub(audio_channel).SynthesizeSpeech(
+            audio_service_pb2.SynthesizeSpeechRequest(text=text)
+        )
+    )
+    scene = types_pb2.Scene(id="s", narration=text, title="Captions")
+
+    async def requests() -> AsyncIterator[pb.AssembleRequest]:
+        yield pb.AssembleRequest(start=pb.AssemblyStart(output=SMALL, scene_count=1))
+        yield pb.AssembleRequest(scene=pb.SceneStart(scene_index=0, scene=scene, visual=slide[0], narration=speech[0]))
+        for role, (_, data) in ((pb.ASSET_ROLE_VISUAL, slide), (pb.ASSET_ROLE_NARRATION, speech)):
+            for chunk in iter_chunks(data):
+                yield pb.AssembleRequest(chunk=pb.SceneChunk(scene_index=0, role=role, chunk=chunk))
+
+    movie = bytearray()
+    async for response in assembler_service_pb2_grpc.AssemblerServiceStub(assembler_channel).Assemble(requests()):
+        if response.HasField("chunk"):
+            movie += response.chunk.data
+    path = tmp_path / "captions.mp4"
+    path.write_bytes(movie)
+    probed = probe_mp4(path)
+    assert (probed.video_codec, probed.audio_codec, probed.width, probed.height) == ("h264", "aac", 256, 144)
+    assert abs(probed.audio_duration_s - probed.video_duration_s) < 0.15
+    stored = [unescape(t, SRT_ESCAPES, SRT_SPECIALS) for t in subtitle_track_texts(path)]
+    assert " ".join(stored).split() == text.split()
+    assert list(work_root.iterdir()) == []
