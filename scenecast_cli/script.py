@@ -12,6 +12,11 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from services.common.output import ASPECT_NAMES
 
+_VISUAL_KINDS = {
+    "": types_pb2.VISUAL_KIND_UNSPECIFIED,
+    "still": types_pb2.VISUAL_KIND_STILL,
+    "clip": types_pb2.VISUAL_KIND_CLIP,
+}
 _QUALITIES = {"draft": types_pb2.QUALITY_DRAFT, "standard": types_pb2.QUALITY_STANDARD, "hd": types_pb2.QUALITY_HD}
 
 
@@ -28,6 +33,8 @@ class SceneModel(_Strict):
     narration: str = Field(min_length=1)
     visual: str = ""
     title: str = ""
+    # "still" or "clip" overrides the render's choice for this scene; empty follows it.
+    show: Literal["", "still", "clip"] = ""
 
 
 class OutputModel(_Strict):
@@ -42,6 +49,13 @@ class ProvidersModel(_Strict):
     image: str = ""
     speech: str = ""
     video: str = ""
+    avatar: str = ""
+
+
+class AvatarModel(_Strict):
+    avatar: str = ""
+    voice: str = ""
+    background: str = ""
 
 
 class ScriptModel(_Strict):
@@ -49,6 +63,7 @@ class ScriptModel(_Strict):
     output: OutputModel = OutputModel()
     providers: ProvidersModel = ProvidersModel()
     voice: str = ""
+    avatar: AvatarModel = AvatarModel()
     scenes: list[SceneModel] = Field(min_length=1)
 
 
@@ -78,7 +93,9 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
     output = script.output
     return render_service_pb2.RenderRequest(
         scenes=[
-            types_pb2.Scene(id=s.id, narration=s.narration, visual_prompt=s.visual, title=s.title)
+            types_pb2.Scene(
+                id=s.id, narration=s.narration, visual_prompt=s.visual, title=s.title, visual_kind=_VISUAL_KINDS[s.show]
+            )
             for s in script.scenes
         ],
         output=types_pb2.OutputSettings(
@@ -91,4 +108,5 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
         providers=types_pb2.ProviderOverrides(**script.providers.model_dump()),
         voice=script.voice,
         title=script.title,
+        avatar=types_pb2.AvatarSettings(**script.avatar.model_dump()),
     )
