@@ -112,6 +112,11 @@ def test_node_client_prints_the_config_from_the_gateway_in_the_environment(node:
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     defaults = {provider_set["kind"]: provider_set["defaultProvider"] for provider_set in config["providerSets"]}
-    assert defaults == {"MEDIA_KIND_IMAGE": "slides", "MEDIA_KIND_SPEECH": "piper", "MEDIA_KIND_VIDEO": ""}
+    assert defaults == {
+        "MEDIA_KIND_IMAGE": "slides",
+        "MEDIA_KIND_SPEECH": "piper",
+        "MEDIA_KIND_VIDEO": "",
+        "MEDIA_KIND_AVATAR": "",
+    }
     names = {provider["name"] for provider_set in config["providerSets"] for provider in provider_set["providers"]}
     assert "slides" in names
