@@ -25,4 +25,11 @@ class GatewaySettings(ServiceSettings):
     scene_call_attempts: int = 3
     # Clips are asked this much longer than the narration, in milliseconds, to cover the scene's lead-in and tail.
     clip_extra_ms: int = 1000
+    # Where finished MP4s are kept for FetchResult; empty means a folder in the system temp dir.
+    render_output_dir: str = ""
+    # How long a finished render's MP4 and summary stay available, in seconds.
+    result_ttl_seconds: float = 3600.0
+    # How long a render keeps running with no caller attached (a dropped connection), waiting for WatchRender or
+    # FetchResult, before it is cancelled, in seconds.
+    orphan_grace_seconds: float = 15.0
     shutdown_grace_seconds: float = 25.0

@@ -351,6 +351,7 @@ class RenderJob:
                 completed_steps=self._completed_steps,
                 total_steps=self.total_steps,
                 message=message,
+                render_id=self.render_id,
             )
         )
 

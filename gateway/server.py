@@ -6,6 +6,7 @@ from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
 
 from gateway.clients import connect
 from gateway.config import GatewaySettings
+from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
 from services.common.server import Server, build_server, run
 
@@ -13,7 +14,8 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 
 
 def build(settings: GatewaySettings) -> Server:
-    servicer = RenderServicer(connect(settings), settings)
+    registry = RenderRegistry(settings.render_output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
+    servicer = RenderServicer(connect(settings), registry, settings)
 
     return build_server(
         settings.listen_address, servicer, render_service_pb2_grpc.add_RenderServiceServicer_to_server, SERVICE_NAME

@@ -20,6 +20,7 @@ from scenecast.v1 import (
 
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
+from gateway.registry import RenderRegistry
 from gateway.render import DownstreamError, RenderJob
 from gateway.validation import check_provider, validate_render
 from services.common import pricing
@@ -32,8 +33,9 @@ _LIST_TIMEOUT_SECONDS = 10.0
 
 
 class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
-    def __init__(self, downstream: Downstream, settings: GatewaySettings) -> None:
+    def __init__(self, downstream: Downstream, registry: RenderRegistry, settings: GatewaySettings) -> None:
         self._downstream = downstream
+        self._registry = registry
         self._settings = settings
 
     @rpc_method
@@ -59,8 +61,44 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             settings=self._settings,
             deadline=time.monotonic() + budget,
         )
-        async for response in job.run():
-            yield response
+        record = self._registry.start(job)
+        async for event in self._registry.attach(record, progress=True, chunks=True):
+            if isinstance(event, render_service_pb2.RenderProgress):
+                yield render_service_pb2.RenderResponse(progress=event)
+            elif isinstance(event, types_pb2.MediaChunk):
+                yield render_service_pb2.RenderResponse(chunk=event)
+            else:
+                yield render_service_pb2.RenderResponse(summary=event)
+
+    @rpc_method
+    async def WatchRender(
+        self, request: render_service_pb2.WatchRenderRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[render_service_pb2.WatchRenderResponse]:
+        record = self._registry.get(request.render_id)
+        render_id_var.set(record.render_id)
+        async for event in self._registry.attach(record, progress=True, chunks=False):
+            if isinstance(event, render_service_pb2.RenderProgress):
+                yield render_service_pb2.WatchRenderResponse(progress=event)
+            else:
+                yield render_service_pb2.WatchRenderResponse(summary=event)
+
+    @rpc_method
+    async def FetchResult(
+        self, request: render_service_pb2.FetchResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[render_service_pb2.FetchResultResponse]:
+        record = self._registry.get(request.render_id)
+        render_id_var.set(record.render_id)
+        async for event in self._registry.attach(record, progress=False, chunks=True, offset=request.offset):
+            if isinstance(event, types_pb2.MediaChunk):
+                yield render_service_pb2.FetchResultResponse(chunk=event)
+            else:
+                yield render_service_pb2.FetchResultResponse(summary=event)
+
+    @rpc_method
+    async def CancelRender(
+        self, request: render_service_pb2.CancelRenderRequest, context: grpc.aio.ServicerContext
+    ) -> render_service_pb2.CancelRenderResponse:
+        return render_service_pb2.CancelRenderResponse(cancelled=self._registry.cancel(request.render_id))
 
     @rpc_method
     async def EstimateCost(

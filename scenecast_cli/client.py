@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
-from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
+from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
 
 from services.common.server import MAX_MESSAGE_BYTES
 
@@ -18,6 +20,11 @@ def _channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
 
 
+# A dropped connection is re-attached to this many times, waiting a little longer each time (seconds).
+REATTACH_ATTEMPTS = 8
+REATTACH_FIRST_WAIT_SECONDS = 0.5
+
+
 def render_to_file(
     address: str,
     request: render_service_pb2.RenderRequest,
@@ -25,28 +32,86 @@ def render_to_file(
     on_progress: ProgressCallback | None = None,
     timeout_seconds: float | None = None,
 ) -> render_service_pb2.RenderSummary:
-    """Streams the MP4 to `output` as it arrives; the file appears only when complete (written beside, then renamed)."""
+    """Streams the MP4 to `output` as it arrives; the file appears only when complete (written beside, then renamed).
+
+    If the connection drops (UNAVAILABLE) after the render started, the render is still running on the gateway: this
+    re-attaches with WatchRender (progress) and FetchResult (the MP4 from the bytes already written), several times
+    with growing waits.
+    """
     partial = output.with_name(output.name + ".part")
-    summary: render_service_pb2.RenderSummary | None = None
+    deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+    render_id = ""
+
+    def left() -> float | None:
+        return max(0.1, deadline - time.monotonic()) if deadline else None
+
+    def write(handle: BinaryIO, chunk: types_pb2.MediaChunk) -> None:
+        if chunk.offset != handle.tell():
+            raise RuntimeError(f"MP4 chunk at offset {chunk.offset}, expected {handle.tell()}")
+        handle.write(chunk.data)
+
+    def progress(event: render_service_pb2.RenderProgress) -> None:
+        nonlocal render_id
+        render_id = event.render_id or render_id
+        if on_progress is not None:
+            on_progress(event)
+
     try:
-        with _channel(address) as channel, partial.open("wb") as handle:
-            stub = render_service_pb2_grpc.RenderServiceStub(channel)
-            for response in stub.Render(request, timeout=timeout_seconds):
-                kind = response.WhichOneof("payload")
-                if kind == "progress" and on_progress is not None:
-                    on_progress(response.progress)
-                elif kind == "chunk":
-                    if response.chunk.offset != handle.tell():
-                        raise RuntimeError(f"MP4 chunk at offset {response.chunk.offset}, expected {handle.tell()}")
-                    handle.write(response.chunk.data)
-                elif kind == "summary":
-                    summary = response.summary
-        if summary is None:
-            raise RuntimeError("the render stream ended without a summary")
+        with partial.open("wb") as handle:
+            try:
+                with _channel(address) as channel:
+                    for response in render_service_pb2_grpc.RenderServiceStub(channel).Render(request, timeout=left()):
+                        kind = response.WhichOneof("payload")
+                        if kind == "progress":
+                            progress(response.progress)
+                        elif kind == "chunk":
+                            write(handle, response.chunk)
+                        elif kind == "summary":
+                            summary = response.summary
+                            break
+                    else:
+                        raise RuntimeError("the render stream ended without a summary")
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or not render_id:  # type: ignore[attr-defined]
+                    raise
+                summary = _reattach(address, render_id, handle, progress, write, left)
         os.replace(partial, output)
         return summary
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _reattach(
+    address: str,
+    render_id: str,
+    handle: BinaryIO,
+    progress: ProgressCallback,
+    write: Callable[[BinaryIO, types_pb2.MediaChunk], None],
+    left: Callable[[], float | None],
+) -> render_service_pb2.RenderSummary:
+    wait = REATTACH_FIRST_WAIT_SECONDS
+    for attempt in range(1, REATTACH_ATTEMPTS + 1):
+        time.sleep(wait)
+        try:
+            with _channel(address) as channel:
+                stub = render_service_pb2_grpc.RenderServiceStub(channel)
+                for response in stub.WatchRender(
+                    render_service_pb2.WatchRenderRequest(render_id=render_id), timeout=left()
+                ):
+                    if response.HasField("progress"):
+                        progress(response.progress)
+                fetch = render_service_pb2.FetchResultRequest(render_id=render_id, offset=handle.tell())
+                for response in stub.FetchResult(fetch, timeout=left()):
+                    if response.HasField("chunk"):
+                        write(handle, response.chunk)
+                    else:
+                        return response.summary
+                raise RuntimeError("the result stream ended without a summary")
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == REATTACH_ATTEMPTS:  # type: ignore[attr-defined]
+                raise
+            wait = min(wait * 2, 8.0)
+    raise AssertionError("unreachable")
 
 
 def get_config(address: str, timeout_seconds: float = 30.0) -> render_service_pb2.GetConfigResponse:

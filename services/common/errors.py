@@ -62,6 +62,18 @@ class QuotaExceeded(ScenecastError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class NotFound(ScenecastError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ScenecastError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Cancelled(ScenecastError):
+    code = grpc.StatusCode.CANCELLED
+
+
 class MediaError(ScenecastError):
     """Media could not be processed (FFmpeg failed on input that passed validation)."""
 
