@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from services.common.settings import ServiceSettings
+from typing import Self
+
+from pydantic import SecretStr, model_validator
+
+from services.common.settings import ServiceSettings, check_files, check_pair
 
 
 class GatewaySettings(ServiceSettings):
@@ -33,3 +37,50 @@ class GatewaySettings(ServiceSettings):
     # FetchResult, before it is cancelled, in seconds.
     orphan_grace_seconds: float = 15.0
     shutdown_grace_seconds: float = 25.0
+    # PEM CA certificates that the media services' certificates must chain to. When set, the gateway dials them with
+    # TLS; empty means plaintext.
+    downstream_ca_file: str = ""
+    # The gateway's own client certificate and key (PEM), presented to media services that require mutual TLS.
+    downstream_cert_file: str = ""
+    downstream_key_file: str = ""
+    # Name checked in the media services' certificates instead of the address's host (for IP addresses, or a
+    # certificate issued for one shared name); empty checks the host of each address.
+    downstream_server_name: str = ""
+    # Comma-separated bearer tokens that RenderService calls must carry; empty means no auth. Health and reflection
+    # stay open for probes. Named after its variable (not `auth_tokens` with an alias) so that the keyword and the
+    # variable agree; a secret, so it never shows in a repr or a log line.
+    gateway_auth_tokens: SecretStr = SecretStr("")
+
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        return tuple(token.strip() for token in self.gateway_auth_tokens.get_secret_value().split(",") if token.strip())
+
+    def _service_addresses(self) -> dict[str, str]:
+        return {
+            "IMAGE_SERVICE_ADDRESS": self.image_service_address,
+            "AUDIO_SERVICE_ADDRESS": self.audio_service_address,
+            "VIDEO_SERVICE_ADDRESS": self.video_service_address,
+            "ASSEMBLER_SERVICE_ADDRESS": self.assembler_service_address,
+        }
+
+    @model_validator(mode="after")
+    def _check_downstream_files(self) -> Self:
+        check_pair("DOWNSTREAM_CERT_FILE", self.downstream_cert_file, "DOWNSTREAM_KEY_FILE", self.downstream_key_file)
+        if self.downstream_cert_file and not self.downstream_ca_file:
+            raise ValueError(
+                "DOWNSTREAM_CERT_FILE needs DOWNSTREAM_CA_FILE: the gateway uses TLS to the media services only when "
+                "DOWNSTREAM_CA_FILE says which CA signed their certificates"
+            )
+        if self.downstream_ca_file and not self.downstream_server_name:
+            for variable, address in self._service_addresses().items():
+                if "," in address:
+                    raise ValueError(
+                        f"{variable} lists replicas, whose certificates cannot be checked against a list of "
+                        "addresses; set DOWNSTREAM_SERVER_NAME to the name their certificates share"
+                    )
+        check_files(
+            ("DOWNSTREAM_CA_FILE", self.downstream_ca_file),
+            ("DOWNSTREAM_CERT_FILE", self.downstream_cert_file),
+            ("DOWNSTREAM_KEY_FILE", self.downstream_key_file),
+        )
+        return self

@@ -69,9 +69,10 @@ class RenderRecord:
                         yield event
                     seen = len(self.progress)
                 if chunks and self.size > position:
-                    for chunk in _read_chunks(self.mp4_path, position, self.size):
+                    end = self.size  # the writer may append while these are sent; the rest goes next round
+                    for chunk in _read_chunks(self.mp4_path, position, end):
                         yield chunk
-                    position = self.size
+                    position = end
                 if self.done and (not progress or seen == len(self.progress)) and (not chunks or position >= self.size):
                     if self.error is not None:
                         raise self.error

@@ -16,7 +16,7 @@ from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb
 
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
-from services.common.errors import ProviderUnavailable, ScenecastError
+from services.common.errors import ORIGIN_KEY, ProviderUnavailable, ScenecastError
 from services.common.observability import call_metadata
 from services.common.retry import call_with_retries
 
@@ -42,7 +42,10 @@ class ReplicaUnavailable(ProviderUnavailable):
 
 
 def downstream_error(error: grpc.aio.AioRpcError, where: str) -> ScenecastError:
-    if error.code() == grpc.StatusCode.UNAVAILABLE:
+    """UNAVAILABLE from the transport (a replica gone or unreachable) may be retried on another replica; any status
+    the service sent itself (marked by ORIGIN_KEY) already includes the service's own bounded retries."""
+    from_service = any(key == ORIGIN_KEY for key, _ in (error.trailing_metadata() or ()))
+    if error.code() == grpc.StatusCode.UNAVAILABLE and not from_service:
         return ReplicaUnavailable(f"{where}: {error.details()}")
     return DownstreamError(error.code(), f"{where}: {error.details()}")
 

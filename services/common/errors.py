@@ -80,6 +80,9 @@ class MediaError(ScenecastError):
     code = grpc.StatusCode.INTERNAL
 
 
+# Trailing metadata key set on every status a servicer returns itself.
+ORIGIN_KEY = "x-scenecast-error-origin"
+
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -98,7 +101,9 @@ def rpc_method(method: Method) -> Method:
         if isinstance(error, ScenecastError):
             record.code = error.code.name
             _LOGGER.info("%s: %s %s", name, error.code.name, error)
-            await context.abort(error.code, str(error))
+            # Marks the status as the service's own answer (its retries already spent), so a caller's replica
+            # failover retries only UNAVAILABLE that comes from the transport, never multiplying provider attempts.
+            await context.abort(error.code, str(error), ((ORIGIN_KEY, "service"),))
         record.code = grpc.StatusCode.INTERNAL.name
         _LOGGER.exception("%s failed", name, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see service logs")
