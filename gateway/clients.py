@@ -14,6 +14,7 @@ from scenecast.v1 import (
 
 from gateway.config import GatewaySettings
 from services.common.server import MAX_MESSAGE_BYTES
+from services.common.tls import aio_client_channel
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -53,6 +54,8 @@ class Downstream:
 
 
 def connect(settings: GatewaySettings) -> Downstream:
+    """Channels to the four media services: TLS when DOWNSTREAM_CA_FILE is set, with the gateway's client
+    certificate when DOWNSTREAM_CERT_FILE is (for services that require mutual TLS)."""
     addresses = (
         settings.image_service_address,
         settings.audio_service_address,
@@ -60,7 +63,15 @@ def connect(settings: GatewaySettings) -> Downstream:
         settings.assembler_service_address,
     )
     channels = tuple(
-        grpc.aio.insecure_channel(channel_target(address), options=_CHANNEL_OPTIONS) for address in addresses
+        aio_client_channel(
+            channel_target(address),
+            ca_file=settings.downstream_ca_file or None,
+            cert_file=settings.downstream_cert_file or None,
+            key_file=settings.downstream_key_file or None,
+            server_name=settings.downstream_server_name or None,
+            options=_CHANNEL_OPTIONS,
+        )
+        for address in addresses
     )
     return Downstream(
         image=image_service_pb2_grpc.ImageServiceStub(channels[0]),

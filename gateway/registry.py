@@ -64,10 +64,10 @@ class RenderRecord:
                         (progress and len(self.progress) > seen) or (chunks and self.size > position) or self.done
                     ):
                         await self._changed.wait()
-                if progress:
-                    for event in self.progress[seen:]:
-                        yield event
-                    seen = len(self.progress)
+                # Indexes, not slices: events appended while these are sent are picked up, never skipped.
+                while progress and seen < len(self.progress):
+                    yield self.progress[seen]
+                    seen += 1
                 if chunks and self.size > position:
                     end = self.size  # the writer may append while these are sent; the rest goes next round
                     for chunk in _read_chunks(self.mp4_path, position, end):

@@ -151,9 +151,13 @@ class RenderJob:
         scene = self.request.scenes[index]
         assets = _SceneAssets()
         async with slots:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._image(index, assets))
-                group.create_task(self._speech(index, assets))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._image(index, assets))
+                    group.create_task(self._speech(index, assets))
+            except ExceptionGroup as failures:
+                # Report the scene's first failure as it is (its status names the scene and the cause).
+                raise failures.exceptions[0] from None
             if index in self.clip_scenes:
                 await self._clip(index, assets)
         self._scene_ready(index, scene.id, assets)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
 
+from gateway.auth import BearerTokenInterceptor
 from gateway.clients import connect
 from gateway.config import GatewaySettings
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
 from services.common.server import Server, build_server, run
+from services.common.tls import ServerTls
+
+_LOGGER = logging.getLogger(__name__)
 
 SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].full_name
 
@@ -16,9 +22,16 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 def build(settings: GatewaySettings) -> Server:
     registry = RenderRegistry(settings.render_output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
     servicer = RenderServicer(connect(settings), registry, settings)
-
+    tokens = settings.accepted_tokens
+    if tokens:
+        _LOGGER.info("RenderService calls need a bearer token (%d accepted)", len(tokens))
     return build_server(
-        settings.listen_address, servicer, render_service_pb2_grpc.add_RenderServiceServicer_to_server, SERVICE_NAME
+        settings.listen_address,
+        servicer,
+        render_service_pb2_grpc.add_RenderServiceServicer_to_server,
+        SERVICE_NAME,
+        tls=ServerTls.from_settings(settings),
+        interceptors=[BearerTokenInterceptor(tokens, SERVICE_NAME)] if tokens else [],
     )
 
 

@@ -11,13 +11,31 @@ from typing import BinaryIO
 import grpc
 from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
 
+from services.common.errors import ORIGIN_KEY
 from services.common.server import MAX_MESSAGE_BYTES
+from services.common.tls import client_channel
 
 ProgressCallback = Callable[[render_service_pb2.RenderProgress], None]
 
 
 def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    """A channel to the gateway, with TLS and a bearer token when the environment asks for them.
+
+    SCENECAST_TLS (system CAs), SCENECAST_CA_FILE, SCENECAST_CERT_FILE / SCENECAST_KEY_FILE (mTLS) and
+    SCENECAST_SERVER_NAME choose TLS; SCENECAST_TOKEN is sent as `authorization: Bearer` (an environment variable,
+    not a flag, so it never shows in `ps`).
+    """
+    env = os.environ
+    return client_channel(
+        address,
+        tls=env.get("SCENECAST_TLS", "").lower() in ("1", "true", "yes"),
+        ca_file=env.get("SCENECAST_CA_FILE") or None,
+        cert_file=env.get("SCENECAST_CERT_FILE") or None,
+        key_file=env.get("SCENECAST_KEY_FILE") or None,
+        server_name=env.get("SCENECAST_SERVER_NAME") or None,
+        token=env.get("SCENECAST_TOKEN") or None,
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+    )
 
 
 # A dropped connection is re-attached to this many times, waiting a little longer each time (seconds).
@@ -72,13 +90,21 @@ def render_to_file(
                     else:
                         raise RuntimeError("the render stream ended without a summary")
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or not render_id:  # type: ignore[attr-defined]
+                if not render_id or not _connection_lost(error):
                     raise
                 summary = _reattach(address, render_id, handle, progress, write, left)
         os.replace(partial, output)
         return summary
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _connection_lost(error: grpc.RpcError) -> bool:
+    """UNAVAILABLE from the transport, not a status the gateway sent (those carry its origin marker): only then is
+    the render still running and worth re-attaching to."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+        return False
+    return not any(key == ORIGIN_KEY for key, _ in (error.trailing_metadata() or ()))  # type: ignore[attr-defined]
 
 
 def _reattach(
@@ -108,7 +134,7 @@ def _reattach(
                         return response.summary
                 raise RuntimeError("the result stream ended without a summary")
         except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == REATTACH_ATTEMPTS:  # type: ignore[attr-defined]
+            if not _connection_lost(error) or attempt == REATTACH_ATTEMPTS:
                 raise
             wait = min(wait * 2, 8.0)
     raise AssertionError("unreachable")

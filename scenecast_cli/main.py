@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scenecast", description="Script in, narrated MP4 out.")
     gateway = argparse.ArgumentParser(add_help=False)
     gateway.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (env SCENECAST_GATEWAY)")
+    gateway.add_argument("--tls", action="store_true", help="use TLS with the system's CAs (env SCENECAST_TLS)")
+    gateway.add_argument("--ca-file", help="CA bundle that signed the gateway's certificate (env SCENECAST_CA_FILE)")
+    gateway.add_argument("--cert-file", help="client certificate for mTLS (env SCENECAST_CERT_FILE)")
+    gateway.add_argument("--key-file", help="client key for mTLS (env SCENECAST_KEY_FILE)")
+    gateway.add_argument("--server-name", help="TLS name to expect from the gateway (env SCENECAST_SERVER_NAME)")
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", parents=[gateway], help="render a YAML or JSON script to an MP4")
     render.add_argument("script", type=Path)
@@ -39,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
     commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
     args = parser.parse_args(argv)
+    # The client reads its TLS settings from the environment; flags override it. The token is env-only
+    # (SCENECAST_TOKEN), so it never appears in a process listing.
+    for flag, variable in (
+        ("tls", "SCENECAST_TLS"),
+        ("ca_file", "SCENECAST_CA_FILE"),
+        ("cert_file", "SCENECAST_CERT_FILE"),
+        ("key_file", "SCENECAST_KEY_FILE"),
+        ("server_name", "SCENECAST_SERVER_NAME"),
+    ):
+        if getattr(args, flag, None):
+            os.environ[variable] = "true" if getattr(args, flag) is True else str(getattr(args, flag))
     try:
         if args.command == "render":
             return _render(args)
@@ -52,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScriptError as error:
         _console.print(f"[red]bad script:[/red] {error}")
         return 2
-    except (RuntimeError, TimeoutError) as error:
+    except (RuntimeError, TimeoutError, ValueError) as error:
         _console.print(f"[red]error:[/red] {error}")
         return 1
     except grpc.RpcError as error:

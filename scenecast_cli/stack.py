@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from services.common.healthcheck import check
+from services.common.tls import channel_credentials
 
 # Module to run, the gateway variable that points at it, and its default port (as in each service's config).
 SERVICES = {
@@ -23,6 +26,37 @@ SERVICES = {
 }
 GATEWAY_PORT = 50050
 _STOP_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a stack that uses TLS everywhere: one CA, a server certificate valid for 127.0.0.1 and
+    localhost that every service presents, and a client certificate the gateway (and tests) present."""
+
+    ca_file: Path
+    server_cert_file: Path
+    server_key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+    def service_env(self, mutual: bool) -> dict[str, str]:
+        """A service's TLS settings; `mutual` also makes it require a client certificate from the CA."""
+        env = {"TLS_CERT_FILE": str(self.server_cert_file), "TLS_KEY_FILE": str(self.server_key_file)}
+        return {**env, "TLS_CLIENT_CA_FILE": str(self.ca_file)} if mutual else env
+
+    def gateway_env(self, replicas: bool) -> dict[str, str]:
+        """The gateway dials the media services with TLS and its client certificate (mutual TLS). A list of replica
+        addresses has no one host to check the certificates against, so `replicas` checks them for "localhost"."""
+        env = {
+            "DOWNSTREAM_CA_FILE": str(self.ca_file),
+            "DOWNSTREAM_CERT_FILE": str(self.client_cert_file),
+            "DOWNSTREAM_KEY_FILE": str(self.client_key_file),
+        }
+        return {**env, "DOWNSTREAM_SERVER_NAME": "localhost"} if replicas else env
+
+    def client_credentials(self) -> grpc.ChannelCredentials:
+        """What a caller trusted by the CA presents: enough for every service in the stack."""
+        return channel_credentials(ca_file=self.ca_file, cert_file=self.client_cert_file, key_file=self.client_key_file)
 
 
 def free_port() -> int:
@@ -38,6 +72,9 @@ class LocalStack:
     `env` adds variables to every service's environment (for example a provider choice); `log_dir`, when given,
     receives one log file per service instead of inheriting the caller's stderr. `default_ports` uses the ports the
     services listen on by default (so the CLI finds the gateway without `--gateway`); otherwise free ports are used.
+    `tls` makes every service listen with TLS only: the media services require the gateway's client certificate
+    (mutual TLS), while the gateway itself takes any client that trusts the CA (callers authenticate with bearer
+    tokens, GATEWAY_AUTH_TOKENS in `env`).
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
@@ -45,6 +82,7 @@ class LocalStack:
     default_ports: bool = False
     # Replicas per media service (default 1); the gateway gets all their addresses and spreads calls round-robin.
     replicas: Mapping[str, int] = field(default_factory=dict)
+    tls: TlsFiles | None = None
     # Process name ("image", "image-2", "gateway"...) to its gRPC address and its Prometheus /metrics port.
     addresses: dict[str, str] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -56,7 +94,11 @@ class LocalStack:
 
     def start(self, timeout_seconds: float = 60.0) -> LocalStack:
         base_env = {**os.environ, **self.env}
+        media_env = {**base_env, **(self.tls.service_env(mutual=True) if self.tls else {})}
         gateway_env = dict(base_env)
+        if self.tls:
+            replicas = any(count > 1 for count in self.replicas.values())
+            gateway_env |= self.tls.service_env(mutual=False) | self.tls.gateway_env(replicas)
         for service, (module, gateway_variable, port) in SERVICES.items():
             count = self.replicas.get(service, 1)
             if self.default_ports and count > 1:
@@ -66,13 +108,14 @@ class LocalStack:
                 name = service if replica == 0 else f"{service}-{replica + 1}"
                 address = f"127.0.0.1:{port if self.default_ports else free_port()}"
                 replica_addresses.append(address)
-                self._spawn(name, module, address, base_env)
+                self._spawn(name, module, address, media_env)
             gateway_env[gateway_variable] = ",".join(replica_addresses)
         gateway_address = f"127.0.0.1:{GATEWAY_PORT if self.default_ports else free_port()}"
         self._spawn("gateway", "gateway", gateway_address, gateway_env)
+        credentials = self.tls.client_credentials() if self.tls else None
         try:
             for name, address in self.addresses.items():
-                wait_until_serving(address, timeout_seconds, self.processes[name])
+                wait_until_serving(address, timeout_seconds, self.processes[name], credentials)
         except BaseException:
             self.stop()
             raise
@@ -112,13 +155,18 @@ class LocalStack:
         self.stop()
 
 
-def wait_until_serving(address: str, timeout_seconds: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Polls the standard gRPC health service until it answers SERVING."""
+def wait_until_serving(
+    address: str,
+    timeout_seconds: float,
+    process: subprocess.Popen[bytes] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Polls the standard gRPC health service until it answers SERVING (over TLS with `credentials`)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the service for {address} exited with {process.returncode} while starting")
-        serving, seen = check(address, timeout=1.0)
+        serving, seen = check(address, timeout=1.0, credentials=credentials)
         if serving:
             return
         if time.monotonic() > deadline:

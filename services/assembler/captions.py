@@ -33,13 +33,15 @@ def srt_text(text: str) -> str:
 
     FFmpeg reads SRT as HTML-like markup and converts it to ASS: it drops `{\...}` and `{c:...}` blocks and unknown
     `<tags>`, turns `<b>`, `<i>`, `<u>`, `<s>`, `<font>` into styles, and (there and in the mov_text encoder) reads
-    `\N` and `\n` as line breaks. SRT has no escapes of its own; a word joiner (invisible) after each backslash, `{`
-    and `<` breaks every one of those patterns.
+    `\N` and `\n` as line breaks; a cue whose text starts like a timing line (`1:2:3,4 --> 5:6:7,8`) is dropped.
+    SRT has no escapes of its own; a word joiner (invisible) after each backslash, `{` and `<`, and inside each
+    `-->`, breaks every one of those patterns.
     """
     return (
         text.replace("\\", "\\\u2060")
         .replace("{", "{\u2060")
         .replace("<", "<\u2060")
+        .replace("-->", "--\u2060>")
         .replace("\r", " ")
         .replace("\n", " ")
     )

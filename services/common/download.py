@@ -1,18 +1,27 @@
-"""Fetching provider output files (URLs or data: URIs) with a size cap and a time limit."""
+"""Fetching provider output files (URLs or data: URIs) with a size cap, a time limit, and no private addresses."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import ipaddress
+import os
+import socket
 import urllib.parse
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import httpx
 
-from services.common.errors import ProviderUnavailable, RateLimited
+from services.common.errors import FailedPrecondition, ProviderUnavailable, RateLimited
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 120.0
+# When true, output URLs may point at private, loopback, link-local or reserved addresses (read at call time).
+ALLOW_PRIVATE_ENV = "ALLOW_PRIVATE_OUTPUT_URLS"
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -27,32 +36,95 @@ async def fetch_output(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     headers: dict[str, str] | None = None,
+    trusted_hosts: Collection[str] = (),
 ) -> Downloaded:
-    """Returns the bytes behind an output URL; raises ProviderUnavailable (retryable) when they cannot be had whole."""
+    """Returns the bytes behind an output URL; raises ProviderUnavailable (retryable) when they cannot be had whole.
+
+    A provider's answer decides the URL, so it is checked before every request, each redirect hop included: a host
+    that resolves to a private, loopback, link-local or reserved address is refused with FailedPrecondition (no
+    reaching into the cluster or a cloud metadata endpoint), unless ALLOW_PRIVATE_OUTPUT_URLS is true or the host is
+    one of `trusted_hosts` (a server the operator configured, such as a self-hosted model on the local network).
+    `headers` are sent to the first URL's origin only, as httpx does with redirects.
+    """
     if url.startswith("data:"):
         return _decode_data_uri(url, max_bytes)
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ProviderUnavailable(f"provider output {url[:80]!r} is not an http(s) or data: URL")
+    allow_private = os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    origin = _origin(url)
     try:
-        async with httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=True) as client:
-            async with client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 429:
-                    raise RateLimited("downloading the output was throttled (429)", _retry_after(response))
-                if response.status_code >= 400:
-                    raise ProviderUnavailable(f"downloading the output failed with HTTP {response.status_code}")
-                declared = response.headers.get("content-length")
-                if declared is not None and int(declared) > max_bytes:
-                    raise ProviderUnavailable(f"the output is {declared} bytes, over the {max_bytes}-byte limit")
-                data = bytearray()
-                async for block in response.aiter_bytes():
-                    data += block
-                    if len(data) > max_bytes:
-                        raise ProviderUnavailable(f"the output is over the {max_bytes}-byte limit")
-                if declared is not None and len(data) != int(declared):
-                    raise ProviderUnavailable(f"the output was truncated ({len(data)} of {declared} bytes)")
-                return Downloaded(bytes(data), response.headers.get("content-type", "").split(";")[0].strip())
+        async with httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                parts = urllib.parse.urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ProviderUnavailable(f"provider output {_shown(url)!r} is not an http(s) or data: URL")
+                if not allow_private and parts.hostname not in trusted_hosts:
+                    await check_public_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+                sent_headers = headers if _origin(url) == origin else None
+                async with client.stream("GET", url, headers=sent_headers) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in _REDIRECT_STATUSES and location:
+                        url = urllib.parse.urljoin(url, location)
+                        continue
+                    return await _read(response, max_bytes)
     except httpx.HTTPError as error:
         raise ProviderUnavailable(f"downloading the output failed: {error!r}") from error
+    raise ProviderUnavailable(f"downloading the output was redirected more than {MAX_REDIRECTS} times")
+
+
+async def _read(response: httpx.Response, max_bytes: int) -> Downloaded:
+    if response.status_code == 429:
+        raise RateLimited("downloading the output was throttled (429)", _retry_after(response))
+    if response.status_code >= 400:
+        raise ProviderUnavailable(f"downloading the output failed with HTTP {response.status_code}")
+    declared = response.headers.get("content-length")
+    if declared is not None and int(declared) > max_bytes:
+        raise ProviderUnavailable(f"the output is {declared} bytes, over the {max_bytes}-byte limit")
+    data = bytearray()
+    async for block in response.aiter_bytes():
+        data += block
+        if len(data) > max_bytes:
+            raise ProviderUnavailable(f"the output is over the {max_bytes}-byte limit")
+    if declared is not None and len(data) != int(declared):
+        raise ProviderUnavailable(f"the output was truncated ({len(data)} of {declared} bytes)")
+    return Downloaded(bytes(data), response.headers.get("content-type", "").split(";")[0].strip())
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses a host name resolves to, as the connection that follows would find them."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(sockaddr[0]) for *_, sockaddr in infos]
+
+
+async def check_public_host(host: str, port: int) -> None:
+    """Raises FailedPrecondition unless every address `host` resolves to is publicly routable."""
+    try:
+        addresses = await resolve(host, port)
+    except OSError as error:
+        raise ProviderUnavailable(f"cannot resolve the output's host {host!r}: {error}") from error
+    for address in addresses:
+        if not is_public(address):
+            raise FailedPrecondition(
+                f"provider output host {host!r} resolves to {address}, a private, loopback, link-local or reserved "
+                f"address; refused. Set {ALLOW_PRIVATE_ENV}=true on the service to allow it (for example for a "
+                "self-hosted model on the local network)"
+            )
+
+
+def is_public(address: str) -> bool:
+    """Whether an IP address is publicly routable: not private, loopback, link-local, reserved, shared or multicast."""
+    ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 zone ("fe80::1%eth0") says nothing about the range
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port
+
+
+def _shown(url: str) -> str:
+    """A URL cut before its query, which may hold a pre-signed download's signature."""
+    return url.split("?")[0][:80]
 
 
 def _decode_data_uri(uri: str, max_bytes: int) -> Downloaded:

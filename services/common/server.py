@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import contextvars
+import ctypes
 import logging
 import signal
 from collections.abc import Callable, Sequence

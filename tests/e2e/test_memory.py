@@ -47,5 +47,5 @@ def test_peak_memory_does_not_grow_with_the_output(stack: LocalStack, tmp_path: 
     # Ten times the scenes and the bytes; the peaks stay put (what moves is per-scene buffering, not the video).
     assert large.size_bytes > 8 * small.size_bytes
     for name, growth in growth_mb.items():
-        assert growth < 8, f"{name} peak grew {growth:.1f} MiB for a {output_mb:.1f} MiB video"
+        assert growth < 10, f"{name} peak grew {growth:.1f} MiB for a {output_mb:.1f} MiB video"
         assert after_large[name] < 200, f"{name} peak {after_large[name]:.0f} MiB"

@@ -30,7 +30,11 @@ async def _generate(
         response = await client.images.generate(model=model, prompt=job.prompt or job.title, n=1, **params)
     except openai.OpenAIError as error:
         raise map_openai_error(error, model, _PROMPT_FIELD, not_found_hint) from error
-    data = _decoded_png(response.data[0].b64_json if response.data else None, model)
+    # A compatible server (or a proxy) may answer 200 with something that is not the documented JSON object.
+    images = getattr(response, "data", None)
+    if not isinstance(images, list):
+        raise ProviderUnavailable(f"{model}: the answer is not an images response ({type(response).__name__})")
+    data = _decoded_png(images[0].b64_json if images else None, model)
     # The PNG header's own size, not the size asked for: the service fits whatever came to the frame.
     width, height = struct.unpack(">II", data[16:24])
     return ImageResult(

@@ -1,0 +1,8 @@
+"""What the whole suite needs: the fakes serve provider output from 127.0.0.1, which production refuses to fetch."""
+
+from __future__ import annotations
+
+import os
+
+# Read by services.common.download at call time; LocalStack's service processes inherit it from this environment.
+os.environ.setdefault("ALLOW_PRIVATE_OUTPUT_URLS", "true")
