@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -149,11 +150,16 @@ def _print_estimate(estimate: render_service_pb2.EstimateCostResponse) -> None:
 
 
 def _serve() -> int:
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through LocalStack's exit, which drains and stops every service
+
+    signal.signal(signal.SIGTERM, stop)
     with LocalStack(default_ports=True) as stack:
         _console.print(f"gateway listening on {stack.gateway_address}; Ctrl-C stops")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                signal.pause()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

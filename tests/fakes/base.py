@@ -85,7 +85,8 @@ class FakeServer:
         self.routes(app)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        # A short shutdown: a fault that hangs a request must not hold up the end of the test session.
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl, shutdown_timeout=1.0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
