@@ -52,6 +52,10 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         with tempfile.TemporaryDirectory(prefix="scenecast-clip-", dir=self._settings.video_tmp_dir or None) as tmp:
             work_dir = Path(tmp)
             spec, source_image = await self._receive(request_iterator, work_dir)
+            if source_image is not None:
+                source = await asyncio.to_thread(probe, source_image, "source_image")
+                if not source.has_video or source.has_audio:
+                    raise InvalidArgument("source_image is not a still image; send the scene's PNG or JPEG")
             output = output_format(spec.output)
             prompt = checked_text(spec.scene.visual_prompt, "spec.scene.visual_prompt", MAX_PROMPT_CHARS, False)
             if spec.duration_ms > MAX_DURATION_MS:

@@ -436,11 +436,7 @@ CASES = [
         Case("speech-bad-utf8", raw("audio", "AudioService/SynthesizeSpeech", _field(2, BAD_UTF8)), INVALID, "text"),
         "invalid UTF-8 is reported as UNKNOWN by grpc's deserializer (see render-narration-bad-utf8)",
     ),
-    xfail(
-        Case("speech-nothing-to-say", speech(text="{} ...", timeout=5.0), INVALID, "text"),
-        "piper makes no samples for '{} ...'; the audio service calls that a provider failure, retries it "
-        "(ProviderUnavailable) and ends UNAVAILABLE or DEADLINE_EXCEEDED instead of INVALID_ARGUMENT",
-    ),
+    Case("speech-nothing-to-say", speech(text="{} ...", timeout=5.0), INVALID, "text"),
     # VideoService.
     Case("clip-no-spec-first", clip(lambda a: [source(0, a.png)]), INVALID, "the first message must be `spec`"),
     Case("clip-empty-stream", clip(lambda a: []), INVALID, "the request stream was empty"),
@@ -456,10 +452,7 @@ CASES = [
         INVALID,
         "source_image: chunk at offset 5, expected 0",
     ),
-    xfail(
-        Case("clip-image-not-an-image", clip(lambda a: [spec(), source(0, b"not a png")]), INVALID, "source_image"),
-        "the video service hands the bytes to kenburns unchecked; FFmpeg fails and the caller gets INTERNAL",
-    ),
+    Case("clip-image-not-an-image", clip(lambda a: [spec(), source(0, b"not a png")]), INVALID, "source_image"),
     # AssemblerService.
     Case("assemble-no-start", assemble(good_scene), INVALID, "the first message must be `start`"),
     Case("assemble-empty-stream", assemble(lambda a: []), INVALID, "the request stream was empty"),

@@ -48,6 +48,9 @@ class PiperProvider:
                 for chunk in self._voice.synthesize(sentence):
                     pcm += chunk.audio_int16_bytes
                 timings.append(Timing(sentence, _ms(start, sample_rate), _ms(len(pcm) // 2, sample_rate)))
+        if not pcm:
+            # Nothing piper can pronounce (only symbols, say): retrying would only give nothing again.
+            raise InvalidArgument("text has nothing piper can speak (no words); give the narration as words")
         buffer = io.BytesIO()
         with wave.open(buffer, "wb") as wav:
             wav.setnchannels(1)
