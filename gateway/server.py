@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
+from scenecast.v1 import render_service_pb2
 
 from gateway.auth import BearerTokenInterceptor
 from gateway.clients import connect
@@ -28,7 +28,6 @@ def build(settings: GatewaySettings) -> Server:
     return build_server(
         settings.listen_address,
         servicer,
-        render_service_pb2_grpc.add_RenderServiceServicer_to_server,
         SERVICE_NAME,
         tls=ServerTls.from_settings(settings),
         interceptors=[BearerTokenInterceptor(tokens, SERVICE_NAME)] if tokens else [],

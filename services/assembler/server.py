@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scenecast.v1 import assembler_service_pb2, assembler_service_pb2_grpc
+from scenecast.v1 import assembler_service_pb2
 
 from services.assembler.config import AssemblerSettings
 from services.assembler.servicer import AssemblerServicer
@@ -17,7 +17,6 @@ def build(settings: AssemblerSettings) -> Server:
     return build_server(
         settings.listen_address,
         servicer,
-        assembler_service_pb2_grpc.add_AssemblerServiceServicer_to_server,
         SERVICE_NAME,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc
+from scenecast.v1 import audio_service_pb2
 
 from services.audio.config import AudioSettings
 from services.audio.providers import build_registry
@@ -18,9 +18,7 @@ def build(settings: AudioSettings) -> Server:
         registry.get("", "TTS_PROVIDER")  # warm-up: load the default voice before reporting SERVING
     servicer = AudioServicer(registry, settings.provider_attempts)
 
-    return build_server(
-        settings.listen_address, servicer, audio_service_pb2_grpc.add_AudioServiceServicer_to_server, SERVICE_NAME
-    )
+    return build_server(settings.listen_address, servicer, SERVICE_NAME)
 
 
 def main() -> None:

@@ -9,13 +9,13 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import observability
+from services.common.handlers import add_servicer
 from services.common.settings import ServiceSettings
 from services.common.tls import ServerTls
 
@@ -54,14 +54,13 @@ class Server:
 def build_server(
     address: str,
     servicer: object,
-    add_to_server: Callable[[Any, grpc.aio.Server], None],
     service_name: str,
     *,
     tls: ServerTls | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> Server:
-    """Creates a server for one servicer (`add_to_server` is the generated `add_XxxServicer_to_server`), with health
-    and reflection.
+    """Creates a server for one servicer (registered from its descriptor, see handlers.py), with health and
+    reflection.
 
     `tls` (default: what `run` read from the settings) makes the server listen with TLS only, requiring client
     certificates when it has a client CA; `interceptors` see every call, health and reflection included.
@@ -80,7 +79,7 @@ def build_server(
             ("grpc.max_connection_age_ms", 300_000),
         ],
     )
-    add_to_server(servicer, grpc_server)
+    add_servicer(grpc_server, servicer, service_name)
     service_names = (service_name,)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scenecast.v1 import image_service_pb2, image_service_pb2_grpc
+from scenecast.v1 import image_service_pb2
 
 from services.common.server import Server, build_server, run
 from services.image.config import ImageSettings
@@ -15,9 +15,7 @@ SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].ful
 def build(settings: ImageSettings) -> Server:
     servicer = ImageServicer(build_registry(settings.image_provider), settings.provider_attempts)
 
-    return build_server(
-        settings.listen_address, servicer, image_service_pb2_grpc.add_ImageServiceServicer_to_server, SERVICE_NAME
-    )
+    return build_server(settings.listen_address, servicer, SERVICE_NAME)
 
 
 def main() -> None:

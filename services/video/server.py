@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scenecast.v1 import video_service_pb2, video_service_pb2_grpc
+from scenecast.v1 import video_service_pb2
 
 from services.common.server import Server, build_server, run
 from services.video.avatars import build_avatar_registry
@@ -18,9 +18,7 @@ def build(settings: VideoSettings) -> Server:
         build_registry(settings.video_provider), build_avatar_registry(settings.avatar_provider), settings
     )
 
-    return build_server(
-        settings.listen_address, servicer, video_service_pb2_grpc.add_VideoServiceServicer_to_server, SERVICE_NAME
-    )
+    return build_server(settings.listen_address, servicer, SERVICE_NAME)
 
 
 def main() -> None:

@@ -392,17 +392,11 @@ CASES = [
     Case("render-unknown-avatar", render(providers(avatar="hal")), INVALID, "providers.avatar: unknown provider 'hal'"),
     # Found by the speech service after the render started: the render stops and the assembly is cleaned up.
     Case("render-unknown-voice", render(lambda r: setattr(r, "voice", "nobody")), INVALID, "voice 'nobody'"),
-    xfail(
-        Case(
-            "render-narration-bad-utf8",
-            raw(
-                "gateway", "RenderService/Render", render_bytes(_field(1, b"a") + _field(2, BAD_UTF8) + _field(4, b"T"))
-            ),
-            INVALID,
-            "RenderRequest",
-        ),
-        "grpc's deserializer raises DecodeError before any servicer code, which grpc reports as UNKNOWN "
-        "('Unexpected DecodeError'); needs an INVALID_ARGUMENT mapping in services/common/server.py",
+    Case(
+        "render-narration-bad-utf8",
+        raw("gateway", "RenderService/Render", render_bytes(_field(1, b"a") + _field(2, BAD_UTF8) + _field(4, b"T"))),
+        INVALID,
+        "RenderRequest",
     ),
     # ImageService.
     Case("image-unknown-provider", image(provider="dall-e-9"), INVALID, "provider: unknown provider 'dall-e-9'"),
@@ -432,9 +426,11 @@ CASES = [
     Case("speech-escape", speech(text="Hi \x1b[31m"), INVALID, "text contains the control character U+001B"),
     Case("speech-unknown-provider", speech(text="Hi.", provider="espeak"), INVALID, "provider: unknown provider"),
     Case("speech-unknown-voice", speech(text="Hi.", voice="nobody"), INVALID, "voice 'nobody' is not installed"),
-    xfail(
-        Case("speech-bad-utf8", raw("audio", "AudioService/SynthesizeSpeech", _field(2, BAD_UTF8)), INVALID, "text"),
-        "invalid UTF-8 is reported as UNKNOWN by grpc's deserializer (see render-narration-bad-utf8)",
+    Case(
+        "speech-bad-utf8",
+        raw("audio", "AudioService/SynthesizeSpeech", _field(2, BAD_UTF8)),
+        INVALID,
+        "SynthesizeSpeechRequest could not be parsed",
     ),
     Case("speech-nothing-to-say", speech(text="{} ...", timeout=5.0), INVALID, "text"),
     # VideoService.
@@ -467,20 +463,16 @@ CASES = [
         INVALID,
         "start.output.aspect_ratio",
     ),
-    xfail(
-        Case(
-            "assemble-narration-bad-utf8",
-            raw(
-                "assembler",
-                "AssemblerService/Assemble",
-                start().SerializeToString(),
-                _field(2, _field(2, _field(1, b"a") + _field(2, BAD_UTF8))),
-            ),
-            INVALID,
-            "scene",
+    Case(
+        "assemble-narration-bad-utf8",
+        raw(
+            "assembler",
+            "AssemblerService/Assemble",
+            start().SerializeToString(),
+            _field(2, _field(2, _field(1, b"a") + _field(2, BAD_UTF8))),
         ),
-        "a message that fails to parse mid-stream surfaces as an exception from the request iterator, which "
-        "rpc_method reports as INTERNAL (see render-narration-bad-utf8)",
+        INVALID,
+        "scene",
     ),
     Case(
         "assemble-index-out-of-range",

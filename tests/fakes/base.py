@@ -81,12 +81,12 @@ class FakeServer:
         return self.base_url
 
     async def _start(self) -> None:
+        # A short shutdown: a fault that hangs a request must not hold up the end of the test session.
         app = web.Application(middlewares=[self._record_and_inject], client_max_size=64 * 1024 * 1024)
         self.routes(app)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        # A short shutdown: a fault that hangs a request must not hold up the end of the test session.
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
