@@ -161,5 +161,6 @@ def _serve() -> int:
                 signal.pause()
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
