@@ -180,6 +180,7 @@ class RenderJob:
             output=self.request.output,
             provider=self.avatar_provider,
             avatar=self.request.avatar,
+            no_cache=self.request.no_cache,
         )
         video = await self._fetch(
             0, "avatar", lambda: self.downstream.video.GenerateAvatarVideo(request, **self._call_options())
@@ -214,6 +215,7 @@ class RenderJob:
             scene=self.request.scenes[index],
             output=self.request.output,
             provider=self.request.providers.image,
+            no_cache=self.request.no_cache,
         )
         assets.image = await self._fetch(
             index, "image", lambda: self.downstream.image.GenerateImage(request, **self._call_options())
@@ -227,6 +229,7 @@ class RenderJob:
             voice=self.request.voice,
             quality=self.request.output.quality,
             provider=self.request.providers.speech,
+            no_cache=self.request.no_cache,
         )
         assets.narration = await self._fetch(
             index, "speech", lambda: self.downstream.audio.SynthesizeSpeech(request, **self._call_options())
@@ -247,6 +250,7 @@ class RenderJob:
                     duration_ms=assets.narration.metadata.duration_ms + self.settings.clip_extra_ms,  # type: ignore[union-attr]
                     provider=self.clip_provider,
                     source_image_mime_type=image.metadata.mime_type,
+                    no_cache=self.request.no_cache,
                 )
             )
             for chunk in image.chunks:

@@ -6,3 +6,6 @@ import os
 
 # Read by services.common.download at call time; LocalStack's service processes inherit it from this environment.
 os.environ.setdefault("ALLOW_PRIVATE_OUTPUT_URLS", "true")
+# The asset cache answers a repeated request without calling the provider, which would hide the calls (and injected
+# faults) that other tests count; tests of the cache set ASSET_CACHE_DIR to their own folder.
+os.environ.setdefault("ASSET_CACHE_DIR", "off")

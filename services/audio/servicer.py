@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
 from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResult
+from services.common.cache import AssetCache, CachedAsset, CachedTiming, speech_key
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
@@ -24,9 +25,13 @@ MAX_TEXT_CHARS = 4000
 
 
 class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
-    def __init__(self, registry: ProviderRegistry[SpeechProvider], attempts: int) -> None:
+    def __init__(
+        self, registry: ProviderRegistry[SpeechProvider], attempts: int, cache: AssetCache | None = None
+    ) -> None:
         self._registry = registry
         self._attempts = attempts
+        # None turns caching off; offline providers bypass it anyway (making their output is cheaper than disk I/O).
+        self._cache = cache
 
     @rpc_method
     async def SynthesizeSpeech(
@@ -40,6 +45,14 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
             quality=QUALITIES.get(request.quality, Quality.STANDARD),
             render_id=request.render_id,
         )
+
+        cache = None if provider.description.offline else self._cache
+        key = speech_key(name, type(provider).__module__, job) if cache is not None else ""
+        cached = await cache.lookup("speech", key, request.no_cache) if cache is not None else None
+        if cached is not None:
+            for response in _responses(name, cached, cache_hit=True):
+                yield response
+            return
 
         async def attempt() -> tuple[SpeechResult, MediaInfo]:
             result = await provider.synthesize(job)
@@ -56,28 +69,21 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
             attempt, attempts=self._attempts, deadline=call_deadline(context), provider=name
         )
         record_spend(name, result.model, result.estimated_cost_usd)
-        yield audio_service_pb2.SynthesizeSpeechResponse(
-            metadata=types_pb2.AssetMetadata(
-                mime_type=result.mime_type,
-                size_bytes=len(result.data),
-                sample_rate=info.sample_rate,
-                duration_ms=info.duration_ms,
-                provider=name,
-                model=result.model,
-                estimated_cost_usd=result.estimated_cost_usd,
-                timings=[
-                    types_pb2.TextTiming(
-                        text=t.text,
-                        start_ms=t.start_ms,
-                        end_ms=min(t.end_ms, info.duration_ms),
-                        kind=types_pb2.TIMING_KIND_WORD if t.is_word else types_pb2.TIMING_KIND_SENTENCE,
-                    )
-                    for t in result.timings
-                ],
-            )
+        asset = CachedAsset(
+            data=result.data,
+            mime_type=result.mime_type,
+            model=result.model,
+            estimated_cost_usd=result.estimated_cost_usd,
+            sample_rate=info.sample_rate,
+            duration_ms=info.duration_ms,
+            timings=tuple(
+                CachedTiming(t.text, t.start_ms, min(t.end_ms, info.duration_ms), t.is_word) for t in result.timings
+            ),
         )
-        for chunk in iter_chunks(result.data):
-            yield audio_service_pb2.SynthesizeSpeechResponse(chunk=chunk)
+        if cache is not None:
+            await cache.store("speech", key, asset)
+        for response in _responses(name, asset, cache_hit=False):
+            yield response
 
     @rpc_method
     async def ListSpeechProviders(
@@ -86,3 +92,32 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         return audio_service_pb2.ListSpeechProvidersResponse(
             providers=provider_set(types_pb2.MEDIA_KIND_SPEECH, self._registry)
         )
+
+
+def _responses(
+    provider: str, asset: CachedAsset, cache_hit: bool
+) -> Iterator[audio_service_pb2.SynthesizeSpeechResponse]:
+    """Metadata (with timings), then the bytes; a cache hit cost nothing this time."""
+    yield audio_service_pb2.SynthesizeSpeechResponse(
+        metadata=types_pb2.AssetMetadata(
+            mime_type=asset.mime_type,
+            size_bytes=len(asset.data),
+            sample_rate=asset.sample_rate,
+            duration_ms=asset.duration_ms,
+            provider=provider,
+            model=asset.model,
+            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
+            timings=[
+                types_pb2.TextTiming(
+                    text=t.text,
+                    start_ms=t.start_ms,
+                    end_ms=t.end_ms,
+                    kind=types_pb2.TIMING_KIND_WORD if t.is_word else types_pb2.TIMING_KIND_SENTENCE,
+                )
+                for t in asset.timings
+            ],
+            cache_hit=cache_hit,
+        )
+    )
+    for chunk in iter_chunks(asset.data):
+        yield audio_service_pb2.SynthesizeSpeechResponse(chunk=chunk)

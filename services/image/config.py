@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.common.cache import DEFAULT_DIR, DEFAULT_MAX_BYTES
 from services.common.settings import ServiceSettings
 
 
@@ -11,4 +12,10 @@ class ImageSettings(ServiceSettings):
     image_provider: str = "slides"
     # Attempts per provider call for failures that can succeed later (429, 5xx, timeouts); jittered backoff between.
     provider_attempts: int = 4
+    # Folder of the asset cache shared by the image, audio and video services (and their replicas on this disk); an
+    # identical request for a cloud provider's asset is answered from it instead of paying again. Empty or "off"
+    # turns it off.
+    asset_cache_dir: str = DEFAULT_DIR
+    # Bytes the asset cache folder may hold; least recently used entries are evicted beyond it.
+    asset_cache_max_bytes: int = DEFAULT_MAX_BYTES
     shutdown_grace_seconds: float = 5.0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import grpc
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
+from services.common.cache import AssetCache, CachedAsset, image_key
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, rpc_method
@@ -25,9 +26,13 @@ MAX_TITLE_CHARS = 200
 
 
 class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
-    def __init__(self, registry: ProviderRegistry[ImageProvider], attempts: int) -> None:
+    def __init__(
+        self, registry: ProviderRegistry[ImageProvider], attempts: int, cache: AssetCache | None = None
+    ) -> None:
         self._registry = registry
         self._attempts = attempts
+        # None turns caching off; offline providers bypass it anyway (making their output is cheaper than disk I/O).
+        self._cache = cache
 
     @rpc_method
     async def GenerateImage(
@@ -50,6 +55,14 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
             render_id=request.render_id,
         )
 
+        cache = None if provider.description.offline else self._cache
+        key = image_key(name, type(provider).__module__, job) if cache is not None else ""
+        cached = await cache.lookup("image", key, request.no_cache) if cache is not None else None
+        if cached is not None:
+            for response in _responses(name, cached, cache_hit=True):
+                yield response
+            return
+
         async def attempt() -> ImageResult:
             result = await provider.generate(job)
             if (result.width, result.height, result.mime_type) != (job.width, job.height, "image/png"):
@@ -62,19 +75,18 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
             attempt, attempts=self._attempts, deadline=call_deadline(context), provider=name
         )
         record_spend(name, result.model, result.estimated_cost_usd)
-        yield image_service_pb2.GenerateImageResponse(
-            metadata=types_pb2.AssetMetadata(
-                mime_type=result.mime_type,
-                size_bytes=len(result.data),
-                width=result.width,
-                height=result.height,
-                provider=name,
-                model=result.model,
-                estimated_cost_usd=result.estimated_cost_usd,
-            )
+        asset = CachedAsset(
+            data=result.data,
+            mime_type=result.mime_type,
+            model=result.model,
+            estimated_cost_usd=result.estimated_cost_usd,
+            width=result.width,
+            height=result.height,
         )
-        for chunk in iter_chunks(result.data):
-            yield image_service_pb2.GenerateImageResponse(chunk=chunk)
+        if cache is not None:
+            await cache.store("image", key, asset)
+        for response in _responses(name, asset, cache_hit=False):
+            yield response
 
     @rpc_method
     async def ListImageProviders(
@@ -83,3 +95,21 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
         return image_service_pb2.ListImageProvidersResponse(
             providers=provider_set(types_pb2.MEDIA_KIND_IMAGE, self._registry)
         )
+
+
+def _responses(provider: str, asset: CachedAsset, cache_hit: bool) -> Iterator[image_service_pb2.GenerateImageResponse]:
+    """Metadata, then the bytes; a cache hit cost nothing this time."""
+    yield image_service_pb2.GenerateImageResponse(
+        metadata=types_pb2.AssetMetadata(
+            mime_type=asset.mime_type,
+            size_bytes=len(asset.data),
+            width=asset.width,
+            height=asset.height,
+            provider=provider,
+            model=asset.model,
+            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
+            cache_hit=cache_hit,
+        )
+    )
+    for chunk in iter_chunks(asset.data):
+        yield image_service_pb2.GenerateImageResponse(chunk=chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.common.cache import DEFAULT_DIR, DEFAULT_MAX_BYTES
 from services.common.settings import ServiceSettings
 
 
@@ -19,4 +20,10 @@ class VideoSettings(ServiceSettings):
     video_tmp_dir: str = ""
     # Largest source image accepted, in bytes.
     max_source_image_bytes: int = 64 * 1024 * 1024
+    # Folder of the asset cache shared by the image, audio and video services (and their replicas on this disk); an
+    # identical request for a cloud provider's asset is answered from it instead of paying again. Empty or "off"
+    # turns it off.
+    asset_cache_dir: str = DEFAULT_DIR
+    # Bytes the asset cache folder may hold; least recently used entries are evicted beyond it.
+    asset_cache_max_bytes: int = DEFAULT_MAX_BYTES
     shutdown_grace_seconds: float = 10.0

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common.chunks import ChunkSink, iter_chunks, iter_file_chunks
+from services.common.cache import AssetCache, CachedAsset, avatar_key, clip_key, file_sha256
+from services.common.chunks import ChunkSink, iter_chunks
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
 from services.common.media import MediaInfo, probe
@@ -22,6 +24,9 @@ from services.common.text import checked_text
 from services.video.avatars.base import AvatarJob, AvatarProvider, AvatarResult, AvatarScene
 from services.video.config import VideoSettings
 from services.video.providers.base import ClipJob, ClipResult, VideoProvider
+
+# The two response messages that carry a video: metadata first, then chunks.
+ResponseT = TypeVar("ResponseT", video_service_pb2.GenerateClipResponse, video_service_pb2.GenerateAvatarVideoResponse)
 
 MAX_PROMPT_CHARS = 4000
 MAX_DURATION_MS = 10 * 60 * 1000
@@ -44,6 +49,8 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         self._registry = registry
         self._avatars = avatars
         self._settings = settings
+        # None turns caching off; offline providers (kenburns) bypass it anyway.
+        self._cache = AssetCache.from_settings(settings.asset_cache_dir, settings.asset_cache_max_bytes)
 
     @rpc_method
     async def GenerateClip(
@@ -74,6 +81,16 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 work_dir=work_dir,
                 render_id=spec.render_id,
             )
+            cache = None if provider.description.offline else self._cache
+            key = ""
+            if cache is not None:
+                source_sha256 = await asyncio.to_thread(file_sha256, source_image) if source_image else ""
+                key = clip_key(name, type(provider).__module__, job, source_sha256)
+                cached = await cache.lookup("clip", key, spec.no_cache)
+                if cached is not None:
+                    for response in _responses(video_service_pb2.GenerateClipResponse, name, cached, cache_hit=True):
+                        yield response
+                    return
             clip_path = work_dir / "clip-result"
 
             async def attempt() -> tuple[ClipResult, MediaInfo]:
@@ -93,20 +110,11 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             result, info = await call_with_retries(
                 attempt, attempts=self._settings.provider_attempts, deadline=call_deadline(context), provider=name
             )
-            yield video_service_pb2.GenerateClipResponse(
-                metadata=types_pb2.AssetMetadata(
-                    mime_type=result.mime_type,
-                    size_bytes=len(result.data),
-                    width=info.width,
-                    height=info.height,
-                    duration_ms=info.duration_ms,
-                    provider=name,
-                    model=result.model,
-                    estimated_cost_usd=result.estimated_cost_usd,
-                )
-            )
-            for chunk in iter_chunks(result.data):
-                yield video_service_pb2.GenerateClipResponse(chunk=chunk)
+            asset = _asset(result, info)
+            if cache is not None:
+                await cache.store("clip", key, asset)
+            for response in _responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit=False):
+                yield response
 
     async def _receive(
         self, request_iterator: AsyncIterator[video_service_pb2.GenerateClipRequest], work_dir: Path
@@ -168,6 +176,13 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             render_id=request.render_id,
             deadline=call_end - AVATAR_DEADLINE_MARGIN_SECONDS if call_end is not None else None,
         )
+        cache = None if provider.description.offline else self._cache
+        key = avatar_key(name, type(provider).__module__, job) if cache is not None else ""
+        cached = await cache.lookup("avatar", key, request.no_cache) if cache is not None else None
+        if cached is not None:
+            for response in _responses(video_service_pb2.GenerateAvatarVideoResponse, name, cached, cache_hit=True):
+                yield response
+            return
         with tempfile.TemporaryDirectory(prefix="scenecast-avatar-", dir=self._settings.video_tmp_dir or None) as tmp:
             path = Path(tmp) / "avatar.mp4"
 
@@ -182,20 +197,11 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             result, info = await call_with_retries(
                 attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
             )
-            yield video_service_pb2.GenerateAvatarVideoResponse(
-                metadata=types_pb2.AssetMetadata(
-                    mime_type=result.mime_type,
-                    size_bytes=len(result.data),
-                    width=info.width,
-                    height=info.height,
-                    duration_ms=info.duration_ms,
-                    provider=name,
-                    model=result.model,
-                    estimated_cost_usd=result.estimated_cost_usd,
-                )
-            )
-            for chunk in iter_file_chunks(path):
-                yield video_service_pb2.GenerateAvatarVideoResponse(chunk=chunk)
+        asset = _asset(result, info)
+        if cache is not None:
+            await cache.store("avatar", key, asset)
+        for response in _responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit=False):
+            yield response
 
     @rpc_method
     async def ListVideoProviders(
@@ -205,6 +211,37 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             providers=provider_set(types_pb2.MEDIA_KIND_VIDEO, self._registry),
             avatar_providers=provider_set(types_pb2.MEDIA_KIND_AVATAR, self._avatars),
         )
+
+
+def _asset(result: ClipResult | AvatarResult, info: MediaInfo) -> CachedAsset:
+    return CachedAsset(
+        data=result.data,
+        mime_type=result.mime_type,
+        model=result.model,
+        estimated_cost_usd=result.estimated_cost_usd,
+        width=info.width,
+        height=info.height,
+        duration_ms=info.duration_ms,
+    )
+
+
+def _responses(message: type[ResponseT], provider: str, asset: CachedAsset, cache_hit: bool) -> Iterator[ResponseT]:
+    """Metadata, then the bytes, as clip or avatar responses; a cache hit cost nothing this time."""
+    yield message(
+        metadata=types_pb2.AssetMetadata(
+            mime_type=asset.mime_type,
+            size_bytes=len(asset.data),
+            width=asset.width,
+            height=asset.height,
+            duration_ms=asset.duration_ms,
+            provider=provider,
+            model=asset.model,
+            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
+            cache_hit=cache_hit,
+        )
+    )
+    for chunk in iter_chunks(asset.data):
+        yield message(chunk=chunk)
 
 
 def _avatar_scenes(scenes: Sequence[types_pb2.Scene]) -> tuple[AvatarScene, ...]:
