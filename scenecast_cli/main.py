@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     render = commands.add_parser("render", parents=[gateway], help="render a YAML or JSON script to an MP4")
     render.add_argument("script", type=Path)
     render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
+    render.add_argument("--no-cache", action="store_true", help="regenerate every asset even when it is cached")
     render.add_argument(
         "--start-services", action="store_true", help="start the five services locally for this render, then stop them"
     )
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     request = load_script(args.script)
+    request.no_cache = args.no_cache
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stack = LocalStack().start() if args.start_services else None
     address = stack.gateway_address if stack else args.gateway
