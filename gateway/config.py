@@ -36,6 +36,8 @@ class GatewaySettings(ServiceSettings):
     # How long a render keeps running with no caller attached (a dropped connection), waiting for WatchRender or
     # FetchResult, before it is cancelled, in seconds.
     orphan_grace_seconds: float = 15.0
+    # Default spending cap per render, in US dollars, when the request sets none; 0 means no cap.
+    max_render_cost_usd: float = 0.0
     shutdown_grace_seconds: float = 25.0
     # PEM CA certificates that the media services' certificates must chain to. When set, the gateway dials them with
     # TLS; empty means plaintext.

@@ -16,7 +16,7 @@ from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb
 
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
-from services.common.errors import ORIGIN_KEY, ProviderUnavailable, ScenecastError
+from services.common.errors import ORIGIN_KEY, ProviderUnavailable, QuotaExceeded, ScenecastError
 from services.common.observability import call_metadata
 from services.common.retry import call_with_retries
 
@@ -88,6 +88,8 @@ class RenderJob:
     clip_provider: str
     clip_scenes: frozenset[int]
     avatar_provider: str
+    # Spending cap in US dollars (0: none); checked as each asset's recorded cost arrives.
+    max_cost_usd: float
     downstream: Downstream
     settings: GatewaySettings
     deadline: float
@@ -96,6 +98,7 @@ class RenderJob:
     _assets: dict[int, _SceneAssets] = field(default_factory=dict)
     _reports: dict[int, render_service_pb2.SceneReport] = field(default_factory=dict)
     _completed_steps: int = 0
+    _spent_usd: float = 0.0
     _started: float = field(default_factory=time.monotonic)
 
     @cached_property
@@ -281,6 +284,12 @@ class RenderJob:
         return Asset(metadata, chunks)
 
     def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
+        self._spent_usd += asset.metadata.estimated_cost_usd
+        if self.max_cost_usd and self._spent_usd > self.max_cost_usd:
+            raise QuotaExceeded(
+                f"render {self.render_id} has spent ${self._spent_usd:.4f} (scenes[{index}] "
+                f"{self.assembly_scenes[index].id} went over), above max_cost_usd ${self.max_cost_usd:.4f}; stopped"
+            )
         self._completed_steps += 1
         scene_id = self.assembly_scenes[index].id
         self._events.put_nowait(

@@ -24,7 +24,7 @@ from gateway.registry import RenderRegistry
 from gateway.render import DownstreamError, RenderJob
 from gateway.validation import check_provider, validate_render
 from services.common import pricing
-from services.common.errors import InvalidArgument, rpc_method
+from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
 from services.common.observability import render_id_var
 from services.common.output import OutputFormat
 
@@ -43,6 +43,16 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.RenderResponse]:
         plan = await self._plan(request)
+        if request.max_cost_usd < 0:
+            raise InvalidArgument("max_cost_usd must be zero (the gateway default) or a positive number of dollars")
+        cap = request.max_cost_usd or self._settings.max_render_cost_usd
+        if cap:
+            estimate = self._estimate(request, plan).total_usd
+            if estimate > cap:
+                raise FailedPrecondition(
+                    f"the render is estimated at ${estimate:.4f}, over max_cost_usd ${cap:.4f}; raise the cap or "
+                    "choose cheaper providers (scenecast estimate shows the cost per scene)"
+                )
         remaining = context.time_remaining()
         budget = (
             min(remaining, self._settings.render_timeout_seconds)
@@ -57,6 +67,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             clip_provider=plan.clip_provider,
             clip_scenes=plan.clip_scenes,
             avatar_provider=plan.avatar_provider,
+            max_cost_usd=cap,
             downstream=self._downstream,
             settings=self._settings,
             deadline=time.monotonic() + budget,
@@ -105,7 +116,12 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.EstimateCostResponse:
         render = request.render
-        plan = await self._plan(render)
+        return self._estimate(render, await self._plan(render))
+
+    def _estimate(
+        self, render: render_service_pb2.RenderRequest, plan: RenderPlan
+    ) -> render_service_pb2.EstimateCostResponse:
+        """Prices a planned render with the cost table; cache hits are not foreseen, so this is an upper bound."""
         output = plan.output
         spoken_seconds = [len(scene.narration.strip()) / pricing.SPOKEN_CHARS_PER_SECOND for scene in render.scenes]
         if plan.avatar_provider:

@@ -63,6 +63,8 @@ class ScriptModel(_Strict):
     output: OutputModel = OutputModel()
     providers: ProvidersModel = ProvidersModel()
     voice: str = ""
+    # Most the render may spend, in US dollars; 0 leaves it to the gateway's MAX_RENDER_COST_USD.
+    max_cost_usd: float = Field(0.0, ge=0)
     avatar: AvatarModel = AvatarModel()
     scenes: list[SceneModel] = Field(min_length=1)
 
@@ -108,5 +110,6 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
         providers=types_pb2.ProviderOverrides(**script.providers.model_dump()),
         voice=script.voice,
         title=script.title,
+        max_cost_usd=script.max_cost_usd,
         avatar=types_pb2.AvatarSettings(**script.avatar.model_dump()),
     )
