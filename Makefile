@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos demo serve up down test clean
+.PHONY: install protos lint lint-protos demo serve up down test bench clean
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,10 @@ down:
 
 test: install $(BUF) $(NODE_CLIENT) lint lint-protos
 	$(PY) -m pytest -q
+
+# Measures the figures in docs/BENCHMARKS.md on this machine and rewrites it (about 7-8 minutes on 2 cores).
+bench: install
+	$(PY) -m bench.run
 
 clean:
 	rm -rf gen out $(VENV) node_modules clients/node/node_modules
