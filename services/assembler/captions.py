@@ -49,6 +49,20 @@ def srt_text(text: str) -> str:
 
 def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:
     """Writes the scene's cues as ASS whose script resolution equals the output, so sizes are in output pixels."""
+    write_ass([(cue.text, cue.start_ms, cue.end_ms) for cue in plan.cues], output, path)
+
+
+# A caption drawn once on a still frame is shown from its first frame on; ten hours covers any scene.
+_WHOLE_RUN_MS = 36_000_000
+
+
+def write_still_caption(text: str, output: OutputFormat, path: Path) -> None:
+    """One caption, shown from time 0 on: drawn once over a still's single frame, which is then repeated."""
+    write_ass([(text, 0, _WHOLE_RUN_MS)], output, path)
+
+
+def write_ass(events: Sequence[tuple[str, int, int]], output: OutputFormat, path: Path) -> None:
+    """Writes (text, start ms, end ms) events as styled ASS at the output's resolution."""
     subs = pysubs2.SSAFile()
     subs.info["PlayResX"] = str(output.width)
     subs.info["PlayResY"] = str(output.height)
@@ -68,8 +82,8 @@ def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:
         marginr=round(output.width * CAPTION_SIDE_MARGIN_RATIO),
         marginv=round(output.height * _BOTTOM_MARGIN_RATIO),
     )
-    for cue in plan.cues:
-        subs.append(pysubs2.SSAEvent(start=cue.start_ms, end=cue.end_ms, text=ass_text(cue.text)))
+    for text, start_ms, end_ms in events:
+        subs.append(pysubs2.SSAEvent(start=start_ms, end=end_ms, text=ass_text(text)))
     subs.save(str(path), format_="ass")
 
 

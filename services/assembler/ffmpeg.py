@@ -37,9 +37,12 @@ class SegmentJob:
     visual: Path
     is_clip: bool
     plan: ScenePlan
+    # A clip's captions: one ASS file with the scene's timed cues, drawn on every frame.
     captions: Path | None
     fade_frames: int
     output_path: Path
+    # A still's caption runs, in order: (frames, ASS file of the one caption shown, or None). Empty: one run, none.
+    still_runs: tuple[tuple[int, Path | None], ...] = ()
 
 
 def segment_command(exe: str, job: SegmentJob, output: OutputFormat) -> list[str]:
@@ -52,11 +55,12 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat) -> list[str
     if job.is_clip:
         picture = ffmpeg.input(str(job.visual), stream_loop=-1).video.filter("fps", fps=output.fps)
         picture = _frame(picture, output)
+        if job.captions is not None:
+            picture = picture.filter("ass", filename=str(job.captions))
     else:
-        picture = _frame(ffmpeg.input(str(job.visual)).video, output)
-        picture = picture.filter("loop", loop=frames - 1, size=1, start=0).filter("setpts", f"N/({output.fps}*TB)")
-    if job.captions is not None:
-        picture = picture.filter("ass", filename=str(job.captions))
+        picture = _still(
+            _frame(ffmpeg.input(str(job.visual)).video, output), job.still_runs or ((frames, None),), output
+        )
     if job.fade_frames > 0:
         picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_frames)
         picture = picture.filter("fade", type="out", start_frame=frames - job.fade_frames, nb_frames=job.fade_frames)
@@ -70,6 +74,24 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat) -> list[str
         an=None,
     )
     return stream.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+
+
+def _still(
+    picture: ffmpeg.nodes.FilterableStream, runs: tuple[tuple[int, Path | None], ...], output: OutputFormat
+) -> ffmpeg.nodes.FilterableStream:
+    """The decoded, framed still, captioned once per run and repeated for the run's frames, runs joined in order.
+
+    Work per output frame is then only the repetition: the caption is blended into one frame per run, not into each.
+    """
+    copies = picture.filter_multi_output("split", len(runs)) if len(runs) > 1 else None
+    pieces = []
+    for index, (frames, caption) in enumerate(runs):
+        piece = copies.stream(index) if copies is not None else picture
+        if caption is not None:
+            piece = piece.filter("ass", filename=str(caption))
+        piece = piece.filter("loop", loop=frames - 1, size=1, start=0).filter("setpts", f"N/({output.fps}*TB)")
+        pieces.append(piece)
+    return ffmpeg.concat(*pieces, v=1, a=0) if len(pieces) > 1 else pieces[0]
 
 
 def _frame(picture: ffmpeg.nodes.FilterableStream, output: OutputFormat) -> ffmpeg.nodes.FilterableStream:

@@ -53,6 +53,30 @@ class ScenePlan:
         return round(self.frames * 1000 / self.fps)
 
 
+def caption_runs(plan: ScenePlan) -> list[tuple[int, str | None]]:
+    """Splits a scene's frames into runs that each show one caption (or none), in order, as (frames, text).
+
+    Over a still, the picture only changes when the caption does: each run's caption is drawn once on the still and
+    the result repeated, instead of blending the caption into every frame.
+    """
+
+    def frame_of(ms: int) -> int:
+        return min(plan.frames, max(0, round(ms * plan.fps / 1000)))
+
+    edges = sorted(
+        {0, plan.frames, *(frame_of(c.start_ms) for c in plan.cues), *(frame_of(c.end_ms) for c in plan.cues)}
+    )
+    runs: list[tuple[int, str | None]] = []
+    for start, end in zip(edges, edges[1:], strict=False):
+        middle_ms = (start + end) / 2 * 1000 / plan.fps
+        text = next((cue.text for cue in plan.cues if cue.start_ms <= middle_ms < cue.end_ms), None)
+        if runs and runs[-1][1] == text:
+            runs[-1] = (runs[-1][0] + end - start, text)
+        else:
+            runs.append((end - start, text))
+    return runs
+
+
 def caption_font_size(output: OutputFormat) -> int:
     return max(12, round(min(output.width, output.height) * CAPTION_SIZE_RATIO))
 

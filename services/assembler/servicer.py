@@ -17,7 +17,7 @@ from scenecast.v1.types_pb2 import TIMING_KIND_WORD
 from services.assembler import captions
 from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import MuxJob, SegmentJob, concat_list, mux_command, segment_command
-from services.assembler.plan import ScenePlan, SpokenText, plan_scene, spread_sentences
+from services.assembler.plan import ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
 from services.common.media import ffmpeg_exe, probe, run_ffmpeg
@@ -204,19 +204,29 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
     async def _encode(self, assembly: _Assembly, scene: _Scene) -> int:
         plan = scene.plan
         assert plan is not None
+        is_clip = scene.start.visual.mime_type.startswith("video/")
         ass_path = None
-        if plan.cues:
+        still_runs: list[tuple[int, Path | None]] = []
+        if is_clip and plan.cues:
             ass_path = assembly.folder / f"captions-{scene.index}.ass"
             captions.write_scene_ass(plan, assembly.output, ass_path)
+        elif not is_clip:
+            for run, (frames, text) in enumerate(caption_runs(plan)):
+                run_path = None
+                if text is not None:
+                    run_path = assembly.folder / f"captions-{scene.index}-{run}.ass"
+                    captions.write_still_caption(text, assembly.output, run_path)
+                still_runs.append((frames, run_path))
         fade_frames = min(round(self._settings.fade_ms * plan.fps / 1000), plan.frames // 3)
         segment = assembly.folder / f"segment-{scene.index}.mp4"
         job = SegmentJob(
             visual=scene.visual.path,
-            is_clip=scene.start.visual.mime_type.startswith("video/"),
+            is_clip=is_clip,
             plan=plan,
             captions=ass_path,
             fade_frames=fade_frames,
             output_path=segment,
+            still_runs=tuple(still_runs),
         )
         async with self._encode_slots:
             await run_ffmpeg(segment_command(self._exe, job, assembly.output), self._settings.ffmpeg_timeout_seconds)

@@ -16,16 +16,19 @@ def _filter_graph(argv: list[str]) -> str:
 
 
 def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
-    job = SegmentJob(Path("/w/visual-0.png"), False, PLAN, Path("/w/captions-0.ass"), 12, Path("/w/segment-0.mp4"))
+    runs = ((9, None), (27, Path("/w/captions-0-1.ass")), (54, None))
+    job = SegmentJob(Path("/w/visual-0.png"), False, PLAN, None, 12, Path("/w/segment-0.mp4"), runs)
     argv = segment_command("ffmpeg", job, OUTPUT)
     assert argv[:3] == ["ffmpeg", "-i", "/w/visual-0.png"]
     assert "-loop" not in argv and "-stream_loop" not in argv
     graph = _filter_graph(argv)
-    # Framing and pixel format conversion happen before the repetition, so they run once.
-    assert graph.index("format=yuv420p") < graph.index("loop=loop=89:size=1:start=0")
+    # Framing, pixel format and each run's caption happen before the repetition, so they run once per run.
+    assert graph.index("format=yuv420p") < graph.index("split=3")
+    assert graph.index("ass=filename=/w/captions-0-1.ass") < graph.index("loop=loop=26:size=1:start=0")
+    assert "loop=loop=8:size=1:start=0" in graph and "loop=loop=53:size=1:start=0" in graph
+    assert "concat=a=0:n=3:v=1" in graph
     assert "scale=1280:720:force_original_aspect_ratio=decrease" in graph
     assert "pad=1280:720:(ow-iw)/2:(oh-ih)/2:color=black" in graph
-    assert "ass=filename=/w/captions-0.ass" in graph
     assert "fade=nb_frames=12:start_frame=0:type=in" in graph
     assert "fade=nb_frames=12:start_frame=78:type=out" in graph
     assert argv[argv.index("-frames:v") + 1] == "90"
@@ -87,3 +90,11 @@ def test_mux_without_captions_has_no_subtitle_track() -> None:
 
 def test_concat_list_quotes_paths() -> None:
     assert concat_list([Path("/w/a.mp4"), Path("/w/it's.mp4")]) == "file '/w/a.mp4'\nfile '/w/it'\\''s.mp4'\n"
+
+
+def test_caption_runs_cover_the_scene_once_per_caption_change() -> None:
+    from services.assembler.plan import caption_runs
+
+    plan = ScenePlan(index=0, frames=90, fps=30, lead_ms=300, cues=(Cue("One.", 300, 1200), Cue("Two.", 1200, 2500)))
+    assert caption_runs(plan) == [(9, None), (27, "One."), (39, "Two."), (15, None)]
+    assert caption_runs(ScenePlan(index=0, frames=30, fps=30, lead_ms=0, cues=())) == [(30, None)]
