@@ -52,8 +52,9 @@ def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:
     write_ass([(cue.text, cue.start_ms, cue.end_ms) for cue in plan.cues], output, path)
 
 
-# A caption drawn once on a still frame is shown from its first frame on; ten hours covers any scene.
-_WHOLE_RUN_MS = 36_000_000
+# A caption drawn once on a still frame is shown from its first frame on; nine hours covers any scene and stays
+# below ASS's largest timestamp (9:59:59.99).
+_WHOLE_RUN_MS = 9 * 3600 * 1000
 
 
 def write_still_caption(text: str, output: OutputFormat, path: Path) -> None:

@@ -62,6 +62,7 @@ def configure(service: str, log_format: str, log_level: str, metrics_port: int, 
     )
     handler.addFilter(_add_context)
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)  # library warnings become log records too, so every line stays JSON
     if metrics_port:
         start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from other pods
     provider = TracerProvider(resource=Resource.create({"service.name": f"scenecast-{service}"}))
