@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Self
 
 from pydantic import SecretStr, model_validator
@@ -31,13 +33,20 @@ class GatewaySettings(ServiceSettings):
     clip_extra_ms: int = 1000
     # Where finished MP4s are kept for FetchResult; empty means a folder in the system temp dir.
     render_output_dir: str = ""
-    # How long a finished render's MP4 and summary stay available, in seconds.
+    # How long a finished render's MP4 and summary (and an uploaded music file) stay available, in seconds.
     result_ttl_seconds: float = 3600.0
     # How long a render keeps running with no caller attached (a dropped connection), waiting for WatchRender or
     # FetchResult, before it is cancelled, in seconds.
     orphan_grace_seconds: float = 15.0
     # Default spending cap per render, in US dollars, when the request sets none; 0 means no cap.
     max_render_cost_usd: float = 0.0
+    # SQLite file recording every provider asset a render used (GetSpend, `scenecast spend`); empty means
+    # `spend-ledger.sqlite3` in the output folder, "off" records nothing. Replicas on one host may share the file.
+    spend_ledger_path: str = ""
+    # Largest music file UploadMusic accepts, in bytes.
+    max_music_bytes: int = 50 * 1024 * 1024
+    # Folder of music files that renders may name by file name (MusicSource.library_file); empty means none.
+    music_library_dir: str = ""
     shutdown_grace_seconds: float = 25.0
     # PEM CA certificates that the media services' certificates must chain to. When set, the gateway dials them with
     # TLS; empty means plaintext.
@@ -54,6 +63,18 @@ class GatewaySettings(ServiceSettings):
     gateway_auth_tokens: SecretStr = SecretStr("")
 
     @property
+    def output_dir(self) -> Path:
+        """Where results, uploaded music and (by default) the spend ledger live."""
+        return Path(self.render_output_dir or Path(tempfile.gettempdir()) / "scenecast-renders")
+
+    @property
+    def ledger_path(self) -> Path | None:
+        """The spend ledger's file, or None when SPEND_LEDGER_PATH is "off"."""
+        if self.spend_ledger_path.strip().lower() == "off":
+            return None
+        return Path(self.spend_ledger_path) if self.spend_ledger_path else self.output_dir / "spend-ledger.sqlite3"
+
+    @property
     def accepted_tokens(self) -> tuple[str, ...]:
         return tuple(token.strip() for token in self.gateway_auth_tokens.get_secret_value().split(",") if token.strip())
 
@@ -66,7 +87,7 @@ class GatewaySettings(ServiceSettings):
         }
 
     @model_validator(mode="after")
-    def _check_downstream_files(self) -> Self:
+    def _check_files_and_limits(self) -> Self:
         check_pair("DOWNSTREAM_CERT_FILE", self.downstream_cert_file, "DOWNSTREAM_KEY_FILE", self.downstream_key_file)
         if self.downstream_cert_file and not self.downstream_ca_file:
             raise ValueError(
@@ -80,6 +101,10 @@ class GatewaySettings(ServiceSettings):
                         f"{variable} lists replicas, whose certificates cannot be checked against a list of "
                         "addresses; set DOWNSTREAM_SERVER_NAME to the name their certificates share"
                     )
+        if self.music_library_dir and not Path(self.music_library_dir).is_dir():
+            raise ValueError(f"MUSIC_LIBRARY_DIR={self.music_library_dir}: no such folder")
+        if self.max_music_bytes <= 0:
+            raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
         check_files(
             ("DOWNSTREAM_CA_FILE", self.downstream_ca_file),
             ("DOWNSTREAM_CERT_FILE", self.downstream_cert_file),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -98,8 +97,8 @@ def _read_chunks(path: Path, start: int, end: int) -> Iterator[types_pb2.MediaCh
 class RenderRegistry:
     """Runs renders, finds them by id, cancels orphans, and removes results once they expire."""
 
-    def __init__(self, output_dir: str, result_ttl_seconds: float, orphan_grace_seconds: float) -> None:
-        self._output_dir = Path(output_dir or Path(tempfile.gettempdir()) / "scenecast-renders")
+    def __init__(self, output_dir: Path, result_ttl_seconds: float, orphan_grace_seconds: float) -> None:
+        self._output_dir = output_dir
         self._ttl = result_ttl_seconds
         self._grace = orphan_grace_seconds
         self._records: dict[str, RenderRecord] = {}

@@ -16,6 +16,9 @@ from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb
 
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
+from gateway.ledger import SpendEntry, SpendLedger
+from gateway.music import MusicFile
+from services.common.chunks import iter_file_chunks
 from services.common.errors import ORIGIN_KEY, ProviderUnavailable, QuotaExceeded, ScenecastError
 from services.common.observability import call_metadata
 from services.common.retry import call_with_retries
@@ -73,6 +76,14 @@ class _SceneAssets:
 
 AVATAR_SCENE_ID = "avatar"
 
+# What the spend ledger calls each media kind.
+_KIND_NAMES = {
+    types_pb2.MEDIA_KIND_IMAGE: "image",
+    types_pb2.MEDIA_KIND_SPEECH: "speech",
+    types_pb2.MEDIA_KIND_VIDEO: "video",
+    types_pb2.MEDIA_KIND_AVATAR: "avatar",
+}
+
 
 @dataclass
 class RenderJob:
@@ -80,7 +91,8 @@ class RenderJob:
 
     `clip_provider` names the video provider for scenes that show clips (empty: the video service's default);
     `clip_scenes` says which scenes do. With an `avatar_provider`, the whole script is instead one avatar video,
-    assembled as a single scene whose picture and voice come from that video.
+    assembled as a single scene whose picture and voice come from that video. Every asset from a provider not in
+    `offline_providers` is recorded in the `ledger` (when there is one).
     """
 
     render_id: str
@@ -90,6 +102,11 @@ class RenderJob:
     avatar_provider: str
     # Spending cap in US dollars (0: none); checked as each asset's recorded cost arrives.
     max_cost_usd: float
+    # What EstimateCost priced the render at, in US dollars.
+    estimate_usd: float
+    music: MusicFile | None
+    offline_providers: frozenset[str]
+    ledger: SpendLedger | None
     downstream: Downstream
     settings: GatewaySettings
     deadline: float
@@ -188,7 +205,7 @@ class RenderJob:
         video = await self._fetch(
             0, "avatar", lambda: self.downstream.video.GenerateAvatarVideo(request, **self._call_options())
         )
-        self._asset_ready(0, types_pb2.MEDIA_KIND_AVATAR, video)
+        await self._asset_ready(0, types_pb2.MEDIA_KIND_AVATAR, video)
         # The avatar's own voice is the narration: the same bytes, read by the assembler for their audio track.
         voice = types_pb2.AssetMetadata()
         voice.CopyFrom(video.metadata)
@@ -223,7 +240,7 @@ class RenderJob:
         assets.image = await self._fetch(
             index, "image", lambda: self.downstream.image.GenerateImage(request, **self._call_options())
         )
-        self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image)
+        await self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image)
 
     async def _speech(self, index: int, assets: _SceneAssets) -> None:
         request = audio_service_pb2.SynthesizeSpeechRequest(
@@ -237,7 +254,7 @@ class RenderJob:
         assets.narration = await self._fetch(
             index, "speech", lambda: self.downstream.audio.SynthesizeSpeech(request, **self._call_options())
         )
-        self._asset_ready(index, types_pb2.MEDIA_KIND_SPEECH, assets.narration)
+        await self._asset_ready(index, types_pb2.MEDIA_KIND_SPEECH, assets.narration)
 
     async def _clip(self, index: int, assets: _SceneAssets) -> None:
         assert assets.image is not None and assets.narration is not None
@@ -262,7 +279,7 @@ class RenderJob:
         assets.clip = await self._fetch(
             index, "clip", lambda: self.downstream.video.GenerateClip(requests(), **self._call_options())
         )
-        self._asset_ready(index, types_pb2.MEDIA_KIND_VIDEO, assets.clip)
+        await self._asset_ready(index, types_pb2.MEDIA_KIND_VIDEO, assets.clip)
 
     async def _receive(self, call: Any, index: int, what: str) -> Asset:
         """Collects an asset stream, checking the metadata came first and no bytes are missing."""
@@ -283,7 +300,8 @@ class RenderJob:
             raise ProviderUnavailable(f"{where}: the stream ended early ({received} bytes); try again")
         return Asset(metadata, chunks)
 
-    def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
+    async def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
+        await self._record_spend(index, kind, asset.metadata)
         self._spent_usd += asset.metadata.estimated_cost_usd
         if self.max_cost_usd and self._spent_usd > self.max_cost_usd:
             raise QuotaExceeded(
@@ -302,16 +320,54 @@ class RenderJob:
             )
         )
 
+    async def _record_spend(self, index: int, kind: int, metadata: types_pb2.AssetMetadata) -> None:
+        """Writes the asset to the spend ledger, unless it came from an offline provider (nothing to pay).
+
+        A failed write is logged, not raised: the money is spent either way, and stopping the render would waste it.
+        """
+        if self.ledger is None or metadata.provider in self.offline_providers:
+            return
+        if kind == types_pb2.MEDIA_KIND_IMAGE:
+            units, unit = 1.0, "image"
+        elif kind == types_pb2.MEDIA_KIND_SPEECH:
+            units, unit = float(len(self.request.scenes[index].narration.strip())), "character"
+        else:
+            units, unit = metadata.duration_ms / 1000, "second"
+        entry = SpendEntry(
+            render_id=self.render_id,
+            scene_id=self.assembly_scenes[index].id,
+            media_kind=_KIND_NAMES[kind],
+            provider=metadata.provider,
+            model=metadata.model,
+            units=units,
+            unit=unit,
+            usd=metadata.estimated_cost_usd,
+            cache_hit=metadata.cache_hit,
+        )
+        try:
+            await self.ledger.record(entry)
+        except Exception:  # noqa: BLE001 - the entry is in the log line, to be added by hand
+            _LOGGER.exception(
+                "render %s: could not write to the spend ledger %s: %s", self.render_id, self.ledger.path, entry
+            )
+
     async def _assembler_requests(self) -> AsyncIterator[assembler_pb.AssembleRequest]:
         scenes = self.assembly_scenes
         start = assembler_pb.AssemblyStart(
-            render_id=self.render_id, output=self.request.output, scene_count=len(scenes), title=self.request.title
+            render_id=self.render_id,
+            output=self.request.output,
+            scene_count=len(scenes),
+            title=self.request.title,
+            finishing=self.request.finishing,
         )
         if self.avatar_provider:
             # The avatar's lips and voice are already in sync: no lead-in silence that would shift one of them.
             start.scene_lead_ms = 0
             start.scene_tail_ms = 0
         yield assembler_pb.AssembleRequest(start=start)
+        if self.music is not None:
+            async for request in self._music_requests(self.music):
+                yield request
         for _ in scenes:
             index = await self._ready.get()
             # Popped, so each scene's bytes are released once sent.
@@ -333,6 +389,19 @@ class RenderJob:
                         chunk=assembler_pb.SceneChunk(scene_index=index, role=role, chunk=chunk)
                     )
 
+    async def _music_requests(self, music: MusicFile) -> AsyncIterator[assembler_pb.AssembleRequest]:
+        """The music's announcement, then its bytes read from disk a chunk at a time (in a worker thread)."""
+        yield assembler_pb.AssembleRequest(
+            music=assembler_pb.MusicStart(
+                music=types_pb2.AssetMetadata(mime_type=music.mime_type, size_bytes=music.size_bytes)
+            )
+        )
+        chunks = iter_file_chunks(music.path)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield assembler_pb.AssembleRequest(
+                chunk=assembler_pb.SceneChunk(scene_index=0, role=assembler_pb.ASSET_ROLE_MUSIC, chunk=chunk)
+            )
+
     async def _relay(self, call: Any) -> None:
         try:
             async for response in call:
@@ -342,7 +411,8 @@ class RenderJob:
                 elif kind == "progress":
                     self._relay_progress(response.progress)
                 elif kind == "summary":
-                    self._events.put_nowait(render_service_pb2.RenderResponse(summary=self._summary(response.summary)))
+                    summary = await self._summary(response.summary)
+                    self._events.put_nowait(render_service_pb2.RenderResponse(summary=summary))
         except grpc.aio.AioRpcError as error:
             raise downstream_error(error, "assembler") from error
         self._events.put_nowait(None)
@@ -375,7 +445,7 @@ class RenderJob:
             )
         )
 
-    def _summary(self, assembled: assembler_pb.AssemblySummary) -> render_service_pb2.RenderSummary:
+    async def _summary(self, assembled: assembler_pb.AssemblySummary) -> render_service_pb2.RenderSummary:
         reports = [self._reports[i] for i in range(len(self._reports))]
         for report, duration_ms in zip(reports, assembled.scene_duration_ms, strict=True):
             report.duration_ms = duration_ms
@@ -388,4 +458,8 @@ class RenderJob:
             scenes=reports,
             estimated_cost_usd=sum(report.estimated_cost_usd for report in reports),
             elapsed_ms=round((time.monotonic() - self._started) * 1000),
+            pre_render_estimate_usd=self.estimate_usd,
+            recorded_spend_usd=await self.ledger.render_total(self.render_id) if self.ledger is not None else 0.0,
+            subtitles=assembled.subtitles,
+            integrated_lufs=assembled.integrated_lufs,
         )

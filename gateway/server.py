@@ -9,6 +9,8 @@ from scenecast.v1 import render_service_pb2
 from gateway.auth import BearerTokenInterceptor
 from gateway.clients import connect
 from gateway.config import GatewaySettings
+from gateway.ledger import SpendLedger
+from gateway.music import MusicStore
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
 from services.common.server import Server, build_server, run
@@ -20,8 +22,15 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 
 
 def build(settings: GatewaySettings) -> Server:
-    registry = RenderRegistry(settings.render_output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
-    servicer = RenderServicer(connect(settings), registry, settings)
+    output_dir = settings.output_dir
+    registry = RenderRegistry(output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
+    music = MusicStore(
+        output_dir / "music", settings.max_music_bytes, settings.result_ttl_seconds, settings.music_library_dir
+    )
+    ledger_path = settings.ledger_path
+    ledger = SpendLedger(ledger_path) if ledger_path is not None else None
+    _LOGGER.info("spend ledger: %s", ledger_path or "off")
+    servicer = RenderServicer(connect(settings), registry, settings, music, ledger)
     tokens = settings.accepted_tokens
     if tokens:
         _LOGGER.info("RenderService calls need a bearer token (%d accepted)", len(tokens))

@@ -1,12 +1,15 @@
-"""RenderService: validates requests, starts RenderJobs, and reports the providers behind the gateway."""
+"""RenderService: validates requests, starts RenderJobs, takes music uploads, and reports providers and spend."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 
 import grpc
 from scenecast.v1 import (
@@ -20,23 +23,42 @@ from scenecast.v1 import (
 
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
+from gateway.ledger import Grouping, SpendLedger
+from gateway.music import MusicFile, MusicStore
 from gateway.registry import RenderRegistry
 from gateway.render import DownstreamError, RenderJob
-from gateway.validation import check_provider, validate_render
+from gateway.validation import check_provider, check_render_id, validate_render
 from services.common import pricing
 from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
+from services.common.finishing import finishing_options
 from services.common.observability import render_id_var
 from services.common.output import OutputFormat
 
 # Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
 _LIST_TIMEOUT_SECONDS = 10.0
+_GROUPINGS: dict[int, Grouping] = {
+    render_service_pb2.SPEND_GROUPING_UNSPECIFIED: "day",
+    render_service_pb2.SPEND_GROUPING_DAY: "day",
+    render_service_pb2.SPEND_GROUPING_PROVIDER: "provider",
+    render_service_pb2.SPEND_GROUPING_RENDER: "render",
+}
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
-    def __init__(self, downstream: Downstream, registry: RenderRegistry, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        downstream: Downstream,
+        registry: RenderRegistry,
+        settings: GatewaySettings,
+        music: MusicStore,
+        ledger: SpendLedger | None,
+    ) -> None:
         self._downstream = downstream
         self._registry = registry
         self._settings = settings
+        self._music = music
+        self._ledger = ledger
 
     @rpc_method
     async def Render(
@@ -46,13 +68,12 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         if request.max_cost_usd < 0:
             raise InvalidArgument("max_cost_usd must be zero (the gateway default) or a positive number of dollars")
         cap = request.max_cost_usd or self._settings.max_render_cost_usd
-        if cap:
-            estimate = self._estimate(request, plan).total_usd
-            if estimate > cap:
-                raise FailedPrecondition(
-                    f"the render is estimated at ${estimate:.4f}, over max_cost_usd ${cap:.4f}; raise the cap or "
-                    "choose cheaper providers (scenecast estimate shows the cost per scene)"
-                )
+        estimate = self._estimate(request, plan).total_usd
+        if cap and estimate > cap:
+            raise FailedPrecondition(
+                f"the render is estimated at ${estimate:.4f}, over max_cost_usd ${cap:.4f}; raise the cap or "
+                "choose cheaper providers (scenecast estimate shows the cost per scene)"
+            )
         remaining = context.time_remaining()
         budget = (
             min(remaining, self._settings.render_timeout_seconds)
@@ -68,6 +89,10 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             clip_scenes=plan.clip_scenes,
             avatar_provider=plan.avatar_provider,
             max_cost_usd=cap,
+            estimate_usd=estimate,
+            music=plan.music,
+            offline_providers=plan.offline_providers,
+            ledger=self._ledger,
             downstream=self._downstream,
             settings=self._settings,
             deadline=time.monotonic() + budget,
@@ -149,6 +174,45 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         return render_service_pb2.EstimateCostResponse(scenes=scenes, total_usd=sum(s.total_usd for s in scenes))
 
     @rpc_method
+    async def UploadMusic(
+        self, request_iterator: AsyncIterator[render_service_pb2.UploadMusicRequest], context: grpc.aio.ServicerContext
+    ) -> render_service_pb2.UploadMusicResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or not first.HasField("start"):
+            raise InvalidArgument("the first message must be `start`, with the music's mime_type and size_bytes")
+
+        async def chunks() -> AsyncIterator[types_pb2.MediaChunk]:
+            async for message in requests:
+                if not message.HasField("chunk"):
+                    raise InvalidArgument("only `chunk` messages may follow `start`")
+                yield message.chunk
+
+        stored = await self._music.upload(first.start.mime_type, first.start.size_bytes, chunks())
+        return render_service_pb2.UploadMusicResponse(
+            upload_id=stored.upload_id, duration_ms=stored.duration_ms, expires_in_seconds=stored.expires_in_seconds
+        )
+
+    @rpc_method
+    async def GetSpend(
+        self, request: render_service_pb2.GetSpendRequest, context: grpc.aio.ServicerContext
+    ) -> render_service_pb2.GetSpendResponse:
+        if self._ledger is None:
+            raise FailedPrecondition("the gateway keeps no spend ledger (SPEND_LEDGER_PATH is off)")
+        group_by = _GROUPINGS.get(request.group_by)
+        if group_by is None:
+            raise InvalidArgument(f"group_by must be DAY, PROVIDER or RENDER (got {request.group_by})")
+        check_render_id(request.render_id)
+        groups = await self._ledger.summarise(group_by, _day(request.since_day), request.render_id)
+        return render_service_pb2.GetSpendResponse(
+            rows=[
+                render_service_pb2.SpendRow(key=g.key, calls=g.calls, cache_hits=g.cache_hits, usd=g.usd)
+                for g in groups
+            ],
+            total_usd=sum(g.usd for g in groups),
+        )
+
+    @rpc_method
     async def GetConfig(
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:
@@ -167,6 +231,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         check_provider(request.providers.avatar, "providers.avatar", [p.name for p in avatar.providers])
         avatar_provider = request.providers.avatar or avatar.default_provider
         output = validate_render(request, self._settings.max_scenes, needs_visuals=not avatar_provider)
+        finishing_options(request.finishing)
         clip_provider = request.providers.video or video.default_provider
         clip_scenes = frozenset(
             index
@@ -187,7 +252,19 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             clip_provider=clip_provider,
             clip_scenes=clip_scenes if not avatar_provider else frozenset(),
             avatar_provider=avatar_provider,
+            music=await self._music_file(request) if request.HasField("music") else None,
+            offline_providers=frozenset(
+                p.name for provider_set in (image, speech, video, avatar) for p in provider_set.providers if p.offline
+            ),
         )
+
+    async def _music_file(self, request: render_service_pb2.RenderRequest) -> MusicFile:
+        source = request.music.WhichOneof("source")
+        if source == "upload_id":
+            return await self._music.uploaded(request.music.upload_id)
+        if source == "library_file":
+            return await self._music.library_file(request.music.library_file)
+        raise InvalidArgument("music is set but names neither upload_id nor library_file; set one, or leave it unset")
 
     async def _provider_sets(
         self,
@@ -221,3 +298,16 @@ class RenderPlan:
     clip_provider: str
     clip_scenes: frozenset[int]
     avatar_provider: str
+    music: MusicFile | None
+    # Providers that need no network and no key: nothing they make costs money, so the ledger skips them.
+    offline_providers: frozenset[str]
+
+
+def _day(text: str) -> date | None:
+    """A GetSpend `since_day`, checked: empty means every day."""
+    if not text:
+        return None
+    if _DAY.fullmatch(text):
+        with contextlib.suppress(ValueError):  # 2026-02-30 and the like
+            return date.fromisoformat(text)
+    raise InvalidArgument(f"since_day must be a date written YYYY-MM-DD, for example 2026-11-28 (got {text[:40]!r})")

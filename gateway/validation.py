@@ -23,8 +23,7 @@ def validate_render(
 
     `needs_visuals` is False for avatar renders, whose scenes need only narration.
     """
-    if request.render_id and not _ID.fullmatch(request.render_id):
-        raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
+    check_render_id(request.render_id)
     checked_text(request.title, "title", MAX_TITLE_CHARS, required=False)
     if not request.scenes:
         raise InvalidArgument("scenes is empty; a script needs at least one scene")
@@ -49,6 +48,12 @@ def validate_render(
             # An enum value from a newer contract would otherwise be rendered as a still without a word.
             raise InvalidArgument(f"{field}.visual_kind must be STILL, CLIP or unspecified (got {scene.visual_kind})")
     return output_format(request.output, "output")
+
+
+def check_render_id(render_id: str) -> None:
+    """Render ids name files and ledger rows; empty is allowed where the gateway picks one."""
+    if render_id and not _ID.fullmatch(render_id):
+        raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
 
 
 def check_provider(name: str, field: str, valid: list[str]) -> None:

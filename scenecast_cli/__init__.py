@@ -1,1 +1,1 @@
-"""The `scenecast` command: render a script through the gateway, show the configuration, run a local stack."""
+"""The `scenecast` command: render or price a script, show the providers and the recorded spend, run a local stack."""

@@ -1,16 +1,18 @@
-"""Calls the gateway: renders a script to a file while reporting progress, and fetches the configuration."""
+"""Calls the gateway: renders a script to a file while reporting progress, uploads music, fetches the configuration
+and the recorded spend."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import grpc
 from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
 
+from services.common.chunks import iter_file_chunks
 from services.common.errors import ORIGIN_KEY
 from services.common.server import MAX_MESSAGE_BYTES
 from services.common.tls import client_channel
@@ -99,6 +101,23 @@ def render_to_file(
         partial.unlink(missing_ok=True)
 
 
+_SIDECAR_SUFFIXES = {types_pb2.SUBTITLE_FORMAT_SRT: ".srt", types_pb2.SUBTITLE_FORMAT_WEBVTT: ".vtt"}
+
+
+def write_sidecars(summary: render_service_pb2.RenderSummary, video: Path) -> list[Path]:
+    """Writes each subtitle file the render delivered beside the video (out.mp4: out.srt, out.vtt), as the summary
+    carries it: UTF-8, line endings untouched."""
+    written = []
+    for subtitle in summary.subtitles:
+        suffix = _SIDECAR_SUFFIXES.get(subtitle.format)
+        if suffix is None:
+            continue  # a format from a newer contract than this client knows
+        path = video.with_suffix(suffix)
+        path.write_bytes(subtitle.text.encode("utf-8"))
+        written.append(path)
+    return written
+
+
 def _connection_lost(error: grpc.RpcError) -> bool:
     """UNAVAILABLE from the transport, not a status the gateway sent (those carry its origin marker): only then is
     the render still running and worth re-attaching to."""
@@ -152,3 +171,27 @@ def estimate_cost(
     with _channel(address) as channel:
         stub = render_service_pb2_grpc.RenderServiceStub(channel)
         return stub.EstimateCost(render_service_pb2.EstimateCostRequest(render=request), timeout=timeout_seconds)
+
+
+def upload_music(
+    address: str, path: Path, mime_type: str, timeout_seconds: float = 300.0
+) -> render_service_pb2.UploadMusicResponse:
+    """Streams a music file to the gateway a chunk at a time; the returned id names it in `RenderRequest.music`."""
+
+    def requests() -> Iterator[render_service_pb2.UploadMusicRequest]:
+        yield render_service_pb2.UploadMusicRequest(
+            start=render_service_pb2.UploadMusicStart(mime_type=mime_type, size_bytes=path.stat().st_size)
+        )
+        for chunk in iter_file_chunks(path):
+            yield render_service_pb2.UploadMusicRequest(chunk=chunk)
+
+    with _channel(address) as channel:
+        stub = render_service_pb2_grpc.RenderServiceStub(channel)
+        return stub.UploadMusic(requests(), timeout=timeout_seconds)
+
+
+def get_spend(
+    address: str, request: render_service_pb2.GetSpendRequest, timeout_seconds: float = 30.0
+) -> render_service_pb2.GetSpendResponse:
+    with _channel(address) as channel:
+        return render_service_pb2_grpc.RenderServiceStub(channel).GetSpend(request, timeout=timeout_seconds)

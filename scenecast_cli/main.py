@@ -1,4 +1,4 @@
-"""`scenecast render|config|serve`."""
+"""`scenecast render|estimate|config|spend|serve`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import grpc
@@ -16,12 +17,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.client import estimate_cost, get_config, render_to_file
+from scenecast_cli.client import estimate_cost, get_config, get_spend, render_to_file, upload_music, write_sidecars
 from scenecast_cli.script import ScriptError, load_script
 from scenecast_cli.stack import LocalStack
 
 DEFAULT_GATEWAY = os.environ.get("SCENECAST_GATEWAY", "127.0.0.1:50050")
 _console = Console(stderr=True)
+_GROUPINGS = {
+    "day": render_service_pb2.SPEND_GROUPING_DAY,
+    "provider": render_service_pb2.SPEND_GROUPING_PROVIDER,
+    "render": render_service_pb2.SPEND_GROUPING_RENDER,
+}
+_GROUP_TITLES = {"day": "day (UTC)", "provider": "provider/model", "render": "render"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     estimate = commands.add_parser("estimate", parents=[gateway], help="price a script without rendering it")
     estimate.add_argument("script", type=Path)
     commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
+    spend = commands.add_parser("spend", parents=[gateway], help="show the provider spend the gateway recorded")
+    spend.add_argument("--by", choices=tuple(_GROUPINGS), default="day", help="one row per day, provider or render")
+    spend.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day to include")
+    spend.add_argument("--render", default="", metavar="ID", help="only this render")
     commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
     args = parser.parse_args(argv)
     # The client reads its TLS settings from the environment; flags override it. The token is env-only
@@ -61,10 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render":
             return _render(args)
         if args.command == "estimate":
-            _print_estimate(estimate_cost(args.gateway, load_script(args.script)))
+            _print_estimate(estimate_cost(args.gateway, load_script(args.script).request))
             return 0
         if args.command == "config":
             _print_config(get_config(args.gateway))
+            return 0
+        if args.command == "spend":
+            request = render_service_pb2.GetSpendRequest(
+                group_by=_GROUPINGS[args.by], since_day=args.since or "", render_id=args.render
+            )
+            _print_spend(get_spend(args.gateway, request), args.by)
             return 0
         return _serve()
     except ScriptError as error:
@@ -78,14 +95,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _day(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
+
+
 def _render(args: argparse.Namespace) -> int:
-    request = load_script(args.script)
+    script = load_script(args.script)
+    request = script.request
     request.no_cache = args.no_cache
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stack = LocalStack().start() if args.start_services else None
     address = stack.gateway_address if stack else args.gateway
     started = time.monotonic()
     try:
+        if script.music is not None:
+            uploaded = upload_music(address, script.music.path, script.music.mime_type)
+            request.music.upload_id = uploaded.upload_id
+            _console.print(f"uploaded {script.music.path.name}: {uploaded.duration_ms / 1000:.1f} s of music")
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -109,9 +138,17 @@ def _render(args: argparse.Namespace) -> int:
             stack.stop()
     _console.print(
         f"[green]wrote[/green] {args.output}: {summary.width}x{summary.height}, {summary.duration_ms / 1000:.1f} s, "
-        f"{summary.size_bytes / 1e6:.1f} MB, estimated cost ${summary.estimated_cost_usd:.3f}; "
-        f"render {summary.elapsed_ms / 1000:.1f} s, total {time.monotonic() - started:.1f} s"
+        f"{summary.size_bytes / 1e6:.1f} MB; render {summary.elapsed_ms / 1000:.1f} s, "
+        f"total {time.monotonic() - started:.1f} s"
     )
+    _console.print(
+        f"spend: estimated ${summary.pre_render_estimate_usd:.4f} before the render, "
+        f"${summary.recorded_spend_usd:.4f} recorded"
+    )
+    if summary.integrated_lufs:  # zero: not measured
+        _console.print(f"loudness: {summary.integrated_lufs:.1f} LUFS integrated")
+    for path in write_sidecars(summary, args.output):
+        _console.print(f"[green]wrote[/green] {path}")
     return 0
 
 
@@ -148,6 +185,20 @@ def _print_estimate(estimate: render_service_pb2.EstimateCostResponse) -> None:
             f"{scene.total_usd:.4f}",
         )
     table.add_row("all", "", "", "", f"{estimate.total_usd:.4f}")
+    Console().print(table)
+
+
+def _print_spend(spend: render_service_pb2.GetSpendResponse, by: str) -> None:
+    table = Table(title="recorded provider spend (USD)")
+    table.add_column(_GROUP_TITLES[by])
+    for column in ("calls", "cache hits", "USD"):
+        table.add_column(column, justify="right")
+    for row in spend.rows:
+        table.add_row(row.key, str(row.calls), str(row.cache_hits), f"{row.usd:.4f}")
+    calls = sum(row.calls for row in spend.rows)
+    hits = sum(row.cache_hits for row in spend.rows)
+    table.add_section()
+    table.add_row("all", str(calls), str(hits), f"{spend.total_usd:.4f}")
     Console().print(table)
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import mimetypes
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scenecast.v1 import render_service_pb2, types_pb2
 
+from services.common import finishing
+from services.common.errors import InvalidArgument
 from services.common.output import ASPECT_NAMES
 
 _VISUAL_KINDS = {
@@ -18,6 +22,14 @@ _VISUAL_KINDS = {
     "clip": types_pb2.VISUAL_KIND_CLIP,
 }
 _QUALITIES = {"draft": types_pb2.QUALITY_DRAFT, "standard": types_pb2.QUALITY_STANDARD, "hd": types_pb2.QUALITY_HD}
+_TRANSITIONS = {
+    "fade": types_pb2.TRANSITION_FADE_BLACK,
+    "crossfade": types_pb2.TRANSITION_CROSSFADE,
+    "cut": types_pb2.TRANSITION_CUT,
+}
+_FITS = {"pad_color": types_pb2.FIT_PAD_COLOR, "pad_blur": types_pb2.FIT_PAD_BLUR, "crop": types_pb2.FIT_CROP}
+_SIDECARS = {"srt": types_pb2.SUBTITLE_FORMAT_SRT, "vtt": types_pb2.SUBTITLE_FORMAT_WEBVTT}
+_COLOR = r"^#[0-9A-Fa-f]{6}$"
 
 
 class ScriptError(Exception):
@@ -58,6 +70,68 @@ class AvatarModel(_Strict):
     background: str = ""
 
 
+class CaptionsModel(_Strict):
+    # Colour the word being spoken.
+    highlight: bool = False
+    highlight_color: str = Field("", pattern=_COLOR)
+    # A semi-opaque box behind the text instead of an outline only.
+    box: bool = False
+
+
+class LoudnessModel(_Strict):
+    # Integrated loudness to reach, in LUFS; unset means -16.
+    lufs: float | None = Field(None, ge=finishing.LUFS_RANGE[0], le=finishing.LUFS_RANGE[1])
+    # Ceiling for the true peak, in dBTP; unset means -1.5.
+    true_peak: float | None = Field(None, ge=finishing.TRUE_PEAK_RANGE[0], le=finishing.TRUE_PEAK_RANGE[1])
+
+
+class CardModel(_Strict):
+    title: str = Field(min_length=1, max_length=finishing.MAX_CARD_TITLE_CHARS)
+    subtitle: str = Field("", max_length=finishing.MAX_CARD_SUBTITLE_CHARS)
+    # Zero means 3000.
+    duration_ms: int = Field(0, ge=0, le=finishing.CARD_MS_RANGE[1])
+
+
+class MusicModel(_Strict):
+    # A music file, relative to the script's folder; uploaded before the render.
+    file: str = ""
+    # Or a file name in the gateway's music library (MUSIC_LIBRARY_DIR).
+    library: str = ""
+    # Level of the music before ducking, in dB; unset means -20.
+    gain_db: float | None = Field(None, ge=finishing.MUSIC_GAIN_RANGE[0], le=finishing.MUSIC_GAIN_RANGE[1])
+    # Lower the music under the narration; unset means yes.
+    duck: bool | None = None
+    # Fade in and out, in milliseconds; unset means 1500.
+    fade_ms: int | None = Field(None, ge=0, le=finishing.MAX_MUSIC_FADE_MS)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if bool(self.file) == bool(self.library):
+            raise ValueError("give either `file` (a path) or `library` (a name in the gateway's music library)")
+        return self
+
+
+class FinishingModel(_Strict):
+    # Unset fields keep the assembler's defaults: fades through black, black bars, plain captions, -16 LUFS.
+    transition: Literal["fade", "crossfade", "cut"] | None = None
+    transition_ms: int = Field(0, ge=0, le=finishing.MAX_TRANSITION_MS)
+    fit: Literal["pad_color", "pad_blur", "crop"] | None = None
+    pad_color: str = Field("", pattern=_COLOR)
+    captions: CaptionsModel = CaptionsModel()
+    sidecars: list[Literal["srt", "vtt"]] = []
+    # `off` leaves the mix as it is.
+    loudness: LoudnessModel | Literal["off"] = LoudnessModel()
+    silence_pad_ms: int | None = Field(None, ge=0, le=finishing.MAX_SILENCE_PAD_MS)
+    title_card: CardModel | None = None
+    end_card: CardModel | None = None
+    music: MusicModel | None = None
+
+    @field_validator("loudness", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+
 class ScriptModel(_Strict):
     title: str = Field("", max_length=200)
     output: OutputModel = OutputModel()
@@ -66,10 +140,25 @@ class ScriptModel(_Strict):
     # Most the render may spend, in US dollars; 0 leaves it to the gateway's MAX_RENDER_COST_USD.
     max_cost_usd: float = Field(0.0, ge=0)
     avatar: AvatarModel = AvatarModel()
+    finishing: FinishingModel = FinishingModel()
     scenes: list[SceneModel] = Field(min_length=1)
 
 
-def load_script(path: Path) -> render_service_pb2.RenderRequest:
+@dataclass(frozen=True)
+class LocalMusic:
+    """A music file beside the script, uploaded with UploadMusic before the render."""
+
+    path: Path
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class Script:
+    request: render_service_pb2.RenderRequest
+    music: LocalMusic | None
+
+
+def load_script(path: Path) -> Script:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -88,12 +177,32 @@ def load_script(path: Path) -> render_service_pb2.RenderRequest:
             for problem in error.errors()
         )
         raise ScriptError(f"{path}: {problems}") from error
-    return to_request(script)
+    request = to_request(script)
+    try:
+        # The gateway's own check, so a script that loads is one the gateway accepts.
+        finishing.finishing_options(request.finishing)
+    except InvalidArgument as error:
+        raise ScriptError(f"{path}: {error}") from error
+    music = script.finishing.music
+    return Script(request, _local_music(path, music.file) if music and music.file else None)
+
+
+def _local_music(script: Path, name: str) -> LocalMusic:
+    music = script.parent / name
+    if not music.is_file():
+        raise ScriptError(f"{script}: finishing.music.file: no such file {music}")
+    mime_type = mimetypes.guess_type(music.name)[0] or ""
+    if not mime_type.startswith("audio/"):
+        raise ScriptError(
+            f"{script}: finishing.music.file: {music.name} is not named as audio (.mp3, .m4a, .wav, .ogg, .flac)"
+        )
+    return LocalMusic(music, mime_type)
 
 
 def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
+    """The request a script stands for; local music is left out, to be named by its upload id once uploaded."""
     output = script.output
-    return render_service_pb2.RenderRequest(
+    request = render_service_pb2.RenderRequest(
         scenes=[
             types_pb2.Scene(
                 id=s.id, narration=s.narration, visual_prompt=s.visual, title=s.title, visual_kind=_VISUAL_KINDS[s.show]
@@ -112,4 +221,46 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
         title=script.title,
         max_cost_usd=script.max_cost_usd,
         avatar=types_pb2.AvatarSettings(**script.avatar.model_dump()),
+        finishing=_finishing(script.finishing),
     )
+    if script.finishing.music and script.finishing.music.library:
+        request.music.library_file = script.finishing.music.library
+    return request
+
+
+def _finishing(model: FinishingModel) -> types_pb2.Finishing:
+    """Sets only what the script sets, so an empty block is an empty message."""
+    message = types_pb2.Finishing(
+        transition=_TRANSITIONS[model.transition] if model.transition else types_pb2.TRANSITION_UNSPECIFIED,
+        transition_ms=model.transition_ms,
+        fit=_FITS[model.fit] if model.fit else types_pb2.FIT_UNSPECIFIED,
+        pad_color=model.pad_color,
+        sidecars=[_SIDECARS[name] for name in model.sidecars],
+    )
+    captions = model.captions
+    if captions != CaptionsModel():
+        message.caption_style.CopyFrom(
+            types_pb2.CaptionStyle(
+                highlight_words=captions.highlight, highlight_color=captions.highlight_color, box=captions.box
+            )
+        )
+    for card, target in ((model.title_card, message.title_card), (model.end_card, message.end_card)):
+        if card is not None:
+            target.CopyFrom(types_pb2.Card(title=card.title, subtitle=card.subtitle, duration_ms=card.duration_ms))
+    if model.silence_pad_ms is not None:
+        message.silence_pad_ms = model.silence_pad_ms
+    if model.loudness == "off":
+        message.loudness.disabled = True
+    else:
+        if model.loudness.lufs is not None:
+            message.loudness.integrated_lufs = model.loudness.lufs
+        if model.loudness.true_peak is not None:
+            message.loudness.true_peak_dbtp = model.loudness.true_peak
+    if model.music is not None:
+        if model.music.gain_db is not None:
+            message.music.gain_db = model.music.gain_db
+        if model.music.duck is not None:
+            message.music.duck = model.music.duck
+        if model.music.fade_ms is not None:
+            message.music.fade_ms = model.music.fade_ms
+    return message

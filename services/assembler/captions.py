@@ -1,22 +1,21 @@
-"""Caption files: styled ASS per scene for libass to burn in, and SRT for the soft subtitle track."""
+"""Caption files: styled ASS per scene (or per still frame) for libass to burn in, SRT and WebVTT sidecars."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pysubs2
 
-from services.assembler.plan import (
-    CAPTION_SIDE_MARGIN_RATIO,
-    ScenePlan,
-    caption_font_size,
-)
+from services.assembler.plan import CaptionFrame, CaptionStyle, Cue, ScenePlan, caption_geometry, highlighted_word
+from services.common.fonts import FontFace, caption_fonts_dir
 from services.common.output import OutputFormat
 
-CAPTION_FONT = "DejaVu Sans"
-# Distance of the caption's baseline block from the bottom edge, relative to the frame height (title-safe).
-_BOTTOM_MARGIN_RATIO = 0.06
+# ASS alpha runs from 00 (opaque) to FF (transparent): the box or the shadow lets about 40 % of the picture through.
+_BACK_ALPHA = 0x60
+# A caption drawn once on a still frame is shown from its first frame on; nine hours covers any scene and stays
+# below ASS's largest timestamp (9:59:59.99).
+_WHOLE_RUN_MS = 9 * 3600 * 1000
 
 
 def ass_text(text: str) -> str:
@@ -47,58 +46,136 @@ def srt_text(text: str) -> str:
     )
 
 
-def write_scene_ass(plan: ScenePlan, output: OutputFormat, path: Path) -> None:
-    """Writes the scene's cues as ASS whose script resolution equals the output, so sizes are in output pixels."""
-    write_ass([(cue.text, cue.start_ms, cue.end_ms) for cue in plan.cues], output, path)
+def vtt_text(text: str) -> str:
+    """Makes plain text safe as a WebVTT cue: `&`, `<` and `>` as character references, on one line.
+
+    With `>` escaped the text cannot hold `-->`, which WebVTT forbids in a cue's text.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", " ").replace("\n", " ")
 
 
-# A caption drawn once on a still frame is shown from its first frame on; nine hours covers any scene and stays
-# below ASS's largest timestamp (9:59:59.99).
-_WHOLE_RUN_MS = 9 * 3600 * 1000
+def caption_fonts_dir_for(cues: Iterable[Cue]) -> Path | None:
+    """The `fontsdir` the `ass` filter needs for these cues, or None when fontconfig finds their font by itself.
+
+    libass copies every font in `fontsdir` into memory for each `ass` filter (19 MB for Noto Sans CJK), so it is
+    passed only where a cue is drawn with a font from there.
+    """
+    folder = caption_fonts_dir()
+    return folder if any(cue.face.path.parent == folder for cue in cues) else None
 
 
-def write_still_caption(text: str, output: OutputFormat, path: Path) -> None:
-    """One caption, shown from time 0 on: drawn once over a still's single frame, which is then repeated."""
-    write_ass([(text, 0, _WHOLE_RUN_MS)], output, path)
+def write_scene_ass(plan: ScenePlan, output: OutputFormat, style: CaptionStyle, path: Path) -> None:
+    """Writes a clip's timed captions: one event per cue, or per spoken word when the highlight follows the words."""
+    events: list[tuple[Cue, int | None, int, int]] = []
+    for cue in plan.cues:
+        if not style.highlight:
+            events.append((cue, None, cue.start_ms, cue.end_ms))
+            continue
+        starts = [cue.start_ms, *(word.start_ms for word in cue.words[1:]), cue.end_ms]
+        for start, end in zip(starts, starts[1:], strict=False):
+            if end > start:
+                events.append((cue, highlighted_word(cue, start), start, end))
+    _write_ass(events, output, style, path)
 
 
-def write_ass(events: Sequence[tuple[str, int, int]], output: OutputFormat, path: Path) -> None:
-    """Writes (text, start ms, end ms) events as styled ASS at the output's resolution."""
+def write_still_caption(frame: CaptionFrame, output: OutputFormat, style: CaptionStyle, path: Path) -> None:
+    """One caption frame, shown from time 0 on: drawn once over a still's single frame, which is then repeated."""
+    _write_ass([(frame.cue, frame.highlight, 0, _WHOLE_RUN_MS)], output, style, path)
+
+
+def _ass_colour(hex_colour: str) -> str:
+    """ "#RRGGBB" as an ASS override colour, `&HBBGGRR&`."""
+    return f"&H{hex_colour[5:7]}{hex_colour[3:5]}{hex_colour[1:3]}&".upper()
+
+
+def event_text(cue: Cue, highlight: int | None, style: CaptionStyle) -> str:
+    r"""The cue's lines joined by `\N`, each word escaped; the highlighted word alone wrapped in colour tags."""
+    lines, index = [], 0
+    for line in cue.lines:
+        parts = []
+        for position, word in enumerate(line):
+            text = ass_text(word.text)
+            if index == highlight:
+                text = f"{{\\1c{_ass_colour(style.highlight_color)}}}{text}{{\\r}}"
+            parts.append(text if position == 0 or word.glued else f" {text}")
+            index += 1
+        lines.append("".join(parts))
+    return "\\N".join(lines)
+
+
+def _style_name(face: FontFace) -> str:
+    return f"{face.family} {face.index}{' bold' if face.bold else ''}"
+
+
+def _write_ass(
+    events: Sequence[tuple[Cue, int | None, int, int]], output: OutputFormat, style: CaptionStyle, path: Path
+) -> None:
+    """Writes (cue, highlighted word, start ms, end ms) events as ASS whose script size is the output frame.
+
+    Sizes and margins are then in output pixels. WrapStyle 2 turns libass's own wrapping off: the lines are the
+    ones measured when the cues were planned. Each font gets a style naming its family as libass looks it up.
+    """
+    geometry = caption_geometry(output)
     subs = pysubs2.SSAFile()
-    subs.info["PlayResX"] = str(output.width)
-    subs.info["PlayResY"] = str(output.height)
-    subs.info["WrapStyle"] = "0"
-    size = caption_font_size(output)
-    subs.styles["Default"] = pysubs2.SSAStyle(
-        fontname=CAPTION_FONT,
-        fontsize=size,
-        bold=True,
-        primarycolor=pysubs2.Color(255, 255, 255),
-        outlinecolor=pysubs2.Color(0, 0, 0),
-        backcolor=pysubs2.Color(0, 0, 0, 96),
-        outline=max(1.0, size * 0.09),
-        shadow=max(1.0, size * 0.05),
-        alignment=pysubs2.Alignment.BOTTOM_CENTER,
-        marginl=round(output.width * CAPTION_SIDE_MARGIN_RATIO),
-        marginr=round(output.width * CAPTION_SIDE_MARGIN_RATIO),
-        marginv=round(output.height * _BOTTOM_MARGIN_RATIO),
-    )
-    for text, start_ms, end_ms in events:
-        subs.append(pysubs2.SSAEvent(start=start_ms, end=end_ms, text=ass_text(text)))
+    subs.info.update({"PlayResX": str(output.width), "PlayResY": str(output.height), "WrapStyle": "2"})
+    subs.styles.clear()
+    for cue, highlight, start_ms, end_ms in events:
+        name = _style_name(cue.face)
+        if name not in subs.styles:
+            subs.styles[name] = pysubs2.SSAStyle(
+                fontname=cue.face.family,
+                fontsize=geometry.font_size,
+                bold=cue.face.bold,
+                primarycolor=pysubs2.Color(255, 255, 255),
+                # Style 4 (a libass extension) draws one box of the back colour behind the whole event, padded by
+                # the outline width; the outline itself is then transparent. Style 3 would draw a box per run of
+                # text, and where the boxes of neighbouring lines and of the runs that the highlight's colour tags
+                # cut overlap, the semi-opaque boxes show darker stripes.
+                outlinecolor=pysubs2.Color(0, 0, 0, 0xFF if style.box else 0),
+                backcolor=pysubs2.Color(0, 0, 0, _BACK_ALPHA),
+                borderstyle=4 if style.box else 1,
+                outline=geometry.box_padding if style.box else geometry.outline,
+                shadow=0 if style.box else geometry.shadow,
+                alignment=pysubs2.Alignment.BOTTOM_CENTER,
+                marginl=geometry.side_margin,
+                marginr=geometry.side_margin,
+                marginv=geometry.bottom_margin,
+            )
+        subs.append(pysubs2.SSAEvent(start=start_ms, end=end_ms, style=name, text=event_text(cue, highlight, style)))
     subs.save(str(path), format_="ass")
 
 
-def write_srt(plans: Sequence[ScenePlan], path: Path) -> None:
-    """Writes every cue on the video's timeline (scene starts are the sums of the scenes' frame-exact lengths)."""
-    subs = pysubs2.SSAFile()
-    offset_frames = 0
-    for plan in plans:
-        offset_ms = round(offset_frames * 1000 / plan.fps)
+def _timeline(plans: Sequence[ScenePlan], offsets_ms: Sequence[int]) -> Iterator[tuple[int, int, str]]:
+    """Every cue as (start ms, end ms, text) on the video's timeline; `offsets_ms[i]` is where scene i starts."""
+    for plan, offset in zip(plans, offsets_ms, strict=True):
         for cue in plan.cues:
-            event = pysubs2.SSAEvent(
-                start=offset_ms + cue.start_ms, end=offset_ms + cue.end_ms, text=srt_text(cue.text)
-            )
-            subs.append(event)
-        offset_frames += plan.frames
-    # The text is SRT already: keep_ssa_tags stops pysubs2 from stripping `{...}` and `\N` from it as ASS markup.
-    subs.save(str(path), format_="srt", keep_ssa_tags=True)
+            yield offset + cue.start_ms, offset + cue.end_ms, cue.text
+
+
+def _clock(ms: int, separator: str) -> str:
+    seconds, milli = divmod(ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{milli:03d}"
+
+
+def srt_document(plans: Sequence[ScenePlan], offsets_ms: Sequence[int]) -> str:
+    """SubRip: numbered cues, `,` before the milliseconds, each cue on one line (players wrap to their own width)."""
+    return "".join(
+        f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{srt_text(text)}\n\n"
+        for number, (start, end, text) in enumerate(_timeline(plans, offsets_ms), 1)
+    )
+
+
+def vtt_document(plans: Sequence[ScenePlan], offsets_ms: Sequence[int]) -> str:
+    """WebVTT: the `WEBVTT` header, then cues with `.` before the milliseconds, each on one line."""
+    cues = "".join(
+        f"{_clock(start, '.')} --> {_clock(end, '.')}\n{vtt_text(text)}\n\n"
+        for start, end, text in _timeline(plans, offsets_ms)
+    )
+    return f"WEBVTT\n\n{cues}"
+
+
+def write_srt(plans: Sequence[ScenePlan], offsets_ms: Sequence[int], path: Path) -> None:
+    """Writes the SRT that FFmpeg turns into the MP4's soft subtitle track."""
+    path.write_text(srt_document(plans, offsets_ms), encoding="utf-8")

@@ -23,6 +23,8 @@ class AssemblerSettings(ServiceSettings):
     max_asset_bytes: int = 512 * 1024 * 1024
     # Scene segments encoded at the same time; 0 means the number of cores.
     encode_concurrency: int = 0
+    # H.264 encoder: auto (NVENC when FFmpeg can use it here, else libx264) | libx264 | h264_nvenc.
+    video_encoder: str = "auto"
     # Longest one FFmpeg run may take, in seconds.
     ffmpeg_timeout_seconds: float = 900.0
     shutdown_grace_seconds: float = 20.0

@@ -1,83 +1,290 @@
-"""Pure builders of FFmpeg command lines (ffmpeg-python graphs compiled to argv); nothing here runs anything."""
+"""Pure builders of FFmpeg command lines (ffmpeg-python graphs compiled to argv), and the one-time encoder choice."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
+from enum import Enum
 from pathlib import Path
 
 import ffmpeg
 
 from services.assembler.plan import ScenePlan
+from services.common.errors import FailedPrecondition
 from services.common.output import OutputFormat
 from services.common.providers import Quality
 
+_LOGGER = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
-class X264:
+class RateControl:
     preset: str
-    crf: int
+    # Constant quality: x264's CRF or NVENC's CQ; 0-51, lower is better and bigger.
+    level: int
 
 
-# Trade-off per quality: draft favours speed, hd favours detail per bit. Stills compress well at any preset.
+# x264: draft favours speed, hd favours detail per bit. Stills compress well at any preset.
 X264_BY_QUALITY = {
-    Quality.DRAFT: X264("ultrafast", 28),
-    Quality.STANDARD: X264("veryfast", 23),
-    Quality.HD: X264("medium", 20),
+    Quality.DRAFT: RateControl("ultrafast", 28),
+    Quality.STANDARD: RateControl("veryfast", 23),
+    Quality.HD: RateControl("medium", 20),
+}
+# NVENC runs on the GPU's own encoder block and leaves the CPU to decoding and filters, so a slower preset costs
+# little wall time. Its presets run from p1 (fastest, fewest bits spent on search, largest files for the quality)
+# to p7 (slowest, best quality per bit): draft takes p1, standard NVIDIA's default p4, hd p6, one step short of the
+# slowest.
+NVENC_BY_QUALITY = {
+    Quality.DRAFT: RateControl("p1", 28),
+    Quality.STANDARD: RateControl("p4", 23),
+    Quality.HD: RateControl("p6", 20),
 }
 AUDIO_RATE = 48000
 AUDIO_BITRATE = "192k"
 _GLOBAL_ARGS = ("-hide_banner", "-nostdin", "-loglevel", "error")
+# A cross-fade's head and tail parts are FFV1 in Matroska: lossless (the frames are encoded once more, blended, so
+# no generation loss) and intra-only (each frame stands alone: no reordering delay or look-ahead on such short
+# parts), and the same whichever H.264 encoder the deliverable uses.
+_LOSSLESS = {"c:v": "ffv1"}
+_PART_SUFFIX = ".mkv"
+# The blurred backdrop of PAD_BLUR is blurred at this fraction of the output size, then scaled up: the blur costs
+# little and its strength is the same relative to the frame at any output size.
+_BLUR_SCALE = 8
+_BLUR_SIGMA = 4
+# How much of its brightness the backdrop keeps, so the picture in front stands out.
+_BACKDROP_GAIN = 0.5
+_NVENC_PROBE_SECONDS = 20
+
+
+class Encoder(str, Enum):
+    """The H.264 encoder of every segment and transition; all parts of one video must use the same one."""
+
+    LIBX264 = "libx264"
+    H264_NVENC = "h264_nvenc"
+
+    def options(self, quality: Quality) -> dict[str, str | int]:
+        """Output options for FFmpeg: codec, speed preset and constant-quality rate control."""
+        if self is Encoder.H264_NVENC:
+            nvenc = NVENC_BY_QUALITY[quality]
+            # vbr with a CQ target and no bitrate cap (b:v 0) is NVENC's constant-quality mode.
+            return {"c:v": self.value, "preset": nvenc.preset, "rc": "vbr", "cq": nvenc.level, "b:v": 0}
+        x264 = X264_BY_QUALITY[quality]
+        return {"c:v": self.value, "preset": x264.preset, "crf": x264.level}
+
+
+ENCODER_PREFERENCES = ("auto", "libx264", "h264_nvenc")
+
+
+def select_encoder(exe: str, preference: str) -> Encoder:
+    """Resolves the VIDEO_ENCODER setting: `auto` takes NVENC when it can encode here, else libx264.
+
+    Meant for start-up: the NVENC probe runs FFmpeg synchronously, once per executable.
+    """
+    if preference not in ENCODER_PREFERENCES:
+        raise FailedPrecondition(f"VIDEO_ENCODER must be one of {', '.join(ENCODER_PREFERENCES)} (got {preference!r})")
+    if preference == Encoder.LIBX264.value:
+        return Encoder.LIBX264
+    if nvenc_works(exe):
+        return Encoder.H264_NVENC
+    if preference == Encoder.H264_NVENC.value:
+        raise FailedPrecondition(
+            "VIDEO_ENCODER is h264_nvenc, but FFmpeg cannot encode with NVENC on this machine (no NVIDIA GPU or "
+            "driver); set VIDEO_ENCODER to auto or libx264"
+        )
+    return Encoder.LIBX264
+
+
+@functools.cache
+def nvenc_works(exe: str) -> bool:
+    """Whether a one-frame test encode with h264_nvenc succeeds.
+
+    FFmpeg builds list h264_nvenc whether or not the machine has an NVIDIA GPU and driver; only opening the encoder
+    tells. Without them it fails within milliseconds (libcuda cannot be loaded).
+    """
+    argv = [
+        exe,
+        *_GLOBAL_ARGS,
+        *("-f", "lavfi", "-i", "color=black:size=256x256:rate=1"),
+        *("-frames:v", "1", "-c:v", Encoder.H264_NVENC.value, "-f", "null", "-"),
+    ]
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=_NVENC_PROBE_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        _LOGGER.info("NVENC unavailable (%s); encoding with libx264", error)
+        return False
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        _LOGGER.info("NVENC unavailable (%s); encoding with libx264", reason[0] if reason else result.returncode)
+        return False
+    _LOGGER.info("NVENC can encode here")
+    return True
+
+
+class Fit(str, Enum):
+    """How a picture whose aspect ratio differs from the output's fills the frame."""
+
+    # The whole picture, the rest filled with a colour.
+    PAD_COLOR = "pad_color"
+    # The whole picture in front of a blurred, darkened copy of itself that covers the frame.
+    PAD_BLUR = "pad_blur"
+    # The picture scaled to cover the frame, the overflow cut off equally on both sides.
+    CROP = "crop"
 
 
 @dataclass(frozen=True)
 class SegmentJob:
-    """One scene's picture track: a still or a clip, framed, captioned and faded, exactly `plan.frames` long."""
+    """One scene's picture track: a still or a clip, framed, captioned and faded, exactly `plan.frames` long.
+
+    With `head_frames` or `tail_frames`, the first and last frames go to small lossless files (`head_path`,
+    `tail_path`) for the cross-fades with the neighbouring scenes, and `output_path` holds only the frames between.
+    """
 
     visual: Path
     is_clip: bool
     plan: ScenePlan
-    # A clip's captions: one ASS file with the scene's timed cues, drawn on every frame.
-    captions: Path | None
-    fade_frames: int
     output_path: Path
+    _: KW_ONLY
+    # A clip's captions: one ASS file with the scene's timed cues, drawn on every frame.
+    captions: Path | None = None
     # A still's caption runs, in order: (frames, ASS file of the one caption shown, or None). Empty: one run, none.
     still_runs: tuple[tuple[int, Path | None], ...] = ()
+    fade_in_frames: int = 0
+    fade_out_frames: int = 0
+    fit: Fit = Fit.PAD_COLOR
+    # An FFmpeg colour ("black", "#1a2b3c", "0x1a2b3c") for Fit.PAD_COLOR.
+    pad_color: str = "black"
+    # A folder of font files libass may load (a CJK font, say), besides the system's fonts.
+    fonts_dir: Path | None = None
+    head_frames: int = 0
+    tail_frames: int = 0
+
+    @property
+    def head_path(self) -> Path | None:
+        return self._part_path("head") if self.head_frames else None
+
+    @property
+    def tail_path(self) -> Path | None:
+        return self._part_path("tail") if self.tail_frames else None
+
+    @property
+    def body_frames(self) -> int:
+        return self.plan.frames - self.head_frames - self.tail_frames
+
+    def _part_path(self, part: str) -> Path:
+        return self.output_path.with_name(f"{self.output_path.stem}-{part}{_PART_SUFFIX}")
 
 
-def segment_command(exe: str, job: SegmentJob, output: OutputFormat) -> list[str]:
-    """Encodes a scene's silent H.264 segment.
+def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: Encoder) -> list[str]:
+    """Encodes a scene's silent H.264 segment, and its lossless head and tail when asked, in one FFmpeg run.
 
-    A still is decoded once and repeated with the `loop` filter (far cheaper than `-loop 1`, which decodes the file
-    for every frame); a clip is looped with `-stream_loop -1` and cut at the frame count, its own audio ignored.
+    A still is decoded and framed once and repeated with the `loop` filter (far cheaper than `-loop 1`, which
+    decodes the file for every frame); a clip is looped with `-stream_loop -1` and cut at the frame count, its own
+    audio ignored.
     """
     frames = job.plan.frames
+    _check_counts(job)
     if job.is_clip:
         picture = ffmpeg.input(str(job.visual), stream_loop=-1).video.filter("fps", fps=output.fps)
-        picture = _frame(picture, output)
+        picture = _frame(picture, output, job.fit, job.pad_color)
         if job.captions is not None:
-            picture = picture.filter("ass", filename=str(job.captions))
+            picture = _burn(picture, job.captions, job.fonts_dir)
     else:
-        picture = _still(
-            _frame(ffmpeg.input(str(job.visual)).video, output), job.still_runs or ((frames, None),), output
+        framed = _frame(ffmpeg.input(str(job.visual)).video, output, job.fit, job.pad_color)
+        picture = _still(framed, job.still_runs or ((frames, None),), output, job.fonts_dir)
+    if job.fade_in_frames > 0:
+        picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_in_frames)
+    if job.fade_out_frames > 0:
+        picture = picture.filter(
+            "fade", type="out", start_frame=frames - job.fade_out_frames, nb_frames=job.fade_out_frames
         )
-    if job.fade_frames > 0:
-        picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_frames)
-        picture = picture.filter("fade", type="out", start_frame=frames - job.fade_frames, nb_frames=job.fade_frames)
-    x264 = X264_BY_QUALITY[output.quality]
-    stream = ffmpeg.output(
-        picture,
-        str(job.output_path),
-        **{"frames:v": frames, "c:v": "libx264", "preset": x264.preset, "crf": x264.crf},
-        pix_fmt="yuv420p",
-        r=output.fps,
-        an=None,
+    parts = [
+        (path, start, end)
+        for path, start, end in ((job.head_path, 0, job.head_frames), (job.tail_path, frames - job.tail_frames, frames))
+        if path is not None
+    ]
+    if not parts:
+        outputs = [_h264_output(picture, job.output_path, frames, output, encoder)]
+    else:
+        copies = picture.filter_multi_output("split", 1 + len(parts))
+        body = _trim(copies.stream(0), job.head_frames, frames - job.tail_frames)
+        outputs = [_h264_output(body, job.output_path, job.body_frames, output, encoder)]
+        for index, (path, start, end) in enumerate(parts, start=1):
+            outputs.append(_lossless_output(_trim(copies.stream(index), start, end), path, end - start))
+    return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+
+
+def _check_counts(job: SegmentJob) -> None:
+    """Rejects frame counts that cannot add up; the servicer sizes fades and cross-fades to fit each scene."""
+    counts = (job.fade_in_frames, job.fade_out_frames, job.head_frames, job.tail_frames)
+    if min(counts) < 0:
+        raise ValueError(f"scene {job.plan.index}: fade and cross-fade frame counts must not be negative: {counts}")
+    if job.body_frames < 1:
+        raise ValueError(
+            f"scene {job.plan.index}: head ({job.head_frames}) and tail ({job.tail_frames}) frames leave no body "
+            f"in {job.plan.frames} frames"
+        )
+    if max(job.fade_in_frames, job.fade_out_frames) > job.plan.frames:
+        raise ValueError(f"scene {job.plan.index}: a fade is longer than the scene's {job.plan.frames} frames")
+
+
+def _trim(picture: ffmpeg.nodes.FilterableStream, start: int, end: int) -> ffmpeg.nodes.FilterableStream:
+    return picture.filter("trim", start_frame=start, end_frame=end).filter("setpts", "PTS-STARTPTS")
+
+
+def _h264_output(
+    picture: ffmpeg.nodes.FilterableStream, path: Path, frames: int, output: OutputFormat, encoder: Encoder
+) -> ffmpeg.nodes.OutputStream:
+    """The settings every part of the joined video shares, so the concat demuxer can join them by stream copy."""
+    options = {"frames:v": frames, **encoder.options(output.quality)}
+    return ffmpeg.output(picture, str(path), **options, pix_fmt="yuv420p", r=output.fps, an=None)
+
+
+def _lossless_output(picture: ffmpeg.nodes.FilterableStream, path: Path, frames: int) -> ffmpeg.nodes.OutputStream:
+    return ffmpeg.output(picture, str(path), **{"frames:v": frames, **_LOSSLESS}, pix_fmt="yuv420p", an=None)
+
+
+def transition_command(
+    exe: str, tail: Path, head: Path, frames: int, output: OutputFormat, out_path: Path, encoder: Encoder
+) -> list[str]:
+    """Encodes the cross-fade from one scene's tail into the next scene's head, both `frames` long.
+
+    The result is `frames` long and encoded like the segments, so it sits between the two bodies in the concat list
+    and the whole video is joined by stream copy. Frame k shows (k + 1) / (frames + 1) of the head: the blend steps
+    evenly from the last body frame before it to the first one after it, and no frame merely repeats a neighbour.
+    """
+    first, second = (
+        # Timestamps counted in frames: Matroska stores milliseconds, and xfade times the blend from timestamps.
+        ffmpeg.input(str(path)).video.filter("settb", f"1/{output.fps}").filter("setpts", "N")
+        for path in (tail, head)
     )
+    blended = ffmpeg.filter(
+        [first, second],
+        "xfade",
+        transition="fade",
+        duration=f"{(frames + 1) / output.fps:.6f}",
+        offset=f"{-1 / output.fps:.6f}",
+    )
+    stream = _h264_output(blended, out_path, frames, output, encoder)
     return stream.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
 
 
+def _burn(
+    picture: ffmpeg.nodes.FilterableStream, captions: Path, fonts_dir: Path | None
+) -> ffmpeg.nodes.FilterableStream:
+    """Draws an ASS file's captions; `fonts_dir` lets libass load fonts that fontconfig does not know (CJK)."""
+    if fonts_dir is None:
+        return picture.filter("ass", filename=str(captions))
+    return picture.filter("ass", filename=str(captions), fontsdir=str(fonts_dir))
+
+
 def _still(
-    picture: ffmpeg.nodes.FilterableStream, runs: tuple[tuple[int, Path | None], ...], output: OutputFormat
+    picture: ffmpeg.nodes.FilterableStream,
+    runs: tuple[tuple[int, Path | None], ...],
+    output: OutputFormat,
+    fonts_dir: Path | None,
 ) -> ffmpeg.nodes.FilterableStream:
     """The decoded, framed still, captioned once per run and repeated for the run's frames, runs joined in order.
 
@@ -88,52 +295,72 @@ def _still(
     for index, (frames, caption) in enumerate(runs):
         piece = copies.stream(index) if copies is not None else picture
         if caption is not None:
-            piece = piece.filter("ass", filename=str(caption))
-        piece = piece.filter("loop", loop=frames - 1, size=1, start=0).filter("setpts", f"N/({output.fps}*TB)")
+            piece = _burn(piece, caption, fonts_dir)
+        # Timestamps counted in frames: an image's own time base (1/25) cannot hold every frame time at 30 fps.
+        piece = piece.filter("loop", loop=frames - 1, size=1, start=0).filter("settb", f"1/{output.fps}")
+        piece = piece.filter("setpts", "N")
         pieces.append(piece)
     return ffmpeg.concat(*pieces, v=1, a=0) if len(pieces) > 1 else pieces[0]
 
 
-def _frame(picture: ffmpeg.nodes.FilterableStream, output: OutputFormat) -> ffmpeg.nodes.FilterableStream:
-    """Scales to fit inside the output frame, pads the rest, and converts to yuv420p once, before any repetition."""
-    return (
-        picture.filter("scale", output.width, output.height, force_original_aspect_ratio="decrease")
-        .filter("pad", output.width, output.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
-        .filter("setsar", 1)
-        .filter("format", "yuv420p")
+def _frame(
+    picture: ffmpeg.nodes.FilterableStream, output: OutputFormat, fit: Fit, pad_color: str
+) -> ffmpeg.nodes.FilterableStream:
+    """Fits the picture to the output frame and converts to yuv420p once, before any repetition."""
+    width, height = output.width, output.height
+    if fit is Fit.CROP:
+        framed = picture.filter("scale", width, height, force_original_aspect_ratio="increase").filter(
+            "crop", width, height
+        )
+    elif fit is Fit.PAD_BLUR:
+        framed = _blur_padded(picture, output)
+    else:
+        framed = picture.filter("scale", width, height, force_original_aspect_ratio="decrease").filter(
+            "pad", width, height, "(ow-iw)/2", "(oh-ih)/2", color=pad_color
+        )
+    return framed.filter("setsar", 1).filter("format", "yuv420p")
+
+
+def _blur_padded(picture: ffmpeg.nodes.FilterableStream, output: OutputFormat) -> ffmpeg.nodes.FilterableStream:
+    """The picture fitted inside the frame, over a blurred, darkened copy scaled to cover it."""
+    copies = picture.filter_multi_output("split", 2)
+    small_width = max(2, output.width // _BLUR_SCALE)
+    small_height = max(2, output.height // _BLUR_SCALE)
+    backdrop = (
+        copies.stream(0)
+        .filter("scale", small_width, small_height, force_original_aspect_ratio="increase")
+        .filter("crop", small_width, small_height)
+        .filter("gblur", sigma=_BLUR_SIGMA)
+        .filter("colorchannelmixer", rr=_BACKDROP_GAIN, gg=_BACKDROP_GAIN, bb=_BACKDROP_GAIN)
+        .filter("scale", output.width, output.height)
     )
+    front = copies.stream(1).filter("scale", output.width, output.height, force_original_aspect_ratio="decrease")
+    return backdrop.overlay(front, x="(W-w)/2", y="(H-h)/2")
 
 
 @dataclass(frozen=True)
 class MuxJob:
     segment_list: Path
-    narrations: Sequence[Path]
-    plans: Sequence[ScenePlan]
+    # The finished soundtrack (narration, music, loudness-normalised), as long as the video.
+    audio: Path
     subtitles: Path | None
     output_path: Path
     title: str = ""
 
 
 def mux_command(exe: str, job: MuxJob) -> list[str]:
-    """Joins the segments by stream copy and lays the narration under them as one AAC track.
-
-    The audio is encoded once for the whole video, each narration delayed by its scene's lead and padded or cut to
-    exactly its segment's length, so the two tracks cannot drift apart at the joins.
-    """
-    video = ffmpeg.input(str(job.segment_list), f="concat", safe=0).video
-    narrations = []
-    for path, plan in zip(job.narrations, job.plans, strict=True):
-        narrations.append(
-            ffmpeg.input(str(path))
-            .audio.filter("aresample", AUDIO_RATE)
-            .filter("aformat", sample_fmts="fltp", channel_layouts="stereo")
-            .filter("adelay", delays=plan.lead_ms, all=1)
-            .filter("apad")
-            .filter("atrim", end=f"{plan.duration_s:.6f}")
-        )
-    audio = ffmpeg.concat(*narrations, v=0, a=1) if len(narrations) > 1 else narrations[0]
-    streams = [video, audio]
-    options: dict[str, object] = {"c:v": "copy", "c:a": "aac", "b:a": AUDIO_BITRATE, "movflags": "+faststart"}
+    """Joins the video parts by stream copy and adds the soundtrack as AAC and the captions as a soft track."""
+    streams = [
+        ffmpeg.input(str(job.segment_list), f="concat", safe=0).video,
+        ffmpeg.input(str(job.audio)).audio,
+    ]
+    options: dict[str, object] = {
+        "c:v": "copy",
+        "c:a": "aac",
+        "b:a": AUDIO_BITRATE,
+        "ar": AUDIO_RATE,
+        "movflags": "+faststart",
+    }
     if job.title:
         # An argv element, never a shell string: any text is safe here.
         options["metadata"] = f"title={job.title}"

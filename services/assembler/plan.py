@@ -3,28 +3,50 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 
+from services.common.errors import InvalidArgument
+from services.common.fonts import CJK_CHARACTER, FontFace, face_for, libass_em_per_size, load_face
 from services.common.output import OutputFormat
 from services.common.text import split_sentences
 
-# Caption text height relative to the frame's short side; readable on a phone and on a TV.
+# Caption line height (ASS `Fontsize`) relative to the frame's short side; readable on a phone and on a TV.
 CAPTION_SIZE_RATIO = 0.055
-# Side margins of captions relative to the frame width (inside the title-safe area).
-CAPTION_SIDE_MARGIN_RATIO = 0.06
-# Average advance of a DejaVu Sans glyph relative to its font size; used to cut cues that fit in two lines.
-_AVERAGE_GLYPH_WIDTH = 0.55
+# Title-safe area: captions stay inside the central 80 % of the width.
+SAFE_SIDE_RATIO = 0.10
+# Distance of the captions' lowest edge from the bottom of the frame, relative to the height. 10 % is the edge of the
+# title-safe area. On 9:16 (Shorts, Reels, TikTok) the apps draw the account name, description and music ticker
+# over about the bottom 17-20 % of the frame, so captions sit above that.
+_BOTTOM_RATIO = {"9:16": 0.20}
+_DEFAULT_BOTTOM_RATIO = 0.10
+# Outline, drop shadow and box padding relative to the font size: thick enough for contrast on any picture.
+_OUTLINE_RATIO = 0.09
+_SHADOW_RATIO = 0.05
+_BOX_PADDING_RATIO = 0.15
 CAPTION_MAX_LINES = 2
+# A sentence is cut into cues of about equal width, each filling at most this share of two lines: a line can only
+# break between words, so a cue aimed at exactly two full lines often needs a third.
+_CUE_FILL = 0.85
+_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
 
 
 @dataclass(frozen=True)
-class Cue:
-    """A caption shown from `start_ms` to `end_ms`, relative to its scene's start."""
+class CaptionStyle:
+    """Look of the burned-in captions."""
 
-    text: str
-    start_ms: int
-    end_ms: int
+    highlight: bool = False  # colour the word being spoken
+    highlight_color: str = "#FFD400"  # "#RRGGBB"
+    box: bool = False  # a semi-opaque box behind the text instead of an outline only
+
+    def __post_init__(self) -> None:
+        if not _HEX_COLOUR.fullmatch(self.highlight_color):
+            raise InvalidArgument(f"highlight_color must be written #RRGGBB (got {self.highlight_color!r})")
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,59 @@ class SpokenText:
     text: str
     start_ms: int
     end_ms: int
+
+
+@dataclass(frozen=True)
+class Word:
+    """A written word, or one CJK character (with its punctuation), and when it is spoken."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    # Written right after the previous word, with no space: CJK characters, pieces of a word too long for a line.
+    glued: bool = False
+
+
+def join_words(words: Sequence[Word]) -> str:
+    """The words as written: a space before each one that is not glued to the one before."""
+    return "".join(word.text if index == 0 or word.glued else f" {word.text}" for index, word in enumerate(words))
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A caption of one or two lines, shown from its first word's start to its last word's end.
+
+    Times are relative to the scene's start (the lead included). `face` is the font the lines were measured with,
+    and so the one they must be drawn with.
+    """
+
+    lines: tuple[tuple[Word, ...], ...]
+    face: FontFace
+
+    @property
+    def words(self) -> tuple[Word, ...]:
+        return tuple(word for line in self.lines for word in line)
+
+    @property
+    def text(self) -> str:
+        """The whole cue on one line, as written."""
+        return join_words(self.words)
+
+    @property
+    def start_ms(self) -> int:
+        return self.lines[0][0].start_ms
+
+    @property
+    def end_ms(self) -> int:
+        return self.lines[-1][-1].end_ms
+
+
+@dataclass(frozen=True)
+class CaptionFrame:
+    """What one still frame shows: a cue, with the word at index `highlight` (over the whole cue) coloured."""
+
+    cue: Cue
+    highlight: int | None
 
 
 @dataclass(frozen=True)
@@ -53,38 +128,196 @@ class ScenePlan:
         return round(self.frames * 1000 / self.fps)
 
 
-def caption_runs(plan: ScenePlan) -> list[tuple[int, str | None]]:
-    """Splits a scene's frames into runs that each show one caption (or none), in order, as (frames, text).
+@dataclass(frozen=True)
+class CaptionGeometry:
+    """Size and place of captions in one output frame, in output pixels (ASS files use the frame as script size)."""
 
-    Over a still, the picture only changes when the caption does: each run's caption is drawn once on the still and
-    the result repeated, instead of blending the caption into every frame.
-    """
-
-    def frame_of(ms: int) -> int:
-        return min(plan.frames, max(0, round(ms * plan.fps / 1000)))
-
-    edges = sorted(
-        {0, plan.frames, *(frame_of(c.start_ms) for c in plan.cues), *(frame_of(c.end_ms) for c in plan.cues)}
-    )
-    runs: list[tuple[int, str | None]] = []
-    for start, end in zip(edges, edges[1:], strict=False):
-        middle_ms = (start + end) / 2 * 1000 / plan.fps
-        text = next((cue.text for cue in plan.cues if cue.start_ms <= middle_ms < cue.end_ms), None)
-        if runs and runs[-1][1] == text:
-            runs[-1] = (runs[-1][0] + end - start, text)
-        else:
-            runs.append((end - start, text))
-    return runs
+    font_size: int  # ASS `Fontsize`: the height of one line
+    outline: float
+    shadow: float
+    box_padding: float
+    side_margin: int
+    # ASS `MarginV`: from the bottom of the frame to the bottom of the last line's text.
+    bottom_margin: int
+    # The widest a line's text may be so that its outline, shadow or box stays inside the title-safe area.
+    line_width: float
 
 
 def caption_font_size(output: OutputFormat) -> int:
     return max(12, round(min(output.width, output.height) * CAPTION_SIZE_RATIO))
 
 
-def caption_line_chars(output: OutputFormat) -> int:
-    """How many average characters fit on one caption line."""
-    usable = output.width * (1 - 2 * CAPTION_SIDE_MARGIN_RATIO)
-    return max(8, int(usable / (caption_font_size(output) * _AVERAGE_GLYPH_WIDTH)))
+def caption_geometry(output: OutputFormat) -> CaptionGeometry:
+    size = caption_font_size(output)
+    outline, shadow = max(1.0, size * _OUTLINE_RATIO), max(1.0, size * _SHADOW_RATIO)
+    box_padding = size * _BOX_PADDING_RATIO
+    # How far outline and shadow, or the box, reach beyond the text on each side.
+    reach = max(outline + shadow, box_padding)
+    side_margin = math.ceil(output.width * SAFE_SIDE_RATIO)
+    bottom_ratio = _BOTTOM_RATIO.get(output.aspect_name, _DEFAULT_BOTTOM_RATIO)
+    return CaptionGeometry(
+        font_size=size,
+        outline=outline,
+        shadow=shadow,
+        box_padding=box_padding,
+        side_margin=side_margin,
+        bottom_margin=math.ceil(output.height * bottom_ratio + reach),
+        line_width=output.width - 2 * side_margin - 2 * reach,
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def text_width(face: FontFace, em: float, text: str) -> float:
+    """Pixels a line of `text` takes when libass draws it centred: its advance, widened by any ink overhanging it.
+
+    Pillow lays the text out with raqm (FriBiDi and HarfBuzz, as libass does), so Arabic is measured shaped.
+    """
+    font = load_face(face, em)
+    left, _, right, _ = font.getbbox(text)
+    return max(font.getlength(text), right) - min(0, left)
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """Lays words out in lines no wider than the caption line width, measured with the font libass will draw."""
+
+    face: FontFace
+    em: float
+    limit: float
+
+    def width(self, words: Sequence[Word]) -> float:
+        return text_width(self.face, self.em, join_words(words))
+
+    def fits(self, words: Sequence[Word]) -> bool:
+        return self.width(words) <= self.limit
+
+    def lines(self, words: Sequence[Word]) -> tuple[tuple[Word, ...], ...] | None:
+        """One line if it fits, else the most even two, or None when no two lines hold the words.
+
+        The most even break (the smaller of the two wider lines) never leaves one short word alone on a line when
+        the words could share the lines more evenly. A single word too wide for a line (one wide character) has
+        nowhere to break and is returned as it is.
+        """
+        if len(words) == 1 or self.fits(words):
+            return (tuple(words),)
+        # As the break moves right the first line widens and the second narrows: the most even break is where they
+        # cross, found by bisection (measuring is the costly part).
+        low, high = 1, len(words) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if self.width(words[:middle]) < self.width(words[middle:]):
+                low = middle + 1
+            else:
+                high = middle
+        widest, index = min((max(self.width(words[:i]), self.width(words[i:])), i) for i in {max(1, low - 1), low})
+        return (tuple(words[:index]), tuple(words[index:])) if widest <= self.limit else None
+
+    def wrap(self, words: Sequence[Word]) -> tuple[tuple[Word, ...], ...]:
+        """Like `lines`, but any number of lines: for a cue that had to take in text spoken in no time at all."""
+        balanced = self.lines(words)
+        if balanced is not None:
+            return balanced
+        lines: list[tuple[Word, ...]] = []
+        current: list[Word] = []
+        for word in words:
+            if current and not self.fits([*current, word]):
+                lines.append(tuple(current))
+                current = []
+            current.append(word)
+        return (*lines, tuple(current))
+
+    def breakable(self, words: Sequence[Word]) -> list[Word]:
+        """Cuts each word wider than a line into pieces that fill a line each, sharing its time by length.
+
+        Characters stay whole with their combining marks. Each piece is the longest that fits (found by bisection).
+        """
+        out: list[Word] = []
+        for word in words:
+            if self.fits([word]):
+                out.append(word)
+                continue
+            clusters: list[str] = []
+            for character in word.text:
+                if clusters and (unicodedata.category(character).startswith("M") or character == "\u200d"):
+                    clusters[-1] += character
+                else:
+                    clusters.append(character)
+            pieces: list[str] = []
+            while clusters:
+                low, high = 1, len(clusters)
+                while low < high:
+                    middle = (low + high + 1) // 2
+                    if text_width(self.face, self.em, "".join(clusters[:middle])) <= self.limit:
+                        low = middle
+                    else:
+                        high = middle - 1
+                pieces.append("".join(clusters[:low]))
+                clusters = clusters[low:]
+            times = _spread(word.start_ms, word.end_ms, [len(piece) for piece in pieces])
+            out.extend(
+                Word(piece, start, end, glued=word.glued if index == 0 else True)
+                for index, (piece, (start, end)) in enumerate(zip(pieces, times, strict=True))
+            )
+        return out
+
+    def group(self, sentence: Sequence[Word]) -> list[list[Word]]:
+        """Cuts a sentence into cues that each fit in two lines, as equal in width as the words allow.
+
+        Each cue aims at an equal share of what is left, so a long sentence does not end with a one-word cue.
+        """
+        cues: list[list[Word]] = []
+        rest = list(sentence)
+        while rest:
+            total = self.width(rest)
+            target = total / max(1, math.ceil(total / (CAPTION_MAX_LINES * self.limit * _CUE_FILL)))
+            current = rest[:1]
+            for word in rest[1:]:
+                candidate = [*current, word]
+                # Stop where the cue comes nearest its target, or where one more word would need a third line.
+                if self.width(candidate) - target > target - self.width(current) or self.lines(candidate) is None:
+                    break
+                current = candidate
+            cues.append(current)
+            rest = rest[len(current) :]
+        return cues
+
+
+def caption_runs(plan: ScenePlan, style: CaptionStyle) -> list[tuple[int, CaptionFrame | None]]:
+    """Splits a scene's frames into runs that each show one caption frame (or none), in order, as (frames, frame).
+
+    Over a still, the picture only changes when the caption does: each run's caption is drawn once on the still and
+    the result repeated, instead of blending the caption into every frame. With the highlight on, the caption
+    changes at every word's start.
+    """
+
+    def frame_of(ms: int) -> int:
+        return min(plan.frames, max(0, round(ms * plan.fps / 1000)))
+
+    edges = {0, plan.frames}
+    for cue in plan.cues:
+        edges |= {frame_of(cue.start_ms), frame_of(cue.end_ms)}
+        if style.highlight:
+            edges |= {frame_of(word.start_ms) for word in cue.words}
+    runs: list[tuple[int, CaptionFrame | None]] = []
+    for start, end in pairwise(sorted(edges)):
+        shown = _frame_at(plan.cues, (start + end) / 2 * 1000 / plan.fps, style)
+        if runs and runs[-1][1] == shown:
+            runs[-1] = (runs[-1][0] + end - start, shown)
+        else:
+            runs.append((end - start, shown))
+    return runs
+
+
+def _frame_at(cues: Sequence[Cue], ms: float, style: CaptionStyle) -> CaptionFrame | None:
+    cue = next((cue for cue in cues if cue.start_ms <= ms < cue.end_ms), None)
+    if cue is None:
+        return None
+    return CaptionFrame(cue, highlighted_word(cue, ms) if style.highlight else None)
+
+
+def highlighted_word(cue: Cue, ms: float) -> int:
+    """The index of the word being spoken at `ms`: the last one that has started (it stays lit through a pause)."""
+    return max(index for index, word in enumerate(cue.words) if index == 0 or word.start_ms <= ms)
 
 
 def plan_scene(
@@ -98,28 +331,63 @@ def plan_scene(
 ) -> ScenePlan:
     """Lays out one scene: lead-in silence, the narration, a tail, rounded up to whole frames.
 
-    `spoken` holds sentence timings, or word timings when `narration` (the text as written) is given: words are
-    then grouped into cues that keep the written punctuation.
+    `spoken` holds sentence timings, or word timings when `narration` (the text as written) is given: the written
+    words then take the spoken words' times. Without word timings, each sentence's time is shared by its words'
+    syllables. Words are grouped into cues of at most two lines that fit the title-safe width, never across a
+    sentence end; each cue starts at its first word and ends with its last.
     """
     frames = math.ceil((lead_ms + narration_ms + tail_ms) * output.fps / 1000)
-    cues: list[Cue] = []
+    cues: tuple[Cue, ...] = ()
     if output.captions:
-        max_chars = caption_line_chars(output) * CAPTION_MAX_LINES
-        parts = (
-            cues_from_words(narration, spoken, max_chars)
-            if narration
-            else [cue for part in spoken for cue in split_cue(part, max_chars)]
-        )
-        parts = _fold_untimed(parts, narration_ms)
-        cues = [Cue(part.text, part.start_ms + lead_ms, part.end_ms + lead_ms) for part in parts]
-    return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=tuple(cues))
+        if narration:
+            sentences = _sentences(_timed_or_spread(time_words(narration, spoken), narration_ms))
+        else:
+            sentences = [s for part in _fold_untimed(spoken, narration_ms) for s in _sentences(spread_words(part))]
+        shifted = [[_shift(word, lead_ms) for word in sentence] for sentence in sentences]
+        cues = _cues(shifted, caption_geometry(output))
+    return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=cues)
+
+
+def _shift(word: Word, ms: int) -> Word:
+    return Word(word.text, word.start_ms + ms, word.end_ms + ms, word.glued)
+
+
+def _cues(sentences: list[list[Word]], geometry: CaptionGeometry) -> tuple[Cue, ...]:
+    """Lays out the scene's sentences as cues in one face: the one that covers all of the scene's text."""
+    words = [word for sentence in sentences for word in sentence]
+    if not words:
+        return ()
+    face = face_for(join_words(words), bold=True)
+    measure = _Measure(face, geometry.font_size * libass_em_per_size(face), geometry.line_width)
+    groups = [group for sentence in sentences for group in measure.group(measure.breakable(sentence))]
+    return tuple(Cue(measure.wrap(group), face) for group in _fold_unshown(groups))
+
+
+def _fold_unshown(groups: list[list[Word]]) -> list[list[Word]]:
+    """Joins word groups that take no time to the next one (the last to the previous), so their words are shown.
+
+    A voice may say nothing for some text, or a provider report words at one instant: such a cue would start where
+    it ends, never show, and be dropped from the subtitle track by FFmpeg. Shown briefly in a longer cue (which may
+    then need more than two lines) beats never shown.
+    """
+    folded: list[list[Word]] = []
+    pending: list[Word] = []
+    for group in groups:
+        pending += group
+        if pending[-1].end_ms > pending[0].start_ms:
+            folded.append(pending)
+            pending = []
+    if pending and folded:
+        folded[-1] += pending
+    elif pending:
+        folded.append(pending)
+    return folded
 
 
 def _fold_untimed(parts: list[SpokenText], narration_ms: int) -> list[SpokenText]:
-    """Joins parts that take no time to a neighbour, so their words are still shown.
+    """Joins sentences that take no time to a neighbour, whose time their words then share.
 
-    A voice may say nothing for some text (piper is silent for "{} ..."); its cue would start where it ends, never
-    show, and be dropped from the subtitle track by FFmpeg.
+    A voice may say nothing for some text (piper is silent for "{} ..."); its words would get no time at all.
     """
     folded: list[SpokenText] = []
     leading = ""  # untimed text before the first timed part
@@ -138,67 +406,100 @@ def _fold_untimed(parts: list[SpokenText], narration_ms: int) -> list[SpokenText
     return folded
 
 
-def spread_sentences(text: str, duration_ms: int) -> list[SpokenText]:
-    """Sentence timings for speech that came without any: the duration shared by character count."""
-    sentences = split_sentences(text)
-    total = sum(len(sentence) for sentence in sentences) or 1
-    spans, done = [], 0
-    for sentence in sentences:
-        start = round(duration_ms * done / total)
-        done += len(sentence)
-        spans.append(SpokenText(sentence, start, round(duration_ms * done / total)))
-    return spans
+# Characters that may not start a line (closing punctuation, small kana, iteration and length marks) or end one
+# (opening brackets): they stay attached to their neighbour, as CJK typesetting (kinsoku) requires.
+_NO_LINE_START = set(
+    "、。，．・：；！？」』）】〉》〕］｝’”…‥ーゝゞ々ぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ!%),.:;?]}"
+)
+_NO_LINE_END = set("「『（【〈《〔［｛‘“([{")
+_SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]」』）]*$")
 
 
-def split_cue(part: SpokenText, max_chars: int) -> list[SpokenText]:
-    """Cuts a sentence into cues of at most `max_chars` at word boundaries, sharing its time by character count."""
-    words = part.text.split()
-    # Aim for equal pieces, so a long sentence does not end with a one-word orphan cue.
-    target = len(part.text) / max(1, math.ceil(len(part.text) / max_chars))
-    pieces: list[str] = []
-    current = ""
-    for word in words:
-        candidate = f"{current} {word}" if current else word
-        if current and (len(candidate) > max_chars or len(current) >= target):
-            pieces.append(current)
-            current = word
+def _units(chunk: str) -> list[str]:
+    """Splits text written without spaces where a line may break: between CJK characters, never inside other runs.
+
+    Combining marks stay with the character they mark.
+    """
+    units: list[str] = []
+    for character in chunk:
+        previous = units[-1][-1] if units else ""
+        if previous and (
+            character in _NO_LINE_START
+            or previous in _NO_LINE_END
+            or unicodedata.category(character).startswith("M")
+            or not (CJK_CHARACTER.match(character) or CJK_CHARACTER.match(previous))
+        ):
+            units[-1] += character
         else:
-            current = candidate
-    if current:
-        pieces.append(current)
-    total_chars = sum(len(piece) for piece in pieces) or 1
-    span = part.end_ms - part.start_ms
-    cues: list[SpokenText] = []
-    start = part.start_ms
-    done_chars = 0
-    for piece in pieces:
-        done_chars += len(piece)
-        end = part.start_ms + round(span * done_chars / total_chars)
-        cues.append(SpokenText(piece, start, end))
-        start = end
-    return cues
+            units.append(character)
+    return units
+
+
+def _tokens(text: str) -> list[tuple[str, bool]]:
+    """The written words of `text` as (word, glued to the previous one), each CJK character a word of its own."""
+    return [(unit, index > 0) for chunk in text.split() for index, unit in enumerate(_units(chunk))]
+
+
+_VOWEL_GROUPS = re.compile(r"[aeiouyæøåœαεηιουωаеёиоуыэюяіїє]+")
+
+
+def syllables(word: str) -> int:
+    """Rough spoken length of a written word: vowel groups, plus one per CJK character or digit; at least one.
+
+    Scripts that leave most vowels unwritten (Arabic, Hebrew) count one syllable per two letters.
+    """
+    base = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if not unicodedata.combining(c))
+    count = len(_VOWEL_GROUPS.findall(base)) + sum(
+        1 for c in base if c.isdigit() or (c.isalnum() and CJK_CHARACTER.match(c))
+    )
+    return max(1, count or sum(c.isalpha() for c in base) // 2)
+
+
+def _spread(start_ms: int, end_ms: int, weights: Sequence[int]) -> list[tuple[int, int]]:
+    """Shares a span by weight, in order, rounding so the shares meet exactly and fill the span."""
+    total = sum(weights) or 1
+    edges = [start_ms + round((end_ms - start_ms) * done / total) for done in accumulate(weights, initial=0)]
+    return list(pairwise(edges))
+
+
+def spread_words(part: SpokenText) -> list[Word]:
+    """A sentence's words, timed by sharing the sentence's time by syllables."""
+    tokens = _tokens(part.text)
+    times = _spread(part.start_ms, part.end_ms, [syllables(token) for token, _ in tokens])
+    return [Word(token, start, end, glued) for (token, glued), (start, end) in zip(tokens, times, strict=True)]
+
+
+def spread_sentences(text: str, duration_ms: int) -> list[SpokenText]:
+    """Sentence timings for speech that came without any: the duration shared by syllables."""
+    sentences = split_sentences(text)
+    times = _spread(0, duration_ms, [sum(syllables(word) for word in s.split()) for s in sentences])
+    return [SpokenText(sentence, start, end) for sentence, (start, end) in zip(sentences, times, strict=True)]
 
 
 def _alnum(text: str) -> str:
     return "".join(character for character in text.lower() if character.isalnum())
 
 
-def cues_from_words(text: str, words: list[SpokenText], max_chars: int) -> list[SpokenText]:
-    """Groups the written text into cues timed by word timings, breaking at sentence ends and at `max_chars`.
+def time_words(text: str, spoken: list[SpokenText]) -> list[Word]:
+    """The written words of `text`, timed by a provider's word timings (relative to the narration).
 
-    Providers report words without punctuation and sometimes say them differently ("12" spoken as "twelve"), so
-    written tokens are matched to spoken words with difflib; tokens left unmatched share the time between their
-    matched neighbours by length.
+    Providers report words without punctuation, sometimes say them differently ("12" spoken as "twelve") and time
+    CJK text by multi-character words, so both sides are cut into the same units (a CJK word's time shared by its
+    characters) and matched with difflib; written words left unmatched share the time between their matched
+    neighbours by length.
     """
-    tokens = text.split()
-    if not tokens or not words:
+    tokens = _tokens(text)
+    units = [unit for word in spoken for unit in _spoken_units(word)]
+    if not tokens or not units:
         return []
     times: list[tuple[int, int] | None] = [None] * len(tokens)
-    matcher = difflib.SequenceMatcher(a=[_alnum(t) for t in tokens], b=[_alnum(w.text) for w in words], autojunk=False)
+    matcher = difflib.SequenceMatcher(
+        a=[_alnum(t) for t, _ in tokens], b=[_alnum(u.text) for u in units], autojunk=False
+    )
     for block in matcher.get_matching_blocks():
         for offset in range(block.size):
-            word = words[block.b + offset]
-            times[block.a + offset] = (word.start_ms, word.end_ms)
+            unit = units[block.b + offset]
+            times[block.a + offset] = (unit.start_ms, unit.end_ms)
     index = 0
     while index < len(tokens):
         if times[index] is not None:
@@ -208,30 +509,37 @@ def cues_from_words(text: str, words: list[SpokenText], max_chars: int) -> list[
         while gap_end < len(tokens) and times[gap_end] is None:
             gap_end += 1
         previous, following = times[index - 1] if index else None, times[gap_end] if gap_end < len(tokens) else None
-        start = previous[1] if previous else words[0].start_ms
-        end = following[0] if following else words[-1].end_ms
-        weights = [max(1, len(token)) for token in tokens[index:gap_end]]
-        position = float(start)
-        for offset, weight in enumerate(weights):
-            share = (max(end, start) - start) * weight / sum(weights)
-            times[index + offset] = (round(position), round(position + share))
-            position += share
+        start = previous[1] if previous else units[0].start_ms
+        end = following[0] if following else units[-1].end_ms
+        weights = [max(1, len(token)) for token, _ in tokens[index:gap_end]]
+        times[index:gap_end] = _spread(start, max(start, end), weights)
         index = gap_end
-    timed = [(token, *span) for token, span in zip(tokens, times, strict=True) if span is not None]
-    cues: list[SpokenText] = []
-    current: list[tuple[str, int, int]] = []
-    for item in timed:
-        if current and len(" ".join(t for t, _, _ in [*current, item])) > max_chars:
-            cues.append(_cue(current))
-            current = []
-        current.append(item)
-        if item[0].endswith((".", "!", "?", "…")):
-            cues.append(_cue(current))
+    return [Word(token, *span, glued) for (token, glued), span in zip(tokens, times, strict=True) if span is not None]
+
+
+def _spoken_units(word: SpokenText) -> list[SpokenText]:
+    pieces = [unit for chunk in word.text.split() for unit in _units(chunk)]
+    times = _spread(word.start_ms, word.end_ms, [1] * len(pieces))
+    return [SpokenText(piece, start, end) for piece, (start, end) in zip(pieces, times, strict=True)]
+
+
+def _timed_or_spread(words: list[Word], narration_ms: int) -> list[Word]:
+    """The words as timed, or spread over the whole narration by syllables when their timings take no time at all."""
+    if not words or words[-1].end_ms > words[0].start_ms:
+        return words
+    times = _spread(0, narration_ms, [syllables(word.text) for word in words])
+    return [Word(word.text, start, end, word.glued) for word, (start, end) in zip(words, times, strict=True)]
+
+
+def _sentences(words: list[Word]) -> list[list[Word]]:
+    """Cuts timed words after each word that ends a sentence, so no cue runs across a sentence end."""
+    sentences: list[list[Word]] = []
+    current: list[Word] = []
+    for word in words:
+        current.append(word)
+        if _SENTENCE_END.search(word.text):
+            sentences.append(current)
             current = []
     if current:
-        cues.append(_cue(current))
-    return cues
-
-
-def _cue(items: list[tuple[str, int, int]]) -> SpokenText:
-    return SpokenText(" ".join(token for token, _, _ in items), items[0][1], items[-1][2])
+        sentences.append(current)
+    return sentences

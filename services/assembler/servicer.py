@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,14 +14,25 @@ from pathlib import Path
 import grpc
 from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc
-from scenecast.v1.types_pb2 import TIMING_KIND_WORD
+from scenecast.v1.types_pb2 import SUBTITLE_FORMAT_SRT, SUBTITLE_FORMAT_WEBVTT, TIMING_KIND_WORD, SubtitleFile
 
-from services.assembler import captions
+from services.assembler import audio, captions
+from services.assembler.cards import render_card
 from services.assembler.config import AssemblerSettings
-from services.assembler.ffmpeg import MuxJob, SegmentJob, concat_list, mux_command, segment_command
-from services.assembler.plan import ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
+from services.assembler.ffmpeg import (
+    Fit,
+    MuxJob,
+    SegmentJob,
+    concat_list,
+    mux_command,
+    segment_command,
+    select_encoder,
+    transition_command,
+)
+from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
+from services.common.finishing import CardText, FinishingOptions, finishing_options
 from services.common.media import ffmpeg_exe, probe, run_ffmpeg
 from services.common.output import OutputFormat, output_format
 from services.common.text import checked_text
@@ -36,7 +49,24 @@ _EXTENSIONS = {
     "video/mp4": ".mp4",
     "audio/wav": ".wav",
     "audio/mpeg": ".mp3",
+    "audio/ogg": ".ogg",
+    "audio/flac": ".flac",
 }
+# The narration of an avatar video is its own sound track: trimming it would put the voice out of sync with the lips.
+_OWN_SOUND = "audio/mp4"
+
+
+@dataclass
+class _Piece:
+    """One stretch of the video's timeline, a scene or a card, and its encoded parts."""
+
+    plan: ScenePlan
+    visual: Path
+    is_clip: bool
+    # The narration and the part of it kept (milliseconds), or None for a silent card.
+    narration: Path | None = None
+    kept_ms: tuple[int, int] = (0, 0)
+    job: SegmentJob | None = None
 
 
 @dataclass
@@ -45,8 +75,8 @@ class _Scene:
     start: pb.SceneStart
     visual: ChunkSink
     narration: ChunkSink
-    plan: ScenePlan | None = None
-    segment: Path | None = None
+    piece: _Piece | None = None
+    encoded: bool = False
 
 
 @dataclass
@@ -59,14 +89,43 @@ class _Assembly:
     title: str
     lead_ms: int
     tail_ms: int
+    finishing: FinishingOptions
+    # Frames of each cross-fade (0 unless the transition is a cross-fade) and of each fade through black.
+    crossfade_frames: int
+    fade_frames: int
     scenes: dict[int, _Scene] = field(default_factory=dict)
-    encodes: list[asyncio.Task[int]] = field(default_factory=list)
+    cards: dict[str, _Piece] = field(default_factory=dict)
+    music: ChunkSink | None = None
+    encodes: list[asyncio.Task[int | None]] = field(default_factory=list)
+
+    @property
+    def style(self) -> CaptionStyle:
+        return CaptionStyle(
+            highlight=self.finishing.highlight_words,
+            highlight_color=self.finishing.highlight_color,
+            box=self.finishing.caption_box,
+        )
+
+    def timeline(self) -> list[_Piece]:
+        """The pieces in showing order: title card, scenes, end card."""
+        scenes = [self.scenes[i].piece for i in range(self.scene_count)]
+        pieces = [self.cards.get("title"), *scenes, self.cards.get("end")]
+        return [piece for piece in pieces if piece is not None]
+
+    def position(self, scene_index: int) -> int:
+        return scene_index + ("title" in self.cards)
+
+    @property
+    def piece_count(self) -> int:
+        return self.scene_count + len(self.cards)
 
 
 class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
     def __init__(self, settings: AssemblerSettings) -> None:
         self._settings = settings
         self._exe = ffmpeg_exe()
+        # Probed once at start-up: an explicit h264_nvenc on a machine without it stops the service with the reason.
+        self._encoder = select_encoder(self._exe, settings.video_encoder)
         # Shared by all calls: the machine's cores are the limit, not one call's scenes.
         self._encode_slots = asyncio.Semaphore(settings.encoders)
 
@@ -89,22 +148,29 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
                 if assembly is None:
                     raise InvalidArgument("the request stream was empty; send `start` first")
                 self._check_complete(assembly)
-                while assembly.encodes:
-                    await asyncio.wait(assembly.encodes, return_when=asyncio.FIRST_COMPLETED)
-                    for event in _finished_encodes(assembly):
-                        yield event
-                yield _progress(assembly, pb.ASSEMBLY_STAGE_MUXING)
-                movie = await self._mux(assembly)
+                soundtrack = asyncio.create_task(self._soundtrack(assembly))
+                try:
+                    while assembly.encodes:
+                        await asyncio.wait(assembly.encodes, return_when=asyncio.FIRST_COMPLETED)
+                        for event in _finished_encodes(assembly):
+                            yield event
+                    yield _progress(assembly, pb.ASSEMBLY_STAGE_MUXING)
+                    parts = await self._join_parts(assembly)
+                    sound, loudness = await soundtrack
+                finally:
+                    await _cancel([soundtrack])
+                movie, sidecars = await self._mux(assembly, parts, sound)
                 yield _progress(assembly, pb.ASSEMBLY_STAGE_DONE)
                 for chunk in iter_file_chunks(movie):
                     yield pb.AssembleResponse(chunk=chunk)
-                yield pb.AssembleResponse(summary=_summary(assembly, movie))
+                yield pb.AssembleResponse(summary=_summary(assembly, movie, sidecars, loudness))
             finally:
                 if assembly is not None:
                     await _cancel(assembly.encodes)
-                    for scene in assembly.scenes.values():
-                        scene.visual.close()
-                        scene.narration.close()
+                    sinks = [sink for scene in assembly.scenes.values() for sink in (scene.visual, scene.narration)]
+                    for sink in [*sinks, assembly.music]:
+                        if sink is not None:
+                            sink.close()
 
     def _open(self, message: pb.AssembleRequest, folder: Path) -> _Assembly:
         if not message.HasField("start"):
@@ -117,14 +183,41 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             raise InvalidArgument(
                 f"start.scene_count must be 1 to {self._settings.assembler_max_scenes} (got {start.scene_count})"
             )
-        return _Assembly(
+        output = output_format(start.output, "start.output")
+        finishing = finishing_options(start.finishing, "start.finishing")
+        lead_ms = start.scene_lead_ms if start.HasField("scene_lead_ms") else self._settings.scene_lead_ms
+        tail_ms = start.scene_tail_ms if start.HasField("scene_tail_ms") else self._settings.scene_tail_ms
+        transition_ms = finishing.transition_ms or self._settings.fade_ms
+        crossfade_frames = 0
+        if finishing.transition == "crossfade":
+            # Capped by the silence around the narrations, so two voices never overlap (an avatar video has none).
+            crossfade_frames = math.floor(min(transition_ms, lead_ms + tail_ms) * output.fps / 1000)
+        assembly = _Assembly(
             folder=folder,
-            output=output_format(start.output, "start.output"),
+            output=output,
             scene_count=start.scene_count,
             title=checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
-            lead_ms=start.scene_lead_ms if start.HasField("scene_lead_ms") else self._settings.scene_lead_ms,
-            tail_ms=start.scene_tail_ms if start.HasField("scene_tail_ms") else self._settings.scene_tail_ms,
+            lead_ms=lead_ms,
+            tail_ms=tail_ms,
+            finishing=finishing,
+            crossfade_frames=crossfade_frames,
+            fade_frames=0 if finishing.transition == "cut" else round(transition_ms * output.fps / 1000),
         )
+        for name, card in (("title", finishing.title_card), ("end", finishing.end_card)):
+            if card is not None:
+                assembly.cards[name] = self._card(assembly, name, card)
+        if "title" in assembly.cards:
+            self._start_encode(assembly, assembly.cards["title"], 0, scene_index=None)
+        if "end" in assembly.cards:
+            self._start_encode(assembly, assembly.cards["end"], assembly.piece_count - 1, scene_index=None)
+        return assembly
+
+    def _card(self, assembly: _Assembly, name: str, card: CardText) -> _Piece:
+        png = assembly.folder / f"card-{name}.png"
+        render_card(card.title, card.subtitle, assembly.output, png, background=assembly.finishing.pad_color)
+        frames = max(math.ceil(card.duration_ms * assembly.output.fps / 1000), 2 * assembly.crossfade_frames + 1)
+        plan = ScenePlan(index=-1, frames=frames, fps=assembly.output.fps, lead_ms=0, cues=())
+        return _Piece(plan=plan, visual=png, is_clip=False)
 
     def _receive(self, assembly: _Assembly, message: pb.AssembleRequest) -> list[pb.AssembleResponse]:
         kind = message.WhichOneof("payload")
@@ -133,7 +226,18 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             return []
         if kind == "chunk":
             return self._add_chunk(assembly, message.chunk)
-        raise InvalidArgument(f"unexpected `{kind}` message after `start`; send `scene` and `chunk` messages")
+        if kind == "music":
+            self._add_music(assembly, message.music)
+            return []
+        raise InvalidArgument(f"unexpected `{kind}` message after `start`; send `music`, `scene` and `chunk` messages")
+
+    def _add_music(self, assembly: _Assembly, start: pb.MusicStart) -> None:
+        if assembly.music is not None:
+            raise InvalidArgument("music was announced twice; send at most one `music` message")
+        extension = _extension(start.music.mime_type, ("audio/",), "music.music.mime_type")
+        assembly.music = ChunkSink(
+            assembly.folder / f"music{extension}", start.music.size_bytes, "music", self._settings.max_asset_bytes
+        )
 
     def _add_scene(self, assembly: _Assembly, start: pb.SceneStart) -> None:
         index = start.scene_index
@@ -160,6 +264,11 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         )
 
     def _add_chunk(self, assembly: _Assembly, chunk: pb.SceneChunk) -> list[pb.AssembleResponse]:
+        if chunk.role == pb.ASSET_ROLE_MUSIC:
+            if assembly.music is None:
+                raise InvalidArgument("a music chunk arrived before the `music` message; announce the music first")
+            assembly.music.write(chunk.chunk)
+            return []
         scene = assembly.scenes.get(chunk.scene_index)
         if scene is None:
             raise InvalidArgument(f"chunk for scene {chunk.scene_index} arrived before its `scene` message")
@@ -168,17 +277,17 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         elif chunk.role == pb.ASSET_ROLE_NARRATION:
             sink = scene.narration
         else:
-            raise InvalidArgument(f"chunk.role for scene {chunk.scene_index} must be VISUAL or NARRATION")
+            raise InvalidArgument(f"chunk.role for scene {chunk.scene_index} must be VISUAL, NARRATION or MUSIC")
         was_ready = scene.visual.complete and scene.narration.complete
         sink.write(chunk.chunk)
         if was_ready or not (scene.visual.complete and scene.narration.complete):
             return []
-        self._plan(assembly, scene)
-        assembly.encodes.append(asyncio.create_task(self._encode(assembly, scene)))
+        scene.piece = self._plan(assembly, scene)
+        self._start_encode(assembly, scene.piece, assembly.position(scene.index), scene_index=scene.index)
         return [_progress(assembly, pb.ASSEMBLY_STAGE_SCENE_RECEIVED, scene.index)]
 
-    def _plan(self, assembly: _Assembly, scene: _Scene) -> None:
-        """Checks both assets decode, then fixes the scene's length from the narration actually received."""
+    def _plan(self, assembly: _Assembly, scene: _Scene) -> _Piece:
+        """Checks both assets decode, then fixes the scene's length from the narration actually kept."""
         field_name = f"scene[{scene.index}]"
         visual = probe(scene.visual.path, f"{field_name}.visual")
         narration = probe(scene.narration.path, f"{field_name}.narration")
@@ -186,79 +295,181 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             raise InvalidArgument(f"{field_name}.visual has no picture")
         if not narration.has_audio or narration.duration_ms <= 0:
             raise InvalidArgument(f"{field_name}.narration has no audio")
+        kept = (0, narration.duration_ms)
+        pad = assembly.finishing.silence_pad_ms
+        if pad is not None and scene.start.narration.mime_type != _OWN_SOUND:
+            kept = audio.kept_span(audio.speech_bounds(scene.narration.path), narration.duration_ms, pad)
+            if kept[1] <= kept[0]:
+                raise InvalidArgument(f"{field_name}.narration is silent; check the speech provider's output")
+        kept_ms = kept[1] - kept[0]
         timings = scene.start.narration.timings
-        spoken = [SpokenText(t.text, t.start_ms, t.end_ms) for t in timings] or spread_sentences(
-            scene.start.scene.narration, narration.duration_ms
-        )
+        spoken = [
+            SpokenText(t.text, max(0, t.start_ms - kept[0]), min(kept_ms, max(0, t.end_ms - kept[0]))) for t in timings
+        ] or spread_sentences(scene.start.scene.narration, kept_ms)
         words = bool(timings) and all(t.kind == TIMING_KIND_WORD for t in timings)
-        scene.plan = plan_scene(
+        plan = plan_scene(
             scene.index,
-            narration.duration_ms,
+            kept_ms,
             spoken,
             assembly.output,
             assembly.lead_ms,
             assembly.tail_ms,
             narration=scene.start.scene.narration if words else "",
         )
-
-    async def _encode(self, assembly: _Assembly, scene: _Scene) -> int:
-        plan = scene.plan
-        assert plan is not None
+        # A scene holds its cross-fades in and out and one frame of its own.
+        plan = _at_least_frames(plan, 2 * assembly.crossfade_frames + 1)
         is_clip = scene.start.visual.mime_type.startswith("video/")
-        ass_path = None
+        return _Piece(plan, scene.visual.path, is_clip, narration=scene.narration.path, kept_ms=kept)
+
+    def _start_encode(self, assembly: _Assembly, piece: _Piece, position: int, scene_index: int | None) -> None:
+        first, last = position == 0, position == assembly.piece_count - 1
+        crossfade = assembly.crossfade_frames
+        if crossfade:
+            # Cross-fades between pieces; the video still fades in from black and out to black at its ends.
+            fade_in = min(assembly.fade_frames, piece.plan.frames // 3) if first else 0
+            fade_out = min(assembly.fade_frames, piece.plan.frames // 3) if last else 0
+        else:
+            fade_in = fade_out = min(assembly.fade_frames, piece.plan.frames // 3)
+        name = f"piece-{position}"
+        style = assembly.style
+        clip_captions = None
         still_runs: list[tuple[int, Path | None]] = []
-        if is_clip and plan.cues:
-            ass_path = assembly.folder / f"captions-{scene.index}.ass"
-            captions.write_scene_ass(plan, assembly.output, ass_path)
-        elif not is_clip:
-            for run, (frames, text) in enumerate(caption_runs(plan)):
+        if piece.is_clip and piece.plan.cues:
+            clip_captions = assembly.folder / f"{name}.ass"
+            captions.write_scene_ass(piece.plan, assembly.output, style, clip_captions)
+        elif not piece.is_clip:
+            for run, (frames, shown) in enumerate(caption_runs(piece.plan, style)):
                 run_path = None
-                if text is not None:
-                    run_path = assembly.folder / f"captions-{scene.index}-{run}.ass"
-                    captions.write_still_caption(text, assembly.output, run_path)
+                if shown is not None:
+                    run_path = assembly.folder / f"{name}-caption-{run}.ass"
+                    captions.write_still_caption(shown, assembly.output, style, run_path)
                 still_runs.append((frames, run_path))
-        fade_frames = min(round(self._settings.fade_ms * plan.fps / 1000), plan.frames // 3)
-        segment = assembly.folder / f"segment-{scene.index}.mp4"
-        job = SegmentJob(
-            visual=scene.visual.path,
-            is_clip=is_clip,
-            plan=plan,
-            captions=ass_path,
-            fade_frames=fade_frames,
-            output_path=segment,
+        piece.job = SegmentJob(
+            piece.visual,
+            piece.is_clip,
+            piece.plan,
+            assembly.folder / f"{name}.mp4",
+            captions=clip_captions,
             still_runs=tuple(still_runs),
+            fade_in_frames=fade_in,
+            fade_out_frames=fade_out,
+            fit=Fit(assembly.finishing.fit),
+            pad_color=assembly.finishing.pad_color,
+            fonts_dir=captions.caption_fonts_dir_for(piece.plan.cues),
+            head_frames=0 if first else crossfade,
+            tail_frames=0 if last else crossfade,
         )
+        assembly.encodes.append(asyncio.create_task(self._encode(assembly, piece.job, scene_index)))
+
+    async def _encode(self, assembly: _Assembly, job: SegmentJob, scene_index: int | None) -> int | None:
         async with self._encode_slots:
-            await run_ffmpeg(segment_command(self._exe, job, assembly.output), self._settings.ffmpeg_timeout_seconds)
-        scene.segment = segment
-        return scene.index
+            await run_ffmpeg(
+                segment_command(self._exe, job, assembly.output, self._encoder), self._settings.ffmpeg_timeout_seconds
+            )
+        if scene_index is not None:
+            assembly.scenes[scene_index].encoded = True
+        return scene_index
 
     def _check_complete(self, assembly: _Assembly) -> None:
         missing = [i for i in range(assembly.scene_count) if i not in assembly.scenes]
         if missing:
             raise InvalidArgument(f"the stream ended before scenes {missing} were sent; send every scene")
-        for scene in assembly.scenes.values():
-            for sink in (scene.visual, scene.narration):
-                if not sink.complete:
-                    raise InvalidArgument(
-                        f"the stream ended with scene[{scene.index}] asset {sink.path.stem} at "
-                        f"{sink.received_bytes} of {sink.expected_bytes} bytes; send the whole asset"
-                    )
+        sinks = [(f"scene[{s.index}]", sink) for s in assembly.scenes.values() for sink in (s.visual, s.narration)]
+        if assembly.music is not None:
+            sinks.append(("music", assembly.music))
+        for owner, sink in sinks:
+            if not sink.complete:
+                raise InvalidArgument(
+                    f"the stream ended with {owner} asset {sink.path.stem} at {sink.received_bytes} of "
+                    f"{sink.expected_bytes} bytes; send the whole asset"
+                )
 
-    async def _mux(self, assembly: _Assembly) -> Path:
-        ordered = [assembly.scenes[i] for i in range(assembly.scene_count)]
-        plans = [scene.plan for scene in ordered if scene.plan is not None]
-        segments = [scene.segment for scene in ordered if scene.segment is not None]
+    async def _soundtrack(self, assembly: _Assembly) -> tuple[Path, audio.LoudnessMeasurement]:
+        """Mixes narration and music for the whole timeline, normalises its loudness and measures the result."""
+        timeout = self._settings.ffmpeg_timeout_seconds
+        music = None
+        if assembly.music is not None:
+            if not probe(assembly.music.path, "music").has_audio:
+                raise InvalidArgument("music has no audio; send an audio file (MP3, WAV, OGG, FLAC, M4A)")
+            options = assembly.finishing.music
+            music = audio.MusicBed(assembly.music.path, options.gain_db, options.duck, options.fade_ms)
+        tracks = [
+            audio.SceneAudio(piece.narration, *piece.kept_ms, piece.plan.lead_ms, piece.plan.duration_s)
+            for piece in assembly.timeline()
+        ]
+        mix = assembly.folder / "mix.wav"
+        crossfade_s = assembly.crossfade_frames / assembly.output.fps
+        await run_ffmpeg(audio.mix_command(self._exe, tracks, crossfade_s, music, mix), timeout)
+        measured = audio.parse_measurement(await run_ffmpeg(audio.measure_command(self._exe, mix), timeout))
+        target = assembly.finishing.loudness
+        if target is None:
+            return mix, measured
+        final = assembly.folder / "soundtrack.wav"
+        loudness = audio.LoudnessTarget(target.integrated_lufs, target.true_peak_dbtp)
+        await run_ffmpeg(audio.normalize_command(self._exe, mix, loudness, measured, final), timeout)
+        return final, audio.parse_measurement(await run_ffmpeg(audio.measure_command(self._exe, final), timeout))
+
+    async def _join_parts(self, assembly: _Assembly) -> list[Path]:
+        """The video's parts in order; with cross-fades, encodes each blend of a tail into the next head first."""
+        jobs = [piece.job for piece in assembly.timeline() if piece.job is not None]
+        if not assembly.crossfade_frames:
+            return [job.output_path for job in jobs]
+
+        async def blend(position: int) -> Path:
+            tail, head = jobs[position].tail_path, jobs[position + 1].head_path
+            assert tail is not None and head is not None
+            path = assembly.folder / f"crossfade-{position}.mp4"
+            command = transition_command(
+                self._exe, tail, head, assembly.crossfade_frames, assembly.output, path, self._encoder
+            )
+            async with self._encode_slots:
+                await run_ffmpeg(command, self._settings.ffmpeg_timeout_seconds)
+            return path
+
+        blends = await asyncio.gather(*(blend(position) for position in range(len(jobs) - 1)))
+        parts = [jobs[0].output_path]
+        for blended, job in zip(blends, jobs[1:], strict=True):
+            parts += [blended, job.output_path]
+        return parts
+
+    async def _mux(self, assembly: _Assembly, parts: list[Path], sound: Path) -> tuple[Path, list[SubtitleFile]]:
+        plans, offsets = _scene_timeline(assembly)
         segment_list = assembly.folder / "segments.txt"
-        segment_list.write_text(concat_list(segments))
+        segment_list.write_text(concat_list(parts))
         subtitles = None
+        sidecars: list[SubtitleFile] = []
         if assembly.output.captions and any(plan.cues for plan in plans):
             subtitles = assembly.folder / "captions.srt"
-            captions.write_srt(plans, subtitles)
+            captions.write_srt(plans, offsets, subtitles)
+            documents = {"srt": captions.srt_document, "vtt": captions.vtt_document}
+            formats = {"srt": SUBTITLE_FORMAT_SRT, "vtt": SUBTITLE_FORMAT_WEBVTT}
+            sidecars = [
+                SubtitleFile(format=formats[name], text=documents[name](plans, offsets))
+                for name in assembly.finishing.sidecars
+            ]
         movie = assembly.folder / "movie.mp4"
-        job = MuxJob(segment_list, [scene.narration.path for scene in ordered], plans, subtitles, movie, assembly.title)
-        await run_ffmpeg(mux_command(self._exe, job), self._settings.ffmpeg_timeout_seconds)
-        return movie
+        await run_ffmpeg(
+            mux_command(self._exe, MuxJob(segment_list, sound, subtitles, movie, assembly.title)),
+            self._settings.ffmpeg_timeout_seconds,
+        )
+        return movie, sidecars
+
+
+def _at_least_frames(plan: ScenePlan, minimum: int) -> ScenePlan:
+    return plan if plan.frames >= minimum else dataclasses.replace(plan, frames=minimum)
+
+
+def _scene_timeline(assembly: _Assembly) -> tuple[list[ScenePlan], list[int]]:
+    """Each scene's plan and its start on the video's timeline in milliseconds (cards and cross-fades counted)."""
+    starts: dict[int, int] = {}
+    frame = 0
+    for piece in assembly.timeline():
+        starts[id(piece)] = frame
+        frame += piece.plan.frames - assembly.crossfade_frames
+    pieces = [assembly.scenes[i].piece for i in range(assembly.scene_count)]
+    plans = [piece.plan for piece in pieces if piece is not None]
+    offsets = [round(starts[id(piece)] * 1000 / assembly.output.fps) for piece in pieces if piece is not None]
+    return plans, offsets
 
 
 def _extension(mime_type: str, allowed: tuple[str, ...], field_name: str) -> str:
@@ -268,17 +479,19 @@ def _extension(mime_type: str, allowed: tuple[str, ...], field_name: str) -> str
 
 
 def _finished_encodes(assembly: _Assembly) -> list[pb.AssembleResponse]:
-    """Reports encodes that finished (re-raising their errors) and drops them from the pending list."""
+    """Reports scene encodes that finished (re-raising their errors) and drops them from the pending list."""
     done = [task for task in assembly.encodes if task.done()]
     events = []
     for task in done:
         assembly.encodes.remove(task)
-        events.append(_progress(assembly, pb.ASSEMBLY_STAGE_SCENE_ENCODED, task.result()))
+        scene_index = task.result()
+        if scene_index is not None:
+            events.append(_progress(assembly, pb.ASSEMBLY_STAGE_SCENE_ENCODED, scene_index))
     return events
 
 
 def _progress(assembly: _Assembly, stage: int, scene_index: int = 0) -> pb.AssembleResponse:
-    encoded = sum(1 for scene in assembly.scenes.values() if scene.segment is not None)
+    encoded = sum(1 for scene in assembly.scenes.values() if scene.encoded)
     return pb.AssembleResponse(
         progress=pb.AssemblyProgress(
             stage=stage, scene_index=scene_index, scenes_encoded=encoded, scene_count=assembly.scene_count
@@ -286,19 +499,25 @@ def _progress(assembly: _Assembly, stage: int, scene_index: int = 0) -> pb.Assem
     )
 
 
-def _summary(assembly: _Assembly, movie: Path) -> pb.AssemblySummary:
-    plans = [assembly.scenes[i].plan for i in range(assembly.scene_count)]
-    frames = sum(plan.frames for plan in plans if plan is not None)
+def _summary(
+    assembly: _Assembly, movie: Path, sidecars: list[SubtitleFile], loudness: audio.LoudnessMeasurement
+) -> pb.AssemblySummary:
+    pieces = assembly.timeline()
+    frames = sum(piece.plan.frames for piece in pieces) - (len(pieces) - 1) * assembly.crossfade_frames
+    plans, offsets = _scene_timeline(assembly)
     return pb.AssemblySummary(
         duration_ms=round(frames * 1000 / assembly.output.fps),
         size_bytes=movie.stat().st_size,
         width=assembly.output.width,
         height=assembly.output.height,
-        scene_duration_ms=[plan.duration_ms for plan in plans if plan is not None],
+        scene_duration_ms=[plan.duration_ms for plan in plans],
+        subtitles=sidecars,
+        integrated_lufs=loudness.integrated_lufs,
+        scene_start_ms=offsets,
     )
 
 
-async def _cancel(tasks: list[asyncio.Task[int]]) -> None:
+async def _cancel(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -85,8 +85,11 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-async def run_ffmpeg(argv: list[str], timeout_seconds: float) -> None:
-    """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and reports stderr's tail on failure."""
+async def run_ffmpeg(argv: list[str], timeout_seconds: float) -> str:
+    """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and reports stderr's tail on failure.
+
+    Returns FFmpeg's stderr, where analysis filters (loudnorm, ebur128) print what they measured.
+    """
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
@@ -99,10 +102,12 @@ async def run_ffmpeg(argv: list[str], timeout_seconds: float) -> None:
         # Cancelled (the caller went away) or anything else: never leave an FFmpeg process behind.
         await _kill(process)
         raise
+    text = stderr.decode("utf-8", "replace")
     if process.returncode != 0:
-        tail = stderr.decode("utf-8", "replace")[-_STDERR_TAIL_CHARS:]
+        tail = text[-_STDERR_TAIL_CHARS:]
         _LOGGER.warning("ffmpeg failed (%d): %s\n%s", process.returncode, " ".join(argv), tail)
         raise MediaError(f"ffmpeg exited with {process.returncode}: {tail.strip().splitlines()[-1] if tail else ''}")
+    return text
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:

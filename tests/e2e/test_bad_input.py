@@ -76,6 +76,8 @@ def services(service_tmp: Path, results: Path, tmp_path_factory: pytest.TempPath
     env = {
         "TMPDIR": str(service_tmp),
         "RENDER_OUTPUT_DIR": str(results),
+        # The spend ledger would otherwise sit among the results (its default folder), which hold only MP4s here.
+        "SPEND_LEDGER_PATH": str(tmp_path_factory.mktemp("bad-input-ledger") / "spend.sqlite3"),
         "IMAGE_PROVIDER": "slides",
         "TTS_PROVIDER": "piper",
         "VIDEO_PROVIDER": "",

@@ -2,23 +2,46 @@
 
 from pathlib import Path
 
-from services.assembler.ffmpeg import MuxJob, SegmentJob, concat_list, mux_command, segment_command
-from services.assembler.plan import Cue, ScenePlan
+import pytest
+
+from services.assembler.ffmpeg import (
+    Encoder,
+    Fit,
+    MuxJob,
+    SegmentJob,
+    concat_list,
+    mux_command,
+    segment_command,
+    transition_command,
+)
+from services.assembler.plan import ScenePlan
 from services.common.output import OutputFormat
 from services.common.providers import Quality
 
 OUTPUT = OutputFormat(1280, 720, 30, True, Quality.STANDARD, "16:9")
-PLAN = ScenePlan(index=0, frames=90, fps=30, lead_ms=300, cues=(Cue("Hello.", 300, 1200),))
+PLAN = ScenePlan(index=0, frames=90, fps=30, lead_ms=300, cues=())
 
 
 def _filter_graph(argv: list[str]) -> str:
     return argv[argv.index("-filter_complex") + 1]
 
 
+def _after(argv: list[str], flag: str, start: int = 0) -> str:
+    return argv[argv.index(flag, start) + 1]
+
+
 def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
     runs = ((9, None), (27, Path("/w/captions-0-1.ass")), (54, None))
-    job = SegmentJob(Path("/w/visual-0.png"), False, PLAN, None, 12, Path("/w/segment-0.mp4"), runs)
-    argv = segment_command("ffmpeg", job, OUTPUT)
+    job = SegmentJob(
+        Path("/w/visual-0.png"),
+        False,
+        PLAN,
+        Path("/w/segment-0.mp4"),
+        still_runs=runs,
+        fade_in_frames=12,
+        fade_out_frames=6,
+    )
+    argv = segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
     assert argv[:3] == ["ffmpeg", "-i", "/w/visual-0.png"]
     assert "-loop" not in argv and "-stream_loop" not in argv
     graph = _filter_graph(argv)
@@ -26,75 +49,161 @@ def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
     assert graph.index("format=yuv420p") < graph.index("split=3")
     assert graph.index("ass=filename=/w/captions-0-1.ass") < graph.index("loop=loop=26:size=1:start=0")
     assert "loop=loop=8:size=1:start=0" in graph and "loop=loop=53:size=1:start=0" in graph
+    # Each repeated frame gets an exact timestamp in frames (1/30 s), whatever the image's own time base.
+    assert graph.count("settb=1/30") == 3 and graph.count("setpts=N[") == 3
     assert "concat=a=0:n=3:v=1" in graph
     assert "scale=1280:720:force_original_aspect_ratio=decrease" in graph
     assert "pad=1280:720:(ow-iw)/2:(oh-ih)/2:color=black" in graph
     assert "fade=nb_frames=12:start_frame=0:type=in" in graph
-    assert "fade=nb_frames=12:start_frame=78:type=out" in graph
-    assert argv[argv.index("-frames:v") + 1] == "90"
-    assert argv[argv.index("-c:v") + 1] == "libx264"
-    assert argv[argv.index("-pix_fmt") + 1] == "yuv420p"
+    assert "fade=nb_frames=6:start_frame=84:type=out" in graph
+    assert "trim=" not in graph and "ffv1" not in argv
+    assert _after(argv, "-frames:v") == "90"
+    assert _after(argv, "-c:v") == "libx264"
+    assert _after(argv, "-pix_fmt") == "yuv420p"
     assert "-an" in argv
     assert argv[-1] == "-y" and "/w/segment-0.mp4" in argv
 
 
 def test_clip_is_looped_resampled_and_cut_to_the_frame_count() -> None:
-    job = SegmentJob(Path("/w/visual-1.mp4"), True, PLAN, None, 0, Path("/w/segment-1.mp4"))
-    argv = segment_command("ffmpeg", job, OUTPUT)
+    job = SegmentJob(Path("/w/visual-1.mp4"), True, PLAN, Path("/w/segment-1.mp4"))
+    argv = segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
     assert argv[1:5] == ["-stream_loop", "-1", "-i", "/w/visual-1.mp4"]
     graph = _filter_graph(argv)
     assert graph.startswith("[0:v]fps=fps=30")
     assert "ass=" not in graph and "fade=" not in graph
-    assert argv[argv.index("-frames:v") + 1] == "90"
+    assert _after(argv, "-frames:v") == "90"
     assert "-an" in argv
 
 
-def test_quality_picks_the_x264_preset() -> None:
-    job = SegmentJob(Path("/w/v.png"), False, PLAN, None, 0, Path("/w/s.mp4"))
-    for quality, preset, crf in ((Quality.DRAFT, "ultrafast", "28"), (Quality.HD, "medium", "20")):
+def test_every_ass_filter_gets_the_fonts_dir() -> None:
+    fonts = Path("/w/fonts")
+    still = SegmentJob(
+        Path("/w/v.png"),
+        False,
+        PLAN,
+        Path("/w/s.mp4"),
+        still_runs=((30, Path("/w/a.ass")), (60, Path("/w/b.ass"))),
+        fonts_dir=fonts,
+    )
+    clip = SegmentJob(Path("/w/v.mp4"), True, PLAN, Path("/w/s.mp4"), captions=Path("/w/c.ass"), fonts_dir=fonts)
+    for job, count in ((still, 2), (clip, 1)):
+        graph = _filter_graph(segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264))
+        assert graph.count("ass=filename=") == count
+        assert graph.count(":fontsdir=/w/fonts") == count
+    plain = SegmentJob(Path("/w/v.mp4"), True, PLAN, Path("/w/s.mp4"), captions=Path("/w/c.ass"))
+    assert "fontsdir" not in _filter_graph(segment_command("ffmpeg", plain, OUTPUT, Encoder.LIBX264))
+
+
+def test_fit_modes_build_their_framing() -> None:
+    def graph(fit: Fit, **options: str) -> str:
+        job = SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4"), fit=fit, **options)
+        return _filter_graph(segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264))
+
+    assert "pad=1280:720:(ow-iw)/2:(oh-ih)/2:color=#1a2b3c" in graph(Fit.PAD_COLOR, pad_color="#1a2b3c")
+    crop = graph(Fit.CROP)
+    assert "scale=1280:720:force_original_aspect_ratio=increase" in crop and "crop=1280:720" in crop
+    assert "pad=" not in crop
+    blur = graph(Fit.PAD_BLUR)
+    # The backdrop is blurred at an eighth of the output size, then scaled up behind the fitted picture.
+    assert blur.index("scale=160:90:force_original_aspect_ratio=increase") < blur.index("gblur=sigma=4")
+    assert blur.index("gblur=sigma=4") < blur.index("scale=1280:720[")
+    assert "scale=1280:720:force_original_aspect_ratio=decrease" in blur
+    assert "overlay=eof_action=repeat:x=(W-w)/2:y=(H-h)/2" in blur
+    # Framing still happens once, before the still is repeated.
+    assert blur.index("overlay=") < blur.index("loop=")
+
+
+def test_head_and_tail_are_split_off_to_lossless_files_in_the_same_run() -> None:
+    job = SegmentJob(
+        Path("/w/v.png"), False, PLAN, Path("/w/segment-2.mp4"), head_frames=10, tail_frames=12, fade_in_frames=5
+    )
+    assert job.head_path == Path("/w/segment-2-head.mkv") and job.tail_path == Path("/w/segment-2-tail.mkv")
+    assert job.body_frames == 68
+    argv = segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
+    graph = _filter_graph(argv)
+    assert graph.index("fade=") < graph.index("split=3")
+    assert "trim=end_frame=78:start_frame=10" in graph
+    assert "trim=end_frame=10:start_frame=0" in graph
+    assert "trim=end_frame=90:start_frame=78" in graph
+    body, head, tail = (argv.index(path) for path in ("/w/segment-2.mp4", str(job.head_path), str(job.tail_path)))
+    assert body < head < tail
+    assert _after(argv, "-frames:v") == "68" and _after(argv, "-c:v") == "libx264"
+    head_start = argv.index("-map", body)
+    assert argv[head_start:head].count("ffv1") == 1 and _after(argv, "-frames:v", head_start) == "10"
+    tail_start = argv.index("-map", head)
+    assert argv[tail_start:tail].count("ffv1") == 1 and _after(argv, "-frames:v", tail_start) == "12"
+    no_tail = SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4"), head_frames=10)
+    assert no_tail.tail_path is None and "split=2" in _filter_graph(
+        segment_command("ffmpeg", no_tail, OUTPUT, Encoder.LIBX264)
+    )
+
+
+def test_frame_counts_that_leave_no_body_are_refused() -> None:
+    job = SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4"), head_frames=45, tail_frames=45)
+    with pytest.raises(ValueError, match="leave no body"):
+        segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
+
+
+def test_transition_cross_fades_with_the_segment_encoder_settings() -> None:
+    argv = transition_command(
+        "ffmpeg", Path("/w/s0-tail.mkv"), Path("/w/s1-head.mkv"), 12, OUTPUT, Path("/w/x01.mp4"), Encoder.LIBX264
+    )
+    assert argv[1:5] == ["-i", "/w/s0-tail.mkv", "-i", "/w/s1-head.mkv"]
+    graph = _filter_graph(argv)
+    assert graph.count("settb=1/30") == 2
+    # duration (12 + 1) / 30 s starting one frame early: frame k shows (k + 1) / 13 of the head.
+    assert "xfade=duration=0.433333:offset=-0.033333:transition=fade" in graph
+    segment = segment_command(
+        "ffmpeg", SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4")), OUTPUT, Encoder.LIBX264
+    )
+    for flag in ("-c:v", "-preset", "-crf", "-pix_fmt", "-r"):
+        assert _after(argv, flag) == _after(segment, flag)
+    assert _after(argv, "-frames:v") == "12" and "-an" in argv
+
+
+def test_quality_picks_the_encoder_preset() -> None:
+    job = SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4"))
+    cases = (
+        (Encoder.LIBX264, Quality.DRAFT, {"-preset": "ultrafast", "-crf": "28"}),
+        (Encoder.LIBX264, Quality.HD, {"-preset": "medium", "-crf": "20"}),
+        (Encoder.H264_NVENC, Quality.DRAFT, {"-preset": "p1", "-cq": "28", "-rc": "vbr", "-b:v": "0"}),
+        (Encoder.H264_NVENC, Quality.STANDARD, {"-preset": "p4", "-cq": "23"}),
+        (Encoder.H264_NVENC, Quality.HD, {"-preset": "p6", "-cq": "20"}),
+    )
+    for encoder, quality, expected in cases:
         output = OutputFormat(1280, 720, 30, True, quality, "16:9")
-        argv = segment_command("ffmpeg", job, output)
-        assert argv[argv.index("-preset") + 1] == preset
-        assert argv[argv.index("-crf") + 1] == crf
+        argv = segment_command("ffmpeg", job, output, encoder)
+        assert _after(argv, "-c:v") == encoder.value
+        assert {flag: _after(argv, flag) for flag in expected} == expected
+        assert ("-crf" in argv) == (encoder is Encoder.LIBX264)
 
 
-def test_mux_copies_video_and_encodes_the_narration_once() -> None:
-    second = ScenePlan(index=1, frames=45, fps=30, lead_ms=300, cues=())
+def test_mux_copies_video_and_encodes_the_finished_audio() -> None:
     job = MuxJob(
         Path("/w/segments.txt"),
-        [Path("/w/n0.wav"), Path("/w/n1.mp3")],
-        [PLAN, second],
+        Path("/w/mix.wav"),
         Path("/w/c.srt"),
         Path("/w/movie.mp4"),
         title="Ladders: a 'safe' start",
     )
     argv = mux_command("ffmpeg", job)
-    assert argv[argv.index("-metadata") + 1] == "title=Ladders: a 'safe' start"
-    assert argv[1:7] == ["-f", "concat", "-safe", "0", "-i", "/w/segments.txt"]
-    graph = _filter_graph(argv)
-    assert "adelay=all=1:delays=300" in graph
-    assert "atrim=end=3.000000" in graph and "atrim=end=1.500000" in graph
-    assert "concat=a=1:n=2:v=0" in graph
-    assert argv[argv.index("-c:v") + 1] == "copy"
-    assert argv[argv.index("-c:a") + 1] == "aac"
-    assert argv[argv.index("-c:s") + 1] == "mov_text"
-    assert argv[argv.index("-movflags") + 1] == "+faststart"
-    assert ["-map", "0:v"] == argv[argv.index("-map") : argv.index("-map") + 2]
+    assert _after(argv, "-metadata") == "title=Ladders: a 'safe' start"
+    assert argv[1:9] == ["-f", "concat", "-safe", "0", "-i", "/w/segments.txt", "-i", "/w/mix.wav"]
+    assert "-filter_complex" not in argv
+    maps = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-map"]
+    assert maps == ["0:v", "1:a", "2:s"]
+    assert _after(argv, "-c:v") == "copy"
+    assert _after(argv, "-c:a") == "aac" and _after(argv, "-b:a") == "192k" and _after(argv, "-ar") == "48000"
+    assert _after(argv, "-c:s") == "mov_text"
+    assert _after(argv, "-movflags") == "+faststart"
 
 
 def test_mux_without_captions_has_no_subtitle_track() -> None:
-    job = MuxJob(Path("/w/segments.txt"), [Path("/w/n0.wav")], [PLAN], None, Path("/w/movie.mp4"))
+    job = MuxJob(Path("/w/segments.txt"), Path("/w/mix.wav"), None, Path("/w/movie.mp4"))
     argv = mux_command("ffmpeg", job)
-    assert "-c:s" not in argv and "concat=" not in _filter_graph(argv)
+    assert "-c:s" not in argv and "-metadata" not in argv
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-map"] == ["0:v", "1:a"]
 
 
 def test_concat_list_quotes_paths() -> None:
     assert concat_list([Path("/w/a.mp4"), Path("/w/it's.mp4")]) == "file '/w/a.mp4'\nfile '/w/it'\\''s.mp4'\n"
-
-
-def test_caption_runs_cover_the_scene_once_per_caption_change() -> None:
-    from services.assembler.plan import caption_runs
-
-    plan = ScenePlan(index=0, frames=90, fps=30, lead_ms=300, cues=(Cue("One.", 300, 1200), Cue("Two.", 1200, 2500)))
-    assert caption_runs(plan) == [(9, None), (27, "One."), (39, "Two."), (15, None)]
-    assert caption_runs(ScenePlan(index=0, frames=30, fps=30, lead_ms=0, cues=())) == [(30, None)]

@@ -6,7 +6,14 @@ from pathlib import Path
 import pysubs2
 
 from services.assembler.captions import ass_text, write_scene_ass, write_srt
-from services.assembler.plan import SpokenText, caption_line_chars, plan_scene, split_cue
+from services.assembler.plan import (
+    CaptionStyle,
+    SpokenText,
+    caption_geometry,
+    plan_scene,
+    spread_sentences,
+    time_words,
+)
 from services.common.output import OutputFormat
 from services.common.providers import Quality
 
@@ -26,20 +33,24 @@ def test_no_cues_when_captions_are_off() -> None:
     assert plan_scene(0, 1000, [SpokenText("Hi.", 0, 1000)], output, 300, 500).cues == ()
 
 
-def test_long_sentence_is_cut_into_balanced_cues_that_share_its_time() -> None:
+def test_long_sentence_is_cut_into_cues_that_share_its_time_and_never_lose_a_word() -> None:
     sentence = SpokenText(" ".join(f"word{i}" for i in range(40)), 1000, 9000)
-    cues = split_cue(sentence, max_chars=100)
-    assert len(cues) == 3
-    assert all(len(cue.text) <= 100 for cue in cues)
+    cues = plan_scene(0, 9000, [sentence], LANDSCAPE, lead_ms=0, tail_ms=0).cues
+    # About 6400 pixels of text: three cues of two 1012-pixel lines cannot hold it, four can.
+    assert len(cues) == 4
+    assert all(len(cue.lines) <= 2 for cue in cues)
     assert " ".join(cue.text for cue in cues) == sentence.text
     assert cues[0].start_ms == 1000 and cues[-1].end_ms == 9000
     assert all(a.end_ms == b.start_ms for a, b in pairwise(cues))
-    lengths = [len(cue.text) for cue in cues]
-    assert max(lengths) - min(lengths) < 20
+    # Balanced: 40 near-equal words in four cues of 9 to 11, not three full cues and a short one.
+    counts = [len(cue.words) for cue in cues]
+    assert max(counts) - min(counts) <= 2
 
 
-def test_portrait_lines_hold_fewer_characters() -> None:
-    assert caption_line_chars(PORTRAIT) < caption_line_chars(LANDSCAPE)
+def test_portrait_captions_sit_higher_and_the_line_is_narrower() -> None:
+    landscape, portrait = caption_geometry(LANDSCAPE), caption_geometry(PORTRAIT)
+    assert portrait.bottom_margin / PORTRAIT.height > landscape.bottom_margin / LANDSCAPE.height
+    assert portrait.line_width < landscape.line_width <= LANDSCAPE.width * 0.8
 
 
 def test_ass_text_keeps_braces_and_backslashes_as_text() -> None:
@@ -49,52 +60,42 @@ def test_ass_text_keeps_braces_and_backslashes_as_text() -> None:
     assert escaped.replace("\u2060", "").replace("\\{", "{").replace("\\}", "}") == r"a {\b1} b \N c"
 
 
-def test_scene_ass_uses_output_pixels(tmp_path: Path) -> None:
+def test_scene_ass_uses_output_pixels_and_its_own_line_breaks(tmp_path: Path) -> None:
     plan = plan_scene(0, 1000, [SpokenText("Stay safe.", 0, 1000)], PORTRAIT, 300, 500)
     path = tmp_path / "c.ass"
-    write_scene_ass(plan, PORTRAIT, path)
+    write_scene_ass(plan, PORTRAIT, CaptionStyle(), path)
     subs = pysubs2.load(str(path))
-    assert subs.info["PlayResX"] == "720" and subs.info["PlayResY"] == "1280"
+    assert subs.info["PlayResX"] == "720" and subs.info["PlayResY"] == "1280" and subs.info["WrapStyle"] == "2"
     assert [event.text for event in subs] == ["Stay safe."]
-    assert subs.styles["Default"].fontsize == round(720 * 0.055)
+    style = subs.styles[subs[0].style]
+    assert (style.fontname, style.bold, style.fontsize) == ("DejaVu Sans", True, round(720 * 0.055))
 
 
-def test_srt_places_cues_on_the_video_timeline(tmp_path: Path) -> None:
+def test_srt_places_cues_at_the_given_scene_offsets(tmp_path: Path) -> None:
     first = plan_scene(0, 1000, [SpokenText("One.", 0, 1000)], LANDSCAPE, 300, 500)
     second = plan_scene(1, 1000, [SpokenText("Two.", 0, 1000)], LANDSCAPE, 300, 500)
     path = tmp_path / "c.srt"
-    write_srt([first, second], path)
+    # A cross-fade overlaps the scenes: the second starts 400 ms before the first one ends.
+    write_srt([first, second], [0, first.duration_ms - 400], path)
     subs = pysubs2.load(str(path))
-    assert [(e.plaintext, e.start) for e in subs] == [("One.", 300), ("Two.", first.duration_ms + 300)]
+    assert [(e.plaintext, e.start) for e in subs] == [("One.", 300), ("Two.", first.duration_ms - 400 + 300)]
 
 
 def test_word_timings_become_cues_with_the_written_punctuation() -> None:
-    from services.assembler.plan import cues_from_words
-
     words = [
         SpokenText(w, i * 400, i * 400 + 300)
         for i, w in enumerate(["Wet", "floors", "cause", "slips", "Look", "for", "12", "signs"])
     ]
-    cues = cues_from_words("Wet floors cause slips. Look for twelve signs!", words, max_chars=40)
+    text = "Wet floors cause slips. Look for twelve signs!"
+    cues = plan_scene(0, 3200, words, LANDSCAPE, lead_ms=300, tail_ms=0, narration=text).cues
     assert [c.text for c in cues] == ["Wet floors cause slips.", "Look for twelve signs!"]
-    assert (cues[0].start_ms, cues[0].end_ms) == (0, 1500)
-    # "twelve" was spoken as "12": it takes that word's time from its matched neighbours.
-    assert (cues[1].start_ms, cues[1].end_ms) == (1600, 3100)
+    assert (cues[0].start_ms, cues[0].end_ms) == (300, 1800)
+    # "twelve" was spoken as "12": it takes the time between its matched neighbours "for" and "signs".
+    assert [(w.text, w.start_ms, w.end_ms) for w in time_words(text, words)][6] == ("twelve", 2300, 2800)
+    assert (cues[1].start_ms, cues[1].end_ms) == (1900, 3400)
 
 
-def test_word_cues_break_at_the_length_limit() -> None:
-    from services.assembler.plan import cues_from_words
-
-    text = " ".join(f"w{i}" for i in range(30))
-    words = [SpokenText(f"w{i}", i * 100, i * 100 + 80) for i in range(30)]
-    cues = cues_from_words(text, words, max_chars=20)
-    assert all(len(c.text) <= 20 for c in cues)
-    assert " ".join(c.text for c in cues) == text
-    assert all(a.end_ms <= b.start_ms for a, b in pairwise(cues))
-
-
-def test_speech_without_timings_is_shared_between_sentences_by_length() -> None:
-    from services.assembler.plan import spread_sentences
-
-    spans = spread_sentences("Stop. Look around you now.", 2600)
-    assert [(s.text, s.start_ms, s.end_ms) for s in spans] == [("Stop.", 0, 520), ("Look around you now.", 520, 2600)]
+def test_speech_without_timings_is_shared_between_sentences_by_syllables() -> None:
+    spans = spread_sentences("Stop. Look around you now.", 2400)
+    # One syllable, then five (look, a-round, you, now).
+    assert [(s.text, s.start_ms, s.end_ms) for s in spans] == [("Stop.", 0, 400), ("Look around you now.", 400, 2400)]

@@ -101,7 +101,7 @@ def test_text_rules() -> None:
 
 @pytest.mark.parametrize("script", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=str)
 def test_example_scripts_load(script: Path) -> None:
-    request = load_script(script)
+    request = load_script(script).request
     assert len(request.scenes) >= 3
     validate_render(request, max_scenes=50)
 
