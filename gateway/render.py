@@ -447,8 +447,11 @@ class RenderJob:
 
     async def _summary(self, assembled: assembler_pb.AssemblySummary) -> render_service_pb2.RenderSummary:
         reports = [self._reports[i] for i in range(len(self._reports))]
-        for report, duration_ms in zip(reports, assembled.scene_duration_ms, strict=True):
+        for report, duration_ms, start_ms in zip(
+            reports, assembled.scene_duration_ms, assembled.scene_start_ms, strict=True
+        ):
             report.duration_ms = duration_ms
+            report.start_ms = start_ms
         return render_service_pb2.RenderSummary(
             render_id=self.render_id,
             duration_ms=assembled.duration_ms,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import pysubs2
 
 from services.assembler.plan import CaptionFrame, CaptionStyle, Cue, ScenePlan, caption_geometry, highlighted_word
-from services.common.fonts import FontFace, caption_fonts_dir
+from services.common.fonts import FontFace
 from services.common.output import OutputFormat
 
 # ASS alpha runs from 00 (opaque) to FF (transparent): the box or the shadow lets about 40 % of the picture through.
@@ -54,16 +55,6 @@ def vtt_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", " ").replace("\n", " ")
 
 
-def caption_fonts_dir_for(cues: Iterable[Cue]) -> Path | None:
-    """The `fontsdir` the `ass` filter needs for these cues, or None when fontconfig finds their font by itself.
-
-    libass copies every font in `fontsdir` into memory for each `ass` filter (19 MB for Noto Sans CJK), so it is
-    passed only where a cue is drawn with a font from there.
-    """
-    folder = caption_fonts_dir()
-    return folder if any(cue.face.path.parent == folder for cue in cues) else None
-
-
 def write_scene_ass(plan: ScenePlan, output: OutputFormat, style: CaptionStyle, path: Path) -> None:
     """Writes a clip's timed captions: one event per cue, or per spoken word when the highlight follows the words."""
     events: list[tuple[Cue, int | None, int, int]] = []
@@ -72,7 +63,7 @@ def write_scene_ass(plan: ScenePlan, output: OutputFormat, style: CaptionStyle, 
             events.append((cue, None, cue.start_ms, cue.end_ms))
             continue
         starts = [cue.start_ms, *(word.start_ms for word in cue.words[1:]), cue.end_ms]
-        for start, end in zip(starts, starts[1:], strict=False):
+        for start, end in pairwise(starts):
             if end > start:
                 events.append((cue, highlighted_word(cue, start), start, end))
     _write_ass(events, output, style, path)
@@ -84,7 +75,7 @@ def write_still_caption(frame: CaptionFrame, output: OutputFormat, style: Captio
 
 
 def _ass_colour(hex_colour: str) -> str:
-    """ "#RRGGBB" as an ASS override colour, `&HBBGGRR&`."""
+    """A colour written #RRGGBB as ASS override tags want it: `&HBBGGRR&`."""
     return f"&H{hex_colour[5:7]}{hex_colour[3:5]}{hex_colour[1:3]}&".upper()
 
 
@@ -137,6 +128,10 @@ def _write_ass(
                 outline=geometry.box_padding if style.box else geometry.outline,
                 shadow=0 if style.box else geometry.shadow,
                 alignment=pysubs2.Alignment.BOTTOM_CENTER,
+                # -1 lets libass find each line's direction from its first strong character, as Pillow's raqm
+                # does when measuring. With any other value the base direction is left to right, and a right-to-left
+                # line cut into runs by the highlight's colour tags shows its words in the wrong order.
+                encoding=-1,
                 marginl=geometry.side_margin,
                 marginr=geometry.side_margin,
                 marginv=geometry.bottom_margin,

@@ -78,6 +78,8 @@ def join_words(words: Sequence[Word]) -> str:
 class Cue:
     """A caption of one or two lines, shown from its first word's start to its last word's end.
 
+    (More lines only where text spoken in no time at all had to join a cue, see `_fold_unshown`.)
+
     Times are relative to the scene's start (the lead included). `face` is the font the lines were measured with,
     and so the one they must be drawn with.
     """
@@ -194,8 +196,8 @@ class _Measure:
     def lines(self, words: Sequence[Word]) -> tuple[tuple[Word, ...], ...] | None:
         """One line if it fits, else the most even two, or None when no two lines hold the words.
 
-        The most even break (the smaller of the two wider lines) never leaves one short word alone on a line when
-        the words could share the lines more evenly. A single word too wide for a line (one wide character) has
+        The most even break (the one whose wider line is narrowest) never leaves one short word alone on a line
+        when the words could share the lines more evenly. A single word too wide for a line (one wide character) has
         nowhere to break and is returned as it is.
         """
         if len(words) == 1 or self.fits(words):
@@ -340,7 +342,7 @@ def plan_scene(
     cues: tuple[Cue, ...] = ()
     if output.captions:
         if narration:
-            sentences = _sentences(_timed_or_spread(time_words(narration, spoken), narration_ms))
+            sentences = _sentences(_timed_or_spread(narration, spoken, narration_ms))
         else:
             sentences = [s for part in _fold_untimed(spoken, narration_ms) for s in _sentences(spread_words(part))]
         shifted = [[_shift(word, lead_ms) for word in sentence] for sentence in sentences]
@@ -448,11 +450,12 @@ def syllables(word: str) -> int:
 
     Scripts that leave most vowels unwritten (Arabic, Hebrew) count one syllable per two letters.
     """
+    # Accents off (é is a vowel), on a copy only: decomposed, a Korean syllable would become two or three letters.
     base = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if not unicodedata.combining(c))
     count = len(_VOWEL_GROUPS.findall(base)) + sum(
-        1 for c in base if c.isdigit() or (c.isalnum() and CJK_CHARACTER.match(c))
+        1 for c in word if c.isdigit() or (c.isalnum() and CJK_CHARACTER.match(c))
     )
-    return max(1, count or sum(c.isalpha() for c in base) // 2)
+    return max(1, count or sum(c.isalpha() for c in word) // 2)
 
 
 def _spread(start_ms: int, end_ms: int, weights: Sequence[int]) -> list[tuple[int, int]]:
@@ -523,12 +526,12 @@ def _spoken_units(word: SpokenText) -> list[SpokenText]:
     return [SpokenText(piece, start, end) for piece, (start, end) in zip(pieces, times, strict=True)]
 
 
-def _timed_or_spread(words: list[Word], narration_ms: int) -> list[Word]:
-    """The words as timed, or spread over the whole narration by syllables when their timings take no time at all."""
-    if not words or words[-1].end_ms > words[0].start_ms:
+def _timed_or_spread(text: str, spoken: list[SpokenText], narration_ms: int) -> list[Word]:
+    """The written words timed by the spoken words, or by syllables over the narration if those take no time."""
+    words = time_words(text, spoken)
+    if words and words[-1].end_ms > words[0].start_ms:
         return words
-    times = _spread(0, narration_ms, [syllables(word.text) for word in words])
-    return [Word(word.text, start, end, word.glued) for word, (start, end) in zip(words, times, strict=True)]
+    return spread_words(SpokenText(text, 0, narration_ms))
 
 
 def _sentences(words: list[Word]) -> list[list[Word]]:

@@ -30,6 +30,7 @@ from services.assembler.ffmpeg import (
     transition_command,
 )
 from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
+from services.common import fonts
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
 from services.common.finishing import CardText, FinishingOptions, finishing_options
@@ -97,6 +98,8 @@ class _Assembly:
     cards: dict[str, _Piece] = field(default_factory=dict)
     music: ChunkSink | None = None
     encodes: list[asyncio.Task[int | None]] = field(default_factory=list)
+    # FFmpeg's environment for drawing captions: a fontconfig file that also knows the CJK font.
+    caption_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def style(self) -> CaptionStyle:
@@ -203,6 +206,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             crossfade_frames=crossfade_frames,
             fade_frames=0 if finishing.transition == "cut" else round(transition_ms * output.fps / 1000),
         )
+        assembly.caption_env["FONTCONFIG_FILE"] = str(fonts.write_fontconfig(folder / "fonts.conf"))
         for name, card in (("title", finishing.title_card), ("end", finishing.end_card)):
             if card is not None:
                 assembly.cards[name] = self._card(assembly, name, card)
@@ -355,7 +359,6 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             fade_out_frames=fade_out,
             fit=Fit(assembly.finishing.fit),
             pad_color=assembly.finishing.pad_color,
-            fonts_dir=captions.caption_fonts_dir_for(piece.plan.cues),
             head_frames=0 if first else crossfade,
             tail_frames=0 if last else crossfade,
         )
@@ -364,7 +367,9 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
     async def _encode(self, assembly: _Assembly, job: SegmentJob, scene_index: int | None) -> int | None:
         async with self._encode_slots:
             await run_ffmpeg(
-                segment_command(self._exe, job, assembly.output, self._encoder), self._settings.ffmpeg_timeout_seconds
+                segment_command(self._exe, job, assembly.output, self._encoder),
+                self._settings.ffmpeg_timeout_seconds,
+                assembly.caption_env,
             )
         if scene_index is not None:
             assembly.scenes[scene_index].encoded = True

@@ -7,7 +7,7 @@ from scenecast.v1 import audio_service_pb2
 from services.audio.config import AudioSettings
 from services.audio.providers import build_registry
 from services.audio.servicer import AudioServicer
-from services.common.cache import AssetCache
+from services.common.cache import open_cache
 from services.common.server import Server, build_server, run
 
 SERVICE_NAME = audio_service_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name
@@ -17,7 +17,9 @@ def build(settings: AudioSettings) -> Server:
     registry = build_registry(settings.tts_provider)
     if registry.default:
         registry.get("", "TTS_PROVIDER")  # warm-up: load the default voice before reporting SERVING
-    cache = AssetCache.from_settings(settings.asset_cache_dir, settings.asset_cache_max_bytes)
+    cache = open_cache(
+        settings.asset_cache_url.get_secret_value(), settings.asset_cache_dir, settings.asset_cache_max_bytes
+    )
     servicer = AudioServicer(registry, settings.provider_attempts, cache)
 
     return build_server(settings.listen_address, servicer, SERVICE_NAME)

@@ -10,7 +10,7 @@ import grpc
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
 from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResult
-from services.common.cache import AssetCache, CachedAsset, CachedTiming, speech_key
+from services.common.cache import CacheBackend, CachedAsset, CachedTiming, get_or_make, speech_key
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
@@ -26,7 +26,7 @@ MAX_TEXT_CHARS = 4000
 
 class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
     def __init__(
-        self, registry: ProviderRegistry[SpeechProvider], attempts: int, cache: AssetCache | None = None
+        self, registry: ProviderRegistry[SpeechProvider], attempts: int, cache: CacheBackend | None = None
     ) -> None:
         self._registry = registry
         self._attempts = attempts
@@ -48,11 +48,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
 
         cache = None if provider.description.offline else self._cache
         key = speech_key(name, type(provider).__module__, job) if cache is not None else ""
-        cached = await cache.lookup("speech", key, request.no_cache) if cache is not None else None
-        if cached is not None:
-            for response in _responses(name, cached, cache_hit=True):
-                yield response
-            return
+        deadline = call_deadline(context)
 
         async def attempt() -> tuple[SpeechResult, MediaInfo]:
             result = await provider.synthesize(job)
@@ -65,24 +61,23 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
                 raise ProviderUnavailable(f"provider {name!r} returned a file with no audio")
             return result, info
 
-        result, info = await call_with_retries(
-            attempt, attempts=self._attempts, deadline=call_deadline(context), provider=name
-        )
-        record_spend(name, result.model, result.estimated_cost_usd)
-        asset = CachedAsset(
-            data=result.data,
-            mime_type=result.mime_type,
-            model=result.model,
-            estimated_cost_usd=result.estimated_cost_usd,
-            sample_rate=info.sample_rate,
-            duration_ms=info.duration_ms,
-            timings=tuple(
-                CachedTiming(t.text, t.start_ms, min(t.end_ms, info.duration_ms), t.is_word) for t in result.timings
-            ),
-        )
-        if cache is not None:
-            await cache.store("speech", key, asset)
-        for response in _responses(name, asset, cache_hit=False):
+        async def make() -> CachedAsset:
+            result, info = await call_with_retries(attempt, attempts=self._attempts, deadline=deadline, provider=name)
+            record_spend(name, result.model, result.estimated_cost_usd)
+            return CachedAsset(
+                data=result.data,
+                mime_type=result.mime_type,
+                model=result.model,
+                estimated_cost_usd=result.estimated_cost_usd,
+                sample_rate=info.sample_rate,
+                duration_ms=info.duration_ms,
+                timings=tuple(
+                    CachedTiming(t.text, t.start_ms, min(t.end_ms, info.duration_ms), t.is_word) for t in result.timings
+                ),
+            )
+
+        asset, cache_hit = await get_or_make(cache, "speech", key, request.no_cache, make, deadline)
+        for response in _responses(name, asset, cache_hit):
             yield response
 
     @rpc_method

@@ -1,4 +1,4 @@
-"""A content-addressed cache of generated assets on local disk, so an unchanged scene is paid for once.
+"""A content-addressed cache of generated assets, so an unchanged scene is paid for once, by any replica.
 
 Keys are SHA-256 digests of a canonical JSON of everything that determines an asset: the provider's name, the
 provider's own code (the SHA-256 of its module file, so any edit to a provider invalidates what it made; simpler and
@@ -7,15 +7,23 @@ model or output (pinned versions, voices, formats, base URLs), and the job's con
 asset (render id, scene index, deadlines, working folders) is left out; the self-hosted video seed derives from the
 render id, so a cached clip is one fair sample for its prompt rather than the exact clip that render would have made.
 
-An entry is two files, `<dir>/<key[:2]>/<key>.bin` (the bytes) and `<key>.json` (metadata, with the bytes' SHA-256),
-each written to a temp file in the same folder and moved into place with os.replace, data first. Several processes
-may share a folder: a per-shard `flock` orders each entry's two moves against readers and eviction, and an entry
-that fails its checks (hash mismatch, missing file, bad JSON) is logged, removed and treated as a miss. The folder is
-bounded by a byte budget, evicting the least recently used entries (a hit touches the metadata file's mtime).
+Two backends behind one interface (`CacheBackend`): `AssetCache`, a folder on local disk (the default; replicas on
+one disk may share it), and `RedisAssetCache`, a Redis server that replicas on any machine share (ASSET_CACHE_URL).
+Both write atomically, detect a damaged entry (and drop it as a miss) and evict the least recently used entries
+beyond a byte budget; their classes say how.
+
+`CacheBackend.fetch` adds single flight: however many calls want the same missing asset at once, it is made once.
+Calls in one process share one generation (an asyncio task); processes and replicas take a lock per key (flock on a
+lock file in the folder; SET NX PX in Redis, renewed while its owner works) and the others poll until the owner has
+stored the asset. An owner that dies loses its lock (the kernel drops the flock; the Redis key expires) and a waiter
+takes over. A generation, once started, runs to its end even when all its callers are gone, bounded only by the first
+caller's deadline: its provider call is paid for either way, so its result is kept. This is also how a render that
+died halfway resumes: its re-render finds what was made in the cache, and joins what is still being made.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import fcntl
@@ -25,14 +33,21 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import redis
 from prometheus_client import Counter
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from services.common.errors import ProviderUnavailable
 
 if TYPE_CHECKING:
     from services.audio.providers.base import SpeechJob
@@ -82,11 +97,12 @@ CONFIG_ENV: dict[str, tuple[str, ...]] = {
     "heygen": ("HEYGEN_BASE_URL", "HEYGEN_AVATAR_ID", "HEYGEN_VOICE_ID", "HEYGEN_BACKGROUND", "HEYGEN_TEST"),
 }
 
-ASSET_CACHE = Counter(
-    "scenecast_asset_cache",
-    "Asset cache lookups, by media kind and outcome (hit, miss, or bypass when a request asked for no_cache).",
-    ["kind", "outcome"],
-)
+# The Redis backend's defaults: key prefix; piece size; lock expiry (its owner renews it while it works, so this is how
+# long a dead owner holds up the waiters); how long an uncommitted piece lives if its writer dies before the commit.
+REDIS_PREFIX = "scenecast:assets:"
+REDIS_PIECE_BYTES = 4 * 1024 * 1024
+REDIS_LOCK_SECONDS = 10.0
+REDIS_PENDING_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,26 @@ class CachedAsset:
     sample_rate: int = 0
     duration_ms: int = 0
     timings: tuple[CachedTiming, ...] = field(default_factory=tuple)
+
+
+ASSET_CACHE = Counter(
+    "scenecast_asset_cache",
+    "Asset cache lookups, by media kind and outcome: hit (answered from the cache, or by another call that made the "
+    "same asset), miss (this call paid for it), or bypass (the request asked for no_cache).",
+    ["kind", "outcome"],
+)
+SINGLE_FLIGHT_WAITS = Counter(
+    "scenecast_asset_cache_waits",
+    "Calls that waited for another call making the same asset instead of paying for it again, by media kind and where "
+    "that call ran: in this process, or in another process or replica (behind the cache's lock).",
+    ["kind", "where"],
+)
+
+# Seconds between a waiter's checks for an asset that another process or replica is making.
+POLL_SECONDS = 0.1
+
+# Makes an asset on a miss: the provider call with its retries, returning what the cache stores.
+Make = Callable[[], Awaitable[CachedAsset]]
 
 
 # ---------------------------------------------------------------- keys
@@ -199,17 +235,226 @@ def _source_digest(module: str) -> str:
     return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
 
 
+# ---------------------------------------------------------------- what both backends share
+
+
+class HeldLock(Protocol):
+    """A per-key lock held across processes while the asset is made."""
+
+    def renew(self) -> bool:
+        """Extends a lock that expires; False when it was lost (it expired and another owner may hold it)."""
+        ...
+
+    def release(self) -> None: ...
+
+
+class _NoLock:
+    """Stands in for a lock the storage could not give (it is down): the asset is made without single flight."""
+
+    def renew(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+class CacheBackend(abc.ABC):
+    """Counted look-ups, stores that never fail the call being served, and single-flight `fetch`.
+
+    Subclasses give the blocking `get` and `put` and a per-key lock across processes (`_lock_nowait`); the async
+    methods run them in threads.
+    """
+
+    # Failures of the storage itself (full disk, a Redis that is down): logged, and the call goes on without it.
+    failures: tuple[type[Exception], ...] = (OSError,)
+    # Seconds between renewals of a held lock; None when the lock lasts as long as its holder (flock).
+    renew_seconds: float | None = None
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Task[tuple[CachedAsset, bool]]] = {}
+
+    @abc.abstractmethod
+    def get(self, key: str) -> CachedAsset | None:
+        """The entry, or None when there is none or it is damaged (then it is removed)."""
+
+    @abc.abstractmethod
+    def put(self, key: str, asset: CachedAsset) -> None:
+        """Stores (or replaces) an entry, then evicts the least recently used entries over the budget."""
+
+    @abc.abstractmethod
+    def _lock_nowait(self, key: str) -> HeldLock | None:
+        """The key's lock across processes, or None when another process or replica holds it."""
+
+    async def fetch(
+        self, kind: str, key: str, no_cache: bool, make: Make, deadline: float | None
+    ) -> tuple[CachedAsset, bool]:
+        """The asset for `key`, and whether this call got it without paying (from the cache or another call).
+
+        On a miss, `make` runs once for every call that wants the key meanwhile, here or in any process sharing the
+        cache. It runs as a task of its own, bounded by `deadline` (a time.monotonic() value: the first caller's gRPC
+        deadline) but not cancelled with its callers, so an asset that is being paid for is always kept. `no_cache`
+        skips reading (and waiting) and stores the new asset over the old.
+        """
+        if no_cache:
+            ASSET_CACHE.labels(kind, "bypass").inc()
+            asset = await make()
+            await self.store(kind, key, asset)
+            return asset, False
+        flight = self._flights.get(key)
+        joined = flight is not None
+        if flight is None:
+            flight = asyncio.create_task(self._fill(kind, key, make, deadline))
+            self._flights[key] = flight
+            flight.add_done_callback(functools.partial(self._landed, key))
+        else:
+            SINGLE_FLIGHT_WAITS.labels(kind, "process").inc()
+        asset, made = await asyncio.shield(flight)
+        hit = joined or not made
+        ASSET_CACHE.labels(kind, "hit" if hit else "miss").inc()
+        return asset, hit
+
+    async def lookup(self, kind: str, key: str, no_cache: bool) -> CachedAsset | None:
+        """A plain counted read, for callers that make and store the asset themselves."""
+        if no_cache:
+            ASSET_CACHE.labels(kind, "bypass").inc()
+            return None
+        asset = await self._read(kind, key)
+        ASSET_CACHE.labels(kind, "hit" if asset is not None else "miss").inc()
+        return asset
+
+    async def store(self, kind: str, key: str, asset: CachedAsset) -> None:
+        try:
+            await asyncio.to_thread(self.put, key, asset)
+        except self.failures as error:
+            _LOGGER.warning("asset cache: cannot store %s entry %s: %s", kind, key, error)
+
+    async def _fill(self, kind: str, key: str, make: Make, deadline: float | None) -> tuple[CachedAsset, bool]:
+        """The asset and whether this process made it, by the deadline."""
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                return await self._read_or_make(kind, key, make)
+        except TimeoutError:
+            if scope.expired():
+                raise ProviderUnavailable(f"the {kind} was not ready by the call's deadline; try again") from None
+            raise
+
+    async def _read_or_make(self, kind: str, key: str, make: Make) -> tuple[CachedAsset, bool]:
+        """Reads the entry; else takes the key's lock and makes the asset; else waits for the lock's owner."""
+        waiting = False
+        while True:
+            asset = await self._read(kind, key)
+            if asset is not None:
+                return asset, False
+            lock = await self._try_lock(kind, key)
+            if lock is not None:
+                async with self._holding(kind, key, lock):
+                    # Read again: the owner before us may have stored the asset just before it let go.
+                    asset = await self._read(kind, key)
+                    if asset is not None:
+                        return asset, False
+                    asset = await make()
+                    await self.store(kind, key, asset)
+                    return asset, True
+            if not waiting:
+                waiting = True
+                SINGLE_FLIGHT_WAITS.labels(kind, "shared").inc()
+                _LOGGER.info("asset cache: %s %s is being made by another process; waiting for it", kind, key)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _read(self, kind: str, key: str) -> CachedAsset | None:
+        try:
+            return await asyncio.to_thread(self.get, key)
+        except self.failures as error:
+            _LOGGER.warning("asset cache: cannot read %s entry %s: %s", kind, key, error)
+            return None
+
+    async def _try_lock(self, kind: str, key: str) -> HeldLock | None:
+        try:
+            return await asyncio.to_thread(self._lock_nowait, key)
+        except self.failures as error:
+            _LOGGER.warning(
+                "asset cache: cannot lock %s entry %s (%s); making it without single flight", kind, key, error
+            )
+            return _NoLock()
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, kind: str, key: str, lock: HeldLock) -> AsyncIterator[None]:
+        """Keeps a lock that expires alive while the asset is made, and lets it go afterwards."""
+        every = self.renew_seconds
+        renewal = asyncio.create_task(self._keep(kind, key, lock, every)) if every else None
+        try:
+            yield
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+            try:
+                await asyncio.to_thread(lock.release)
+            except self.failures as error:
+                _LOGGER.warning("asset cache: cannot release the lock on %s entry %s: %s", kind, key, error)
+
+    async def _keep(self, kind: str, key: str, lock: HeldLock, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                kept = await asyncio.to_thread(lock.renew)
+            except self.failures as error:
+                _LOGGER.warning("asset cache: cannot renew the lock on %s entry %s: %s", kind, key, error)
+                continue
+            if not kept:
+                _LOGGER.warning(
+                    "asset cache: the lock on %s entry %s expired; another replica may make it too", kind, key
+                )
+                return
+
+    def _landed(self, key: str, flight: asyncio.Task[tuple[CachedAsset, bool]]) -> None:
+        del self._flights[key]
+        # Retrieved so that a failure nobody waits for any more (every caller went away) is logged once, not as an
+        # asyncio "exception was never retrieved"; callers still waiting raise it themselves.
+        if not flight.cancelled() and (error := flight.exception()) is not None:
+            _LOGGER.info("asset cache: making %s failed: %s", key, error)
+
+
+async def get_or_make(
+    cache: CacheBackend | None, kind: str, key: str, no_cache: bool, make: Make, deadline: float | None
+) -> tuple[CachedAsset, bool]:
+    """What the media services call: `fetch` through the cache, or just `make` when there is none (turned off, or an
+    offline provider whose output is cheaper to make than to store). Returns the asset and whether it was a hit."""
+    if cache is None:
+        return await make(), False
+    return await cache.fetch(kind, key, no_cache, make, deadline)
+
+
+def open_cache(url: str, directory: str, max_bytes: int) -> CacheBackend | None:
+    """The backend the settings ask for: Redis at ASSET_CACHE_URL when it is set, else the folder ASSET_CACHE_DIR
+    (None when that is empty or "off"). A malformed URL fails here, at start-up."""
+    if url:
+        try:
+            return RedisAssetCache.from_url(url, max_bytes)
+        except ValueError as error:
+            raise ValueError(f"ASSET_CACHE_URL: {error}") from None
+    return AssetCache.from_settings(directory, max_bytes)
+
+
 # ---------------------------------------------------------------- the directory backend
 
 
-class AssetCache:
+# ---------------------------------------------------------------- the directory backend
+
+
+class AssetCache(CacheBackend):
     """Entries in a folder on local disk, bounded by `max_bytes` with least-recently-used eviction.
 
-    The blocking methods (`get`, `put`) do file I/O; the services call `lookup` and `store`, which run them in a
-    thread and never let a cache failure (full disk, unreadable folder) fail the call that is being served.
+    An entry is two files, `<dir>/<key[:2]>/<key>.bin` (the bytes) and `<key>.json` (metadata, with the bytes'
+    SHA-256), each written to a temp file in the same folder and moved into place with os.replace, data first. Several
+    processes may share a folder: a per-shard `flock` orders each entry's two moves against readers and eviction, and
+    an entry that fails its checks (hash mismatch, missing file, bad JSON) is logged, removed and treated as a miss.
+    The folder is bounded by a byte budget, evicting the least recently used entries (a hit touches the metadata
+    file's mtime). The single-flight lock is a `flock` on `<key>.lock`, which exists only while it is held.
     """
 
     def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__()
         self.root = root
         self.max_bytes = max_bytes
 
@@ -220,26 +465,7 @@ class AssetCache:
             return None
         return cls(Path(directory), max_bytes)
 
-    async def lookup(self, kind: str, key: str, no_cache: bool) -> CachedAsset | None:
-        if no_cache:
-            ASSET_CACHE.labels(kind, "bypass").inc()
-            return None
-        try:
-            asset = await asyncio.to_thread(self.get, key)
-        except OSError as error:
-            _LOGGER.warning("asset cache: cannot read %s entry %s: %s", kind, key, error)
-            asset = None
-        ASSET_CACHE.labels(kind, "hit" if asset is not None else "miss").inc()
-        return asset
-
-    async def store(self, kind: str, key: str, asset: CachedAsset) -> None:
-        try:
-            await asyncio.to_thread(self.put, key, asset)
-        except OSError as error:
-            _LOGGER.warning("asset cache: cannot store %s entry %s: %s", kind, key, error)
-
     def get(self, key: str) -> CachedAsset | None:
-        """The entry, or None when there is none or it is damaged (then it is removed)."""
         data_path, meta_path = self._paths(key)
         if not meta_path.parent.is_dir():
             return None
@@ -270,7 +496,6 @@ class AssetCache:
         return asset
 
     def put(self, key: str, asset: CachedAsset) -> None:
-        """Stores (or replaces) an entry, then evicts the least recently used entries over the budget."""
         size = len(asset.data)
         if size > self.max_bytes:
             _LOGGER.info("asset cache: %d bytes exceed ASSET_CACHE_MAX_BYTES; not stored", size)
@@ -319,6 +544,20 @@ class AssetCache:
             if total <= self.max_bytes:
                 return
 
+    def _lock_nowait(self, key: str) -> _FileLock | None:
+        path = self._paths(key)[0].with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Owners remove the file before they let go, so a lock taken on a file that is no longer there is no lock.
+            if os.fstat(handle).st_ino == os.stat(path).st_ino:
+                return _FileLock(path, handle)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        os.close(handle)
+        return None
+
     def _files(self) -> Iterator[Path]:
         try:
             shards = [entry for entry in os.scandir(self.root) if entry.is_dir() and len(entry.name) == 2]
@@ -359,6 +598,22 @@ class AssetCache:
                 path.unlink()
 
 
+@dataclass
+class _FileLock:
+    """A `flock` held through an open file descriptor: the kernel lets go of it if the process dies."""
+
+    path: Path
+    handle: int
+
+    def renew(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self.handle)
+
+
 def _write_temp(folder: Path, key: str, content: bytes) -> Path:
     """A temp file in the entry's own folder, so os.replace is an atomic rename on the same file system."""
     handle, name = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
@@ -387,3 +642,222 @@ def _metadata_of(asset: CachedAsset) -> dict[str, Any]:
 def _asset_from(data: bytes, fields: dict[str, Any]) -> CachedAsset:
     timings = tuple(CachedTiming(**timing) for timing in fields.pop("timings", ()))
     return CachedAsset(data=data, timings=timings, **fields)
+
+
+# ---------------------------------------------------------------- the Redis backend
+
+# Lua shared by the entry scripts: ARGV[1] is the key prefix, and every key of an entry is named from its cache key.
+_ENTRY_LUA = """
+local prefix = ARGV[1]
+local function remove(key)
+  local meta = prefix .. 'm:' .. key
+  local entry = redis.call('HMGET', meta, 'token', 'pieces')
+  if entry[1] then
+    local data, count, index = prefix .. 'd:' .. key .. ':' .. entry[1] .. ':', tonumber(entry[2]) or 0, 0
+    -- Every piece up to the recorded count (one may be missing), then on while there are more (the count may be lost).
+    while redis.call('DEL', data .. index) == 1 or index < count do index = index + 1 end
+  end
+  redis.call('DEL', meta)
+  redis.call('ZREM', prefix .. 'lru', key)
+  local size = redis.call('HGET', prefix .. 'sizes', key)
+  if size then
+    redis.call('HDEL', prefix .. 'sizes', key)
+    redis.call('DECRBY', prefix .. 'bytes', size)
+  end
+end
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+"""
+# ARGV: prefix, key, token, pieces, size, sha256, asset JSON, max bytes. Returns nil when a piece is missing, else the
+# keys evicted to bring the entries' bytes within the budget.
+_COMMIT_LUA = (
+    _ENTRY_LUA
+    + """
+local key, token, pieces = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local data = prefix .. 'd:' .. key .. ':' .. token .. ':'
+for index = 0, pieces - 1 do
+  if redis.call('EXISTS', data .. index) == 0 then return false end
+end
+for index = 0, pieces - 1 do redis.call('PERSIST', data .. index) end
+remove(key)
+redis.call('HSET', prefix .. 'm:' .. key, 'token', token, 'pieces', pieces, 'size', ARGV[5], 'sha256', ARGV[6],
+  'asset', ARGV[7])
+redis.call('ZADD', prefix .. 'lru', now_ms(), key)
+redis.call('HSET', prefix .. 'sizes', key, ARGV[5])
+redis.call('INCRBY', prefix .. 'bytes', ARGV[5])
+local evicted = {}
+while (tonumber(redis.call('GET', prefix .. 'bytes')) or 0) > tonumber(ARGV[8]) do
+  local oldest = redis.call('ZRANGE', prefix .. 'lru', 0, 0)
+  if #oldest == 0 then
+    -- No entries left, so nothing to count: a sum that drifted (keys removed by hand) starts again from zero.
+    redis.call('DEL', prefix .. 'bytes')
+    break
+  end
+  remove(oldest[1])
+  table.insert(evicted, oldest[1])
+end
+return evicted
+"""
+)
+# ARGV: prefix, key, token read. Removes the entry only if it is still the one that was read (not since replaced).
+_DISCARD_LUA = (
+    _ENTRY_LUA
+    + """
+if (redis.call('HGET', prefix .. 'm:' .. ARGV[2], 'token') or '') ~= ARGV[3] then return 0 end
+remove(ARGV[2])
+return 1
+"""
+)
+# ARGV: prefix, key. A hit makes the entry the most recently used, by the server's clock (replicas' clocks may differ).
+_TOUCH_LUA = _ENTRY_LUA + "return redis.call('ZADD', prefix .. 'lru', 'XX', now_ms(), ARGV[2])"
+# KEYS[1] the lock, ARGV[1] the owner's token (ARGV[2] the new expiry in ms): only the owner renews or releases.
+_RENEW_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class RedisAssetCache(CacheBackend):
+    """Entries in a Redis server that every replica shares, bounded by `max_bytes` with least-recently-used eviction.
+
+    Keys, all under `prefix`: `m:<key>`, a hash of the entry's metadata (`token`, `pieces`, `size`, `sha256`, and
+    `asset`, the JSON of what AssetMetadata says); `d:<key>:<token>:<n>`, the bytes in pieces of `piece_bytes` (4 MiB:
+    one huge value would block the server while it is copied and need as much again in buffers on both sides);
+    `lru`, a sorted set of keys by last use; `sizes` and `bytes`, each entry's bytes and their sum; `lock:<key>`, the
+    single-flight lock, holding its owner's token.
+
+    A write sends the pieces under a fresh token, each with an expiry (a writer that dies leaves nothing behind for
+    long), then one script checks they are all there, makes them permanent, points the metadata at them, deletes the
+    replaced entry's pieces and evicts: readers see the old entry or the new one, never a mix. A read takes the
+    metadata, then the pieces one at a time, and checks their count, size and SHA-256; a damaged entry is removed
+    (only if its metadata still names the pieces that were read) and is a miss.
+
+    The budget (`max_bytes`, counting the assets' bytes) is kept here, for this key set only, rather than left to
+    `maxmemory-policy allkeys-lru`, which is server-wide: on a Redis shared with other data it would evict their keys
+    to make room for ours (and ours for theirs), and it evicts single keys, tearing pieces out of entries. Give the
+    server a maxmemory above `max_bytes` plus its other data (if it evicts anyway, a torn entry fails its checks and is
+    dropped). For a standalone Redis (with or without replicas), not Redis Cluster: the scripts name an entry's keys
+    themselves, which Cluster does not allow.
+    """
+
+    failures = (OSError, RedisError)
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        prefix: str = REDIS_PREFIX,
+        piece_bytes: int = REDIS_PIECE_BYTES,
+        lock_seconds: float = REDIS_LOCK_SECONDS,
+        pending_seconds: float = REDIS_PENDING_SECONDS,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.max_bytes = max_bytes
+        self.prefix = prefix
+        self.piece_bytes = piece_bytes
+        self.lock_ms = round(lock_seconds * 1000)
+        # Renewed three times per expiry, so one slow renewal does not lose the lock.
+        self.renew_seconds = lock_seconds / 3
+        self._pending_ms = round(pending_seconds * 1000)
+        self._commit = client.register_script(_COMMIT_LUA)
+        self._discard = client.register_script(_DISCARD_LUA)
+        self._touch = client.register_script(_TOUCH_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, max_bytes: int) -> RedisAssetCache:
+        """A client that fails fast: a cache that is down must cost a call little (one immediate retry covers a
+        pooled connection that a Redis restart closed)."""
+        client = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1))
+        return cls(client, max_bytes)
+
+    def get(self, key: str) -> CachedAsset | None:
+        meta = self.client.hgetall(self._name("m", key))
+        if not meta:
+            return None
+        token = meta.get(b"token", b"").decode(errors="replace")
+        try:
+            pieces, size, sha256 = int(meta[b"pieces"]), int(meta[b"size"]), meta[b"sha256"].decode()
+            fields = json.loads(meta[b"asset"])
+        except (KeyError, ValueError) as error:
+            self._damaged(key, token, f"metadata is unreadable ({error!r})")
+            return None
+        digest = hashlib.sha256()
+        parts: list[bytes] = []
+        for index in range(pieces):
+            part = self.client.get(self._name("d", key, token, str(index)))
+            if part is None:
+                self._damaged(key, token, f"piece {index} of {pieces} is missing")
+                return None
+            digest.update(part)
+            parts.append(part)
+        if sum(map(len, parts)) != size or digest.hexdigest() != sha256:
+            self._damaged(key, token, "data does not match its recorded size and SHA-256")
+            return None
+        # Joined once, and the pieces let go; a single piece (any asset up to 4 MiB) is used as it is, not copied.
+        data = b"".join(parts)
+        del parts
+        try:
+            asset = _asset_from(data, fields)
+        except (ValueError, KeyError, TypeError) as error:
+            self._damaged(key, token, f"metadata is unreadable ({error!r})")
+            return None
+        # The asset is read and whole: failing to mark it as used is no reason to miss it (and pay again).
+        try:
+            self._touch(args=[self.prefix, key])
+        except RedisError as error:
+            _LOGGER.warning("asset cache: cannot mark entry %s as used: %s", key, error)
+        return asset
+
+    def put(self, key: str, asset: CachedAsset) -> None:
+        size = len(asset.data)
+        if size > self.max_bytes:
+            _LOGGER.info("asset cache: %d bytes exceed ASSET_CACHE_MAX_BYTES; not stored", size)
+            return
+        token = secrets.token_hex(8)
+        view = memoryview(asset.data)  # pieces are slices of the asset, sent without copying it
+        offsets = range(0, size, self.piece_bytes)
+        with self.client.pipeline(transaction=False) as pipe:
+            for index, offset in enumerate(offsets):
+                name = self._name("d", key, token, str(index))
+                pipe.set(name, view[offset : offset + self.piece_bytes], px=self._pending_ms)
+            pipe.execute()
+        meta = json.dumps(_metadata_of(asset), ensure_ascii=False)
+        sha256 = hashlib.sha256(asset.data).hexdigest()
+        evicted = self._commit(args=[self.prefix, key, token, len(offsets), size, sha256, meta, self.max_bytes])
+        if evicted is None:
+            _LOGGER.warning("asset cache: pieces of entry %s expired before they were committed; not stored", key)
+            return
+        for old in evicted:
+            _LOGGER.info("asset cache: evicted %s", old.decode())
+
+    def _lock_nowait(self, key: str) -> _RedisLock | None:
+        lock = _RedisLock(self, self._name("lock", key), secrets.token_hex(8))
+        return lock if self.client.set(lock.name, lock.token, nx=True, px=self.lock_ms) else None
+
+    def _damaged(self, key: str, token: str, reason: str) -> None:
+        if self._discard(args=[self.prefix, key, token]):
+            _LOGGER.warning("asset cache: entry %s is damaged (%s); removed", key, reason)
+        else:
+            _LOGGER.info("asset cache: entry %s was replaced while it was read; a miss", key)
+
+    def _name(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+
+@dataclass
+class _RedisLock:
+    """SET NX PX with a random token: it expires unless its owner renews it, and only the owner can drop it."""
+
+    cache: RedisAssetCache
+    name: str
+    token: str
+
+    def renew(self) -> bool:
+        return bool(self.cache._renew(keys=[self.name], args=[self.token, self.cache.lock_ms]))
+
+    def release(self) -> None:
+        self.cache._release(keys=[self.name], args=[self.token])

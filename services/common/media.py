@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -85,13 +87,18 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-async def run_ffmpeg(argv: list[str], timeout_seconds: float) -> str:
+async def run_ffmpeg(argv: list[str], timeout_seconds: float, env: Mapping[str, str] | None = None) -> str:
     """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and reports stderr's tail on failure.
 
-    Returns FFmpeg's stderr, where analysis filters (loudnorm, ebur128) print what they measured.
+    `env` adds variables to this process's environment (FONTCONFIG_FILE, say). Returns FFmpeg's stderr, where
+    analysis filters (ebur128) print what they measured.
     """
     process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout_seconds)

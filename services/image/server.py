@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scenecast.v1 import image_service_pb2
 
-from services.common.cache import AssetCache
+from services.common.cache import open_cache
 from services.common.server import Server, build_server, run
 from services.image.config import ImageSettings
 from services.image.providers import build_registry
@@ -14,7 +14,9 @@ SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].ful
 
 
 def build(settings: ImageSettings) -> Server:
-    cache = AssetCache.from_settings(settings.asset_cache_dir, settings.asset_cache_max_bytes)
+    cache = open_cache(
+        settings.asset_cache_url.get_secret_value(), settings.asset_cache_dir, settings.asset_cache_max_bytes
+    )
     servicer = ImageServicer(build_registry(settings.image_provider), settings.provider_attempts, cache)
 
     return build_server(settings.listen_address, servicer, SERVICE_NAME)

@@ -9,7 +9,7 @@ from dataclasses import replace
 import grpc
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
-from services.common.cache import AssetCache, CachedAsset, image_key
+from services.common.cache import CacheBackend, CachedAsset, get_or_make, image_key
 from services.common.chunks import iter_chunks
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, rpc_method
@@ -27,7 +27,7 @@ MAX_TITLE_CHARS = 200
 
 class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
     def __init__(
-        self, registry: ProviderRegistry[ImageProvider], attempts: int, cache: AssetCache | None = None
+        self, registry: ProviderRegistry[ImageProvider], attempts: int, cache: CacheBackend | None = None
     ) -> None:
         self._registry = registry
         self._attempts = attempts
@@ -57,11 +57,7 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
 
         cache = None if provider.description.offline else self._cache
         key = image_key(name, type(provider).__module__, job) if cache is not None else ""
-        cached = await cache.lookup("image", key, request.no_cache) if cache is not None else None
-        if cached is not None:
-            for response in _responses(name, cached, cache_hit=True):
-                yield response
-            return
+        deadline = call_deadline(context)
 
         async def attempt() -> ImageResult:
             result = await provider.generate(job)
@@ -71,21 +67,20 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
                 result = replace(result, data=data, mime_type="image/png", width=job.width, height=job.height)
             return result
 
-        result = await call_with_retries(
-            attempt, attempts=self._attempts, deadline=call_deadline(context), provider=name
-        )
-        record_spend(name, result.model, result.estimated_cost_usd)
-        asset = CachedAsset(
-            data=result.data,
-            mime_type=result.mime_type,
-            model=result.model,
-            estimated_cost_usd=result.estimated_cost_usd,
-            width=result.width,
-            height=result.height,
-        )
-        if cache is not None:
-            await cache.store("image", key, asset)
-        for response in _responses(name, asset, cache_hit=False):
+        async def make() -> CachedAsset:
+            result = await call_with_retries(attempt, attempts=self._attempts, deadline=deadline, provider=name)
+            record_spend(name, result.model, result.estimated_cost_usd)
+            return CachedAsset(
+                data=result.data,
+                mime_type=result.mime_type,
+                model=result.model,
+                estimated_cost_usd=result.estimated_cost_usd,
+                width=result.width,
+                height=result.height,
+            )
+
+        asset, cache_hit = await get_or_make(cache, "image", key, request.no_cache, make, deadline)
+        for response in _responses(name, asset, cache_hit):
             yield response
 
     @rpc_method

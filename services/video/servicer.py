@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common.cache import AssetCache, CachedAsset, avatar_key, clip_key, file_sha256
+from services.common.cache import CachedAsset, avatar_key, clip_key, file_sha256, get_or_make, open_cache
 from services.common.chunks import ChunkSink, iter_chunks
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
@@ -50,7 +52,9 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         self._avatars = avatars
         self._settings = settings
         # None turns caching off; offline providers (kenburns) bypass it anyway.
-        self._cache = AssetCache.from_settings(settings.asset_cache_dir, settings.asset_cache_max_bytes)
+        self._cache = open_cache(
+            settings.asset_cache_url.get_secret_value(), settings.asset_cache_dir, settings.asset_cache_max_bytes
+        )
 
     @rpc_method
     async def GenerateClip(
@@ -86,12 +90,25 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             if cache is not None:
                 source_sha256 = await asyncio.to_thread(file_sha256, source_image) if source_image else ""
                 key = clip_key(name, type(provider).__module__, job, source_sha256)
-                cached = await cache.lookup("clip", key, spec.no_cache)
-                if cached is not None:
-                    for response in _responses(video_service_pb2.GenerateClipResponse, name, cached, cache_hit=True):
-                        yield response
-                    return
-            clip_path = work_dir / "clip-result"
+            deadline = call_deadline(context)
+
+            async def make() -> CachedAsset:
+                return await self._make_clip(name, provider, job, deadline)
+
+            asset, cache_hit = await get_or_make(cache, "clip", key, spec.no_cache, make, deadline)
+            for response in _responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit):
+                yield response
+
+    async def _make_clip(self, name: str, provider: VideoProvider, job: ClipJob, deadline: float | None) -> CachedAsset:
+        """Works in a folder of its own, with its own copy of the source image: made through the cache, the clip is
+        finished (and kept) even when the call that asked for it, and that call's folder, are gone."""
+        with tempfile.TemporaryDirectory(prefix="scenecast-clip-", dir=self._settings.video_tmp_dir or None) as tmp:
+            job = replace(job, work_dir=Path(tmp))
+            if job.source_image is not None:
+                source_image = job.work_dir / "source-image"
+                await asyncio.to_thread(shutil.copyfile, job.source_image, source_image)
+                job = replace(job, source_image=source_image)
+            clip_path = job.work_dir / "clip-result"
 
             async def attempt() -> tuple[ClipResult, MediaInfo]:
                 result = await provider.generate(job)
@@ -108,13 +125,9 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 return result, info
 
             result, info = await call_with_retries(
-                attempt, attempts=self._settings.provider_attempts, deadline=call_deadline(context), provider=name
+                attempt, attempts=self._settings.provider_attempts, deadline=deadline, provider=name
             )
-            asset = _asset(result, info)
-            if cache is not None:
-                await cache.store("clip", key, asset)
-            for response in _responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit=False):
-                yield response
+        return _asset(result, info)
 
     async def _receive(
         self, request_iterator: AsyncIterator[video_service_pb2.GenerateClipRequest], work_dir: Path
@@ -178,29 +191,28 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         )
         cache = None if provider.description.offline else self._cache
         key = avatar_key(name, type(provider).__module__, job) if cache is not None else ""
-        cached = await cache.lookup("avatar", key, request.no_cache) if cache is not None else None
-        if cached is not None:
-            for response in _responses(video_service_pb2.GenerateAvatarVideoResponse, name, cached, cache_hit=True):
-                yield response
-            return
-        with tempfile.TemporaryDirectory(prefix="scenecast-avatar-", dir=self._settings.video_tmp_dir or None) as tmp:
-            path = Path(tmp) / "avatar.mp4"
 
-            async def attempt() -> tuple[AvatarResult, MediaInfo]:
-                result = await provider.generate(job)
-                # The vendor bills a rendered video even when it turns out unusable here.
-                record_spend(name, result.model, result.estimated_cost_usd)
-                return result, await asyncio.to_thread(_stored_video, path, result.data, name)
+        async def make() -> CachedAsset:
+            with tempfile.TemporaryDirectory(
+                prefix="scenecast-avatar-", dir=self._settings.video_tmp_dir or None
+            ) as tmp:
+                path = Path(tmp) / "avatar.mp4"
 
-            # A video that does not decode, or lacks its picture or voice, is ordered again like any transient failure;
-            # retries stop at the same deadline the vendor is polled to.
-            result, info = await call_with_retries(
-                attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
-            )
-        asset = _asset(result, info)
-        if cache is not None:
-            await cache.store("avatar", key, asset)
-        for response in _responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit=False):
+                async def attempt() -> tuple[AvatarResult, MediaInfo]:
+                    result = await provider.generate(job)
+                    # The vendor bills a rendered video even when it turns out unusable here.
+                    record_spend(name, result.model, result.estimated_cost_usd)
+                    return result, await asyncio.to_thread(_stored_video, path, result.data, name)
+
+                # A video that does not decode, or lacks its picture or voice, is ordered again like any transient
+                # failure; retries stop at the same deadline the vendor is polled to.
+                result, info = await call_with_retries(
+                    attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
+                )
+            return _asset(result, info)
+
+        asset, cache_hit = await get_or_make(cache, "avatar", key, request.no_cache, make, call_end)
+        for response in _responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit):
             yield response
 
     @rpc_method

@@ -541,7 +541,7 @@ CASES = [
         "assemble-chunk-without-role",
         assemble(lambda a: [start(), good_scene(a)[0], chunk(0, asm.ASSET_ROLE_UNSPECIFIED, 0, b"x")]),
         INVALID,
-        "chunk.role for scene 0 must be VISUAL or NARRATION",
+        "chunk.role for scene 0 must be VISUAL, NARRATION or MUSIC",
     ),
     Case(
         "assemble-stream-ends-mid-asset",

@@ -1,33 +1,43 @@
-"""The asset cache's keys and its directory backend: atomic entries, damage detection, LRU eviction, shared use."""
+"""The asset cache's keys and both backends (a folder; a real redis-server): atomic entries, damage detection, LRU
+eviction, single flight within a process and across processes or replicas."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import re
+import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
+from scenecast_cli.stack import free_port
 from services.audio.providers.base import SpeechJob
 from services.common import cache as cache_module
 from services.common.cache import (
     AssetCache,
     CachedAsset,
     CachedTiming,
+    RedisAssetCache,
     avatar_key,
     clip_key,
     image_key,
+    open_cache,
     speech_key,
 )
+from services.common.errors import ProviderUnavailable
 from services.common.providers import Quality
 from services.image.providers.base import ImageJob
 from services.video.avatars.base import AvatarJob, AvatarScene
 from services.video.providers.base import ClipJob
+from tests.redis_server import RedisServer
 
 IMAGE_MODULE = "services.image.providers.openai_images"
 SPEECH_MODULE = "services.audio.providers.openai_tts"
@@ -306,3 +316,290 @@ def test_lookups_count_hits_misses_and_bypasses(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert {outcome: _count(outcome) - before[outcome] for outcome in before} == {"hit": 1, "miss": 1, "bypass": 1}
+
+
+# ---------------------------------------------------------------- single flight on the directory backend
+
+
+def _waits(where: str) -> float:
+    labels = {"kind": "image", "where": where}
+    return REGISTRY.get_sample_value("scenecast_asset_cache_waits_total", labels) or 0.0
+
+
+class CountingMaker:
+    """Stands in for a provider call: counts its calls and takes `seconds`, like a slow image model."""
+
+    def __init__(self, seconds: float = 0.3, data: bytes = b"made once") -> None:
+        self.seconds = seconds
+        self.data = data
+        self.calls = 0
+        self.finished = 0
+
+    async def __call__(self) -> CachedAsset:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        self.finished += 1
+        return _asset(self.data)
+
+
+async def test_concurrent_fetches_in_one_process_make_the_asset_once(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path)
+    make = CountingMaker()
+    waits_before = _waits("process")
+    results = await asyncio.gather(*(cache.fetch("image", KEY, False, make, None) for _ in range(8)))
+    assert make.calls == 1
+    assert {asset for asset, _ in results} == {_asset(b"made once")}
+    assert sorted(hit for _, hit in results) == [False] + [True] * 7, "one call paid; the others joined it"
+    assert _waits("process") - waits_before == 7
+    assert cache.get(KEY) == _asset(b"made once")
+    assert not (tmp_path / "ab" / f"{KEY}.lock").exists(), "the lock file goes with the lock"
+    again = await cache.fetch("image", KEY, False, make, None)
+    assert again == (_asset(b"made once"), True) and make.calls == 1
+
+
+async def test_a_generation_outlives_its_cancelled_caller(tmp_path: Path) -> None:
+    """What lets a dead render resume: the asset it was paying for is finished and kept."""
+    cache = AssetCache(tmp_path)
+    make = CountingMaker(seconds=0.3)
+    caller = asyncio.create_task(cache.fetch("image", KEY, False, make, None))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert make.calls == 1 and make.finished == 0
+    for _ in range(50):
+        if cache.get(KEY) is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert make.finished == 1 and cache.get(KEY) == _asset(b"made once")
+    assert await cache.fetch("image", KEY, False, make, None) == (_asset(b"made once"), True)
+    assert make.calls == 1
+
+
+async def test_a_generation_stops_at_the_first_callers_deadline(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path)
+    make = CountingMaker(seconds=5.0)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="deadline"):
+        await cache.fetch("image", KEY, False, make, time.monotonic() + 0.2)
+    assert 0.15 < time.monotonic() - started < 1.0
+    assert make.finished == 0 and cache.get(KEY) is None
+    assert not (tmp_path / "ab" / f"{KEY}.lock").exists(), "the lock is let go"
+
+
+async def test_no_cache_makes_the_asset_anew_and_replaces_the_entry(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path)
+    cache.put(KEY, _asset(b"old"))
+    bypasses = _count("bypass")
+    make = CountingMaker(seconds=0.0, data=b"new")
+    assert await cache.fetch("speech", KEY, True, make, None) == (_asset(b"new"), False)
+    assert make.calls == 1 and cache.get(KEY) == _asset(b"new")
+    assert _count("bypass") - bypasses == 1
+
+
+def _fetch_in_process(root: str, marker_dir: str) -> tuple[bytes, bool, float]:
+    """One "replica": fetches KEY through its own AssetCache on the shared folder, noting each provider call; returns
+    the bytes, whether it was a hit, and how often it waited for another process."""
+
+    async def make() -> CachedAsset:
+        (Path(marker_dir) / f"made-by-{os.getpid()}").touch()
+        await asyncio.sleep(1.0)
+        return _asset(b"from one process")
+
+    async def fetch() -> tuple[CachedAsset, bool]:
+        return await AssetCache(Path(root)).fetch("image", KEY, False, make, time.monotonic() + 20)
+
+    waits_before = _waits("shared")
+    asset, hit = asyncio.run(fetch())
+    return asset.data, hit, _waits("shared") - waits_before
+
+
+def test_processes_sharing_a_folder_make_the_asset_once(tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(_fetch_in_process, [str(tmp_path / "cache")] * 2, [str(markers)] * 2))
+    assert len(list(markers.iterdir())) == 1, "the flock let one process call the provider"
+    assert sorted(results) == [(b"from one process", False, 0.0), (b"from one process", True, 1.0)], (
+        "the other process waited for it, then read it"
+    )
+
+
+# ---------------------------------------------------------------- the Redis backend, against a real redis-server
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    with redis_server.client() as connection:
+        yield connection
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """Each test's keys under their own prefix, so tests sharing the server do not see each other's entries."""
+    return "test:" + re.sub(r"\W", "-", request.node.name) + ":"  # no glob characters, for SCAN MATCH
+
+
+def _redis_cache(client: redis.Redis, prefix: str, **options: Any) -> RedisAssetCache:
+    return RedisAssetCache(client, prefix=prefix, piece_bytes=1000, **options)
+
+
+def _redis_keys(client: redis.Redis, pattern: str) -> list[str]:
+    return sorted(key.decode() for key in client.scan_iter(match=pattern))
+
+
+def test_a_redis_entry_round_trips_in_pieces_that_do_not_expire(client: redis.Redis, prefix: str) -> None:
+    cache = _redis_cache(client, prefix)
+    asset = _asset(bytes(range(256)) * 21 + b"tail")  # 5380 bytes: five whole pieces and a partial one
+    assert cache.get(KEY) is None
+    cache.put(KEY, asset)
+    assert cache.get(KEY) == asset
+    pieces = _redis_keys(client, f"{prefix}d:*")
+    assert len(pieces) == 6 and all(client.pttl(piece) == -1 for piece in pieces)
+    assert max(client.strlen(piece) for piece in pieces) == 1000
+    assert int(client.get(f"{prefix}bytes") or 0) == len(asset.data)
+    assert client.zrange(f"{prefix}lru", 0, -1) == [KEY.encode()]
+
+
+def test_a_large_redis_entry_is_kept_in_4_mib_pieces(client: redis.Redis, prefix: str) -> None:
+    cache = RedisAssetCache(client, prefix=prefix)
+    asset = _asset(os.urandom(9 * 1024 * 1024))
+    cache.put(KEY, asset)
+    sizes = [client.strlen(piece) for piece in _redis_keys(client, f"{prefix}d:*")]
+    assert sorted(sizes) == [1024 * 1024, 4 * 1024 * 1024, 4 * 1024 * 1024]
+    assert cache.get(KEY) == asset
+
+
+def test_replacing_a_redis_entry_removes_the_old_pieces(client: redis.Redis, prefix: str) -> None:
+    cache = _redis_cache(client, prefix)
+    cache.put(KEY, _asset(b"a" * 3500))
+    cache.put(KEY, _asset(b"b" * 1500))
+    assert cache.get(KEY) == _asset(b"b" * 1500)
+    assert len(_redis_keys(client, f"{prefix}d:*")) == 2
+    assert int(client.get(f"{prefix}bytes") or 0) == 1500
+
+
+def _corrupt_piece(client: redis.Redis, prefix: str) -> None:
+    piece = _redis_keys(client, f"{prefix}d:*")[0]
+    data = bytearray(client.get(piece) or b"")
+    data[0] ^= 0xFF
+    client.set(piece, bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_corrupt_piece, "SHA-256"),
+        (lambda c, p: c.delete(_redis_keys(c, f"{p}d:*")[-1]), "is missing"),
+        (lambda c, p: c.hset(f"{p}m:{KEY}", "asset", "{not json"), "unreadable"),
+        (lambda c, p: c.hdel(f"{p}m:{KEY}", "pieces"), "unreadable"),
+    ],
+)
+def test_a_damaged_redis_entry_is_logged_removed_and_missed(
+    client: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture, damage: Any, reason: str
+) -> None:
+    cache = _redis_cache(client, prefix)
+    cache.put(KEY, _asset(b"x" * 2500))
+    damage(client, prefix)
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(KEY) is None
+    assert "damaged" in caplog.text and reason in caplog.text
+    assert _redis_keys(client, f"{prefix}[dm]:*") == []
+    assert int(client.get(f"{prefix}bytes") or 0) == 0 and client.zcard(f"{prefix}lru") == 0
+    cache.put(KEY, _asset(b"x" * 2500))
+    assert cache.get(KEY) == _asset(b"x" * 2500)
+
+
+def test_a_redis_write_that_dies_before_its_commit_leaves_nothing_behind(
+    client: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _redis_cache(client, prefix, pending_seconds=0.3)
+
+    def writer_dies(**_: Any) -> None:
+        raise ConnectionError("the replica was killed")
+
+    monkeypatch.setattr(cache, "_commit", writer_dies)
+    with pytest.raises(ConnectionError):
+        cache.put(KEY, _asset(b"x" * 2500))
+    assert len(_redis_keys(client, f"{prefix}d:*")) == 3 and cache.get(KEY) is None, (
+        "pieces without metadata are no entry"
+    )
+    time.sleep(0.4)
+    assert _redis_keys(client, f"{prefix}*") == [], "and they expire"
+
+
+def test_redis_entries_are_evicted_least_recently_used_first_within_the_budget(
+    client: redis.Redis, prefix: str
+) -> None:
+    client.set("other-app:session", b"not ours")  # the Redis is shared: eviction must keep to the cache's own keys
+    keys = [f"{n:02x}" + "1" * 62 for n in range(4)]
+    cache = _redis_cache(client, prefix, max_bytes=3500)
+    for key in keys[:3]:
+        cache.put(key, _asset(b"x" * 1000))
+        time.sleep(0.002)  # last-use times come from the server's clock, in milliseconds
+    assert cache.get(keys[0]) is not None  # a hit makes the oldest entry the most recent
+    time.sleep(0.002)
+    cache.put(keys[3], _asset(b"x" * 1000))
+    assert [cache.get(key) is not None for key in keys] == [True, False, True, True]
+    assert int(client.get(f"{prefix}bytes") or 0) == 3000
+    assert len(_redis_keys(client, f"{prefix}d:*")) == 3
+    assert client.get("other-app:session") == b"not ours"
+    cache.put(KEY, _asset(b"x" * 3501))
+    assert cache.get(KEY) is None, "an asset larger than the whole budget is not stored"
+
+
+async def test_replicas_sharing_redis_make_an_asset_once_while_the_owner_renews_its_lock(
+    client: redis.Redis, prefix: str
+) -> None:
+    """Two caches on one Redis stand for two replicas; making takes over two lock lifetimes, so only renewal keeps
+    the second replica from taking over."""
+    replicas = [_redis_cache(client, prefix, lock_seconds=0.5) for _ in range(2)]
+    make = CountingMaker(seconds=1.2)
+    waits_before = _waits("shared")
+    results = await asyncio.gather(*(replica.fetch("image", KEY, False, make, None) for replica in replicas))
+    assert make.calls == 1
+    assert sorted(hit for _, hit in results) == [False, True]
+    assert {asset for asset, _ in results} == {_asset(b"made once")}
+    assert _waits("shared") - waits_before == 1
+    assert _redis_keys(client, f"{prefix}lock:*") == [], "the owner let its lock go"
+
+
+async def test_a_dead_owners_lock_expires_and_a_waiter_takes_over(client: redis.Redis, prefix: str) -> None:
+    cache = _redis_cache(client, prefix, lock_seconds=0.5)
+    dead = cache._lock_nowait(KEY)  # taken by a replica that then died: never renewed, never released
+    assert dead is not None
+    lock_name = f"{prefix}lock:{KEY}"
+
+    async def make() -> CachedAsset:
+        dead.release()  # the old owner waking up must not drop the new owner's lock
+        assert client.get(lock_name) not in (None, dead.token.encode())
+        return _asset(b"made by the waiter")
+
+    started = time.monotonic()
+    assert await cache.fetch("image", KEY, False, make, time.monotonic() + 10) == (_asset(b"made by the waiter"), False)
+    assert 0.4 < time.monotonic() - started < 2.0
+    assert client.get(lock_name) is None
+
+
+async def test_a_redis_that_is_down_costs_the_call_nothing_but_the_cache(caplog: pytest.LogCaptureFixture) -> None:
+    cache = open_cache(f"redis://127.0.0.1:{free_port()}/0", "off", 10_000)
+    assert isinstance(cache, RedisAssetCache)
+    make = CountingMaker(seconds=0.0)
+    with caplog.at_level(logging.WARNING):
+        assert await cache.fetch("image", KEY, False, make, None) == (_asset(b"made once"), False)
+    assert make.calls == 1
+    assert "cannot read" in caplog.text and "without single flight" in caplog.text and "cannot store" in caplog.text
+
+
+def test_the_settings_choose_the_backend(tmp_path: Path, redis_server: RedisServer) -> None:
+    assert isinstance(open_cache(redis_server.url, str(tmp_path), 100), RedisAssetCache)
+    assert isinstance(open_cache("", str(tmp_path), 100), AssetCache)
+    assert open_cache("", "off", 100) is None
+    with pytest.raises(ValueError, match="ASSET_CACHE_URL"):
+        open_cache("http://127.0.0.1:6379", "off", 100)

@@ -11,12 +11,12 @@ from services.common import fonts
 from services.common.providers import Quality
 from services.image.providers.base import ImageJob
 from services.image.providers.slides import (
-    CAPTION_BAND,
     ELLIPSIS,
     MARGIN,
     THEMES,
     SlidesProvider,
     Theme,
+    caption_band,
     layout_slide,
     render_slide,
 )
@@ -98,7 +98,7 @@ def test_every_line_stays_inside_the_safe_area(width: int, height: int, title: s
     left, top, right, bottom = layout.safe_area
     margin = round(min(width, height) * MARGIN)
     assert (left, top, right) == (margin, margin, width - margin)
-    assert bottom <= height * (1 - CAPTION_BAND)
+    assert bottom <= height * (1 - caption_band(width, height))
     assert layout.lines
     for line in layout.lines:
         line_left, line_top, line_right, line_bottom = line.box

@@ -18,6 +18,14 @@ from services.image.providers.base import ImageJob, ImageResult
 MODEL = "pillow-slide-v1"
 CAPTION_BAND = 0.22
 """Fraction of the frame's height, at the bottom, kept free of text because captions are burned in there later."""
+PORTRAIT_CAPTION_BAND = 0.30
+"""The same for portrait frames, whose captions sit higher (clear of phone UI) and reach about 27% of the height."""
+
+
+def caption_band(width: int, height: int) -> float:
+    return PORTRAIT_CAPTION_BAND if height > width else CAPTION_BAND
+
+
 MARGIN = 0.07
 """Margin around the text, as a fraction of the frame's short side, so 16:9 and 9:16 frames share one look."""
 ELLIPSIS = "…"
@@ -139,7 +147,7 @@ def layout_slide(title: str, body: str, width: int, height: int) -> SlideLayout:
         title, body = body, ""
     short_side = min(width, height)
     margin = round(short_side * MARGIN)
-    safe_area = (margin, margin, width - margin, math.floor(height * (1 - CAPTION_BAND)))
+    safe_area = (margin, margin, width - margin, math.floor(height * (1 - caption_band(width, height))))
     box_width = safe_area[2] - safe_area[0]
     bar_height = max(2, round(short_side * 0.012))
     bar_gap = round(short_side * 0.035)
