@@ -9,3 +9,5 @@ os.environ.setdefault("ALLOW_PRIVATE_OUTPUT_URLS", "true")
 # The asset cache answers a repeated request without calling the provider, which would hide the calls (and injected
 # faults) that other tests count; tests of the cache set ASSET_CACHE_DIR to their own folder.
 os.environ.setdefault("ASSET_CACHE_DIR", "off")
+# Likewise the assembler's segment cache would join segments that earlier tests encoded instead of encoding them.
+os.environ.setdefault("SEGMENT_CACHE_DIR", "off")

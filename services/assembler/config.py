@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from services.common.settings import ServiceSettings
 
@@ -23,6 +25,10 @@ class AssemblerSettings(ServiceSettings):
     max_asset_bytes: int = 512 * 1024 * 1024
     # Scene segments encoded at the same time; 0 means the number of cores.
     encode_concurrency: int = 0
+    # Encoded scene segments kept so a re-render re-encodes only changed scenes; "off" (or empty) disables it.
+    segment_cache_dir: str = str(Path(tempfile.gettempdir()) / "scenecast-segment-cache")
+    # Bytes the segment cache may hold; least recently used segments are evicted beyond it.
+    segment_cache_max_bytes: int = 2 * 1024**3
     # H.264 encoder: auto (NVENC when FFmpeg can use it here, else libx264) | libx264 | h264_nvenc.
     video_encoder: str = "auto"
     # Longest one FFmpeg run may take, in seconds.

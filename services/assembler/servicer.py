@@ -16,7 +16,7 @@ from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc
 from scenecast.v1.types_pb2 import SUBTITLE_FORMAT_SRT, SUBTITLE_FORMAT_WEBVTT, TIMING_KIND_WORD, SubtitleFile
 
-from services.assembler import audio, captions
+from services.assembler import audio, captions, segments
 from services.assembler.cards import render_card
 from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import (
@@ -31,6 +31,7 @@ from services.assembler.ffmpeg import (
 )
 from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
 from services.common import fonts
+from services.common.cache import AssetCache
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
 from services.common.finishing import CardText, FinishingOptions, finishing_options
@@ -131,6 +132,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         self._encoder = select_encoder(self._exe, settings.video_encoder)
         # Shared by all calls: the machine's cores are the limit, not one call's scenes.
         self._encode_slots = asyncio.Semaphore(settings.encoders)
+        self._segments = AssetCache.from_settings(settings.segment_cache_dir, settings.segment_cache_max_bytes)
 
     @rpc_method
     async def Assemble(
@@ -365,12 +367,22 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         assembly.encodes.append(asyncio.create_task(self._encode(assembly, piece.job, scene_index)))
 
     async def _encode(self, assembly: _Assembly, job: SegmentJob, scene_index: int | None) -> int | None:
-        async with self._encode_slots:
-            await run_ffmpeg(
-                segment_command(self._exe, job, assembly.output, self._encoder),
-                self._settings.ffmpeg_timeout_seconds,
-                assembly.caption_env,
-            )
+        """Encodes a piece's segment, or joins the one a render with the same inputs encoded before."""
+        cache = self._segments
+        key = (
+            await asyncio.to_thread(segments.segment_key, job, assembly.output, self._encoder, self._exe)
+            if cache
+            else ""
+        )
+        if cache is None or not await segments.restore(cache, key, job):
+            async with self._encode_slots:
+                await run_ffmpeg(
+                    segment_command(self._exe, job, assembly.output, self._encoder),
+                    self._settings.ffmpeg_timeout_seconds,
+                    assembly.caption_env,
+                )
+            if cache is not None:
+                await segments.keep(cache, key, job)
         if scene_index is not None:
             assembly.scenes[scene_index].encoded = True
         return scene_index

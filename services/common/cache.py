@@ -218,7 +218,7 @@ def _key(kind: str, provider: str, modules: Sequence[str], **fields: Any) -> str
         "format": FORMAT_VERSION,
         "kind": kind,
         "provider": provider,
-        "code": {module: _source_digest(module) for module in modules},
+        "code": {module: source_digest(module) for module in modules},
         "config": {variable: os.environ.get(variable, "") for variable in CONFIG_ENV.get(provider, ())},
         "fields": fields,
     }
@@ -227,7 +227,7 @@ def _key(kind: str, provider: str, modules: Sequence[str], **fields: Any) -> str
 
 
 @functools.lru_cache(maxsize=64)
-def _source_digest(module: str) -> str:
+def source_digest(module: str) -> str:
     """SHA-256 of a module's source file; read once per process (code does not change under a running service)."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:

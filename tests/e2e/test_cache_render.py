@@ -1,11 +1,13 @@
-"""Pay once: a re-render of an edited script calls the cloud providers only for what changed."""
+"""Pay once: a re-render of an edited script calls the cloud providers, and encodes scenes, only for what changed."""
 
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.client import render_to_file
@@ -43,6 +45,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
             "OPENAI_API_KEY": fake.api_key,
             "OPENAI_BASE_URL": f"{fake.base_url}/v1",
             "ASSET_CACHE_DIR": str(tmp_path / "asset-cache"),
+            "SEGMENT_CACHE_DIR": str(tmp_path / "segment-cache"),
         }
         with LocalStack(env=env, log_dir=tmp_path) as stack:
 
@@ -52,7 +55,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
                 elapsed = time.monotonic() - started
                 calls = [len(fake.requests_to(IMAGES, "POST")), len(fake.requests_to(SPEECH, "POST"))]
                 renders[name] = summary
-                return elapsed, calls
+                return elapsed, [*calls, *_segment_counts(stack.metrics_ports["assembler"])]
 
             renders: dict[str, render_service_pb2.RenderSummary] = {}
             full_s, after_full = render(_request(narrations), "full.mp4")
@@ -60,7 +63,10 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
             _, after_no_cache = render(_request(edited, no_cache=True), "no-cache.mp4")
 
     print(f"\nfull render {full_s:.2f} s; re-render after one edit {again_s:.2f} s")  # noqa: T201 - reported timing
-    assert after_full == [SCENE_COUNT, SCENE_COUNT]
+    # [image calls, speech calls, segments joined from the segment cache, segments encoded], cumulative.
+    assert after_full == [SCENE_COUNT, SCENE_COUNT, 0, SCENE_COUNT]
+    assert after_edit == [SCENE_COUNT, SCENE_COUNT + 1, SCENE_COUNT - 1, SCENE_COUNT + 1], "one scene re-encoded"
+    after_full, after_edit, after_no_cache = after_full[:2], after_edit[:2], after_no_cache[:2]
     assert after_edit == [SCENE_COUNT, SCENE_COUNT + 1], "only the edited narration is spoken again"
     assert after_no_cache == [2 * SCENE_COUNT, 2 * SCENE_COUNT + 1], "no_cache makes every asset anew"
 
@@ -90,3 +96,15 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
     probed = probe_mp4(tmp_path / "edited.mp4")
     assert (probed.video_codec, probed.width, probed.height) == ("h264", 320, 180)
     assert " ".join(probed.subtitle_texts).split() == " ".join(edited).split()
+
+
+def _segment_counts(metrics_port: int) -> list[int]:
+    """The assembler's segment cache hits and misses so far, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = {"hit": 0, "miss": 0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "scenecast_segment_cache_total":
+                counts[sample.labels["outcome"]] = int(sample.value)
+    return [counts["hit"], counts["miss"]]
