@@ -215,6 +215,26 @@ def output(**fields: int) -> Callable[[render_service_pb2.RenderRequest], None]:
     return change
 
 
+def finishing(**fields: object) -> Callable[[render_service_pb2.RenderRequest], None]:
+    def change(request: render_service_pb2.RenderRequest) -> None:
+        request.finishing.CopyFrom(types_pb2.Finishing(**fields))
+
+    return change
+
+
+def music(**fields: str) -> Callable[[render_service_pb2.RenderRequest], None]:
+    def change(request: render_service_pb2.RenderRequest) -> None:
+        request.music.CopyFrom(render_service_pb2.MusicSource(**fields))
+
+    return change
+
+
+def music_start(size: int, mime_type: str = "audio/wav") -> asm.AssembleRequest:
+    return asm.AssembleRequest(
+        music=asm.MusicStart(music=types_pb2.AssetMetadata(mime_type=mime_type, size_bytes=size))
+    )
+
+
 def providers(**fields: str) -> Callable[[render_service_pb2.RenderRequest], None]:
     def change(request: render_service_pb2.RenderRequest) -> None:
         for name, value in fields.items():
@@ -334,6 +354,32 @@ def xfail(case: Case, reason: str) -> Case:
 CASES = [
     # RenderService, through the gateway: nothing is generated for any of these.
     Case("render-no-scenes", render(scenes(0)), INVALID, "scenes is empty"),
+    Case(
+        "render-bad-pad-color",
+        render(finishing(pad_color="red")),
+        INVALID,
+        "finishing.pad_color must be a colour written #RRGGBB",
+    ),
+    Case(
+        "render-loud-target",
+        render(finishing(loudness=types_pb2.LoudnessSettings(integrated_lufs=3))),
+        INVALID,
+        "finishing.loudness.integrated_lufs must be from -40 to -5 (got 3)",
+    ),
+    Case(
+        "render-card-without-title",
+        render(finishing(end_card=types_pb2.Card(subtitle="Bye"))),
+        INVALID,
+        "finishing.end_card.title is empty",
+    ),
+    Case("render-unknown-transition", render(finishing(transition=9)), INVALID, "finishing.transition must be"),
+    Case("render-music-unknown-upload", render(music(upload_id="0" * 64)), grpc.StatusCode.NOT_FOUND, "0000"),
+    Case(
+        "render-music-library-traversal",
+        render(music(library_file="../secrets.mp3")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "MUSIC_LIBRARY_DIR",
+    ),
     Case("render-too-many-scenes", render(scenes(51)), INVALID, "scenes has 51 entries; the limit is 50"),
     Case("render-empty-narration", render(scene(narration=" \n\t ")), INVALID, "scenes[0].narration is empty"),
     Case("render-long-narration", render(scene(narration="x" * 4001)), INVALID, "scenes[0].narration has 4001"),
@@ -536,6 +582,38 @@ CASES = [
         assemble(lambda a: [start(), scene_start(0, ("image/png", 10), ("audio/wav", 10)), chunk(0, VISUAL, 0, a.png)]),
         INVALID,
         "scene[0].visual: more bytes than the announced size_bytes 10",
+    ),
+    Case(
+        "assemble-bad-finishing",
+        assemble(lambda a: [start(finishing=types_pb2.Finishing(silence_pad_ms=5000))]),
+        INVALID,
+        "start.finishing.silence_pad_ms must be at most 2000 (got 5000)",
+    ),
+    Case(
+        "assemble-music-twice",
+        assemble(lambda a: [start(), music_start(10), music_start(10)]),
+        INVALID,
+        "music was announced twice",
+    ),
+    Case(
+        "assemble-music-chunk-first",
+        assemble(lambda a: [start(), chunk(0, asm.ASSET_ROLE_MUSIC, 0, b"x")]),
+        INVALID,
+        "a music chunk arrived before the `music` message",
+    ),
+    Case(
+        "assemble-music-not-audio",
+        assemble(lambda a: [start(), music_start(10, "image/png")]),
+        INVALID,
+        "music.music.mime_type is 'image/png'",
+    ),
+    Case(
+        "assemble-music-is-text",
+        assemble(
+            lambda a: [start(), music_start(11), chunk(0, asm.ASSET_ROLE_MUSIC, 0, b"hello world"), *good_scene(a)]
+        ),
+        INVALID,
+        "music",
     ),
     Case(
         "assemble-chunk-without-role",
