@@ -232,3 +232,51 @@ async def test_a_clip_with_its_own_voice_is_both_picture_and_narration(
     assert abs(probed.duration_s - 2.4) < 0.1
     assert abs(probed.audio_duration_s - probed.video_duration_s) < 0.05
     assert audio_rms(path, 0.1, 2.2) > 0.05
+
+
+async def test_chinese_and_arabic_captions_with_the_word_highlight(
+    assembler_channel: grpc.aio.Channel, assets: tuple[Asset, Asset], tmp_path: Path
+) -> None:
+    """Non-Latin narration, timed by syllables (no word timings), highlighted word by word, plus WebVTT sidecars.
+
+    Each highlighted character of the Chinese scene is its own `ass` filter over the still; the CJK font reaches
+    libass through the assembler's fontconfig file (`fonts.write_fontconfig`).
+    """
+    image, speech = assets
+    texts = ["梯子使用前请检查。脚、横档和支撑都要完好。", "قبل الصعود افحص السلم جيدا."]
+    untimed = types_pb2.AssetMetadata()
+    untimed.CopyFrom(speech[0])
+    del untimed.timings[:]
+    messages = [
+        pb.AssembleRequest(
+            start=pb.AssemblyStart(
+                output=OUTPUT_16_9,
+                scene_count=2,
+                finishing=types_pb2.Finishing(
+                    caption_style=types_pb2.CaptionStyle(highlight_words=True),
+                    sidecars=[types_pb2.SUBTITLE_FORMAT_WEBVTT],
+                ),
+            )
+        )
+    ]
+    for index, text in enumerate(texts):
+        scene = types_pb2.Scene(id=f"s{index}", narration=text, title="Ladder")
+        messages.append(
+            pb.AssembleRequest(scene=pb.SceneStart(scene_index=index, scene=scene, visual=image[0], narration=untimed))
+        )
+        for role, data in ((pb.ASSET_ROLE_VISUAL, image[1]), (pb.ASSET_ROLE_NARRATION, speech[1])):
+            messages += [
+                pb.AssembleRequest(chunk=pb.SceneChunk(scene_index=index, role=role, chunk=c))
+                for c in iter_chunks(data)
+            ]
+    movie, _, summary = await assemble(assembler_channel, messages)
+    path = tmp_path / "intl.mp4"
+    path.write_bytes(movie)
+    probed = probe_mp4(path)
+    # The soft track holds the text as written: Chinese without spaces added, Arabic word for word.
+    shown = "".join(probed.subtitle_texts[:-1]).replace(" ", "").replace("\n", "")
+    assert shown == texts[0]
+    assert probed.subtitle_texts[-1].split() == texts[1].split()
+    (vtt,) = summary.subtitles
+    assert vtt.format == types_pb2.SUBTITLE_FORMAT_WEBVTT and vtt.text.startswith("WEBVTT")
+    assert "梯子" in vtt.text and "السلم" in vtt.text
