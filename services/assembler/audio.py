@@ -15,7 +15,11 @@ import numpy as np
 from services.common.errors import InvalidArgument, MediaError
 
 SAMPLE_RATE = 48000
-_GLOBAL_ARGS = ("-hide_banner", "-nostdin", "-loglevel", "error")
+# The deliverable's sound: AAC at this bitrate, in an MP4 audio file (M4A) that the mux joins to the video by stream
+# copy. Encoding it in the soundtrack's last pass, alongside the video encodes, takes the AAC encoder (1.4 s of CPU
+# for a minute of stereo, measured) off the serial tail of an assembly, where the mux waits for it.
+AAC_BITRATE = "192k"
+SOUNDTRACK_SUFFIX = ".m4a"
 # ebur128 prints its summary at the info level; -nostats keeps the progress lines out of the parsed text.
 _MEASURE_ARGS = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "info")
 # Speech is found in 10 ms windows: fine enough to place its edges within 20 ms, long enough to hold a whole period
@@ -144,11 +148,12 @@ def _crossfade_samples(crossfade_s: float) -> int:
 def mix_command(
     exe: str, scenes: Sequence[SceneAudio], crossfade_s: float, music: MusicBed | None, out_path: Path
 ) -> list[str]:
-    """The whole video's audio as a 48 kHz stereo 32-bit float WAV, exactly `mix_samples` long.
+    """The whole video's audio as a 48 kHz stereo 32-bit float WAV, exactly `mix_samples` long, and its loudness.
 
     Float, because this is an intermediate: the voice and the music may sum above full scale before the loudness
     pass brings the level down, and a quiet mix is raised by up to tens of dB there; 16-bit would clip the first and
-    raise the quantisation noise of the second.
+    raise the quantisation noise of the second. The mix is measured in the same run (`parse_measurement` reads the
+    stderr), the first pass of the loudness normalisation, so the mix is not decoded a second time to measure it.
     """
     if not scenes:
         raise InvalidArgument("a video needs at least one scene of audio")
@@ -177,8 +182,35 @@ def mix_command(
         bed = _music_track(music, mix_samples(scenes, crossfade_s), key)
         # normalize=0: amix would otherwise scale each input by 1/2, halving the voice as well as the music.
         mix = ffmpeg.filter([voice, bed], "amix", inputs=2, duration="first", normalize=0)
-    stream = ffmpeg.output(mix, str(out_path), f="wav", acodec="pcm_f32le", ar=SAMPLE_RATE, ac=2)
-    return stream.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+    return _measured_output(mix, out_path).compile(cmd=exe, overwrite_output=True)
+
+
+def _measured_output(stream: ffmpeg.nodes.FilterableStream, out_path: Path) -> ffmpeg.nodes.OutputStream:
+    """Writes the stream to `out_path` and measures it on the way (the ebur128 summary on stderr).
+
+    The file is a 32-bit float WAV, or the deliverable's AAC when `out_path` ends in SOUNDTRACK_SUFFIX. Either way
+    the measurement is of the float samples, before any lossy encoding.
+    """
+    copies = stream.filter_multi_output("asplit", 2)
+    if out_path.suffix == SOUNDTRACK_SUFFIX:
+        codec = {"acodec": "aac", "audio_bitrate": AAC_BITRATE, "f": "mp4"}
+    else:
+        codec = {"acodec": "pcm_f32le", "f": "wav"}
+    written = ffmpeg.output(copies.stream(0), str(out_path), **codec, ar=SAMPLE_RATE, ac=2)
+    return ffmpeg.merge_outputs(written, _null_output(_ebur128(copies.stream(1)))).global_args(*_MEASURE_ARGS)
+
+
+def _ebur128(stream: ffmpeg.nodes.FilterableStream) -> ffmpeg.nodes.FilterableStream:
+    """Integrated loudness and true peak, printed in a summary when the stream ends.
+
+    Measured with `ebur128` rather than loudnorm's first pass, which misreads short programmes: a 5 s mix that
+    ebur128 reads at -17.8 LUFS, loudnorm read at -18.8, an error its second pass would carry into the result.
+    """
+    return stream.filter("ebur128", peak="true", framelog="verbose")
+
+
+def _null_output(stream: ffmpeg.nodes.FilterableStream) -> ffmpeg.nodes.OutputStream:
+    return ffmpeg.output(stream, "-", f="null")
 
 
 def _stereo(stream: ffmpeg.nodes.FilterableStream) -> ffmpeg.nodes.FilterableStream:
@@ -242,18 +274,16 @@ def _music_track(
     return bed
 
 
-def measure_command(exe: str, wav: Path) -> list[str]:
-    """The first pass: integrated loudness and true peak of the whole mix, printed on stderr; writes nothing.
+def measure_command(exe: str, path: Path) -> list[str]:
+    """Integrated loudness and true peak of any audio file, printed on stderr; writes nothing.
 
-    Measured with `ebur128` rather than loudnorm's first pass, which misreads short programmes: a 5 s mix that
-    ebur128 reads at -17.8 LUFS, loudnorm read at -18.8, an error its second pass would carry into the result.
+    The chain's own passes measure what they write; this is for a file made elsewhere, or a finished video.
     """
-    stream = ffmpeg.input(str(wav)).audio.filter("ebur128", peak="true", framelog="verbose")
-    return ffmpeg.output(stream, "-", f="null").global_args(*_MEASURE_ARGS).compile(cmd=exe)
+    return _null_output(_ebur128(ffmpeg.input(str(path)).audio)).global_args(*_MEASURE_ARGS).compile(cmd=exe)
 
 
 def parse_measurement(stderr: str) -> LoudnessMeasurement:
-    """Reads the summary that `ebur128` prints when the first pass ends."""
+    """Reads the summary that `ebur128` prints when a measured pass ends."""
     found = _SUMMARY.findall(stderr)
     if not found:
         raise MediaError("the loudness measurement printed no summary")
@@ -262,9 +292,13 @@ def parse_measurement(stderr: str) -> LoudnessMeasurement:
 
 
 def normalize_command(
-    exe: str, wav: Path, target: LoudnessTarget, measurement: LoudnessMeasurement, out_path: Path
+    exe: str, wav: Path, target: LoudnessTarget | None, measurement: LoudnessMeasurement, out_path: Path
 ) -> list[str]:
     """The second pass: one gain for the whole mix, then, only if that gain lifts a peak over the limit, a limiter.
+
+    The result is measured in the same run, like the mix. With `out_path` ending in SOUNDTRACK_SUFFIX, the pass
+    also encodes the deliverable's AAC, and the mux has only to copy it; `target` None then skips the gain, for a
+    video whose loudness is left as mixed.
 
     One gain from the whole programme's loudness lands on the target and keeps the narration's own dynamics.
     loudnorm in one pass (dynamic mode) only knows the loudness heard so far; in two passes it carries its first
@@ -285,8 +319,8 @@ def normalize_command(
     stream = ffmpeg.input(str(wav)).audio
     # A mix with nothing above R128's absolute gate (only silent cards, no music) has no loudness to correct; a
     # gain would only raise its noise.
-    gain_db = target.integrated_lufs - measurement.integrated_lufs
-    if measurement.integrated_lufs > _ABSOLUTE_GATE_LUFS:
+    if target is not None and measurement.integrated_lufs > _ABSOLUTE_GATE_LUFS:
+        gain_db = target.integrated_lufs - measurement.integrated_lufs
         stream = stream.filter("volume", f"{gain_db:.2f}dB")
         if measurement.true_peak_dbtp + gain_db > target.true_peak_dbtp:
             stream = (
@@ -301,5 +335,4 @@ def normalize_command(
                 )
                 .filter("aresample", SAMPLE_RATE)
             )
-    output = ffmpeg.output(stream, str(out_path), f="wav", acodec="pcm_f32le", ar=SAMPLE_RATE, ac=2)
-    return output.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+    return _measured_output(stream, out_path).compile(cmd=exe, overwrite_output=True)
