@@ -20,7 +20,7 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from services.assembler.ffmpeg import Encoder, SegmentJob
-from services.common.cache import AssetCache, CachedAsset, file_sha256, source_digest
+from services.common.cache import AssetCache, file_sha256, source_digest
 from services.common.output import OutputFormat
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,17 +76,15 @@ def _parts(job: SegmentJob) -> dict[str, Path]:
 
 
 async def restore(cache: AssetCache, key: str, job: SegmentJob) -> bool:
-    """Writes a cached segment's files where the job would have encoded them; False when any part is missing.
+    """Copies a cached segment's files where the job would have encoded them; False when any part is missing.
 
-    One part at a time, so only one is in memory; a part written before a later one turns out missing is simply
-    overwritten by the encode.
+    Files are copied a block at a time, never held in memory; a part copied before a later one turns out missing is
+    simply overwritten by the encode.
     """
     for name, path in _parts(job).items():
-        asset = await asyncio.to_thread(cache.get, _part_key(key, name))
-        if asset is None:
+        if not await asyncio.to_thread(cache.get_file, _part_key(key, name), path):
             SEGMENT_CACHE.labels("miss").inc()
             return False
-        await asyncio.to_thread(path.write_bytes, asset.data)
     SEGMENT_CACHE.labels("hit").inc()
     return True
 
@@ -98,8 +96,6 @@ async def keep(cache: AssetCache, key: str, job: SegmentJob) -> None:
     """
     try:
         for name, path in _parts(job).items():
-            data = await asyncio.to_thread(path.read_bytes)
-            asset = CachedAsset(data=data, mime_type="video/mp4", model="")
-            await asyncio.to_thread(cache.put, _part_key(key, name), asset)
+            await asyncio.to_thread(cache.put_file, _part_key(key, name), path, "video/mp4")
     except OSError as error:
         _LOGGER.warning("segment cache: could not store segment %s: %s", key[:12], error)

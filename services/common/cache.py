@@ -144,6 +144,9 @@ SINGLE_FLIGHT_WAITS = Counter(
     ["kind", "where"],
 )
 
+# Block size of file-to-file copies in and out of the folder cache: large files are never held whole in memory.
+_COPY_BLOCK = 1024 * 1024
+
 # Seconds between a waiter's checks for an asset that another process or replica is making.
 POLL_SECONDS = 0.1
 
@@ -514,6 +517,65 @@ class AssetCache(CacheBackend):
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
         self.evict()
+
+    def put_file(self, key: str, source: Path, mime_type: str) -> None:
+        """Stores a file as an entry, copied a block at a time (for large outputs such as encoded segments)."""
+        size = _size(source)
+        if size > self.max_bytes:
+            _LOGGER.info("cache: %d bytes exceed the folder's byte budget; not stored", size)
+            return
+        data_path, meta_path = self._paths(key)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=data_path.parent, prefix=f".{key}.", suffix=".tmp")
+        data_temp = Path(name)
+        try:
+            digest = hashlib.sha256()
+            with source.open("rb") as reader, os.fdopen(handle, "wb") as writer:
+                while block := reader.read(_COPY_BLOCK):
+                    digest.update(block)
+                    writer.write(block)
+            asset = CachedAsset(data=b"", mime_type=mime_type, model="")
+            meta = {"sha256": digest.hexdigest(), "size": size, "asset": _metadata_of(asset)}
+            meta_temp = _write_temp(data_path.parent, key, json.dumps(meta).encode())
+            try:
+                with self._shard_lock(key):
+                    os.replace(data_temp, data_path)
+                    os.replace(meta_temp, meta_path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    meta_temp.unlink()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                data_temp.unlink()
+        self.evict()
+
+    def get_file(self, key: str, destination: Path) -> bool:
+        """Copies an entry's bytes to `destination` a block at a time, checking its hash; False on a miss."""
+        data_path, meta_path = self._paths(key)
+        if not meta_path.parent.is_dir():
+            return False
+        with self._shard_lock(key):
+            try:
+                expected = json.loads(meta_path.read_text(encoding="utf-8"))["sha256"]
+                digest = hashlib.sha256()
+                with data_path.open("rb") as reader, destination.open("wb") as writer:
+                    while block := reader.read(_COPY_BLOCK):
+                        digest.update(block)
+                        writer.write(block)
+            except FileNotFoundError:
+                if data_path.exists() or meta_path.exists():
+                    self._discard(key, "one of its files is missing")
+                return False
+            except (ValueError, KeyError, TypeError) as error:
+                self._discard(key, f"metadata is unreadable ({error!r})")
+                return False
+            if digest.hexdigest() != expected:
+                self._discard(key, "data does not match its recorded SHA-256")
+                destination.unlink()
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(meta_path)
+        return True
 
     def evict(self) -> None:
         """Removes least recently used entries until the folder fits `max_bytes`; files may vanish meanwhile."""

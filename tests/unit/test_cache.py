@@ -603,3 +603,33 @@ def test_the_settings_choose_the_backend(tmp_path: Path, redis_server: RedisServ
     assert open_cache("", "off", 100) is None
     with pytest.raises(ValueError, match="ASSET_CACHE_URL"):
         open_cache("http://127.0.0.1:6379", "off", 100)
+
+
+def test_files_go_in_and_out_of_the_folder_a_block_at_a_time_and_are_hash_checked(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path / "cache", max_bytes=10 * 1024 * 1024)
+    source = tmp_path / "segment.mp4"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # several copy blocks and a partial one
+    key = "ab" * 32
+    cache.put_file(key, source, "video/mp4")
+
+    restored = tmp_path / "restored.mp4"
+    assert cache.get_file(key, restored)
+    assert restored.read_bytes() == source.read_bytes()
+    assert not cache.get_file("cd" * 32, tmp_path / "missing.mp4")
+
+    # One flipped byte: the entry is dropped, the copy removed, and the next look-up is a miss.
+    data_path = next((tmp_path / "cache").rglob(f"{key}.bin"))
+    damaged = bytearray(data_path.read_bytes())
+    damaged[1000] ^= 0xFF
+    data_path.write_bytes(bytes(damaged))
+    assert not cache.get_file(key, tmp_path / "again.mp4")
+    assert not (tmp_path / "again.mp4").exists()
+    assert not data_path.exists()
+
+
+def test_a_file_over_the_budget_is_not_stored(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path / "cache", max_bytes=1000)
+    source = tmp_path / "big.mp4"
+    source.write_bytes(b"x" * 1001)
+    cache.put_file("ef" * 32, source, "video/mp4")
+    assert not cache.get_file("ef" * 32, tmp_path / "out.mp4")
