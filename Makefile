@@ -80,7 +80,7 @@ down:
 test: install $(BUF) $(NODE_CLIENT) lint lint-protos
 	$(PY) -m pytest -q
 
-# Measures the figures in docs/BENCHMARKS.md on this machine and rewrites it (about 7-8 minutes on 2 cores).
+# Measures the figures in docs/BENCHMARKS.md on this machine and rewrites it (about 8-9 minutes on 2 cores).
 bench: install
 	$(PY) -m bench.run
 

@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from scenecast.v1 import (
     types_pb2,
 )
 
+from services.assembler.ffmpeg import nvenc_works
 from services.common.chunks import iter_chunks
 from services.common.media import ffmpeg_exe
 from services.common.server import MAX_MESSAGE_BYTES
@@ -64,6 +65,16 @@ def output(height: int, fps: int, quality: int = types_pb2.QUALITY_STANDARD) -> 
 
 
 OUTPUT_1080 = output(1080, 30)
+
+
+def stack_env(work: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The services' environment for a benchmark's LocalStack, `extra` on top.
+
+    The segment cache is off: with it, every Assemble or Render after the first of the same scenes would join cached
+    segments, and the figures would time the cache instead of the encoder. Finished renders are written under the
+    benchmark's own folder, removed with it, instead of the gateway's default output folder.
+    """
+    return {"SEGMENT_CACHE_DIR": "off", "RENDER_OUTPUT_DIR": str(work / "renders"), **(extra or {})}
 
 
 @dataclass
@@ -129,6 +140,10 @@ def machine() -> dict[str, str]:
         "Python": platform.python_version(),
         "FFmpeg": first_line.splitlines()[0].removeprefix("ffmpeg version ").split(" Copyright")[0]
         + " (imageio-ffmpeg)",
+        # What the assembler's VIDEO_ENCODER=auto picks here: the same one-frame test encode.
+        "H.264 encoder": "h264_nvenc (NVENC)"
+        if nvenc_works(ffmpeg_exe())
+        else "libx264: NVENC not available (no NVIDIA GPU or driver: FFmpeg's h264_nvenc test encode fails)",
         "OS": platform.platform(),
     }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scenecast.v1 import render_service_pb2
 
-from bench.common import Figure, assemble, generate_image, log, output, render, scene, synthesize, timed
+from bench.common import Figure, assemble, generate_image, log, output, render, scene, stack_env, synthesize, timed
 from bench.slow_openai import SlowOpenAI
 from scenecast_cli.stack import LocalStack
 
@@ -22,14 +22,17 @@ def run(work: Path) -> list[Figure]:
     scenes = [scene(i) for i in range(SCENES)]
     request = render_service_pb2.RenderRequest(scenes=scenes, output=OUTPUT)
     with SlowOpenAI(LATENCY_SECONDS) as fake:
-        env = {
-            "IMAGE_PROVIDER": "gpt-image-1-mini",
-            "TTS_PROVIDER": "openai",
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": f"{fake.base_url}/v1",
-            "ALLOW_PRIVATE_OUTPUT_URLS": "true",
-            "MAX_CONCURRENT_SCENES": str(SCENES),
-        }
+        env = stack_env(
+            work,
+            {
+                "IMAGE_PROVIDER": "gpt-image-1-mini",
+                "TTS_PROVIDER": "openai",
+                "OPENAI_API_KEY": fake.api_key,
+                "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+                "ALLOW_PRIVATE_OUTPUT_URLS": "true",
+                "MAX_CONCURRENT_SCENES": str(SCENES),
+            },
+        )
         with LocalStack(env=env, log_dir=work) as stack:
             # The parts measured apart: each scene's image and speech (at the same time, as the gateway asks for
             # them), one scene after another so they do not compete; then assembly of those very assets.

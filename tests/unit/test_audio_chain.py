@@ -11,6 +11,7 @@ import pytest
 
 from services.assembler.audio import (
     SAMPLE_RATE,
+    SOUNDTRACK_SUFFIX,
     LoudnessTarget,
     MusicBed,
     SceneAudio,
@@ -208,6 +209,46 @@ async def test_peaks_over_the_limit_are_limited_and_the_loudness_still_lands(tmp
     assert abs(integrated - target.integrated_lufs) <= 1.0, integrated
     assert true_peak <= target.true_peak_dbtp, true_peak
     assert len(_decode(out)) == len(_decode(mix))
+
+
+async def test_the_mix_is_measured_as_it_is_written(tmp_path: Path) -> None:
+    narration = _write(tmp_path / "n.wav", _speech(2.0, 0.4))
+    music = _write(tmp_path / "music.wav", _tone(1.0, MUSIC_HZ, 0.5))
+    mix = tmp_path / "mix.wav"
+    argv = mix_command(EXE, [SceneAudio(narration, 0, 2000, 300, 3.0)] * 2, 0, MusicBed(music), mix)
+    printed = parse_measurement(await run_ffmpeg(argv, TIMEOUT_S))
+
+    integrated, true_peak = await _ebur128(mix)
+    assert abs(printed.integrated_lufs - integrated) < 0.05, (printed, integrated)
+    assert abs(printed.true_peak_dbtp - true_peak) < 0.05, (printed, true_peak)
+    assert len(_decode(mix)) == 6 * SAMPLE_RATE
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+async def test_last_pass_writes_the_deliverable_aac_and_measures_it(tmp_path: Path, normalise: bool) -> None:
+    mix = await _mix_at(tmp_path, -25.0)
+    measurement = parse_measurement(await run_ffmpeg(measure_command(EXE, mix), TIMEOUT_S))
+    target = LoudnessTarget() if normalise else None
+    out = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
+    argv = normalize_command(EXE, mix, target, measurement, out)
+    printed = parse_measurement(await run_ffmpeg(argv, TIMEOUT_S))
+
+    assert argv[argv.index("-b:a") + 1] == "192k"
+    assert ("-filter_complex" in argv and "volume=" in argv[argv.index("-filter_complex") + 1]) == normalise
+    with av.open(str(out)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == "aac" and stream.codec_context.sample_rate == SAMPLE_RATE
+        assert stream.codec_context.channels == 2
+        # The MP4's edit list cuts the encoder's padding: the track is exactly as long as the mix.
+        assert stream.duration * stream.time_base * SAMPLE_RATE == len(_decode(mix))
+    integrated, true_peak = await _ebur128(out)
+    expected = LoudnessTarget().integrated_lufs if normalise else -25.0
+    assert abs(printed.integrated_lufs - expected) < 1.0, printed
+    # What the pass printed is the float signal before AAC; the decoded AAC reads within a few tenths of it.
+    assert abs(integrated - printed.integrated_lufs) < 0.3, (integrated, printed)
+    if normalise:
+        assert true_peak <= LoudnessTarget().true_peak_dbtp + 0.5, true_peak
+    print(f"AAC soundtrack: printed {printed.integrated_lufs} LUFS, decoded {integrated} LUFS, peak {true_peak} dBTP")
 
 
 async def test_a_silent_mix_stays_silent(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from services.assembler.ffmpeg import (
     MuxJob,
     SegmentJob,
     concat_list,
+    encoder_threads,
     mux_command,
     segment_command,
     transition_command,
@@ -178,6 +179,18 @@ def test_quality_picks_the_encoder_preset() -> None:
         assert ("-crf" in argv) == (encoder is Encoder.LIBX264)
 
 
+def test_threads_cap_libx264_only_and_share_the_cores() -> None:
+    job = SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4"), head_frames=10)
+    one = segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264, threads=1)
+    # The H.264 body gets the cap; the lossless head is not x264's.
+    assert _after(one, "-threads") == "1" and one.count("-threads") == 1
+    assert one.index("-threads") < one.index("/w/s.mp4") < one.index("/w/s-head.mkv")
+    assert "-threads" not in segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
+    assert "-threads" not in segment_command("ffmpeg", job, OUTPUT, Encoder.H264_NVENC, threads=1)
+    assert [encoder_threads(2, running) for running in (0, 1, 2, 3)] == [2, 2, 1, 1]
+    assert [encoder_threads(8, running) for running in (1, 2, 3, 8, 9)] == [8, 4, 2, 1, 1]
+
+
 def test_mux_copies_video_and_encodes_the_finished_audio() -> None:
     job = MuxJob(
         Path("/w/segments.txt"),
@@ -196,6 +209,12 @@ def test_mux_copies_video_and_encodes_the_finished_audio() -> None:
     assert _after(argv, "-c:a") == "aac" and _after(argv, "-b:a") == "192k" and _after(argv, "-ar") == "48000"
     assert _after(argv, "-c:s") == "mov_text"
     assert _after(argv, "-movflags") == "+faststart"
+
+
+def test_mux_copies_an_aac_soundtrack() -> None:
+    argv = mux_command("ffmpeg", MuxJob(Path("/w/segments.txt"), Path("/w/soundtrack.m4a"), None, Path("/w/m.mp4")))
+    assert _after(argv, "-c:a") == "copy" and _after(argv, "-c:v") == "copy"
+    assert "-b:a" not in argv and "-ar" not in argv
 
 
 def test_mux_without_captions_has_no_subtitle_track() -> None:

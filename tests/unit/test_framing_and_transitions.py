@@ -13,6 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
+from services.assembler.audio import (
+    SOUNDTRACK_SUFFIX,
+    LoudnessTarget,
+    measure_command,
+    normalize_command,
+    parse_measurement,
+)
 from services.assembler.cards import BACKGROUND, SAFE_MARGIN_RATIO, render_card
 from services.assembler.ffmpeg import (
     Encoder,
@@ -195,6 +202,41 @@ async def test_cross_faded_scenes_join_by_stream_copy_to_the_exact_length(tmp_pa
     second = luma[28:36]
     assert all(a > b for a, b in zip([bright_y, *second], [*second, luma[36]], strict=True))
     print(f"cross-fade lumas: dark {dark_y:.1f} {[round(float(y), 1) for y in first]} bright {bright_y:.1f}")
+
+
+async def test_segments_at_any_thread_count_and_an_aac_soundtrack_join_by_stream_copy(tmp_path: Path) -> None:
+    bright = _still(tmp_path / "bright.png", BRIGHT)
+    jobs = [SegmentJob(bright, False, _plan(i, 30), tmp_path / f"s{i}.mp4", fade_in_frames=10) for i in range(3)]
+    # Thread counts as encoder_threads hands them out: the first encode alone, the rest sharing, x264's own choice.
+    for job, threads in zip(jobs, (2, 1, 0), strict=True):
+        await run_ffmpeg(segment_command(EXE, job, OUTPUT, Encoder.LIBX264, threads), 60)
+    segment_list = tmp_path / "segments.txt"
+    segment_list.write_text(concat_list([job.output_path for job in jobs]))
+    mix = tmp_path / "mix.wav"
+    await run_ffmpeg(
+        [EXE, "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=3:sample_rate=48000"]
+        + ["-ac", "2", "-c:a", "pcm_f32le", "-y", str(mix)],
+        60,
+    )
+    measured = parse_measurement(await run_ffmpeg(measure_command(EXE, mix), 60))
+    soundtrack = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
+    await run_ffmpeg(normalize_command(EXE, mix, LoudnessTarget(), measured, soundtrack), 60)
+    movie = tmp_path / "movie.mp4"
+    await run_ffmpeg(mux_command(EXE, MuxJob(segment_list, soundtrack, None, movie)), 60)
+
+    header, packets = _packets(movie)
+    assert all(_packets(job.output_path)[0] == header for job in jobs)
+    assert packets == [packet for job in jobs for packet in _packets(job.output_path)[1]]
+    # The soundtrack's AAC packets are the movie's, byte for byte, and both tracks last the 90 frames.
+    assert _audio_packets(movie) == _audio_packets(soundtrack)
+    with av.open(str(movie)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert float(video.duration * video.time_base) == float(audio.duration * audio.time_base) == 3.0
+
+
+def _audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(audio=0) if packet.size]
 
 
 async def test_fit_modes_fill_the_side_bars_as_named(tmp_path: Path, portrait: Path) -> None:
