@@ -80,6 +80,8 @@ class _Scene:
     narration: ChunkSink
     piece: _Piece | None = None
     encoded: bool = False
+    # Set once `piece` is planned (in a thread, after both assets arrived).
+    planned: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -215,10 +217,10 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         for name, card in (("title", finishing.title_card), ("end", finishing.end_card)):
             if card is not None:
                 assembly.cards[name] = self._card(assembly, name, card)
-        if "title" in assembly.cards:
-            self._start_encode(assembly, assembly.cards["title"], 0, scene_index=None)
-        if "end" in assembly.cards:
-            self._start_encode(assembly, assembly.cards["end"], assembly.piece_count - 1, scene_index=None)
+        for name, position in (("title", 0), ("end", assembly.piece_count - 1)):
+            if name in assembly.cards:
+                job = self._segment_job(assembly, assembly.cards[name], position)
+                assembly.encodes.append(asyncio.create_task(self._encode(assembly, job, scene_index=None)))
         return assembly
 
     def _card(self, assembly: _Assembly, name: str, card: CardText) -> _Piece:
@@ -291,8 +293,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         sink.write(chunk.chunk)
         if was_ready or not (scene.visual.complete and scene.narration.complete):
             return []
-        scene.piece = self._plan(assembly, scene)
-        self._start_encode(assembly, scene.piece, assembly.position(scene.index), scene_index=scene.index)
+        assembly.encodes.append(asyncio.create_task(self._plan_and_encode(assembly, scene)))
         return [_progress(assembly, pb.ASSEMBLY_STAGE_SCENE_RECEIVED, scene.index)]
 
     def _plan(self, assembly: _Assembly, scene: _Scene) -> _Piece:
@@ -330,7 +331,16 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         is_clip = scene.start.visual.mime_type.startswith("video/")
         return _Piece(plan, scene.visual.path, is_clip, narration=scene.narration.path, kept_ms=kept)
 
-    def _start_encode(self, assembly: _Assembly, piece: _Piece, position: int, scene_index: int | None) -> None:
+    async def _plan_and_encode(self, assembly: _Assembly, scene: _Scene) -> int | None:
+        # Probing decodes the narration (and the silence trim reads it again): in a thread, so the event loop keeps
+        # receiving the other scenes meanwhile (it was most of the assembler's CPU in the fan-out benchmark).
+        scene.piece = await asyncio.to_thread(self._plan, assembly, scene)
+        scene.planned.set()
+        job = self._segment_job(assembly, scene.piece, assembly.position(scene.index))
+        return await self._encode(assembly, job, scene.index)
+
+    def _segment_job(self, assembly: _Assembly, piece: _Piece, position: int) -> SegmentJob:
+        """Writes the piece's caption files and describes its encode (fades, framing, cross-fade parts)."""
         first, last = position == 0, position == assembly.piece_count - 1
         crossfade = assembly.crossfade_frames
         if crossfade:
@@ -367,7 +377,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             head_frames=0 if first else crossfade,
             tail_frames=0 if last else crossfade,
         )
-        assembly.encodes.append(asyncio.create_task(self._encode(assembly, piece.job, scene_index)))
+        return piece.job
 
     async def _encode(self, assembly: _Assembly, job: SegmentJob, scene_index: int | None) -> int | None:
         """Encodes a piece's segment, or joins the one a render with the same inputs encoded before."""
@@ -411,6 +421,8 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
 
     async def _soundtrack(self, assembly: _Assembly) -> tuple[Path, audio.LoudnessMeasurement]:
         """Mixes narration and music for the whole timeline, normalises its loudness and measures the result."""
+        # Every scene's length is known once it is planned; a scene whose planning fails stops the whole call.
+        await asyncio.gather(*(scene.planned.wait() for scene in assembly.scenes.values()))
         timeout = self._settings.ffmpeg_timeout_seconds
         music = None
         if assembly.music is not None:
