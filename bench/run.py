@@ -109,6 +109,21 @@ of the cores as x264 threads (`ffmpeg.encoder_threads`) and writing the soundtra
 Tried and left out: `-tune stillimage` and x264 `weightp=2` or `0` (within the run-to-run spread of 5 %, and
 they change the picture); one encode at a time with x264's threads (11.8 s for the 12 segments against 9.1 s);
 `aac_coder=fast` (1.0 s instead of 1.4 s of CPU, off the critical path once the AAC is encoded alongside the video).
+
+## Profile of the fan-out render (figure 3)
+
+Profiled once, for issue 9 (not re-measured by `bench/run.py`): `python -m bench.run fanout` with
+`py-spy record --nonblocking --threads` attached for 45 s to the gateway and to the assembler (py-spy is not a
+project dependency: `.venv/bin/pip install py-spy`). The processes mostly wait: the gateway was busy for 1.6 s of
+CPU samples over the three renders, the assembler (outside FFmpeg) for 3.6 s.
+
+- Gateway: a third of its busy samples were the spend ledger opening a SQLite connection per entry, and most of
+  the rest of the ledger's share was the commit's fsync. Now each worker thread keeps its connection and the file
+  uses `synchronous=NORMAL` (WAL): 96 busy samples instead of 158 for the same three renders.
+- Assembler: 58% of its busy samples were `media.probe` (PyAV decoding each narration to measure it) on the event
+  loop thread, where it delayed receiving the other scenes' chunks. Planning now runs in a worker thread: the second
+  profile shows every `probe` sample in the `asyncio_*` threads and none in the main thread.
+- Nothing else stood out: gRPC reads and writes, `Popen` of the FFmpeg processes, and JSON logging each under 5%.
 {notes}"""
 
 

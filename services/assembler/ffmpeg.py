@@ -173,8 +173,6 @@ class SegmentJob:
     fit: Fit = Fit.PAD_COLOR
     # An FFmpeg colour ("black", "#1a2b3c", "0x1a2b3c") for Fit.PAD_COLOR.
     pad_color: str = "black"
-    # A folder of font files libass may load (a CJK font, say), besides the system's fonts.
-    fonts_dir: Path | None = None
     head_frames: int = 0
     tail_frames: int = 0
 
@@ -207,10 +205,10 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
         picture = ffmpeg.input(str(job.visual), stream_loop=-1).video.filter("fps", fps=output.fps)
         picture = _frame(picture, output, job.fit, job.pad_color)
         if job.captions is not None:
-            picture = _burn(picture, job.captions, job.fonts_dir)
+            picture = picture.filter("ass", filename=str(job.captions))
     else:
         framed = _frame(ffmpeg.input(str(job.visual)).video, output, job.fit, job.pad_color)
-        picture = _still(framed, job.still_runs or ((frames, None),), output, job.fonts_dir)
+        picture = _still(framed, job.still_runs or ((frames, None),), output)
     if job.fade_in_frames > 0:
         picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_in_frames)
     if job.fade_out_frames > 0:
@@ -296,20 +294,10 @@ def transition_command(
     return stream.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
 
 
-def _burn(
-    picture: ffmpeg.nodes.FilterableStream, captions: Path, fonts_dir: Path | None
-) -> ffmpeg.nodes.FilterableStream:
-    """Draws an ASS file's captions; `fonts_dir` lets libass load fonts that fontconfig does not know (CJK)."""
-    if fonts_dir is None:
-        return picture.filter("ass", filename=str(captions))
-    return picture.filter("ass", filename=str(captions), fontsdir=str(fonts_dir))
-
-
 def _still(
     picture: ffmpeg.nodes.FilterableStream,
     runs: tuple[tuple[int, Path | None], ...],
     output: OutputFormat,
-    fonts_dir: Path | None,
 ) -> ffmpeg.nodes.FilterableStream:
     """The decoded, framed still, captioned once per run and repeated for the run's frames, runs joined in order.
 
@@ -320,7 +308,8 @@ def _still(
     for index, (frames, caption) in enumerate(runs):
         piece = copies.stream(index) if copies is not None else picture
         if caption is not None:
-            piece = _burn(piece, caption, fonts_dir)
+            # Fonts come through fontconfig (the assembler's FONTCONFIG_FILE adds the CJK font; see fonts.py).
+            piece = piece.filter("ass", filename=str(caption))
         # Timestamps counted in frames: an image's own time base (1/25) cannot hold every frame time at 30 fps.
         piece = piece.filter("loop", loop=frames - 1, size=1, start=0).filter("settb", f"1/{output.fps}")
         piece = piece.filter("setpts", "N")

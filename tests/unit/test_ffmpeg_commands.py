@@ -76,23 +76,15 @@ def test_clip_is_looped_resampled_and_cut_to_the_frame_count() -> None:
     assert "-an" in argv
 
 
-def test_every_ass_filter_gets_the_fonts_dir() -> None:
-    fonts = Path("/w/fonts")
+def test_every_caption_run_gets_its_own_ass_filter() -> None:
     still = SegmentJob(
-        Path("/w/v.png"),
-        False,
-        PLAN,
-        Path("/w/s.mp4"),
-        still_runs=((30, Path("/w/a.ass")), (60, Path("/w/b.ass"))),
-        fonts_dir=fonts,
+        Path("/w/v.png"), False, PLAN, Path("/w/s.mp4"), still_runs=((30, Path("/w/a.ass")), (60, Path("/w/b.ass")))
     )
-    clip = SegmentJob(Path("/w/v.mp4"), True, PLAN, Path("/w/s.mp4"), captions=Path("/w/c.ass"), fonts_dir=fonts)
+    clip = SegmentJob(Path("/w/v.mp4"), True, PLAN, Path("/w/s.mp4"), captions=Path("/w/c.ass"))
     for job, count in ((still, 2), (clip, 1)):
         graph = _filter_graph(segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264))
         assert graph.count("ass=filename=") == count
-        assert graph.count(":fontsdir=/w/fonts") == count
-    plain = SegmentJob(Path("/w/v.mp4"), True, PLAN, Path("/w/s.mp4"), captions=Path("/w/c.ass"))
-    assert "fontsdir" not in _filter_graph(segment_command("ffmpeg", plain, OUTPUT, Encoder.LIBX264))
+        assert "fontsdir" not in graph
 
 
 def test_fit_modes_build_their_framing() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from PIL import Image, ImageFont
+from PIL import Image
 
 from services.assembler.audio import (
     SOUNDTRACK_SUFFIX,
@@ -35,7 +34,7 @@ from services.assembler.ffmpeg import (
 )
 from services.assembler.plan import ScenePlan
 from services.common.errors import FailedPrecondition
-from services.common.fonts import find_font
+from services.common.fonts import write_fontconfig
 from services.common.media import ffmpeg_exe, run_ffmpeg
 from services.common.output import OutputFormat
 from services.common.providers import Quality
@@ -286,39 +285,30 @@ async def test_fit_modes_fill_the_side_bars_as_named(tmp_path: Path, portrait: P
     )
 
 
-def test_captions_load_fonts_from_fonts_dir(tmp_path: Path) -> None:
-    """With fontconfig given no fonts at all, libass draws the caption only from the font in `fonts_dir`."""
-    font = find_font()
-    if font is None:
-        pytest.skip("no TrueType font on this machine")
-    fonts_dir = tmp_path / "fonts"
-    fonts_dir.mkdir()
-    shutil.copy(font, fonts_dir / font.name)
-    family = ImageFont.truetype(font, 10).getname()[0]
+def test_captions_find_the_cjk_font_through_the_assemblers_fontconfig_file(tmp_path: Path) -> None:
+    """Given no fonts at all, fontconfig lets nothing be drawn; with `fonts.write_fontconfig`, the CJK caption is."""
     captions = tmp_path / "caption.ass"
     captions.write_text(
         "[Script Info]\nScriptType: v4.00+\nPlayResX: 320\nPlayResY: 180\n\n[V4+ Styles]\n"
         "Format: Name, Fontname, Fontsize, PrimaryColour, Bold, Alignment, MarginV\n"
-        f"Style: Default,{family},30,&H00FFFFFF,0,2,10\n\n[Events]\n"
-        "Format: Layer, Start, End, Style, Text\nDialogue: 0,0:00:00.00,0:00:09.00,Default,Hello there\n"
+        "Style: Default,Noto Sans CJK SC,30,&H00FFFFFF,0,2,10\n\n[Events]\n"
+        "Format: Layer, Start, End, Style, Text\nDialogue: 0,0:00:00.00,0:00:09.00,Default,梯子安全\n"
     )
-    no_fonts = tmp_path / "fonts.conf"
+    no_fonts = tmp_path / "empty.conf"
     no_fonts.write_text('<?xml version="1.0"?>\n<fontconfig></fontconfig>\n')
-    env = {**os.environ, "FONTCONFIG_FILE": str(no_fonts)}
     ink = {}
-    for label, folder in (("without", None), ("with", fonts_dir)):
+    for label, config in (("without", no_fonts), ("with", write_fontconfig(tmp_path / "fonts.conf"))):
         job = SegmentJob(
             _still(tmp_path / "dark.png", DARK),
             False,
             _plan(0, 2),
             tmp_path / f"{label}.mp4",
             still_runs=((2, captions),),
-            fonts_dir=folder,
         )
+        env = {**os.environ, "FONTCONFIG_FILE": str(config)}
         subprocess.run(segment_command(EXE, job, OUTPUT, Encoder.LIBX264), env=env, check=True, capture_output=True)
         ink[label] = int((_frames(job.output_path, "gray")[0] > 128).sum())
-    assert ink["without"] == 0 and ink["with"] > 300
-    print("caption ink pixels without / with fonts_dir:", ink)
+    assert ink["without"] == 0 and ink["with"] > 300, ink
 
 
 @pytest.mark.parametrize(
