@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import assembly, fanout, memory, replicas
+from bench import assembly, fanout, memory, replicas, rerender
 from bench.common import Figure, log, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[Callable[[Path], list[Figure]], str]] = {
     "fanout": (fanout.run, "3. parallel fan-out"),
     "memory": (memory.run, "4. streaming memory"),
     "replicas": (replicas.run, "5. replica scaling"),
+    "rerender": (rerender.run, "6. re-render after an edit"),
 }
 
 TEMPLATE = """# Benchmarks
@@ -83,6 +84,10 @@ Total run time: {total:.0f} s.
    `replicas`); each replica has its own fake speech server that serves one request at a time, so a second replica
    doubles the latency-bound capacity while the CPU stays mostly idle. Runs are paired (run i with 1 replica against
    run i with 2).
+6. **Re-render after an edit** (issue 8; no target). A LocalStack with the asset cache and the segment cache on, in
+   fresh folders for each run: 12 scenes (gpt-image-1-mini and openai speech on the fake OpenAI, which answers at
+   once, so only local work is timed; 720p30), then the same script with one narration edited. The notes give the
+   provider calls and segment encodes, read from the fake and the assembler's `/metrics`.
 
 ## Where an assembly's time goes
 

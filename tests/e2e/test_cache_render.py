@@ -55,7 +55,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
                 elapsed = time.monotonic() - started
                 calls = [len(fake.requests_to(IMAGES, "POST")), len(fake.requests_to(SPEECH, "POST"))]
                 renders[name] = summary
-                return elapsed, [*calls, *_segment_counts(stack.metrics_ports["assembler"])]
+                return elapsed, [*calls, *segment_counts(stack.metrics_ports["assembler"])]
 
             renders: dict[str, render_service_pb2.RenderSummary] = {}
             full_s, after_full = render(_request(narrations), "full.mp4")
@@ -98,7 +98,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
     assert " ".join(probed.subtitle_texts).split() == " ".join(edited).split()
 
 
-def _segment_counts(metrics_port: int) -> list[int]:
+def segment_counts(metrics_port: int) -> list[int]:
     """The assembler's segment cache hits and misses so far, from its Prometheus endpoint."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
