@@ -37,9 +37,9 @@ def run(work: Path) -> list[Figure]:
     narrations = [f"Step {i}: check the feet, the rungs and the braces before you climb." for i in range(SCENES)]
     edited = [*narrations]
     edited[EDITED] = "Step six, edited: keep three points of contact at all times."
-    full = Figure("rerender-full", "6. 12-scene render, empty caches, seconds", "s", "-", lambda _: True)
-    again = Figure("rerender-edit", "6. the same render after one narration edit, seconds", "s", "-", lambda _: True)
-    ratio = Figure("rerender-ratio", "6. re-render after one edit / full render", "x", "-", lambda _: True)
+    full = Figure("rerender-full", "6. 12-scene render, empty caches, seconds", "s", "", lambda _: True)
+    again = Figure("rerender-edit", "6. the same render after one narration edit, seconds", "s", "", lambda _: True)
+    ratio = Figure("rerender-ratio", "6. re-render after one edit / full render", "x", "", lambda _: True)
     for attempt in range(RUNS):
         folder = work / f"run-{attempt}"
         with FakeOpenAI() as fake:
