@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
 from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResult
-from services.common.cache import CacheBackend, CachedAsset, CachedTiming, get_or_make, speech_key
-from services.common.chunks import iter_chunks
+from services.common.cache import CacheBackend, CachedAsset, CachedTiming, asset_responses, get_or_make, speech_key
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
 from services.common.media import MediaInfo, probe
@@ -77,7 +76,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
             )
 
         asset, cache_hit = await get_or_make(cache, "speech", key, request.no_cache, make, deadline)
-        for response in _responses(name, asset, cache_hit):
+        for response in asset_responses(audio_service_pb2.SynthesizeSpeechResponse, name, asset, cache_hit):
             yield response
 
     @rpc_method
@@ -87,32 +86,3 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         return audio_service_pb2.ListSpeechProvidersResponse(
             providers=provider_set(types_pb2.MEDIA_KIND_SPEECH, self._registry)
         )
-
-
-def _responses(
-    provider: str, asset: CachedAsset, cache_hit: bool
-) -> Iterator[audio_service_pb2.SynthesizeSpeechResponse]:
-    """Metadata (with timings), then the bytes; a cache hit cost nothing this time."""
-    yield audio_service_pb2.SynthesizeSpeechResponse(
-        metadata=types_pb2.AssetMetadata(
-            mime_type=asset.mime_type,
-            size_bytes=len(asset.data),
-            sample_rate=asset.sample_rate,
-            duration_ms=asset.duration_ms,
-            provider=provider,
-            model=asset.model,
-            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
-            timings=[
-                types_pb2.TextTiming(
-                    text=t.text,
-                    start_ms=t.start_ms,
-                    end_ms=t.end_ms,
-                    kind=types_pb2.TIMING_KIND_WORD if t.is_word else types_pb2.TIMING_KIND_SENTENCE,
-                )
-                for t in asset.timings
-            ],
-            cache_hit=cache_hit,
-        )
-    )
-    for chunk in iter_chunks(asset.data):
-        yield audio_service_pb2.SynthesizeSpeechResponse(chunk=chunk)

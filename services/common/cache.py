@@ -39,14 +39,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import redis
 from prometheus_client import Counter
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from scenecast.v1 import types_pb2
 
+from services.common.chunks import iter_chunks
 from services.common.errors import ProviderUnavailable
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from services.video.providers.base import ClipJob
 
 _LOGGER = logging.getLogger(__name__)
+
+ResponseT = TypeVar("ResponseT")
 
 # Bumped when the key's fields or the entry layout change, so old entries are simply never found again.
 FORMAT_VERSION = 1
@@ -129,6 +133,40 @@ class CachedAsset:
     sample_rate: int = 0
     duration_ms: int = 0
     timings: tuple[CachedTiming, ...] = field(default_factory=tuple)
+
+
+def asset_responses(
+    message: Callable[..., ResponseT], provider: str, asset: CachedAsset, cache_hit: bool
+) -> Iterator[ResponseT]:
+    """An asset as a media service answers it: `message(metadata=...)`, then `message(chunk=...)` for the bytes.
+
+    The metadata says what the asset is (a hit keeps its model, size, duration and timings); a hit cost nothing.
+    """
+    yield message(
+        metadata=types_pb2.AssetMetadata(
+            mime_type=asset.mime_type,
+            size_bytes=len(asset.data),
+            width=asset.width,
+            height=asset.height,
+            sample_rate=asset.sample_rate,
+            duration_ms=asset.duration_ms,
+            provider=provider,
+            model=asset.model,
+            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
+            timings=[
+                types_pb2.TextTiming(
+                    text=t.text,
+                    start_ms=t.start_ms,
+                    end_ms=t.end_ms,
+                    kind=types_pb2.TIMING_KIND_WORD if t.is_word else types_pb2.TIMING_KIND_SENTENCE,
+                )
+                for t in asset.timings
+            ],
+            cache_hit=cache_hit,
+        )
+    )
+    for chunk in iter_chunks(asset.data):
+        yield message(chunk=chunk)
 
 
 ASSET_CACHE = Counter(
@@ -503,20 +541,10 @@ class AssetCache(CacheBackend):
         if size > self.max_bytes:
             _LOGGER.info("asset cache: %d bytes exceed ASSET_CACHE_MAX_BYTES; not stored", size)
             return
-        data_path, meta_path = self._paths(key)
-        data_path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self._paths(key)[0].parent
+        folder.mkdir(parents=True, exist_ok=True)
         meta = {"sha256": hashlib.sha256(asset.data).hexdigest(), "size": size, "asset": _metadata_of(asset)}
-        data_temp = _write_temp(data_path.parent, key, asset.data)
-        meta_temp = _write_temp(data_path.parent, key, json.dumps(meta, ensure_ascii=False).encode())
-        try:
-            with self._shard_lock(key):
-                os.replace(data_temp, data_path)
-                os.replace(meta_temp, meta_path)
-        finally:
-            for temp in (data_temp, meta_temp):
-                with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
-        self.evict()
+        self._install(key, _write_temp(folder, key, asset.data), meta)
 
     def put_file(self, key: str, source: Path, mime_type: str) -> None:
         """Stores a file as an entry, copied a block at a time (for large outputs such as encoded segments)."""
@@ -524,29 +552,34 @@ class AssetCache(CacheBackend):
         if size > self.max_bytes:
             _LOGGER.info("cache: %d bytes exceed the folder's byte budget; not stored", size)
             return
-        data_path, meta_path = self._paths(key)
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=data_path.parent, prefix=f".{key}.", suffix=".tmp")
-        data_temp = Path(name)
+        folder = self._paths(key)[0].parent
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
+        digest = hashlib.sha256()
         try:
-            digest = hashlib.sha256()
             with source.open("rb") as reader, os.fdopen(handle, "wb") as writer:
                 while block := reader.read(_COPY_BLOCK):
                     digest.update(block)
                     writer.write(block)
-            asset = CachedAsset(data=b"", mime_type=mime_type, model="")
-            meta = {"sha256": digest.hexdigest(), "size": size, "asset": _metadata_of(asset)}
-            meta_temp = _write_temp(data_path.parent, key, json.dumps(meta).encode())
-            try:
-                with self._shard_lock(key):
-                    os.replace(data_temp, data_path)
-                    os.replace(meta_temp, meta_path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    meta_temp.unlink()
+        except BaseException:
+            os.unlink(name)
+            raise
+        asset = CachedAsset(data=b"", mime_type=mime_type, model="")
+        self._install(key, Path(name), {"sha256": digest.hexdigest(), "size": size, "asset": _metadata_of(asset)})
+
+    def _install(self, key: str, data_temp: Path, meta: dict[str, Any]) -> None:
+        """Moves a written data file and its metadata into place (data first, under the shard lock), then evicts."""
+        data_path, meta_path = self._paths(key)
+        temps = [data_temp]
+        try:
+            temps.append(_write_temp(data_path.parent, key, json.dumps(meta, ensure_ascii=False).encode()))
+            with self._shard_lock(key):
+                os.replace(data_temp, data_path)
+                os.replace(temps[1], meta_path)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                data_temp.unlink()
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
         self.evict()
 
     def get_file(self, key: str, destination: Path) -> bool:

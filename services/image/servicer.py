@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import grpc
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
-from services.common.cache import CacheBackend, CachedAsset, get_or_make, image_key
-from services.common.chunks import iter_chunks
+from services.common.cache import CacheBackend, CachedAsset, asset_responses, get_or_make, image_key
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, rpc_method
 from services.common.observability import record_spend
@@ -80,7 +79,7 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
             )
 
         asset, cache_hit = await get_or_make(cache, "image", key, request.no_cache, make, deadline)
-        for response in _responses(name, asset, cache_hit):
+        for response in asset_responses(image_service_pb2.GenerateImageResponse, name, asset, cache_hit):
             yield response
 
     @rpc_method
@@ -90,21 +89,3 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
         return image_service_pb2.ListImageProvidersResponse(
             providers=provider_set(types_pb2.MEDIA_KIND_IMAGE, self._registry)
         )
-
-
-def _responses(provider: str, asset: CachedAsset, cache_hit: bool) -> Iterator[image_service_pb2.GenerateImageResponse]:
-    """Metadata, then the bytes; a cache hit cost nothing this time."""
-    yield image_service_pb2.GenerateImageResponse(
-        metadata=types_pb2.AssetMetadata(
-            mime_type=asset.mime_type,
-            size_bytes=len(asset.data),
-            width=asset.width,
-            height=asset.height,
-            provider=provider,
-            model=asset.model,
-            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
-            cache_hit=cache_hit,
-        )
-    )
-    for chunk in iter_chunks(asset.data):
-        yield image_service_pb2.GenerateImageResponse(chunk=chunk)

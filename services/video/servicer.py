@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common.cache import CachedAsset, avatar_key, clip_key, file_sha256, get_or_make, open_cache
-from services.common.chunks import ChunkSink, iter_chunks
+from services.common.cache import (
+    CachedAsset,
+    asset_responses,
+    avatar_key,
+    clip_key,
+    file_sha256,
+    get_or_make,
+    open_cache,
+)
+from services.common.chunks import ChunkSink
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
 from services.common.media import MediaInfo, probe
@@ -26,9 +33,6 @@ from services.common.text import checked_text
 from services.video.avatars.base import AvatarJob, AvatarProvider, AvatarResult, AvatarScene
 from services.video.config import VideoSettings
 from services.video.providers.base import ClipJob, ClipResult, VideoProvider
-
-# The two response messages that carry a video: metadata first, then chunks.
-ResponseT = TypeVar("ResponseT", video_service_pb2.GenerateClipResponse, video_service_pb2.GenerateAvatarVideoResponse)
 
 MAX_PROMPT_CHARS = 4000
 MAX_DURATION_MS = 10 * 60 * 1000
@@ -96,7 +100,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 return await self._make_clip(name, provider, job, deadline)
 
             asset, cache_hit = await get_or_make(cache, "clip", key, spec.no_cache, make, deadline)
-            for response in _responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit):
+            for response in asset_responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit):
                 yield response
 
     async def _make_clip(self, name: str, provider: VideoProvider, job: ClipJob, deadline: float | None) -> CachedAsset:
@@ -212,7 +216,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             return _asset(result, info)
 
         asset, cache_hit = await get_or_make(cache, "avatar", key, request.no_cache, make, call_end)
-        for response in _responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit):
+        for response in asset_responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit):
             yield response
 
     @rpc_method
@@ -235,25 +239,6 @@ def _asset(result: ClipResult | AvatarResult, info: MediaInfo) -> CachedAsset:
         height=info.height,
         duration_ms=info.duration_ms,
     )
-
-
-def _responses(message: type[ResponseT], provider: str, asset: CachedAsset, cache_hit: bool) -> Iterator[ResponseT]:
-    """Metadata, then the bytes, as clip or avatar responses; a cache hit cost nothing this time."""
-    yield message(
-        metadata=types_pb2.AssetMetadata(
-            mime_type=asset.mime_type,
-            size_bytes=len(asset.data),
-            width=asset.width,
-            height=asset.height,
-            duration_ms=asset.duration_ms,
-            provider=provider,
-            model=asset.model,
-            estimated_cost_usd=0.0 if cache_hit else asset.estimated_cost_usd,
-            cache_hit=cache_hit,
-        )
-    )
-    for chunk in iter_chunks(asset.data):
-        yield message(chunk=chunk)
 
 
 def _avatar_scenes(scenes: Sequence[types_pb2.Scene]) -> tuple[AvatarScene, ...]:
