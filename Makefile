@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos demo serve up down test bench clean
+.PHONY: install protos lint lint-protos test-deps demo serve up down test bench clean
 
 install: $(VENV)/.installed
 
@@ -77,7 +77,11 @@ down:
 		while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; rm -f out/services.pid; echo "stopped"; \
 	else echo "not running"; fi
 
-test: install $(BUF) $(NODE_CLIENT) lint lint-protos
+# Debian packages the tests start servers from (redis-server, PostgreSQL) and docker-compose: installed when missing.
+test-deps:
+	bash tools/test-deps.sh
+
+test: test-deps install $(BUF) $(NODE_CLIENT) lint lint-protos
 	$(PY) -m pytest -q
 
 # Measures the figures in docs/BENCHMARKS.md on this machine and rewrites it (about 8-9 minutes on 2 cores).
