@@ -16,7 +16,7 @@ from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc
 from scenecast.v1.types_pb2 import SUBTITLE_FORMAT_SRT, SUBTITLE_FORMAT_WEBVTT, TIMING_KIND_WORD, SubtitleFile
 
-from services.assembler import audio, captions, segments
+from services.assembler import audio, captions, limits, segments
 from services.assembler.cards import render_card
 from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import (
@@ -42,7 +42,6 @@ from services.common.text import checked_text
 
 _LOGGER = logging.getLogger(__name__)
 
-MAX_TITLE_CHARS = 200
 MAX_PAD_MS = 10_000
 _EXTENSIONS = {
     "audio/mp4": ".m4a",
@@ -186,6 +185,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         if not message.HasField("start"):
             raise InvalidArgument("the first message must be `start` (output settings and scene_count)")
         start = message.start
+        limits.check_start(start)
         for name in ("scene_lead_ms", "scene_tail_ms"):
             if getattr(start, name) > MAX_PAD_MS:
                 raise InvalidArgument(f"start.{name} must be at most {MAX_PAD_MS} (got {getattr(start, name)})")
@@ -206,7 +206,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             folder=folder,
             output=output,
             scene_count=start.scene_count,
-            title=checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
+            title=checked_text(start.title, "start.title", limits.MAX_TITLE_CHARS, required=False),
             lead_ms=lead_ms,
             tail_ms=tail_ms,
             finishing=finishing,
@@ -245,6 +245,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
     def _add_music(self, assembly: _Assembly, start: pb.MusicStart) -> None:
         if assembly.music is not None:
             raise InvalidArgument("music was announced twice; send at most one `music` message")
+        limits.check_asset(start.music, "music.music")
         extension = _extension(start.music.mime_type, ("audio/",), "music.music.mime_type")
         assembly.music = ChunkSink(
             assembly.folder / f"music{extension}", start.music.size_bytes, "music", self._settings.max_asset_bytes
@@ -257,6 +258,8 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             raise InvalidArgument(f"scene.scene_index {index} is out of range for scene_count {assembly.scene_count}")
         if index in assembly.scenes:
             raise InvalidArgument(f"{field_name} was announced twice; send each scene once")
+        own_sound = start.narration.mime_type == _OWN_SOUND
+        limits.check_scene(start, field_name, limits.narration_limit(own_sound, self._settings.assembler_max_scenes))
         visual_ext = _extension(start.visual.mime_type, ("image/", "video/"), f"{field_name}.visual.mime_type")
         audio_ext = _extension(start.narration.mime_type, ("audio/",), f"{field_name}.narration.mime_type")
         limit = self._settings.max_asset_bytes

@@ -6,6 +6,9 @@ import re
 
 from services.common.errors import InvalidArgument
 
+# Longest narration of one scene, in characters (the contract's `Scene.narration`).
+MAX_NARRATION_CHARS = 4000
+
 # A sentence ends at . ! ? or …, optionally followed by one closing quote or bracket, before whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
 

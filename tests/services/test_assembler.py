@@ -280,3 +280,80 @@ async def test_chinese_and_arabic_captions_with_the_word_highlight(
     (vtt,) = summary.subtitles
     assert vtt.format == types_pb2.SUBTITLE_FORMAT_WEBVTT and vtt.text.startswith("WEBVTT")
     assert "梯子" in vtt.text and "السلم" in vtt.text
+
+
+def _announce(scene: types_pb2.Scene, narration: types_pb2.AssetMetadata | None = None) -> list[pb.AssembleRequest]:
+    """An assembly of one scene that is announced and never sent: any error before its bytes is about the text."""
+    png = types_pb2.AssetMetadata(mime_type="image/png", size_bytes=10)
+    wav = narration or types_pb2.AssetMetadata(mime_type="audio/wav", size_bytes=10)
+    return [start(1), pb.AssembleRequest(scene=pb.SceneStart(scene_index=0, scene=scene, visual=png, narration=wav))]
+
+
+def _words(count: int) -> list[types_pb2.TextTiming]:
+    return [
+        types_pb2.TextTiming(text="go", start_ms=i, end_ms=i + 1, kind=types_pb2.TIMING_KIND_WORD) for i in range(count)
+    ]
+
+
+async def test_scene_text_over_its_limits_or_with_control_characters_is_refused(
+    assembler_channel: grpc.aio.Channel, work_root: Path
+) -> None:
+    """A direct caller gets the gateway's rules: 4000 characters, no control characters, timings bounded by text."""
+    said = types_pb2.Scene(id="s", narration="go " * 10)  # 30 characters, 29 once stripped
+    cases = {
+        "scene[0].scene.narration has 4001 characters; the limit is 4000": _announce(
+            types_pb2.Scene(narration="a" * 4001)
+        ),
+        "scene[0].scene.narration contains the control character U+0000": _announce(
+            types_pb2.Scene(narration="Mind\x00 the gap.")
+        ),
+        "scene[0].scene.narration contains the control character U+001B": _announce(
+            types_pb2.Scene(narration="Mind \x1b[31mthe gap.")
+        ),
+        "scene[0].scene.visual_prompt has 4001 characters": _announce(
+            types_pb2.Scene(narration="Hi.", visual_prompt="p" * 4001)
+        ),
+        "scene[0].scene.id has 65 characters": _announce(types_pb2.Scene(narration="Hi.", id="i" * 65)),
+        "scene[0].narration.timings has 100000 entries; the limit is 2 per character of the narration (58)": _announce(
+            said, types_pb2.AssetMetadata(mime_type="audio/wav", size_bytes=10, timings=_words(100_000))
+        ),
+        "scene[0].narration.timings hold 240 characters of text; the limit is 8 per character": _announce(
+            said,
+            types_pb2.AssetMetadata(
+                mime_type="audio/wav", size_bytes=10, timings=[types_pb2.TextTiming(text="x" * 120)] * 2
+            ),
+        ),
+        "scene[0].narration.timings[1].text contains the control character U+001B": _announce(
+            said,
+            types_pb2.AssetMetadata(
+                mime_type="audio/wav", size_bytes=10, timings=[_words(1)[0], types_pb2.TextTiming(text="\x1b]0;")]
+            ),
+        ),
+        "scene[0].narration.mime_type has 1006 characters": _announce(
+            said, types_pb2.AssetMetadata(mime_type="audio/" + "x" * 1000, size_bytes=10)
+        ),
+        "start.render_id has 1000 characters": [
+            pb.AssembleRequest(start=pb.AssemblyStart(output=OUTPUT_16_9, scene_count=1, render_id="r" * 1000))
+        ],
+    }
+    for message, requests in cases.items():
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await assemble(assembler_channel, requests)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in error.value.details(), error.value.details()
+        assert list(work_root.iterdir()) == [], message
+    # At the limits the announcement is accepted: the call fails only later, for the bytes never sent. An avatar
+    # video's sound (audio/mp4) speaks the whole script, so its scene may hold more than 4000 characters.
+    at_limits = {
+        "plain": _announce(
+            types_pb2.Scene(id="i" * 64, narration="a" * 4000, visual_prompt="p" * 4000, title="t" * 200),
+            types_pb2.AssetMetadata(mime_type="audio/wav", size_bytes=10, timings=_words(8000)),
+        ),
+        "avatar": _announce(
+            types_pb2.Scene(narration="word " * 20_000), types_pb2.AssetMetadata(mime_type="audio/mp4", size_bytes=10)
+        ),
+    }
+    for name, requests in at_limits.items():
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await assemble(assembler_channel, requests)
+        assert "the stream ended with scene[0] asset visual-0 at 0 of 10 bytes" in error.value.details(), name
