@@ -6,6 +6,7 @@ import difflib
 import functools
 import math
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,18 @@ CAPTION_MAX_LINES = 2
 # A sentence is cut into cues of about equal width, each filling at most this share of two lines: a line can only
 # break between words, so a cue aimed at exactly two full lines often needs a third.
 _CUE_FILL = 0.85
+# How many cues' worth of a sentence's end is measured whole when its cues are shared out (see `_Measure.group`).
+_MEASURED_CUES = 4
 _HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
+
+
+class PlanningStopped(Exception):
+    """The call that wanted the plan was cancelled or ran past its deadline, so planning stopped part way."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise PlanningStopped
 
 
 @dataclass(frozen=True)
@@ -186,8 +198,14 @@ class _Measure:
     face: FontFace
     em: float
     limit: float
+    # Set when the plan is no longer wanted: checked at every measurement, the unit of work of every layout loop.
+    stop: threading.Event | None = None
+
+    def check(self) -> None:
+        _check(self.stop)
 
     def width(self, words: Sequence[Word]) -> float:
+        self.check()
         return text_width(self.face, self.em, join_words(words))
 
     def fits(self, words: Sequence[Word]) -> bool:
@@ -231,7 +249,7 @@ class _Measure:
     def breakable(self, words: Sequence[Word]) -> list[Word]:
         """Cuts each word wider than a line into pieces that fill a line each, sharing its time by length.
 
-        Characters stay whole with their combining marks. Each piece is the longest that fits (found by bisection).
+        Characters stay whole with their combining marks. Each piece is the longest that fits.
         """
         out: list[Word] = []
         for word in words:
@@ -245,16 +263,11 @@ class _Measure:
                 else:
                     clusters.append(character)
             pieces: list[str] = []
-            while clusters:
-                low, high = 1, len(clusters)
-                while low < high:
-                    middle = (low + high + 1) // 2
-                    if text_width(self.face, self.em, "".join(clusters[:middle])) <= self.limit:
-                        low = middle
-                    else:
-                        high = middle - 1
-                pieces.append("".join(clusters[:low]))
-                clusters = clusters[low:]
+            done = 0
+            while done < len(clusters):
+                count = self._longest_fitting(clusters, done)
+                pieces.append("".join(clusters[done : done + count]))
+                done += count
             times = _spread(word.start_ms, word.end_ms, [len(piece) for piece in pieces])
             out.extend(
                 Word(piece, start, end, glued=word.glued if index == 0 else True)
@@ -262,16 +275,48 @@ class _Measure:
             )
         return out
 
+    def _longest_fitting(self, clusters: Sequence[str], start: int) -> int:
+        """How many clusters from `start` on fit in a line (at least one).
+
+        The count doubles while it fits, then bisection finds the end: only about a line's worth of text is measured
+        per piece, so a 4000-letter word costs as many measurements as its pieces (measuring the whole rest of the
+        word each time made it quadratic: 100,000 letters took minutes).
+        """
+        rest = len(clusters) - start
+
+        def fits(count: int) -> bool:
+            self.check()
+            return text_width(self.face, self.em, "".join(clusters[start : start + count])) <= self.limit
+
+        fitting, too_many = 1, 2
+        while too_many <= rest and fits(too_many):
+            fitting, too_many = too_many, too_many * 2
+        too_many = min(too_many, rest + 1)
+        while too_many - fitting > 1:
+            middle = (fitting + too_many) // 2
+            if fits(middle):
+                fitting = middle
+            else:
+                too_many = middle
+        return fitting
+
     def group(self, sentence: Sequence[Word]) -> list[list[Word]]:
         """Cuts a sentence into cues that each fit in two lines, as equal in width as the words allow.
 
         Each cue aims at an equal share of what is left, so a long sentence does not end with a one-word cue.
+        What is left is measured whole only when it is within a few cues: further from the end, the sum of its
+        words' widths decides the target as well, and measuring the whole rest for every cue made a sentence of
+        100,000 letters take minutes.
         """
+        cue_width = CAPTION_MAX_LINES * self.limit * _CUE_FILL
+        space = text_width(self.face, self.em, " ")
+        widths_after = list(accumulate((self.width([word]) + space for word in reversed(sentence)), initial=0.0))
         cues: list[list[Word]] = []
         rest = list(sentence)
         while rest:
-            total = self.width(rest)
-            target = total / max(1, math.ceil(total / (CAPTION_MAX_LINES * self.limit * _CUE_FILL)))
+            rough = widths_after[len(rest)]
+            total = self.width(rest) if rough <= _MEASURED_CUES * cue_width else rough
+            target = total / max(1, math.ceil(total / cue_width))
             current = rest[:1]
             for word in rest[1:]:
                 candidate = [*current, word]
@@ -330,6 +375,7 @@ def plan_scene(
     lead_ms: int,
     tail_ms: int,
     narration: str = "",
+    stop: threading.Event | None = None,
 ) -> ScenePlan:
     """Lays out one scene: lead-in silence, the narration, a tail, rounded up to whole frames.
 
@@ -337,16 +383,22 @@ def plan_scene(
     words then take the spoken words' times. Without word timings, each sentence's time is shared by its words'
     syllables. Words are grouped into cues of at most two lines that fit the title-safe width, never across a
     sentence end; each cue starts at its first word and ends with its last.
+
+    Planning runs in a worker thread, which the call's cancellation cannot interrupt: once `stop` is set it raises
+    PlanningStopped at its next step. Measured at the limits on one core: 4000 characters as one word 0.1 s, in
+    CJK 0.1 s, as 2000 equal words against 8000 word timings (difflib's worst case, a single step) 3.6 s; an avatar's
+    whole script of 800,000 characters 3.3 s.
     """
     frames = math.ceil((lead_ms + narration_ms + tail_ms) * output.fps / 1000)
     cues: tuple[Cue, ...] = ()
     if output.captions:
         if narration:
-            sentences = _sentences(_timed_or_spread(narration, spoken, narration_ms))
+            sentences = _sentences(_timed_or_spread(narration, spoken, narration_ms, stop))
         else:
             sentences = [s for part in _fold_untimed(spoken, narration_ms) for s in _sentences(spread_words(part))]
         shifted = [[_shift(word, lead_ms) for word in sentence] for sentence in sentences]
-        cues = _cues(shifted, caption_geometry(output))
+        _check(stop)
+        cues = _cues(shifted, caption_geometry(output), stop)
     return ScenePlan(index=index, frames=frames, fps=output.fps, lead_ms=lead_ms, cues=cues)
 
 
@@ -354,13 +406,13 @@ def _shift(word: Word, ms: int) -> Word:
     return Word(word.text, word.start_ms + ms, word.end_ms + ms, word.glued)
 
 
-def _cues(sentences: list[list[Word]], geometry: CaptionGeometry) -> tuple[Cue, ...]:
+def _cues(sentences: list[list[Word]], geometry: CaptionGeometry, stop: threading.Event | None) -> tuple[Cue, ...]:
     """Lays out the scene's sentences as cues in one face: the one that covers all of the scene's text."""
     words = [word for sentence in sentences for word in sentence]
     if not words:
         return ()
     face = face_for(join_words(words), bold=True)
-    measure = _Measure(face, geometry.font_size * libass_em_per_size(face), geometry.line_width)
+    measure = _Measure(face, geometry.font_size * libass_em_per_size(face), geometry.line_width, stop)
     groups = [group for sentence in sentences for group in measure.group(measure.breakable(sentence))]
     return tuple(Cue(measure.wrap(group), face) for group in _fold_unshown(groups))
 
@@ -526,9 +578,13 @@ def _spoken_units(word: SpokenText) -> list[SpokenText]:
     return [SpokenText(piece, start, end) for piece, (start, end) in zip(pieces, times, strict=True)]
 
 
-def _timed_or_spread(text: str, spoken: list[SpokenText], narration_ms: int) -> list[Word]:
+def _timed_or_spread(
+    text: str, spoken: list[SpokenText], narration_ms: int, stop: threading.Event | None
+) -> list[Word]:
     """The written words timed by the spoken words, or by syllables over the narration if those take no time."""
+    _check(stop)
     words = time_words(text, spoken)
+    _check(stop)
     if words and words[-1].end_ms > words[0].start_ms:
         return words
     return spread_words(SpokenText(text, 0, narration_ms))

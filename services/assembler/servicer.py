@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,9 @@ class _Assembly:
     encodes: list[asyncio.Task[int | None]] = field(default_factory=list)
     # FFmpeg's environment for drawing captions: a fontconfig file that also knows the CJK font.
     caption_env: dict[str, str] = field(default_factory=dict)
+    # Set when the call ends (cancelled, past its deadline, failed or done): caption planning, which runs in worker
+    # threads that cancelling the call cannot interrupt, stops at its next step instead of keeping a core busy.
+    stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def style(self) -> CaptionStyle:
@@ -175,6 +179,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
                 yield pb.AssembleResponse(summary=_summary(assembly, movie, sidecars, loudness))
             finally:
                 if assembly is not None:
+                    assembly.stop.set()
                     await _cancel(assembly.encodes)
                     sinks = [sink for scene in assembly.scenes.values() for sink in (scene.visual, scene.narration)]
                     for sink in [*sinks, assembly.music]:
@@ -328,6 +333,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             assembly.lead_ms,
             assembly.tail_ms,
             narration=scene.start.scene.narration if words else "",
+            stop=assembly.stop,
         )
         # A scene holds its cross-fades in and out and one frame of its own.
         plan = _at_least_frames(plan, 2 * assembly.crossfade_frames + 1)
