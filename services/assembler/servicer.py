@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import tempfile
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from services.assembler.ffmpeg import (
     transition_command,
 )
 from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
-from services.common import fonts
+from services.common import fonts, workdirs
 from services.common.cache import AssetCache
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
@@ -44,6 +43,7 @@ from services.common.text import checked_text
 _LOGGER = logging.getLogger(__name__)
 
 MAX_PAD_MS = 10_000
+WORK_FOLDER_PREFIX = "scenecast-assemble-"
 _EXTENSIONS = {
     "audio/mp4": ".m4a",
     "image/png": ".png",
@@ -141,13 +141,14 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         # Encodes running now: each one that starts takes its share of the cores (ffmpeg.encoder_threads).
         self._running_encodes = 0
         self._segments = AssetCache.from_settings(settings.segment_cache_dir, settings.segment_cache_max_bytes)
+        # Here rather than in server.py, so every way of building the service sweeps before its first call.
+        workdirs.sweep(WORK_FOLDER_PREFIX, settings.assembler_tmp_dir or None)
 
     @rpc_method
     async def Assemble(
         self, request_iterator: AsyncIterator[pb.AssembleRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AssembleResponse]:
-        tmp_root = self._settings.assembler_tmp_dir or None
-        with tempfile.TemporaryDirectory(prefix="scenecast-assemble-", dir=tmp_root) as folder:
+        with workdirs.work_folder(WORK_FOLDER_PREFIX, self._settings.assembler_tmp_dir or None) as folder:
             assembly: _Assembly | None = None
             try:
                 async for message in request_iterator:

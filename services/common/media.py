@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
 import os
+import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,18 @@ from services.common.errors import InvalidArgument, MediaError
 _LOGGER = logging.getLogger(__name__)
 
 _STDERR_TAIL_CHARS = 2000
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the child before FFmpeg starts: the kernel kills it when its parent dies, SIGKILL included.
+
+    Without it, an FFmpeg whose service was killed ran on for up to a minute on files nobody would read. The check
+    after prctl covers a parent that died before it ran.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,8 @@ async def run_ffmpeg(argv: list[str], timeout_seconds: float, env: Mapping[str, 
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **env} if env else None,
+        # PR_SET_PDEATHSIG is Linux's; elsewhere FFmpeg is still killed on cancellation and timeout, not on a crash.
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None,
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout_seconds)

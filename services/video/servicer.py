@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
+from services.common import workdirs
 from services.common.cache import (
     CachedAsset,
     asset_responses,
@@ -43,6 +43,8 @@ MAX_AVATAR_SETTING_CHARS = 2000
 # The avatar vendor stops waiting this long before the call's deadline, so the caller learns why (UNAVAILABLE naming
 # the deadline) instead of a bare DEADLINE_EXCEEDED, and no retry is started that could not finish.
 AVATAR_DEADLINE_MARGIN_SECONDS = 1.0
+CLIP_FOLDER_PREFIX = "scenecast-clip-"
+AVATAR_FOLDER_PREFIX = "scenecast-avatar-"
 
 
 class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
@@ -59,13 +61,15 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         self._cache = open_cache(
             settings.asset_cache_url.get_secret_value(), settings.asset_cache_dir, settings.asset_cache_max_bytes
         )
+        # Work folders a killed predecessor left behind (server.py is not this module's to change).
+        for prefix in (CLIP_FOLDER_PREFIX, AVATAR_FOLDER_PREFIX):
+            workdirs.sweep(prefix, settings.video_tmp_dir or None)
 
     @rpc_method
     async def GenerateClip(
         self, request_iterator: AsyncIterator[video_service_pb2.GenerateClipRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[video_service_pb2.GenerateClipResponse]:
-        with tempfile.TemporaryDirectory(prefix="scenecast-clip-", dir=self._settings.video_tmp_dir or None) as tmp:
-            work_dir = Path(tmp)
+        with workdirs.work_folder(CLIP_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
             spec, source_image = await self._receive(request_iterator, work_dir)
             if source_image is not None:
                 source = await asyncio.to_thread(probe, source_image, "source_image")
@@ -106,8 +110,8 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
     async def _make_clip(self, name: str, provider: VideoProvider, job: ClipJob, deadline: float | None) -> CachedAsset:
         """Works in a folder of its own, with its own copy of the source image: made through the cache, the clip is
         finished (and kept) even when the call that asked for it, and that call's folder, are gone."""
-        with tempfile.TemporaryDirectory(prefix="scenecast-clip-", dir=self._settings.video_tmp_dir or None) as tmp:
-            job = replace(job, work_dir=Path(tmp))
+        with workdirs.work_folder(CLIP_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
+            job = replace(job, work_dir=work_dir)
             if job.source_image is not None:
                 source_image = job.work_dir / "source-image"
                 await asyncio.to_thread(shutil.copyfile, job.source_image, source_image)
@@ -197,10 +201,8 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         key = avatar_key(name, type(provider).__module__, job) if cache is not None else ""
 
         async def make() -> CachedAsset:
-            with tempfile.TemporaryDirectory(
-                prefix="scenecast-avatar-", dir=self._settings.video_tmp_dir or None
-            ) as tmp:
-                path = Path(tmp) / "avatar.mp4"
+            with workdirs.work_folder(AVATAR_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
+                path = work_dir / "avatar.mp4"
 
                 async def attempt() -> tuple[AvatarResult, MediaInfo]:
                     result = await provider.generate(job)
