@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import logging
 import os
-import signal
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,18 +21,21 @@ from services.common.errors import InvalidArgument, MediaError
 _LOGGER = logging.getLogger(__name__)
 
 _STDERR_TAIL_CHARS = 2000
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent(parent: int) -> None:
-    """Runs in the child before FFmpeg starts: the kernel kills it when its parent dies, SIGKILL included.
+@functools.cache
+def _dies_with_parent() -> tuple[str, ...]:
+    """The argv prefix that has the kernel kill FFmpeg when the service dies, SIGKILL included (PR_SET_PDEATHSIG).
 
-    Without it, an FFmpeg whose service was killed ran on for up to a minute on files nobody would read. The check
-    after prctl covers a parent that died before it ran.
+    Without it, an FFmpeg whose service was killed ran on for up to a minute on files nobody would read. util-linux's
+    `setpriv` sets it and then runs FFmpeg (the setting survives exec). It is not set in a `preexec_fn`: that makes
+    Python fork instead of vfork, and the fork runs gRPC's fork handlers, which abort the child.
     """
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    if setpriv is None:
+        _LOGGER.warning("setpriv not found: an FFmpeg may outlive this service if it is killed")
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--")
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,12 @@ async def run_ffmpeg(argv: list[str], timeout_seconds: float, env: Mapping[str, 
     analysis filters (ebur128) print what they measured.
     """
     process = await asyncio.create_subprocess_exec(
+        *_dies_with_parent(),
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **env} if env else None,
-        # PR_SET_PDEATHSIG is Linux's; elsewhere FFmpeg is still killed on cancellation and timeout, not on a crash.
-        preexec_fn=functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None,
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout_seconds)
