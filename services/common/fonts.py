@@ -1,4 +1,5 @@
-"""Finds and loads scalable fonts: DejaVu Sans for alphabetic scripts, Noto Sans CJK for Chinese, Japanese, Korean."""
+"""Finds and loads scalable fonts: DejaVu Sans for alphabetic scripts, Noto Sans CJK for Chinese, Japanese, Korean;
+Noto Emoji (and the Noto Sans of other scripts) for what libass finds in neither."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ _SCALABLE_SUFFIXES = (".ttf", ".otf")
 _CJK_PACKAGE = "noto_cjk_sans_otc"
 _CJK_FILE = "NotoSansCJK-Regular.ttc"
 _CJK_JAPANESE, _CJK_KOREAN, _CJK_CHINESE = 0, 1, 2  # face indexes in the collection: JP, KR, SC
+# The pip package `manimgx-fonts` (SIL OFL) ships Noto Emoji, a monochrome outline font, and Noto Sans for scripts
+# DejaVu lacks (Devanagari, Thai, ...). libass draws outlines only: colour emoji fonts (CBDT bitmaps, as Debian's
+# fonts-noto-color-emoji, or COLR layers) come out empty or as one flat shape, so the outline font is the one that
+# draws. libass falls back to it through fontconfig, glyph by glyph, where the caption's own face has no glyph (DejaVu
+# has a few emoji, such as U+1F600, and draws those itself). Captions are still measured with the caption's face,
+# whose missing-glyph box is about as wide as an emoji.
+_FALLBACK_PACKAGE = "manimgx_fonts"
 _KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 # Ideographs, kana, hangul, bopomofo, CJK punctuation and full-width forms: what DejaVu Sans has no glyphs for.
@@ -92,17 +100,20 @@ def load_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 def write_fontconfig(path: Path) -> Path:
-    """Writes a fontconfig file that adds Noto Sans CJK to the system's fonts; FFmpeg reads it via FONTCONFIG_FILE.
+    """Writes a fontconfig file that adds Noto Sans CJK and Noto Emoji to the system's fonts; FFmpeg reads it via
+    FONTCONFIG_FILE.
 
     Chosen over the `ass` filter's `fontsdir`, which makes libass copy every file of the folder into memory for
     each filter: a still with the word highlight has one filter per word, and ten filters with the 19 MB CJK
     collection took 741 MB against 107 MB through fontconfig (which maps the file once).
     """
     system = "/etc/fonts/fonts.conf"
+    folders = (caption_fonts_dir(), Path(str(importlib.resources.files(_FALLBACK_PACKAGE))))
     path.write_text(
         '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">\n<fontconfig>\n'
         f'  <include ignore_missing="yes">{escape(system)}</include>\n'
-        f"  <dir>{escape(str(caption_fonts_dir()))}</dir>\n</fontconfig>\n"
+        + "".join(f"  <dir>{escape(str(folder))}</dir>\n" for folder in folders)
+        + "</fontconfig>\n"
     )
     return path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.resources
 import os
 import re
 import subprocess
@@ -386,3 +388,22 @@ def test_runs_and_still_frames_cover_the_scene(tmp_path: Path) -> None:
             lit_lefts.append(_box(_highlight_pixels(_draw(frame, WIDE, CaptionStyle(highlight=True), tmp_path)))[0])
     # The highlight moves left to right, one word per run.
     assert len(lit_lefts) == 3 and all(a < b for a, b in pairwise(lit_lefts))
+
+
+def test_emoji_are_drawn_as_emoji_not_as_missing_glyph_boxes(tmp_path: Path) -> None:
+    """libass falls back to Noto Emoji (an outline font from the `manimgx-fonts` wheel) for emoji DejaVu lacks."""
+    emoji_font = Path(str(importlib.resources.files("manimgx_fonts"))) / "NotoEmoji[wght].ttf"
+    drawn = {}
+    # U+0378 is unassigned: no font has it, so it is drawn as the box a missing emoji used to be.
+    for name, text in (("rocket", "🚀"), ("ladder", "🪜"), ("tofu", "\u0378")):
+        (cue,) = _plan(text, LARGE).cues
+        drawn[name] = _fill(_draw(CaptionFrame(cue, None), LARGE, CaptionStyle(), tmp_path))
+        assert drawn[name].sum() > 50, f"no ink for {name}"
+    for name, text in (("rocket", "🚀"), ("ladder", "🪜")):
+        (cue,) = _plan(text, LARGE).cues
+        noto = dataclasses.replace(cue.face, path=emoji_font, index=0)
+        expected = _pillow_fill(text, dataclasses.replace(cue, face=noto), LARGE)
+        # Measured against Noto Emoji drawn by Pillow: rocket 0.39, ladder 0.47 (libass emboldens it for the bold
+        # caption style); against the box 0.06 and 0.19.
+        assert _overlap(drawn[name], expected) > 0.3
+        assert _overlap(drawn[name], drawn["tofu"]) < 0.25
