@@ -1,4 +1,5 @@
-"""Caption files: styled ASS per scene (or per still frame) for libass to burn in, SRT and WebVTT sidecars."""
+"""Caption files: styled ASS per scene (or per still frame) for libass to burn in, SRT and WebVTT sidecars, and the
+MP4's soft subtitle track (mov_text)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 
+import av
 import pysubs2
 
 from services.assembler.plan import CaptionFrame, CaptionStyle, Cue, ScenePlan, caption_geometry, highlighted_word
+from services.common.errors import MediaError
 from services.common.fonts import FontFace
 from services.common.output import OutputFormat
 
@@ -26,25 +29,6 @@ def ass_text(text: str) -> str:
     escapes; libass reads `\{` and `\}` as literal braces, which would otherwise open override blocks.
     """
     return text.replace("\\", "\\\u2060").replace("{", "\\{").replace("}", "\\}").replace("\r", " ").replace("\n", " ")
-
-
-def srt_text(text: str) -> str:
-    r"""Makes plain text safe as an SRT cue for FFmpeg, so the soft subtitle track shows the text as written.
-
-    FFmpeg reads SRT as HTML-like markup and converts it to ASS: it drops `{\...}` and `{c:...}` blocks and unknown
-    `<tags>`, turns `<b>`, `<i>`, `<u>`, `<s>`, `<font>` into styles, and (there and in the mov_text encoder) reads
-    `\N` and `\n` as line breaks; a cue whose text starts like a timing line (`1:2:3,4 --> 5:6:7,8`) is dropped.
-    SRT has no escapes of its own; a word joiner (invisible) after each backslash, `{` and `<`, and inside each
-    `-->`, breaks every one of those patterns.
-    """
-    return (
-        text.replace("\\", "\\\u2060")
-        .replace("{", "{\u2060")
-        .replace("<", "<\u2060")
-        .replace("-->", "--\u2060>")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
 
 
 def vtt_text(text: str) -> str:
@@ -155,9 +139,14 @@ def _clock(ms: int, separator: str) -> str:
 
 
 def srt_document(plans: Sequence[ScenePlan], offsets_ms: Sequence[int]) -> str:
-    """SubRip: numbered cues, `,` before the milliseconds, each cue on one line (players wrap to their own width)."""
+    r"""SubRip: numbered cues, `,` before the milliseconds, each cue on one line (players wrap to their own width).
+
+    The text is the narration as written: SubRip defines no escapes, so any added character would be read as text
+    (a word joiner after each `\`, `{` and `<` used to be, by copy, search and screen readers). A player that
+    reads tags in SRT (`<i>`, `{\an8}`) reads them in the text too; WebVTT has escapes and is exact everywhere.
+    """
     return "".join(
-        f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{srt_text(text)}\n\n"
+        f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n\n"
         for number, (start, end, text) in enumerate(_timeline(plans, offsets_ms), 1)
     )
 
@@ -171,6 +160,45 @@ def vtt_document(plans: Sequence[ScenePlan], offsets_ms: Sequence[int]) -> str:
     return f"WEBVTT\n\n{cues}"
 
 
-def write_srt(plans: Sequence[ScenePlan], offsets_ms: Sequence[int], path: Path) -> None:
-    """Writes the SRT that FFmpeg turns into the MP4's soft subtitle track."""
-    path.write_text(srt_document(plans, offsets_ms), encoding="utf-8")
+# The soft subtitle track. FFmpeg reads every subtitle format as markup on its way to the mov_text encoder, which
+# reads `\n`, `\N` and `{\...}` as line breaks and tags: neither an SRT, an ASS nor a WebVTT file (whose decoder
+# escapes `\` and `{` with a word joiner) gives it the text as written. So FFmpeg builds the track from a timing
+# template, whose cues hold only their number, and each of its samples is then rewritten with the cue's text as
+# 3GPP timed text stores it (TS 26.245: a 16-bit big-endian length, then UTF-8, no style boxes).
+
+
+def write_track_template(plans: Sequence[ScenePlan], offsets_ms: Sequence[int], path: Path) -> None:
+    """Writes the SRT that FFmpeg turns into the track's timing (its own empty samples fill the gaps)."""
+    path.write_text(
+        "".join(
+            f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{number}\n\n"
+            for number, (start, end, _) in enumerate(_timeline(plans, offsets_ms), 1)
+        ),
+        encoding="utf-8",
+    )
+
+
+def write_track(template: Path, plans: Sequence[ScenePlan], offsets_ms: Sequence[int], path: Path) -> None:
+    """Copies the template's mov_text track to `path`, each cue's sample holding the cue's text as written."""
+    texts = [text.encode("utf-8") for _, _, text in _timeline(plans, offsets_ms)]
+    with av.open(str(template)) as source, av.open(str(path), "w", format="mp4") as target:
+        (track,) = source.streams.subtitles
+        copy = target.add_stream_from_template(track)
+        cue = 0
+        for packet in source.demux(track):
+            if packet.dts is None:
+                continue  # the demuxer's end-of-stream marker
+            if int.from_bytes(bytes(packet)[:2], "big"):  # a cue's sample; the others are the gaps' empty samples
+                if cue == len(texts):
+                    raise MediaError(f"the subtitle track has more cues than the {len(texts)} written")
+                # A 16-bit length: far above any cue's few lines, but never cut inside a character.
+                text = texts[cue][:0xFFFF].decode("utf-8", "ignore").encode("utf-8")
+                sample = av.Packet(len(text).to_bytes(2, "big") + text)
+                sample.pts, sample.dts, sample.duration = packet.pts, packet.dts, packet.duration
+                sample.time_base, sample.is_keyframe = packet.time_base, packet.is_keyframe
+                packet = sample
+                cue += 1
+            packet.stream = copy
+            target.mux(packet)
+    if cue != len(texts):
+        raise MediaError(f"the subtitle track has {cue} cues, not the {len(texts)} written")

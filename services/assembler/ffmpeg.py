@@ -358,6 +358,7 @@ class MuxJob:
     # The finished soundtrack (narration, music, loudness-normalised), as long as the video: the deliverable's AAC
     # when it ends in audio.SOUNDTRACK_SUFFIX (copied), else a WAV (encoded here).
     audio: Path
+    # An MP4 holding only the finished mov_text track (`subtitle_track_command`, then `captions.write_track`).
     subtitles: Path | None
     output_path: Path
     title: str = ""
@@ -382,8 +383,14 @@ def mux_command(exe: str, job: MuxJob) -> list[str]:
         options["metadata"] = f"title={job.title}"
     if job.subtitles is not None:
         streams.append(ffmpeg.input(str(job.subtitles))["s"])
-        options.update({"c:s": "mov_text", "metadata:s:s:0": "language=eng"})
+        options.update({"c:s": "copy", "metadata:s:s:0": "language=eng"})
     stream = ffmpeg.output(*streams, str(job.output_path), **options)
+    return stream.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+
+
+def subtitle_track_command(exe: str, template: Path, output_path: Path) -> list[str]:
+    """Turns the SRT timing template (`captions.write_track_template`) into an MP4 holding only a mov_text track."""
+    stream = ffmpeg.output(ffmpeg.input(str(template))["s"], str(output_path), **{"c:s": "mov_text", "f": "mp4"})
     return stream.global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
 
 

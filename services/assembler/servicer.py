@@ -28,6 +28,7 @@ from services.assembler.ffmpeg import (
     mux_command,
     segment_command,
     select_encoder,
+    subtitle_track_command,
     transition_command,
 )
 from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
@@ -486,8 +487,12 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         subtitles = None
         sidecars: list[SubtitleFile] = []
         if assembly.output.captions and any(plan.cues for plan in plans):
-            subtitles = assembly.folder / "captions.srt"
-            captions.write_srt(plans, offsets, subtitles)
+            template = assembly.folder / "captions-timing.srt"
+            captions.write_track_template(plans, offsets, template)
+            timing = assembly.folder / "captions-timing.mp4"
+            await run_ffmpeg(subtitle_track_command(self._exe, template, timing), self._settings.ffmpeg_timeout_seconds)
+            subtitles = assembly.folder / "captions.mp4"
+            await asyncio.to_thread(captions.write_track, timing, plans, offsets, subtitles)
             documents = {"srt": captions.srt_document, "vtt": captions.vtt_document}
             formats = {"srt": SUBTITLE_FORMAT_SRT, "vtt": SUBTITLE_FORMAT_WEBVTT}
             sidecars = [

@@ -18,7 +18,7 @@ import av
 import grpc
 import pysubs2
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import (
@@ -30,7 +30,7 @@ from scenecast.v1 import (
     types_pb2,
 )
 
-from services.assembler.captions import ass_text, srt_text, write_scene_ass, write_srt
+from services.assembler.captions import ass_text, srt_document, vtt_document, write_scene_ass
 from services.assembler.plan import (
     CaptionStyle,
     Cue,
@@ -133,11 +133,8 @@ class Syntax:
 
 # libass: `\` starts an escape (`\N`, `\h`, `\{`...), `{` an override block.
 ASS = Syntax({"\\" + WORD_JOINER: "\\", "\\{": "{", "\\}": "}"}, ("\\", "{", "}"))
-# FFmpeg's SRT reader and the mov_text encoder: `\`, `{` and `<` start markup, `-->` a timing line.
-SRT = Syntax(
-    {"\\" + WORD_JOINER: "\\", "{" + WORD_JOINER: "{", "<" + WORD_JOINER: "<", "--" + WORD_JOINER + ">": "-->"},
-    ("\\", "{", "<", "-->"),
-)
+# WebVTT's own escapes, the only ones in the sidecars: character references for `&`, `<` and `>`.
+VTT = Syntax({"&amp;": "&", "&lt;": "<", "&gt;": ">"}, ("&", "<", ">"))
 
 
 _SRT_TIME = r"(\d+):(\d\d):(\d\d),(\d\d\d)"
@@ -176,16 +173,6 @@ def test_ass_text_is_never_markup_and_unescapes_to_the_input(text: str) -> None:
     assert ASS.unescape(escaped) == _lines_as_spaces(text)
 
 
-@FAST
-@given(ANY_TEXT)
-def test_srt_text_is_never_markup_and_unescapes_to_the_input(text: str) -> None:
-    # The one input that reads back differently: a word joiner already inside `-->`. It looks the same.
-    assume("--" + WORD_JOINER + ">" not in text)
-    escaped = srt_text(text)
-    assert "\n" not in escaped and "\r" not in escaped
-    assert SRT.unescape(escaped) == _lines_as_spaces(text)
-
-
 def _written(cues: tuple[Cue, ...]) -> str:
     """The cues' words as written, one space between words: what the narration reads with its spacing tidied."""
     return join_words([word for cue in cues for word in cue.words])
@@ -220,9 +207,10 @@ def test_caption_files_read_back_as_the_cue_text(text: str, output: OutputFormat
     with tempfile.TemporaryDirectory() as folder:
         ass_path, srt_path = Path(folder) / "scene.ass", Path(folder) / "all.srt"
         write_scene_ass(plan, output, CaptionStyle(), ass_path)
-        write_srt([plan, second], [0, plan.duration_ms], srt_path)
+        srt_path.write_text(srt_document([plan, second], [0, plan.duration_ms]), encoding="utf-8")
         ass_events = pysubs2.load(str(ass_path)).events
         srt_events = read_srt(srt_path)
+    vtt = vtt_document([plan, second], [0, plan.duration_ms])
     # `\N` is the line break written between the measured lines; escaped text never holds it.
     assert [[ASS.unescape(line) for line in e.text.split("\\N")] for e in ass_events] == [
         [join_words(line) for line in cue.lines] for cue in plan.cues
@@ -233,7 +221,9 @@ def test_caption_files_read_back_as_the_cue_text(text: str, output: OutputFormat
         for e, cue in zip(ass_events, plan.cues, strict=True)
     )
     expected = [*plan.cues, *second.cues]
-    assert [SRT.unescape(text) for _, _, text in srt_events] == [cue.text for cue in expected]
+    # The sidecars hold the text as written: SubRip raw (it has no escapes), WebVTT with its character references.
+    assert [text for _, _, text in srt_events] == [cue.text for cue in expected]
+    assert [VTT.unescape(block.split("\n")[1]) for block in vtt.split("\n\n")[1:-1]] == [cue.text for cue in expected]
     # The second scene's cues sit after the first scene on the video's timeline.
     assert srt_events[-1][0] == plan.duration_ms + second.cues[0].start_ms
 
@@ -336,6 +326,21 @@ SPOKEN_TEXT = st.tuples(
 ).map(" ".join)
 
 
+def _is_cut_from(cues: list[str], narration: str) -> bool:
+    """Whether the cues, exactly as stored, are the narration (its spacing tidied) cut in order.
+
+    Cues meet at a space, or inside a word too long for a line.
+    """
+    position = 0
+    for cue in cues:
+        if narration.startswith(" " + cue, position):
+            position += 1
+        elif not narration.startswith(cue, position):
+            return False
+        position += len(cue)
+    return position == len(narration)
+
+
 def subtitle_track_texts(path: Path) -> list[str]:
     """The text of each mov_text sample exactly as stored (a 16-bit length, then UTF-8).
 
@@ -402,22 +407,30 @@ async def test_assembled_subtitle_track_is_the_narration(
     scene = types_pb2.Scene(id="s", narration=text, title="Captions")
 
     async def requests() -> AsyncIterator[pb.AssembleRequest]:
-        yield pb.AssembleRequest(start=pb.AssemblyStart(output=SMALL, scene_count=1))
+        sidecars = [types_pb2.SUBTITLE_FORMAT_SRT, types_pb2.SUBTITLE_FORMAT_WEBVTT]
+        finishing = types_pb2.Finishing(sidecars=sidecars)
+        yield pb.AssembleRequest(start=pb.AssemblyStart(output=SMALL, scene_count=1, finishing=finishing))
         yield pb.AssembleRequest(scene=pb.SceneStart(scene_index=0, scene=scene, visual=slide[0], narration=speech[0]))
         for role, (_, data) in ((pb.ASSET_ROLE_VISUAL, slide), (pb.ASSET_ROLE_NARRATION, speech)):
             for chunk in iter_chunks(data):
                 yield pb.AssembleRequest(chunk=pb.SceneChunk(scene_index=0, role=role, chunk=chunk))
 
-    movie = bytearray()
+    movie, summary = bytearray(), None
     async for response in assembler_service_pb2_grpc.AssemblerServiceStub(assembler_channel).Assemble(requests()):
         if response.HasField("chunk"):
             movie += response.chunk.data
+        elif response.HasField("summary"):
+            summary = response.summary
     path = tmp_path / "captions.mp4"
     path.write_bytes(movie)
     probed = probe_mp4(path)
     assert (probed.video_codec, probed.audio_codec, probed.width, probed.height) == ("h264", "aac", 256, 144)
     assert abs(probed.audio_duration_s - probed.video_duration_s) < 0.15
-    stored = [SRT.unescape(t) for t in subtitle_track_texts(path)]
-    # A word too long for a line is cut between cues, so only the characters are compared, not the spaces.
-    assert "".join("".join(stored).split()) == "".join(text.split())
+    stored = subtitle_track_texts(path)
+    assert _is_cut_from(stored, " ".join(text.split())), stored
+    # The sidecars hold the same cue texts: SubRip as they are, WebVTT with its character references.
+    assert summary is not None
+    srt, vtt = (file.text for file in summary.subtitles)
+    assert [block.split("\n")[2] for block in srt.split("\n\n")[:-1]] == stored
+    assert [VTT.unescape(block.split("\n")[1]) for block in vtt.split("\n\n")[1:-1]] == stored
     assert list(work_root.iterdir()) == []

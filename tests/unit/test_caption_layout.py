@@ -236,7 +236,8 @@ def test_webvtt_is_valid_and_reads_back_through_ffmpeg(tmp_path: Path) -> None:
         (offsets[1] + 300, offsets[1] + 1300, "Two."),
     ]
     srt = srt_document([first, second], offsets)
-    assert srt.startswith("1\n00:00:00,300 --> 00:00:01,300\nFish & chips <\u2060b>now<\u2060/b> --\u2060> go.\n\n2\n")
+    # SubRip has no escapes: the text as written, nothing added.
+    assert srt.startswith("1\n00:00:00,300 --> 00:00:01,300\nFish & chips <b>now</b> --> go.\n\n2\n")
 
 
 # Rendering with the real `ass` filter.

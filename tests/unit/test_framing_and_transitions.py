@@ -30,6 +30,7 @@ from services.assembler.ffmpeg import (
     nvenc_works,
     segment_command,
     select_encoder,
+    subtitle_track_command,
     transition_command,
 )
 from services.assembler.plan import ScenePlan
@@ -170,8 +171,10 @@ async def test_cross_faded_scenes_join_by_stream_copy_to_the_exact_length(tmp_pa
         + ["-ac", "2", "-y", str(audio)],
         60,
     )
-    subtitles = tmp_path / "captions.srt"
-    subtitles.write_text("1\n00:00:00,100 --> 00:00:01,000\nHello.\n")
+    timing = tmp_path / "captions.srt"
+    timing.write_text("1\n00:00:00,100 --> 00:00:01,000\nHello.\n")
+    subtitles = tmp_path / "captions.mp4"
+    await run_ffmpeg(subtitle_track_command(EXE, timing, subtitles), 60)
     movie = tmp_path / "movie.mp4"
     await run_ffmpeg(mux_command(EXE, MuxJob(segment_list, audio, subtitles, movie, "Ladders: a 'safe' start")), 60)
 

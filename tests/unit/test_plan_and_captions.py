@@ -7,7 +7,7 @@ from pathlib import Path
 import pysubs2
 import pytest
 
-from services.assembler.captions import ass_text, write_scene_ass, write_srt
+from services.assembler.captions import ass_text, srt_document, write_scene_ass
 from services.assembler.plan import (
     CaptionStyle,
     PlanningStopped,
@@ -79,7 +79,7 @@ def test_srt_places_cues_at_the_given_scene_offsets(tmp_path: Path) -> None:
     second = plan_scene(1, 1000, [SpokenText("Two.", 0, 1000)], LANDSCAPE, 300, 500)
     path = tmp_path / "c.srt"
     # A cross-fade overlaps the scenes: the second starts 400 ms before the first one ends.
-    write_srt([first, second], [0, first.duration_ms - 400], path)
+    path.write_text(srt_document([first, second], [0, first.duration_ms - 400]))
     subs = pysubs2.load(str(path))
     assert [(e.plaintext, e.start) for e in subs] == [("One.", 300), ("Two.", first.duration_ms - 400 + 300)]
 
