@@ -303,6 +303,17 @@ def scene_messages(index: int, visual: tuple[str, bytes], narration: tuple[str, 
     return messages
 
 
+def narrated_scene(a: Assets, narration: str, timings: int = 0) -> asm.AssembleRequest:
+    """The good scene's announcement with another narration and, optionally, that many word timings."""
+    message = good_scene(a)[0]
+    message.scene.scene.narration = narration
+    for index in range(timings):
+        message.scene.narration.timings.add(
+            text="gap", start_ms=index, end_ms=index + 1, kind=types_pb2.TIMING_KIND_WORD
+        )
+    return message
+
+
 def good_scene(a: Assets, index: int = 0) -> list[asm.AssembleRequest]:
     return scene_messages(index, ("image/png", a.png), ("audio/wav", a.wav))
 
@@ -668,6 +679,30 @@ CASES = [
         assemble(lambda a: [start(), *scene_messages(0, ("image/png", a.png), ("audio/wav", bytes(64)))]),
         INVALID,
         "scene[0].narration: not a readable",
+    ),
+    Case(
+        "assemble-narration-nul",
+        assemble(lambda a: [start(), narrated_scene(a, "Mind\x00 the gap.")]),
+        INVALID,
+        "scene[0].scene.narration contains the control character U+0000",
+    ),
+    Case(
+        "assemble-narration-esc",
+        assemble(lambda a: [start(), narrated_scene(a, "Mind \x1b[31mthe gap.")]),
+        INVALID,
+        "scene[0].scene.narration contains the control character U+001B",
+    ),
+    Case(
+        "assemble-narration-500k",
+        assemble(lambda a: [start(), narrated_scene(a, "word " * 100_000)]),
+        INVALID,
+        "scene[0].scene.narration has 499999 characters; the limit is 4000",
+    ),
+    Case(
+        "assemble-100000-word-timings",
+        assemble(lambda a: [start(), narrated_scene(a, "Mind the gap.", timings=100_000)]),
+        INVALID,
+        "scene[0].narration.timings has 100000 entries; the limit is 2 per character of the narration (26)",
     ),
     Case(
         "assemble-audio-truncated-header",
