@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from scenecast.v1 import render_service_pb2, types_pb2
@@ -24,6 +25,7 @@ def validate_render(
     `needs_visuals` is False for avatar renders, whose scenes need only narration.
     """
     check_render_id(request.render_id)
+    check_cost_cap(request.max_cost_usd, "max_cost_usd")
     checked_text(request.title, "title", MAX_TITLE_CHARS, required=False)
     if not request.scenes:
         raise InvalidArgument("scenes is empty; a script needs at least one scene")
@@ -48,6 +50,24 @@ def validate_render(
             # An enum value from a newer contract would otherwise be rendered as a still without a word.
             raise InvalidArgument(f"{field}.visual_kind must be STILL, CLIP or unspecified (got {scene.visual_kind})")
     return output_format(request.output, "output")
+
+
+def check_cost_cap(usd: float, field: str) -> None:
+    """A spending cap is a finite number of dollars, 0 or more: NaN compares false with every cost, so a NaN cap
+    (or a negative one, or infinity) would silently turn the budget check off."""
+    if not math.isfinite(usd) or usd < 0:
+        raise InvalidArgument(
+            f"{field} must be a finite number of US dollars, 0 or more (0: the gateway's MAX_RENDER_COST_USD); "
+            f"got {usd}"
+        )
+
+
+def effective_cap(requested_usd: float, operator_usd: float) -> float:
+    """The cap a render runs under (0: none). The operator's MAX_RENDER_COST_USD is a ceiling: a request may only
+    lower it, since whoever can reach the gateway must not be able to spend more than the operator allowed."""
+    if not operator_usd:
+        return requested_usd
+    return min(requested_usd, operator_usd) if requested_usd else operator_usd
 
 
 def check_render_id(render_id: str) -> None:

@@ -37,7 +37,9 @@ class ScriptError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in any number: `max_cost_usd: .inf` passes `ge=0` and would ask for no cap at all, and
+    # the gateway refuses both anyway.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SceneModel(_Strict):
