@@ -81,9 +81,9 @@ class MediaError(ScenecastError):
     code = grpc.StatusCode.INTERNAL
 
 
-# Longest status message sent, in characters: the message travels in a header (percent-encoded, so up to 9 bytes a
-# character), and one over gRPC's 8 KiB metadata limit turns the real status into RESOURCE_EXHAUSTED.
-MAX_STATUS_CHARS = 800
+# Longest status message sent, in characters: the message travels in a header (UTF-8, then percent-encoded: up to
+# 12 bytes a character), and one over gRPC's 8 KiB metadata limit turns the real status into RESOURCE_EXHAUSTED.
+MAX_STATUS_CHARS = 500
 # How much of a caller's value a message repeats.
 QUOTED_CHARS = 40
 

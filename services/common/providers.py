@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
 
-from services.common.errors import InvalidArgument, MissingCredential
+from services.common.errors import InvalidArgument, MissingCredential, quoted
 from services.common.redact import register
 
 ProviderT = TypeVar("ProviderT")
@@ -76,7 +76,7 @@ class ProviderRegistry(Generic[ProviderT]):
             raise InvalidArgument(f"{field} is empty and {self.env_var} is unset; name one of: {self.valid_names}")
         if chosen not in self._factories:
             source = field if name else self.env_var
-            raise InvalidArgument(f"{source}: unknown provider {chosen!r}; valid: {self.valid_names}")
+            raise InvalidArgument(f"{source}: unknown provider {quoted(chosen)}; valid: {self.valid_names}")
         if chosen not in self._instances:
             self._instances[chosen] = self._factories[chosen]()
         return chosen, self._instances[chosen]
