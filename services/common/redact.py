@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings
 
 REDACTED = "[REDACTED]"
 # Values shorter than this are not redacted: replacing every "abc" in every message would make errors unreadable,
-# and no vendor issues keys that short. (A value this short is no real secret.)
+# and no vendor issues keys that short.
 MIN_SECRET_CHARS = 6
 
 _lock = threading.Lock()
