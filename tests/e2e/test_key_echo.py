@@ -22,6 +22,8 @@ from scenecast.v1 import (
     audio_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
+    render_service_pb2,
+    render_service_pb2_grpc,
     types_pb2,
     video_service_pb2,
     video_service_pb2_grpc,
@@ -86,7 +88,8 @@ def _with_user(base_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def services(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """image, audio, video (self-hosted Cog) and video-comfyui as processes; their logs go to files."""
+    """image, audio, video (self-hosted Cog), video-comfyui, assembler and the gateway as processes; their logs go to
+    files."""
     logs = tmp_path_factory.mktemp("echo-logs")
     workflow = Path(__file__).parents[2] / "deploy" / "comfyui" / "ltx-video-workflow.json"
     env = {
@@ -100,6 +103,12 @@ def services(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "SELFHOSTED_VIDEO_URL": _with_user(fakes.cog.base_url),
         "PROVIDER_ATTEMPTS": "1",
         "ASSET_CACHE_DIR": "off",
+        "IMAGE_PROVIDER": "slides",
+        "TTS_PROVIDER": "piper",
+        "VIDEO_PROVIDER": "",
+        "AVATAR_PROVIDER": "",
+        "SPEND_LEDGER_PATH": "off",
+        "RENDER_OUTPUT_DIR": str(tmp_path_factory.mktemp("echo-results")),
         # The most talkative level: whatever a library logs at DEBUG must not carry a key either.
         "LOG_LEVEL": "DEBUG",
     }
@@ -108,16 +117,20 @@ def services(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "SELFHOSTED_VIDEO_API": "comfyui",
         "SELFHOSTED_COMFYUI_WORKFLOW": str(workflow),
     }
-    modules = {
+    media = {
         "image": ("services.image", {}),
         "audio": ("services.audio", {}),
         "video": ("services.video", {}),
         "video-comfyui": ("services.video", comfy_env),
+        "assembler": ("services.assembler", {}),
     }
-    addresses, processes = {}, []
+    addresses = {name: f"127.0.0.1:{free_port()}" for name in (*media, "gateway")}
+    gateway_env = {
+        f"{name.upper()}_SERVICE_ADDRESS": addresses[name] for name in ("image", "audio", "video", "assembler")
+    }
+    processes = []
     try:
-        for name, (module, extra) in modules.items():
-            addresses[name] = f"127.0.0.1:{free_port()}"
+        for name, (module, extra) in {**media, "gateway": ("gateway", gateway_env)}.items():
             with (logs / f"{name}.log").open("wb") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", module],
@@ -212,3 +225,22 @@ def test_an_echoed_key_reaches_neither_the_caller_nor_the_logs(
         logged = lines.read().decode("utf-8", "replace")
     leaks = [form for form in _forms() if form in details or form in logged]
     assert not leaks, (details, logged)
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_an_echoed_key_does_not_reach_the_gateways_caller_or_log(
+    services: dict[str, str], fakes: Fakes, status: int
+) -> None:
+    fakes.replicate.reset()
+    fakes.replicate.echo_key_status = status
+    request = render_service_pb2.RenderRequest(
+        scenes=[SCENE], output=OUTPUT, providers=types_pb2.ProviderOverrides(image="flux"), no_cache=True
+    )
+    logs = Path(services["logs"])
+    with grpc.insecure_channel(services["gateway"]) as channel, pytest.raises(grpc.RpcError) as error:
+        list(render_service_pb2_grpc.RenderServiceStub(channel).Render(request, timeout=CALL_SECONDS))
+    assert fakes.replicate.requests
+    text = error.value.details() + "".join(  # type: ignore[attr-defined]
+        (logs / f"{name}.log").read_text(errors="replace") for name in ("gateway", "image")
+    )
+    assert [form for form in _forms() if form in text] == []
