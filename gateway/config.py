@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Self
@@ -103,6 +104,9 @@ class GatewaySettings(ServiceSettings):
                     )
         if self.music_library_dir and not Path(self.music_library_dir).is_dir():
             raise ValueError(f"MUSIC_LIBRARY_DIR={self.music_library_dir}: no such folder")
+        if not math.isfinite(self.max_render_cost_usd) or self.max_render_cost_usd < 0:
+            # NaN compares false with every cost, so it would silently turn the cap off.
+            raise ValueError("MAX_RENDER_COST_USD must be a finite number of US dollars, 0 or more (0: no cap)")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
         check_files(

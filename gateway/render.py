@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -301,8 +302,17 @@ class RenderJob:
         return Asset(metadata, chunks)
 
     async def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
+        cost = asset.metadata.estimated_cost_usd
+        if not math.isfinite(cost) or cost < 0:
+            # A NaN would make every later comparison false and a negative cost would pay back spend: either would
+            # switch the cap off, so the render stops rather than spend without a count.
+            raise ScenecastError(
+                f"scenes[{index}] ({self.assembly_scenes[index].id}) {asset.metadata.provider} reported a cost of "
+                f"{cost} US dollars, which cannot be counted against the spending cap; stopped. Check the "
+                "provider's price settings"
+            )
         await self._record_spend(index, kind, asset.metadata)
-        self._spent_usd += asset.metadata.estimated_cost_usd
+        self._spent_usd += cost
         if self.max_cost_usd and self._spent_usd > self.max_cost_usd:
             raise QuotaExceeded(
                 f"render {self.render_id} has spent ${self._spent_usd:.4f} (scenes[{index}] "

@@ -27,7 +27,7 @@ from gateway.ledger import Grouping, SpendLedger
 from gateway.music import MusicFile, MusicStore
 from gateway.registry import RenderRegistry
 from gateway.render import DownstreamError, RenderJob
-from gateway.validation import check_provider, check_render_id, validate_render
+from gateway.validation import check_provider, check_render_id, effective_cap, validate_render
 from services.common import pricing
 from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
 from services.common.finishing import finishing_options
@@ -65,14 +65,13 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.RenderResponse]:
         plan = await self._plan(request)
-        if request.max_cost_usd < 0:
-            raise InvalidArgument("max_cost_usd must be zero (the gateway default) or a positive number of dollars")
-        cap = request.max_cost_usd or self._settings.max_render_cost_usd
+        cap = effective_cap(request.max_cost_usd, self._settings.max_render_cost_usd)
         estimate = self._estimate(request, plan).total_usd
-        if cap and estimate > cap:
+        # `not <=` so that an estimate that is not a number (a price misconfigured as NaN) is refused too.
+        if cap and not estimate <= cap:
             raise FailedPrecondition(
-                f"the render is estimated at ${estimate:.4f}, over max_cost_usd ${cap:.4f}; raise the cap or "
-                "choose cheaper providers (scenecast estimate shows the cost per scene)"
+                f"the render is estimated at ${estimate:.4f}, over max_cost_usd ${cap:.4f}{self._cap_source(cap)}; "
+                "lower the cost or choose cheaper providers (scenecast estimate shows the cost per scene)"
             )
         remaining = context.time_remaining()
         budget = (
@@ -142,6 +141,12 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     ) -> render_service_pb2.EstimateCostResponse:
         render = request.render
         return self._estimate(render, await self._plan(render))
+
+    def _cap_source(self, cap: float) -> str:
+        """Names the operator's cap when it is the one that applies, so a caller who asked for more learns why."""
+        if cap == self._settings.max_render_cost_usd:
+            return " (the gateway's MAX_RENDER_COST_USD, which a request can only lower)"
+        return ""
 
     def _estimate(
         self, render: render_service_pb2.RenderRequest, plan: RenderPlan

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, quoted
 from services.common.output import OutputFormat, output_format
 from services.common.text import checked_text
 
 MAX_NARRATION_CHARS = 4000
 MAX_PROMPT_CHARS = 4000
 MAX_TITLE_CHARS = 200
+# Voice names and ids are short ("en-US-AriaNeural", 32 hex digits); a longer one is a mistake, refused before any
+# provider is paid to refuse it.
+MAX_VOICE_CHARS = 200
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -24,7 +28,9 @@ def validate_render(
     `needs_visuals` is False for avatar renders, whose scenes need only narration.
     """
     check_render_id(request.render_id)
+    check_cost_cap(request.max_cost_usd, "max_cost_usd")
     checked_text(request.title, "title", MAX_TITLE_CHARS, required=False)
+    checked_text(request.voice, "voice", MAX_VOICE_CHARS, required=False)
     if not request.scenes:
         raise InvalidArgument("scenes is empty; a script needs at least one scene")
     if len(request.scenes) > max_scenes:
@@ -35,7 +41,9 @@ def validate_render(
     for index, scene in enumerate(request.scenes):
         field = f"scenes[{index}]"
         if not _ID.fullmatch(scene.id):
-            raise InvalidArgument(f"{field}.id must be 1-64 characters of A-Z, a-z, 0-9, _ and - (got {scene.id!r})")
+            raise InvalidArgument(
+                f"{field}.id must be 1-64 characters of A-Z, a-z, 0-9, _ and - (got {quoted(scene.id)})"
+            )
         if scene.id in seen:
             raise InvalidArgument(f"{field}.id {scene.id!r} repeats scenes[{seen[scene.id]}].id; ids must be unique")
         seen[scene.id] = index
@@ -50,6 +58,24 @@ def validate_render(
     return output_format(request.output, "output")
 
 
+def check_cost_cap(usd: float, field: str) -> None:
+    """A spending cap is a finite number of dollars, 0 or more: NaN compares false with every cost, so a NaN cap
+    (or a negative one, or infinity) would silently turn the budget check off."""
+    if not math.isfinite(usd) or usd < 0:
+        raise InvalidArgument(
+            f"{field} must be a finite number of US dollars, 0 or more (0: the gateway's MAX_RENDER_COST_USD); "
+            f"got {usd}"
+        )
+
+
+def effective_cap(requested_usd: float, operator_usd: float) -> float:
+    """The cap a render runs under (0: none). The operator's MAX_RENDER_COST_USD is a ceiling: a request may only
+    lower it, since whoever can reach the gateway must not be able to spend more than the operator allowed."""
+    if not operator_usd:
+        return requested_usd
+    return min(requested_usd, operator_usd) if requested_usd else operator_usd
+
+
 def check_render_id(render_id: str) -> None:
     """Render ids name files and ledger rows; empty is allowed where the gateway picks one."""
     if render_id and not _ID.fullmatch(render_id):
@@ -59,4 +85,4 @@ def check_render_id(render_id: str) -> None:
 def check_provider(name: str, field: str, valid: list[str]) -> None:
     """An override must name a provider the service has; checked up front so nothing is spent on a doomed render."""
     if name and name not in valid:
-        raise InvalidArgument(f"{field}: unknown provider {name!r}; valid: {', '.join(valid)}")
+        raise InvalidArgument(f"{field}: unknown provider {quoted(name)}; valid: {', '.join(valid)}")

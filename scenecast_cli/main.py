@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from scenecast.v1 import render_service_pb2, types_pb2
@@ -85,14 +86,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _serve()
     except ScriptError as error:
-        _console.print(f"[red]bad script:[/red] {error}")
+        _fail("bad script", str(error))
         return 2
     except (RuntimeError, TimeoutError, ValueError) as error:
-        _console.print(f"[red]error:[/red] {error}")
+        _fail("error", str(error))
         return 1
     except grpc.RpcError as error:
-        _console.print(f"[red]{error.code().name}:[/red] {error.details()}")  # type: ignore[attr-defined]
+        _fail(error.code().name, error.details())  # type: ignore[attr-defined]
         return 1
+
+
+def _fail(label: str, message: str) -> None:
+    """Prints an error unwrapped (paths stay whole to copy) and as text: `[...]` in a message is not rich markup."""
+    _console.print(f"[red]{label}:[/red] {escape(message)}", soft_wrap=True)
 
 
 def _day(text: str) -> str:

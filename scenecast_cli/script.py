@@ -37,7 +37,9 @@ class ScriptError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in any number: `max_cost_usd: .inf` passes `ge=0` and would ask for no cap at all, and
+    # the gateway refuses both anyway.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SceneModel(_Strict):
@@ -163,12 +165,18 @@ def load_script(path: Path) -> Script:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ScriptError(f"{path}: cannot read the file ({error})") from error
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ScriptError(
-            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {error}"
-        ) from error
+        data = (
+            json.loads(text, object_pairs_hook=_unique_keys, parse_int=_check_number)
+            if kind == "JSON"
+            else yaml.load(text, _UniqueKeyLoader)
+        )
+    except RecursionError:
+        raise ScriptError(f"{path}: not valid {kind}: nested too deeply for a script") from None
+    # ValueError: a number too long, or a repeated key in JSON.
+    except (ValueError, yaml.YAMLError) as error:
+        raise ScriptError(f"{path}: not valid {kind}: {error}") from error
     try:
         script = ScriptModel.model_validate(data)
     except ValidationError as error:
@@ -185,6 +193,50 @@ def load_script(path: Path) -> Script:
         raise ScriptError(f"{path}: {error}") from error
     music = script.finishing.music
     return Script(request, _local_music(path, music.file) if music and music.file else None)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key: the last value would win without a word (a lost scene edit)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        data[key] = value
+    return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a repeated key in a mapping (it would keep the last value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` merges keys that the mapping's own keys may override
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _check_number(str(node.value))
+        return int(super().construct_yaml_int(node))
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+
+# Longest integer a script may write, in characters: far beyond any valid value, and it keeps Python's own limit
+# (4300 digits, with advice about sys.set_int_max_str_digits) out of the message.
+_MAX_INT_CHARS = 100
+
+
+def _check_number(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS:
+        raise ValueError(f"a number has {len(text)} characters; no script value needs more than {_MAX_INT_CHARS}")
+    return int(text)
 
 
 def _local_music(script: Path, name: str) -> LocalMusic:

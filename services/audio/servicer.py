@@ -21,6 +21,8 @@ from services.common.retry import call_deadline, call_with_retries
 from services.common.text import checked_text
 
 MAX_TEXT_CHARS = 4000
+# Voice names and ids are short; the gateway has the same limit.
+MAX_VOICE_CHARS = 200
 
 
 class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
@@ -40,7 +42,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         name, provider = self._registry.get(request.provider, "provider")
         job = SpeechJob(
             text=text,
-            voice=request.voice,
+            voice=checked_text(request.voice, "voice", MAX_VOICE_CHARS, required=False),
             quality=QUALITIES.get(request.quality, Quality.STANDARD),
             render_id=request.render_id,
         )

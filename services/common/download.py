@@ -21,6 +21,7 @@ DEFAULT_TIMEOUT_SECONDS = 120.0
 # When true, output URLs may point at private, loopback, link-local or reserved addresses (read at call time).
 ALLOW_PRIVATE_ENV = "ALLOW_PRIVATE_OUTPUT_URLS"
 MAX_REDIRECTS = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -36,29 +37,39 @@ async def fetch_output(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     headers: dict[str, str] | None = None,
-    trusted_hosts: Collection[str] = (),
+    allowed_origins: Collection[str] = (),
+    origins_setting: str = "",
 ) -> Downloaded:
     """Returns the bytes behind an output URL; raises ProviderUnavailable (retryable) when they cannot be had whole.
 
     A provider's answer decides the URL, so it is checked before every request, each redirect hop included: a host
     that resolves to a private, loopback, link-local or reserved address is refused with FailedPrecondition (no
-    reaching into the cluster or a cloud metadata endpoint), unless ALLOW_PRIVATE_OUTPUT_URLS is true or the host is
-    one of `trusted_hosts` (a server the operator configured, such as a self-hosted model on the local network).
+    reaching into the cluster or a cloud metadata endpoint), unless ALLOW_PRIVATE_OUTPUT_URLS is true.
+    With `allowed_origins` (scheme://host:port, as `origin` writes them: a server the operator configured, such as a
+    self-hosted model on the local network, and the origins its setting `origins_setting` adds) every hop must be on
+    one of them, and they are trusted even on private addresses.
     `headers` are sent to the first URL's origin only, as httpx does with redirects.
     """
     if url.startswith("data:"):
         return _decode_data_uri(url, max_bytes)
     allow_private = os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    origin = _origin(url)
+    first_origin = ""
     try:
         async with httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 parts = urllib.parse.urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
+                try:
+                    where = origin(url) if parts.scheme in _DEFAULT_PORTS else ""
+                except ValueError:
+                    where = ""
+                if not where:
                     raise ProviderUnavailable(f"provider output {_shown(url)!r} is not an http(s) or data: URL")
-                if not allow_private and parts.hostname not in trusted_hosts:
-                    await check_public_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-                sent_headers = headers if _origin(url) == origin else None
+                first_origin = first_origin or where
+                if allowed_origins:
+                    _check_allowed(url, where, allowed_origins, origins_setting)
+                elif not allow_private:
+                    await check_public_host(parts.hostname or "", parts.port or _DEFAULT_PORTS[parts.scheme])
+                sent_headers = headers if where == first_origin else None
                 async with client.stream("GET", url, headers=sent_headers) as response:
                     location = response.headers.get("location")
                     if response.status_code in _REDIRECT_STATUSES and location:
@@ -117,9 +128,28 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme, parts.hostname or "", parts.port
+def origin(url: str) -> str:
+    """scheme://host:port of an http(s) URL, the port written out, so that equal origins compare equal.
+
+    Raises ValueError for a URL without a host or with a port that is not a number.
+    """
+    parts = urllib.parse.urlsplit(url.strip())
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url[:80]!r} names no host")
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    return f"{parts.scheme.lower()}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _check_allowed(url: str, where: str, allowed_origins: Collection[str], origins_setting: str) -> None:
+    """The operator chose where this provider's files may come from: any other origin (even the same host on another
+    port, where a different service may listen) is refused before it is contacted."""
+    if where not in allowed_origins:
+        hint = f"; add the origin to {origins_setting} to allow it" if origins_setting else ""
+        raise FailedPrecondition(
+            f"provider output {_shown(url)!r} is not on an allowed origin ({', '.join(sorted(allowed_origins))})"
+            f"; refused{hint}"
+        )
 
 
 def _shown(url: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.common.observability import CallRecord, server_call
+from services.common.redact import redact
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,6 +81,26 @@ class MediaError(ScenecastError):
     code = grpc.StatusCode.INTERNAL
 
 
+# Longest status message sent, in characters: the message travels in a header (UTF-8, then percent-encoded: up to
+# 12 bytes a character), and one over gRPC's 8 KiB metadata limit turns the real status into RESOURCE_EXHAUSTED.
+MAX_STATUS_CHARS = 500
+# How much of a caller's value a message repeats.
+QUOTED_CHARS = 40
+
+
+def quoted(value: str) -> str:
+    """The caller's value for a message: quoted, and cut to a short prefix (with its length) when it is long."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}... ({len(value)} characters)"
+
+
+def status_message(message: str) -> str:
+    """What a caller sees of an error: without configured secrets, and short enough to arrive as sent."""
+    message = redact(message)
+    return message if len(message) <= MAX_STATUS_CHARS else f"{message[:MAX_STATUS_CHARS]}... (cut)"
+
+
 # Trailing metadata key set on every status a servicer returns itself.
 ORIGIN_KEY = "x-scenecast-error-origin"
 
@@ -103,7 +124,7 @@ def rpc_method(method: Method) -> Method:
             _LOGGER.info("%s: %s %s", name, error.code.name, error)
             # Marks the status as the service's own answer (its retries already spent), so a caller's replica
             # failover retries only UNAVAILABLE that comes from the transport, never multiplying provider attempts.
-            await context.abort(error.code, str(error), ((ORIGIN_KEY, "service"),))
+            await context.abort(error.code, status_message(str(error)), ((ORIGIN_KEY, "service"),))
         record.code = grpc.StatusCode.INTERNAL.name
         _LOGGER.exception("%s failed", name, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see service logs")

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from prometheus_client import Counter, Histogram, start_http_server
 
+from services.common.redact import RedactingFilter
+
 _LOGGER = logging.getLogger(__name__)
 
 RENDER_ID_KEY = "x-render-id"
@@ -61,6 +63,7 @@ def configure(service: str, log_format: str, log_level: str, metrics_port: int, 
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(render_id)s]: %(message)s")
     )
     handler.addFilter(_add_context)
+    handler.addFilter(RedactingFilter())  # last, so that it sees every field the others add
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # library warnings become log records too, so every line stays JSON
     if metrics_port:
@@ -94,8 +97,9 @@ class JsonFormatter(logging.Formatter):
             "render_id": getattr(record, "render_id", ""),
             "trace_id": getattr(record, "trace_id", ""),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            # exc_text first: RedactingFilter leaves the traceback there with secrets taken out.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
 
-from services.common.errors import InvalidArgument, MissingCredential
+from services.common.errors import InvalidArgument, MissingCredential, quoted
+from services.common.redact import register
 
 ProviderT = TypeVar("ProviderT")
 
@@ -57,6 +58,9 @@ class ProviderRegistry(Generic[ProviderT]):
             raise ValueError(
                 f"{env_var}={default!r} is not a known provider; valid: {', '.join(sorted(self._factories))}"
             )
+        for provider in providers:
+            for variable in provider.description.required_env:  # type: ignore[attr-defined]
+                register(os.environ.get(variable, ""))
         self._instances: dict[str, ProviderT] = {}
         self.default = default
         self.env_var = env_var
@@ -72,7 +76,7 @@ class ProviderRegistry(Generic[ProviderT]):
             raise InvalidArgument(f"{field} is empty and {self.env_var} is unset; name one of: {self.valid_names}")
         if chosen not in self._factories:
             source = field if name else self.env_var
-            raise InvalidArgument(f"{source}: unknown provider {chosen!r}; valid: {self.valid_names}")
+            raise InvalidArgument(f"{source}: unknown provider {quoted(chosen)}; valid: {self.valid_names}")
         if chosen not in self._instances:
             self._instances[chosen] = self._factories[chosen]()
         return chosen, self._instances[chosen]
@@ -94,4 +98,5 @@ def require_env(variable: str, provider: str) -> str:
     value = os.environ.get(variable, "")
     if not value:
         raise MissingCredential(variable, provider)
+    register(value)  # a vendor may echo it in an error; registered before any request carries it
     return value

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import observability
+from services.common import observability, redact
 from services.common.handlers import add_servicer
 from services.common.settings import ServiceSettings
 from services.common.tls import ServerTls
@@ -135,6 +135,7 @@ def _keep_large_buffers_off_the_heap() -> None:
 def run(service: str, build: Callable[[], Server], settings: ServiceSettings) -> None:
     """Entry point used by each service's `python -m` module."""
     _keep_large_buffers_off_the_heap()
+    redact.register_settings(settings)
     observability.configure(
         service, settings.log_format, settings.log_level, settings.metrics_port, settings.otel_traces_exporter
     )

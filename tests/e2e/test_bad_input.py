@@ -165,6 +165,26 @@ def speech(timeout: float = CALL_SECONDS, **fields: str) -> Call:
     return call
 
 
+def avatar(**fields: str) -> Call:
+    def call(stack: LocalStack, _: Assets) -> None:
+        request = video_service_pb2.GenerateAvatarVideoRequest(scenes=[SCENE], output=OUTPUT, **fields)
+        with grpc.insecure_channel(stack.addresses["video"]) as channel:
+            stub = video_service_pb2_grpc.VideoServiceStub(channel)
+            _drain(stub.GenerateAvatarVideo(request, timeout=CALL_SECONDS))
+
+    return call
+
+
+def huge(letter: str) -> str:
+    """A 100 KB name: echoed whole, it would not fit in the status header (RESOURCE_EXHAUSTED instead)."""
+    return letter * 100_000
+
+
+def cut(letter: str) -> str:
+    """How an error message quotes `huge(letter)`: a short prefix and the length."""
+    return f"'{letter * 40}'... (100000 characters)"
+
+
 Messages = Callable[[Assets], list]
 
 
@@ -451,6 +471,67 @@ CASES = [
     Case("render-unknown-avatar", render(providers(avatar="hal")), INVALID, "providers.avatar: unknown provider 'hal'"),
     # Found by the speech service after the render started: the render stops and the assembly is cleaned up.
     Case("render-unknown-voice", render(lambda r: setattr(r, "voice", "nobody")), INVALID, "voice 'nobody'"),
+    Case(
+        "render-huge-image-provider",
+        render(providers(image=huge("m"))),
+        INVALID,
+        f"providers.image: unknown provider {cut('m')}; valid: ",
+    ),
+    Case(
+        "render-huge-speech-provider",
+        render(providers(speech=huge("s"))),
+        INVALID,
+        f"providers.speech: unknown provider {cut('s')}; valid: ",
+    ),
+    Case(
+        "render-huge-video-provider",
+        render(providers(video=huge("v"))),
+        INVALID,
+        f"providers.video: unknown provider {cut('v')}; valid: ",
+    ),
+    Case(
+        "render-huge-avatar-provider",
+        render(providers(avatar=huge("a"))),
+        INVALID,
+        f"providers.avatar: unknown provider {cut('a')}; valid: ",
+    ),
+    Case(
+        "render-huge-voice",
+        render(lambda r: setattr(r, "voice", huge("n"))),
+        INVALID,
+        "voice has 100000 characters; the limit is 200",
+    ),
+    Case(
+        "render-huge-scene-id",
+        render(scene(id=huge("i"))),
+        INVALID,
+        f"scenes[0].id must be 1-64 characters of A-Z, a-z, 0-9, _ and - (got {cut('i')})",
+    ),
+    Case("image-huge-provider", image(provider=huge("d")), INVALID, f"provider: unknown provider {cut('d')}; valid:"),
+    Case(
+        "speech-huge-provider",
+        speech(text="Hi.", provider=huge("e")),
+        INVALID,
+        f"provider: unknown provider {cut('e')}; valid:",
+    ),
+    Case(
+        "speech-huge-voice",
+        speech(text="Hi.", voice=huge("n")),
+        INVALID,
+        "voice has 100000 characters; the limit is 200",
+    ),
+    Case(
+        "clip-huge-provider",
+        clip(lambda a: [spec(provider=huge("s"))]),
+        INVALID,
+        f"spec.provider: unknown provider {cut('s')}; valid:",
+    ),
+    Case(
+        "avatar-huge-provider",
+        avatar(provider=huge("h")),
+        INVALID,
+        f"provider: unknown provider {cut('h')}; valid:",
+    ),
     Case(
         "render-narration-bad-utf8",
         raw("gateway", "RenderService/Render", render_bytes(_field(1, b"a") + _field(2, BAD_UTF8) + _field(4, b"T"))),

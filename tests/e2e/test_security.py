@@ -262,15 +262,15 @@ async def test_private_output_urls_are_refused_unless_allowed(files: _Files, mon
     with pytest.raises(FailedPrecondition, match="ALLOW_PRIVATE_OUTPUT_URLS=true") as loopback:
         await download.fetch_output(f"{files.base_url}/file")
     assert "127.0.0.1" in str(loopback.value) and not files.requests
-    # A host the operator trusts (a self-hosted model) may be private, but its redirect to another private host is
-    # checked like any URL, before it is requested.
-    trusted = {"127.0.0.1"}
+    # An origin the operator allows (a self-hosted model) may be private, but its redirect to another origin is
+    # refused before it is requested.
+    allowed = {download.origin(files.base_url)}
     same_host = f"{files.base_url}/redirect?to={files.base_url}/file"
-    assert (await download.fetch_output(same_host, trusted_hosts=trusted)).data == b"\x00\x01video"
+    assert (await download.fetch_output(same_host, allowed_origins=allowed)).data == b"\x00\x01video"
     elsewhere = f"{files.base_url}/redirect?to=http://localhost:{files.port}/file"
     files.reset()
-    with pytest.raises(FailedPrecondition, match="'localhost' resolves to"):
-        await download.fetch_output(elsewhere, trusted_hosts=trusted)
+    with pytest.raises(FailedPrecondition, match="is not on an allowed origin"):
+        await download.fetch_output(elsewhere, allowed_origins=allowed)
     assert [r.path for r in files.requests] == ["/redirect"]
     # data: URIs never touch the network.
     assert (await download.fetch_output("data:video/mp4;base64,AAE=")).data == b"\x00\x01"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 import threading
@@ -48,6 +49,9 @@ class FakeServer:
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
+        # Nonzero: every request is answered with this status and a body that echoes the credentials it carried,
+        # as a vendor or a proxy in front of it may do (see `echo_credentials`).
+        self.echo_key_status = 0
         self._ssl = ssl_context
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -74,6 +78,7 @@ class FakeServer:
         with self._lock:
             self.requests.clear()
             self.faults.clear()
+            self.echo_key_status = 0
 
     def start(self) -> str:
         self._thread.start()
@@ -122,6 +127,8 @@ class FakeServer:
             )
             if fault is not None:
                 self.faults.remove(fault)
+        if self.echo_key_status:
+            return echo_credentials(request, self.echo_key_status)
         if fault is not None:
             if fault.reset:
                 assert request.transport is not None
@@ -134,3 +141,30 @@ class FakeServer:
                     return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
                 return web.json_response(fault.body, status=fault.status, headers=fault.headers)
         return await handler(request)
+
+
+# Headers that carry a vendor's credentials: OpenAI and Replicate `Authorization: Bearer`, Synthesia a bare
+# `Authorization`, HeyGen `X-Api-Key`, a self-hosted server behind Basic auth `Authorization: Basic`.
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+
+
+def echo_credentials(request: web.Request, status: int) -> web.Response:
+    """An error whose every text field repeats the request's credentials: raw, without their scheme, and (for Basic
+    auth) decoded, in the fields each vendor's client reads (`error.message`, `detail`, `title`, `message`)."""
+    echoed = []
+    for name in _CREDENTIAL_HEADERS:
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        scheme, _, credential = value.partition(" ")
+        echoed += [f"{name}: {value}", credential or scheme]
+        if scheme.lower() == "basic":
+            echoed.append(base64.b64decode(credential).decode())
+    message = f"Incorrect API key provided: {' | '.join(echoed)}"
+    body = {
+        "error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"},
+        "detail": message,
+        "title": message,
+        "message": message,
+    }
+    return web.json_response(body, status=status)

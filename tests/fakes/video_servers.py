@@ -157,7 +157,7 @@ class FakeCogVideo(FakeServer):
     By default `POST /predictions` answers when the clip is made (synchronous Cog), with the MP4 as a data: URI.
     Knobs (restored by reset()): `async_mode` (answer 202 `processing` with an id, then done after `polls_to_finish`
     GETs of /predictions/{id}), `never_finish` (async mode only), `fail_with` (a `failed` status with this error),
-    `corrupt_output`, `url_output` (an http URL on this server instead of a data: URI), `with_audio`,
+    `corrupt_output`, `url_output` (an http URL on this server, or on `files_on`, instead of a data: URI), `with_audio`,
     `model_name` (reported as `model`, as some servers do).
     """
 
@@ -174,6 +174,8 @@ class FakeCogVideo(FakeServer):
         self.fail_with: str | None = None
         self.corrupt_output = False
         self.url_output = False
+        # With url_output: another server (the same host on another port) that the output URL points at instead.
+        self.files_on: FakeCogVideo | None = None
         self.with_audio = False
         self.model_name: str | None = None
 
@@ -250,8 +252,9 @@ class FakeCogVideo(FakeServer):
         )
         data = corrupt(clip) if self.corrupt_output else clip
         if self.url_output:
-            self.files[f"{prediction.id}.mp4"] = data
-            prediction.output = f"{self.base_url}/files/{prediction.id}.mp4"
+            server = self.files_on or self
+            server.files[f"{prediction.id}.mp4"] = data
+            prediction.output = f"{server.base_url}/files/{prediction.id}.mp4"
         else:
             prediction.output = f"data:video/mp4;base64,{base64.b64encode(data).decode()}"
         prediction.status = "succeeded"

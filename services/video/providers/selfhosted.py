@@ -25,7 +25,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from services.common import pricing
-from services.common.download import fetch_output
+from services.common.download import fetch_output, origin
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -49,6 +49,8 @@ FPS_ENV = "SELFHOSTED_VIDEO_FPS"
 MAX_FRAMES_ENV = "SELFHOSTED_VIDEO_MAX_FRAMES"
 TIMEOUT_ENV = "SELFHOSTED_VIDEO_TIMEOUT_SECONDS"
 POLL_ENV = "SELFHOSTED_VIDEO_POLL_SECONDS"
+# Comma-separated origins (scheme://host[:port]) besides SELFHOSTED_VIDEO_URL's own that output files may come from.
+OUTPUT_ORIGINS_ENV = "SELFHOSTED_VIDEO_OUTPUT_ORIGINS"
 APIS = ("cog", "comfyui")
 
 # The short side of the clip, as in "480p"; both sides become multiples of 32, which LTX-Video needs.
@@ -116,6 +118,8 @@ class _Settings:
     """The provider's environment, read per request so an operator's change needs no restart."""
 
     url: str
+    # Where output files may be downloaded from: the server's own origin and OUTPUT_ORIGINS_ENV's.
+    output_origins: frozenset[str]
     api: str
     short_side: int
     fps: int
@@ -129,8 +133,13 @@ class _Settings:
         api = (os.environ.get(API_ENV) or "cog").strip().lower()
         if api not in APIS:
             raise FailedPrecondition(f"{API_ENV}={api!r} is not supported; use one of: {', '.join(APIS)}")
+        try:
+            output_origins = output_origins_of(url, os.environ.get(OUTPUT_ORIGINS_ENV, ""))
+        except ValueError as error:
+            raise FailedPrecondition(str(error)) from None
         return cls(
             url=url,
+            output_origins=output_origins,
             api=api,
             short_side=_env_number(HEIGHT_ENV, DEFAULT_SHORT_SIDE, 64, 2160, int),
             fps=_env_number(FPS_ENV, DEFAULT_FPS, 1, 60, int),
@@ -138,6 +147,42 @@ class _Settings:
             time_limit=_env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, 0.1, 24 * 3600.0, float),
             poll_seconds=_env_number(POLL_ENV, DEFAULT_POLL_SECONDS, 0.001, 60.0, float),
         )
+
+
+def check_server_url(url: str) -> None:
+    """SELFHOSTED_VIDEO_URL must be an http(s) URL with a host: any other scheme (file:, gopher:) would let the
+    setting reach things that are not a model server. Raises ValueError naming the variable."""
+    scheme = urllib.parse.urlsplit(url.strip()).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{URL_ENV} must be an http:// or https:// URL such as http://gpu-box:5000 (got {scheme!r})")
+    try:
+        origin(url)
+    except ValueError as error:
+        raise ValueError(f"{URL_ENV} is not a usable URL: {error}") from None
+
+
+def output_origins_of(url: str, extra: str) -> frozenset[str]:
+    """The origins output files may come from: the server's own, and those listed in SELFHOSTED_VIDEO_OUTPUT_ORIGINS.
+
+    Only the configured origin by default: a server (or whoever controls its answers) pointing the download at the
+    same host on another port could otherwise make the video service fetch from any service listening there.
+    Raises ValueError naming the variable at fault.
+    """
+    check_server_url(url)
+    origins = {origin(url)}
+    for entry in (part.strip() for part in extra.split(",")):
+        if not entry:
+            continue
+        try:
+            if urllib.parse.urlsplit(entry).scheme not in ("http", "https"):
+                raise ValueError("not an http:// or https:// origin")
+            origins.add(origin(entry))
+        except ValueError as error:
+            raise ValueError(
+                f"{OUTPUT_ORIGINS_ENV}: {entry[:80]!r} is not an origin written like https://files.example:8443 "
+                f"({error})"
+            ) from None
+    return frozenset(origins)
 
 
 def _env_number(variable: str, default: T, low: float, high: float, kind: Callable[[str], T]) -> T:
@@ -286,10 +331,14 @@ class _Session:
             _LOGGER.warning("%s: POST %s failed: %r", self.label, path, error)
 
     async def _download(self, url: str) -> bytes:
-        # The operator configured this server, usually on a private network: its own host is trusted for downloads.
-        own_host = urllib.parse.urlsplit(self._settings.url).hostname or ""
+        # The operator configured this server, usually on a private network: its origins are trusted for downloads,
+        # and they are the only ones used.
         downloaded = await fetch_output(
-            url, max_bytes=MAX_VIDEO_BYTES, timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS, trusted_hosts=(own_host,)
+            url,
+            max_bytes=MAX_VIDEO_BYTES,
+            timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS,
+            allowed_origins=self._settings.output_origins,
+            origins_setting=OUTPUT_ORIGINS_ENV,
         )
         return downloaded.data
 
