@@ -110,7 +110,8 @@ def _own(path: Path, setting: str, kind: Literal["folder", "file"]) -> None:
     try:
         handle = os.open(path, flags)
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        # A link is ELOOP, or ENOTDIR when a folder was asked for (the link itself is no folder).
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise UnsafeStateLocation(
                 f"{setting}={path} is a symbolic link; scenecast never keeps state through a link, which could point "
                 f"it anywhere; set {setting} to the {kind} itself"
