@@ -33,12 +33,12 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _start(module: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts a service from `cwd` (an empty folder, so that no .env file of a checkout is read), logging to
+    `cwd/<module>.log`."""
     address = f"127.0.0.1:{free_port()}"
     env = {**env, "LISTEN_ADDRESS": address, "METRICS_PORT": str(free_port())}
-    # From an empty folder, so that no .env file of a checkout is read.
-    process = subprocess.Popen(
-        [sys.executable, "-m", module], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with (cwd / f"{module}.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=cwd, stdout=log, stderr=log)
     return process, address
 
 
@@ -47,19 +47,22 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
-        if process.poll() is None:
-            process.terminate()
-        process.communicate(timeout=30)
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def test_services_make_their_default_state_folders_private_at_start_up(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    home, temp = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    temp.mkdir()
+    home, temp, work = tmp_path / "home", tmp_path / "tmp", tmp_path / "work"
+    for folder in (home, temp, work):
+        folder.mkdir()
     for module in ("gateway", "services.image", "services.assembler"):
-        process, address = _start(module, _env(home, TMPDIR=str(temp)), tmp_path)
+        process, address = _start(module, _env(home, TMPDIR=str(temp)), work)
         processes.append(process)
         wait_until_serving(address, 60, process)
     state, cache = home / ".local" / "state" / "scenecast", home / ".cache" / "scenecast"
@@ -74,32 +77,32 @@ def test_services_make_their_default_state_folders_private_at_start_up(
 
 
 def _refused(module: str, env: dict[str, str], cwd: Path) -> str:
-    """Starts a service that must refuse to start; returns what it wrote on stderr."""
+    """Starts a service that must refuse to start; returns what it logged."""
     process, _ = _start(module, env, cwd)
     try:
-        _, stderr = process.communicate(timeout=60)
+        process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.communicate()
+        process.wait()
         raise AssertionError(f"{module} started with an unsafe state folder") from None
     assert process.returncode != 0
-    return stderr.decode(errors="replace")
+    return (cwd / f"{module}.log").read_text(errors="replace")
 
 
 def test_a_symlinked_results_folder_stops_the_gateway_naming_the_setting(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "renders").symlink_to(real)
-    stderr = _refused("gateway", _env(tmp_path, RENDER_OUTPUT_DIR=str(tmp_path / "renders")), tmp_path)
-    assert f"RENDER_OUTPUT_DIR={tmp_path / 'renders'} is a symbolic link" in stderr
+    log = _refused("gateway", _env(tmp_path, RENDER_OUTPUT_DIR=str(tmp_path / "renders")), tmp_path)
+    assert f"RENDER_OUTPUT_DIR={tmp_path / 'renders'} is a symbolic link" in log
     assert list(real.iterdir()) == []  # nothing made through the link (no ledger, no music folder)
 
 
 def test_a_symlinked_segment_cache_stops_the_assembler_naming_the_setting(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "segments").symlink_to(tmp_path / "real")
-    stderr = _refused("services.assembler", _env(tmp_path, SEGMENT_CACHE_DIR=str(tmp_path / "segments")), tmp_path)
-    assert f"SEGMENT_CACHE_DIR={tmp_path / 'segments'} is a symbolic link" in stderr
+    log = _refused("services.assembler", _env(tmp_path, SEGMENT_CACHE_DIR=str(tmp_path / "segments")), tmp_path)
+    assert f"SEGMENT_CACHE_DIR={tmp_path / 'segments'} is a symbolic link" in log
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
@@ -107,8 +110,8 @@ def test_an_asset_cache_of_another_user_stops_the_image_service_naming_the_setti
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
-    stderr = _refused("services.image", _env(tmp_path, ASSET_CACHE_DIR=str(theirs)), tmp_path)
-    assert f"ASSET_CACHE_DIR={theirs} belongs to uid 65534, not to this user (uid 0)" in stderr
+    log = _refused("services.image", _env(tmp_path, ASSET_CACHE_DIR=str(theirs)), tmp_path)
+    assert f"ASSET_CACHE_DIR={theirs} belongs to uid 65534, not to this user (uid 0)" in log
 
 
 def test_the_cli_never_writes_through_links_planted_at_its_file_names(stack: LocalStack, tmp_path: Path) -> None:
