@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Self
 
 from pydantic import SecretStr, model_validator
 
 from services.common.settings import ServiceSettings, check_files, check_pair
+from services.common.state import state_path
+
+# The user's own state folder ($XDG_STATE_HOME/scenecast/renders, else ~/.local/state/scenecast/renders), fixed at
+# start-up: results kept in a fixed folder of the shared temp folder could be read, or replaced by links, by anyone.
+DEFAULT_OUTPUT_DIR = state_path("renders")
 
 
 class GatewaySettings(ServiceSettings):
@@ -32,7 +36,8 @@ class GatewaySettings(ServiceSettings):
     scene_call_attempts: int = 3
     # Clips are asked this much longer than the narration, in milliseconds, to cover the scene's lead-in and tail.
     clip_extra_ms: int = 1000
-    # Where finished MP4s are kept for FetchResult; empty means a folder in the system temp dir.
+    # Where finished MP4s (and uploaded music) are kept for FetchResult; empty means DEFAULT_OUTPUT_DIR. Made private
+    # (0700) at start-up; a folder that is a link or belongs to another user stops the gateway.
     render_output_dir: str = ""
     # How long a finished render's MP4 and summary (and an uploaded music file) stay available, in seconds.
     result_ttl_seconds: float = 3600.0
@@ -66,7 +71,7 @@ class GatewaySettings(ServiceSettings):
     @property
     def output_dir(self) -> Path:
         """Where results, uploaded music and (by default) the spend ledger live."""
-        return Path(self.render_output_dir or Path(tempfile.gettempdir()) / "scenecast-renders")
+        return Path(self.render_output_dir) if self.render_output_dir else DEFAULT_OUTPUT_DIR
 
     @property
     def ledger_path(self) -> Path | None:

@@ -13,6 +13,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
+from services.common.state import private_file
+
 Grouping = Literal["day", "provider", "render"]
 
 # The SQL expression of each grouping's key: fixed strings, never built from a request.
@@ -91,7 +93,9 @@ class SpendLedger:
         self.path = path
         self._busy_timeout = busy_timeout_seconds
         self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 in a private folder, and never opened through a link: SQLite opens the file by name (its WAL
+        # and shared-memory files take the same mode).
+        private_file(path, "SPEND_LEDGER_PATH")
         # A connection of its own, closed at once: switching a new file to WAL needs it to be the only one open,
         # and SQLite answers "locked" at once (no busy wait) when two gateways create the file at the same moment.
         for attempt in range(_SETUP_ATTEMPTS):

@@ -21,6 +21,7 @@ from scenecast.v1 import types_pb2
 from services.common.chunks import ChunkSink
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.media import MediaInfo, probe
+from services.common.state import private_dir, write_private_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class MusicStore:
                 f"start.size_bytes is {size_bytes}, over the gateway's MAX_MUSIC_BYTES of {self._max_bytes}; "
                 "shorten or compress the music"
             )
-        self._folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self._folder, "RENDER_OUTPUT_DIR")
         if self._janitor is None:
             self._janitor = asyncio.create_task(self._expire_uploads())
         partial = self._folder / f".upload-{uuid.uuid4().hex}"
@@ -102,10 +103,7 @@ class MusicStore:
     def _keep(self, partial: Path, upload_id: str, mime_type: str) -> None:
         """Both files appear whole or not at all (written beside, then renamed); the metadata first, since a lookup
         needs both."""
-        metadata = self._folder / f"{upload_id}.json"
-        written = partial.with_name(f"{partial.name}.json")
-        written.write_text(json.dumps({"mime_type": mime_type}))
-        os.replace(written, metadata)
+        write_private_file(self._folder / f"{upload_id}.json", json.dumps({"mime_type": mime_type}).encode())
         os.replace(partial, self._folder / upload_id)
 
     async def uploaded(self, upload_id: str) -> MusicFile:

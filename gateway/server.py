@@ -14,6 +14,7 @@ from gateway.music import MusicStore
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
 from services.common.server import Server, build_server, run
+from services.common.state import private_dir
 from services.common.tls import ServerTls
 
 _LOGGER = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 
 
 def build(settings: GatewaySettings) -> Server:
-    output_dir = settings.output_dir
+    output_dir = private_dir(settings.output_dir, "RENDER_OUTPUT_DIR")
     registry = RenderRegistry(output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
     music = MusicStore(
         output_dir / "music", settings.max_music_bytes, settings.result_ttl_seconds, settings.music_library_dir

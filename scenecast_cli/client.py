@@ -77,7 +77,7 @@ def render_to_file(
             on_progress(event)
 
     try:
-        with partial.open("wb") as handle:
+        with _create_fresh(partial) as handle:
             try:
                 with _channel(address) as channel:
                     for response in render_service_pb2_grpc.RenderServiceStub(channel).Render(request, timeout=left()):
@@ -113,9 +113,28 @@ def write_sidecars(summary: render_service_pb2.RenderSummary, video: Path) -> li
         if suffix is None:
             continue  # a format from a newer contract than this client knows
         path = video.with_suffix(suffix)
-        path.write_bytes(subtitle.text.encode("utf-8"))
+        partial = path.with_name(path.name + ".part")
+        try:
+            with _create_fresh(partial) as handle:
+                handle.write(subtitle.text.encode("utf-8"))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         written.append(path)
     return written
+
+
+def _create_fresh(partial: Path) -> BinaryIO:
+    """Creates a `.part` file afresh: a leftover of an earlier run is removed first, and the file is made with
+    O_EXCL | O_NOFOLLOW, so a link planted at that name (say, in a shared folder) is never written through and its
+    target stays as it was; the rename that completes the file then replaces a link at the final name, too.
+
+    Made with the user's umask (0644 typically), not 0600 like scenecast's state: the video is the user's own file,
+    made where they asked, and should read like any other file they create there.
+    """
+    partial.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(partial, flags, 0o666), "wb")
 
 
 def _connection_lost(error: grpc.RpcError) -> bool:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 from services.common.settings import ServiceSettings
+from services.common.state import cache_path
 
 
 class AssemblerSettings(ServiceSettings):
@@ -27,8 +26,9 @@ class AssemblerSettings(ServiceSettings):
     # threads (ffmpeg.encoder_threads). 0 means the number of cores. On 2 cores, 12 scenes of 1080p took 9.1 s as
     # two one-thread encodes at a time, 9.7 s as two with x264's own thread count, 11.8 s one at a time.
     encode_concurrency: int = 0
-    # Encoded scene segments kept so a re-render re-encodes only changed scenes; "off" (or empty) disables it.
-    segment_cache_dir: str = str(Path(tempfile.gettempdir()) / "scenecast-segment-cache")
+    # Encoded scene segments kept so a re-render re-encodes only changed scenes; "off" (or empty) disables it. The
+    # default is the user's own cache folder ($XDG_CACHE_HOME/scenecast/segments, else ~/.cache/scenecast/segments).
+    segment_cache_dir: str = str(cache_path("segments"))
     # Bytes the segment cache may hold; least recently used segments are evicted beyond it.
     segment_cache_max_bytes: int = 2 * 1024**3
     # H.264 encoder: auto (NVENC when FFmpeg can use it here, else libx264) | libx264 | h264_nvenc.

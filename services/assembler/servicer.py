@@ -141,7 +141,9 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         self._encode_slots = asyncio.Semaphore(settings.encoders)
         # Encodes running now: each one that starts takes its share of the cores (ffmpeg.encoder_threads).
         self._running_encodes = 0
-        self._segments = AssetCache.from_settings(settings.segment_cache_dir, settings.segment_cache_max_bytes)
+        self._segments = AssetCache.from_settings(
+            settings.segment_cache_dir, settings.segment_cache_max_bytes, "SEGMENT_CACHE_DIR"
+        )
         # Here rather than in server.py, so every way of building the service sweeps before its first call.
         workdirs.sweep(WORK_FOLDER_PREFIX, settings.assembler_tmp_dir or None)
 

@@ -50,6 +50,7 @@ from scenecast.v1 import types_pb2
 
 from services.common.chunks import iter_chunks
 from services.common.errors import ProviderUnavailable
+from services.common.state import cache_path, private_dir
 
 if TYPE_CHECKING:
     from services.audio.providers.base import SpeechJob
@@ -63,7 +64,8 @@ ResponseT = TypeVar("ResponseT")
 
 # Bumped when the key's fields or the entry layout change, so old entries are simply never found again.
 FORMAT_VERSION = 1
-DEFAULT_DIR = str(Path(tempfile.gettempdir()) / "scenecast-asset-cache")
+# The user's own cache folder ($XDG_CACHE_HOME/scenecast/assets, else ~/.cache/scenecast/assets), fixed at start-up.
+DEFAULT_DIR = str(cache_path("assets"))
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # ASSET_CACHE_DIR values that turn the cache off.
 DISABLED = ("", "off")
@@ -184,6 +186,10 @@ SINGLE_FLIGHT_WAITS = Counter(
 
 # Block size of file-to-file copies in and out of the folder cache: large files are never held whole in memory.
 _COPY_BLOCK = 1024 * 1024
+
+# Lock files are shared by every process using the folder, so opened as they are, but never through a link planted at
+# their name (which would create or lock a file elsewhere).
+_LOCK_FILE = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Seconds between a waiter's checks for an asset that another process or replica is making.
 POLL_SECONDS = 0.1
@@ -492,19 +498,24 @@ class AssetCache(CacheBackend):
     an entry that fails its checks (hash mismatch, missing file, bad JSON) is logged, removed and treated as a miss.
     The folder is bounded by a byte budget, evicting the least recently used entries (a hit touches the metadata
     file's mtime). The single-flight lock is a `flock` on `<key>.lock`, which exists only while it is held.
+
+    The folder and its shards are private (0700, checked when the cache opens: an unsafe folder stops the service at
+    start-up, naming `setting`), its files 0600, and no file is opened through a link: entries are written to fresh
+    temp names (mkstemp) and renamed into place, and lock files are opened with O_NOFOLLOW.
     """
 
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, setting: str = "ASSET_CACHE_DIR") -> None:
         super().__init__()
-        self.root = root
+        self.root = private_dir(root, setting)
         self.max_bytes = max_bytes
+        self._setting = setting
 
     @classmethod
-    def from_settings(cls, directory: str, max_bytes: int) -> AssetCache | None:
-        """None when ASSET_CACHE_DIR is empty or "off"."""
+    def from_settings(cls, directory: str, max_bytes: int, setting: str = "ASSET_CACHE_DIR") -> AssetCache | None:
+        """None when the folder setting (ASSET_CACHE_DIR, or the segment cache's `setting`) is empty or "off"."""
         if directory.strip().lower() in DISABLED:
             return None
-        return cls(Path(directory), max_bytes)
+        return cls(Path(directory), max_bytes, setting)
 
     def get(self, key: str) -> CachedAsset | None:
         data_path, meta_path = self._paths(key)
@@ -541,8 +552,7 @@ class AssetCache(CacheBackend):
         if size > self.max_bytes:
             _LOGGER.info("asset cache: %d bytes exceed ASSET_CACHE_MAX_BYTES; not stored", size)
             return
-        folder = self._paths(key)[0].parent
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._shard(key)
         meta = {"sha256": hashlib.sha256(asset.data).hexdigest(), "size": size, "asset": _metadata_of(asset)}
         self._install(key, _write_temp(folder, key, asset.data), meta)
 
@@ -552,8 +562,7 @@ class AssetCache(CacheBackend):
         if size > self.max_bytes:
             _LOGGER.info("cache: %d bytes exceed the folder's byte budget; not stored", size)
             return
-        folder = self._paths(key)[0].parent
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._shard(key)
         handle, name = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
         digest = hashlib.sha256()
         try:
@@ -640,9 +649,8 @@ class AssetCache(CacheBackend):
                 return
 
     def _lock_nowait(self, key: str) -> _FileLock | None:
-        path = self._paths(key)[0].with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        path = self._shard(key) / f"{key}.lock"
+        handle = os.open(path, _LOCK_FILE, 0o600)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Owners remove the file before they let go, so a lock taken on a file that is no longer there is no lock.
@@ -665,6 +673,10 @@ class AssetCache(CacheBackend):
                 continue
             yield from (Path(shard.path) / name for name in names)
 
+    def _shard(self, key: str) -> Path:
+        """The entry's shard folder, made private if it is missing (and the cache's folder with it, if removed)."""
+        return private_dir(self._paths(key)[0].parent, self._setting)
+
     def _paths(self, key: str) -> tuple[Path, Path]:
         if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
             raise ValueError(f"not a SHA-256 hex key: {key!r}")
@@ -674,14 +686,12 @@ class AssetCache(CacheBackend):
     @contextlib.contextmanager
     def _shard_lock(self, key: str) -> Iterator[None]:
         """An exclusive lock on the entry's shard, shared by every process using the folder (flock on .lock)."""
-        path = self.root / key[:2] / ".lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
+        handle = os.open(self._shard(key) / ".lock", _LOCK_FILE, 0o600)
+        try:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(handle)  # which lets go of the lock
 
     def _discard(self, key: str, reason: str) -> None:
         _LOGGER.warning("asset cache: entry %s is damaged (%s); removed", key, reason)

@@ -9,6 +9,7 @@ from typing import BinaryIO
 from scenecast.v1 import types_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.state import create_private_file
 
 CHUNK_BYTES = 256 * 1024
 
@@ -44,7 +45,8 @@ class ChunkSink:
         self.expected_bytes = expected_bytes
         self.received_bytes = 0
         self._field = field
-        self._handle: BinaryIO | None = path.open("wb")
+        # A fresh file, never one already there nor the target of a link planted at its name.
+        self._handle: BinaryIO | None = create_private_file(path)
 
     @property
     def complete(self) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -298,6 +299,95 @@ def test_empty_or_off_disables_the_cache(tmp_path: Path) -> None:
     assert AssetCache.from_settings("off", 100) is None
     enabled = AssetCache.from_settings(str(tmp_path), 100)
     assert enabled is not None and enabled.root == tmp_path and enabled.max_bytes == 100
+
+
+def _modes(root: Path) -> dict[str, int]:
+    """Each folder's and file's permission bits, by path below `root` ("." for the folder itself)."""
+    paths = [root, *root.rglob("*")]
+    return {str(path.relative_to(root)): stat.S_IMODE(path.lstat().st_mode) for path in paths}
+
+
+async def test_the_folder_cache_is_private_to_its_user(tmp_path: Path) -> None:
+    previous = os.umask(0o022)  # the usual umask, under which a folder made without care is 0755 and a file 0644
+    try:
+        cache = open_cache("", str(tmp_path / "a" / "assets"), 10_000)
+        assert isinstance(cache, AssetCache)
+        lock = cache._lock_nowait(KEY)
+        assert lock is not None
+        held = _modes(tmp_path / "a")
+        lock.release()
+        cache.put(KEY, _asset())
+        cache.put_file("cd" + KEY[2:], _file(tmp_path / "segment.mp4", b"segment"), "video/mp4")
+    finally:
+        os.umask(previous)
+    assert held == {".": 0o700, "assets": 0o700, "assets/ab": 0o700, f"assets/ab/{KEY}.lock": 0o600}
+    assert _modes(tmp_path / "a" / "assets") == {
+        ".": 0o700,
+        "ab": 0o700,
+        "ab/.lock": 0o600,
+        f"ab/{KEY}.bin": 0o600,
+        f"ab/{KEY}.json": 0o600,
+        "cd": 0o700,
+        "cd/.lock": 0o600,
+        f"cd/cd{KEY[2:]}.bin": 0o600,
+        f"cd/cd{KEY[2:]}.json": 0o600,
+    }
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+async def test_links_planted_at_the_cache_s_file_names_are_never_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every name the folder cache writes: the shard lock, the key lock, the entry's data and metadata. The lock files
+    are refused (logged, the asset made without them); the entry's files are written fresh and renamed over the links.
+    """
+    shard = tmp_path / "cache" / "ab"
+    shard.mkdir(parents=True)
+    victim = _file(tmp_path / "precious.txt", b"precious")
+    for name in (f"{KEY}.lock", f"{KEY}.bin", f"{KEY}.json"):
+        (shard / name).symlink_to(victim)
+    (shard / ".lock").symlink_to(tmp_path / "created-through-a-link")
+    cache = AssetCache(tmp_path / "cache")
+    made = []
+
+    async def make() -> CachedAsset:
+        made.append(1)
+        return _asset()
+
+    asset, hit = await cache.fetch("image", KEY, False, make, time.monotonic() + 20)
+    assert (asset, hit, made) == (_asset(), False, [1])
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "created-through-a-link").exists()
+    assert "cannot lock image entry" in caplog.text and "cannot store image entry" in caplog.text
+    # Without the shard lock, nothing is stored; once the planted link is gone, the cache works again.
+    (shard / ".lock").unlink()
+    (shard / f"{KEY}.lock").unlink()
+    cache.put(KEY, _asset())
+    assert cache.get(KEY) == _asset() and not (shard / f"{KEY}.bin").is_symlink()
+    assert victim.read_bytes() == b"precious"
+
+
+def test_an_unsafe_cache_folder_stops_the_service_at_start_up_naming_the_setting(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(ValueError, match=r"ASSET_CACHE_DIR=.*link is a symbolic link"):
+        open_cache("", str(tmp_path / "link"), 100)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"ASSET_CACHE_DIR=.*file is not a folder"):
+        open_cache("", str(tmp_path / "file"), 100)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_cache_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(ValueError, match=r"ASSET_CACHE_DIR=.*theirs belongs to uid 65534"):
+        open_cache("", str(theirs), 100)
 
 
 def _count(outcome: str) -> float:
