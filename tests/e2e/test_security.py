@@ -23,7 +23,7 @@ from scenecast.v1 import (
     types_pb2,
 )
 
-from gateway.auth import REFUSAL
+from services.common.auth import REFUSAL
 from gateway.config import GatewaySettings
 from scenecast_cli.stack import LocalStack, TlsFiles
 from services.common import download
