@@ -195,8 +195,10 @@ def _port_holder(address: str, service_name: str) -> str:
         return (
             f"another {service_name} already serves there (a second scenecast instance?); stop it or pick another port"
         )
-    if "UNAVAILABLE" not in seen:
-        return f"a gRPC server already listens there, answering health with {seen.partition(': ')[2]}"
+    answer = seen.partition(": ")[2]
+    # No connection, or no HTTP/2 answer in time: whatever is there does not speak plaintext gRPC.
+    if not answer.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return f"a gRPC server already listens there, answering health with {answer}"
     host, _, port = target.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=2.0).close()
