@@ -8,6 +8,7 @@ import hmac
 import logging
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -92,6 +93,8 @@ def write_token_file(path: str) -> bool:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise ValueError(f"{path} exists and is not a regular file (a link?); remove it") from None
         return False
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secrets.token_hex(32))
