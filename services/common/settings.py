@@ -55,7 +55,12 @@ class ServiceSettings(BaseSettings):
     def service_tokens(self) -> tuple[str, ...]:
         """The service tokens, from SERVICE_AUTH_TOKENS or the file SERVICE_AUTH_TOKENS_FILE names."""
         if self.service_auth_tokens_file:
-            text = Path(self.service_auth_tokens_file).read_text()
+            try:
+                text = Path(self.service_auth_tokens_file).read_text()
+            except OSError as error:
+                raise ValueError(
+                    f"SERVICE_AUTH_TOKENS_FILE={self.service_auth_tokens_file}: cannot read it ({error.strerror})"
+                ) from error
         else:
             text = self.service_auth_tokens.get_secret_value()
         return tuple(token.strip() for token in text.split(",") if token.strip())
