@@ -31,7 +31,7 @@ from scenecast.v1 import (
     video_service_pb2_grpc,
 )
 
-from scenecast_cli.client import render_to_file
+from scenecast_cli.client import get_config, render_to_file
 from scenecast_cli.stack import LocalStack
 from services.common.auth import REFUSAL
 from services.common.healthcheck import check
@@ -107,6 +107,10 @@ def test_render_through_the_gateway_presents_the_service_token(guarded: LocalSta
     out = tmp_path / "guarded.mp4"
     render_to_file(guarded.gateway_address, _request("Only the gateway may call us."), out, timeout_seconds=120)
     assert probe_mp4(out).subtitle_texts == ["Only the gateway may call us."]
+    # GetConfig asks the image, audio and video services for their providers: the video service, which a render of
+    # stills never calls, takes the token too.
+    kinds = {provider_set.kind for provider_set in get_config(guarded.gateway_address).provider_sets}
+    assert {types_pb2.MEDIA_KIND_IMAGE, types_pb2.MEDIA_KIND_SPEECH, types_pb2.MEDIA_KIND_VIDEO} <= kinds
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token", SERVICE_TOKEN + "x"], ids=["no-token", "wrong", "longer"])
