@@ -35,13 +35,15 @@ RUN /opt/venv/bin/pip install --no-deps . \
 
 # ---- runtime ----
 FROM python:3.11-slim-bookworm
-# DejaVu for slides and burned-in captions; fontconfig for fc-match, which the font lookup uses.
+# DejaVu for slides and burned-in captions; fontconfig for fc-match, which the font lookup uses. /run/scenecast-auth:
+# where compose's service-token writes the service token; a new volume mounted there takes this owner and mode.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-dejavu-core fontconfig \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 scenecast \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin scenecast
+        --shell /usr/sbin/nologin scenecast \
+    && install -d -o 10001 -g 10001 -m 0700 /run/scenecast-auth
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -27,6 +27,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     # Re-resolve DNS soon after replicas change (a headless Service scaling up or down).
     ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    # Retry a lost connection at least every 5 s (gRPC's default backs off to 120 s), so a restarted service is back
+    # in use (and the gateway ready again) within seconds.
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 
 
@@ -46,37 +49,41 @@ class Downstream:
     audio: audio_service_pb2_grpc.AudioServiceStub
     video: video_service_pb2_grpc.VideoServiceStub
     assembler: assembler_service_pb2_grpc.AssemblerServiceStub
-    channels: tuple[grpc.aio.Channel, ...]
+    # Service name ("image", "audio", "video", "assembler") to its channel.
+    channels: dict[str, grpc.aio.Channel]
 
     async def close(self) -> None:
-        for channel in self.channels:
+        for channel in self.channels.values():
             await channel.close()
 
 
 def connect(settings: GatewaySettings) -> Downstream:
     """Channels to the four media services: TLS when DOWNSTREAM_CA_FILE is set, with the gateway's client
-    certificate when DOWNSTREAM_CERT_FILE is (for services that require mutual TLS)."""
-    addresses = (
-        settings.image_service_address,
-        settings.audio_service_address,
-        settings.video_service_address,
-        settings.assembler_service_address,
-    )
-    channels = tuple(
-        aio_client_channel(
+    certificate when DOWNSTREAM_CERT_FILE is (for services that require mutual TLS), and the first service token on
+    every call when SERVICE_AUTH_TOKENS is set."""
+    addresses = {
+        "image": settings.image_service_address,
+        "audio": settings.audio_service_address,
+        "video": settings.video_service_address,
+        "assembler": settings.assembler_service_address,
+    }
+    tokens = settings.service_tokens
+    channels = {
+        name: aio_client_channel(
             channel_target(address),
             ca_file=settings.downstream_ca_file or None,
             cert_file=settings.downstream_cert_file or None,
             key_file=settings.downstream_key_file or None,
             server_name=settings.downstream_server_name or None,
+            token=tokens[0] if tokens else None,
             options=_CHANNEL_OPTIONS,
         )
-        for address in addresses
-    )
+        for name, address in addresses.items()
+    }
     return Downstream(
-        image=image_service_pb2_grpc.ImageServiceStub(channels[0]),
-        audio=audio_service_pb2_grpc.AudioServiceStub(channels[1]),
-        video=video_service_pb2_grpc.VideoServiceStub(channels[2]),
-        assembler=assembler_service_pb2_grpc.AssemblerServiceStub(channels[3]),
+        image=image_service_pb2_grpc.ImageServiceStub(channels["image"]),
+        audio=audio_service_pb2_grpc.AudioServiceStub(channels["audio"]),
+        video=video_service_pb2_grpc.VideoServiceStub(channels["video"]),
+        assembler=assembler_service_pb2_grpc.AssemblerServiceStub(channels["assembler"]),
         channels=channels,
     )

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from scenecast.v1 import render_service_pb2
 
-from gateway.auth import BearerTokenInterceptor
 from gateway.clients import connect
 from gateway.config import GatewaySettings
 from gateway.ledger import SpendLedger
 from gateway.music import MusicStore
+from gateway.readiness import watch_dependencies
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
-from services.common.server import Server, build_server, run
+from services.common.server import Server, build_service, run
 from services.common.state import private_dir
-from services.common.tls import ServerTls
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -31,16 +31,20 @@ def build(settings: GatewaySettings) -> Server:
     ledger_path = settings.ledger_path
     ledger = SpendLedger(ledger_path) if ledger_path is not None else None
     _LOGGER.info("spend ledger: %s", ledger_path or "off")
-    servicer = RenderServicer(connect(settings), registry, settings, music, ledger)
+    downstream = connect(settings)
+    servicer = RenderServicer(downstream, registry, settings, music, ledger)
     tokens = settings.accepted_tokens
     if tokens:
         _LOGGER.info("RenderService calls need a bearer token (%d accepted)", len(tokens))
-    return build_server(
-        settings.listen_address,
+    _LOGGER.info(
+        "calls to the media services %s", "carry the service token" if settings.service_tokens else "carry no token"
+    )
+    return build_service(
+        settings,
         servicer,
         SERVICE_NAME,
-        tls=ServerTls.from_settings(settings),
-        interceptors=[BearerTokenInterceptor(tokens, SERVICE_NAME)] if tokens else [],
+        tokens=tokens,
+        readiness=functools.partial(watch_dependencies, downstream.channels),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from scenecast.v1 import render_service_pb2, types_pb2
 
+from gateway.config import GatewaySettings
 from scenecast_cli.client import estimate_cost, get_config, get_spend, render_to_file, upload_music, write_sidecars
 from scenecast_cli.script import ScriptError, load_script
 from scenecast_cli.stack import LocalStack
@@ -56,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     spend.add_argument("--by", choices=tuple(_GROUPINGS), default="day", help="one row per day, provider or render")
     spend.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day to include")
     spend.add_argument("--render", default="", metavar="ID", help="only this render")
-    commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
+    serve = commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
+    serve.add_argument(
+        "--free-ports", action="store_true", help="use free ports instead of the defaults (to run beside another stack)"
+    )
     args = parser.parse_args(argv)
     # The client reads its TLS settings from the environment; flags override it. The token is env-only
     # (SCENECAST_TOKEN), so it never appears in a process listing.
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             _print_spend(get_spend(args.gateway, request), args.by)
             return 0
-        return _serve()
+        return _serve(args.free_ports)
     except ScriptError as error:
         _fail("bad script", str(error))
         return 2
@@ -208,16 +213,33 @@ def _print_spend(spend: render_service_pb2.GetSpendResponse, by: str) -> None:
     Console().print(table)
 
 
-def _serve() -> int:
+def _serve(free_ports: bool) -> int:
+    """Runs the stack on loopback, restarting any service that dies, until Ctrl-C or SIGTERM."""
+
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds through LocalStack's exit, which drains and stops every service
 
     signal.signal(signal.SIGTERM, stop)
-    with LocalStack(default_ports=True) as stack:
-        _console.print(f"gateway listening on {stack.gateway_address}; Ctrl-C stops")
+    # The media services hold the provider keys: even on loopback they take calls only from this run's gateway, with
+    # a token made for the run. The gateway is the stack's front door, open to local callers unless
+    # GATEWAY_AUTH_TOKENS is set (read as the gateway reads it, environment then .env).
+    gateway_open = not GatewaySettings().accepted_tokens
+    with LocalStack(default_ports=not free_ports, service_token=secrets.token_hex(32)) as stack:
+        for name, address in stack.addresses.items():
+            # Plain print: one line per process that scripts can read (rich would wrap long lines).
+            print(f"{name:<10} gRPC {address}  metrics http://127.0.0.1:{stack.metrics_ports[name]}/metrics")
+        print(
+            f"gateway listening on {stack.gateway_address}; "
+            + (
+                "no authentication: any local user or process can render (set GATEWAY_AUTH_TOKENS to require a token)"
+                if gateway_open
+                else "callers need a token from GATEWAY_AUTH_TOKENS"
+            )
+            + "; Ctrl-C stops",
+            flush=True,
+        )
         with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                signal.pause()
+            stack.supervise(lambda line: print(line, flush=True))
     return 0
 
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,12 @@ SERVICES = {
 }
 GATEWAY_PORT = 50050
 _STOP_SECONDS = 30.0
+# A child that dies is restarted after 1 s, then 2, 4... up to 30 s while it keeps dying; one that stayed up this
+# long counts as healthy again. After _MAX_RESTARTS deaths in a row, `supervise` gives up and names it.
+_FIRST_RESTART_SECONDS = 1.0
+_MAX_RESTART_SECONDS = 30.0
+_STABLE_SECONDS = 60.0
+_MAX_RESTARTS = 5
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,15 @@ class TlsFiles:
         return channel_credentials(ca_file=self.ca_file, cert_file=self.client_cert_file, key_file=self.client_key_file)
 
 
+@dataclass
+class _Restarts:
+    """A process's restart history: when it last started, deaths since it was last stable, when to start it next."""
+
+    started: float = 0.0
+    in_a_row: int = 0
+    due: float | None = None
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -74,7 +89,8 @@ class LocalStack:
     services listen on by default (so the CLI finds the gateway without `--gateway`); otherwise free ports are used.
     `tls` makes every service listen with TLS only: the media services require the gateway's client certificate
     (mutual TLS), while the gateway itself takes any client that trusts the CA (callers authenticate with bearer
-    tokens, GATEWAY_AUTH_TOKENS in `env`).
+    tokens, GATEWAY_AUTH_TOKENS in `env`). `service_token` turns on service authentication: the media services take
+    calls only with it, and the gateway presents it (SERVICE_AUTH_TOKENS).
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
@@ -83,10 +99,14 @@ class LocalStack:
     # Replicas per media service (default 1); the gateway gets all their addresses and spreads calls round-robin.
     replicas: Mapping[str, int] = field(default_factory=dict)
     tls: TlsFiles | None = None
+    service_token: str | None = None
     # Process name ("image", "image-2", "gateway"...) to its gRPC address and its Prometheus /metrics port.
     addresses: dict[str, str] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # What `supervise` needs to start a process again: its module and environment, and its restart history.
+    _launches: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    _restarts: dict[str, _Restarts] = field(default_factory=dict)
 
     @property
     def gateway_address(self) -> str:
@@ -94,6 +114,8 @@ class LocalStack:
 
     def start(self, timeout_seconds: float = 60.0) -> LocalStack:
         base_env = {**os.environ, **self.env}
+        if self.service_token:
+            base_env["SERVICE_AUTH_TOKENS"] = self.service_token
         media_env = {**base_env, **(self.tls.service_env(mutual=True) if self.tls else {})}
         gateway_env = dict(base_env)
         if self.tls:
@@ -125,10 +147,48 @@ class LocalStack:
         self.addresses[name] = address
         self.metrics_ports[name] = free_port()
         env = {**env, "LISTEN_ADDRESS": address, "METRICS_PORT": str(self.metrics_ports[name])}
-        log = (self.log_dir / f"{name}.log").open("wb") if self.log_dir else None
+        self._launches[name] = (module, env)
+        self._launch(name)
+
+    def _launch(self, name: str) -> None:
+        module, env = self._launches[name]
+        # Appended to, so a restarted process's log follows the one of the process that died.
+        log = (self.log_dir / f"{name}.log").open("ab") if self.log_dir else None
         self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
+        self._restarts.setdefault(name, _Restarts()).started = time.monotonic()
         if log is not None:
             log.close()  # the child keeps its own handle
+
+    def supervise(self, report: Callable[[str], None], poll_seconds: float = 0.5) -> None:
+        """Restarts every process that dies, with backoff, until interrupted; `report` gets a line for each death
+        and restart. Raises RuntimeError naming a process that keeps dying (_MAX_RESTARTS times in a row)."""
+        while True:
+            self.restart_dead(report)
+            time.sleep(poll_seconds)
+
+    def restart_dead(self, report: Callable[[str], None]) -> None:
+        """One round of `supervise`: notes the processes that died and starts those whose backoff is over."""
+        now = time.monotonic()
+        for name, process in self.processes.items():
+            restarts = self._restarts[name]
+            if process.poll() is None:
+                if now - restarts.started > _STABLE_SECONDS:
+                    restarts.in_a_row = 0
+                continue
+            if restarts.due is None:
+                restarts.in_a_row += 1
+                if restarts.in_a_row > _MAX_RESTARTS:
+                    raise RuntimeError(
+                        f"{name} ({self.addresses[name]}) exited with {process.returncode} "
+                        f"{restarts.in_a_row} times in a row; stopping (see its log)"
+                    )
+                delay = min(_FIRST_RESTART_SECONDS * 2 ** (restarts.in_a_row - 1), _MAX_RESTART_SECONDS)
+                restarts.due = now + delay
+                report(f"{name} ({self.addresses[name]}) exited with {process.returncode}; restarting in {delay:.0f} s")
+            elif now >= restarts.due:
+                restarts.due = None
+                self._launch(name)
+                report(f"{name} restarted (process {self.processes[name].pid})")
 
     def kill(self, name: str) -> None:
         """Kills one process at once (SIGKILL), as a crashed pod would go."""

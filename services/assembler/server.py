@@ -6,7 +6,7 @@ from scenecast.v1 import assembler_service_pb2
 
 from services.assembler.config import AssemblerSettings
 from services.assembler.servicer import AssemblerServicer
-from services.common.server import Server, build_server, run
+from services.common.server import Server, build_service, run
 
 SERVICE_NAME = assembler_service_pb2.DESCRIPTOR.services_by_name["AssemblerService"].full_name
 
@@ -14,11 +14,7 @@ SERVICE_NAME = assembler_service_pb2.DESCRIPTOR.services_by_name["AssemblerServi
 def build(settings: AssemblerSettings) -> Server:
     servicer = AssemblerServicer(settings)
 
-    return build_server(
-        settings.listen_address,
-        servicer,
-        SERVICE_NAME,
-    )
+    return build_service(settings, servicer, SERVICE_NAME)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from services.audio.config import AudioSettings
 from services.audio.providers import build_registry
 from services.audio.servicer import AudioServicer
 from services.common.cache import open_cache
-from services.common.server import Server, build_server, run
+from services.common.server import Server, build_service, run
 
 SERVICE_NAME = audio_service_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name
 
@@ -22,7 +22,7 @@ def build(settings: AudioSettings) -> Server:
     )
     servicer = AudioServicer(registry, settings.provider_attempts, cache)
 
-    return build_server(settings.listen_address, servicer, SERVICE_NAME)
+    return build_service(settings, servicer, SERVICE_NAME)
 
 
 def main() -> None:

@@ -54,8 +54,15 @@ ESTIMATED_SPEND = Counter(
 _tracer = trace.get_tracer("scenecast")
 
 
-def configure(service: str, log_format: str, log_level: str, metrics_port: int, traces_exporter: str) -> None:
-    """Called once at process start: logging, the metrics endpoint, and the tracer provider."""
+def configure(
+    service: str,
+    log_format: str,
+    log_level: str,
+    metrics_port: int,
+    traces_exporter: str,
+    metrics_address: str = "127.0.0.1",
+) -> None:
+    """Called once at process start: logging, the metrics endpoint (on `metrics_address`), and the tracer provider."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(service)
@@ -67,7 +74,8 @@ def configure(service: str, log_format: str, log_level: str, metrics_port: int, 
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # library warnings become log records too, so every line stays JSON
     if metrics_port:
-        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped from other pods
+        start_http_server(metrics_port, addr=metrics_address)
+        _LOGGER.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
     provider = TracerProvider(resource=Resource.create({"service.name": f"scenecast-{service}"}))
     if traces_exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))

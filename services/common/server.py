@@ -1,21 +1,25 @@
-"""Bootstrap every service the same way: health, reflection, SERVING after warm-up, drain on SIGTERM."""
+"""Bootstrap every service the same way: health, reflection, auth, SERVING after warm-up, drain on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
+import ipaddress
 import logging
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import observability, redact
+from services.common.auth import BearerTokenInterceptor
 from services.common.handlers import add_servicer
+from services.common.healthcheck import check, local_address
 from services.common.settings import ServiceSettings
 from services.common.tls import ServerTls
 
@@ -24,9 +28,12 @@ _LOGGER = logging.getLogger(__name__)
 # Far above the ~256 KiB chunks, so only a misbehaving client hits it.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-# The TLS of this process's servers, set by `run` from the service's settings so that every service's own `build`
-# listens with it without passing it on; servers built in-process (tests) pass `tls=` to `build_server` instead.
-_process_tls: contextvars.ContextVar[ServerTls | None] = contextvars.ContextVar("process_tls", default=None)
+# Health name that answers SERVING whenever the process runs, whatever its dependencies: Kubernetes' liveness probe
+# asks for it, so a downstream outage makes the gateway unready (no new calls) without restarting it.
+LIVENESS = "liveness"
+
+# Watches whatever the server depends on and keeps its readiness (the "" and service health names) up to date.
+Readiness = Callable[[health.aio.HealthServicer, Sequence[str]], Awaitable[None]]
 
 
 @dataclass
@@ -37,18 +44,42 @@ class Server:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
-    # "plaintext", "TLS" or "mutual TLS", for the start-up log line.
+    # How callers are let in, for the start-up log line: "plaintext" or "TLS" or "mutual TLS", and whether a bearer
+    # token is needed.
     security: str = "plaintext"
+    # None: SERVING as soon as started. Otherwise run for the server's life; it sets the readiness names itself.
+    readiness: Readiness | None = None
+    _readiness_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         await self.grpc_server.start()
-        for name in ("", *self.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        names = ("", *self.service_names)
+        if self.readiness is None:
+            for name in names:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        else:
+            for name in names:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._readiness_task = asyncio.create_task(self.readiness(self.health, names))
 
     async def stop(self, grace_seconds: float) -> None:
         """Stops taking new calls at once and gives running calls `grace_seconds` to finish."""
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace_seconds)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a host:port listen address only takes connections from this host."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a wildcard or a host name: reachable from elsewhere
 
 
 def build_server(
@@ -57,17 +88,20 @@ def build_server(
     service_name: str,
     *,
     tls: ServerTls | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tokens: Sequence[str] = (),
+    reflection_on: bool = True,
+    plaintext_token_policy: str = "warn",
+    readiness: Readiness | None = None,
 ) -> Server:
     """Creates a server for one servicer (registered from its descriptor, see handlers.py), with health and
-    reflection.
+    (unless `reflection_on` is false) reflection.
 
-    `tls` (default: what `run` read from the settings) makes the server listen with TLS only, requiring client
-    certificates when it has a client CA; `interceptors` see every call, health and reflection included.
+    `tls` makes the server listen with TLS only, requiring client certificates when it has a client CA; with `tokens`,
+    calls to the servicer need one of them as a bearer token (health and reflection stay open for probes).
     """
-    tls = tls or _process_tls.get()
+    _check_exposure(address, service_name, tls, tokens, plaintext_token_policy)
     grpc_server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[BearerTokenInterceptor(tokens, service_name)] if tokens else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -77,25 +111,100 @@ def build_server(
             # Close connections after 5 minutes (running calls finish first), so clients re-resolve DNS and new
             # replicas added by an autoscaler get their share of round-robin traffic.
             ("grpc.max_connection_age_ms", 300_000),
+            # gRPC shares ports by default: a second instance would bind the same port and take half the calls
+            # (re-attaching to a render on the wrong process). Off, the second instance fails to start instead.
+            ("grpc.so_reuseport", 0),
         ],
     )
     add_servicer(grpc_server, servicer, service_name)
     service_names = (service_name,)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        grpc_server,
-    )
-    if tls is None:
-        port = grpc_server.add_insecure_port(address)
-        security = "plaintext"
-    else:
-        port = grpc_server.add_secure_port(address, tls.credentials())
-        security = "mutual TLS" if tls.mutual else "TLS"
+    if reflection_on:
+        reflection.enable_server_reflection(
+            (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            grpc_server,
+        )
+    try:
+        if tls is None:
+            port = grpc_server.add_insecure_port(address)
+        else:
+            port = grpc_server.add_secure_port(address, tls.credentials())
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
-    return Server(grpc_server, port, health_servicer, service_names, security)
+        raise RuntimeError(f"could not listen on {address}: {_port_holder(address, service_name)}")
+    security = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
+    security += ", bearer token required" if tokens else ", no token required"
+    return Server(grpc_server, port, health_servicer, service_names, security, readiness)
+
+
+def build_service(
+    settings: ServiceSettings,
+    servicer: object,
+    service_name: str,
+    *,
+    tokens: Sequence[str] | None = None,
+    readiness: Readiness | None = None,
+) -> Server:
+    """`build_server` as the settings say: address, TLS, reflection, plaintext token policy, and the tokens
+    (default: the service tokens the gateway presents)."""
+    return build_server(
+        settings.listen_address,
+        servicer,
+        service_name,
+        tls=ServerTls.from_settings(settings),
+        tokens=settings.service_tokens if tokens is None else tokens,
+        reflection_on=settings.grpc_reflection,
+        plaintext_token_policy=settings.plaintext_token_policy,
+        readiness=readiness,
+    )
+
+
+def _check_exposure(
+    address: str, service_name: str, tls: ServerTls | None, tokens: Sequence[str], plaintext_token_policy: str
+) -> None:
+    """Says (or refuses) when a server other hosts can reach is open to anyone, or reads tokens in plaintext."""
+    if is_loopback(address):
+        if not tokens:
+            _LOGGER.info("%s on %s takes calls from any local process (loopback, no token)", service_name, address)
+        return
+    if not tokens:
+        _LOGGER.warning(
+            "%s on %s takes calls from ANYONE who can reach it: set SERVICE_AUTH_TOKENS (GATEWAY_AUTH_TOKENS on the "
+            "gateway), or listen on 127.0.0.1",
+            service_name,
+            address,
+        )
+    elif tls is None and plaintext_token_policy != "allow":
+        problem = (
+            f"{service_name} on {address} takes bearer tokens in plaintext, readable on the network: set "
+            "TLS_CERT_FILE and TLS_KEY_FILE, listen on 127.0.0.1, or set PLAINTEXT_TOKEN_POLICY=allow on a private "
+            "network"
+        )
+        if plaintext_token_policy == "refuse":
+            raise RuntimeError(f"{problem} (PLAINTEXT_TOKEN_POLICY=refuse)")
+        _LOGGER.warning("%s", problem)
+
+
+def _port_holder(address: str, service_name: str) -> str:
+    """What holds a port that would not bind: a server of the same service, another gRPC server, or something else."""
+    target = local_address(address)
+    serving, seen = check(target, service_name, timeout=2.0)
+    if serving:
+        return (
+            f"another {service_name} already serves there (a second scenecast instance?); stop it or pick another port"
+        )
+    answer = seen.partition(": ")[2]
+    # No connection, or no HTTP/2 answer in time: whatever is there does not speak plaintext gRPC.
+    if not answer.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return f"a gRPC server already listens there, answering health with {answer}"
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2.0).close()
+    except OSError as error:
+        return f"the address cannot be used ({error.strerror or error})"
+    return "something already listens there, and it does not answer gRPC health in plaintext"
 
 
 async def serve_until_signal(build: Callable[[], Server], grace_seconds: float) -> None:
@@ -137,7 +246,16 @@ def run(service: str, build: Callable[[], Server], settings: ServiceSettings) ->
     _keep_large_buffers_off_the_heap()
     redact.register_settings(settings)
     observability.configure(
-        service, settings.log_format, settings.log_level, settings.metrics_port, settings.otel_traces_exporter
+        service,
+        settings.log_format,
+        settings.log_level,
+        settings.metrics_port,
+        settings.otel_traces_exporter,
+        settings.metrics_address,
     )
-    _process_tls.set(ServerTls.from_settings(settings))
-    asyncio.run(serve_until_signal(build, settings.shutdown_grace_seconds))
+    try:
+        asyncio.run(serve_until_signal(build, settings.shutdown_grace_seconds))
+    except RuntimeError as error:
+        # A start-up refusal (port taken, plaintext tokens refused): one line that says why, no traceback.
+        _LOGGER.error("%s did not start: %s", service, error)
+        sys.exit(1)

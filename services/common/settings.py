@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,21 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = 5.0
     # Port of the Prometheus /metrics HTTP endpoint; 0 turns it off.
     metrics_port: int = 0
+    # Address the /metrics endpoint listens on. Loopback by default, so metrics (call counts, spend) are not served to
+    # the network unless asked: containers set 0.0.0.0 for the scraper.
+    metrics_address: str = "127.0.0.1"
+    # Whether the server answers gRPC reflection (lists its services and messages). Off where callers are untrusted.
+    grpc_reflection: bool = True
+    # What a server that takes bearer tokens does when it listens in plaintext on an address other than loopback,
+    # where the tokens cross the network readable: "warn" (a warning at start-up), "refuse" (does not start) or
+    # "allow" (for networks private by construction, such as a compose network or a cluster under NetworkPolicy).
+    plaintext_token_policy: Literal["warn", "refuse", "allow"] = "warn"
+    # Comma-separated tokens shared by the gateway and the services it calls: a service takes calls only with one of
+    # them (`authorization: Bearer <token>`), and the gateway presents the first. Two at once rotate a token without
+    # downtime (add the new one second everywhere, then move it first, then drop the old). Empty: no service auth.
+    service_auth_tokens: SecretStr = SecretStr("")
+    # A file holding SERVICE_AUTH_TOKENS instead (a mounted secret); read once at start-up.
+    service_auth_tokens_file: str = ""
     # "json" for one JSON object per line (with render and trace ids), "text" for humans.
     log_format: Literal["json", "text"] = "json"
     # Python logging level.
@@ -35,6 +50,29 @@ class ServiceSettings(BaseSettings):
     # PEM CA certificates that clients' certificates must chain to. When set, every client must present a certificate
     # (mutual TLS); needs TLS_CERT_FILE and TLS_KEY_FILE.
     tls_client_ca_file: str = ""
+
+    @property
+    def service_tokens(self) -> tuple[str, ...]:
+        """The service tokens, from SERVICE_AUTH_TOKENS or the file SERVICE_AUTH_TOKENS_FILE names."""
+        if self.service_auth_tokens_file:
+            try:
+                text = Path(self.service_auth_tokens_file).read_text()
+            except OSError as error:
+                raise ValueError(
+                    f"SERVICE_AUTH_TOKENS_FILE={self.service_auth_tokens_file}: cannot read it ({error.strerror})"
+                ) from error
+        else:
+            text = self.service_auth_tokens.get_secret_value()
+        return tuple(token.strip() for token in text.split(",") if token.strip())
+
+    @model_validator(mode="after")
+    def _check_service_tokens(self) -> Self:
+        if self.service_auth_tokens_file and self.service_auth_tokens.get_secret_value():
+            raise ValueError("set SERVICE_AUTH_TOKENS or SERVICE_AUTH_TOKENS_FILE, not both")
+        check_files(("SERVICE_AUTH_TOKENS_FILE", self.service_auth_tokens_file))
+        if self.service_auth_tokens_file and not self.service_tokens:
+            raise ValueError(f"SERVICE_AUTH_TOKENS_FILE={self.service_auth_tokens_file} holds no token")
+        return self
 
     @model_validator(mode="after")
     def _check_tls_files(self) -> Self:

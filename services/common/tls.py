@@ -108,13 +108,48 @@ def aio_client_channel(
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
     server_name: str | None = None,
+    token: str | None = None,
     options: ChannelOptions = (),
 ) -> grpc.aio.Channel:
-    """The asyncio counterpart of `client_channel` (without a token): how the gateway dials the media services."""
+    """The asyncio counterpart of `client_channel`: how the gateway dials the media services (`token`: the service
+    token)."""
+    interceptors = _aio_bearer_token(token) if token else None
     if tls or ca_file or cert_file:
         credentials = channel_credentials(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-        return grpc.aio.secure_channel(address, credentials, options=_secure_options(options, server_name))
-    return grpc.aio.insecure_channel(address, options=list(options))
+        return grpc.aio.secure_channel(
+            address, credentials, options=_secure_options(options, server_name), interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+
+
+def _aio_bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that add `authorization: Bearer <token>` to every call of an asyncio channel, one per call shape
+    (grpc.aio picks an interceptor by the shape it implements)."""
+    entry = (AUTHORIZATION_KEY, f"Bearer {token}")
+
+    def with_token(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), entry)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            return await continuation(with_token(client_call_details), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+        async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            return await continuation(with_token(client_call_details), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+        async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            return await continuation(with_token(client_call_details), request)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):
+        async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            return await continuation(with_token(client_call_details), request)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
 
 
 class _CallDetails(

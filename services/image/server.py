@@ -5,7 +5,7 @@ from __future__ import annotations
 from scenecast.v1 import image_service_pb2
 
 from services.common.cache import open_cache
-from services.common.server import Server, build_server, run
+from services.common.server import Server, build_service, run
 from services.image.config import ImageSettings
 from services.image.providers import build_registry
 from services.image.servicer import ImageServicer
@@ -19,7 +19,7 @@ def build(settings: ImageSettings) -> Server:
     )
     servicer = ImageServicer(build_registry(settings.image_provider), settings.provider_attempts, cache)
 
-    return build_server(settings.listen_address, servicer, SERVICE_NAME)
+    return build_service(settings, servicer, SERVICE_NAME)
 
 
 def main() -> None:

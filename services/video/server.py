@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scenecast.v1 import video_service_pb2
 
-from services.common.server import Server, build_server, run
+from services.common.server import Server, build_service, run
 from services.video.avatars import build_avatar_registry
 from services.video.config import VideoSettings
 from services.video.providers import build_registry
@@ -18,7 +18,7 @@ def build(settings: VideoSettings) -> Server:
         build_registry(settings.video_provider), build_avatar_registry(settings.avatar_provider), settings
     )
 
-    return build_server(settings.listen_address, servicer, SERVICE_NAME)
+    return build_service(settings, servicer, SERVICE_NAME)
 
 
 def main() -> None:

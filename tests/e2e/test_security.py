@@ -23,10 +23,10 @@ from scenecast.v1 import (
     types_pb2,
 )
 
-from gateway.auth import REFUSAL
 from gateway.config import GatewaySettings
 from scenecast_cli.stack import LocalStack, TlsFiles
 from services.common import download
+from services.common.auth import REFUSAL
 from services.common.errors import FailedPrecondition, ProviderUnavailable
 from services.common.healthcheck import check
 from services.common.server import MAX_MESSAGE_BYTES

@@ -23,7 +23,10 @@ from compose_spec import PyCompose, parse_duration
 from compose_spec.compose_spec import PyOptions
 from pydantic_settings import BaseSettings
 
+from services.common.auth import write_token_file
 from services.common.healthcheck import local_address
+from services.common.server import LIVENESS
+from services.common.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -55,6 +58,14 @@ UID = 10001
 NAMESPACE = "scenecast"
 CONFIG_MAP = "scenecast-config"
 KEYS_SECRET = "scenecast-provider-keys"
+# The Secret the operator creates with the service token (never generated or committed here), and where compose's
+# one-shot service writes the token it generates.
+AUTH_SECRET = "scenecast-service-auth"
+AUTH_VARIABLE = "SERVICE_AUTH_TOKENS"
+COMPOSE_TOKEN_FILE = "/run/scenecast-auth/service-token"
+COMPONENT = "app.kubernetes.io/component"
+FRONT_DOOR = {COMPONENT: "frontdoor"}
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 # Provider variables and the registry that must know their value.
 PROVIDER_REGISTRIES = {
     "IMAGE_PROVIDER": "services.image.providers",
@@ -218,6 +229,15 @@ def _config_env(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
+def _check_service_auth(name: str, deployment: dict[str, Any], secret: str) -> None:
+    """The service token comes from the operator's Secret (required, so a pod never starts open), not a value."""
+    env = {item["name"]: item for item in _container(deployment)["env"]}
+    assert env[AUTH_VARIABLE] == {
+        "name": AUTH_VARIABLE,
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": AUTH_VARIABLE}},
+    }, f"{name}: {AUTH_VARIABLE} must come from the Secret {secret}, required"
+
+
 def _check_deployment(name: str, deployment: dict[str, Any]) -> None:
     """The invariants of STYLE's Deploy rule for one Deployment, in its base or rendered form."""
     module, _, port = SERVICES[name]
@@ -265,8 +285,21 @@ def test_deployment_follows_the_deploy_rule(name: str) -> None:
     assert {"configMapRef": {"name": CONFIG_MAP}} in env_from
     secret = {"secretRef": {"name": KEYS_SECRET, "optional": True}}
     assert (secret in env_from) == (name in KEYED), f"{name}: only {KEYED} get the provider keys, optionally"
+    _check_service_auth(name, deployment, AUTH_SECRET)
     if name in MEDIA:
         assert "replicas" not in deployment["spec"], f"{name}: its HPA owns the replica count"
+
+
+def test_gateway_readiness_follows_its_services_and_liveness_does_not() -> None:
+    """Readiness asks the whole server (NOT_SERVING while a media service is down); start-up and liveness ask the
+    `liveness` name, so an outage downstream never restarts the gateway."""
+    container = _container(_service_file("gateway")[0])
+    assert "service" not in container["readinessProbe"]["grpc"]
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
+    assert container["startupProbe"]["grpc"]["service"] == LIVENESS
+    for name in MEDIA:
+        media = _container(_service_file(name)[0])
+        assert all("service" not in media[probe]["grpc"] for probe in ("readinessProbe", "livenessProbe"))
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -308,7 +341,89 @@ def test_base_config_uses_the_offline_providers() -> None:
     config = _config_env(BASE / "config.env")
     assert (config["IMAGE_PROVIDER"], config["TTS_PROVIDER"], config["VIDEO_PROVIDER"]) == ("slides", "piper", "")
     assert config["METRICS_PORT"] == str(METRICS_PORT)
+    # Metrics listen on loopback by default; in a pod the scraper comes from outside it.
+    assert config["METRICS_ADDRESS"] == "0.0.0.0"
     _check_providers_exist(config)
+    _check_values_are_settings(config)
+
+
+def _check_values_are_settings(config: dict[str, str]) -> None:
+    """Every shared setting the ConfigMap sets validates as the services read it (a misspelt policy fails here)."""
+    fields = ServiceSettings.model_fields
+    shared = {key: value for key, value in config.items() if key.lower() in fields}
+    assert {"METRICS_ADDRESS", "PLAINTEXT_TOKEN_POLICY"} <= set(shared)
+    ServiceSettings.model_validate({key.lower(): value for key, value in shared.items()})
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and In/NotIn/Exists expressions) selects `labels`."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator] is False:
+            return False
+    return True
+
+
+def _ingress_sources(policies: list[dict[str, Any]], labels: dict[str, str], port: str) -> list[dict[str, Any]]:
+    """Every `from` peer that the policies selecting a pod with `labels` let in on the named `port`; a rule with no
+    peers (anyone) comes back as {}."""
+    sources: list[dict[str, Any]] = []
+    for policy in policies:
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not _selects(spec["podSelector"], labels):
+            continue
+        for rule in spec.get("ingress", []):
+            if "ports" not in rule or any(item.get("port") == port for item in rule["ports"]):
+                sources.extend(rule.get("from", [{}]))
+    return sources
+
+
+def _check_network_policies(docs: list[dict[str, Any]]) -> None:
+    """Default deny; only the gateway reaches the media services, only the front door the gateway, and only the
+    monitoring namespace any metrics port. Checked for the pods of every Deployment, so a new one is covered too."""
+    policies = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    assert any(
+        policy["spec"]["podSelector"] == {}
+        and policy["spec"]["policyTypes"] == ["Ingress"]
+        and not policy["spec"].get("ingress")
+        for policy in policies
+    ), "no default-deny ingress policy"
+    deployments = [doc for doc in docs if doc["kind"] == "Deployment"]
+    assert {doc["metadata"]["name"].removeprefix("scenecast-") for doc in deployments} == set(SERVICES)
+    for deployment in deployments:
+        name = deployment["metadata"]["name"].removeprefix("scenecast-")
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        callers = FRONT_DOOR if name == "gateway" else {COMPONENT: "gateway"}
+        assert _ingress_sources(policies, labels, "grpc") == [{"podSelector": {"matchLabels": callers}}], name
+        assert _ingress_sources(policies, labels, "metrics") == [{"namespaceSelector": {"matchLabels": MONITORING}}]
+        ports = {item["name"] for item in _container(deployment)["ports"]}
+        assert ports == {"grpc", "metrics"}, f"{name}: a port no policy names would be closed without a word"
+
+
+def test_network_policies_let_only_the_gateway_reach_the_services() -> None:
+    _check_network_policies(list(BASE_OBJECTS.values()))
+
+
+def test_network_policy_check_catches_an_open_door() -> None:
+    """The check above fails for a policy that lets anyone reach the audio service (so its passing means something)."""
+    docs = [*BASE_OBJECTS.values()]
+    docs.append(
+        {
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "too-open"},
+            "spec": {"podSelector": {"matchLabels": {COMPONENT: "audio"}}, "policyTypes": ["Ingress"], "ingress": [{}]},
+        }
+    )
+    with pytest.raises(AssertionError, match="audio"):
+        _check_network_policies(docs)
 
 
 def _check_providers_exist(config: dict[str, str]) -> None:
@@ -363,12 +478,27 @@ def test_rendered_variant_is_consistent(rendered: dict[str, list[dict[str, Any]]
                 assert ("ConfigMap", source["configMapRef"]["name"]) in names
             elif variant == "cloud":
                 assert ("Secret", source["secretRef"]["name"]) in names
+        _check_service_auth(name, deployment, AUTH_SECRET)
+    _check_network_policies(docs)
+    # The operator creates the service token's Secret: nothing rendered holds it, inline or generated.
+    assert ("Secret", AUTH_SECRET) not in names
+    assert all(
+        item.get("name") != AUTH_VARIABLE or "value" not in item
+        for doc in docs
+        if doc["kind"] == "Deployment"
+        for item in _container(doc).get("env", [])
+    )
     [config] = [doc["data"] for doc in docs if doc["kind"] == "ConfigMap"]
+    assert AUTH_VARIABLE not in config and "SERVICE_AUTH_TOKENS_FILE" not in config
     _check_providers_exist(config)
+    _check_values_are_settings(config)
     if variant == "cloud":
         assert (config["IMAGE_PROVIDER"], config["TTS_PROVIDER"]) == ("flux", "openai")
         [secret] = [doc for doc in docs if doc["kind"] == "Secret"]
         assert set(secret["data"]) == set(KEY_VARIABLES)
+        assert config["GRPC_REFLECTION"] == "false"
+    else:
+        assert "GRPC_REFLECTION" not in config  # on by default: handy while trying the base out
 
 
 # ---------------------------------------------------------------- docker-compose.yml
@@ -389,7 +519,41 @@ def _default(value: str | None) -> str | None:
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
-    assert set(_compose()["services"]) == set(SERVICES)
+    assert set(_compose()["services"]) == {*SERVICES, "service-token"}
+
+
+def test_compose_turns_service_auth_on_with_a_generated_token() -> None:
+    """A one-shot service writes a random token into a volume before anything starts; every service reads it from
+    there (read-only), and no token value is in the file."""
+    services = _compose()["services"]
+    writer = services["service-token"]
+    assert writer["command"] == ["python", "-m", "services.common.auth", COMPOSE_TOKEN_FILE]
+    assert writer["user"].split(":")[0] == str(UID) and writer["read_only"] is True
+    volume = writer["volumes"][0].split(":")[0]
+    assert writer["volumes"] == [f"{volume}:/run/scenecast-auth"] and volume in _compose()["volumes"]
+    for name in SERVICES:
+        service = services[name]
+        assert service["environment"]["SERVICE_AUTH_TOKENS_FILE"] == COMPOSE_TOKEN_FILE
+        assert AUTH_VARIABLE not in service["environment"], f"{name}: a token value in the compose file"
+        assert f"{volume}:/run/scenecast-auth:ro" in service["volumes"]
+        assert service["depends_on"]["service-token"] == {"condition": "service_completed_successfully"}
+        assert _default(service["environment"]["PLAINTEXT_TOKEN_POLICY"]) == "allow"
+    # The volume takes the image folder's owner and mode: uid 10001 writes the token, nobody else reads it.
+    assert "install -d -o 10001 -g 10001 -m 0700 /run/scenecast-auth" in " ".join(_stages()[-1])
+
+
+def test_compose_token_writer_makes_a_private_token_once(tmp_path: Path) -> None:
+    path = tmp_path / "service-token"
+    assert write_token_file(str(path)) is True
+    token = path.read_text()
+    assert len(token) == 64 and (path.stat().st_mode & 0o777) == 0o600
+    assert write_token_file(str(path)) is False and path.read_text() == token  # kept across `up` runs
+    # A link planted where the token goes is not followed.
+    target = tmp_path / "elsewhere"
+    (tmp_path / "planted").symlink_to(target)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        write_token_file(str(tmp_path / "planted"))
+    assert not target.exists()
 
 
 def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
@@ -421,6 +585,7 @@ def test_compose_service_runs_its_module_safely(name: str) -> None:
     assert service["command"] == ["python", "-m", module]
     assert importlib.util.find_spec(f"{module}.__main__") is not None, f"{module} cannot run with python -m"
     assert env["LISTEN_ADDRESS"] == f"0.0.0.0:{port}" and env["METRICS_PORT"] == str(METRICS_PORT)
+    assert env["METRICS_ADDRESS"] == "0.0.0.0"
     assert env["TMPDIR"] == "/tmp" and env["XDG_CACHE_HOME"].startswith("/tmp/")
     assert service["read_only"] is True and "/tmp" in service["tmpfs"]
     assert service["user"].split(":")[0] == str(UID)
@@ -432,7 +597,10 @@ def test_compose_service_runs_its_module_safely(name: str) -> None:
 
 def test_compose_gateway_waits_for_healthy_media_services() -> None:
     gateway = _compose()["services"]["gateway"]
-    assert gateway["depends_on"] == {name: {"condition": "service_healthy"} for name in MEDIA}
+    assert gateway["depends_on"] == {
+        **{name: {"condition": "service_healthy"} for name in MEDIA},
+        "service-token": {"condition": "service_completed_successfully"},
+    }
     assert [port.split(":")[-1] for port in gateway["ports"]] == ["50050"]
     for name in MEDIA:
         assert gateway["environment"][f"{name.upper()}_SERVICE_ADDRESS"] == f"dns:///{name}:{SERVICES[name][2]}"
@@ -453,8 +621,9 @@ def test_compose_passes_on_every_documented_variable() -> None:
     """A variable .env.example documents but no container receives would be silently ignored under compose. Per-process
     settings and host temp folders stay out on purpose."""
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
-    passed = {key for service in _compose()["services"].values() for key in service["environment"]}
-    kept_out = {"LISTEN_ADDRESS", "SHUTDOWN_GRACE_SECONDS", "VIDEO_TMP_DIR", "ASSEMBLER_TMP_DIR"}
+    passed = {key for service in _compose()["services"].values() for key in service.get("environment", {})}
+    # SERVICE_AUTH_TOKENS: compose generates the token and passes SERVICE_AUTH_TOKENS_FILE (both at once is an error).
+    kept_out = {"LISTEN_ADDRESS", "SHUTDOWN_GRACE_SECONDS", "VIDEO_TMP_DIR", "ASSEMBLER_TMP_DIR", "SERVICE_AUTH_TOKENS"}
     assert documented - kept_out - passed == set()
 
 

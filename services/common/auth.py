@@ -1,9 +1,15 @@
-"""Bearer-token check on the gateway's RenderService; health and reflection stay open for Kubernetes probes."""
+"""Bearer-token check on a server's one service (the gateway's RenderService, or a media service called by the gateway);
+health and reflection stay open for probes. `python -m services.common.auth TOKEN_FILE` makes a service token file."""
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import logging
+import os
+import secrets
+import stat
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -74,3 +80,38 @@ def _refusal(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(refuse)
     return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def write_token_file(path: str) -> bool:
+    """Writes a fresh random token to `path` (mode 0600, never through a link) unless the file exists; returns whether
+    it wrote one.
+
+    docker-compose runs this once before the services start, so compose turns service authentication on with no
+    secret for the user to make or commit; keeping an existing file keeps the token stable across `up` runs, so a
+    service restarted alone still matches the others.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise ValueError(f"{path} exists and is not a regular file (a link?); remove it") from None
+        return False
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.common.auth",
+        description="Writes a random service token to TOKEN_FILE (for SERVICE_AUTH_TOKENS_FILE) unless it exists.",
+    )
+    parser.add_argument("token_file")
+    path = parser.parse_args().token_file
+    wrote = write_token_file(path)
+    # The token itself is never printed.
+    print(f"{path}: {'wrote a new service token' if wrote else 'kept the existing service token'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
