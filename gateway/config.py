@@ -8,6 +8,7 @@ from typing import Self
 
 from pydantic import SecretStr, model_validator
 
+from gateway.ledger import postgres_location
 from services.common.settings import ServiceSettings, check_files, check_pair
 
 
@@ -43,6 +44,12 @@ class GatewaySettings(ServiceSettings):
     # SQLite file recording every provider asset a render used (GetSpend, `scenecast spend`); empty means
     # `spend-ledger.sqlite3` in the output folder, "off" records nothing. Replicas on one host may share the file.
     spend_ledger_path: str = ""
+    # postgresql://user:password@host:port/database of a PostgreSQL database for the spend ledger, shared by every
+    # gateway replica on any host; used instead of SPEND_LEDGER_PATH (set one of them). A secret: it may hold a
+    # password, so it never shows in a repr or a log line.
+    spend_ledger_url: SecretStr = SecretStr("")
+    # Most connections one gateway keeps open to SPEND_LEDGER_URL (each replica its own pool).
+    spend_ledger_pool_size: int = 4
     # Largest music file UploadMusic accepts, in bytes.
     max_music_bytes: int = 50 * 1024 * 1024
     # Folder of music files that renders may name by file name (MusicSource.library_file); empty means none.
@@ -103,6 +110,21 @@ class GatewaySettings(ServiceSettings):
                     )
         if self.music_library_dir and not Path(self.music_library_dir).is_dir():
             raise ValueError(f"MUSIC_LIBRARY_DIR={self.music_library_dir}: no such folder")
+        if url := self.spend_ledger_url.get_secret_value():
+            if self.spend_ledger_path:
+                raise ValueError(
+                    "SPEND_LEDGER_URL and SPEND_LEDGER_PATH are both set; keep SPEND_LEDGER_URL for a PostgreSQL "
+                    "ledger, or SPEND_LEDGER_PATH for a SQLite file (or off)"
+                )
+            if not url.startswith(("postgresql://", "postgres://")):
+                # The value is not echoed: it may hold a password.
+                raise ValueError("SPEND_LEDGER_URL must be a postgresql://user:password@host:port/database URL")
+            try:
+                postgres_location(url)
+            except ValueError:
+                raise ValueError("SPEND_LEDGER_URL is not a valid postgresql:// URL (the value is not shown)") from None
+        if self.spend_ledger_pool_size < 1:
+            raise ValueError("SPEND_LEDGER_POOL_SIZE must be at least 1 connection")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
         check_files(

@@ -9,7 +9,7 @@ from scenecast.v1 import render_service_pb2
 from gateway.auth import BearerTokenInterceptor
 from gateway.clients import connect
 from gateway.config import GatewaySettings
-from gateway.ledger import SpendLedger
+from gateway.ledger import open_ledger
 from gateway.music import MusicStore
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
@@ -27,10 +27,7 @@ def build(settings: GatewaySettings) -> Server:
     music = MusicStore(
         output_dir / "music", settings.max_music_bytes, settings.result_ttl_seconds, settings.music_library_dir
     )
-    ledger_path = settings.ledger_path
-    ledger = SpendLedger(ledger_path) if ledger_path is not None else None
-    _LOGGER.info("spend ledger: %s", ledger_path or "off")
-    servicer = RenderServicer(connect(settings), registry, settings, music, ledger)
+    servicer = RenderServicer(connect(settings), registry, settings, music, open_ledger(settings))
     tokens = settings.accepted_tokens
     if tokens:
         _LOGGER.info("RenderService calls need a bearer token (%d accepted)", len(tokens))

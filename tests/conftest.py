@@ -11,3 +11,6 @@ os.environ.setdefault("ALLOW_PRIVATE_OUTPUT_URLS", "true")
 os.environ.setdefault("ASSET_CACHE_DIR", "off")
 # Likewise the assembler's segment cache would join segments that earlier tests encoded instead of encoding them.
 os.environ.setdefault("SEGMENT_CACHE_DIR", "off")
+
+# The throwaway PostgreSQL cluster's session fixture (`postgres`): one cluster for every test that asks for it.
+pytest_plugins = ["tests.postgres_server"]
