@@ -52,6 +52,13 @@ class GatewaySettings(ServiceSettings):
     spend_ledger_pool_size: int = 4
     # Largest music file UploadMusic accepts, in bytes.
     max_music_bytes: int = 50 * 1024 * 1024
+    # redis://host:port/db of the Redis that every gateway replica shares (the media services' ASSET_CACHE_URL may be
+    # the same server): uploaded music is kept there, so that a render through any replica can use an upload made
+    # through another. Empty keeps uploads in the output folder, for a single gateway. A secret: it may hold a password.
+    asset_cache_url: SecretStr = SecretStr("")
+    # Most bytes of uploaded music kept in ASSET_CACHE_URL's Redis; when a new upload needs room, the least recently
+    # used ones are dropped first. At least MAX_MUSIC_BYTES.
+    music_uploads_max_bytes: int = 1024 * 1024 * 1024
     # Folder of music files that renders may name by file name (MusicSource.library_file); empty means none.
     music_library_dir: str = ""
     shutdown_grace_seconds: float = 25.0
@@ -127,6 +134,11 @@ class GatewaySettings(ServiceSettings):
             raise ValueError("SPEND_LEDGER_POOL_SIZE must be at least 1 connection")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
+        if self.asset_cache_url.get_secret_value() and self.music_uploads_max_bytes < self.max_music_bytes:
+            raise ValueError(
+                f"MUSIC_UPLOADS_MAX_BYTES ({self.music_uploads_max_bytes}) is below MAX_MUSIC_BYTES "
+                f"({self.max_music_bytes}): the largest upload allowed would not fit; raise it"
+            )
         check_files(
             ("DOWNSTREAM_CA_FILE", self.downstream_ca_file),
             ("DOWNSTREAM_CERT_FILE", self.downstream_cert_file),

@@ -10,7 +10,7 @@ from gateway.auth import BearerTokenInterceptor
 from gateway.clients import connect
 from gateway.config import GatewaySettings
 from gateway.ledger import open_ledger
-from gateway.music import MusicStore
+from gateway.music import MusicStore, shared_storage
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
 from services.common.server import Server, build_server, run
@@ -25,7 +25,11 @@ def build(settings: GatewaySettings) -> Server:
     output_dir = settings.output_dir
     registry = RenderRegistry(output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
     music = MusicStore(
-        output_dir / "music", settings.max_music_bytes, settings.result_ttl_seconds, settings.music_library_dir
+        output_dir / "music",
+        settings.max_music_bytes,
+        settings.result_ttl_seconds,
+        settings.music_library_dir,
+        shared_storage(settings.asset_cache_url.get_secret_value(), settings.music_uploads_max_bytes),
     )
     servicer = RenderServicer(connect(settings), registry, settings, music, open_ledger(settings))
     tokens = settings.accepted_tokens
