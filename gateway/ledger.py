@@ -308,7 +308,7 @@ class PostgresLedger(SpendLedger):
 
     def __init__(self, url: str, pool_size: int) -> None:
         self.location = postgres_location(url)
-        options = {"connect_timeout": _CONNECT_TIMEOUT_SECONDS, "application_name": "scenecast-gateway"}
+        options: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_SECONDS, "application_name": "scenecast-gateway"}
         with psycopg.connect(url, **options) as db:  # commits when the block ends, releasing the lock
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             self._migrate(db, _POSTGRES_MIGRATIONS)
