@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.errors import QueryCanceled
 from psycopg_pool import ConnectionPool
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
@@ -72,6 +79,9 @@ _ATTEMPTS = 3
 # Longest a statement waits for a free pooled connection, in seconds; the pool opens one per worker up to its size.
 _POOL_TIMEOUT_SECONDS = 10.0
 _CONNECT_TIMEOUT_SECONDS = 5
+# Longest one statement may run (waiting for a lock included), as SQLite's busy timeout bounds a write there: a
+# stuck database fails the write (the render logs it and goes on) instead of holding the render.
+_STATEMENT_TIMEOUT = "10s"
 # pg_advisory_xact_lock's key, the same in every gateway: one replica at a time brings the schema up to date.
 _MIGRATION_LOCK = 0x5CE_1ED6
 
@@ -320,32 +330,37 @@ class PostgresLedger(SpendLedger):
             timeout=_POOL_TIMEOUT_SECONDS,
             # A connection that a server restart closed is found out and replaced before a statement is lost on it.
             check=ConnectionPool.check_connection,
+            configure=_configure,
             name="spend-ledger",
             open=True,
-        )
-        self._retrying = Retrying(
-            retry=retry_if_exception_type(psycopg.OperationalError),
-            stop=stop_after_attempt(_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.1, max=1.0),
-            before_sleep=lambda state: _LOGGER.warning(
-                "spend ledger %s: %s; trying again", self.location, state.outcome and state.outcome.exception()
-            ),
-            reraise=True,
         )
 
     def close(self) -> None:
         self._pool.close()
 
+    @retry(
+        # A statement that ran out of time waited on a lock that is still held: trying again would only wait again.
+        retry=retry_if_exception_type(psycopg.OperationalError) & retry_if_not_exception_type(QueryCanceled),
+        stop=stop_after_attempt(_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.1, max=1.0),
+        before_sleep=lambda state: _LOGGER.warning(
+            "spend ledger %s: %s; trying again", state.args[0].location, state.outcome and state.outcome.exception()
+        ),
+        reraise=True,
+    )
     def _run(self, query: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return self._retrying(self._run_once, query, parameters)
-
-    def _run_once(self, query: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._pool.connection() as db:  # one transaction: committed when the block ends
             cursor = db.execute(query, parameters)
             return cursor.fetchall() if cursor.description is not None else []
 
     def _moment(self, when: datetime) -> datetime:
         return when
+
+
+def _configure(db: psycopg.Connection[Any]) -> None:
+    """Sets up each new pooled connection."""
+    db.execute(f"SET statement_timeout = '{_STATEMENT_TIMEOUT}'")
+    db.commit()  # the pool takes connections back only when idle
 
 
 def postgres_location(url: str) -> str:
