@@ -198,7 +198,10 @@ class MusicStore:
             raise ProviderUnavailable("the shared music storage did not keep the upload; try again")
 
     def _fetch(self, shared: RedisAssetCache, upload_id: str) -> MusicFile | None:
-        """Copies the upload from Redis into `folder` (its get renews it there)."""
+        """Copies the upload from Redis into `folder` (its get renews it there), unless a render that waited for the
+        same transfer has just done so."""
+        if (music := self._local_copy(upload_id, None)) is not None:
+            return music
         asset = shared.get(upload_id)
         if asset is None:
             return None
