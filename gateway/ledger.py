@@ -10,18 +10,18 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as day_start
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.errors import QueryCanceled
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import (
     retry,
     retry_if_exception_type,
@@ -30,12 +30,15 @@ from tenacity import (
     wait_exponential,
 )
 
+from services.common.errors import ProviderUnavailable
+
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
 
 _LOGGER = logging.getLogger(__name__)
 
 Grouping = Literal["day", "provider", "render"]
+T = TypeVar("T")
 
 # Numbered schema changes, applied in order at start-up and noted in `spend_migrations`. Released ones are never
 # edited (a database keeps the version it reached), only followed by new ones, and only additive ones, so that a
@@ -76,8 +79,9 @@ _SETUP_ATTEMPTS = 20
 # connection). A write whose commit reached the server just before the connection broke is sent again: its call_id
 # makes the repeat a no-op.
 _ATTEMPTS = 3
-# Longest a statement waits for a free pooled connection, in seconds; the pool opens one per worker up to its size.
-_POOL_TIMEOUT_SECONDS = 10.0
+# Longest a statement waits for a pooled connection, in seconds: statements are short, so a longer wait means the
+# server is down (the pool keeps reconnecting in the background) and the call had better fail soon.
+_POOL_TIMEOUT_SECONDS = 5.0
 _CONNECT_TIMEOUT_SECONDS = 5
 # Longest one statement may run (waiting for a lock included), as SQLite's busy timeout bounds a write there: a
 # stuck database fails the write (the render logs it and goes on) instead of holding the render.
@@ -147,16 +151,25 @@ class SpendLedger(abc.ABC):
     _day_key: str
 
     async def record(self, entry: SpendEntry) -> None:
-        await asyncio.to_thread(self._insert, entry)
+        await self._in_thread(self._insert, entry)
 
     async def render_total(self, render_id: str) -> float:
         """US dollars recorded for one render."""
-        return await asyncio.to_thread(self._render_total, render_id)
+        return await self._in_thread(self._render_total, render_id)
 
     async def summarise(self, group_by: Grouping, since: date | None = None, render_id: str = "") -> list[SpendGroup]:
         """Entries grouped by `group_by`, sorted by key; `since` keeps UTC days from that one on, `render_id` one
         render."""
-        return await asyncio.to_thread(self._groups, group_by, since, render_id)
+        return await self._in_thread(self._groups, group_by, since, render_id)
+
+    async def _in_thread(self, function: Callable[..., T], *arguments: Any) -> T:
+        """Runs a database call in a worker thread; a database that is down or locked is UNAVAILABLE to callers (the
+        driver's message, which may name hosts and files, goes to the log)."""
+        try:
+            return await asyncio.to_thread(function, *arguments)
+        except (sqlite3.OperationalError, psycopg.OperationalError) as error:
+            _LOGGER.warning("spend ledger %s failed: %s", self.location, error)
+            raise ProviderUnavailable("the spend ledger is unavailable; try again") from error
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -339,8 +352,10 @@ class PostgresLedger(SpendLedger):
         self._pool.close()
 
     @retry(
-        # A statement that ran out of time waited on a lock that is still held: trying again would only wait again.
-        retry=retry_if_exception_type(psycopg.OperationalError) & retry_if_not_exception_type(QueryCanceled),
+        # Not retried: a statement that ran out of time (it waited on a lock that is still held), or a wait for a
+        # connection that timed out (the pool kept reconnecting meanwhile): trying again would only wait again.
+        retry=retry_if_exception_type(psycopg.OperationalError)
+        & retry_if_not_exception_type((QueryCanceled, PoolTimeout)),
         stop=stop_after_attempt(_ATTEMPTS),
         wait=wait_exponential(multiplier=0.1, max=1.0),
         before_sleep=lambda state: _LOGGER.warning(

@@ -21,6 +21,7 @@ from pydantic import SecretStr, ValidationError
 from gateway.config import GatewaySettings
 from gateway.ledger import PostgresLedger, SpendEntry, SpendGroup, SpendLedger, SqliteLedger, open_ledger
 from scenecast_cli.stack import free_port
+from services.common.errors import ProviderUnavailable
 from tests.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,6 +284,30 @@ async def test_a_ledger_carries_on_when_postgresql_closes_its_connections(
         assert [(g.key, g.calls) for g in await ledger.summarise("day")] == [("2026-11-27", 4), ("2026-11-28", 4)]
     finally:
         ledger.close()
+
+
+async def test_a_postgresql_that_goes_down_makes_the_ledger_unavailable_not_broken() -> None:
+    server = PostgresServer().start()
+    ledger = PostgresLedger(server.database(), pool_size=2)
+    try:
+        await ledger.record(_entry("r1", "flux", "flux-dev", 0.025, DAY_1))
+        server.stop()
+        with pytest.raises(ProviderUnavailable) as error:  # after the pool's wait for a connection (5 s)
+            await ledger.summarise("day")
+        assert str(error.value) == "the spend ledger is unavailable; try again"
+    finally:
+        ledger.close()
+        server.stop()
+
+
+async def test_a_sqlite_file_locked_too_long_makes_the_ledger_unavailable(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "spend.sqlite3", busy_timeout_seconds=0.2)
+    with closing(sqlite3.connect(ledger.path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ProviderUnavailable) as error:
+            await ledger.record(_entry("r1", "openai", "tts-1", 0.001, DAY_1))
+        other.execute("ROLLBACK")
+    assert str(error.value) == "the spend ledger is unavailable; try again"
 
 
 def test_an_unreachable_postgresql_stops_the_gateway_at_start_up_without_showing_the_password() -> None:
