@@ -286,6 +286,27 @@ async def test_a_ledger_carries_on_when_postgresql_closes_its_connections(
         ledger.close()
 
 
+async def test_a_replica_opens_at_most_spend_ledger_pool_size_connections(postgres: PostgresServer) -> None:
+    url = postgres.database()
+    ledger = open_ledger(GatewaySettings(spend_ledger_url=SecretStr(url), spend_ledger_pool_size=2))
+    assert ledger is not None
+    with psycopg.connect(url) as other:
+        other.execute("LOCK TABLE spend IN EXCLUSIVE MODE")  # every write waits, holding its connection
+        writes = [asyncio.create_task(ledger.record(_entry("r1", "flux", "flux-dev", 0.025, DAY_1))) for _ in range(6)]
+        ours = "FROM pg_stat_activity WHERE application_name = 'scenecast-gateway' AND datname = current_database()"
+        with psycopg.connect(url, autocommit=True) as observer:
+            for _ in range(100):  # until both pooled connections wait on the lock
+                if observer.execute(f"SELECT count(*) {ours} AND wait_event_type = 'Lock'").fetchone() == (2,):
+                    break
+                await asyncio.sleep(0.05)
+            connections = observer.execute(f"SELECT count(*) {ours}").fetchone()
+        other.commit()
+    await asyncio.gather(*writes)
+    ledger.close()
+    assert connections == (2,)
+    assert len(_raw_rows(url, "call_id")) == 6
+
+
 async def test_a_postgresql_that_goes_down_makes_the_ledger_unavailable_not_broken() -> None:
     server = PostgresServer().start()
     ledger = PostgresLedger(server.database(), pool_size=2)
