@@ -8,6 +8,7 @@ from typing import Self
 
 from pydantic import SecretStr, model_validator
 
+from gateway.ledger import postgres_location
 from services.common.settings import ServiceSettings, check_files, check_pair
 from services.common.state import state_path
 
@@ -49,8 +50,21 @@ class GatewaySettings(ServiceSettings):
     # SQLite file recording every provider asset a render used (GetSpend, `scenecast spend`); empty means
     # `spend-ledger.sqlite3` in the output folder, "off" records nothing. Replicas on one host may share the file.
     spend_ledger_path: str = ""
+    # postgresql://user:password@host:port/database of a PostgreSQL database for the spend ledger, shared by every
+    # gateway replica on any host; used instead of SPEND_LEDGER_PATH (set one of them). A secret: it may hold a
+    # password, so it never shows in a repr or a log line.
+    spend_ledger_url: SecretStr = SecretStr("")
+    # Most connections one gateway keeps open to SPEND_LEDGER_URL (each replica its own pool).
+    spend_ledger_pool_size: int = 4
     # Largest music file UploadMusic accepts, in bytes.
     max_music_bytes: int = 50 * 1024 * 1024
+    # redis://host:port/db of the Redis that every gateway replica shares (the media services' ASSET_CACHE_URL may be
+    # the same server): uploaded music is kept there, so that a render through any replica can use an upload made
+    # through another. Empty keeps uploads in the output folder, for a single gateway. A secret: it may hold a password.
+    asset_cache_url: SecretStr = SecretStr("")
+    # Most bytes of uploaded music kept in ASSET_CACHE_URL's Redis; when a new upload needs room, the least recently
+    # used ones are dropped first. At least MAX_MUSIC_BYTES.
+    music_uploads_max_bytes: int = 1024 * 1024 * 1024
     # Folder of music files that renders may name by file name (MusicSource.library_file); empty means none.
     music_library_dir: str = ""
     shutdown_grace_seconds: float = 25.0
@@ -112,8 +126,28 @@ class GatewaySettings(ServiceSettings):
         if not math.isfinite(self.max_render_cost_usd) or self.max_render_cost_usd < 0:
             # NaN compares false with every cost, so it would silently turn the cap off.
             raise ValueError("MAX_RENDER_COST_USD must be a finite number of US dollars, 0 or more (0: no cap)")
+        if url := self.spend_ledger_url.get_secret_value():
+            if self.spend_ledger_path:
+                raise ValueError(
+                    "SPEND_LEDGER_URL and SPEND_LEDGER_PATH are both set; keep SPEND_LEDGER_URL for a PostgreSQL "
+                    "ledger, or SPEND_LEDGER_PATH for a SQLite file (or off)"
+                )
+            if not url.startswith(("postgresql://", "postgres://")):
+                # The value is not echoed: it may hold a password.
+                raise ValueError("SPEND_LEDGER_URL must be a postgresql://user:password@host:port/database URL")
+            try:
+                postgres_location(url)
+            except ValueError:
+                raise ValueError("SPEND_LEDGER_URL is not a valid postgresql:// URL (the value is not shown)") from None
+        if self.spend_ledger_pool_size < 1:
+            raise ValueError("SPEND_LEDGER_POOL_SIZE must be at least 1 connection")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
+        if self.asset_cache_url.get_secret_value() and self.music_uploads_max_bytes < self.max_music_bytes:
+            raise ValueError(
+                f"MUSIC_UPLOADS_MAX_BYTES ({self.music_uploads_max_bytes}) is below MAX_MUSIC_BYTES "
+                f"({self.max_music_bytes}): the largest upload allowed would not fit; raise it"
+            )
         check_files(
             ("DOWNSTREAM_CA_FILE", self.downstream_ca_file),
             ("DOWNSTREAM_CERT_FILE", self.downstream_cert_file),

@@ -358,7 +358,7 @@ class RenderJob:
             await self.ledger.record(entry)
         except Exception:  # noqa: BLE001 - the entry is in the log line, to be added by hand
             _LOGGER.exception(
-                "render %s: could not write to the spend ledger %s: %s", self.render_id, self.ledger.path, entry
+                "render %s: could not write to the spend ledger %s: %s", self.render_id, self.ledger.location, entry
             )
 
     async def _assembler_requests(self) -> AsyncIterator[assembler_pb.AssembleRequest]:

@@ -9,8 +9,8 @@ from scenecast.v1 import render_service_pb2
 
 from gateway.clients import connect
 from gateway.config import GatewaySettings
-from gateway.ledger import SpendLedger
-from gateway.music import MusicStore
+from gateway.ledger import open_ledger
+from gateway.music import MusicStore, shared_storage
 from gateway.readiness import watch_dependencies
 from gateway.registry import RenderRegistry
 from gateway.servicer import RenderServicer
@@ -26,13 +26,14 @@ def build(settings: GatewaySettings) -> Server:
     output_dir = private_dir(settings.output_dir, "RENDER_OUTPUT_DIR")
     registry = RenderRegistry(output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
     music = MusicStore(
-        output_dir / "music", settings.max_music_bytes, settings.result_ttl_seconds, settings.music_library_dir
+        output_dir / "music",
+        settings.max_music_bytes,
+        settings.result_ttl_seconds,
+        settings.music_library_dir,
+        shared_storage(settings.asset_cache_url.get_secret_value(), settings.music_uploads_max_bytes),
     )
-    ledger_path = settings.ledger_path
-    ledger = SpendLedger(ledger_path) if ledger_path is not None else None
-    _LOGGER.info("spend ledger: %s", ledger_path or "off")
     downstream = connect(settings)
-    servicer = RenderServicer(downstream, registry, settings, music, ledger)
+    servicer = RenderServicer(downstream, registry, settings, music, open_ledger(settings))
     tokens = settings.accepted_tokens
     if tokens:
         _LOGGER.info("RenderService calls need a bearer token (%d accepted)", len(tokens))

@@ -1,5 +1,5 @@
-"""The spend ledger end to end: every asset a cloud provider served is recorded once, cache hits at $0, and the
-render summary, GetSpend and `scenecast spend` agree with what the fake provider served."""
+"""The spend ledger end to end, in SQLite and in PostgreSQL: every asset a cloud provider served is recorded once,
+cache hits at $0, and the render summary, GetSpend and `scenecast spend` agree with what the fake provider served."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from scenecast.v1 import render_service_pb2, types_pb2
 
@@ -18,6 +20,7 @@ from scenecast_cli.stack import LocalStack
 from services.common import pricing
 from services.common.providers import Quality
 from tests.fakes.openai_server import FakeOpenAI
+from tests.postgres_server import PostgresServer
 
 IMAGES, SPEECH = "/v1/images/generations", "/v1/audio/speech"
 NARRATIONS = ["Check the ladder's feet.", "Set it on level ground.", "Keep three points of contact."]
@@ -36,28 +39,44 @@ PRICED = sum(IMAGE_USD + pricing.openai_tts_cost(Quality.STANDARD, len(text)) fo
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
+def fake(ledger_location: str) -> Iterator[FakeOpenAI]:
+    """One per ledger backend, so that each counts only the calls of its own stack."""
     with FakeOpenAI() as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def ledger_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ledger") / "spend.sqlite3"
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger_location(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The gateway's ledger: a SQLite file, or a new database of the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("ledger") / "spend.sqlite3")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()
 
 
 @pytest.fixture(scope="module")
-def stack(fake: FakeOpenAI, ledger_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(fake: FakeOpenAI, ledger_location: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    postgresql = ledger_location.startswith("postgresql://")
     env = {
         "IMAGE_PROVIDER": "gpt-image-1-mini",
         "TTS_PROVIDER": "openai",
         "OPENAI_API_KEY": fake.api_key,
         "OPENAI_BASE_URL": f"{fake.base_url}/v1",
         "ASSET_CACHE_DIR": str(tmp_path_factory.mktemp("asset-cache")),
-        "SPEND_LEDGER_PATH": str(ledger_path),
+        "SPEND_LEDGER_URL" if postgresql else "SPEND_LEDGER_PATH": ledger_location,
     }
     with LocalStack(env=env, log_dir=tmp_path_factory.mktemp("spend-logs")) as local:
         yield local
+
+
+def _ledger_table(location: str) -> list[tuple[Any, ...]]:
+    """The ledger's rows as the database holds them, read with its own driver."""
+    query = "SELECT render_id, scene_id, media_kind, provider, model, units, unit, usd, cache_hit FROM spend"
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location) as db:
+            return db.execute(query).fetchall()
+    with closing(sqlite3.connect(location)) as db:
+        return db.execute(query).fetchall()
 
 
 def _ledger_rows(render_id: str, hit: int, image_model: str, speech_model: str) -> set[tuple[object, ...]]:
@@ -73,7 +92,7 @@ def _ledger_rows(render_id: str, hit: int, image_model: str, speech_model: str) 
 
 
 def test_the_ledger_records_what_the_provider_served_and_cache_hits_at_zero(
-    stack: LocalStack, fake: FakeOpenAI, ledger_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: LocalStack, fake: FakeOpenAI, ledger_location: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     address = stack.gateway_address
     estimate = estimate_cost(address, REQUEST).total_usd
@@ -88,11 +107,8 @@ def test_the_ledger_records_what_the_provider_served_and_cache_hits_at_zero(
     assert second.recorded_spend_usd == 0.0
     assert second.pre_render_estimate_usd == pytest.approx(estimate), "the estimate foresees no cache hits"
 
-    with closing(sqlite3.connect(ledger_path)) as db:
-        rows = db.execute(
-            "SELECT render_id, scene_id, media_kind, provider, model, units, unit, usd, cache_hit FROM spend"
-        ).fetchall()
-    recorded = {(*row[:7], round(row[7], 9), row[8]) for row in rows}
+    rows = _ledger_table(ledger_location)
+    recorded = {(*row[:7], round(row[7], 9), int(row[8])) for row in rows}
     assert len(rows) == len(recorded) == 4 * len(NARRATIONS), "one row per asset, no duplicates"
     models = (first.scenes[0].visual.model, first.scenes[0].narration.model)
     assert recorded == _ledger_rows(first.render_id, 0, *models) | _ledger_rows(second.render_id, 1, *models)

@@ -13,18 +13,20 @@ import math
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from pydantic import ValidationError
 from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc, render_service_pb2, render_service_pb2_grpc, types_pb2
 
 from gateway.config import GatewaySettings
 from gateway.server import build as build_gateway
+from scenecast_cli.stack import free_port
 from services.audio.config import AudioSettings
 from services.audio.server import build as build_audio
 from services.common.chunks import CHUNK_BYTES, iter_chunks
@@ -35,6 +37,7 @@ from services.image.server import build as build_image
 from services.video.config import VideoSettings
 from services.video.server import build as build_video
 from tests.fakes.avatar_servers import SYNTHESIA_KEY, FakeSynthesia
+from tests.redis_server import RedisServer
 
 MAX_MUSIC_BYTES = 1024 * 1024
 MP4 = b"\x00\x00\x00\x18ftypisom" + bytes(1000)
@@ -442,3 +445,100 @@ async def test_get_spend_checks_its_arguments(gateway: Gateway) -> None:
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "SPEND_LEDGER_PATH is off" in (error.value.details() or "")
         assert not (output / "spend-ledger.sqlite3").exists()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def shared(redis_server: RedisServer) -> dict[str, Any]:
+    """Settings of a gateway replica that keeps uploads in the shared Redis, emptied for each test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return {"asset_cache_url": redis_server.url, "music_uploads_max_bytes": MAX_MUSIC_BYTES}
+
+
+def _tone(folder: Path, hertz: int) -> bytes:
+    path = folder / f"tone-{hertz}.wav"
+    _ffmpeg("-f", "lavfi", "-i", f"sine=frequency={hertz}:duration=2", "-ac", "2", "-ar", "48000", str(path))
+    return path.read_bytes()
+
+
+async def test_an_upload_through_one_replica_is_used_by_a_render_through_another(
+    gateway: Gateway, downstream: tuple[dict[str, int], RecordingAssembler], media: dict[str, Path], shared: Any
+) -> None:
+    _, assembler = downstream
+    data = media["wav"].read_bytes()
+    async with gateway(**shared) as (replica_a, _), gateway(**shared) as (replica_b, folder_b):
+        uploaded = await _upload(replica_a, data)
+        assert not (folder_b / "music").exists(), "replica B has no copy of its own yet"
+        music = render_service_pb2.MusicSource(upload_id=uploaded.upload_id)
+        _, summary = await _render(replica_b, _request(music=music))
+        again = await _upload(replica_b, data)
+    assert summary.render_id and again.upload_id == uploaded.upload_id
+    metadata, chunks = _music_sent(assembler.assemblies[-1])
+    assert (metadata.mime_type, metadata.size_bytes) == ("audio/wav", len(data))
+    assert b"".join(chunk.data for chunk in chunks) == data
+    assert (folder_b / "music" / uploaded.upload_id).read_bytes() == data
+
+
+async def test_shared_uploads_expire_by_last_use_on_any_replica(
+    gateway: Gateway, media: dict[str, Path], shared: Any
+) -> None:
+    async with (
+        gateway(result_ttl_seconds=2.0, **shared) as (replica_a, _),
+        gateway(result_ttl_seconds=2.0, **shared) as (replica_b, _),
+    ):
+        uploaded = await _upload(replica_a, media["wav"].read_bytes())
+        request = _request(music=render_service_pb2.MusicSource(upload_id=uploaded.upload_id))
+        await asyncio.sleep(1.2)
+        await replica_b.EstimateCost(render_service_pb2.EstimateCostRequest(render=request))  # a use renews it
+        await asyncio.sleep(1.2)
+        # 2.4 s after the upload, 1.2 s after its use through B: still there for A, whose own copy is older.
+        await replica_a.EstimateCost(render_service_pb2.EstimateCostRequest(render=request))
+        await asyncio.sleep(2.2)
+        for replica in (replica_a, replica_b):
+            code, details = await _estimate_error(replica, request)
+            assert code == grpc.StatusCode.NOT_FOUND and "upload the music again" in details, details
+
+
+async def test_the_shared_uploads_keep_within_their_budget_dropping_the_least_recently_used(
+    gateway: Gateway, shared: Any, tmp_path: Path
+) -> None:
+    tones = [_tone(tmp_path, hertz) for hertz in (300, 400, 500)]
+    assert 2 * len(tones[0]) <= MAX_MUSIC_BYTES < 3 * len(tones[0])
+    async with gateway(**shared) as (replica_a, _), gateway(**shared) as (replica_b, _):
+        ids = [(await _upload(replica_a, tone)).upload_id for tone in tones]
+        found = []
+        for upload_id in ids:
+            request = _request(music=render_service_pb2.MusicSource(upload_id=upload_id))
+            try:
+                await replica_b.EstimateCost(render_service_pb2.EstimateCostRequest(render=request))
+                found.append(True)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND
+                found.append(False)
+    assert found == [False, True, True]
+
+
+async def test_uploads_fail_clearly_while_the_shared_storage_is_down(
+    gateway: Gateway, media: dict[str, Path], shared: Any
+) -> None:
+    down = {**shared, "asset_cache_url": f"redis://127.0.0.1:{free_port()}/0"}
+    async with gateway(**down) as (stub, output):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await _upload(stub, media["wav"].read_bytes())
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.value.details() == "the shared music storage is unavailable; try again"
+        request = _request(music=render_service_pb2.MusicSource(upload_id="0" * 64))
+        assert await _estimate_error(stub, request) == (error.value.code(), error.value.details())
+    assert list((output / "music").iterdir()) == [], "no partial file is left behind"
+
+
+def test_the_shared_uploads_budget_must_hold_the_largest_upload() -> None:
+    with pytest.raises(ValidationError) as error:
+        GatewaySettings(asset_cache_url="redis://127.0.0.1:1/0", max_music_bytes=10, music_uploads_max_bytes=9)
+    assert "MUSIC_UPLOADS_MAX_BYTES (9) is below MAX_MUSIC_BYTES (10)" in str(error.value)
