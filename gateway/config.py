@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Self
 
-from pydantic import SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from services.common.settings import ServiceSettings, check_files, check_pair
 
@@ -31,8 +31,17 @@ class GatewaySettings(ServiceSettings):
     scene_call_attempts: int = 3
     # Clips are asked this much longer than the narration, in milliseconds, to cover the scene's lead-in and tail.
     clip_extra_ms: int = 1000
-    # Where finished MP4s are kept for FetchResult; empty means a folder in the system temp dir.
-    render_output_dir: str = ""
+    # Where finished MP4s are kept for FetchResult; empty means a folder in the system temp dir. With several
+    # replicas, a folder they all share (a ReadWriteMany volume). RESULTS_DIR is accepted as another name for it, the
+    # name the deployment docs use; RENDER_OUTPUT_DIR stays, as existing set-ups use it.
+    render_output_dir: str = Field("", validation_alias=AliasChoices("render_output_dir", "results_dir"))
+    # Redis URL (redis://, rediss://) holding the render registry that every gateway replica shares, so that any
+    # replica answers WatchRender, FetchResult and CancelRender; empty keeps it in this process (one gateway). Its own
+    # setting, not ASSET_CACHE_URL: the cache may be dropped or evicted at any time, render state must not be.
+    render_state_url: SecretStr = SecretStr("")
+    # How long a replica that stopped renewing its renders (killed, cut off) keeps them before any replica ends them
+    # UNAVAILABLE, in seconds. Renewed every second.
+    render_lease_seconds: float = 10.0
     # How long a finished render's MP4 and summary (and an uploaded music file) stay available, in seconds.
     result_ttl_seconds: float = 3600.0
     # How long a render keeps running with no caller attached (a dropped connection), waiting for WatchRender or
@@ -103,6 +112,8 @@ class GatewaySettings(ServiceSettings):
                     )
         if self.music_library_dir and not Path(self.music_library_dir).is_dir():
             raise ValueError(f"MUSIC_LIBRARY_DIR={self.music_library_dir}: no such folder")
+        if self.render_lease_seconds < 3:
+            raise ValueError("RENDER_LEASE_SECONDS must be at least 3: leases are renewed every second")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
         check_files(

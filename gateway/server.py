@@ -23,7 +23,7 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 
 def build(settings: GatewaySettings) -> Server:
     output_dir = settings.output_dir
-    registry = RenderRegistry(output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
+    registry = RenderRegistry.from_settings(settings)
     music = MusicStore(
         output_dir / "music", settings.max_music_bytes, settings.result_ttl_seconds, settings.music_library_dir
     )
