@@ -202,6 +202,8 @@ class MemoryRenderStore(RenderStore):
 
     async def append(self, render_id: str, entry: render_service_pb2.RenderProgress | int) -> None:
         record = self._get(render_id)
+        if record.ended:
+            return  # as in Redis: nothing follows the ending
         record.entries.append(entry)
         async with record.changed:
             record.changed.notify_all()

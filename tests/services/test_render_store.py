@@ -1,0 +1,97 @@
+"""Both render stores keep the same promises: a cancel sent right after a render was accepted wins over its success,
+owners learn of cancels and orphans when they renew, and (Redis) a render whose owner stopped renewing ends
+UNAVAILABLE for every reader while its owner's late ending is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from scenecast.v1 import render_service_pb2
+
+from gateway.registry import START, Ending, MemoryRenderStore, RedisRenderStore, RenderStore
+from services.common.errors import AlreadyExists, NotFound
+from tests.redis_server import RedisServer
+
+_LEASE, _GRACE, _TTL = 0.5, 0.3, 60.0
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> RenderStore:
+    if request.param == "memory":
+        return MemoryRenderStore(_LEASE, _GRACE, _TTL)
+    return RedisRenderStore.from_url(request.getfixturevalue("redis_url"), _LEASE, _GRACE, _TTL)
+
+
+def _summary() -> Ending:
+    return Ending(summary=render_service_pb2.RenderSummary(render_id="r", size_bytes=3))
+
+
+# When finished renders expire, as epoch seconds: long after these tests.
+_FAR = 2e9
+
+
+async def test_the_log_replays_in_order_and_ends_with_the_summary(
+    store: RenderStore, request: pytest.FixtureRequest
+) -> None:
+    render_id = f"log-{request.node.callspec.id}"
+    await store.create(render_id, "owner", f"{render_id}.ab.mp4.part", 60)
+    with pytest.raises(AlreadyExists):
+        await store.create(render_id, "other", "x", 60)
+    accepted = render_service_pb2.RenderProgress(render_id=render_id, message="accepted")
+    await store.append(render_id, accepted)
+    await store.append(render_id, 3)
+    page = await store.read(render_id, START, 0.1)
+    assert page.entries == [accepted, 3] and page.part == f"{render_id}.ab.mp4.part"
+    assert (await store.read(render_id, page.cursor, 0.1)).entries == []  # waited, nothing new
+    assert await store.finish(render_id, _summary(), _FAR) == _summary()
+    assert (await store.read(render_id, START, 0.1)).entries == [accepted, 3, _summary()]
+    assert not await store.request_cancel(render_id)
+    with pytest.raises(NotFound):
+        await store.read("never-made", START, 0.1)
+
+
+async def test_a_cancel_right_after_the_start_wins_over_success(
+    store: RenderStore, request: pytest.FixtureRequest
+) -> None:
+    render_id = f"cancel-{request.node.callspec.id}"
+    await store.create(render_id, "owner", "p", 60)
+    assert await store.request_cancel(render_id)
+    signals = await store.renew([render_id])
+    assert signals[render_id].alive and signals[render_id].cancel
+    ended = await store.finish(render_id, _summary(), _FAR)
+    assert ended is not None and ended.summary is None and ended.code == grpc.StatusCode.CANCELLED
+    assert (await store.read(render_id, START, 0.1)).entries == [ended]
+
+
+async def test_a_render_nobody_watches_is_reported_orphaned(store: RenderStore, request: pytest.FixtureRequest) -> None:
+    render_id = f"orphan-{request.node.callspec.id}"
+    await store.create(render_id, "owner", "p", 60)
+    assert (await store.renew([render_id]))[render_id].watched
+    await asyncio.sleep(_GRACE * 2)
+    assert not (await store.renew([render_id]))[render_id].watched
+    await store.watch(render_id)
+    assert (await store.renew([render_id]))[render_id].watched
+
+
+async def test_a_lapsed_lease_ends_the_render_for_every_reader(redis_url: str) -> None:
+    store = RedisRenderStore.from_url(redis_url, _LEASE, _GRACE, _TTL)
+    await store.create("lapsed", "owner", "p", 60)
+    assert await store.running("lapsed")
+    await asyncio.sleep(_LEASE * 2)  # the owner never renews, as a killed replica
+    assert not await store.running("lapsed")
+    assert (await store.read("lapsed", START, 0.1)).entries == []  # this read ends it
+    (ending,) = (await store.read("lapsed", START, 0.1)).entries
+    assert isinstance(ending, Ending) and ending.code == grpc.StatusCode.UNAVAILABLE
+    assert "went away" in ending.message
+    assert not (await store.renew(["lapsed"]))["lapsed"].alive
+    assert await store.finish("lapsed", _summary(), _FAR) is None  # the owner's late success is refused
+    assert not await store.request_cancel("lapsed")
