@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,19 +30,21 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
 from google.protobuf import json_format
+from redis.exceptions import RedisError
 from scenecast.v1 import render_service_pb2, types_pb2
 
 from gateway.config import GatewaySettings
 from gateway.render import RenderJob
 from services.common.chunks import CHUNK_BYTES
-from services.common.errors import AlreadyExists, NotFound, ScenecastError
+from services.common.errors import AlreadyExists, NotFound, ProviderUnavailable, ScenecastError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -353,6 +356,24 @@ def _decode(name: bytes, value: bytes) -> Entry:
     return Ending(code=grpc.StatusCode[code], message=message)
 
 
+Result = TypeVar("Result")
+
+
+def _shared_state(method: Callable[..., Awaitable[Result]]) -> Callable[..., Awaitable[Result]]:
+    """A Redis that does not answer is UNAVAILABLE (worth a retry), not INTERNAL; its URL may hold a password, so
+    the message names only the setting."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Result:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as error:
+            _LOGGER.warning("render state store: %s", type(error).__name__)
+            raise ProviderUnavailable("the render state store (RENDER_STATE_URL) did not answer; try again") from None
+
+    return wrapper
+
+
 class RedisRenderStore(RenderStore):
     """Renders in a Redis server that every gateway replica shares (RENDER_STATE_URL).
 
@@ -388,14 +409,17 @@ class RedisRenderStore(RenderStore):
     def _ms(self, seconds: float) -> int:
         return max(1, round(seconds * 1000))
 
+    @_shared_state
     async def create(self, render_id: str, owner: str, part: str, lifetime_seconds: float) -> None:
         args = [owner, part, self._ms(self.lease_seconds), self._ms(self.grace_seconds), self._ms(lifetime_seconds)]
         if not await self._create(keys=self._keys(render_id), args=args):
             raise _in_use(render_id)
 
+    @_shared_state
     async def append(self, render_id: str, entry: render_service_pb2.RenderProgress | int) -> None:
         await self._append(keys=self._keys(render_id), args=list(_encode(entry)))
 
+    @_shared_state
     async def finish(self, render_id: str, ending: Ending, expires_at: float) -> Ending | None:
         cancelled = _encode(_cancelled(render_id))[1]
         args = [*_encode(ending), round(expires_at * 1000), cancelled]
@@ -406,12 +430,14 @@ class RedisRenderStore(RenderStore):
         assert isinstance(result, Ending)
         return result
 
+    @_shared_state
     async def restore(self, render_id: str, entries: list[Entry], expires_at: float) -> None:
         args: list[object] = [round(expires_at * 1000)]
         for entry in entries:
             args.extend(_encode(entry))
         await self._restore(keys=self._keys(render_id), args=args)
 
+    @_shared_state
     async def read(self, render_id: str, cursor: str, wait: float) -> Page:
         keys = self._keys(render_id)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -436,6 +462,7 @@ class RedisRenderStore(RenderStore):
                 entries.extend(_decode(name, value) for name, value in fields.items())
         return Page(entries, cursor, (part or b"").decode())
 
+    @_shared_state
     async def renew(self, render_ids: list[str]) -> dict[str, Signals]:
         if not render_ids:
             return {}
@@ -451,15 +478,18 @@ class RedisRenderStore(RenderStore):
             for i, render_id in enumerate(render_ids)
         }
 
+    @_shared_state
     async def watch(self, render_id: str) -> None:
         await self._client.set(self._keys(render_id)[3], "1", px=self._ms(self.grace_seconds))
 
+    @_shared_state
     async def request_cancel(self, render_id: str) -> bool:
         flagged = await self._cancel(keys=self._keys(render_id))
         if flagged == -1:
             raise _not_found(render_id)
         return bool(flagged)
 
+    @_shared_state
     async def running(self, render_id: str) -> bool:
         return bool(await self._client.exists(self._keys(render_id)[2]))
 
@@ -483,8 +513,8 @@ class RenderRegistry:
         self._running: dict[str, asyncio.Task[None]] = {}
         # Why a render's task was cancelled; a cancel with no reason is this process stopping.
         self._cancel_reasons: dict[str, Ending] = {}
-        self._opened = asyncio.get_running_loop().create_task(self._open())
         self._background: list[asyncio.Task[None]] = []
+        self._opened = asyncio.get_running_loop().create_task(self._open())
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> RenderRegistry:
@@ -492,7 +522,14 @@ class RenderRegistry:
         times = settings.render_lease_seconds, settings.orphan_grace_seconds, settings.result_ttl_seconds
         url = settings.render_state_url.get_secret_value()
         store = RedisRenderStore.from_url(url, *times) if url else MemoryRenderStore(*times)
+        _LOGGER.info("render registry: %s", "shared, in Redis (RENDER_STATE_URL)" if url else "in memory (one gateway)")
         return cls(store, settings.output_dir)
+
+    async def _ready(self) -> None:
+        """Waits for start-up; one that failed (Redis unreachable) is tried again by the next call."""
+        if self._opened.done() and self._opened.exception() is not None:
+            self._opened = asyncio.create_task(self._open())
+        await self._opened
 
     async def _open(self) -> None:
         # Private: results are the callers' videos (created 0700 here; an existing folder is the operator's choice).
@@ -504,7 +541,7 @@ class RenderRegistry:
         ]
 
     async def start(self, job: RenderJob) -> None:
-        await self._opened
+        await self._ready()
         render_id = job.render_id
         part = self._dir / f"{render_id}.{secrets.token_hex(8)}.mp4.part"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -519,7 +556,7 @@ class RenderRegistry:
         self._running[render_id] = asyncio.create_task(self._run(job, part, fd))
 
     async def cancel(self, render_id: str) -> bool:
-        await self._opened
+        await self._ready()
         accepted = await self._store.request_cancel(render_id)
         if accepted:
             self._cancel_local(render_id, _cancelled(render_id))  # the owner elsewhere sees the flag within a tick
@@ -534,7 +571,7 @@ class RenderRegistry:
     async def follow(self, render_id: str, *, progress: bool, chunks: bool, offset: int = 0) -> AsyncIterator[Event]:
         """Yields a render's progress events and/or MP4 chunks (read from the results folder) as they come, then the
         summary; raises its error when it failed. Keeps the render watched (not an orphan) while iterating."""
-        await self._opened
+        await self._ready()
         cursor, size, part, ending = START, 0, "", None
         watch_again = 0.0
         while True:

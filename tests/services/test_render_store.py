@@ -12,7 +12,8 @@ import pytest
 from scenecast.v1 import render_service_pb2
 
 from gateway.registry import START, Ending, MemoryRenderStore, RedisRenderStore, RenderStore
-from services.common.errors import AlreadyExists, NotFound
+from scenecast_cli.stack import free_port
+from services.common.errors import AlreadyExists, NotFound, ProviderUnavailable
 from tests.redis_server import RedisServer
 
 _LEASE, _GRACE, _TTL = 0.5, 0.3, 60.0
@@ -95,3 +96,11 @@ async def test_a_lapsed_lease_ends_the_render_for_every_reader(redis_url: str) -
     assert not (await store.renew(["lapsed"]))["lapsed"].alive
     assert await store.finish("lapsed", _summary(), _FAR) is None  # the owner's late success is refused
     assert not await store.request_cancel("lapsed")
+
+
+async def test_an_unreachable_redis_is_unavailable_and_its_url_is_never_shown() -> None:
+    url = f"redis://:secret-password@127.0.0.1:{free_port()}/0"
+    store = RedisRenderStore.from_url(url, _LEASE, _GRACE, _TTL)
+    with pytest.raises(ProviderUnavailable) as error:
+        await store.read("any", START, 0.1)
+    assert "RENDER_STATE_URL" in str(error.value) and "secret-password" not in str(error.value)
