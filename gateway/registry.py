@@ -689,7 +689,7 @@ class RenderRegistry:
                     path.unlink(missing_ok=True)
             elif path.suffix == ".json":
                 await self._reindex(render_id, path, now)
-            elif not path.with_suffix(".json").exists() and now - path.stat().st_mtime > self._ttl:
+            elif not path.with_suffix(".json").exists() and now - _mtime(path) > self._ttl:
                 _LOGGER.info("removing %s: a result with no record, older than RESULT_TTL_SECONDS", path.name)
                 path.unlink(missing_ok=True)
 
@@ -736,6 +736,14 @@ class RenderRegistry:
                 await self._sweep()
             except Exception:  # noqa: BLE001 - tidying up must not stop; next round tries again
                 _LOGGER.exception("could not tidy the results folder %s", self._dir)
+
+
+def _mtime(path: Path) -> float:
+    """When a file last changed; one already removed (by its sidecar's sweep, or another replica) counts as new."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
 
 
 def _read_chunks(path: Path, start: int, end: int) -> Iterator[types_pb2.MediaChunk]:

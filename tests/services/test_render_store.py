@@ -5,13 +5,18 @@ UNAVAILABLE for every reader while its owner's late ending is refused."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
-from scenecast.v1 import render_service_pb2
+from google.protobuf import json_format
+from scenecast.v1 import render_service_pb2, types_pb2
 
-from gateway.registry import START, Ending, MemoryRenderStore, RedisRenderStore, RenderStore
+from gateway.registry import START, Ending, MemoryRenderStore, RedisRenderStore, RenderRegistry, RenderStore
 from scenecast_cli.stack import free_port
 from services.common.errors import AlreadyExists, NotFound, ProviderUnavailable
 from tests.redis_server import RedisServer
@@ -104,3 +109,42 @@ async def test_an_unreachable_redis_is_unavailable_and_its_url_is_never_shown() 
     with pytest.raises(ProviderUnavailable) as error:
         await store.read("any", START, 0.1)
     assert "RENDER_STATE_URL" in str(error.value) and "secret-password" not in str(error.value)
+
+
+def _result(folder: Path, render_id: str, expires_at: float, data: bytes) -> render_service_pb2.RenderSummary:
+    """A finished result as a gateway leaves it: the MP4 and its sidecar."""
+    summary = render_service_pb2.RenderSummary(render_id=render_id, size_bytes=len(data), width=426, height=240)
+    accepted = render_service_pb2.RenderProgress(render_id=render_id, message="accepted")
+    (folder / f"{render_id}.mp4").write_bytes(data)
+    sidecar = {
+        "render_id": render_id,
+        "expires_at": expires_at,
+        "summary": json_format.MessageToDict(summary),
+        "progress": [json_format.MessageToDict(accepted)],
+    }
+    (folder / f"{render_id}.json").write_text(json.dumps(sidecar))
+    return summary
+
+
+def test_start_up_reindexes_results_and_removes_what_expired_or_is_partial(tmp_path: Path) -> None:
+    now = time.time()
+    summary = _result(tmp_path, "fresh", now + 60, b"an mp4")
+    _result(tmp_path, "expired", now - 1, b"an old mp4")
+    (tmp_path / "expired-too.json").write_text("{not json")
+    (tmp_path / "expired-too.mp4").write_bytes(b"x")
+    (tmp_path / "no-video.json").write_text(json.dumps({"expires_at": now + 60, "summary": {}, "progress": []}))
+    for name in ("legacy-old.mp4", "legacy-new.mp4", "cut.0123abcd.mp4.part", "cut.89ab.json.part"):
+        (tmp_path / name).write_bytes(b"partial")
+    os.utime(tmp_path / "legacy-old.mp4", (now - 120, now - 120))  # older than the TTL, with no sidecar
+    for name in ("spend-ledger.sqlite3", "notes.txt"):
+        (tmp_path / name).write_bytes(b"not ours")
+
+    async def scenario() -> list[object]:
+        registry = RenderRegistry(MemoryRenderStore(3, 3, 60), tmp_path)
+        return [event async for event in registry.follow("fresh", progress=True, chunks=True, offset=3)]
+
+    progress, chunk, last = asyncio.run(scenario())
+    assert progress == render_service_pb2.RenderProgress(render_id="fresh", message="accepted")
+    assert chunk == types_pb2.MediaChunk(offset=3, data=b"mp4") and last == summary
+    kept = ["fresh.json", "fresh.mp4", "legacy-new.mp4", "notes.txt", "spend-ledger.sqlite3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
