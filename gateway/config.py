@@ -114,6 +114,10 @@ class GatewaySettings(ServiceSettings):
             raise ValueError(f"MUSIC_LIBRARY_DIR={self.music_library_dir}: no such folder")
         if self.render_lease_seconds < 3:
             raise ValueError("RENDER_LEASE_SECONDS must be at least 3: leases are renewed every second")
+        if self.orphan_grace_seconds < 1:
+            raise ValueError("ORPHAN_GRACE_SECONDS must be at least 1: callers renew their claim every third of it")
+        if self.result_ttl_seconds <= 0:
+            raise ValueError("RESULT_TTL_SECONDS must be a positive number of seconds")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
         check_files(

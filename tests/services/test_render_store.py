@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import json_format
 from scenecast.v1 import render_service_pb2, types_pb2
 
+from gateway.config import GatewaySettings
 from gateway.registry import START, Ending, MemoryRenderStore, RedisRenderStore, RenderRegistry, RenderStore
 from scenecast_cli.stack import free_port
 from services.common.errors import AlreadyExists, NotFound, ProviderUnavailable
@@ -148,3 +149,15 @@ def test_start_up_reindexes_results_and_removes_what_expired_or_is_partial(tmp_p
     assert chunk == types_pb2.MediaChunk(offset=3, data=b"mp4") and last == summary
     kept = ["fresh.json", "fresh.mp4", "legacy-new.mp4", "notes.txt", "spend-ledger.sqlite3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == kept
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("RENDER_LEASE_SECONDS", "1"), ("ORPHAN_GRACE_SECONDS", "0"), ("RESULT_TTL_SECONDS", "0")],
+)
+def test_registry_times_that_cannot_work_stop_start_up(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        GatewaySettings()
