@@ -627,6 +627,8 @@ class RenderRegistry:
                 os.fsync(mp4.fileno())
             if summary is None:
                 raise ScenecastError(f"render {render_id} ended without a summary; see gateway logs")
+            expires_at = time.time() + self._ttl
+            self._publish(render_id, part, progress, summary, expires_at)
             ending = Ending(summary=summary)
         except asyncio.CancelledError:
             ending = self._cancel_reasons.get(render_id) or _gone(render_id)
@@ -640,9 +642,8 @@ class RenderRegistry:
         finally:
             del self._running[render_id]  # no cancel may interrupt the bookkeeping below
             self._cancel_reasons.pop(render_id, None)
-        expires_at = time.time() + self._ttl
-        if ending.summary is not None:
-            self._publish(render_id, part, progress, ending.summary, expires_at)
+        if ending.summary is None:
+            expires_at = time.time() + self._ttl  # how long callers are told how it failed
         try:
             recorded = await self._store.finish(render_id, ending, expires_at)
         except Exception:  # noqa: BLE001 - the lease runs out and another look ends the render for everyone
