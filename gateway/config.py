@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Self
 
-from pydantic import SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from gateway.ledger import postgres_location
 from services.common.settings import ServiceSettings, check_files, check_pair
@@ -38,8 +38,17 @@ class GatewaySettings(ServiceSettings):
     # Clips are asked this much longer than the narration, in milliseconds, to cover the scene's lead-in and tail.
     clip_extra_ms: int = 1000
     # Where finished MP4s (and uploaded music) are kept for FetchResult; empty means DEFAULT_OUTPUT_DIR. Made private
-    # (0700) at start-up; a folder that is a link or belongs to another user stops the gateway.
-    render_output_dir: str = ""
+    # (0700) at start-up; a folder that is a link or belongs to another user stops the gateway. With several replicas,
+    # a folder they all share (a ReadWriteMany volume). RESULTS_DIR is accepted as another name for it, the
+    # name the deployment docs use; RENDER_OUTPUT_DIR stays, as existing set-ups use it.
+    render_output_dir: str = Field("", validation_alias=AliasChoices("render_output_dir", "results_dir"))
+    # Redis URL (redis://, rediss://) holding the render registry that every gateway replica shares, so that any
+    # replica answers WatchRender, FetchResult and CancelRender; empty keeps it in this process (one gateway). Its own
+    # setting, not ASSET_CACHE_URL: the cache may be dropped or evicted at any time, render state must not be.
+    render_state_url: SecretStr = SecretStr("")
+    # How long a replica that stopped renewing its renders (killed, cut off) keeps them before any replica ends them
+    # UNAVAILABLE, in seconds. Renewed every second.
+    render_lease_seconds: float = 10.0
     # How long a finished render's MP4 and summary (and an uploaded music file) stay available, in seconds.
     result_ttl_seconds: float = 3600.0
     # How long a render keeps running with no caller attached (a dropped connection), waiting for WatchRender or
@@ -141,6 +150,12 @@ class GatewaySettings(ServiceSettings):
                 raise ValueError("SPEND_LEDGER_URL is not a valid postgresql:// URL (the value is not shown)") from None
         if self.spend_ledger_pool_size < 1:
             raise ValueError("SPEND_LEDGER_POOL_SIZE must be at least 1 connection")
+        if self.render_lease_seconds < 3:
+            raise ValueError("RENDER_LEASE_SECONDS must be at least 3: leases are renewed every second")
+        if self.orphan_grace_seconds < 1:
+            raise ValueError("ORPHAN_GRACE_SECONDS must be at least 1: callers renew their claim every third of it")
+        if self.result_ttl_seconds <= 0:
+            raise ValueError("RESULT_TTL_SECONDS must be a positive number of seconds")
         if self.max_music_bytes <= 0:
             raise ValueError("MAX_MUSIC_BYTES must be a positive number of bytes")
         if self.asset_cache_url.get_secret_value() and self.music_uploads_max_bytes < self.max_music_bytes:

@@ -31,13 +31,12 @@ from tenacity import (
 )
 
 from services.common.errors import ProviderUnavailable
+from services.common.state import private_file
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
 
 _LOGGER = logging.getLogger(__name__)
-
-from services.common.state import private_file
 
 Grouping = Literal["day", "provider", "render"]
 T = TypeVar("T")

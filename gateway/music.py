@@ -178,7 +178,7 @@ class MusicStore:
             if music is not None:
                 await asyncio.to_thread(_mark_used, shared, upload_id, now_ms)
                 return music
-            self._folder.mkdir(parents=True, exist_ok=True)
+            private_dir(self._folder, "RENDER_OUTPUT_DIR")
             self._start_janitor()
             async with self._transfers:
                 return await asyncio.to_thread(self._fetch, shared, upload_id)

@@ -24,7 +24,7 @@ SERVICE_NAME = render_service_pb2.DESCRIPTOR.services_by_name["RenderService"].f
 
 def build(settings: GatewaySettings) -> Server:
     output_dir = private_dir(settings.output_dir, "RENDER_OUTPUT_DIR")
-    registry = RenderRegistry(output_dir, settings.result_ttl_seconds, settings.orphan_grace_seconds)
+    registry = RenderRegistry.from_settings(settings)
     music = MusicStore(
         output_dir / "music",
         settings.max_music_bytes,

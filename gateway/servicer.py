@@ -96,8 +96,8 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             settings=self._settings,
             deadline=time.monotonic() + budget,
         )
-        record = self._registry.start(job)
-        async for event in self._registry.attach(record, progress=True, chunks=True):
+        await self._registry.start(job)
+        async for event in self._registry.follow(render_id, progress=True, chunks=True):
             if isinstance(event, render_service_pb2.RenderProgress):
                 yield render_service_pb2.RenderResponse(progress=event)
             elif isinstance(event, types_pb2.MediaChunk):
@@ -109,9 +109,8 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     async def WatchRender(
         self, request: render_service_pb2.WatchRenderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.WatchRenderResponse]:
-        record = self._registry.get(request.render_id)
-        render_id_var.set(record.render_id)
-        async for event in self._registry.attach(record, progress=True, chunks=False):
+        render_id_var.set(_known_render_id(request.render_id))
+        async for event in self._registry.follow(request.render_id, progress=True, chunks=False):
             if isinstance(event, render_service_pb2.RenderProgress):
                 yield render_service_pb2.WatchRenderResponse(progress=event)
             else:
@@ -121,9 +120,8 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     async def FetchResult(
         self, request: render_service_pb2.FetchResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[render_service_pb2.FetchResultResponse]:
-        record = self._registry.get(request.render_id)
-        render_id_var.set(record.render_id)
-        async for event in self._registry.attach(record, progress=False, chunks=True, offset=request.offset):
+        render_id_var.set(_known_render_id(request.render_id))
+        async for event in self._registry.follow(request.render_id, progress=False, chunks=True, offset=request.offset):
             if isinstance(event, types_pb2.MediaChunk):
                 yield render_service_pb2.FetchResultResponse(chunk=event)
             else:
@@ -133,7 +131,8 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     async def CancelRender(
         self, request: render_service_pb2.CancelRenderRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.CancelRenderResponse:
-        return render_service_pb2.CancelRenderResponse(cancelled=self._registry.cancel(request.render_id))
+        render_id_var.set(_known_render_id(request.render_id))
+        return render_service_pb2.CancelRenderResponse(cancelled=await self._registry.cancel(request.render_id))
 
     @rpc_method
     async def EstimateCost(
@@ -306,6 +305,15 @@ class RenderPlan:
     music: MusicFile | None
     # Providers that need no network and no key: nothing they make costs money, so the ledger skips them.
     offline_providers: frozenset[str]
+
+
+def _known_render_id(render_id: str) -> str:
+    """The id of an existing render, checked before it is looked up: never echoed whole (a megabyte of it would
+    not fit in a status message)."""
+    if not render_id:
+        raise InvalidArgument("render_id is empty; give the id that Render reported (1-64 of A-Za-z0-9_-)")
+    check_render_id(render_id)
+    return render_id
 
 
 def _day(text: str) -> date | None:

@@ -27,5 +27,6 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_USER_FOLDERS, "cache")
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_USER_FOLDERS, ignore_errors=True)
 
+
 # The throwaway PostgreSQL cluster's session fixture (`postgres`): one cluster for every test that asks for it.
 pytest_plugins = ["tests.postgres_server"]

@@ -24,7 +24,7 @@ _LOGGER = logging.getLogger(__name__)
 _APP = "scenecast"
 # Creating a file: exclusive (never an existing file, nor the target of a link planted at its name), not inherited by
 # FFmpeg and other children.
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+PRIVATE_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeStateLocation(ValueError):
@@ -74,7 +74,7 @@ def create_private_file(path: Path) -> BinaryIO:
     Raises FileExistsError when anything is at that name already, a link included, rather than writing through it:
     callers write to a fresh name (see `write_private_file`) or remove a leftover of their own first.
     """
-    return os.fdopen(os.open(path, _CREATE, 0o600), "wb")
+    return os.fdopen(os.open(path, PRIVATE_CREATE_FLAGS, 0o600), "wb")
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -817,8 +817,8 @@ def _processes_mentioning(text: str) -> list[int]:
 def _assert_nothing_left(stack: LocalStack, root: Path, results: Path, kept: tuple[str, ...] = ()) -> None:
     """No per-call folder, no FFmpeg and no failed render's MP4 outlive a call; every service is still running.
 
-    `kept` names the MP4s of finished renders, which the gateway keeps for FetchResult. The servers get a moment to
-    finish their cleanup.
+    `kept` names the MP4s of finished renders and their JSON sidecars, which the gateway keeps for FetchResult. The
+    servers get a moment to finish their cleanup.
     """
 
     def clean() -> bool:
@@ -906,4 +906,4 @@ def test_good_render_still_works_with_fps_zero_meaning_30(
     assert summary.size_bytes == path.stat().st_size
     with av.open(str(path)) as container:
         assert container.streams.video[0].average_rate == 30
-    _assert_nothing_left(services, service_tmp, results, kept=(f"{summary.render_id}.mp4",))
+    _assert_nothing_left(services, service_tmp, results, kept=(f"{summary.render_id}.json", f"{summary.render_id}.mp4"))

@@ -92,7 +92,9 @@ def _scenecast_folders(work_dir: Path) -> list[Path]:
     folder keeps finished ones)."""
     folders = [p for p in work_dir.iterdir() if p.name.startswith("scenecast-") and p.name != "scenecast-renders"]
     outputs = work_dir / "scenecast-renders"
-    unfinished = [p for p in outputs.glob("*.mp4") if p.stem in ("orphan-1", "cancel-1")] if outputs.exists() else []
+    unfinished = (
+        [p for p in outputs.glob("*-1*") if p.name.startswith(("orphan-1", "cancel-1"))] if outputs.exists() else []
+    )
     return folders + unfinished
 
 
