@@ -48,11 +48,13 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 
 # TMPDIR: every temp file (FFmpeg working folders, downloads) goes to /tmp, the one writable mount.
-# XDG_CACHE_HOME: fontconfig's per-user cache, under /tmp for the same reason. The .pyc files were compiled at
+# XDG_CACHE_HOME: fontconfig's per-user cache and scenecast's caches, under /tmp for the same reason; XDG_STATE_HOME:
+# results, the spend ledger and music uploads unless their settings point at a volume. The .pyc files were compiled at
 # install time, so Python needs to write none.
 ENV PATH=/opt/venv/bin:$PATH \
     TMPDIR=/tmp \
     XDG_CACHE_HOME=/tmp/cache \
+    XDG_STATE_HOME=/tmp/state \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
