@@ -9,9 +9,8 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from services.common.errors import InvalidArgument, quoted
 from services.common.output import OutputFormat, output_format
-from services.common.text import checked_text
+from services.common.text import checked_narration, checked_text
 
-MAX_NARRATION_CHARS = 4000
 MAX_PROMPT_CHARS = 4000
 MAX_TITLE_CHARS = 200
 # Voice names and ids are short ("en-US-AriaNeural", 32 hex digits); a longer one is a mistake, refused before any
@@ -47,7 +46,7 @@ def validate_render(
         if scene.id in seen:
             raise InvalidArgument(f"{field}.id {scene.id!r} repeats scenes[{seen[scene.id]}].id; ids must be unique")
         seen[scene.id] = index
-        checked_text(scene.narration, f"{field}.narration", MAX_NARRATION_CHARS)
+        checked_narration(scene.narration, f"{field}.narration")
         prompt = checked_text(scene.visual_prompt, f"{field}.visual_prompt", MAX_PROMPT_CHARS, required=False)
         title = checked_text(scene.title, f"{field}.title", MAX_TITLE_CHARS, required=False)
         if needs_visuals and not prompt and not title:

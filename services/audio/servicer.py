@@ -18,9 +18,8 @@ from services.common.observability import record_spend
 from services.common.output import QUALITIES
 from services.common.providers import ProviderRegistry, Quality
 from services.common.retry import call_deadline, call_with_retries
-from services.common.text import checked_text
+from services.common.text import checked_narration, checked_text
 
-MAX_TEXT_CHARS = 4000
 # Voice names and ids are short; the gateway has the same limit.
 MAX_VOICE_CHARS = 200
 
@@ -38,7 +37,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
     async def SynthesizeSpeech(
         self, request: audio_service_pb2.SynthesizeSpeechRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[audio_service_pb2.SynthesizeSpeechResponse]:
-        text = checked_text(request.text, "text", MAX_TEXT_CHARS)
+        text = checked_narration(request.text, "text")
         name, provider = self._registry.get(request.provider, "provider")
         job = SpeechJob(
             text=text,

