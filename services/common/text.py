@@ -38,7 +38,6 @@ def checked_text(value: str, field: str, max_chars: int, required: bool = True) 
     return text
 
 
-MAX_NARRATION_CHARS = 4000
 # Longer than any real word (German compounds and chemical names stay under 70): a run of 100+ characters without a
 # space is a pasted blob, not narration, and a caption line cannot show it. Refused rather than split, because no
 # split point would read right, and the writer is best placed to shorten it.
