@@ -220,13 +220,15 @@ def wait_until_serving(
     timeout_seconds: float,
     process: subprocess.Popen[bytes] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    service: str = "",
 ) -> None:
-    """Polls the standard gRPC health service until it answers SERVING (over TLS with `credentials`)."""
+    """Polls the standard gRPC health service until it answers SERVING for `service` (over TLS with `credentials`);
+    the gateway's overall health waits for its media services, its `liveness` name only for itself."""
     deadline = time.monotonic() + timeout_seconds
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the service for {address} exited with {process.returncode} while starting")
-        serving, seen = check(address, timeout=1.0, credentials=credentials)
+        serving, seen = check(address, service, timeout=1.0, credentials=credentials)
         if serving:
             return
         if time.monotonic() > deadline:

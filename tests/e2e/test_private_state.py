@@ -16,6 +16,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.client import render_to_file, write_sidecars
 from scenecast_cli.stack import LocalStack, free_port, wait_until_serving
+from services.common.server import LIVENESS
 from tests.probe import probe_mp4
 
 # Variables that would point the state elsewhere than the defaults under test (tests/conftest.py sets some).
@@ -64,7 +65,8 @@ def test_services_make_their_default_state_folders_private_at_start_up(
     for module in ("gateway", "services.image", "services.assembler"):
         process, address = _start(module, _env(home, TMPDIR=str(temp)), work)
         processes.append(process)
-        wait_until_serving(address, 60, process)
+        # The gateway is ready only once every media service is; it is up (and has made its folders) before that.
+        wait_until_serving(address, 60, process, service=LIVENESS if module == "gateway" else "")
     state, cache = home / ".local" / "state" / "scenecast", home / ".cache" / "scenecast"
     folders = [home / ".local", home / ".local" / "state", state, state / "renders", cache, cache / "assets"]
     assert {str(p.relative_to(home)): mode(p) for p in [*folders, cache / "segments"]} == {

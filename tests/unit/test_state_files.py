@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from scenecast.v1 import types_pb2
 
-from gateway.ledger import SpendEntry, SpendLedger
+from gateway.ledger import SpendEntry, SqliteLedger
 from gateway.music import MusicStore
 from services.common.chunks import ChunkSink, iter_chunks
 
@@ -43,7 +43,7 @@ def victim(tmp_path: Path) -> Path:
 
 async def test_the_ledger_file_and_its_folder_are_private(tmp_path: Path) -> None:
     path = tmp_path / "state" / "spend.sqlite3"
-    ledger = SpendLedger(path)
+    ledger = SqliteLedger(path)
     await ledger.record(SpendEntry("r1", "s1", "image", "flux", "flux-schnell", 1, "image", 0.003, False))
     assert await ledger.render_total("r1") == 0.003
     # SQLite gives its write-ahead log and shared-memory files the database file's mode.
@@ -60,7 +60,7 @@ def test_a_link_planted_as_the_ledger_is_refused_naming_the_setting(tmp_path: Pa
     path = tmp_path / "spend.sqlite3"
     path.symlink_to(victim if target == "existing" else tmp_path / "made-through-a-link")
     with pytest.raises(ValueError, match=r"SPEND_LEDGER_PATH=.*spend.sqlite3 is a symbolic link"):
-        SpendLedger(path)
+        SqliteLedger(path)
     assert victim.read_text() == "precious" and not (tmp_path / "made-through-a-link").exists()
 
 
