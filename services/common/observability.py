@@ -137,7 +137,7 @@ def _span_exporters(settings: ServiceSettings) -> list[SpanExporter]:
         )
     exporters: list[SpanExporter] = []
     if "console" in names:
-        exporters.append(ConsoleSpanExporter())
+        exporters.append(ConsoleSpanExporter(out=sys.stdout))
     if "otlp" in names:
         try:
             exporters.append(_otlp_exporter(settings))
