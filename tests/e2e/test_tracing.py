@@ -69,19 +69,21 @@ def test_one_render_is_one_trace_across_the_five_services(
     assert len(renders) == 1, renders
     render = renders[0]
     assert render.kind == trace_pb2.Span.SPAN_KIND_SERVER and render.parent_span_id == ""
-    # The render's trace holds one call to each media service, each a child of the gateway's render span.
-    in_render = sorted((s.service_name, s.name) for s in spans if s.trace_id == render.trace_id and s != render)
-    assert in_render == [
+    # Every span is of the render's trace (one trace id across the five services): the gateway's render span, and
+    # as its children the media services' calls, the provider lists it checks the request against included.
+    assert {s.trace_id for s in spans} == {render.trace_id}
+    children = sorted((s.service_name, s.name) for s in spans if s != render)
+    assert children == [
         ("scenecast-assembler", "Assemble"),
+        ("scenecast-audio", "ListSpeechProviders"),
         ("scenecast-audio", "SynthesizeSpeech"),
         ("scenecast-image", "GenerateImage"),
+        ("scenecast-image", "ListImageProviders"),
         ("scenecast-video", "GenerateClip"),
+        ("scenecast-video", "ListVideoProviders"),
     ]
-    assert {s.parent_span_id for s in spans if s.trace_id == render.trace_id and s != render} == {render.span_id}
+    assert {s.parent_span_id for s in spans if s != render} == {render.span_id}
     assert all(s.kind == trace_pb2.Span.SPAN_KIND_SERVER for s in spans)
-    # Outside it only the provider lists the gateway asks for at start-up, before any render: traces of their own.
-    others = sorted(s.name for s in spans if s.trace_id != render.trace_id)
-    assert others == ["ListImageProviders", "ListSpeechProviders", "ListVideoProviders"]
     # The collector got the key from OTEL_EXPORTER_OTLP_HEADERS, decoded, on every export; no log line shows it.
     assert all(request.headers["Authorization"] == f"Bearer {COLLECTOR_KEY}" for request in collector.exports())
     for service in SERVICES:
