@@ -186,3 +186,24 @@ def test_an_exporter_the_sdk_refuses_is_left_out_with_a_warning(
         'OTLP trace export is off: Invalid value "brotli" for compression envvar OTEL_EXPORTER_OTLP_COMPRESSION'
     ]
     assert grpc_collector.received == []
+
+
+@pytest.mark.parametrize(
+    ("sampler", "argument", "exported"),
+    [
+        ("always_off", "", 0),
+        ("traceidratio", "0", 0),
+        ("parentbased_traceidratio", "1", 2),
+        # Values the SDK does not understand: it warns and samples everything, the spec's default; never a crash.
+        ("no_such_sampler", "", 2),
+        ("traceidratio", "half", 2),
+    ],
+)
+def test_sampler_variables_are_honoured_as_the_sdk_reads_them(
+    http_collector: OtlpHttpCollector, monkeypatch: pytest.MonkeyPatch, sampler: str, argument: str, exported: int
+) -> None:
+    # The SDK reads these two from the environment itself when the provider is built (at start-up).
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", argument)
+    _emit_parent_and_child(_settings(otel_exporter_otlp_endpoint=http_collector.base_url))
+    assert len(http_collector.spans()) == exported
