@@ -42,7 +42,7 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # The standard OpenTelemetry variables, read here (so a .env file sets them too) and passed to the SDK by
     # observability.configure. Those not listed (OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_EXPORTER_OTLP_TIMEOUT,
-    # certificates, compression) the SDK reads from the process environment when the exporter is built, at start-up.
+    # certificates, compression) the SDK reads from the process environment (not .env) when it is set up, at start-up.
     # Comma-separated exporters: "otlp", "console" (spans printed on stdout), "none". An unknown name warns and is
     # dropped, so an operator's injected value never stops a service. Empty: "otlp" when an OTLP endpoint is set,
     # else "none". The spec's default is "otlp" to localhost; we deviate because a service without a collector would
@@ -57,8 +57,8 @@ class ServiceSettings(BaseSettings):
     otel_exporter_otlp_protocol: str = "http/protobuf"
     # Wins over OTEL_EXPORTER_OTLP_PROTOCOL for traces.
     otel_exporter_otlp_traces_protocol: str = ""
-    # Headers sent to the collector, "key=value,key2=value2" with URL-encoded values; they usually hold an API key, so
-    # they are secrets (redacted from every log line and status).
+    # Headers sent to the collector, "key=value,key2=value2" with URL-encoded values. Vendors name their key headers
+    # in many ways, so every value is treated as a secret (redacted from every log line and status).
     otel_exporter_otlp_headers: SecretStr = SecretStr("")
     # Wins over OTEL_EXPORTER_OTLP_HEADERS for traces.
     otel_exporter_otlp_traces_headers: SecretStr = SecretStr("")
