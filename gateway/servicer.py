@@ -31,7 +31,7 @@ from gateway.validation import check_provider, check_render_id, effective_cap, v
 from services.common import pricing
 from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
 from services.common.finishing import finishing_options
-from services.common.observability import render_id_var
+from services.common.observability import call_metadata, render_id_var
 from services.common.output import OutputFormat
 
 # Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
@@ -274,15 +274,17 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self,
     ) -> tuple[types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet, types_pb2.ProviderSet]:
         """Asks each media service for its providers: the services own them and their environment defaults."""
+        # With the caller's trace context, so that a render's provider lists are spans of its trace.
+        metadata = call_metadata()
         calls = (
             self._downstream.image.ListImageProviders(
-                image_service_pb2.ListImageProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
+                image_service_pb2.ListImageProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS, metadata=metadata
             ),
             self._downstream.audio.ListSpeechProviders(
-                audio_service_pb2.ListSpeechProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
+                audio_service_pb2.ListSpeechProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS, metadata=metadata
             ),
             self._downstream.video.ListVideoProviders(
-                video_service_pb2.ListVideoProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS
+                video_service_pb2.ListVideoProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS, metadata=metadata
             ),
         )
         try:

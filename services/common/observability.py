@@ -12,18 +12,24 @@ import json
 import logging
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.util.re import parse_env_headers
 from prometheus_client import Counter, Histogram, start_http_server
 
+from services.common import redact
 from services.common.redact import RedactingFilter
+from services.common.settings import ServiceSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,10 +65,11 @@ def configure(
     log_format: str,
     log_level: str,
     metrics_port: int,
-    traces_exporter: str,
+    tracing: ServiceSettings,
     metrics_address: str = "127.0.0.1",
 ) -> None:
-    """Called once at process start: logging, the metrics endpoint (on `metrics_address`), and the tracer provider."""
+    """Called once at process start: logging, the metrics endpoint (on `metrics_address`), and the tracer provider
+    (from the OTEL_* fields of `tracing`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(service)
@@ -76,10 +83,102 @@ def configure(
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_address)
         _LOGGER.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
-    provider = TracerProvider(resource=Resource.create({"service.name": f"scenecast-{service}"}))
-    if traces_exporter == "console":
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-    trace.set_tracer_provider(provider)
+    trace.set_tracer_provider(tracer_provider(service, tracing))
+
+
+TRACES_EXPORTERS = ("otlp", "console", "none")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+# The spec's defaults: the OTLP/HTTP port with the traces path, and the OTLP/gRPC port.
+_DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
+_DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+
+
+def tracer_provider(service: str, settings: ServiceSettings) -> TracerProvider:
+    """The tracer provider the OTEL_* settings describe: resource, and a batching processor per exporter.
+
+    Spans are exported in batches off the serving threads. The SDK's exit hook (TracerProvider's `shutdown_on_exit`)
+    flushes what is still queued once the SIGTERM drain has returned from `asyncio.run`, each export bounded by
+    OTEL_EXPORTER_OTLP_TIMEOUT (10 s), so a dead collector delays the exit, never blocks it.
+    """
+    provider = TracerProvider(resource=_resource(service, settings))
+    for exporter in _span_exporters(settings):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _resource(service: str, settings: ServiceSettings) -> Resource:
+    """service.name is OTEL_SERVICE_NAME, else a service.name in OTEL_RESOURCE_ATTRIBUTES, else scenecast-<service>."""
+    attributes: dict[str, str] = {SERVICE_NAME: f"scenecast-{service}"}
+    for item in filter(None, (item.strip() for item in settings.otel_resource_attributes.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            _LOGGER.warning("OTEL_RESOURCE_ATTRIBUTES: %r is not key=value; ignored", item)
+            continue
+        attributes[key.strip()] = urllib.parse.unquote(value.strip())
+    if settings.otel_service_name:
+        attributes[SERVICE_NAME] = settings.otel_service_name
+    return Resource.create(attributes)
+
+
+def _span_exporters(settings: ServiceSettings) -> list[SpanExporter]:
+    """The exporters OTEL_TRACES_EXPORTER names. Telemetry is never a reason not to serve: an unknown name (zipkin and
+    jaeger are not bundled) or an exporter that cannot be built warns once and is left out."""
+    endpoint_set = settings.otel_exporter_otlp_traces_endpoint or settings.otel_exporter_otlp_endpoint
+    value = settings.otel_traces_exporter.strip() or ("otlp" if endpoint_set else "none")
+    names = list(dict.fromkeys(name.strip().lower() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in TRACES_EXPORTERS]
+    if unknown:
+        _LOGGER.warning(
+            "OTEL_TRACES_EXPORTER=%s: %s not available (valid: %s); not exporting to %s",
+            value,
+            ", ".join(unknown),
+            ", ".join(TRACES_EXPORTERS),
+            "them" if len(unknown) > 1 else "it",
+        )
+    exporters: list[SpanExporter] = []
+    if "console" in names:
+        exporters.append(ConsoleSpanExporter(out=sys.stdout))
+    if "otlp" in names:
+        try:
+            exporters.append(_otlp_exporter(settings))
+        # Whatever the SDK refuses (a bad OTEL_EXPORTER_OTLP_COMPRESSION or certificate file, say).
+        except Exception as error:
+            _LOGGER.warning("OTLP trace export is off: %s", error)
+    return exporters
+
+
+def _otlp_exporter(settings: ServiceSettings) -> SpanExporter:
+    """An OTLP exporter over the configured protocol, with the collector's headers (each value a secret)."""
+    variable, protocol = (
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", settings.otel_exporter_otlp_traces_protocol)
+        if settings.otel_exporter_otlp_traces_protocol
+        else ("OTEL_EXPORTER_OTLP_PROTOCOL", settings.otel_exporter_otlp_protocol)
+    )
+    protocol = protocol.strip().lower()
+    if protocol not in OTLP_PROTOCOLS:
+        _LOGGER.warning(
+            "%s=%s is not supported (valid: %s); using http/protobuf", variable, protocol, ", ".join(OTLP_PROTOCOLS)
+        )
+        protocol = "http/protobuf"
+    headers = dict(
+        parse_env_headers(
+            settings.otel_exporter_otlp_traces_headers.get_secret_value()
+            or settings.otel_exporter_otlp_headers.get_secret_value(),
+            liberal=True,
+        )
+    )
+    for header_value in headers.values():
+        # Decoded as sent (the setting holds them URL-encoded), and the credential after a scheme ("Bearer <key>"),
+        # which is how a collector that refuses a key tends to echo it in its error details.
+        redact.register(header_value)
+        redact.register(header_value.split(" ", 1)[-1])
+    if protocol == "grpc":
+        endpoint = settings.otel_exporter_otlp_traces_endpoint or settings.otel_exporter_otlp_endpoint
+        return GrpcSpanExporter(endpoint=endpoint or _DEFAULT_GRPC_ENDPOINT, headers=headers)
+    endpoint = settings.otel_exporter_otlp_traces_endpoint or (
+        f"{(settings.otel_exporter_otlp_endpoint or _DEFAULT_HTTP_ENDPOINT).rstrip('/')}/v1/traces"
+    )
+    return HttpSpanExporter(endpoint=endpoint, headers=headers)
 
 
 def _add_context(record: logging.LogRecord) -> bool:

@@ -250,7 +250,7 @@ def run(service: str, build: Callable[[], Server], settings: ServiceSettings) ->
         settings.log_format,
         settings.log_level,
         settings.metrics_port,
-        settings.otel_traces_exporter,
+        settings,
         settings.metrics_address,
     )
     try:

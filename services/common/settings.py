@@ -40,8 +40,32 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     # Python logging level.
     log_level: str = "INFO"
-    # "console" prints finished trace spans to stderr; "none" only propagates trace context.
-    otel_traces_exporter: Literal["none", "console"] = "none"
+    # The standard OpenTelemetry variables, read here (so a .env file sets them too) and passed to the SDK by
+    # observability.configure. Those not listed (OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_EXPORTER_OTLP_TIMEOUT,
+    # certificates, compression) the SDK reads from the process environment (not .env) when it is set up, at start-up.
+    # Comma-separated exporters: "otlp", "console" (spans printed on stdout), "none". An unknown name warns and is
+    # dropped, so an operator's injected value never stops a service. Empty: "otlp" when an OTLP endpoint is set,
+    # else "none". The spec's default is "otlp" to localhost; we deviate because a service without a collector would
+    # then warn about failed exports all day, while trace context is propagated (and logged) either way.
+    otel_traces_exporter: str = ""
+    # Base URL of an OTLP collector (http://collector:4318 for http/protobuf, http://collector:4317 for grpc); the
+    # http exporter appends /v1/traces.
+    otel_exporter_otlp_endpoint: str = ""
+    # Full URL for traces, used as given; wins over OTEL_EXPORTER_OTLP_ENDPOINT.
+    otel_exporter_otlp_traces_endpoint: str = ""
+    # "http/protobuf" (the spec's default) or "grpc".
+    otel_exporter_otlp_protocol: str = "http/protobuf"
+    # Wins over OTEL_EXPORTER_OTLP_PROTOCOL for traces.
+    otel_exporter_otlp_traces_protocol: str = ""
+    # Headers sent to the collector, "key=value,key2=value2" with URL-encoded values. Vendors name their key headers
+    # in many ways, so every value is treated as a secret (redacted from every log line and status).
+    otel_exporter_otlp_headers: SecretStr = SecretStr("")
+    # Wins over OTEL_EXPORTER_OTLP_HEADERS for traces.
+    otel_exporter_otlp_traces_headers: SecretStr = SecretStr("")
+    # service.name of the spans; empty: "scenecast-<service>" (image, audio, video, assembler, gateway).
+    otel_service_name: str = ""
+    # Extra resource attributes, "key=value,key2=value2" (deployment.environment=prod, k8s.pod.name=...).
+    otel_resource_attributes: str = ""
     # PEM certificate chain the server presents. With TLS_KEY_FILE the server listens with TLS; with neither, in
     # plaintext.
     tls_cert_file: str = ""
