@@ -12,9 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from services.common.auth import write_token_file
 from services.common.healthcheck import local_address
 from services.common.server import LIVENESS
 from services.common.settings import ServiceSettings
-from services.common.state import private_dir
+from services.common.state import UnsafeStateLocation, private_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -463,10 +464,8 @@ def test_gateway_scale_down_drains_renders_one_replica_at_a_time() -> None:
     scale_down = _scaled_objects()["gateway"]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     scale_down = scale_down["scaleDown"]
     assert scale_down["stabilizationWindowSeconds"] >= 600
-    assert scale_down["policies"] == [
-        {"type": "Pods", "value": 1, "periodSeconds": scale_down["policies"][0]["periodSeconds"]}
-    ]
-    assert scale_down["policies"][0]["periodSeconds"] >= grace
+    [policy] = scale_down["policies"]
+    assert (policy["type"], policy["value"]) == ("Pods", 1) and policy["periodSeconds"] >= grace
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
@@ -560,18 +559,66 @@ def test_gateway_keeps_results_on_a_shared_volume_in_a_folder_of_its_own() -> No
     assert (
         pod["securityContext"]["fsGroup"] == UID and pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     )
-    assert "results_dir" in GatewaySettings.model_fields["render_output_dir"].validation_alias.choices  # type: ignore[union-attr]
+    assert GatewaySettings(results_dir=str(results_dir)).output_dir == results_dir
 
 
-def test_results_dir_inside_a_group_writable_mount_is_accepted(tmp_path: Path) -> None:
-    """What the gateway does at start-up on the volume as fsGroup leaves it (root's, group-writable, setgid): it
-    creates RESULTS_DIR inside, private, and accepts it."""
-    mount = tmp_path / "scenecast"
-    mount.mkdir()
-    mount.chmod(0o2775)
-    settings = GatewaySettings(results_dir=str(mount / "renders"))
-    made = private_dir(settings.output_dir, "RENDER_OUTPUT_DIR")
-    assert made == mount / "renders" and (made.stat().st_mode & 0o777) == 0o700
+def test_results_dir_inside_a_mount_made_by_fs_group_is_accepted() -> None:
+    """The volume as fsGroup leaves it: root's, group 10001, group-writable and setgid. The gateway (uid 10001)
+    refuses the mount point as another user's and creates RESULTS_DIR inside it as its own private folder. Needs root
+    to make that owner and to run the check as uid 10001."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the folder another owner and run the check as uid 10001")
+    outer = Path(tempfile.mkdtemp())
+    try:
+        outer.chmod(0o755)
+        mount = outer / "scenecast"
+        mount.mkdir()
+        os.chown(mount, 0, UID)
+        mount.chmod(0o2775)
+        refused, made = _as_gateway_user(
+            lambda: _private_dir_outcome(mount), lambda: str(private_dir(mount / "renders", "RESULTS_DIR"))
+        )
+        assert refused.startswith(f"RESULTS_DIR={mount} belongs to uid 0, not to this user"), refused
+        renders = mount / "renders"
+        assert made == str(renders)
+        info = renders.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (UID, 0o700)
+    finally:
+        shutil.rmtree(outer)
+
+
+def _private_dir_outcome(path: Path) -> str:
+    try:
+        private_dir(path, "RESULTS_DIR")
+    except UnsafeStateLocation as error:
+        return str(error)
+    return "accepted"
+
+
+def _as_gateway_user(*steps: Callable[[], str]) -> list[str]:
+    """Runs `steps` in a forked child that has become uid/gid 10001 (the containers' user); returns what they
+    returned, or raises with the child's error."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: never returns into pytest
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(UID)
+            os.setuid(UID)
+            answers = [step() for step in steps]
+        except BaseException as error:  # noqa: BLE001 - reported to the parent, which fails the test
+            answers, status = [repr(error)], 1
+        with os.fdopen(write_end, "w") as pipe:
+            pipe.write("\n".join(answers))
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        output = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    return output.splitlines()
 
 
 def _disk_caches(name: str, env: dict[str, str], secret_env: set[str], config: dict[str, str]) -> int:
