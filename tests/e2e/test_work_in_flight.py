@@ -41,7 +41,7 @@ def stack(openai_fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> 
     local.stop()
 
 
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Polls until `condition` holds; the bound only turns a hang into a failure, it measures nothing."""
     deadline = time.monotonic() + 60
     while not condition():
@@ -87,13 +87,13 @@ def test_gauges_count_a_render_and_its_provider_call_while_they_run(stack: Local
     reader = threading.Thread(target=lambda: outcome.extend(_drain(call)), daemon=True)
     reader.start()
     try:
-        _wait_for(lambda: bool(openai_fake.requests_to(IMAGES_PATH)), "asking the provider for the image")
+        wait_for(lambda: bool(openai_fake.requests_to(IMAGES_PATH)), "asking the provider for the image")
         assert _in_flight(stack) == (1.0, 1.0, 1.0)
 
         stub.CancelRender(render_service_pb2.CancelRenderRequest(render_id=RENDER_ID), timeout=30)
         reader.join(timeout=60)
         assert [error.code() for error in outcome] == [grpc.StatusCode.CANCELLED]
-        _wait_for(lambda: _in_flight(stack) == (0.0, 0.0, 0.0), "back to zero in flight")
+        wait_for(lambda: _in_flight(stack) == (0.0, 0.0, 0.0), "back to zero in flight")
     finally:
         call.cancel()
         channel.close()
