@@ -45,6 +45,7 @@ from gateway.config import GatewaySettings
 from gateway.render import RenderJob
 from services.common.chunks import CHUNK_BYTES
 from services.common.errors import AlreadyExists, NotFound, ProviderUnavailable, ScenecastError
+from services.common.observability import RENDERS_IN_FLIGHT
 from services.common.state import PRIVATE_CREATE_FLAGS, create_private_file, private_dir
 
 _LOGGER = logging.getLogger(__name__)
@@ -610,6 +611,7 @@ class RenderRegistry:
         render_id = job.render_id
         progress: list[render_service_pb2.RenderProgress] = []
         summary = None
+        RENDERS_IN_FLIGHT.inc()
         try:
             with os.fdopen(fd, "wb") as mp4:
                 async for response in job.run():
@@ -641,6 +643,7 @@ class RenderRegistry:
             )
         finally:
             del self._running[render_id]  # no cancel may interrupt the bookkeeping below
+            RENDERS_IN_FLIGHT.dec()
             self._cancel_reasons.pop(render_id, None)
         if ending.summary is None:
             expires_at = time.time() + self._ttl  # how long callers are told how it failed

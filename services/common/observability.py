@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.util.re import parse_env_headers
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from services.common import redact
 from services.common.redact import RedactingFilter
@@ -55,6 +55,12 @@ PROVIDER_CALLS = Counter(
 )
 ESTIMATED_SPEND = Counter(
     "scenecast_estimated_spend_usd_total", "Estimated US dollars spent on generated assets.", ["provider", "model"]
+)
+# Work in flight, what the autoscalers read (deploy/k8s/base/autoscaling.yaml): a render or a provider call waits on
+# I/O far more than it uses CPU, so CPU utilisation says little about how busy a replica is.
+RPCS_IN_FLIGHT = Gauge("scenecast_rpcs_in_flight", "RPCs being handled now, by method.", ["method"])
+RENDERS_IN_FLIGHT = Gauge(
+    "scenecast_renders_in_flight", "Renders this gateway replica is running now (whether or not a caller follows)."
 )
 
 _tracer = trace.get_tracer("scenecast")
@@ -217,6 +223,7 @@ def server_call(method: str, context: grpc.aio.ServicerContext) -> Iterator[Call
     token = render_id_var.set(metadata.get(RENDER_ID_KEY, ""))
     record = CallRecord(method)
     started = time.monotonic()
+    RPCS_IN_FLIGHT.labels(method).inc()
     try:
         with _tracer.start_as_current_span(method, context=propagate.extract(metadata), kind=trace.SpanKind.SERVER):
             try:
@@ -229,6 +236,7 @@ def server_call(method: str, context: grpc.aio.ServicerContext) -> Iterator[Call
                 RPC_LATENCY.labels(method).observe(elapsed)
                 BYTES_STREAMED.labels(method).inc(record.bytes_sent)
     finally:
+        RPCS_IN_FLIGHT.labels(method).dec()
         render_id_var.reset(token)
 
 

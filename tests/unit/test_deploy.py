@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import os
@@ -11,27 +12,36 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from compose_spec import PyCompose, parse_duration
 from compose_spec.compose_spec import PyOptions
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
+from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb2, video_service_pb2
 
+from gateway.config import GatewaySettings
+from scenecast_cli.stack import LocalStack
 from services.common.auth import write_token_file
 from services.common.healthcheck import local_address
 from services.common.server import LIVENESS
 from services.common.settings import ServiceSettings
+from services.common.state import UnsafeStateLocation, private_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 CLOUD = K8S / "overlays" / "cloud"
+DEV = K8S / "overlays" / "dev"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -74,6 +84,27 @@ PROVIDER_REGISTRIES = {
 }
 # The oldest Kubernetes the manifests promise to suit, and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+# KEDA's ScaledObject, which kubernetes-validate does not know: checked against KEDA's own CRD (vendored).
+KEDA_CRD = Path(__file__).parent / "schemas" / "keda-scaledobject-crd.yaml"
+# The Secret with the shared state's URLs (an overlay provides it), and what reads which of its keys.
+STATE_SECRET = "scenecast-state"
+STATE_KEYS = {
+    "gateway": {"RENDER_STATE_URL", "SPEND_LEDGER_URL", "ASSET_CACHE_URL"},
+    "image": {"ASSET_CACHE_URL"},
+    "audio": {"ASSET_CACHE_URL"},
+    "video": {"ASSET_CACHE_URL"},
+}
+# The dev overlay's own Secret, with the passwords its Redis and PostgreSQL are started with.
+DEV_DEPS_SECRET = "scenecast-dev-deps"
+# Each service's own RPCs, which its in-flight query may name.
+SERVICE_RPCS = {
+    "gateway": render_service_pb2.DESCRIPTOR.services_by_name["RenderService"],
+    "image": image_service_pb2.DESCRIPTOR.services_by_name["ImageService"],
+    "audio": audio_service_pb2.DESCRIPTOR.services_by_name["AudioService"],
+    "video": video_service_pb2.DESCRIPTOR.services_by_name["VideoService"],
+}
+# The services whose calls wait on cloud providers (I/O), and so scale on calls in flight as well as CPU.
+IO_BOUND = ("image", "audio", "video")
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -187,7 +218,54 @@ def test_manifest_matches_the_kubernetes_schema(path: Path, version: str) -> Non
     docs = _docs(path)
     assert docs, f"{path} holds no object"
     for doc in docs:
+        _validate(doc, version)
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI schema of a CRD with unknown fields refused, as `kubectl apply` (strict field validation) does:
+    every object with declared properties gets additionalProperties false, unless it keeps unknown fields."""
+    schema = copy.deepcopy(schema)
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if "properties" in node:
+            if "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            pending.extend(node["properties"].values())
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                pending.append(node[key])
+        for key in ("anyOf", "allOf", "oneOf"):
+            pending.extend(node.get(key, []))
+    return schema
+
+
+def _keda_schema() -> dict[str, Any]:
+    [crd] = _docs(KEDA_CRD)
+    [version] = [item for item in crd["spec"]["versions"] if item["served"] and item["storage"]]
+    assert f"{crd['spec']['group']}/{version['name']}" == "keda.sh/v1alpha1"
+    return _strict(version["schema"]["openAPIV3Schema"])
+
+
+KEDA_SCHEMA = _keda_schema()
+
+
+def _validate(doc: dict[str, Any], version: str) -> None:
+    """kubernetes-validate for the built-in kinds, KEDA's CRD for its ScaledObject; strict for both."""
+    if doc["apiVersion"] == "keda.sh/v1alpha1":
+        assert doc["kind"] == "ScaledObject", f"unexpected KEDA kind {doc['kind']}"
+        jsonschema.validate(doc, KEDA_SCHEMA)
+    else:
         kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_keda_schema_refuses_a_misspelt_field() -> None:
+    """The strict CRD schema catches what KEDA would refuse (so its passing means something)."""
+    [scaled] = [doc for doc in _docs(BASE / "autoscaling.yaml") if doc["metadata"]["name"] == "scenecast-gateway"]
+    wrong = copy.deepcopy(scaled)
+    wrong["spec"]["minReplicas"] = wrong["spec"].pop("minReplicaCount")  # the HPA's name for it
+    with pytest.raises(jsonschema.ValidationError, match="minReplicas"):
+        _validate(wrong, K8S_VERSIONS[-1])
 
 
 def test_overlay_patches_target_objects_of_the_base() -> None:
@@ -286,8 +364,9 @@ def test_deployment_follows_the_deploy_rule(name: str) -> None:
     secret = {"secretRef": {"name": KEYS_SECRET, "optional": True}}
     assert (secret in env_from) == (name in KEYED), f"{name}: only {KEYED} get the provider keys, optionally"
     _check_service_auth(name, deployment, AUTH_SECRET)
-    if name in MEDIA:
-        assert "replicas" not in deployment["spec"], f"{name}: its HPA owns the replica count"
+    _check_state_secret(name, deployment)
+    # A count here would be reset by every apply, under the autoscaler's feet (a reset downwards cuts renders).
+    assert "replicas" not in deployment["spec"], f"{name}: its ScaledObject owns the replica count"
 
 
 def test_gateway_readiness_follows_its_services_and_liveness_does_not() -> None:
@@ -325,16 +404,348 @@ def test_gateway_reaches_every_media_service_through_dns() -> None:
         assert ("Service", f"scenecast-{name}") in BASE_OBJECTS
 
 
-def test_media_services_scale_on_cpu() -> None:
-    hpas = {key[1]: doc for key, doc in BASE_OBJECTS.items() if key[0] == "HorizontalPodAutoscaler"}
-    assert set(hpas) == {f"scenecast-{name}" for name in MEDIA}
-    for name, hpa in hpas.items():
-        spec = hpa["spec"]
-        assert hpa["apiVersion"] == "autoscaling/v2"
-        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
-        assert ("Deployment", name) in BASE_OBJECTS
-        assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
-        assert [metric["resource"]["name"] for metric in spec["metrics"]] == ["cpu"]
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def _scaled_objects() -> dict[str, dict[str, Any]]:
+    """The base's ScaledObjects by the service they scale."""
+    scaled = _by_kind(list(BASE_OBJECTS.values()), "ScaledObject")
+    return {name.removeprefix("scenecast-"): doc for name, doc in scaled.items()}
+
+
+def _prometheus_queries(scaled: dict[str, Any]) -> list[str]:
+    return [trigger["metadata"]["query"] for trigger in scaled["spec"]["triggers"] if trigger["type"] == "prometheus"]
+
+
+# The metadata KEDA's prometheus scaler reads (pkg/scalers/prometheus_scaler.go); a misspelt key is ignored by KEDA.
+PROMETHEUS_METADATA = {"serverAddress", "query", "threshold", "activationThreshold", "ignoreNullValues", "unsafeSsl"}
+
+
+def test_every_deployment_scales_on_work_in_flight_through_keda() -> None:
+    """One ScaledObject per Deployment (KEDA owns its HPA; no plain HPA may target it too), two replicas at least;
+    the gateway on renders in flight, the I/O-bound media services on their calls in flight and CPU, the assembler on
+    CPU. Each Prometheus trigger is complete and divides a sum by a per-replica threshold (AverageValue)."""
+    assert not [key for key in BASE_OBJECTS if key[0] == "HorizontalPodAutoscaler"]
+    scaled_objects = _scaled_objects()
+    assert set(scaled_objects) == set(SERVICES)
+    for name, scaled in scaled_objects.items():
+        spec = scaled["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"scenecast-{name}"}
+        assert ("Deployment", f"scenecast-{name}") in BASE_OBJECTS
+        assert 2 <= spec["minReplicaCount"] < spec["maxReplicaCount"], f"{name}: losing one pod must leave one"
+        kinds = [trigger["type"] for trigger in spec["triggers"]]
+        expected = {"gateway": ["prometheus"], "assembler": ["cpu"]}.get(name, ["prometheus", "cpu"])
+        assert kinds == expected, f"{name}: triggers {kinds}"
+        for trigger in spec["triggers"]:
+            if trigger["type"] == "cpu":
+                assert trigger["metricType"] == "Utilization" and 0 < int(trigger["metadata"]["value"]) <= 100
+                continue
+            metadata = trigger["metadata"]
+            assert trigger["metricType"] == "AverageValue"
+            assert {"serverAddress", "query", "threshold"} <= set(metadata) <= PROMETHEUS_METADATA, name
+            assert metadata["serverAddress"].startswith("http") and float(metadata["threshold"]) > 0
+            assert re.fullmatch(r"sum\(scenecast_\w+\{[^}]*\}\)", metadata["query"]), metadata["query"]
+            assert 'namespace="scenecast"' in metadata["query"], "the sum must count only this deployment's pods"
+        if "prometheus" in kinds:
+            # Prometheus down: replicas held, not dropped to the minimum.
+            assert spec["fallback"]["replicas"] >= spec["minReplicaCount"]
+            assert spec["fallback"]["behavior"] == "currentReplicasIfHigher"
+
+
+def test_gateway_scale_down_drains_renders_one_replica_at_a_time() -> None:
+    """A removed gateway drains for its grace; the next removal waits for that drain, and short dips in load remove
+    nothing (stabilization window)."""
+    deployment, _ = _service_file("gateway")
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain = _drain_seconds("gateway", _plain_env(_container(deployment)))
+    assert grace > drain >= 60, "a render of a minute or more must be able to finish on a replica being removed"
+    scale_down = _scaled_objects()["gateway"]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    scale_down = scale_down["scaleDown"]
+    assert scale_down["stabilizationWindowSeconds"] >= 600
+    [policy] = scale_down["policies"]
+    assert (policy["type"], policy["value"]) == ("Pods", 1) and policy["periodSeconds"] >= grace
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+@pytest.fixture(scope="module")
+def exported_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
+    """The metric families each real service process exports on /metrics (the five started as in `make up`)."""
+    with LocalStack(log_dir=tmp_path_factory.mktemp("metrics-logs")) as stack:
+        families: dict[str, set[str]] = {}
+        for name in SERVICES:
+            url = f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            families[name] = {family.name for family in text_string_to_metric_families(text)}
+        yield families
+
+
+def test_autoscalers_read_gauges_the_services_really_export(exported_metrics: dict[str, set[str]]) -> None:
+    """Each query names a gauge that its target's process exports, and only RPCs that service has: a misspelt
+    metric or method would read as zero in flight, and the autoscaler would never scale up."""
+    for name, scaled in _scaled_objects().items():
+        for query in _prometheus_queries(scaled):
+            [metric_name] = re.findall(r"\b(scenecast_\w+)\{", query)
+            assert metric_name in exported_metrics[name], f"{name} does not export {metric_name}"
+            methods = re.findall(r'method=~?"([^"]+)"', query)
+            for method in (m for pattern in methods for m in pattern.split("|")):
+                assert method in SERVICE_RPCS[name].methods_by_name, f"{name} has no RPC {method}"
+    assert re.findall(r"scenecast_\w+", _prometheus_queries(_scaled_objects()["gateway"])[0]) == [
+        "scenecast_renders_in_flight"
+    ]
+    for name in IO_BOUND:
+        assert "scenecast_rpcs_in_flight{" in _prometheus_queries(_scaled_objects()[name])[0]
+
+
+def _check_disruption_budgets(docs: list[dict[str, Any]]) -> None:
+    """Exactly one budget selects each Deployment's pods, letting one go at a time (never blocking a drain)."""
+    budgets = list(_by_kind(docs, "PodDisruptionBudget").values())
+    deployments = _by_kind(docs, "Deployment")
+    assert deployments
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selecting = [budget for budget in budgets if _selects(budget["spec"]["selector"], labels)]
+        assert len(selecting) == 1, f"{name}: {len(selecting)} disruption budgets select its pods"
+        spec = selecting[0]["spec"]
+        assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+        assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert len(budgets) == len(deployments), "a budget that selects no Deployment"
+
+
+def test_every_deployment_has_a_disruption_budget() -> None:
+    _check_disruption_budgets(list(BASE_OBJECTS.values()))
+
+
+def _secret_refs(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Environment variables taken from a Secret key, by name."""
+    return {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+
+
+def _check_state_secret(name: str, deployment: dict[str, Any], secret: str = STATE_SECRET) -> None:
+    """The shared state's URLs (which may hold passwords) come from scenecast-state (`secret` once kustomize has
+    given a generated one its hashed name), required, never as values."""
+    container = _container(deployment)
+    refs = _secret_refs(container)
+    expected = STATE_KEYS.get(name, set())
+    assert {key for key, ref in refs.items() if ref["name"] == secret} == expected, name
+    for key in expected:
+        assert refs[key] == {"name": secret, "key": key}, f"{name}: {key} must be required, under its own name"
+    urls = {"RENDER_STATE_URL", "SPEND_LEDGER_URL", "ASSET_CACHE_URL"}
+    assert not urls & set(_plain_env(container)), f"{name}: a state URL inlined"
+
+
+def test_gateway_keeps_results_on_a_shared_volume_in_a_folder_of_its_own() -> None:
+    """RESULTS_DIR is a subfolder of a ReadWriteMany claim mounted on every replica: the mount point itself is
+    root's, which the private-folder check refuses, while a folder the gateway creates inside is its own (fsGroup
+    makes the mount group-writable)."""
+    deployment, _ = _service_file("gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in _container(deployment)["volumeMounts"]}
+    [results] = [name for name, volume in volumes.items() if "persistentVolumeClaim" in volume]
+    claim_name = volumes[results]["persistentVolumeClaim"]["claimName"]
+    claim = BASE_OBJECTS[("PersistentVolumeClaim", claim_name)]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "subPath" not in mounts[results] and not mounts[results].get("readOnly")
+    results_dir = Path(_plain_env(_container(deployment))["RESULTS_DIR"])
+    mount_path = Path(mounts[results]["mountPath"])
+    assert results_dir.parent == mount_path, "RESULTS_DIR must be a folder inside the mount, not the mount point"
+    assert (
+        pod["securityContext"]["fsGroup"] == UID and pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    )
+    assert GatewaySettings(results_dir=str(results_dir)).output_dir == results_dir
+
+
+def test_results_dir_inside_a_mount_made_by_fs_group_is_accepted() -> None:
+    """The volume as fsGroup leaves it: root's, group 10001, group-writable and setgid. The gateway (uid 10001)
+    refuses the mount point as another user's and creates RESULTS_DIR inside it as its own private folder. Needs root
+    to make that owner and to run the check as uid 10001."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the folder another owner and run the check as uid 10001")
+    outer = Path(tempfile.mkdtemp())
+    try:
+        outer.chmod(0o755)
+        mount = outer / "scenecast"
+        mount.mkdir()
+        os.chown(mount, 0, UID)
+        mount.chmod(0o2775)
+        refused, made = _as_gateway_user(
+            lambda: _private_dir_outcome(mount), lambda: str(private_dir(mount / "renders", "RESULTS_DIR"))
+        )
+        assert refused.startswith(f"RESULTS_DIR={mount} belongs to uid 0, not to this user"), refused
+        renders = mount / "renders"
+        assert made == str(renders)
+        info = renders.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (UID, 0o700)
+    finally:
+        shutil.rmtree(outer)
+
+
+def _private_dir_outcome(path: Path) -> str:
+    try:
+        private_dir(path, "RESULTS_DIR")
+    except UnsafeStateLocation as error:
+        return str(error)
+    return "accepted"
+
+
+def _as_gateway_user(*steps: Callable[[], str]) -> list[str]:
+    """Runs `steps` in a forked child that has become uid/gid 10001 (the containers' user); returns what they
+    returned, or raises with the child's error."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: never returns into pytest
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(UID)
+            os.setuid(UID)
+            answers = [step() for step in steps]
+        except BaseException as error:  # noqa: BLE001 - reported to the parent, which fails the test
+            answers, status = [repr(error)], 1
+        with os.fdopen(write_end, "w") as pipe:
+            pipe.write("\n".join(answers))
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        output = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    return output.splitlines()
+
+
+def _disk_caches(name: str, env: dict[str, str], secret_env: set[str], config: dict[str, str]) -> int:
+    """Bytes of cache a service keeps on its /tmp at most: the asset cache unless ASSET_CACHE_URL moves it to Redis,
+    the assembler's segment cache."""
+    if name == "assembler":
+        return int(config["SEGMENT_CACHE_MAX_BYTES"])
+    if name in IO_BOUND and "ASSET_CACHE_URL" not in secret_env | set(env):
+        return int(config["ASSET_CACHE_MAX_BYTES"])
+    return 0
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_tmp_holds_the_caches_with_room_to_work(name: str) -> None:
+    """/tmp (caches under XDG_CACHE_HOME=/tmp/cache) holds the full disk caches plus one asset of the largest size
+    allowed being made beside them; a smaller emptyDir gets the pod evicted when the caches fill."""
+    config = _config_env(BASE / "config.env")
+    assert config["XDG_CACHE_HOME"].startswith("/tmp/")
+    deployment, _ = _service_file(name)
+    container = _container(deployment)
+    [tmp] = [
+        volume["emptyDir"]
+        for volume in deployment["spec"]["template"]["spec"]["volumes"]
+        if volume["name"] == {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/tmp"]
+    ]
+    room = int(config["MAX_ASSET_BYTES"]) if name in MEDIA else 0
+    needed = _disk_caches(name, _plain_env(container), set(_secret_refs(container)), config) + room
+    assert _quantity(tmp["sizeLimit"]) >= needed, f"{name}: /tmp {tmp['sizeLimit']} < {needed} bytes"
+
+
+def test_disk_cache_sizing_counts_a_cache_left_on_disk() -> None:
+    """Without ASSET_CACHE_URL the image service's cache is on its /tmp, which would then be too small."""
+    config = _config_env(BASE / "config.env")
+    assert _disk_caches("image", {}, set(), config) == int(config["ASSET_CACHE_MAX_BYTES"])
+    assert _disk_caches("image", {}, {"ASSET_CACHE_URL"}, config) == 0
+
+
+# ---------------------------------------------------------------- Kubernetes: the dev overlay's Redis and PostgreSQL
+
+
+def _dev_files() -> list[dict[str, Any]]:
+    return [doc for path in _resource_files(DEV / "kustomization.yaml") if DEV in path.parents for doc in _docs(path)]
+
+
+def _check_stateful_set(stateful_set: dict[str, Any]) -> None:
+    """A dev-grade dependency done properly: pinned Debian-based official image, its own volume, probes, the
+    restricted security context, resources, and its password from the dev Secret."""
+    pod = stateful_set["spec"]["template"]["spec"]
+    container = _container(stateful_set)
+    name = stateful_set["metadata"]["name"]
+    assert re.fullmatch(r"(redis|postgres):\d+\.\d+(\.\d+)?-bookworm", container["image"]), container["image"]
+    assert stateful_set["spec"]["serviceName"] == name and stateful_set["spec"]["replicas"] == 1
+    [claim] = stateful_set["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["metadata"]["name"] in {mount["name"] for mount in container["volumeMounts"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "exec" in container[probe], f"{name}: no {probe}"
+    security = {**pod["securityContext"], **container["securityContext"]}
+    assert security["runAsNonRoot"] is True and security["runAsUser"] > 0
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"] and security["seccompProfile"]["type"] == "RuntimeDefault"
+    for kind in ("cpu", "memory"):
+        assert _quantity(container["resources"]["requests"][kind]) <= _quantity(container["resources"]["limits"][kind])
+    refs = _secret_refs(container)
+    assert refs and all(ref["name"] == DEV_DEPS_SECRET and not ref.get("optional") for ref in refs.values())
+    assert not any("PASSWORD" in key or "AUTH" in key for key in _plain_env(container)), f"{name}: inline password"
+    assert not any("$(" in arg for arg in container.get("args", []) + container.get("command", [])), (
+        f"{name}: a Secret expanded into the command line, where every process in the pod can read it"
+    )
+
+
+def test_dev_overlay_runs_redis_and_postgres_as_stateful_sets() -> None:
+    docs = _dev_files()
+    stateful_sets = _by_kind(docs, "StatefulSet")
+    assert set(stateful_sets) == {"scenecast-redis", "scenecast-postgres"}
+    for stateful_set in stateful_sets.values():
+        _check_stateful_set(stateful_set)
+    services = _by_kind(docs, "Service")
+    assert services["scenecast-redis"]["spec"]["ports"] == [{"name": "redis", "port": 6379, "targetPort": "redis"}]
+    assert services["scenecast-postgres"]["spec"]["ports"] == [
+        {"name": "postgres", "port": 5432, "targetPort": "postgres"}
+    ]
+    assert not _by_kind(docs, "Secret"), "the dev passwords are made by hand, never committed"
+
+
+def test_dev_redis_holds_the_caches_it_is_given() -> None:
+    """maxmemory holds the asset cache's and the uploads' budgets (as this overlay sets them) with room for render
+    state, never evicts (render state must stay), and the pod's memory limit is above it."""
+    data = yaml.safe_load((DEV / "kustomization.yaml").read_text())
+    [generator] = data["configMapGenerator"]
+    config = {**_config_env(BASE / "config.env"), **dict(item.split("=", 1) for item in generator["literals"])}
+    redis = _by_kind(_dev_files(), "StatefulSet")["scenecast-redis"]
+    script = " ".join(_container(redis)["args"])
+    maxmemory = re.search(r"--maxmemory (\d+)gb", script)
+    assert maxmemory and "--maxmemory-policy noeviction" in script and "--appendonly yes" in script
+    budget = int(config["ASSET_CACHE_MAX_BYTES"]) + int(config["MUSIC_UPLOADS_MAX_BYTES"])
+    assert int(maxmemory.group(1)) * 2**30 >= budget + 2**28, "no room for render state beside the caches"
+    assert _quantity(_container(redis)["resources"]["limits"]["memory"]) > int(maxmemory.group(1)) * 2**30
+    GatewaySettings(
+        asset_cache_url="redis://redis:6379/0", music_uploads_max_bytes=int(config["MUSIC_UPLOADS_MAX_BYTES"])
+    )
+
+
+def _check_dependency_policies(docs: list[dict[str, Any]]) -> None:
+    """Redis only from the gateway and the media services with an asset cache; PostgreSQL only from the gateway."""
+    policies = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    callers = {"scenecast-redis": ("redis", ["gateway", *IO_BOUND]), "scenecast-postgres": ("postgres", ["gateway"])}
+    for name, stateful_set in _by_kind(docs, "StatefulSet").items():
+        port, components = callers[name]
+        labels = stateful_set["spec"]["template"]["metadata"]["labels"]
+        sources = _ingress_sources(policies, labels, port)
+        assert len(sources) == 1, f"{name}: {sources}"
+        for component in ("gateway", *MEDIA, "frontdoor"):
+            assert _selects(sources[0]["podSelector"], {COMPONENT: component}) == (component in components), (
+                f"{name} reachable from {component}: {component not in components}"
+            )
+        assert "namespaceSelector" not in sources[0]
+
+
+def test_dev_dependencies_are_reached_only_by_their_clients() -> None:
+    _check_dependency_policies(list(BASE_OBJECTS.values()) + _dev_files())
+
+
+def test_cloud_state_example_is_valid_gateway_settings() -> None:
+    """The example of the cloud overlay's state URLs passes the gateway's own checks (a wrong scheme would stop it)."""
+    example = _config_env(CLOUD / "state.env.example")
+    assert set(example) == STATE_KEYS["gateway"]
+    GatewaySettings(**{key.lower(): value for key, value in example.items()})
 
 
 def test_base_config_uses_the_offline_providers() -> None:
@@ -449,24 +860,30 @@ def _kustomize(folder: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    """`kubectl kustomize` of the base and the cloud overlay; the overlay in a copy with the example keys filled in."""
+    """`kubectl kustomize` of the base and the overlays; the cloud overlay in a copy with its examples filled in."""
     copy = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(K8S, copy)
-    keys = copy / "overlays" / "cloud" / "provider-keys.env"
-    shutil.copy(keys.with_name("provider-keys.env.example"), keys)
-    return {"base": _kustomize(copy / "base"), "cloud": _kustomize(copy / "overlays" / "cloud")}
+    for name in ("provider-keys.env", "state.env"):
+        target = copy / "overlays" / "cloud" / name
+        shutil.copy(target.with_name(f"{name}.example"), target)
+    return {
+        "base": _kustomize(copy / "base"),
+        "dev": _kustomize(copy / "overlays" / "dev"),
+        "cloud": _kustomize(copy / "overlays" / "cloud"),
+    }
 
 
-@pytest.mark.parametrize("variant", ["base", "cloud"])
+@pytest.mark.parametrize("variant", ["base", "dev", "cloud"])
 def test_rendered_variant_is_consistent(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
     """What `kubectl apply -k` would send: valid objects, one namespace, every reference resolved (generated names
     carry a hash), and each pod's grace above the drain it ends up with."""
     docs = rendered[variant]
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+        _validate(doc, K8S_VERSIONS[-1])
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == NAMESPACE, f"{doc['kind']}/{doc['metadata']['name']}"
     names = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    generated = {name.rsplit("-", 1)[0]: name for kind, name in names if kind == "Secret"}
     deployments = {
         doc["metadata"]["name"].removeprefix("scenecast-"): doc for doc in docs if doc["kind"] == "Deployment"
     }
@@ -479,7 +896,28 @@ def test_rendered_variant_is_consistent(rendered: dict[str, list[dict[str, Any]]
             elif variant == "cloud":
                 assert ("Secret", source["secretRef"]["name"]) in names
         _check_service_auth(name, deployment, AUTH_SECRET)
+        _check_state_secret(name, deployment, generated.get(STATE_SECRET, STATE_SECRET))
+        assert "replicas" not in deployment["spec"]
     _check_network_policies(docs)
+    _check_disruption_budgets(docs)
+    for scaled in _by_kind(docs, "ScaledObject").values():
+        assert ("Deployment", scaled["spec"]["scaleTargetRef"]["name"]) in names
+    # Secrets the pods cannot start without: generated by the cloud overlay, else made by hand (never committed).
+    pods = [_container(doc) for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")]
+    required = {ref["name"] for pod in pods for ref in _secret_refs(pod).values() if not ref.get("optional")}
+    required |= {
+        source["secretRef"]["name"]
+        for pod in pods
+        for source in pod.get("envFrom", [])
+        if "secretRef" in source and not source["secretRef"].get("optional")
+    }
+    by_hand = {"base": {AUTH_SECRET, STATE_SECRET}, "dev": {AUTH_SECRET, STATE_SECRET, DEV_DEPS_SECRET}}
+    assert required - set(generated.values()) == by_hand.get(variant, {AUTH_SECRET})
+    if variant == "dev":
+        assert set(_by_kind(docs, "StatefulSet")) == {"scenecast-redis", "scenecast-postgres"}
+        _check_dependency_policies(docs)
+    else:
+        assert not _by_kind(docs, "StatefulSet"), "dev-grade databases only in overlays/dev"
     # The operator creates the service token's Secret: nothing rendered holds it, inline or generated.
     assert ("Secret", AUTH_SECRET) not in names
     assert all(
@@ -494,8 +932,10 @@ def test_rendered_variant_is_consistent(rendered: dict[str, list[dict[str, Any]]
     _check_values_are_settings(config)
     if variant == "cloud":
         assert (config["IMAGE_PROVIDER"], config["TTS_PROVIDER"]) == ("flux", "openai")
-        [secret] = [doc for doc in docs if doc["kind"] == "Secret"]
-        assert set(secret["data"]) == set(KEY_VARIABLES)
+        secrets = {doc["metadata"]["name"].rsplit("-", 1)[0]: doc for doc in docs if doc["kind"] == "Secret"}
+        assert set(secrets) == set(generated) == {KEYS_SECRET, STATE_SECRET}
+        assert set(secrets[KEYS_SECRET]["data"]) == set(KEY_VARIABLES)
+        assert set(secrets[STATE_SECRET]["data"]) == STATE_KEYS["gateway"]
         assert config["GRPC_REFLECTION"] == "false"
     else:
         assert "GRPC_REFLECTION" not in config  # on by default: handy while trying the base out
