@@ -224,21 +224,22 @@ def resumed(stack: Stack, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFac
     for _ in range(CONCURRENT_SCENES):
         fake.add_fault(Fault(SPEECH, status=0, hang_seconds=HELD_SECONDS))
     address = stack.extra.addresses["gateway-2"]
-    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as died:
-        for response in render_service_pb2_grpc.RenderServiceStub(channel).Render(_killed_request(), timeout=60):
-            if response.progress.stage == render_service_pb2.RENDER_STAGE_ASSET_READY:
-                stack.extra.kill("gateway-2")
-    assert died.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-    first_run = _calls_since(fake, mark)
-
-    proxy = stack.proxy(3)  # gateway-2 refuses connections: the proxy skips it, as a Service drops a dead pod
-    video = tmp_path_factory.mktemp("resumed") / "resumed.mp4"
     try:
-        summary = render_to_file(proxy.address, _killed_request(), video, timeout_seconds=60)
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as died:
+            for response in render_service_pb2_grpc.RenderServiceStub(channel).Render(_killed_request(), timeout=60):
+                if response.progress.stage == render_service_pb2.RENDER_STAGE_ASSET_READY:
+                    stack.extra.kill("gateway-2")
+        assert died.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        first_run = _calls_since(fake, mark)
+        proxy = stack.proxy(3)  # gateway-2 refuses connections: the proxy skips it, as a Service drops a dead pod
+        video = tmp_path_factory.mktemp("resumed") / "resumed.mp4"
+        try:
+            summary = render_to_file(proxy.address, _killed_request(), video, timeout_seconds=60)
+        finally:
+            proxy.close()
+        calls = _calls_since(fake, mark)
     finally:
-        proxy.close()
-    calls = _calls_since(fake, mark)
-    stack.extra.start("gateway-2")
+        stack.extra.start("gateway-2")
     return Resumed(first_run, calls - first_run, summary, _rows_since(stack, mark), calls.total(), video)
 
 

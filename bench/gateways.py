@@ -1,0 +1,158 @@
+"""Figure 7: renders per minute with 1, 2 and 3 gateway replicas that share a Redis and a PostgreSQL (issue 14)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from scenecast.v1 import render_service_pb2, types_pb2
+
+from bench.common import Figure, log, output, render, scene, stack_env
+from bench.slow_openai import SlowOpenAI
+from scenecast_cli.stack import LocalStack
+from tests.gateway_replicas import GatewayReplicas
+from tests.postgres_server import PostgresServer
+from tests.redis_server import RedisServer
+
+LATENCY_SECONDS = 8.0
+SCENES_PER_RENDER = 1
+# Renders one replica is given at a time. A gateway by itself takes any number of renders at once, and on this
+# machine one gateway keeps up with all of them (it mostly waits: see the uncapped figure), so without a per-replica
+# cap a second replica would add nothing to measure. With one, a replica's capacity is fixed, as in a deployment
+# scaled on work in flight, where each pod is given about this many renders before another pod is added.
+PER_REPLICA = 2
+RENDERS_PER_REPLICA = 4
+REPLICAS = (1, 2, 3)
+RUNS = 3
+OUTPUT = output(180, 10, types_pb2.QUALITY_DRAFT)
+
+
+def _requests(count: int, tag: str) -> list[render_service_pb2.RenderRequest]:
+    return [
+        render_service_pb2.RenderRequest(
+            render_id=f"{tag}-{r}",
+            scenes=[scene(r * SCENES_PER_RENDER + i) for i in range(SCENES_PER_RENDER)],
+            output=OUTPUT,
+        )
+        for r in range(count)
+    ]
+
+
+def _batch(
+    addresses: list[str], per_replica: int, requests: list[render_service_pb2.RenderRequest], work: Path
+) -> float:
+    """Wall time of `requests`, taken from one queue by `per_replica` workers per address (a least-busy balancer)."""
+    waiting: queue.SimpleQueue[render_service_pb2.RenderRequest] = queue.SimpleQueue()
+    for request in requests:
+        waiting.put(request)
+    failures: list[BaseException] = []
+
+    def worker(address: str) -> None:
+        try:
+            while True:
+                try:
+                    request = waiting.get_nowait()
+                except queue.Empty:
+                    return
+                render(address, request, work / f"{request.render_id}.mp4")
+        except BaseException as error:  # noqa: BLE001 - raised below, in the benchmark's own thread
+            failures.append(error)
+
+    workers = [threading.Thread(target=worker, args=(a,)) for a in addresses for _ in range(per_replica)]
+    start = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return time.perf_counter() - start
+
+
+def run(work: Path) -> list[Figure]:
+    per_minute: dict[int, list[float]] = {count: [] for count in REPLICAS}
+    with (
+        SlowOpenAI(LATENCY_SECONDS) as fake,
+        RedisServer() as redis_server,
+        PostgresServer() as postgres,
+    ):
+        env = stack_env(
+            work,
+            {
+                "IMAGE_PROVIDER": "gpt-image-1-mini",
+                "TTS_PROVIDER": "openai",
+                "OPENAI_API_KEY": fake.api_key,
+                "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+                "ALLOW_PRIVATE_OUTPUT_URLS": "true",
+                "RENDER_STATE_URL": redis_server.url,
+                "ASSET_CACHE_URL": redis_server.url,
+                "SPEND_LEDGER_URL": postgres.database(),
+            },
+        )
+        with LocalStack(env=env, log_dir=work) as stack:
+            extra = GatewayReplicas(stack, env, work)
+            try:
+                addresses = [stack.gateway_address, extra.start("gateway-2"), extra.start("gateway-3")]
+                for attempt in range(RUNS):
+                    # Paired runs: 1, 2 and 3 replicas one after another, so load on the machine hits all alike.
+                    for count in REPLICAS:
+                        renders = RENDERS_PER_REPLICA * count
+                        requests = _requests(renders, f"gw{count}-{attempt}")
+                        wall = _batch(addresses[:count], PER_REPLICA, requests, work)
+                        per_minute[count].append(renders * 60 / wall)
+                        log(f"{count} gateway(s), run {attempt + 1}/{RUNS}: {renders} renders in {wall:.1f} s")
+                renders = RENDERS_PER_REPLICA * REPLICAS[-1]
+                uncapped_wall = _batch(addresses[:1], renders, _requests(renders, "uncapped"), work)
+                log(f"1 gateway given all {renders} renders at once: {uncapped_wall:.1f} s")
+            finally:
+                extra.stop()
+    design = (
+        f"renders of {SCENES_PER_RENDER} scene(s) (180p10 draft, gpt-image-1-mini and openai speech on a fake that "
+        f"answers each call after {LATENCY_SECONDS:.0f} s, any number at once: I/O-bound); {RENDERS_PER_REPLICA} "
+        f"renders per replica, each replica given at most {PER_REPLICA} at a time from one queue; the gateways share "
+        "one Redis (RENDER_STATE_URL, ASSET_CACHE_URL) and one PostgreSQL ledger (SPEND_LEDGER_URL) and one set of "
+        "media services. The cap makes a replica's capacity fixed, so the figure measures whether the replicas add "
+        "up with everything shared, not a gateway's own limit (see the uncapped figure)"
+    )
+    ratios = {
+        count: [many / one for many, one in zip(per_minute[count], per_minute[1], strict=True)] for count in (2, 3)
+    }
+    return [
+        Figure(
+            "gateways-speedup-3",
+            "7. throughput with 3 gateway replicas / with 1",
+            "x",
+            ">= 2.7",
+            lambda value: value >= 2.7,
+            ratios[3],
+            [design],
+        ),
+        Figure(
+            "gateways-speedup-2", "7. throughput with 2 gateway replicas / with 1", "x", "", lambda _: True, ratios[2]
+        ),
+        *(
+            Figure(
+                f"gateways-{count}",
+                f"7. {count} gateway replica(s), {PER_REPLICA} renders each at a time: renders per minute",
+                "/min",
+                "",
+                lambda _: True,
+                per_minute[count],
+            )
+            for count in REPLICAS
+        ),
+        Figure(
+            "gateways-uncapped",
+            f"7. 1 gateway given all {renders} renders at once: renders per minute",
+            "/min",
+            "",
+            lambda _: True,
+            [renders * 60 / uncapped_wall],
+            [
+                "one run: it shows why the other figures cap each replica; a gateway alone runs every render at "
+                "once and is not what limits throughput on this machine"
+            ],
+        ),
+    ]
