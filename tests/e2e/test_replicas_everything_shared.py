@@ -158,7 +158,7 @@ def _cli_render(script: Path, output: Path, gateway: str) -> None:
     done = subprocess.run(
         [str(cli), "render", str(script), "-o", str(output), "--gateway", gateway], capture_output=True, timeout=180
     )
-    assert done.returncode == 0, done.stdout.decode(errors="replace")[-2000:]
+    assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-2000:]
 
 
 @pytest.mark.parametrize("replicas", [2, 3])
