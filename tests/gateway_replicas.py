@@ -66,8 +66,10 @@ class RoundRobinProxy:
         self._count = len(target_ports)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        # Connections per target port, so a test can check that every replica served.
+        # Connections per target port, so a test can check that every replica served, and the target of each
+        # connection in the order they came, so it can tell which replica each of a client's calls reached.
         self.connections: dict[int, int] = dict.fromkeys(target_ports, 0)
+        self.targets: list[int] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -88,6 +90,7 @@ class RoundRobinProxy:
                 continue
             with self._lock:
                 self.connections[port] += 1
+                self.targets.append(port)
             return upstream
         return None
 
