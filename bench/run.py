@@ -89,6 +89,12 @@ Total run time: {total:.0f} s.
    fresh folders for each run: 12 scenes (gpt-image-1-mini and openai speech on the fake OpenAI, which answers at
    once, so only local work is timed; 720p30), then the same script with one narration edited. The notes give the
    provider calls and segment encodes, read from the fake and the assembler's `/metrics`.
+7. **Gateway replicas** (issue 14). One LocalStack plus two more gateways, all on one Redis (`RENDER_STATE_URL`,
+   `ASSET_CACHE_URL`) and one PostgreSQL ledger (`SPEND_LEDGER_URL`); image and speech on `bench/slow_openai.py`
+   answering every call after 8 s (I/O-bound); 1-scene renders at 180p10 draft. With N replicas, 4 x N renders are
+   shared by 2 workers per replica (at most 2 renders per replica at a time, standing for the per-pod target of an
+   autoscaler on work in flight), starts spread over 8 s. One gateway alone is not the bottleneck on this machine
+   (the uncapped row), so the ratio shows that replicas add up with everything shared, not a gateway's own limit.
 
 ## Where an assembly's time goes
 
