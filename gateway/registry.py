@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -547,6 +548,9 @@ class RenderRegistry:
         render_id = job.render_id
         part = self._dir / f"{render_id}.{secrets.token_hex(8)}.mp4.part"
         fd = os.open(part, PRIVATE_CREATE_FLAGS, 0o600)
+        # Held while the file is written: another gateway on this results folder (a second `scenecast serve`, replicas
+        # without Redis) knows from the lock that the render is alive, though its registry does not know the render.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             lifetime = max(0.0, job.deadline - time.monotonic()) + self._ttl
             await self._store.create(render_id, self._owner, part.name, lifetime)
@@ -627,10 +631,11 @@ class RenderRegistry:
                         summary = response.summary
                 # Whole on the (possibly shared) volume before any replica is told it is.
                 os.fsync(mp4.fileno())
-            if summary is None:
-                raise ScenecastError(f"render {render_id} ended without a summary; see gateway logs")
-            expires_at = time.time() + self._ttl
-            self._publish(render_id, part, progress, summary, expires_at)
+                if summary is None:
+                    raise ScenecastError(f"render {render_id} ended without a summary; see gateway logs")
+                expires_at = time.time() + self._ttl
+                # Still open, so still locked: no other gateway's sweep takes it for a dead render's leftover.
+                self._publish(render_id, part, progress, summary, expires_at)
             ending = Ending(summary=summary)
         except asyncio.CancelledError:
             ending = self._cancel_reasons.get(render_id) or _gone(render_id)
@@ -688,7 +693,7 @@ class RenderRegistry:
                 continue  # the music folder, the spend ledger, the operator's own files
             render_id = match["id"]
             if path.name.endswith(".part"):
-                if not await self._store.running(render_id):
+                if not await self._store.running(render_id) and not _being_written(path):
                     _LOGGER.info("removing %s: its render is running nowhere", path.name)
                     path.unlink(missing_ok=True)
             elif path.suffix == ".json":
@@ -740,6 +745,21 @@ class RenderRegistry:
                 await self._sweep()
             except Exception:  # noqa: BLE001 - tidying up must not stop; next round tries again
                 _LOGGER.exception("could not tidy the results folder %s", self._dir)
+
+
+def _being_written(path: Path) -> bool:
+    """Whether a live gateway holds the lock its render takes on its temp file (see `start`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone already, or a link planted there: not a writer's
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _mtime(path: Path) -> float:

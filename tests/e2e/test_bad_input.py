@@ -854,7 +854,8 @@ def test_bad_input_gets_the_exact_status_naming_the_field(
     "change",
     [
         scenes(50),
-        scene(narration=f"  {'n' * 4000}\n"),  # surrounding whitespace is not counted
+        # 4000 characters, words at the 100-character limit; surrounding whitespace is not counted.
+        scene(narration=f"  {'n' * 100}{(' ' + 'n' * 99) * 39}\n"),
         scene(visual_prompt="p" * 4000, title="t" * 200),
         scene(narration="Tabs\tand\nnewlines are fine. \u00a0\u200b\u202e\U0001f600 too."),
         lambda r: setattr(r, "title", "T" * 200),

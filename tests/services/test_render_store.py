@@ -5,6 +5,7 @@ UNAVAILABLE for every reader while its owner's late ending is refused."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import time
@@ -149,6 +150,24 @@ def test_start_up_reindexes_results_and_removes_what_expired_or_is_partial(tmp_p
     assert chunk == types_pb2.MediaChunk(offset=3, data=b"mp4") and last == summary
     kept = ["fresh.json", "fresh.mp4", "legacy-new.mp4", "notes.txt", "spend-ledger.sqlite3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == kept
+
+
+def test_start_up_keeps_the_temp_file_another_gateway_is_writing(tmp_path: Path) -> None:
+    """Two gateways on one results folder without Redis (a second `scenecast serve`, the tests' stacks): the one
+    starting must not take the other's render, which its own registry does not know, for a dead one's leftover."""
+    (tmp_path / "dead.0123abcd.mp4.part").write_bytes(b"left by a killed gateway")
+    live = tmp_path / "live.89abcdef.mp4.part"
+    with live.open("wb") as writer:
+        # What the writing gateway holds (RenderRegistry.start); another open file, so it conflicts like a process.
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        async def scenario() -> None:
+            registry = RenderRegistry(MemoryRenderStore(3, 3, 60), tmp_path)
+            with pytest.raises(NotFound):
+                await registry.cancel("live")
+
+        asyncio.run(scenario())
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
 
 
 @pytest.mark.parametrize(
