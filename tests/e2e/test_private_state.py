@@ -5,7 +5,6 @@ unsafe state folder stops a service at start-up naming its setting, and the CLI 
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,15 +16,12 @@ from scenecast.v1 import render_service_pb2, types_pb2
 from scenecast_cli.client import render_to_file, write_sidecars
 from scenecast_cli.stack import LocalStack, free_port, wait_until_serving
 from services.common.server import LIVENESS
+from tests.private_files import mode
 from tests.probe import probe_mp4
 
 # Variables that would point the state elsewhere than the defaults under test (tests/conftest.py sets some).
 _STATE_VARIABLES = ("XDG_STATE_HOME", "XDG_CACHE_HOME", "RENDER_OUTPUT_DIR", "SPEND_LEDGER_PATH")
 _CACHE_VARIABLES = ("ASSET_CACHE_DIR", "SEGMENT_CACHE_DIR")
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:

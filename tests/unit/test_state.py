@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,30 +14,14 @@ from services.common.state import (
     private_file,
     write_private_file,
 )
+from tests.private_files import mode
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
 
 
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-@pytest.fixture(autouse=True)
-def usual_umask() -> Iterator[None]:
-    """The common umask (022), under which a folder made without care is 0755 and a file 0644."""
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    """A file of the user's elsewhere, that a link planted in a state folder points at."""
-    path = tmp_path / "elsewhere" / "precious.txt"
-    path.parent.mkdir()
-    path.write_text("precious")
-    return path
+# Under the common umask (022), where a folder made without care is 0755 and a file 0644.
+pytestmark = pytest.mark.usefixtures("usual_umask")
 
 
 def test_missing_folders_are_created_private(tmp_path: Path) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
-import stat
 import struct
 import wave
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,26 +17,10 @@ from scenecast.v1 import types_pb2
 from gateway.ledger import SpendEntry, SqliteLedger
 from gateway.music import MusicStore
 from services.common.chunks import ChunkSink, iter_chunks
+from tests.private_files import mode
 
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-@pytest.fixture(autouse=True)
-def usual_umask() -> Iterator[None]:
-    """The common umask (022), under which a folder made without care is 0755 and a file 0644."""
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    path = tmp_path / "elsewhere" / "precious.txt"
-    path.parent.mkdir()
-    path.write_text("precious")
-    return path
+# Under the common umask (022), where a folder made without care is 0755 and a file 0644.
+pytestmark = pytest.mark.usefixtures("usual_umask")
 
 
 async def test_the_ledger_file_and_its_folder_are_private(tmp_path: Path) -> None:
