@@ -678,11 +678,14 @@ class RenderRegistry:
             "summary": json_format.MessageToDict(summary),
             "progress": [json_format.MessageToDict(event) for event in progress],
         }
-        # Named like the MP4's temp file, so the sweep removes it should the gateway die before the rename.
+        # Named like the MP4's temp file, so the sweep removes it should the gateway die before the rename, and locked
+        # like it until renamed, so that another gateway's sweep does not take it for such a leftover.
         temp = self._dir / f"{render_id}.{secrets.token_hex(8)}.json.part"
         with create_private_file(temp) as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             handle.write(json.dumps(sidecar).encode())
-        os.replace(temp, self._dir / f"{render_id}.json")
+            handle.flush()
+            os.replace(temp, self._dir / f"{render_id}.json")
 
     async def _sweep(self) -> None:
         """Removes temp files of renders running nowhere and expired or damaged results; re-indexes the others."""

@@ -74,10 +74,21 @@ class _Restarts:
     due: float | None = None
 
 
+# Ports free_port has handed out in this process.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port free now, never one this process handed out before: the kernel may offer the same port again
+    as soon as its probe closes, and two services of one stack (which bind later, without port sharing) must not get
+    the same one. Another process can still take it before the service binds; issue 19 replaces this with port 0."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
