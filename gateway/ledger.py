@@ -60,6 +60,12 @@ _SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE spend ADD COLUMN call_id TEXT",
         "CREATE UNIQUE INDEX spend_once ON spend (render_id, scene_id, media_kind, call_id)",
     ),
+    # 3: the provider call that made the asset (the media service's id), paid for once: a second paid row for the
+    # same call is refused, however many renders receive the asset.
+    (
+        "ALTER TABLE spend ADD COLUMN provider_call TEXT",
+        "CREATE UNIQUE INDEX spend_paid_once ON spend (provider_call) WHERE NOT cache_hit",
+    ),
 )
 _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -71,8 +77,11 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX spend_by_render ON spend (render_id)",
     ),
     _SQLITE_MIGRATIONS[1],
+    _SQLITE_MIGRATIONS[2],
 )
-_COLUMNS = "recorded_at, render_id, scene_id, media_kind, provider, model, units, unit, usd, cache_hit, call_id"
+_COLUMNS = (
+    "recorded_at, render_id, scene_id, media_kind, provider, model, units, unit, usd, cache_hit, call_id, provider_call"
+)
 _GROUP_KEYS = {"provider": "provider || '/' || model", "render": "render_id"}
 
 _SETUP_ATTEMPTS = 20
@@ -106,7 +115,8 @@ class SpendEntry:
     `units` counts what the provider bills by, named by `unit`: 1 "image", the narration's "character"s, or the
     clip's or avatar video's "second"s. `call_id` tells apart the provider calls of one render, scene and media kind:
     the same entry written again (a retry after a lost reply) is stored once. Its default, a fresh random id, makes
-    every entry created a call of its own.
+    every entry created a call of its own. `provider_call` is the media service's id of the call that made the asset
+    (empty when it gave none): the ledger keeps one paid row per provider call.
     """
 
     render_id: str
@@ -120,6 +130,7 @@ class SpendEntry:
     cache_hit: bool
     recorded_at: datetime = field(default_factory=_now)
     call_id: str = field(default_factory=_new_call_id)
+    provider_call: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,8 @@ class SpendLedger(abc.ABC):
     def _insert(self, entry: SpendEntry) -> None:
         values = ", ".join([self._param] * len(_COLUMNS.split(",")))
         self._run(
-            # The unique key (render, scene, kind, call_id) turns a repeated write into nothing, on both backends.
+            # The unique keys, (render, scene, kind, call_id) and a paid row's provider call, turn a repeated write
+            # into nothing, on both backends.
             f"INSERT INTO spend ({_COLUMNS}) VALUES ({values}) ON CONFLICT DO NOTHING",
             (
                 self._moment(entry.recorded_at),
@@ -201,6 +213,7 @@ class SpendLedger(abc.ABC):
                 entry.usd,
                 entry.cache_hit,
                 entry.call_id,
+                entry.provider_call or None,  # NULL, equal to no other, where the service named no call
             ),
         )
 

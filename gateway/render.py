@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -333,6 +333,9 @@ class RenderJob:
     async def _record_spend(self, index: int, kind: int, metadata: types_pb2.AssetMetadata) -> None:
         """Writes the asset to the spend ledger, unless it came from an offline provider (nothing to pay).
 
+        A cache hit also writes the paid row of the provider call that made the asset, which the ledger keeps only
+        if that call has none yet: the render that ordered it may have died (its gateway killed) after the media
+        service had paid for it but before the asset reached it. The row goes to that render, whose money it was.
         A failed write is logged, not raised: the money is spent either way, and stopping the render would waste it.
         """
         if self.ledger is None or metadata.provider in self.offline_providers:
@@ -343,6 +346,7 @@ class RenderJob:
             units, unit = float(len(self.request.scenes[index].narration.strip())), "character"
         else:
             units, unit = metadata.duration_ms / 1000, "second"
+        call = metadata.provider_call
         entry = SpendEntry(
             render_id=self.render_id,
             scene_id=self.assembly_scenes[index].id,
@@ -353,13 +357,23 @@ class RenderJob:
             unit=unit,
             usd=metadata.estimated_cost_usd,
             cache_hit=metadata.cache_hit,
+            provider_call=call.id,
         )
-        try:
-            await self.ledger.record(entry)
-        except Exception:  # noqa: BLE001 - the entry is in the log line, to be added by hand
-            _LOGGER.exception(
-                "render %s: could not write to the spend ledger %s: %s", self.render_id, self.ledger.location, entry
-            )
+        entries = [entry]
+        if metadata.cache_hit and call.id and math.isfinite(call.cost_usd) and call.cost_usd >= 0:
+            paid = replace(entry, render_id=call.render_id or self.render_id, usd=call.cost_usd, cache_hit=False)
+            # The call's own id as the write key: the paid row of one call is one row, however often it is written.
+            entries.insert(0, replace(paid, call_id=call.id))
+        for written in entries:
+            try:
+                await self.ledger.record(written)
+            except Exception:  # noqa: BLE001 - the entry is in the log line, to be added by hand
+                _LOGGER.exception(
+                    "render %s: could not write to the spend ledger %s: %s",
+                    self.render_id,
+                    self.ledger.location,
+                    written,
+                )
 
     async def _assembler_requests(self) -> AsyncIterator[assembler_pb.AssembleRequest]:
         scenes = self.assembly_scenes

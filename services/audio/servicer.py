@@ -74,6 +74,7 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
                 timings=tuple(
                     CachedTiming(t.text, t.start_ms, min(t.end_ms, info.duration_ms), t.is_word) for t in result.timings
                 ),
+                call_render_id=job.render_id,
             )
 
         asset, cache_hit = await get_or_make(cache, "speech", key, request.no_cache, make, deadline)

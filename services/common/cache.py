@@ -135,6 +135,11 @@ class CachedAsset:
     sample_rate: int = 0
     duration_ms: int = 0
     timings: tuple[CachedTiming, ...] = field(default_factory=tuple)
+    # The provider call that made the asset: a fresh id per call, kept with the entry and reported on every delivery,
+    # so that the spend ledger records each paid call once however many renders receive the asset; and the render
+    # that ordered it.
+    call_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    call_render_id: str = ""
 
 
 def asset_responses(
@@ -165,6 +170,11 @@ def asset_responses(
                 for t in asset.timings
             ],
             cache_hit=cache_hit,
+            provider_call=types_pb2.ProviderCall(
+                id=asset.call_id, cost_usd=asset.estimated_cost_usd, render_id=asset.call_render_id
+            )
+            if asset.call_id
+            else None,
         )
     )
     for chunk in iter_chunks(asset.data):
@@ -746,6 +756,9 @@ def _metadata_of(asset: CachedAsset) -> dict[str, Any]:
 
 def _asset_from(data: bytes, fields: dict[str, Any]) -> CachedAsset:
     timings = tuple(CachedTiming(**timing) for timing in fields.pop("timings", ()))
+    # Entries stored before calls had ids have none: a fresh id would make every hit on them look like an unrecorded
+    # paid call.
+    fields.setdefault("call_id", "")
     return CachedAsset(data=data, timings=timings, **fields)
 
 

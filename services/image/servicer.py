@@ -76,6 +76,7 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
                 estimated_cost_usd=result.estimated_cost_usd,
                 width=result.width,
                 height=result.height,
+                call_render_id=job.render_id,
             )
 
         asset, cache_hit = await get_or_make(cache, "image", key, request.no_cache, make, deadline)

@@ -135,7 +135,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             result, info = await call_with_retries(
                 attempt, attempts=self._settings.provider_attempts, deadline=deadline, provider=name
             )
-        return _asset(result, info)
+        return _asset(result, info, job.render_id)
 
     async def _receive(
         self, request_iterator: AsyncIterator[video_service_pb2.GenerateClipRequest], work_dir: Path
@@ -215,7 +215,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 result, info = await call_with_retries(
                     attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
                 )
-            return _asset(result, info)
+            return _asset(result, info, job.render_id)
 
         asset, cache_hit = await get_or_make(cache, "avatar", key, request.no_cache, make, call_end)
         for response in asset_responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit):
@@ -231,7 +231,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         )
 
 
-def _asset(result: ClipResult | AvatarResult, info: MediaInfo) -> CachedAsset:
+def _asset(result: ClipResult | AvatarResult, info: MediaInfo, render_id: str) -> CachedAsset:
     return CachedAsset(
         data=result.data,
         mime_type=result.mime_type,
@@ -240,6 +240,7 @@ def _asset(result: ClipResult | AvatarResult, info: MediaInfo) -> CachedAsset:
         width=info.width,
         height=info.height,
         duration_ms=info.duration_ms,
+        call_render_id=render_id,
     )
 
 

@@ -268,12 +268,6 @@ def test_a_killed_replica_leaves_no_duplicate_ledger_rows(resumed: Resumed) -> N
     assert len(finished) == 2 * KILLED_SCENES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, reported for issue 14: the gateway writes a ledger row when an asset reaches it, so a provider "
-    "call still under way when its replica dies is paid (the image or audio service finishes it into the asset "
-    "cache) but never recorded; the re-render then records it as a $0 cache hit",
-)
 def test_a_killed_replica_leaves_a_ledger_row_for_every_provider_call(resumed: Resumed) -> None:
     assert sum(not hit for *_, hit in resumed.rows) == resumed.calls
 

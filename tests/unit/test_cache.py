@@ -161,6 +161,9 @@ def _asset(data: bytes = b"picture" * 10, cost: float = 0.015) -> CachedAsset:
         sample_rate=24000,
         duration_ms=1500,
         timings=(CachedTiming("Check the ladder.", 0, 1500),),
+        # Fixed, so that an asset read back compares equal to the one stored only if its call id came back too.
+        call_id="the-provider-call",
+        call_render_id="render-1",
     )
 
 

@@ -167,6 +167,28 @@ async def test_a_repeated_write_is_stored_once(opened: Callable[[], SpendLedger]
     assert await replica_a.render_total("r1") == pytest.approx(0.002)
 
 
+async def test_a_provider_call_has_one_paid_row_however_many_renders_receive_its_asset(
+    opened: Callable[[], SpendLedger], location: str
+) -> None:
+    """The paid row of a provider call is kept once, by call id, whichever render or replica writes it; hit rows that
+    name the same call are rows of their own."""
+    replica_a, replica_b = opened(), opened()
+    paid = SpendEntry(**{**_entry("r1", "openai", "tts-1", 0.001, DAY_1).__dict__, "provider_call": "call-1"})
+    hit = SpendEntry(**{**_entry("r2", "openai", "tts-1", 0.0, DAY_2, hit=True).__dict__, "provider_call": "call-1"})
+    # A later render (r2) that got the asset from the cache writes the call's paid row for r1 again, as the gateway
+    # does on every hit, under another write key: refused.
+    paid_again = SpendEntry(**{**paid.__dict__, "scene_id": "s9", "call_id": "call-1"})
+    await replica_a.record(paid)
+    await asyncio.gather(replica_b.record(paid_again), replica_b.record(hit), replica_a.record(hit))
+    rows = _raw_rows(location, "render_id, scene_id, usd, provider_call")
+    assert rows == [("r1", "s0", 0.001, "call-1"), ("r2", "s0", 0.0, "call-1")]
+    # Without a call id (older services, offline providers) every paid row stays a row of its own.
+    unnamed = _entry("r3", "openai", "tts-1", 0.002, DAY_2)
+    await replica_a.record(unnamed)
+    await replica_a.record(SpendEntry(**{**unnamed.__dict__, "call_id": "another"}))
+    assert await replica_a.render_total("r3") == pytest.approx(0.004)
+
+
 async def test_a_write_waits_for_another_writer_without_blocking_the_event_loop(
     opened: Callable[[], SpendLedger], location: str
 ) -> None:
@@ -229,7 +251,7 @@ def test_gateway_replicas_write_at_once_and_lose_or_repeat_nothing(location: str
     ledger.close()
     assert [(g.key, g.calls) for g in groups] == [(replica, count) for replica in replicas]
     assert sum(g.usd for g in groups) == pytest.approx(len(replicas) * count * 0.025)
-    assert _versions(location) == [1, 2]
+    assert _versions(location) == [1, 2, 3]
 
 
 async def test_the_schema_is_migrated_once_and_versions_are_recorded(
@@ -237,7 +259,7 @@ async def test_the_schema_is_migrated_once_and_versions_are_recorded(
 ) -> None:
     opened()
     opened()
-    assert _versions(location) == [1, 2]
+    assert _versions(location) == [1, 2, 3]
 
 
 OLD_SCHEMA = """
@@ -263,7 +285,7 @@ async def test_a_ledger_file_from_before_versioning_is_migrated_in_place(tmp_pat
     await ledger.record(entry)
     assert [(g.key, g.calls) for g in await ledger.summarise("render")] == [("new", 1), ("old", 1)]
     assert _raw_rows(str(path), "render_id, call_id") == [("old", None), ("new", entry.call_id)]
-    assert _versions(str(path)) == [1, 2]
+    assert _versions(str(path)) == [1, 2, 3]
 
 
 async def test_a_ledger_carries_on_when_postgresql_closes_its_connections(
