@@ -560,6 +560,15 @@ class RenderRegistry:
             raise
         self._running[render_id] = asyncio.create_task(self._run(job, part, fd))
 
+    async def drain(self, seconds: float) -> None:
+        """Waits up to `seconds` for the renders this process runs, whoever follows them: a caller here, or one that
+        left and follows (or will fetch) the render through another replica. What is still running afterwards ends
+        UNAVAILABLE when the process stops."""
+        running = list(self._running.values())
+        if running:
+            _LOGGER.info("waiting up to %.1f s for %d running render(s) to finish", seconds, len(running))
+            await asyncio.wait(running, timeout=seconds)
+
     async def cancel(self, render_id: str) -> bool:
         await self._ready()
         accepted = await self._store.request_cancel(render_id)

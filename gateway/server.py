@@ -46,6 +46,7 @@ def build(settings: GatewaySettings) -> Server:
         SERVICE_NAME,
         tokens=tokens,
         readiness=functools.partial(watch_dependencies, downstream.channels),
+        drain=registry.drain,
     )
 
 

@@ -49,6 +49,9 @@ class Server:
     security: str = "plaintext"
     # None: SERVING as soon as started. Otherwise run for the server's life; it sets the readiness names itself.
     readiness: Readiness | None = None
+    # Waits, up to the seconds given, for work that outlives the calls that started it (the gateway's renders, which
+    # callers may follow through another replica); run beside the calls' own drain when the server stops.
+    drain: Callable[[float], Awaitable[None]] | None = None
     _readiness_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
@@ -68,7 +71,10 @@ class Server:
         if self._readiness_task is not None:
             self._readiness_task.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace_seconds)
+        drains = [self.grpc_server.stop(grace_seconds)]
+        if self.drain is not None:
+            drains.append(self.drain(grace_seconds))
+        await asyncio.gather(*drains)
 
 
 def is_loopback(address: str) -> bool:
@@ -92,6 +98,7 @@ def build_server(
     reflection_on: bool = True,
     plaintext_token_policy: str = "warn",
     readiness: Readiness | None = None,
+    drain: Callable[[float], Awaitable[None]] | None = None,
 ) -> Server:
     """Creates a server for one servicer (registered from its descriptor, see handlers.py), with health and
     (unless `reflection_on` is false) reflection.
@@ -136,7 +143,7 @@ def build_server(
         raise RuntimeError(f"could not listen on {address}: {_port_holder(address, service_name)}")
     security = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
     security += ", bearer token required" if tokens else ", no token required"
-    return Server(grpc_server, port, health_servicer, service_names, security, readiness)
+    return Server(grpc_server, port, health_servicer, service_names, security, readiness, drain)
 
 
 def build_service(
@@ -146,6 +153,7 @@ def build_service(
     *,
     tokens: Sequence[str] | None = None,
     readiness: Readiness | None = None,
+    drain: Callable[[float], Awaitable[None]] | None = None,
 ) -> Server:
     """`build_server` as the settings say: address, TLS, reflection, plaintext token policy, and the tokens
     (default: the service tokens the gateway presents)."""
@@ -158,6 +166,7 @@ def build_service(
         reflection_on=settings.grpc_reflection,
         plaintext_token_policy=settings.plaintext_token_policy,
         readiness=readiness,
+        drain=drain,
     )
 
 
