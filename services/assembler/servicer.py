@@ -16,7 +16,7 @@ from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc
 from scenecast.v1.types_pb2 import SUBTITLE_FORMAT_SRT, SUBTITLE_FORMAT_WEBVTT, TIMING_KIND_WORD, SubtitleFile
 
-from services.assembler import audio, captions, limits, segments
+from services.assembler import captions, limits, segments, soundtrack
 from services.assembler.cards import render_card
 from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import (
@@ -320,7 +320,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         kept = (0, narration.duration_ms)
         pad = assembly.finishing.silence_pad_ms
         if pad is not None and scene.start.narration.mime_type != _OWN_SOUND:
-            kept = audio.kept_span(audio.speech_bounds(scene.narration.path), narration.duration_ms, pad)
+            kept = soundtrack.kept_span(soundtrack.speech_bounds(scene.narration.path), narration.duration_ms, pad)
             if kept[1] <= kept[0]:
                 raise InvalidArgument(f"{field_name}.narration is silent; check the speech provider's output")
         kept_ms = kept[1] - kept[0]
@@ -432,7 +432,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
                     f"{sink.expected_bytes} bytes; send the whole asset"
                 )
 
-    async def _soundtrack(self, assembly: _Assembly) -> tuple[Path, audio.LoudnessMeasurement]:
+    async def _soundtrack(self, assembly: _Assembly) -> tuple[Path, soundtrack.LoudnessMeasurement]:
         """Mixes narration and music for the whole timeline, normalises its loudness and measures the result."""
         # Every scene's length is known once it is planned; a scene whose planning fails stops the whole call.
         await asyncio.gather(*(scene.planned.wait() for scene in assembly.scenes.values()))
@@ -442,22 +442,22 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             if not probe(assembly.music.path, "music").has_audio:
                 raise InvalidArgument("music has no audio; send an audio file (MP3, WAV, OGG, FLAC, M4A)")
             options = assembly.finishing.music
-            music = audio.MusicBed(assembly.music.path, options.gain_db, options.duck, options.fade_ms)
+            music = soundtrack.MusicBed(assembly.music.path, options.gain_db, options.duck, options.fade_ms)
         tracks = [
-            audio.SceneAudio(piece.narration, *piece.kept_ms, piece.plan.lead_ms, piece.plan.duration_s)
+            soundtrack.SceneAudio(piece.narration, *piece.kept_ms, piece.plan.lead_ms, piece.plan.duration_s)
             for piece in assembly.timeline()
         ]
         mix = assembly.folder / "mix.wav"
         crossfade_s = assembly.crossfade_frames / assembly.output.fps
         # The mix is measured as it is written; the last pass normalises it, encodes the AAC the mux will copy and
         # measures the result, all while the segments encode.
-        mixing = audio.mix_command(self._exe, tracks, crossfade_s, music, mix)
-        measured = audio.parse_measurement(await run_ffmpeg(mixing, timeout))
+        mixing = soundtrack.mix_command(self._exe, tracks, crossfade_s, music, mix)
+        measured = soundtrack.parse_measurement(await run_ffmpeg(mixing, timeout))
         target = assembly.finishing.loudness
-        loudness = None if target is None else audio.LoudnessTarget(target.integrated_lufs, target.true_peak_dbtp)
-        final = assembly.folder / f"soundtrack{audio.SOUNDTRACK_SUFFIX}"
-        last_pass = audio.normalize_command(self._exe, mix, loudness, measured, final)
-        return final, audio.parse_measurement(await run_ffmpeg(last_pass, timeout))
+        loudness = None if target is None else soundtrack.LoudnessTarget(target.integrated_lufs, target.true_peak_dbtp)
+        final = assembly.folder / f"soundtrack{soundtrack.SOUNDTRACK_SUFFIX}"
+        last_pass = soundtrack.normalize_command(self._exe, mix, loudness, measured, final)
+        return final, soundtrack.parse_measurement(await run_ffmpeg(last_pass, timeout))
 
     async def _join_parts(self, assembly: _Assembly) -> list[Path]:
         """The video's parts in order; with cross-fades, encodes each blend of a tail into the next head first."""
@@ -554,7 +554,7 @@ def _progress(assembly: _Assembly, stage: int, scene_index: int = 0) -> pb.Assem
 
 
 def _summary(
-    assembly: _Assembly, movie: Path, sidecars: list[SubtitleFile], loudness: audio.LoudnessMeasurement
+    assembly: _Assembly, movie: Path, sidecars: list[SubtitleFile], loudness: soundtrack.LoudnessMeasurement
 ) -> pb.AssemblySummary:
     pieces = assembly.timeline()
     frames = sum(piece.plan.frames for piece in pieces) - (len(pieces) - 1) * assembly.crossfade_frames
