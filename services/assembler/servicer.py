@@ -37,6 +37,7 @@ from services.common.cache import AssetCache
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
 from services.common.finishing import CardText, FinishingOptions, finishing_options
+from services.common.limits import MAX_TITLE_CHARS
 from services.common.media import ffmpeg_exe, probe, run_ffmpeg
 from services.common.output import OutputFormat, output_format
 from services.common.text import checked_text
@@ -215,7 +216,7 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             folder=folder,
             output=output,
             scene_count=start.scene_count,
-            title=checked_text(start.title, "start.title", limits.MAX_TITLE_CHARS, required=False),
+            title=checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
             lead_ms=lead_ms,
             tail_ms=tail_ms,
             finishing=finishing,

@@ -6,9 +6,7 @@ import re
 
 from services.common.errors import InvalidArgument
 from services.common.fonts import CJK_CHARACTER
-
-# Longest narration of one scene, in characters (the contract's `Scene.narration`).
-MAX_NARRATION_CHARS = 4000
+from services.common.limits import MAX_NARRATION_CHARS, MAX_WORD_CHARS
 
 # A sentence ends at . ! ? or …, optionally followed by one closing quote or bracket, before whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
@@ -38,10 +36,6 @@ def checked_text(value: str, field: str, max_chars: int, required: bool = True) 
     return text
 
 
-# Longer than any real word (German compounds and chemical names stay under 70): a run of 100+ characters without a
-# space is a pasted blob, not narration, and a caption line cannot show it. Refused rather than split, because no
-# split point would read right, and the writer is best placed to shorten it.
-MAX_WORD_CHARS = 100
 # Scripts written without spaces between words: each of their characters counts as a word of its own, as line
 # breaking treats CJK text (fonts.CJK_CHARACTER), so a Chinese or Thai sentence is never one overlong "word".
 _UNSPACED_CHARACTER = re.compile(f"{CJK_CHARACTER.pattern}|[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")

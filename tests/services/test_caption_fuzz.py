@@ -317,7 +317,7 @@ SMALL = types_pb2.OutputSettings(
 )
 # Starts with a speakable word: for text piper cannot say at all there is no audio to caption (see the case
 # speech-nothing-to-say in tests/e2e/test_bad_input.py). Shorter than TEXT, so each file is a few seconds long. Pieces
-# joined without spaces can make a word longer than narration allows (text.MAX_WORD_CHARS, refused by the audio
+# joined without spaces can make a word longer than narration allows (limits.MAX_WORD_CHARS, refused by the audio
 # service): a space after every 99 characters of a run keeps the text valid and its markup as it was.
 SPOKEN_TEXT = st.tuples(
     st.sampled_from(["Look", "Stop.", "Wait", "Hello!"]),
