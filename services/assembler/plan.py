@@ -15,7 +15,7 @@ from itertools import accumulate, pairwise
 from services.common.errors import InvalidArgument
 from services.common.fonts import CJK_CHARACTER, FontFace, face_for, libass_em_per_size, load_face
 from services.common.output import OutputFormat
-from services.common.text import split_sentences
+from services.common.text import ends_sentence, split_sentences
 
 # Caption line height (ASS `Fontsize`) relative to the frame's short side; readable on a phone and on a TV.
 CAPTION_SIZE_RATIO = 0.055
@@ -466,7 +466,6 @@ _NO_LINE_START = set(
     "、。，．・：；！？」』）】〉》〕］｝’”…‥ーゝゞ々ぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ!%),.:;?]}"
 )
 _NO_LINE_END = set("「『（【〈《〔［｛‘“([{")
-_SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]」』）]*$")
 
 
 def _units(chunk: str) -> list[str]:
@@ -596,7 +595,7 @@ def _sentences(words: list[Word]) -> list[list[Word]]:
     current: list[Word] = []
     for word in words:
         current.append(word)
-        if _SENTENCE_END.search(word.text):
+        if ends_sentence(word.text):
             sentences.append(current)
             current = []
     if current:
