@@ -17,6 +17,7 @@ from scenecast.v1 import assembler_service_pb2_grpc
 from scenecast.v1.types_pb2 import SUBTITLE_FORMAT_SRT, SUBTITLE_FORMAT_WEBVTT, TIMING_KIND_WORD, SubtitleFile
 
 from services.assembler import captions, limits, segments, soundtrack
+from services.assembler.caption_layout import CaptionStyle
 from services.assembler.cards import render_card
 from services.assembler.config import AssemblerSettings
 from services.assembler.ffmpeg import (
@@ -31,7 +32,8 @@ from services.assembler.ffmpeg import (
     subtitle_track_command,
     transition_command,
 )
-from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
+from services.assembler.plan import ScenePlan, caption_runs, plan_scene
+from services.assembler.word_timing import SpokenText, spread_sentences
 from services.common import fonts, workdirs
 from services.common.cache import AssetCache
 from services.common.chunks import ChunkSink, iter_file_chunks

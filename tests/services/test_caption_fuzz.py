@@ -30,18 +30,10 @@ from scenecast.v1 import (
     types_pb2,
 )
 
+from services.assembler.caption_layout import CaptionStyle, Cue, caption_geometry, text_width
 from services.assembler.captions import ass_text, srt_document, vtt_document, write_scene_ass
-from services.assembler.plan import (
-    CaptionStyle,
-    Cue,
-    ScenePlan,
-    SpokenText,
-    caption_geometry,
-    join_words,
-    plan_scene,
-    spread_words,
-    text_width,
-)
+from services.assembler.plan import ScenePlan, plan_scene
+from services.assembler.word_timing import SpokenText, join_words, spread_words
 from services.common.chunks import iter_chunks
 from services.common.fonts import libass_em_per_size
 from services.common.output import OutputFormat

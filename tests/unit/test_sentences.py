@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.assembler.plan import spread_sentences
+from services.assembler.word_timing import spread_sentences
 from services.common.text import ends_sentence, split_sentences
 
 
