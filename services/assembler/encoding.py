@@ -23,7 +23,7 @@ class EncodeScheduler:
         self._exe = exe
         # Probed once at start-up: an explicit h264_nvenc on a machine without it stops the service with the reason.
         self._encoder = select_encoder(exe, encoder_preference)
-        self._slots_count = slots
+        self._slot_count = slots
         # Shared by all calls: the machine's cores are the limit, not one call's scenes.
         self._slots = asyncio.Semaphore(slots)
         # Encodes running now: each one that starts takes its share of the cores (ffmpeg.encoder_threads).
@@ -43,7 +43,7 @@ class EncodeScheduler:
         async with self._slots:
             self._running += 1
             try:
-                threads = encoder_threads(self._slots_count, self._running)
+                threads = encoder_threads(self._slot_count, self._running)
                 await run_ffmpeg(segment_command(self._exe, job, output, self._encoder, threads), self._timeout, env)
             finally:
                 self._running -= 1

@@ -153,14 +153,16 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             raise InvalidArgument(
                 f"start.scene_count must be 1 to {self._settings.assembler_max_scenes} (got {start.scene_count})"
             )
+        output = output_format(start.output, "start.output")
+        finishing = finishing_options(start.finishing, "start.finishing")
         timeline = Timeline.open(
             folder,
-            output_format(start.output, "start.output"),
+            output,
             start.scene_count,
             checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
             start.scene_lead_ms if start.HasField("scene_lead_ms") else self._settings.scene_lead_ms,
             start.scene_tail_ms if start.HasField("scene_tail_ms") else self._settings.scene_tail_ms,
-            finishing_options(start.finishing, "start.finishing"),
+            finishing,
             default_transition_ms=self._settings.fade_ms,
         )
         assembly = _Assembly(timeline)
