@@ -74,7 +74,7 @@ def effective_cap(requested_usd: float, operator_usd: float) -> float:
 def check_render_id(render_id: str) -> None:
     """Render ids name files and ledger rows; empty is allowed where the gateway picks one."""
     if render_id and not _ID.fullmatch(render_id):
-        raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
+        raise InvalidArgument(f"render_id must be 1-{MAX_ID_CHARS} characters of A-Z, a-z, 0-9, _ and -")
 
 
 def check_provider(name: str, field: str, valid: list[str]) -> None:
