@@ -8,15 +8,11 @@ import re
 from scenecast.v1 import render_service_pb2, types_pb2
 
 from services.common.errors import InvalidArgument, quoted
+from services.common.limits import MAX_ID_CHARS, MAX_PROMPT_CHARS, MAX_TITLE_CHARS, MAX_VOICE_CHARS
 from services.common.output import OutputFormat, output_format
 from services.common.text import checked_narration, checked_text
 
-MAX_PROMPT_CHARS = 4000
-MAX_TITLE_CHARS = 200
-# Voice names and ids are short ("en-US-AriaNeural", 32 hex digits); a longer one is a mistake, refused before any
-# provider is paid to refuse it.
-MAX_VOICE_CHARS = 200
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}")
 
 
 def validate_render(
@@ -41,7 +37,7 @@ def validate_render(
         field = f"scenes[{index}]"
         if not _ID.fullmatch(scene.id):
             raise InvalidArgument(
-                f"{field}.id must be 1-64 characters of A-Z, a-z, 0-9, _ and - (got {quoted(scene.id)})"
+                f"{field}.id must be 1-{MAX_ID_CHARS} characters of A-Z, a-z, 0-9, _ and - (got {quoted(scene.id)})"
             )
         if scene.id in seen:
             raise InvalidArgument(f"{field}.id {scene.id!r} repeats scenes[{seen[scene.id]}].id; ids must be unique")
@@ -78,7 +74,7 @@ def effective_cap(requested_usd: float, operator_usd: float) -> float:
 def check_render_id(render_id: str) -> None:
     """Render ids name files and ledger rows; empty is allowed where the gateway picks one."""
     if render_id and not _ID.fullmatch(render_id):
-        raise InvalidArgument("render_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
+        raise InvalidArgument(f"render_id must be 1-{MAX_ID_CHARS} characters of A-Z, a-z, 0-9, _ and -")
 
 
 def check_provider(name: str, field: str, valid: list[str]) -> None:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from services.common import finishing
+from services.common import finishing, limits
 from services.common.errors import InvalidArgument
 from services.common.output import ASPECT_NAMES
 
@@ -88,8 +88,8 @@ class LoudnessModel(_Strict):
 
 
 class CardModel(_Strict):
-    title: str = Field(min_length=1, max_length=finishing.MAX_CARD_TITLE_CHARS)
-    subtitle: str = Field("", max_length=finishing.MAX_CARD_SUBTITLE_CHARS)
+    title: str = Field(min_length=1, max_length=limits.MAX_CARD_TITLE_CHARS)
+    subtitle: str = Field("", max_length=limits.MAX_CARD_SUBTITLE_CHARS)
     # Zero means 3000.
     duration_ms: int = Field(0, ge=0, le=finishing.CARD_MS_RANGE[1])
 

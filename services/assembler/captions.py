@@ -10,7 +10,8 @@ from pathlib import Path
 import av
 import pysubs2
 
-from services.assembler.plan import CaptionFrame, CaptionStyle, Cue, ScenePlan, caption_geometry, highlighted_word
+from services.assembler.caption_layout import CaptionFrame, CaptionStyle, Cue, caption_geometry, highlighted_word
+from services.assembler.plan import ScenePlan
 from services.common.errors import MediaError
 from services.common.fonts import FontFace
 from services.common.output import OutputFormat

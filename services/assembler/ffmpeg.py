@@ -12,8 +12,8 @@ from pathlib import Path
 
 import ffmpeg
 
-from services.assembler.audio import AAC_BITRATE, SAMPLE_RATE, SOUNDTRACK_SUFFIX
 from services.assembler.plan import ScenePlan
+from services.assembler.soundtrack import AAC_BITRATE, SAMPLE_RATE, SOUNDTRACK_SUFFIX
 from services.common.errors import FailedPrecondition
 from services.common.output import OutputFormat
 from services.common.providers import Quality

@@ -1,8 +1,10 @@
 """Bounds on what an Assemble call may announce, checked as each message arrives, before any work starts.
 
-The assembler is called directly too (not only through the gateway), so it enforces the contract's limits itself,
-and bounds what the contract leaves open: it keeps every scene's announcement until the video is muxed, and plans
-captions from its text, so no field may make it hold or plan without end.
+The assembler is called directly too (not only through the gateway), so it enforces the contract's limits itself
+(their numbers are in services.common.limits). The bounds defined here are the assembler's own, on what the contract
+leaves open (asset metadata, word timings from the speech service, an avatar's whole script): it keeps every scene's
+announcement until the video is muxed, and plans captions from its text, so no field may make it hold or plan
+without end.
 """
 
 from __future__ import annotations
@@ -11,12 +13,9 @@ from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import types_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.text import MAX_NARRATION_CHARS, checked_text
+from services.common.limits import MAX_ID_CHARS, MAX_NARRATION_CHARS, MAX_PROMPT_CHARS, MAX_TITLE_CHARS
+from services.common.text import checked_text
 
-MAX_TITLE_CHARS = 200
-MAX_PROMPT_CHARS = 4000
-# Scene ids and render ids: 1-64 characters in the contract.
-MAX_ID_CHARS = 64
 # RFC 6838 allows 127 characters for the type and for the subtype.
 MAX_MIME_TYPE_CHARS = 255
 # Provider and model names, for the record only.

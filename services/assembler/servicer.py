@@ -1,11 +1,12 @@
-"""AssemblerService: receives scene assets into a per-call temp folder, encodes scenes as they complete, muxes."""
+"""AssemblerService: the stream protocol. Receives scene assets into a per-call temp folder and reports progress.
+
+What the stream feeds lives elsewhere: the timeline (timeline.py), encode scheduling (encoding.py), and the soundtrack
+and mux (mux.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
-import math
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,32 +17,20 @@ from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import assembler_service_pb2_grpc
 from scenecast.v1.types_pb2 import SUBTITLE_FORMAT_SRT, SUBTITLE_FORMAT_WEBVTT, TIMING_KIND_WORD, SubtitleFile
 
-from services.assembler import audio, captions, limits, segments
-from services.assembler.cards import render_card
+from services.assembler import limits, mux, soundtrack
 from services.assembler.config import AssemblerSettings
-from services.assembler.ffmpeg import (
-    Fit,
-    MuxJob,
-    SegmentJob,
-    concat_list,
-    encoder_threads,
-    mux_command,
-    segment_command,
-    select_encoder,
-    subtitle_track_command,
-    transition_command,
-)
-from services.assembler.plan import CaptionStyle, ScenePlan, SpokenText, caption_runs, plan_scene, spread_sentences
+from services.assembler.encoding import EncodeScheduler
+from services.assembler.timeline import Piece, SceneAssets, Timeline
+from services.assembler.word_timing import SpokenText
 from services.common import fonts, workdirs
 from services.common.cache import AssetCache
 from services.common.chunks import ChunkSink, iter_file_chunks
 from services.common.errors import InvalidArgument, rpc_method
-from services.common.finishing import CardText, FinishingOptions, finishing_options
-from services.common.media import ffmpeg_exe, probe, run_ffmpeg
-from services.common.output import OutputFormat, output_format
+from services.common.finishing import finishing_options
+from services.common.limits import MAX_TITLE_CHARS
+from services.common.media import ffmpeg_exe
+from services.common.output import output_format
 from services.common.text import checked_text
-
-_LOGGER = logging.getLogger(__name__)
 
 MAX_PAD_MS = 10_000
 WORK_FOLDER_PREFIX = "scenecast-assemble-"
@@ -58,19 +47,7 @@ _EXTENSIONS = {
 }
 # The narration of an avatar video is its own sound track: trimming it would put the voice out of sync with the lips.
 _OWN_SOUND = "audio/mp4"
-
-
-@dataclass
-class _Piece:
-    """One stretch of the video's timeline, a scene or a card, and its encoded parts."""
-
-    plan: ScenePlan
-    visual: Path
-    is_clip: bool
-    # The narration and the part of it kept (milliseconds), or None for a silent card.
-    narration: Path | None = None
-    kept_ms: tuple[int, int] = (0, 0)
-    job: SegmentJob | None = None
+_SUBTITLE_FORMATS = {"srt": SUBTITLE_FORMAT_SRT, "vtt": SUBTITLE_FORMAT_WEBVTT}
 
 
 @dataclass
@@ -79,28 +56,17 @@ class _Scene:
     start: pb.SceneStart
     visual: ChunkSink
     narration: ChunkSink
-    piece: _Piece | None = None
     encoded: bool = False
-    # Set once `piece` is planned (in a thread, after both assets arrived).
+    # Set once the scene is planned (in a thread, after both assets arrived) and so on the timeline.
     planned: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
 class _Assembly:
-    """State of one Assemble call; everything it writes lives under `folder`."""
+    """State of one Assemble call; everything it writes lives under `timeline.folder`."""
 
-    folder: Path
-    output: OutputFormat
-    scene_count: int
-    title: str
-    lead_ms: int
-    tail_ms: int
-    finishing: FinishingOptions
-    # Frames of each cross-fade (0 unless the transition is a cross-fade) and of each fade through black.
-    crossfade_frames: int
-    fade_frames: int
+    timeline: Timeline
     scenes: dict[int, _Scene] = field(default_factory=dict)
-    cards: dict[str, _Piece] = field(default_factory=dict)
     music: ChunkSink | None = None
     encodes: list[asyncio.Task[int | None]] = field(default_factory=list)
     # FFmpeg's environment for drawing captions: a fontconfig file that also knows the CJK font.
@@ -110,39 +76,24 @@ class _Assembly:
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
-    def style(self) -> CaptionStyle:
-        return CaptionStyle(
-            highlight=self.finishing.highlight_words,
-            highlight_color=self.finishing.highlight_color,
-            box=self.finishing.caption_box,
-        )
-
-    def timeline(self) -> list[_Piece]:
-        """The pieces in showing order: title card, scenes, end card."""
-        scenes = [self.scenes[i].piece for i in range(self.scene_count)]
-        pieces = [self.cards.get("title"), *scenes, self.cards.get("end")]
-        return [piece for piece in pieces if piece is not None]
-
-    def position(self, scene_index: int) -> int:
-        return scene_index + ("title" in self.cards)
+    def folder(self) -> Path:
+        return self.timeline.folder
 
     @property
-    def piece_count(self) -> int:
-        return self.scene_count + len(self.cards)
+    def scene_count(self) -> int:
+        return self.timeline.scene_count
 
 
 class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
     def __init__(self, settings: AssemblerSettings) -> None:
         self._settings = settings
         self._exe = ffmpeg_exe()
-        # Probed once at start-up: an explicit h264_nvenc on a machine without it stops the service with the reason.
-        self._encoder = select_encoder(self._exe, settings.video_encoder)
-        # Shared by all calls: the machine's cores are the limit, not one call's scenes.
-        self._encode_slots = asyncio.Semaphore(settings.encoders)
-        # Encodes running now: each one that starts takes its share of the cores (ffmpeg.encoder_threads).
-        self._running_encodes = 0
-        self._segments = AssetCache.from_settings(
-            settings.segment_cache_dir, settings.segment_cache_max_bytes, "SEGMENT_CACHE_DIR"
+        self._encodes = EncodeScheduler(
+            self._exe,
+            settings.video_encoder,
+            settings.encoders,
+            AssetCache.from_settings(settings.segment_cache_dir, settings.segment_cache_max_bytes, "SEGMENT_CACHE_DIR"),
+            settings.ffmpeg_timeout_seconds,
         )
         # Here rather than in server.py, so every way of building the service sweeps before its first call.
         workdirs.sweep(WORK_FOLDER_PREFIX, settings.assembler_tmp_dir or None)
@@ -165,22 +116,22 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
                 if assembly is None:
                     raise InvalidArgument("the request stream was empty; send `start` first")
                 self._check_complete(assembly)
-                soundtrack = asyncio.create_task(self._soundtrack(assembly))
+                sound_task = asyncio.create_task(self._soundtrack(assembly))
                 try:
                     while assembly.encodes:
                         await asyncio.wait(assembly.encodes, return_when=asyncio.FIRST_COMPLETED)
                         for event in _finished_encodes(assembly):
                             yield event
                     yield _progress(assembly, pb.ASSEMBLY_STAGE_MUXING)
-                    parts = await self._join_parts(assembly)
-                    sound, loudness = await soundtrack
+                    parts = await self._encodes.join_parts(assembly.timeline)
+                    sound, loudness = await sound_task
                 finally:
-                    await _cancel([soundtrack])
-                movie, sidecars = await self._mux(assembly, parts, sound)
+                    await _cancel([sound_task])
+                movie = await mux.mux(assembly.timeline, parts, sound, self._exe, self._settings.ffmpeg_timeout_seconds)
                 yield _progress(assembly, pb.ASSEMBLY_STAGE_DONE)
-                for chunk in iter_file_chunks(movie):
+                for chunk in iter_file_chunks(movie.path):
                     yield pb.AssembleResponse(chunk=chunk)
-                yield pb.AssembleResponse(summary=_summary(assembly, movie, sidecars, loudness))
+                yield pb.AssembleResponse(summary=_summary(assembly, movie, loudness))
             finally:
                 if assembly is not None:
                     assembly.stop.set()
@@ -204,40 +155,21 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
             )
         output = output_format(start.output, "start.output")
         finishing = finishing_options(start.finishing, "start.finishing")
-        lead_ms = start.scene_lead_ms if start.HasField("scene_lead_ms") else self._settings.scene_lead_ms
-        tail_ms = start.scene_tail_ms if start.HasField("scene_tail_ms") else self._settings.scene_tail_ms
-        transition_ms = finishing.transition_ms or self._settings.fade_ms
-        crossfade_frames = 0
-        if finishing.transition == "crossfade":
-            # Capped by the silence around the narrations, so two voices never overlap (an avatar video has none).
-            crossfade_frames = math.floor(min(transition_ms, lead_ms + tail_ms) * output.fps / 1000)
-        assembly = _Assembly(
-            folder=folder,
-            output=output,
-            scene_count=start.scene_count,
-            title=checked_text(start.title, "start.title", limits.MAX_TITLE_CHARS, required=False),
-            lead_ms=lead_ms,
-            tail_ms=tail_ms,
-            finishing=finishing,
-            crossfade_frames=crossfade_frames,
-            fade_frames=0 if finishing.transition == "cut" else round(transition_ms * output.fps / 1000),
+        timeline = Timeline.open(
+            folder,
+            output,
+            start.scene_count,
+            checked_text(start.title, "start.title", MAX_TITLE_CHARS, required=False),
+            start.scene_lead_ms if start.HasField("scene_lead_ms") else self._settings.scene_lead_ms,
+            start.scene_tail_ms if start.HasField("scene_tail_ms") else self._settings.scene_tail_ms,
+            finishing,
+            default_transition_ms=self._settings.fade_ms,
         )
+        assembly = _Assembly(timeline)
         assembly.caption_env["FONTCONFIG_FILE"] = str(fonts.write_fontconfig(folder / "fonts.conf"))
-        for name, card in (("title", finishing.title_card), ("end", finishing.end_card)):
-            if card is not None:
-                assembly.cards[name] = self._card(assembly, name, card)
-        for name, position in (("title", 0), ("end", assembly.piece_count - 1)):
-            if name in assembly.cards:
-                job = self._segment_job(assembly, assembly.cards[name], position)
-                assembly.encodes.append(asyncio.create_task(self._encode(assembly, job, scene_index=None)))
+        for card, position in timeline.card_positions():
+            assembly.encodes.append(asyncio.create_task(self._encode(assembly, card, position)))
         return assembly
-
-    def _card(self, assembly: _Assembly, name: str, card: CardText) -> _Piece:
-        png = assembly.folder / f"card-{name}.png"
-        render_card(card.title, card.subtitle, assembly.output, png, background=assembly.finishing.pad_color)
-        frames = max(math.ceil(card.duration_ms * assembly.output.fps / 1000), 2 * assembly.crossfade_frames + 1)
-        plan = ScenePlan(index=-1, frames=frames, fps=assembly.output.fps, lead_ms=0, cues=())
-        return _Piece(plan=plan, visual=png, is_clip=False)
 
     def _receive(self, assembly: _Assembly, message: pb.AssembleRequest) -> list[pb.AssembleResponse]:
         kind = message.WhichOneof("payload")
@@ -308,115 +240,19 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         assembly.encodes.append(asyncio.create_task(self._plan_and_encode(assembly, scene)))
         return [_progress(assembly, pb.ASSEMBLY_STAGE_SCENE_RECEIVED, scene.index)]
 
-    def _plan(self, assembly: _Assembly, scene: _Scene) -> _Piece:
-        """Checks both assets decode, then fixes the scene's length from the narration actually kept."""
-        field_name = f"scene[{scene.index}]"
-        visual = probe(scene.visual.path, f"{field_name}.visual")
-        narration = probe(scene.narration.path, f"{field_name}.narration")
-        if not visual.has_video:
-            raise InvalidArgument(f"{field_name}.visual has no picture")
-        if not narration.has_audio or narration.duration_ms <= 0:
-            raise InvalidArgument(f"{field_name}.narration has no audio")
-        kept = (0, narration.duration_ms)
-        pad = assembly.finishing.silence_pad_ms
-        if pad is not None and scene.start.narration.mime_type != _OWN_SOUND:
-            kept = audio.kept_span(audio.speech_bounds(scene.narration.path), narration.duration_ms, pad)
-            if kept[1] <= kept[0]:
-                raise InvalidArgument(f"{field_name}.narration is silent; check the speech provider's output")
-        kept_ms = kept[1] - kept[0]
-        timings = scene.start.narration.timings
-        spoken = [
-            SpokenText(t.text, max(0, t.start_ms - kept[0]), min(kept_ms, max(0, t.end_ms - kept[0]))) for t in timings
-        ] or spread_sentences(scene.start.scene.narration, kept_ms)
-        words = bool(timings) and all(t.kind == TIMING_KIND_WORD for t in timings)
-        plan = plan_scene(
-            scene.index,
-            kept_ms,
-            spoken,
-            assembly.output,
-            assembly.lead_ms,
-            assembly.tail_ms,
-            narration=scene.start.scene.narration if words else "",
-            stop=assembly.stop,
-        )
-        # A scene holds its cross-fades in and out and one frame of its own.
-        plan = _at_least_frames(plan, 2 * assembly.crossfade_frames + 1)
-        is_clip = scene.start.visual.mime_type.startswith("video/")
-        return _Piece(plan, scene.visual.path, is_clip, narration=scene.narration.path, kept_ms=kept)
-
     async def _plan_and_encode(self, assembly: _Assembly, scene: _Scene) -> int | None:
         # Probing decodes the narration (and the silence trim reads it again): in a thread, so the event loop keeps
         # receiving the other scenes meanwhile (it was most of the assembler's CPU in the fan-out benchmark).
-        scene.piece = await asyncio.to_thread(self._plan, assembly, scene)
+        piece = await asyncio.to_thread(assembly.timeline.plan_scene, _scene_assets(scene), assembly.stop)
+        assembly.timeline.scenes[scene.index] = piece
         scene.planned.set()
-        job = self._segment_job(assembly, scene.piece, assembly.position(scene.index))
-        return await self._encode(assembly, job, scene.index)
+        await self._encode(assembly, piece, assembly.timeline.position(scene.index))
+        scene.encoded = True
+        return scene.index
 
-    def _segment_job(self, assembly: _Assembly, piece: _Piece, position: int) -> SegmentJob:
-        """Writes the piece's caption files and describes its encode (fades, framing, cross-fade parts)."""
-        first, last = position == 0, position == assembly.piece_count - 1
-        crossfade = assembly.crossfade_frames
-        if crossfade:
-            # Cross-fades between pieces; the video still fades in from black and out to black at its ends.
-            fade_in = min(assembly.fade_frames, piece.plan.frames // 3) if first else 0
-            fade_out = min(assembly.fade_frames, piece.plan.frames // 3) if last else 0
-        else:
-            fade_in = fade_out = min(assembly.fade_frames, piece.plan.frames // 3)
-        name = f"piece-{position}"
-        style = assembly.style
-        clip_captions = None
-        still_runs: list[tuple[int, Path | None]] = []
-        if piece.is_clip and piece.plan.cues:
-            clip_captions = assembly.folder / f"{name}.ass"
-            captions.write_scene_ass(piece.plan, assembly.output, style, clip_captions)
-        elif not piece.is_clip:
-            for run, (frames, shown) in enumerate(caption_runs(piece.plan, style)):
-                run_path = None
-                if shown is not None:
-                    run_path = assembly.folder / f"{name}-caption-{run}.ass"
-                    captions.write_still_caption(shown, assembly.output, style, run_path)
-                still_runs.append((frames, run_path))
-        piece.job = SegmentJob(
-            piece.visual,
-            piece.is_clip,
-            piece.plan,
-            assembly.folder / f"{name}.mp4",
-            captions=clip_captions,
-            still_runs=tuple(still_runs),
-            fade_in_frames=fade_in,
-            fade_out_frames=fade_out,
-            fit=Fit(assembly.finishing.fit),
-            pad_color=assembly.finishing.pad_color,
-            head_frames=0 if first else crossfade,
-            tail_frames=0 if last else crossfade,
-        )
-        return piece.job
-
-    async def _encode(self, assembly: _Assembly, job: SegmentJob, scene_index: int | None) -> int | None:
-        """Encodes a piece's segment, or joins the one a render with the same inputs encoded before."""
-        cache = self._segments
-        key = (
-            await asyncio.to_thread(segments.segment_key, job, assembly.output, self._encoder, self._exe)
-            if cache
-            else ""
-        )
-        if cache is None or not await segments.restore(cache, key, job):
-            async with self._encode_slots:
-                self._running_encodes += 1
-                try:
-                    threads = encoder_threads(self._settings.encoders, self._running_encodes)
-                    await run_ffmpeg(
-                        segment_command(self._exe, job, assembly.output, self._encoder, threads),
-                        self._settings.ffmpeg_timeout_seconds,
-                        assembly.caption_env,
-                    )
-                finally:
-                    self._running_encodes -= 1
-            if cache is not None:
-                await segments.keep(cache, key, job)
-        if scene_index is not None:
-            assembly.scenes[scene_index].encoded = True
-        return scene_index
+    async def _encode(self, assembly: _Assembly, piece: Piece, position: int) -> None:
+        job = assembly.timeline.segment_job(piece, position)
+        await self._encodes.encode(job, assembly.timeline.output, assembly.caption_env)
 
     def _check_complete(self, assembly: _Assembly) -> None:
         missing = [i for i in range(assembly.scene_count) if i not in assembly.scenes]
@@ -432,98 +268,25 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
                     f"{sink.expected_bytes} bytes; send the whole asset"
                 )
 
-    async def _soundtrack(self, assembly: _Assembly) -> tuple[Path, audio.LoudnessMeasurement]:
-        """Mixes narration and music for the whole timeline, normalises its loudness and measures the result."""
+    async def _soundtrack(self, assembly: _Assembly) -> tuple[Path, soundtrack.LoudnessMeasurement]:
         # Every scene's length is known once it is planned; a scene whose planning fails stops the whole call.
         await asyncio.gather(*(scene.planned.wait() for scene in assembly.scenes.values()))
-        timeout = self._settings.ffmpeg_timeout_seconds
-        music = None
-        if assembly.music is not None:
-            if not probe(assembly.music.path, "music").has_audio:
-                raise InvalidArgument("music has no audio; send an audio file (MP3, WAV, OGG, FLAC, M4A)")
-            options = assembly.finishing.music
-            music = audio.MusicBed(assembly.music.path, options.gain_db, options.duck, options.fade_ms)
-        tracks = [
-            audio.SceneAudio(piece.narration, *piece.kept_ms, piece.plan.lead_ms, piece.plan.duration_s)
-            for piece in assembly.timeline()
-        ]
-        mix = assembly.folder / "mix.wav"
-        crossfade_s = assembly.crossfade_frames / assembly.output.fps
-        # The mix is measured as it is written; the last pass normalises it, encodes the AAC the mux will copy and
-        # measures the result, all while the segments encode.
-        mixing = audio.mix_command(self._exe, tracks, crossfade_s, music, mix)
-        measured = audio.parse_measurement(await run_ffmpeg(mixing, timeout))
-        target = assembly.finishing.loudness
-        loudness = None if target is None else audio.LoudnessTarget(target.integrated_lufs, target.true_peak_dbtp)
-        final = assembly.folder / f"soundtrack{audio.SOUNDTRACK_SUFFIX}"
-        last_pass = audio.normalize_command(self._exe, mix, loudness, measured, final)
-        return final, audio.parse_measurement(await run_ffmpeg(last_pass, timeout))
-
-    async def _join_parts(self, assembly: _Assembly) -> list[Path]:
-        """The video's parts in order; with cross-fades, encodes each blend of a tail into the next head first."""
-        jobs = [piece.job for piece in assembly.timeline() if piece.job is not None]
-        if not assembly.crossfade_frames:
-            return [job.output_path for job in jobs]
-
-        async def blend(position: int) -> Path:
-            tail, head = jobs[position].tail_path, jobs[position + 1].head_path
-            assert tail is not None and head is not None
-            path = assembly.folder / f"crossfade-{position}.mp4"
-            command = transition_command(
-                self._exe, tail, head, assembly.crossfade_frames, assembly.output, path, self._encoder
-            )
-            async with self._encode_slots:
-                await run_ffmpeg(command, self._settings.ffmpeg_timeout_seconds)
-            return path
-
-        blends = await asyncio.gather(*(blend(position) for position in range(len(jobs) - 1)))
-        parts = [jobs[0].output_path]
-        for blended, job in zip(blends, jobs[1:], strict=True):
-            parts += [blended, job.output_path]
-        return parts
-
-    async def _mux(self, assembly: _Assembly, parts: list[Path], sound: Path) -> tuple[Path, list[SubtitleFile]]:
-        plans, offsets = _scene_timeline(assembly)
-        segment_list = assembly.folder / "segments.txt"
-        segment_list.write_text(concat_list(parts))
-        subtitles = None
-        sidecars: list[SubtitleFile] = []
-        if assembly.output.captions and any(plan.cues for plan in plans):
-            template = assembly.folder / "captions-timing.srt"
-            captions.write_track_template(plans, offsets, template)
-            timing = assembly.folder / "captions-timing.mp4"
-            await run_ffmpeg(subtitle_track_command(self._exe, template, timing), self._settings.ffmpeg_timeout_seconds)
-            subtitles = assembly.folder / "captions.mp4"
-            await asyncio.to_thread(captions.write_track, timing, plans, offsets, subtitles)
-            documents = {"srt": captions.srt_document, "vtt": captions.vtt_document}
-            formats = {"srt": SUBTITLE_FORMAT_SRT, "vtt": SUBTITLE_FORMAT_WEBVTT}
-            sidecars = [
-                SubtitleFile(format=formats[name], text=documents[name](plans, offsets))
-                for name in assembly.finishing.sidecars
-            ]
-        movie = assembly.folder / "movie.mp4"
-        await run_ffmpeg(
-            mux_command(self._exe, MuxJob(segment_list, sound, subtitles, movie, assembly.title)),
-            self._settings.ffmpeg_timeout_seconds,
-        )
-        return movie, sidecars
+        music = assembly.music.path if assembly.music is not None else None
+        return await mux.mix_soundtrack(assembly.timeline, music, self._exe, self._settings.ffmpeg_timeout_seconds)
 
 
-def _at_least_frames(plan: ScenePlan, minimum: int) -> ScenePlan:
-    return plan if plan.frames >= minimum else dataclasses.replace(plan, frames=minimum)
-
-
-def _scene_timeline(assembly: _Assembly) -> tuple[list[ScenePlan], list[int]]:
-    """Each scene's plan and its start on the video's timeline in milliseconds (cards and cross-fades counted)."""
-    starts: dict[int, int] = {}
-    frame = 0
-    for piece in assembly.timeline():
-        starts[id(piece)] = frame
-        frame += piece.plan.frames - assembly.crossfade_frames
-    pieces = [assembly.scenes[i].piece for i in range(assembly.scene_count)]
-    plans = [piece.plan for piece in pieces if piece is not None]
-    offsets = [round(starts[id(piece)] * 1000 / assembly.output.fps) for piece in pieces if piece is not None]
-    return plans, offsets
+def _scene_assets(scene: _Scene) -> SceneAssets:
+    timings = scene.start.narration.timings
+    return SceneAssets(
+        index=scene.index,
+        visual=scene.visual.path,
+        is_clip=scene.start.visual.mime_type.startswith("video/"),
+        narration=scene.narration.path,
+        text=scene.start.scene.narration,
+        timings=tuple(SpokenText(t.text, t.start_ms, t.end_ms) for t in timings),
+        word_timings=bool(timings) and all(t.kind == TIMING_KIND_WORD for t in timings),
+        own_sound=scene.start.narration.mime_type == _OWN_SOUND,
+    )
 
 
 def _extension(mime_type: str, allowed: tuple[str, ...], field_name: str) -> str:
@@ -553,19 +316,16 @@ def _progress(assembly: _Assembly, stage: int, scene_index: int = 0) -> pb.Assem
     )
 
 
-def _summary(
-    assembly: _Assembly, movie: Path, sidecars: list[SubtitleFile], loudness: audio.LoudnessMeasurement
-) -> pb.AssemblySummary:
-    pieces = assembly.timeline()
-    frames = sum(piece.plan.frames for piece in pieces) - (len(pieces) - 1) * assembly.crossfade_frames
-    plans, offsets = _scene_timeline(assembly)
+def _summary(assembly: _Assembly, movie: mux.Movie, loudness: soundtrack.LoudnessMeasurement) -> pb.AssemblySummary:
+    timeline = assembly.timeline
+    plans, offsets = timeline.scene_starts()
     return pb.AssemblySummary(
-        duration_ms=round(frames * 1000 / assembly.output.fps),
-        size_bytes=movie.stat().st_size,
-        width=assembly.output.width,
-        height=assembly.output.height,
+        duration_ms=timeline.duration_ms,
+        size_bytes=movie.path.stat().st_size,
+        width=timeline.output.width,
+        height=timeline.output.height,
         scene_duration_ms=[plan.duration_ms for plan in plans],
-        subtitles=sidecars,
+        subtitles=[SubtitleFile(format=_SUBTITLE_FORMATS[name], text=text) for name, text in movie.sidecars.items()],
         integrated_lufs=loudness.integrated_lufs,
         scene_start_ms=offsets,
     )

@@ -13,6 +13,7 @@ from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResul
 from services.common.cache import CacheBackend, CachedAsset, CachedTiming, asset_responses, get_or_make, speech_key
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
+from services.common.limits import MAX_VOICE_CHARS
 from services.common.media import MediaInfo, probe
 from services.common.observability import record_spend
 from services.common.output import QUALITIES
@@ -21,7 +22,6 @@ from services.common.retry import call_deadline, call_with_retries
 from services.common.text import checked_narration, checked_text
 
 # Voice names and ids are short; the gateway has the same limit.
-MAX_VOICE_CHARS = 200
 
 
 class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -76,9 +76,19 @@ class Cancelled(ScenecastError):
 
 
 class MediaError(ScenecastError):
-    """Media could not be processed (FFmpeg failed on input that passed validation)."""
+    """Media could not be processed (FFmpeg failed on input that passed validation).
+
+    A failed FFmpeg run also carries its command line and the tail of its stderr, for the logs and for whoever
+    debugs it: the message the caller sees stays the short reason (the command names the service's own files). Both
+    are redacted here, so no configured secret (a token in a URL, a password) is kept in the error.
+    """
 
     code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, argv: Sequence[str] = (), stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.argv = tuple(redact(arg) for arg in argv)
+        self.stderr_tail = redact(stderr_tail)
 
 
 # Longest status message sent, in characters: the message travels in a header (UTF-8, then percent-encoded: up to

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from scenecast.v1 import types_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.limits import MAX_CARD_SUBTITLE_CHARS, MAX_CARD_TITLE_CHARS
 from services.common.text import checked_text
 
 DEFAULT_HIGHLIGHT = "#FFD400"
 DEFAULT_PAD_COLOR = "#000000"
 DEFAULT_CARD_MS = 3000
 CARD_MS_RANGE = (500, 15_000)
-MAX_CARD_TITLE_CHARS = 200
-MAX_CARD_SUBTITLE_CHARS = 400
 MAX_TRANSITION_MS = 3000
 MAX_SILENCE_PAD_MS = 2000
 LUFS_RANGE = (-40.0, -5.0)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Mapping
@@ -17,10 +18,13 @@ import av
 import imageio_ffmpeg
 
 from services.common.errors import InvalidArgument, MediaError
+from services.common.redact import redact
 
 _LOGGER = logging.getLogger(__name__)
 
-_STDERR_TAIL_CHARS = 2000
+# Enough for FFmpeg's last few messages (the cause is in the last lines), small enough to log whole.
+STDERR_TAIL_CHARS = 2000
+_READ_BYTES = 64 * 1024
 
 
 @functools.cache
@@ -106,10 +110,11 @@ def ffmpeg_exe() -> str:
 
 
 async def run_ffmpeg(argv: list[str], timeout_seconds: float, env: Mapping[str, str] | None = None) -> str:
-    """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and reports stderr's tail on failure.
+    """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and raises MediaError on failure.
 
     `env` adds variables to this process's environment (FONTCONFIG_FILE, say). Returns FFmpeg's stderr, where
-    analysis filters (ebur128) print what they measured.
+    analysis filters (ebur128) print what they measured. The error carries the command and stderr's tail, also when
+    the timeout stopped FFmpeg: what it printed last shows where it was stuck.
     """
     process = await asyncio.create_subprocess_exec(
         *_dies_with_parent(),
@@ -119,21 +124,40 @@ async def run_ffmpeg(argv: list[str], timeout_seconds: float, env: Mapping[str, 
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **env} if env else None,
     )
+    stderr = bytearray()
+
+    async def finish() -> None:
+        assert process.stderr is not None
+        while chunk := await process.stderr.read(_READ_BYTES):
+            stderr.extend(chunk)
+        await process.wait()
+
     try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout_seconds)
+        await asyncio.wait_for(finish(), timeout_seconds)
     except TimeoutError:
         await _kill(process)
-        raise MediaError(f"ffmpeg ran longer than {timeout_seconds:.0f} s and was stopped") from None
+        reason = f"ffmpeg ran longer than {timeout_seconds:.0f} s and was stopped"
+        raise _failure(reason, argv, _tail(stderr)) from None
     except BaseException:
         # Cancelled (the caller went away) or anything else: never leave an FFmpeg process behind.
         await _kill(process)
         raise
-    text = stderr.decode("utf-8", "replace")
     if process.returncode != 0:
-        tail = text[-_STDERR_TAIL_CHARS:]
-        _LOGGER.warning("ffmpeg failed (%d): %s\n%s", process.returncode, " ".join(argv), tail)
-        raise MediaError(f"ffmpeg exited with {process.returncode}: {tail.strip().splitlines()[-1] if tail else ''}")
-    return text
+        tail = _tail(stderr)
+        last_line = tail.strip().splitlines()[-1] if tail.strip() else ""
+        raise _failure(f"ffmpeg exited with {process.returncode}: {last_line}", argv, tail)
+    return stderr.decode("utf-8", "replace")
+
+
+def _tail(stderr: bytes) -> str:
+    # Redacted whole before it is cut, so a secret that straddles the cut cannot survive in part.
+    return redact(stderr.decode("utf-8", "replace"))[-STDERR_TAIL_CHARS:]
+
+
+def _failure(message: str, argv: list[str], tail: str) -> MediaError:
+    error = MediaError(message, argv, tail)
+    _LOGGER.warning("%s\n%s\n%s", message, shlex.join(error.argv), error.stderr_tail)
+    return error
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:

@@ -6,17 +6,41 @@ import re
 
 from services.common.errors import InvalidArgument
 from services.common.fonts import CJK_CHARACTER
+from services.common.limits import MAX_NARRATION_CHARS, MAX_WORD_CHARS
 
-# Longest narration of one scene, in characters (the contract's `Scene.narration`).
-MAX_NARRATION_CHARS = 4000
-
-# A sentence ends at . ! ? or …, optionally followed by one closing quote or bracket, before whitespace.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"'”’)\]])\s+")
+# Marks that end a sentence, and closing quotes and brackets after them, which stay with the sentence. The full-width
+# marks of Chinese and Japanese end one where they stand, since no space follows them; the others (Latin, the Arabic
+# question mark, the Devanagari danda) only before a space, the end, or CJK text, so "3.14" and "U.S.-made" stay whole.
+_WIDE_ENDS = "。！？"
+_ENDS = f".!?…؟।{_WIDE_ENDS}"
+_CLOSERS = "\"'”’)]」』）"
+_SENTENCE_END = re.compile(f"[{re.escape(_ENDS)}]+[{re.escape(_CLOSERS)}]*")
+_ENDS_SENTENCE = re.compile(f"[{re.escape(_ENDS)}][{re.escape(_CLOSERS)}]*$")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Splits narration into sentences, keeping their punctuation; never returns empty strings."""
-    return [part.strip() for part in _SENTENCE_END.split(text.strip()) if part.strip()]
+    """Splits narration into sentences, keeping their punctuation; never returns empty strings.
+
+    The one splitter of the project: speech providers speak by it and the assembler times and captions by it.
+    """
+    sentences, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        following = text[end.end() : end.end() + 1]
+        if (
+            any(mark in _WIDE_ENDS for mark in end.group())
+            or not following
+            or following.isspace()
+            or CJK_CHARACTER.match(following)
+        ):
+            sentences.append(text[start : end.end()])
+            start = end.end()
+    sentences.append(text[start:])
+    return [sentence.strip() for sentence in sentences if sentence.strip()]
+
+
+def ends_sentence(word: str) -> bool:
+    """Whether a written word (or a CJK character with its punctuation) ends a sentence, by split_sentences' marks."""
+    return _ENDS_SENTENCE.search(word) is not None
 
 
 # Control characters other than tab and newline have no place in narration, prompts or captions: C0, DEL and C1
@@ -38,10 +62,6 @@ def checked_text(value: str, field: str, max_chars: int, required: bool = True) 
     return text
 
 
-# Longer than any real word (German compounds and chemical names stay under 70): a run of 100+ characters without a
-# space is a pasted blob, not narration, and a caption line cannot show it. Refused rather than split, because no
-# split point would read right, and the writer is best placed to shorten it.
-MAX_WORD_CHARS = 100
 # Scripts written without spaces between words: each of their characters counts as a word of its own, as line
 # breaking treats CJK text (fonts.CJK_CHARACTER), so a Chinese or Thai sentence is never one overlong "word".
 _UNSPACED_CHARACTER = re.compile(f"{CJK_CHARACTER.pattern}|[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")

@@ -12,6 +12,7 @@ from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 from services.common.cache import CacheBackend, CachedAsset, asset_responses, get_or_make, image_key
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, rpc_method
+from services.common.limits import MAX_PROMPT_CHARS, MAX_TITLE_CHARS
 from services.common.observability import record_spend
 from services.common.output import output_format
 from services.common.providers import ProviderRegistry
@@ -19,9 +20,6 @@ from services.common.retry import call_deadline, call_with_retries
 from services.common.text import checked_text
 from services.image.fit import fit_image
 from services.image.providers.base import ImageJob, ImageProvider, ImageResult
-
-MAX_PROMPT_CHARS = 4000
-MAX_TITLE_CHARS = 200
 
 
 class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):

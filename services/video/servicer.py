@@ -24,6 +24,7 @@ from services.common.cache import (
 from services.common.chunks import ChunkSink
 from services.common.convert import provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
+from services.common.limits import MAX_AVATAR_SETTING_CHARS, MAX_PROMPT_CHARS, MAX_TITLE_CHARS
 from services.common.media import MediaInfo, probe
 from services.common.observability import record_spend
 from services.common.output import output_format
@@ -34,11 +35,7 @@ from services.video.avatars.base import AvatarJob, AvatarProvider, AvatarResult,
 from services.video.config import VideoSettings
 from services.video.providers.base import ClipJob, ClipResult, VideoProvider
 
-MAX_PROMPT_CHARS = 4000
 MAX_DURATION_MS = 10 * 60 * 1000
-MAX_TITLE_CHARS = 200
-# Avatar, voice and background ids (a background may be a URL).
-MAX_AVATAR_SETTING_CHARS = 2000
 # The avatar vendor stops waiting this long before the call's deadline, so the caller learns why (UNAVAILABLE naming
 # the deadline) instead of a bare DEADLINE_EXCEEDED, and no retry is started that could not finish.
 AVATAR_DEADLINE_MARGIN_SECONDS = 1.0

@@ -21,7 +21,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.client import render_to_file, upload_music
 from scenecast_cli.stack import LocalStack
-from services.assembler import audio
+from services.assembler import soundtrack
 from services.common.media import ffmpeg_exe, run_ffmpeg
 from tests.e2e.test_render import LEAD_S, TAIL_S
 from tests.fakes.edge_tts_server import FakeEdgeTTS, words_of
@@ -204,8 +204,8 @@ def test_music_ducks_under_the_voice_and_the_mix_is_normalised(renders: tuple[Re
     assert _level_db(samples, rate, 440, speaking_s + 0.1, speaking_s + 0.25) > card - 10  # the voice is there
     assert under_voice < card - 6, (card, under_voice)
 
-    stderr = asyncio.run(run_ffmpeg(audio.measure_command(ffmpeg_exe(), finished.path), 60))
-    measured = audio.parse_measurement(stderr)
+    stderr = asyncio.run(run_ffmpeg(soundtrack.measure_command(ffmpeg_exe(), finished.path), 60))
+    measured = soundtrack.parse_measurement(stderr)
     assert abs(measured.integrated_lufs - -16.0) <= 1.0, measured
     assert measured.true_peak_dbtp <= -1.0, measured
     assert abs(finished.summary.integrated_lufs - measured.integrated_lufs) <= 1.0

@@ -30,18 +30,10 @@ from scenecast.v1 import (
     types_pb2,
 )
 
+from services.assembler.caption_layout import CaptionStyle, Cue, caption_geometry, text_width
 from services.assembler.captions import ass_text, srt_document, vtt_document, write_scene_ass
-from services.assembler.plan import (
-    CaptionStyle,
-    Cue,
-    ScenePlan,
-    SpokenText,
-    caption_geometry,
-    join_words,
-    plan_scene,
-    spread_words,
-    text_width,
-)
+from services.assembler.plan import ScenePlan, plan_scene
+from services.assembler.word_timing import SpokenText, join_words, spread_words
 from services.common.chunks import iter_chunks
 from services.common.fonts import libass_em_per_size
 from services.common.output import OutputFormat
@@ -317,7 +309,7 @@ SMALL = types_pb2.OutputSettings(
 )
 # Starts with a speakable word: for text piper cannot say at all there is no audio to caption (see the case
 # speech-nothing-to-say in tests/e2e/test_bad_input.py). Shorter than TEXT, so each file is a few seconds long. Pieces
-# joined without spaces can make a word longer than narration allows (text.MAX_WORD_CHARS, refused by the audio
+# joined without spaces can make a word longer than narration allows (limits.MAX_WORD_CHARS, refused by the audio
 # service): a space after every 99 characters of a run keeps the text valid and its markup as it was.
 SPOKEN_TEXT = st.tuples(
     st.sampled_from(["Look", "Stop.", "Wait", "Hello!"]),

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from services.assembler.audio import (
+from services.assembler.soundtrack import (
     SAMPLE_RATE,
     SOUNDTRACK_SUFFIX,
     LoudnessTarget,

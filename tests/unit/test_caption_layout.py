@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from services.assembler.caption_layout import CaptionFrame, CaptionStyle, Cue, caption_geometry
 from services.assembler.captions import (
     event_text,
     srt_document,
@@ -22,21 +23,8 @@ from services.assembler.captions import (
     write_scene_ass,
     write_still_caption,
 )
-from services.assembler.plan import (
-    CaptionFrame,
-    CaptionStyle,
-    Cue,
-    ScenePlan,
-    SpokenText,
-    caption_geometry,
-    caption_runs,
-    join_words,
-    plan_scene,
-    spread_sentences,
-    spread_words,
-    syllables,
-    time_words,
-)
+from services.assembler.plan import ScenePlan, caption_runs, plan_scene
+from services.assembler.word_timing import SpokenText, join_words, spread_sentences, spread_words, syllables, time_words
 from services.common.errors import InvalidArgument
 from services.common.fonts import caption_fonts_dir, face_for, libass_em_per_size, load_face, write_fontconfig
 from services.common.media import ffmpeg_exe

@@ -12,13 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.assembler.audio import (
-    SOUNDTRACK_SUFFIX,
-    LoudnessTarget,
-    measure_command,
-    normalize_command,
-    parse_measurement,
-)
 from services.assembler.cards import BACKGROUND, SAFE_MARGIN_RATIO, render_card
 from services.assembler.ffmpeg import (
     Encoder,
@@ -34,6 +27,13 @@ from services.assembler.ffmpeg import (
     transition_command,
 )
 from services.assembler.plan import ScenePlan
+from services.assembler.soundtrack import (
+    SOUNDTRACK_SUFFIX,
+    LoudnessTarget,
+    measure_command,
+    normalize_command,
+    parse_measurement,
+)
 from services.common.errors import FailedPrecondition
 from services.common.fonts import write_fontconfig
 from services.common.media import ffmpeg_exe, run_ffmpeg

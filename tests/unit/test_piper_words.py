@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.assembler.audio import speech_bounds
+from services.assembler.soundtrack import speech_bounds
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
 from services.audio.providers.piper import PiperProvider
 from services.common.media import probe
@@ -22,7 +22,7 @@ from services.common.providers import Quality
 NARRATION = (
     "Look at the ladder before you climb. Always hold the rails with both hands. If a rung is loose, move down slowly."
 )
-SILENCE_DB = -45.0  # the assembler's threshold for speech (services.assembler.audio.speech_bounds)
+SILENCE_DB = -45.0  # the assembler's threshold for speech (services.assembler.soundtrack.speech_bounds)
 WINDOW_MS = 10
 TOLERANCE_MS = 50
 

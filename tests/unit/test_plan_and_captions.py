@@ -7,16 +7,10 @@ from pathlib import Path
 import pysubs2
 import pytest
 
+from services.assembler.caption_layout import CaptionStyle, caption_geometry
 from services.assembler.captions import ass_text, srt_document, write_scene_ass
-from services.assembler.plan import (
-    CaptionStyle,
-    PlanningStopped,
-    SpokenText,
-    caption_geometry,
-    plan_scene,
-    spread_sentences,
-    time_words,
-)
+from services.assembler.plan import PlanningStopped, plan_scene
+from services.assembler.word_timing import SpokenText, spread_sentences, time_words
 from services.common.output import OutputFormat
 from services.common.providers import Quality
 

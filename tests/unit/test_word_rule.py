@@ -7,7 +7,8 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from gateway.validation import validate_render
 from services.common.errors import InvalidArgument
-from services.common.text import MAX_WORD_CHARS, checked_narration
+from services.common.limits import MAX_WORD_CHARS
+from services.common.text import checked_narration
 
 
 def _request(narration: str) -> render_service_pb2.RenderRequest:

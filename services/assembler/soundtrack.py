@@ -1,4 +1,4 @@
-"""The audio finishing chain: narration trimming, scene tracks, music ducked under the voice, two-pass loudness."""
+"""The soundtrack of the video: narration trimming, scene tracks, music ducked under the voice, two-pass loudness."""
 
 from __future__ import annotations
 

@@ -1,0 +1,74 @@
+"""Encode scheduling: every call's segment encodes and cross-fade blends share the machine's cores and segment cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+from services.assembler import segments
+from services.assembler.ffmpeg import SegmentJob, encoder_threads, segment_command, select_encoder, transition_command
+from services.assembler.timeline import Timeline
+from services.common.cache import AssetCache
+from services.common.media import run_ffmpeg
+from services.common.output import OutputFormat
+
+
+class EncodeScheduler:
+    """Runs encodes at most `slots` at a time, each with its share of the cores, reusing cached segments."""
+
+    def __init__(
+        self, exe: str, encoder_preference: str, slots: int, cache: AssetCache | None, timeout_seconds: float
+    ) -> None:
+        self._exe = exe
+        # Probed once at start-up: an explicit h264_nvenc on a machine without it stops the service with the reason.
+        self._encoder = select_encoder(exe, encoder_preference)
+        self._slot_count = slots
+        # Shared by all calls: the machine's cores are the limit, not one call's scenes.
+        self._slots = asyncio.Semaphore(slots)
+        # Encodes running now: each one that starts takes its share of the cores (ffmpeg.encoder_threads).
+        self._running = 0
+        self._cache = cache
+        self._timeout = timeout_seconds
+
+    async def encode(self, job: SegmentJob, output: OutputFormat, env: Mapping[str, str]) -> None:
+        """Encodes a piece's segment, or joins the one a render with the same inputs encoded before.
+
+        `env` is FFmpeg's environment for drawing captions (the call's fontconfig file).
+        """
+        cache = self._cache
+        key = await asyncio.to_thread(segments.segment_key, job, output, self._encoder, self._exe) if cache else ""
+        if cache is not None and await segments.restore(cache, key, job):
+            return
+        async with self._slots:
+            self._running += 1
+            try:
+                threads = encoder_threads(self._slot_count, self._running)
+                await run_ffmpeg(segment_command(self._exe, job, output, self._encoder, threads), self._timeout, env)
+            finally:
+                self._running -= 1
+        if cache is not None:
+            await segments.keep(cache, key, job)
+
+    async def join_parts(self, timeline: Timeline) -> list[Path]:
+        """The video's parts in order; with cross-fades, encodes each blend of a tail into the next head first."""
+        jobs = [piece.job for piece in timeline.pieces() if piece.job is not None]
+        if not timeline.crossfade_frames:
+            return [job.output_path for job in jobs]
+
+        async def blend(position: int) -> Path:
+            tail, head = jobs[position].tail_path, jobs[position + 1].head_path
+            assert tail is not None and head is not None
+            path = timeline.folder / f"crossfade-{position}.mp4"
+            command = transition_command(
+                self._exe, tail, head, timeline.crossfade_frames, timeline.output, path, self._encoder
+            )
+            async with self._slots:
+                await run_ffmpeg(command, self._timeout)
+            return path
+
+        blends = await asyncio.gather(*(blend(position) for position in range(len(jobs) - 1)))
+        parts = [jobs[0].output_path]
+        for blended, job in zip(blends, jobs[1:], strict=True):
+            parts += [blended, job.output_path]
+        return parts
