@@ -46,6 +46,7 @@ from gateway.config import GatewaySettings
 from gateway.render import RenderJob
 from services.common.chunks import CHUNK_BYTES
 from services.common.errors import AlreadyExists, NotFound, ProviderUnavailable, ScenecastError
+from services.common.limits import MAX_ID_CHARS
 from services.common.observability import RENDERS_IN_FLIGHT
 from services.common.state import PRIVATE_CREATE_FLAGS, create_private_file, private_dir
 
@@ -56,7 +57,7 @@ _JANITOR_SECONDS = 30.0
 # Longest an owner waits between lease renewals (and cancel checks), and a watcher between looks at its render.
 _TICK_SECONDS = 1.0
 # A result file's name, or a temp file's: the render id comes first (ids have no dots).
-_RESULT_NAME = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,64})\.(?:mp4|json|[0-9a-f]+\.(?:mp4|json)\.part)")
+_RESULT_NAME = re.compile(rf"(?P<id>[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}})\.(?:mp4|json|[0-9a-f]+\.(?:mp4|json)\.part)")
 
 Event = render_service_pb2.RenderProgress | types_pb2.MediaChunk | render_service_pb2.RenderSummary
 
