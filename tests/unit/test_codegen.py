@@ -48,6 +48,12 @@ def test_buf_generates_go_java_and_typescript_with_local_plugins(tmp_path: Path)
     ts = tmp_path / "gen/ts/scenecast/v1"
     assert _files(ts) == sorted(f"{Path(proto).stem}_pb.ts" for proto in PROTOS)
     assert "export const RenderService: GenService<{" in (ts / "render_service_pb.ts").read_text()
+    # It compiles, strictly, against the @bufbuild/protobuf runtime it imports (resolved from the root's node_modules).
+    (tmp_path / "node_modules").symlink_to(ROOT / "node_modules")
+    tsc = [str(ROOT / "node_modules/.bin/tsc"), "--noEmit", "--strict", "--target", "es2022", "--module", "esnext"]
+    tsc += ["--moduleResolution", "bundler", *(str(path) for path in sorted(ts.glob("*.ts")))]
+    result = subprocess.run(tsc, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_plain_protoc_makes_the_same_go_and_java_files(tmp_path: Path) -> None:
