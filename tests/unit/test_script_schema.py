@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from scenecast_cli.schema import SCHEMA_PATH, script_schema_text
+from scenecast_cli.script import ScriptModel
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -27,6 +31,13 @@ def validator() -> Draft202012Validator:
 def test_committed_schema_is_what_the_model_generates() -> None:
     # Raw text, so a hand edit, a stale file or a formatting change all fail; `make schema` rewrites it.
     assert SCHEMA_PATH.read_text(encoding="utf-8") == script_schema_text(), "schema is stale: run `make schema`"
+
+
+def test_the_module_writes_the_committed_file(tmp_path: Path) -> None:
+    # What `make schema` runs, into a copy.
+    target = tmp_path / "script.schema.json"
+    subprocess.run([sys.executable, "-m", "scenecast_cli.schema", str(target)], check=True, cwd=ROOT, timeout=60)
+    assert target.read_bytes() == SCHEMA_PATH.read_bytes()
 
 
 def test_there_are_examples() -> None:
@@ -71,9 +82,13 @@ def test_a_bad_script_fails_the_schema_at_its_field(
     errors = list(validator.iter_errors(script))
     assert [list(error.absolute_path) for error in errors] == [path]
     assert message in errors[0].message
+    with pytest.raises(ValidationError):  # the model the CLI loads with refuses it too
+        ScriptModel.model_validate(script)
 
 
 def test_loudness_off_is_valid_as_yaml_1_1_and_1_2_read_it(validator: Draft202012Validator) -> None:
     # PyYAML (the CLI) reads `loudness: off` as false; YAML 1.2 editors read the string "off". Both are accepted.
     for loudness in ("off", False):
-        assert list(validator.iter_errors({"scenes": [SCENE], "finishing": {"loudness": loudness}})) == []
+        script = {"scenes": [SCENE], "finishing": {"loudness": loudness}}
+        assert list(validator.iter_errors(script)) == []
+        assert ScriptModel.model_validate(script).finishing.loudness == "off"
