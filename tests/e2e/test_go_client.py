@@ -50,6 +50,7 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build = [str(ROOT / "clients" / "go" / "build-offline.sh"), str(binary)]
     result = subprocess.run(build, capture_output=True, text=True, timeout=900, env=env, cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not list(folder.glob("tmp.*")), "build-offline.sh left its temporary copy behind"
     return binary
 
 
