@@ -128,7 +128,8 @@ class FinishingModel(_Strict):
     end_card: CardModel | None = None
     music: MusicModel | None = None
 
-    @field_validator("loudness", mode="before")
+    # The schema takes what the loader takes: PyYAML (YAML 1.1) reads a bare `off` as false, editors (1.2) as "off".
+    @field_validator("loudness", mode="before", json_schema_input_type=LoudnessModel | Literal["off", False])
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML reads a bare `off` as false
