@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos test-deps demo serve up down test bench clean
+.PHONY: install protos lint lint-protos test-deps demo serve up down test bench schema clean
 
 install: $(VENV)/.installed
 
@@ -88,5 +88,9 @@ test: test-deps install $(BUF) $(NODE_CLIENT) lint lint-protos
 bench: install
 	$(PY) -m bench.run
 
+# Rewrites schemas/script.schema.json from the script model (tests/unit/test_script_schema.py checks it is current).
+schema: install
+	$(PY) -m scenecast_cli.schema
+
 clean:
-	rm -rf gen out $(VENV) node_modules clients/node/node_modules
+	rm -rf gen out $(VENV) node_modules clients/node/node_modules clients/go/gen
