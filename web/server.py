@@ -1,0 +1,35 @@
+"""`python -m web`: serves the API with uvicorn; `python -m web openapi` prints the OpenAPI document instead."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from web.app import create_app, openapi_text
+from web.config import WebSettings
+
+# Seconds open requests (a download, an event stream) get after SIGTERM; below Kubernetes' termination grace.
+_SHUTDOWN_GRACE_SECONDS = 5
+
+
+def main() -> None:
+    settings = WebSettings()
+    app = create_app(settings)
+    if sys.argv[1:] == ["openapi"]:
+        # The document does not depend on the settings; regenerate web/openapi.json with this.
+        sys.stdout.write(openapi_text(app))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
+        )
+    )
+    server.run()
