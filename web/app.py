@@ -124,7 +124,6 @@ def create_app(settings: WebSettings) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        max_body_size=settings.max_body_bytes,
     )
     if settings.allowed_origins:
         app.add_middleware(
@@ -173,7 +172,7 @@ def _routes(settings: WebSettings) -> APIRouter:
     @router.post("/estimate", openapi_extra={"requestBody": _SCRIPT_BODY})
     async def estimate(request: Request) -> dict[str, Any]:
         """Prices a script (JSON or YAML, the CLI's format) with the providers a render would use now."""
-        render = await _script(request)
+        render = await _script(request, settings.max_body_bytes)
         response = await stub(request).EstimateCost(
             render_service_pb2.EstimateCostRequest(render=render), timeout=timeout
         )
@@ -182,7 +181,7 @@ def _routes(settings: WebSettings) -> APIRouter:
     @router.post("/renders", status_code=202, response_model=RenderCreated, openapi_extra={"requestBody": _SCRIPT_BODY})
     async def create_render(request: Request, response: Response) -> RenderCreated:
         """Starts rendering a script (JSON or YAML, the CLI's format); answers once the gateway accepted it."""
-        state = await book(request).start(await _script(request))
+        state = await book(request).start(await _script(request, settings.max_body_bytes))
         base = f"/v1/renders/{state.render_id}"
         response.headers["Location"] = base
         return RenderCreated(render_id=state.render_id, status=base, events=f"{base}/events", video=f"{base}/video.mp4")
@@ -202,9 +201,8 @@ def _routes(settings: WebSettings) -> APIRouter:
 
     @router.get(
         "/renders/{render_id}/events",
-        response_class=EventSourceResponse,
         responses={
-            200: {"description": "The render's events (see `progress_events`)."},
+            200: {"description": "The render's events, described above.", "content": {"text/event-stream": {}}},
             204: {"description": "No events after Last-Event-ID."},
         },
     )
@@ -279,7 +277,6 @@ def _routes(settings: WebSettings) -> APIRouter:
         "/music",
         status_code=201,
         openapi_extra={"requestBody": {"required": True, "content": {"audio/*": {"schema": {"format": "binary"}}}}},
-        max_body_size=settings.max_upload_bytes,
     )
     async def upload_music(
         request: Request,
@@ -302,12 +299,7 @@ def _routes(settings: WebSettings) -> APIRouter:
                 field="Content-Length",
             )
         if content_length > settings.max_upload_bytes:
-            raise ProblemError(
-                413,
-                f"the music is {content_length} bytes; this server takes at most {settings.max_upload_bytes} "
-                "(WEB_MAX_UPLOAD_BYTES)",
-                field="Content-Length",
-            )
+            raise _too_large(content_length, settings.max_upload_bytes, "WEB_MAX_UPLOAD_BYTES")
         answer = await stub(request).UploadMusic(
             _upload_messages(request, mime_type, content_length), timeout=_UPLOAD_TIMEOUT_SECONDS
         )
@@ -331,7 +323,27 @@ def _routes(settings: WebSettings) -> APIRouter:
     return router
 
 
-async def _script(request: Request) -> render_service_pb2.RenderRequest:
+async def _capped_body(request: Request, cap: int, setting: str) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `cap` (from Content-Length, or while it arrives):
+    done here rather than with FastAPI's body limit, whose 413 is plain text instead of a problem document."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise _too_large(int(declared), cap, setting)
+    body = bytearray()
+    async for block in request.stream():
+        body += block
+        if len(body) > cap:
+            raise _too_large(len(body), cap, setting)
+    return bytes(body)
+
+
+def _too_large(size: int, cap: int, setting: str) -> ProblemError:
+    return ProblemError(
+        413, f"the body has {size} bytes or more; this server takes at most {cap} ({setting})", field="body"
+    )
+
+
+async def _script(request: Request, cap: int) -> render_service_pb2.RenderRequest:
     """The body as a script in the CLI's format, checked by the CLI's own model, as a RenderRequest."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     kind = _SCRIPT_TYPES.get(content_type)
@@ -342,7 +354,7 @@ async def _script(request: Request) -> render_service_pb2.RenderRequest:
             field="Content-Type",
         )
     try:
-        text = (await request.body()).decode("utf-8")
+        text = (await _capped_body(request, cap, "WEB_MAX_BODY_BYTES")).decode("utf-8")
     except UnicodeDecodeError:
         raise ProblemError(400, "the script must be UTF-8 text") from None
     try:

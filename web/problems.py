@@ -142,11 +142,7 @@ async def _on_http_error(request: Request, error: Exception) -> JSONResponse:
     return problem_response(Problem(title=status.phrase, status=status, detail=detail), dict(error.headers or {}))
 
 
-_HTTP_DETAILS = {
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "the request body is larger than this server accepts "
-    "(WEB_MAX_BODY_BYTES for scripts, WEB_MAX_UPLOAD_BYTES for music); send a smaller one",
-    HTTPStatus.NOT_FOUND: "no such route; the API's routes are listed in /v1/openapi.json",
-}
+_HTTP_DETAILS = {HTTPStatus.NOT_FOUND: "no such route; the API's routes are listed in /v1/openapi.json"}
 
 
 async def _on_validation_error(request: Request, error: Exception) -> JSONResponse:

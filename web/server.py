@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -32,4 +34,11 @@ def main() -> None:
             timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
         )
     )
+    # uvicorn drains on SIGTERM, then raises the signal again so that its default action ends the process (status
+    # -15); a drained shutdown is a clean exit here, as for the gRPC services.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)

@@ -1,0 +1,262 @@
+"""The web service (`python -m web`) as a process in front of the five services, through a real HTTP client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pysubs2
+import pytest
+import yaml
+from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
+
+from scenecast_cli.script import checked_request, parse_script
+from scenecast_cli.stack import LocalStack, free_port
+from tests.probe import probe_mp4
+
+OPENAPI = Path(__file__).resolve().parents[2] / "web" / "openapi.json"
+PROBLEM = "application/problem+json"
+
+SCRIPT = """\
+title: Ladders
+output: {height: 360, fps: 25, quality: draft}
+scenes:
+  - id: check
+    title: Check the ladder
+    narration: Look at the feet and the rungs before you climb.
+  - id: three
+    visual: A worker on a ladder holding the rails.
+    narration: Keep three points of contact at all times.
+"""
+
+
+@dataclass(frozen=True)
+class Web:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def web(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("web") / "web.log"
+    env = {**os.environ, "SCENECAST_GATEWAY": stack.gateway_address, "WEB_PORT": str(port)}
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "web"], env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:  # until it answers: start-up is not what these tests measure
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/v1/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield Web(url, process)
+    finally:
+        process.terminate()
+        # SIGTERM is a graceful shutdown: open streams end and the process exits cleanly.
+        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(web: Web) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=web.url, timeout=120) as http:
+        yield http
+
+
+def _events(response: httpx.Response) -> Iterator[str]:
+    """The raw text of each SSE event (its lines up to the blank line), comments (pings) left out."""
+    lines: list[str] = []
+    for line in response.iter_lines():
+        if line:
+            if not line.startswith(":"):
+                lines.append(line)
+        elif lines:
+            yield "\n".join(lines)
+            lines = []
+
+
+def _field(event: str, name: str) -> str:
+    return next(line.removeprefix(f"{name}: ") for line in event.split("\n") if line.startswith(f"{name}: "))
+
+
+@dataclass(frozen=True)
+class Finished:
+    render_id: str
+    created: httpx.Response
+    first_part: list[str]
+    resumed: list[str]
+    replay: list[str]
+
+
+@pytest.fixture(scope="module")
+def finished(client: httpx.Client) -> Finished:
+    """A render made from YAML, followed live for a few events, then resumed with Last-Event-ID to its end."""
+    created = client.post("/v1/renders", content=SCRIPT, headers={"Content-Type": "application/yaml"})
+    assert created.status_code == 202, created.text
+    render_id = created.json()["render_id"]
+    first_part: list[str] = []
+    with client.stream("GET", f"/v1/renders/{render_id}/events") as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+        for event in _events(stream):
+            first_part.append(event)
+            if len(first_part) == 3:
+                break  # the connection drops mid-render
+    resume = {"Last-Event-ID": _field(first_part[-1], "id")}
+    with client.stream("GET", f"/v1/renders/{render_id}/events", headers=resume) as stream:
+        assert stream.status_code == 200
+        resumed = list(_events(stream))
+    with client.stream("GET", f"/v1/renders/{render_id}/events") as stream:
+        replay = list(_events(stream))
+    return Finished(render_id, created, first_part, resumed, replay)
+
+
+def test_a_render_from_yaml_is_accepted_with_its_location_and_streams_per_scene_events(finished: Finished) -> None:
+    assert finished.created.headers["location"] == f"/v1/renders/{finished.render_id}"
+    names = [_field(event, "event") for event in finished.replay]
+    assert names[0] == "accepted" and names[-1] == "summary"
+    assert [_field(event, "id") for event in finished.replay] == [str(n) for n in range(1, len(names) + 1)]
+    encoded = [event for event in finished.replay if _field(event, "event") == "scene_encoded"]
+    assert {'"scene_id": "check"', '"scene_id": "three"'} <= {
+        part for event in encoded for part in _field(event, "data").split(", ") if part.startswith('"scene_id"')
+    }
+
+
+def test_resuming_with_last_event_id_sends_exactly_the_events_after_it(finished: Finished) -> None:
+    # What the client saw across the dropped connection is the whole stream, nothing repeated, nothing missing.
+    assert finished.first_part + finished.resumed == finished.replay
+    assert _field(finished.resumed[0], "id") == "4"
+
+
+def test_resuming_after_the_last_event_is_204_so_eventsource_stops(client: httpx.Client, finished: Finished) -> None:
+    last = _field(finished.replay[-1], "id")
+    response = client.get(f"/v1/renders/{finished.render_id}/events", headers={"Last-Event-ID": last})
+    assert response.status_code == 204 and response.content == b""
+
+
+def test_the_mp4_comes_whole_and_by_range(client: httpx.Client, finished: Finished, tmp_path: Path) -> None:
+    video = f"/v1/renders/{finished.render_id}/video.mp4"
+    whole = client.get(video)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-type"] == "video/mp4"
+    size = len(whole.content)
+    assert whole.headers["content-length"] == str(size)
+    status = client.get(f"/v1/renders/{finished.render_id}").json()
+    assert status["state"] == "succeeded" and status["summary"]["size_bytes"] == str(size)
+    path = tmp_path / "out.mp4"
+    path.write_bytes(whole.content)
+    probed = probe_mp4(path)
+    assert (probed.video_codec, probed.audio_codec, probed.width, probed.height) == ("h264", "aac", 640, 360)
+    assert abs(probed.duration_s * 1000 - status["summary"]["duration_ms"]) < 100
+
+    for header, first, last in (
+        ("bytes=100-299", 100, 299),
+        ("bytes=-500", size - 500, size - 1),
+        (f"bytes={size - 10}-", size - 10, size - 1),
+        (f"bytes={size - 10}-{size + 1000}", size - 10, size - 1),
+    ):
+        part = client.get(video, headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert part.content == whole.content[first : last + 1]
+    past = client.get(video, headers={"Range": f"bytes={size}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}"
+    assert past.headers["content-type"] == PROBLEM and past.json()["field"] == "Range"
+
+
+def test_the_captions_are_the_narration_in_srt_and_webvtt(client: httpx.Client, finished: Finished) -> None:
+    srt = client.get(f"/v1/renders/{finished.render_id}/captions.srt")
+    vtt = client.get(f"/v1/renders/{finished.render_id}/captions.vtt")
+    assert srt.status_code == vtt.status_code == 200
+    assert srt.headers["content-type"] == "application/x-subrip; charset=utf-8"
+    assert vtt.headers["content-type"] == "text/vtt; charset=utf-8"
+    cues = pysubs2.SSAFile.from_string(srt.text, format_="srt")
+    narration = " ".join(scene["narration"] for scene in yaml.safe_load(SCRIPT)["scenes"])
+    assert " ".join(event.plaintext.replace("\n", " ") for event in cues).split() == narration.split()
+    assert vtt.text.startswith("WEBVTT") and vtt.text.count(" --> ") == len(cues)
+
+
+def test_a_bad_script_is_problem_json_naming_the_field(client: httpx.Client) -> None:
+    bad = SCRIPT.replace("id: check", "id: 'check it!'")
+    response = client.post("/v1/renders", content=bad, headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 400 and response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem["field"] == "scenes[0].id" and problem["detail"].startswith("scenes[0].id: String should match")
+
+
+def test_a_gateway_refusal_has_the_grpc_wording(client: httpx.Client, stack: LocalStack) -> None:
+    script = SCRIPT.replace("title: Ladders", "title: Ladders\nproviders: {image: nosuch}")
+    response = client.post("/v1/estimate", content=script, headers={"Content-Type": "application/yaml"})
+    with grpc.insecure_channel(stack.gateway_address) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            render_service_pb2_grpc.RenderServiceStub(channel).EstimateCost(
+                render_service_pb2.EstimateCostRequest(render=checked_request(parse_script(script, "YAML")))
+            )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert response.status_code == 400 and response.headers["content-type"] == PROBLEM
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": raised.value.details(),
+        "field": "providers.image",
+        "grpc_status": "INVALID_ARGUMENT",
+    }
+
+
+def test_a_body_over_the_cap_is_413(client: httpx.Client) -> None:
+    huge = (SCRIPT + "#" * (1024 * 1024)).encode()
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the cap is met while the body arrives
+        yield from (huge[start : start + 65536] for start in range(0, len(huge), 65536))
+
+    for body in (huge, chunked()):
+        response = client.post("/v1/renders", content=body, headers={"Content-Type": "application/yaml"})
+        assert response.status_code == 413 and response.headers["content-type"] == PROBLEM
+        assert response.json()["detail"].endswith("this server takes at most 1048576 (WEB_MAX_BODY_BYTES)")
+
+
+def test_an_unknown_render_is_404(client: httpx.Client) -> None:
+    for path in ("", "/events", "/video.mp4", "/captions.vtt"):
+        response = client.get(f"/v1/renders/nosuchrender{path}")
+        assert response.status_code == 404 and response.headers["content-type"] == PROBLEM, path
+
+
+def test_cancel_stops_a_running_render(client: httpx.Client) -> None:
+    many = yaml.safe_load(SCRIPT)
+    many["scenes"] = [{**many["scenes"][0], "id": f"s{n}"} for n in range(8)]
+    created = client.post("/v1/renders", json=many)
+    assert created.status_code == 202, created.text
+    render_id = created.json()["render_id"]
+    assert client.post(f"/v1/renders/{render_id}/cancel").json() == {"cancelled": True}
+    video = client.get(f"/v1/renders/{render_id}/video.mp4")
+    assert video.status_code == 409 and video.json()["grpc_status"] == "CANCELLED"
+    assert client.get(f"/v1/renders/{render_id}").json()["state"] == "cancelled"
+    assert client.post(f"/v1/renders/{render_id}/cancel").json() == {"cancelled": False}
+
+
+def test_the_served_openapi_document_is_the_committed_one(client: httpx.Client) -> None:
+    response = client.get("/v1/openapi.json")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.content == OPENAPI.read_bytes()
+    assert response.json()["openapi"].startswith("3.1")
+
+
+def test_config_estimate_and_spend(client: httpx.Client) -> None:
+    config = client.get("/v1/config").json()
+    assert {provider_set["kind"] for provider_set in config["provider_sets"]} >= {"MEDIA_KIND_IMAGE"}
+    estimate = client.post("/v1/estimate", content=SCRIPT, headers={"Content-Type": "application/yaml"}).json()
+    assert [scene["scene_id"] for scene in estimate["scenes"]] == ["check", "three"]
+    spend = client.get("/v1/spend", params={"group_by": "render"})
+    assert spend.status_code == 200 and "total_usd" in spend.json()
+    bad = client.get("/v1/spend", params={"group_by": "week"})
+    assert bad.status_code == 400 and bad.json()["field"] == "group_by"
