@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
+import io
+import json
 import os
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,28 +48,39 @@ class Web:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="module")
-def web(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+@contextmanager
+def _web(env: dict[str, str], log: Path) -> Iterator[Web]:
+    """`python -m web` with `env`, once it answers HTTP; stopped with SIGTERM, which must end it cleanly."""
     port = free_port()
-    log = tmp_path_factory.mktemp("web") / "web.log"
-    env = {**os.environ, "SCENECAST_GATEWAY": stack.gateway_address, "WEB_PORT": str(port)}
     with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "web"], env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "web"],
+            env={**os.environ, **env, "WEB_PORT": str(port)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         while True:  # until it answers: start-up is not what these tests measure
             assert process.poll() is None, log.read_text()
             try:
-                if httpx.get(f"{url}/v1/health").status_code == 200:
-                    break
+                httpx.get(f"{url}/v1/health")
+                break
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+                time.sleep(0.1)
         yield Web(url, process)
     finally:
         process.terminate()
         # SIGTERM is a graceful shutdown: open streams end and the process exits cleanly.
         assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def web(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    log = tmp_path_factory.mktemp("web") / "web.log"
+    with _web({"SCENECAST_GATEWAY": stack.gateway_address}, log) as running:
+        assert httpx.get(f"{running.url}/v1/health").json() == {"status": "ready"}
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +276,99 @@ def test_config_estimate_and_spend(client: httpx.Client) -> None:
     assert spend.status_code == 200 and "total_usd" in spend.json()
     bad = client.get("/v1/spend", params={"group_by": "week"})
     assert bad.status_code == 400 and bad.json()["field"] == "group_by"
+
+
+def _wav(seconds: float) -> bytes:
+    """A silent 16 kHz mono WAV file."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(16000)
+        writer.writeframes(b"\0\0" * int(16000 * seconds))
+    return buffer.getvalue()
+
+
+def test_music_is_uploaded_and_named_by_its_id_in_a_script(client: httpx.Client) -> None:
+    uploaded = client.post("/v1/music", content=_wav(2.0), headers={"Content-Type": "audio/wav"})
+    assert uploaded.status_code == 201, uploaded.text
+    answer = uploaded.json()
+    assert answer["duration_ms"] == 2000 and answer["expires_in_seconds"] > 0
+    script = yaml.safe_load(SCRIPT) | {"finishing": {"music": {"upload": answer["upload_id"]}}}
+    assert client.post("/v1/estimate", json=script).status_code == 200
+    script["finishing"]["music"]["upload"] = "0" * 64
+    unknown = client.post("/v1/estimate", json=script)
+    assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
+    script["finishing"]["music"]["upload"] = "short"
+    malformed = client.post("/v1/estimate", json=script).json()
+    assert malformed["status"] == 400 and malformed["field"] == "music.upload_id"
+
+
+def test_music_uploads_are_checked_before_they_reach_the_gateway(client: httpx.Client, web: Web) -> None:
+    wav = _wav(0.5)
+    not_audio = client.post("/v1/music", content=wav, headers={"Content-Type": "text/plain"})
+    assert not_audio.status_code == 415 and not_audio.json()["field"] == "Content-Type"
+    unsized = client.post("/v1/music", content=iter([wav]), headers={"Content-Type": "audio/wav"})
+    assert unsized.status_code == 411 and unsized.json()["field"] == "Content-Length"
+    # Announced over the cap: refused before a byte of the body is read (http.client sends what it is told).
+    connection = http.client.HTTPConnection(httpx.URL(web.url).host, httpx.URL(web.url).port, timeout=60)
+    try:
+        connection.putrequest("POST", "/v1/music")
+        connection.putheader("Content-Type", "audio/wav")
+        connection.putheader("Content-Length", str(50 * 1024 * 1024 + 1))
+        connection.endheaders(wav)
+        huge = connection.getresponse()
+        assert huge.status == 413 and huge.getheader("content-type") == PROBLEM
+        assert json.loads(huge.read())["detail"].endswith("(WEB_MAX_UPLOAD_BYTES)")
+    finally:
+        connection.close()
+
+
+def test_a_music_path_in_a_script_is_refused_over_http(client: httpx.Client) -> None:
+    script = yaml.safe_load(SCRIPT) | {"finishing": {"music": {"file": "../../etc/passwd"}}}
+    response = client.post("/v1/renders", json=script)
+    assert response.status_code == 400 and response.json()["field"] == "finishing.music.file"
+
+
+def test_the_gateway_token_is_passed_on_and_never_shown(tmp_path: Path) -> None:
+    """A gateway that takes one token, with nothing behind it: with the token a call reaches the gateway's own code
+    (which cannot list providers: 503 from the gateway); without it the gateway refuses the call (502, since the
+    HTTP caller cannot fix this service's token)."""
+    token = "web-test-token-5f1c9a"
+    nowhere = f"127.0.0.1:{free_port()}"
+    gateway_address = f"127.0.0.1:{free_port()}"
+    gateway_env = {
+        **os.environ,
+        "LISTEN_ADDRESS": gateway_address,
+        "GATEWAY_AUTH_TOKENS": token,
+        "RESULTS_DIR": str(tmp_path / "results"),
+        **dict.fromkeys(
+            ("IMAGE_SERVICE_ADDRESS", "AUDIO_SERVICE_ADDRESS", "VIDEO_SERVICE_ADDRESS", "ASSEMBLER_SERVICE_ADDRESS"),
+            nowhere,
+        ),
+    }
+    with (tmp_path / "gateway.log").open("wb") as output:
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=gateway_env, stdout=output, stderr=output)
+    try:
+        base = {"SCENECAST_GATEWAY": gateway_address}
+        with (
+            _web({**base, "SCENECAST_TOKEN": token}, tmp_path / "with.log") as with_token,
+            _web(base, tmp_path / "without.log") as without_token,
+        ):
+            while (
+                (health := httpx.get(f"{with_token.url}/v1/health"))
+                .json()
+                .get("detail", "")
+                .startswith("the gateway cannot be reached")
+            ):
+                time.sleep(0.1)  # the gateway is still starting
+            assert health.status_code == 503 and health.headers["content-type"] == PROBLEM
+            reached = httpx.get(f"{with_token.url}/v1/config")
+            refused = httpx.get(f"{without_token.url}/v1/config")
+        assert (reached.status_code, reached.json()["grpc_status"]) == (503, "UNAVAILABLE")
+        assert (refused.status_code, refused.json()["grpc_status"]) == (502, "UNAUTHENTICATED")
+        for text in (reached.text, refused.text, (tmp_path / "with.log").read_text()):
+            assert token not in text
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
