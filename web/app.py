@@ -1,4 +1,4 @@
-"""The `/v1` HTTP/JSON API: each route is one gateway call (or a render followed by WatchRender), translated."""
+"""The `/v1` HTTP/JSON API: each route is one Gateway operation, translated to HTTP (statuses, headers, SSE)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,15 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel
-from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
+from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.script import ScriptError, ScriptModel, checked_request, parse_script
-from services.common.chunks import CHUNK_BYTES
-from services.common.server import MAX_MESSAGE_BYTES
-from services.common.tls import aio_client_channel
+from scenecast_cli.script import ScriptModel
 from web.config import WebSettings
-from web.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, FieldProblem, Problem, ProblemError, field_path
-from web.renders import RenderBook, RenderState
+from web.gateway import Gateway, RenderEvent
+from web.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, ProblemError
+from web.renders import RenderState
+from web.scripts import render_request
 
 _SCRIPT_TYPES = {
     "application/json": "JSON",
@@ -39,8 +37,6 @@ _SCRIPT_BODY = {
     "required": True,
     "content": {kind: {"schema": {"$ref": "#/components/schemas/ScriptModel"}} for kind in _SCRIPT_TYPES},
 }
-# Seconds a music upload may take: minutes for the largest file over a slow link, but never forever.
-_UPLOAD_TIMEOUT_SECONDS = 300.0
 # An SSE comment this often keeps proxies from closing a stream while a long scene renders without events.
 _PING_SECONDS = 15.0
 _CAPTIONS = {
@@ -95,24 +91,11 @@ def create_app(settings: WebSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = aio_client_channel(
-            settings.gateway,
-            tls=settings.tls,
-            ca_file=settings.ca_file or None,
-            cert_file=settings.cert_file or None,
-            key_file=settings.key_file or None,
-            server_name=settings.server_name or None,
-            token=settings.token.get_secret_value() or None,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
-        )
-        app.state.stub = render_service_pb2_grpc.RenderServiceStub(channel)
-        app.state.health = health_pb2_grpc.HealthStub(channel)
-        app.state.book = RenderBook(app.state.stub)
+        app.state.gateway = Gateway(settings)
         try:
             yield
         finally:
-            await app.state.book.close()
-            await channel.close()
+            await app.state.gateway.close()
 
     # No Swagger or ReDoc pages: they load their scripts from a CDN, and the studio must work with no network.
     app = FastAPI(
@@ -139,13 +122,9 @@ def create_app(settings: WebSettings) -> FastAPI:
 
 def _routes(settings: WebSettings) -> APIRouter:
     router = APIRouter(prefix="/v1", responses=_PROBLEMS)
-    timeout = settings.call_timeout_seconds
 
-    def stub(request: Request) -> render_service_pb2_grpc.RenderServiceStub:
-        return request.app.state.stub  # type: ignore[no-any-return]
-
-    def book(request: Request) -> RenderBook:
-        return request.app.state.book  # type: ignore[no-any-return]
+    def gateway(request: Request) -> Gateway:
+        return request.app.state.gateway  # type: ignore[no-any-return]
 
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> Response:
@@ -154,34 +133,23 @@ def _routes(settings: WebSettings) -> APIRouter:
     @router.get("/health", response_model=Health)
     async def health(request: Request) -> Health:
         """Ready when the gateway reports its RenderService SERVING (its media services are up); 503 otherwise."""
-        try:
-            answer = await request.app.state.health.Check(
-                health_pb2.HealthCheckRequest(service="scenecast.v1.RenderService"), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            raise ProblemError(503, f"the gateway cannot be reached: {error.details()}") from None
-        if answer.status != health_pb2.HealthCheckResponse.SERVING:
-            raise ProblemError(503, "the gateway is not ready (a media service behind it is down or starting)")
+        await gateway(request).check_ready()
         return Health(status="ready")
 
     @router.get("/config")
     async def config(request: Request) -> dict[str, Any]:
         """Providers per media kind (with their defaults and prices), and the gateway's scene limits: GetConfig."""
-        return proto_json(await stub(request).GetConfig(render_service_pb2.GetConfigRequest(), timeout=timeout))
+        return proto_json(await gateway(request).config())
 
     @router.post("/estimate", openapi_extra={"requestBody": _SCRIPT_BODY})
     async def estimate(request: Request) -> dict[str, Any]:
         """Prices a script (JSON or YAML, the CLI's format) with the providers a render would use now."""
-        render = await _script(request, settings.max_body_bytes)
-        response = await stub(request).EstimateCost(
-            render_service_pb2.EstimateCostRequest(render=render), timeout=timeout
-        )
-        return proto_json(response)
+        return proto_json(await gateway(request).estimate(await _script(request, settings.max_body_bytes)))
 
     @router.post("/renders", status_code=202, response_model=RenderCreated, openapi_extra={"requestBody": _SCRIPT_BODY})
     async def create_render(request: Request, response: Response) -> RenderCreated:
         """Starts rendering a script (JSON or YAML, the CLI's format); answers once the gateway accepted it."""
-        state = await book(request).start(await _script(request, settings.max_body_bytes))
+        state = await gateway(request).renders.start(await _script(request, settings.max_body_bytes))
         base = f"/v1/renders/{state.render_id}"
         response.headers["Location"] = base
         return RenderCreated(render_id=state.render_id, status=base, events=f"{base}/events", video=f"{base}/video.mp4")
@@ -189,15 +157,12 @@ def _routes(settings: WebSettings) -> APIRouter:
     @router.get("/renders/{render_id}", response_model=RenderStatus)
     async def render_status(request: Request, render_id: str) -> RenderStatus:
         """The render's latest progress, and its summary or error once it ended."""
-        return _status(await book(request).get(render_id))
+        return _status(await gateway(request).renders.get(render_id))
 
     @router.post("/renders/{render_id}/cancel", response_model=CancelResult)
     async def cancel_render(request: Request, render_id: str) -> CancelResult:
         """Stops a running render at once: CancelRender."""
-        answer = await stub(request).CancelRender(
-            render_service_pb2.CancelRenderRequest(render_id=render_id), timeout=timeout
-        )
-        return CancelResult(cancelled=answer.cancelled)
+        return CancelResult(cancelled=await gateway(request).cancel(render_id))
 
     @router.get(
         "/renders/{render_id}/events",
@@ -219,12 +184,14 @@ def _routes(settings: WebSettings) -> APIRouter:
         identically on every call: resuming with `Last-Event-ID: n` sends exactly the events after the n-th. 204 when
         there are none left (the render ended), which tells EventSource to stop reconnecting.
         """
-        events = _progress_events(stub(request), render_id, after=last_event_id or 0)
+        events = _sse(gateway(request).events(render_id, after=last_event_id or 0))
         # Read up to the first event to send before answering: an unknown render is then a 404, not an empty stream.
         first = await anext(events, None)
         if first is None:
             return Response(status_code=204)
-        return EventSourceResponse(_with_pings(first, events), headers={"Cache-Control": "no-store"})
+        # no-store and X-Accel-Buffering: no proxy may keep or hold back the events.
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return EventSourceResponse(_with_pings(first, events), headers=headers)
 
     @router.get(
         "/renders/{render_id}/video.mp4",
@@ -236,20 +203,21 @@ def _routes(settings: WebSettings) -> APIRouter:
     ) -> StreamingResponse:
         """The MP4 (waiting for the render to end, like FetchResult), whole or one byte range (206; 416 when the range
         starts past the end). A browser's `<video>` seeks with ranges."""
-        summary = await book(request).finished(render_id)
+        summary = await gateway(request).renders.finished(render_id)
         size = summary.size_bytes
         span = byte_range(range_header, size)
+        start, end = span if span is not None else (0, size - 1)
         headers = {
             "Accept-Ranges": "bytes",
+            "Content-Length": str(end - start + 1),
             "Content-Disposition": f'inline; filename="{summary.render_id}.mp4"',
+            # A finished render's MP4 never changes under its id.
             "Cache-Control": "private, max-age=3600",
         }
-        start, end = span if span is not None else (0, size - 1)
-        headers["Content-Length"] = str(end - start + 1)
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         return StreamingResponse(
-            _mp4_bytes(stub(request), render_id, start, end),
+            gateway(request).video(render_id, start, end),
             status_code=206 if span is not None else 200,
             media_type="video/mp4",
             headers=headers,
@@ -262,15 +230,15 @@ def _routes(settings: WebSettings) -> APIRouter:
     )
     async def render_captions(request: Request, render_id: str, caption_format: Literal["srt", "vtt"]) -> Response:
         """The captions as SRT or WebVTT (waiting for the render to end), exactly as the assembler wrote them."""
-        summary = await book(request).finished(render_id)
+        summary = await gateway(request).renders.finished(render_id)
         wanted, media_type = _CAPTIONS[caption_format]
         for subtitle in summary.subtitles:
             if subtitle.format == wanted:
                 return Response(subtitle.text.encode("utf-8"), media_type=media_type)
         raise ProblemError(
             404,
-            f"render {render_id} has no {caption_format.upper()} captions: it was not made through this API, "
-            f"which asks for both; render the script again here, or add `{caption_format}` to finishing.sidecars",
+            f"render {render_id} has no {caption_format.upper()} captions: it was made without captions, or not "
+            f"through this API (which asks for both); add `{caption_format}` to finishing.sidecars",
         )
 
     @router.post(
@@ -300,10 +268,8 @@ def _routes(settings: WebSettings) -> APIRouter:
             )
         if content_length > settings.max_upload_bytes:
             raise _too_large(content_length, settings.max_upload_bytes, "WEB_MAX_UPLOAD_BYTES")
-        answer = await stub(request).UploadMusic(
-            _upload_messages(request, mime_type, content_length), timeout=_UPLOAD_TIMEOUT_SECONDS
-        )
-        return proto_json(answer)
+        # The server reads no more than Content-Length bytes, so the cap above bounds the body too.
+        return proto_json(await gateway(request).upload_music(mime_type, content_length, request.stream()))
 
     @router.get("/spend")
     async def spend(
@@ -313,12 +279,7 @@ def _routes(settings: WebSettings) -> APIRouter:
         render_id: Annotated[str, Query(description="Only this render; empty means all.")] = "",
     ) -> dict[str, Any]:
         """Recorded provider spend, grouped by day, provider or render: GetSpend."""
-        grouping = render_service_pb2.SpendGrouping.Value(f"SPEND_GROUPING_{group_by.upper()}")
-        answer = await stub(request).GetSpend(
-            render_service_pb2.GetSpendRequest(group_by=grouping, since_day=since_day, render_id=render_id),
-            timeout=timeout,
-        )
-        return proto_json(answer)
+        return proto_json(await gateway(request).spend(group_by, since_day, render_id))
 
     return router
 
@@ -344,7 +305,7 @@ def _too_large(size: int, cap: int, setting: str) -> ProblemError:
 
 
 async def _script(request: Request, cap: int) -> render_service_pb2.RenderRequest:
-    """The body as a script in the CLI's format, checked by the CLI's own model, as a RenderRequest."""
+    """The body as a script in the CLI's format (JSON or YAML, by Content-Type), as a RenderRequest."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     kind = _SCRIPT_TYPES.get(content_type)
     if kind is None:
@@ -357,28 +318,7 @@ async def _script(request: Request, cap: int) -> render_service_pb2.RenderReques
         text = (await _capped_body(request, cap, "WEB_MAX_BODY_BYTES")).decode("utf-8")
     except UnicodeDecodeError:
         raise ProblemError(400, "the script must be UTF-8 text") from None
-    try:
-        script = parse_script(text, kind)  # type: ignore[arg-type]
-        music = script.finishing.music
-        if music is not None and music.file:
-            # A request value never becomes a path on this machine.
-            raise ProblemError(
-                400,
-                "finishing.music.file: a file path is not accepted over HTTP; upload the music (POST /v1/music) and "
-                "name the upload_id in finishing.music.upload",
-                field="finishing.music.file",
-            )
-        render = checked_request(script)
-    except ScriptError as error:
-        errors = [FieldProblem(field=field_path(loc) or "(top level)", detail=msg) for loc, msg in error.problems]
-        detail = "; ".join(f"{e.field}: {e.detail}" for e in errors) if errors else str(error)
-        raise ProblemError(400, detail, field=errors[0].field if errors else None, errors=errors or None) from None
-    # Both caption files for every render: the studio's player needs WebVTT for its caption track and offers both as
-    # downloads, and they are text the assembler writes anyway, so a script need not ask.
-    for wanted in (types_pb2.SUBTITLE_FORMAT_SRT, types_pb2.SUBTITLE_FORMAT_WEBVTT):
-        if render.output.captions and wanted not in render.finishing.sidecars:
-            render.finishing.sidecars.append(wanted)
-    return render
+    return render_request(text, kind)
 
 
 def _status(state: RenderState) -> RenderStatus:
@@ -396,38 +336,21 @@ def _status(state: RenderState) -> RenderStatus:
     )
 
 
-async def _progress_events(
-    stub: render_service_pb2_grpc.RenderServiceStub, render_id: str, after: int
-) -> AsyncIterator[bytes]:
-    """WatchRender as SSE events numbered from 1, those after the first `after` only (delivered before a reconnect);
-    the render's error becomes a last `error` event. A render id the gateway does not know raises before the first
-    event (a 404 before the stream starts)."""
-    call = stub.WatchRender(render_service_pb2.WatchRenderRequest(render_id=render_id))
-    number = 0
-    try:
-        while (response := await call.read()) is not grpc.aio.EOF:
-            number += 1
-            if number <= after:
-                continue
-            if response.HasField("progress"):
-                stage = render_service_pb2.RenderStage.Name(response.progress.stage).removeprefix("RENDER_STAGE_")
-                data, event = proto_json(response.progress), stage.lower()
-            else:
-                data, event = proto_json(response.summary), "summary"
-            yield format_sse_event(data_str=json.dumps(data), event=event, id=str(number))
-    except grpc.aio.AioRpcError as error:
-        if number == 0:
-            raise
-        if number + 1 > after:
-            problem = ProblemError.from_rpc(error).problem
-            yield format_sse_event(
-                data_str=problem.model_dump_json(exclude_none=True), event="error", id=str(number + 1)
-            )
-    finally:
-        call.cancel()
+async def _sse(events: AsyncIterator[tuple[int, RenderEvent]]) -> AsyncIterator[bytes]:
+    """Each render event as an SSE event: named after its stage (or `summary`, `error`), its number as its id."""
+    async for number, event in events:
+        if isinstance(event, ProblemError):
+            data, name = event.problem.model_dump(exclude_none=True), "error"
+        elif isinstance(event, render_service_pb2.RenderSummary):
+            data, name = proto_json(event), "summary"
+        else:
+            data = proto_json(event)
+            name = render_service_pb2.RenderStage.Name(event.stage).removeprefix("RENDER_STAGE_").lower()
+        yield format_sse_event(data_str=json.dumps(data), event=name, id=str(number))
 
 
 async def _with_pings(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The events, with a comment line whenever none came for a while."""
     yield first
     pending = asyncio.ensure_future(anext(rest, None))
     try:
@@ -475,44 +398,6 @@ def _unsatisfiable(size: int) -> ProblemError:
         field="Range",
         headers={"Content-Range": f"bytes */{size}"},
     )
-
-
-async def _mp4_bytes(
-    stub: render_service_pb2_grpc.RenderServiceStub, render_id: str, start: int, end: int
-) -> AsyncIterator[bytes]:
-    """Bytes `start`..`end` of the MP4, passed on a FetchResult chunk at a time (never the whole file in memory)."""
-    call = stub.FetchResult(render_service_pb2.FetchResultRequest(render_id=render_id, offset=start))
-    left = end - start + 1
-    try:
-        while left > 0:
-            response = await call.read()
-            if response is grpc.aio.EOF or not response.HasField("chunk"):
-                raise RuntimeError(f"render {render_id}: the result stream ended {left} bytes short")
-            data = response.chunk.data[:left]
-            left -= len(data)
-            yield data
-    finally:
-        call.cancel()
-
-
-async def _upload_messages(
-    request: Request, mime_type: str, size: int
-) -> AsyncIterator[render_service_pb2.UploadMusicRequest]:
-    """The body as UploadMusic messages, re-cut into the contract's ~256 KiB chunks as it arrives."""
-    yield render_service_pb2.UploadMusicRequest(
-        start=render_service_pb2.UploadMusicStart(mime_type=mime_type, size_bytes=size)
-    )
-    pending, offset = bytearray(), 0
-    async for block in request.stream():
-        pending += block
-        while len(pending) >= CHUNK_BYTES:
-            yield render_service_pb2.UploadMusicRequest(
-                chunk=types_pb2.MediaChunk(offset=offset, data=bytes(pending[:CHUNK_BYTES]))
-            )
-            del pending[:CHUNK_BYTES]
-            offset += CHUNK_BYTES
-    if pending:
-        yield render_service_pb2.UploadMusicRequest(chunk=types_pb2.MediaChunk(offset=offset, data=bytes(pending)))
 
 
 def openapi_text(app: FastAPI) -> str:

@@ -109,6 +109,9 @@ class RenderBook:
                 state.error = ProblemError(502, "the gateway ended the progress stream without a summary")
         except grpc.aio.AioRpcError as error:
             state.error = ProblemError.from_rpc(error)
+            if state.error.problem.status == 502 and self._states.get(state.render_id) is state:
+                # The connection to the gateway was lost, not the render: the next question follows it afresh.
+                del self._states[state.render_id]
         finally:
             state.ended.set()
 
