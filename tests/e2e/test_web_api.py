@@ -372,3 +372,22 @@ def test_the_gateway_token_is_passed_on_and_never_shown(tmp_path: Path) -> None:
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)
+
+
+def test_cors_is_off_unless_origins_are_configured(web: Web, stack: LocalStack, tmp_path: Path) -> None:
+    def preflight(url: str, origin: str) -> httpx.Response:
+        headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        return httpx.options(f"{url}/v1/renders", headers=headers)
+
+    other_site = "https://elsewhere.example"
+    assert "access-control-allow-origin" not in preflight(web.url, other_site).headers
+    assert (
+        "access-control-allow-origin" not in httpx.get(f"{web.url}/v1/config", headers={"Origin": other_site}).headers
+    )
+    studio = "https://studio.example"
+    env = {"SCENECAST_GATEWAY": stack.gateway_address, "WEB_CORS_ORIGINS": studio}
+    with _web(env, tmp_path / "cors.log") as configured:
+        allowed = preflight(configured.url, studio)
+        refused = preflight(configured.url, other_site)
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == studio
+    assert "access-control-allow-origin" not in refused.headers
