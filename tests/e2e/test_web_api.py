@@ -257,6 +257,11 @@ def test_cancel_stops_a_running_render(client: httpx.Client) -> None:
     video = client.get(f"/v1/renders/{render_id}/video.mp4")
     assert video.status_code == 409 and video.json()["grpc_status"] == "CANCELLED"
     assert client.get(f"/v1/renders/{render_id}").json()["state"] == "cancelled"
+    with client.stream("GET", f"/v1/renders/{render_id}/events") as stream:
+        events = list(_events(stream))
+    assert [_field(event, "event") for event in events][-1] == "error"
+    assert _field(events[-1], "id") == str(len(events))
+    assert json.loads(_field(events[-1], "data"))["grpc_status"] == "CANCELLED"
     assert client.post(f"/v1/renders/{render_id}/cancel").json() == {"cancelled": False}
 
 
