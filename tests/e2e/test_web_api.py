@@ -153,6 +153,12 @@ def test_resuming_with_last_event_id_sends_exactly_the_events_after_it(finished:
     assert _field(finished.resumed[0], "id") == "4"
 
 
+def test_a_last_event_id_that_is_not_a_count_is_400_naming_the_header(client: httpx.Client, finished: Finished) -> None:
+    response = client.get(f"/v1/renders/{finished.render_id}/events", headers={"Last-Event-ID": "yesterday"})
+    assert response.status_code == 400 and response.headers["content-type"] == PROBLEM
+    assert response.json()["field"] == "Last-Event-ID"
+
+
 def test_resuming_after_the_last_event_is_204_so_eventsource_stops(client: httpx.Client, finished: Finished) -> None:
     last = _field(finished.replay[-1], "id")
     response = client.get(f"/v1/renders/{finished.render_id}/events", headers={"Last-Event-ID": last})

@@ -1,12 +1,15 @@
-"""The web API's pure pieces: byte ranges, field paths, and gRPC statuses as HTTP problems."""
+"""The web API's pure pieces: byte ranges, field paths, gRPC statuses as HTTP problems, the OpenAPI document."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import grpc
 import pytest
 
 from services.common.errors import ORIGIN_KEY
-from web.app import byte_range
+from web.app import byte_range, create_app, openapi_text
+from web.config import WebSettings
 from web.problems import ProblemError, field_path
 
 SIZE = 1000
@@ -87,3 +90,9 @@ def test_each_grpc_status_has_one_http_status(code: grpc.StatusCode, from_gatewa
 def test_an_invalid_argument_names_the_field_its_message_starts_with(details: str, field: str | None) -> None:
     problem = ProblemError.from_rpc(_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, details)).problem
     assert (problem.field, problem.detail) == (field, details)
+
+
+def test_the_committed_openapi_document_is_what_the_app_generates() -> None:
+    """Regenerate it with `python -m web openapi > web/openapi.json`."""
+    committed = (Path(__file__).resolve().parents[2] / "web" / "openapi.json").read_text(encoding="utf-8")
+    assert openapi_text(create_app(WebSettings())) == committed
