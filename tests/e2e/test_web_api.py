@@ -76,11 +76,22 @@ def _web(env: dict[str, str], log: Path) -> Iterator[Web]:
 
 
 @pytest.fixture(scope="module")
-def web(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    log = tmp_path_factory.mktemp("web") / "web.log"
-    with _web({"SCENECAST_GATEWAY": stack.gateway_address}, log) as running:
-        assert httpx.get(f"{running.url}/v1/health").json() == {"status": "ready"}
-        yield running
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The five services with the web API in front, started as `scenecast serve` starts them."""
+    logs = tmp_path_factory.mktemp("web-logs")
+    local = LocalStack(log_dir=logs, web=True).start()
+    yield local
+    local.stop()
+    # SIGTERM is a graceful shutdown for the API too: open streams end and the process exits cleanly.
+    assert {name: p.returncode for name, p in local.processes.items()} == dict.fromkeys(local.processes, 0), [
+        (path.name, path.read_text()[-2000:]) for path in logs.iterdir()
+    ]
+
+
+@pytest.fixture(scope="module")
+def web(stack: LocalStack) -> Web:
+    assert httpx.get(f"{stack.web_url}/v1/health").json() == {"status": "ready"}
+    return Web(stack.web_url, stack.processes["web"])
 
 
 @pytest.fixture(scope="module")
