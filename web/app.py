@@ -44,9 +44,16 @@ _CAPTIONS = {
     "vtt": (types_pb2.SUBTITLE_FORMAT_WEBVTT, "text/vtt; charset=utf-8"),
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    "4XX": {"model": Problem, "content": {PROBLEM_JSON: {}}},
-    "5XX": {"model": Problem, "content": {PROBLEM_JSON: {}}},
+    "4XX": {
+        "description": "The request cannot be served; `detail` says why and how to fix it.",
+        "content": _PROBLEM_CONTENT,
+    },
+    "5XX": {
+        "description": "The gateway or a service behind it failed; `detail` says what.",
+        "content": _PROBLEM_CONTENT,
+    },
 }
 
 
@@ -166,6 +173,7 @@ def _routes(settings: WebSettings) -> APIRouter:
 
     @router.get(
         "/renders/{render_id}/events",
+        response_class=Response,
         responses={
             200: {"description": "The render's events, described above.", "content": {"text/event-stream": {}}},
             204: {"description": "No events after Last-Event-ID."},
@@ -404,8 +412,16 @@ def openapi_text(app: FastAPI) -> str:
     """The OpenAPI document as served and as committed in web/openapi.json, byte for byte."""
     if app.openapi_schema is None:
         document = app.openapi()
-        # The script schema (the CLI's model) for the routes whose body is a script in JSON or YAML.
-        script = ScriptModel.model_json_schema(ref_template="#/components/schemas/{model}")
-        document["components"]["schemas"].update(script.pop("$defs", {}))
-        document["components"]["schemas"]["ScriptModel"] = script
+        schemas = document["components"]["schemas"]
+        # Models no route names as its body or answer: the script (the CLI's model) that the script routes take as
+        # JSON or YAML, and the problem document of every error.
+        for model in (ScriptModel, Problem):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        # A parameter that does not fit is a 400 problem here (problems.py), not FastAPI's 422.
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
     return json.dumps(app.openapi_schema, indent=2, ensure_ascii=False) + "\n"

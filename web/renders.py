@@ -107,6 +107,10 @@ class RenderBook:
                 state.apply(response)
             if state.summary is None:
                 state.error = ProblemError(502, "the gateway ended the progress stream without a summary")
+        except asyncio.CancelledError:
+            # This process is stopping; whoever waits on the render learns it rather than getting nothing.
+            state.error = ProblemError(503, "the web service is stopping; ask again in a moment")
+            raise
         except grpc.aio.AioRpcError as error:
             state.error = ProblemError.from_rpc(error)
             if state.error.problem.status == 502 and self._states.get(state.render_id) is state:
