@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,6 +33,9 @@ class WebSettings(BaseSettings):
     call_timeout_seconds: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("WEB_CALL_TIMEOUT_SECONDS", "call_timeout_seconds")
     )
+    # "json" for one JSON object per line, "text" for humans; and the Python logging level (as for every service).
+    log_format: Literal["json", "text"] = Field("json", validation_alias=AliasChoices("LOG_FORMAT", "log_format"))
+    log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
     # The gateway, reached with the variables the CLI reads, so one `.env` serves both.
     gateway: str = Field("127.0.0.1:50050", validation_alias=AliasChoices("SCENECAST_GATEWAY", "gateway"))
     tls: bool = Field(False, validation_alias=AliasChoices("SCENECAST_TLS", "tls"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from types import FrameType
 
 import uvicorn
 
+from services.common.observability import configure
+from services.common.settings import ServiceSettings
 from web.app import create_app, openapi_text
 from web.config import WebSettings
 
@@ -23,7 +24,9 @@ def main() -> None:
         # The document does not depend on the settings; regenerate web/openapi.json with this.
         sys.stdout.write(openapi_text(app))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Logging as every service logs (JSON lines, secrets redacted); the web API makes no spans and serves no /metrics
+    # yet.
+    configure("web", settings.log_format, settings.log_level, metrics_port=0, tracing=ServiceSettings())
     server = uvicorn.Server(
         uvicorn.Config(
             app,
