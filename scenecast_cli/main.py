@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     spend.add_argument("--by", choices=tuple(_GROUPINGS), default="day", help="one row per day, provider or render")
     spend.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day to include")
     spend.add_argument("--render", default="", metavar="ID", help="only this render")
-    serve = commands.add_parser("serve", help="run the five services locally on their default ports until Ctrl-C")
+    serve = commands.add_parser(
+        "serve", help="run the five services and the HTTP/JSON API locally on their default ports until Ctrl-C"
+    )
     serve.add_argument(
         "--free-ports", action="store_true", help="use free ports instead of the defaults (to run beside another stack)"
     )
@@ -224,10 +226,13 @@ def _serve(free_ports: bool) -> int:
     # a token made for the run. The gateway is the stack's front door, open to local callers unless
     # GATEWAY_AUTH_TOKENS is set (read as the gateway reads it, environment then .env).
     gateway_open = not GatewaySettings().accepted_tokens
-    with LocalStack(default_ports=not free_ports, service_token=secrets.token_hex(32)) as stack:
+    with LocalStack(default_ports=not free_ports, service_token=secrets.token_hex(32), web=True) as stack:
         for name, address in stack.addresses.items():
             # Plain print: one line per process that scripts can read (rich would wrap long lines).
-            print(f"{name:<10} gRPC {address}  metrics http://127.0.0.1:{stack.metrics_ports[name]}/metrics")
+            if name == "web":
+                print(f"{name:<10} HTTP {stack.web_url}/v1  (OpenAPI: {stack.web_url}/v1/openapi.json)")
+            else:
+                print(f"{name:<10} gRPC {address}  metrics http://127.0.0.1:{stack.metrics_ports[name]}/metrics")
         print(
             f"gateway listening on {stack.gateway_address}; "
             + (

@@ -33,7 +33,15 @@ _COLOR = r"^#[0-9A-Fa-f]{6}$"
 
 
 class ScriptError(Exception):
-    """A script that cannot be rendered; the message names the file, the field and the reason."""
+    """A script that cannot be rendered; the message names the file, the field and the reason.
+
+    `problems` lists each field the model refused, as its location (("scenes", 0, "id")) and the reason, for callers
+    that report fields apart (the HTTP API); empty when the script is not valid YAML or JSON at all.
+    """
+
+    def __init__(self, message: str, problems: tuple[tuple[tuple[str | int, ...], str], ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 class _Strict(BaseModel):
@@ -99,6 +107,8 @@ class MusicModel(_Strict):
     file: str = ""
     # Or a file name in the gateway's music library (MUSIC_LIBRARY_DIR).
     library: str = ""
+    # Or the id of music uploaded already (UploadMusic, or POST /v1/music over HTTP).
+    upload: str = ""
     # Level of the music before ducking, in dB; unset means -20.
     gain_db: float | None = Field(None, ge=finishing.MUSIC_GAIN_RANGE[0], le=finishing.MUSIC_GAIN_RANGE[1])
     # Lower the music under the narration; unset means yes.
@@ -108,8 +118,11 @@ class MusicModel(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
-        if bool(self.file) == bool(self.library):
-            raise ValueError("give either `file` (a path) or `library` (a name in the gateway's music library)")
+        if [bool(self.file), bool(self.library), bool(self.upload)].count(True) != 1:
+            raise ValueError(
+                "give one of `file` (a path), `library` (a name in the gateway's music library) "
+                "or `upload` (the id of uploaded music)"
+            )
         return self
 
 
@@ -166,7 +179,17 @@ def load_script(path: Path) -> Script:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ScriptError(f"{path}: cannot read the file ({error})") from error
-    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        script = parse_script(text, "JSON" if path.suffix.lower() == ".json" else "YAML")
+        request = checked_request(script)
+    except ScriptError as error:
+        raise ScriptError(f"{path}: {error}", error.problems) from error
+    music = script.finishing.music
+    return Script(request, _local_music(path, music.file) if music and music.file else None)
+
+
+def parse_script(text: str, kind: Literal["JSON", "YAML"]) -> ScriptModel:
+    """The script a text stands for; ScriptError (without a file name) when it is not valid."""
     try:
         data = (
             json.loads(text, object_pairs_hook=_unique_keys, parse_int=_check_number)
@@ -174,26 +197,27 @@ def load_script(path: Path) -> Script:
             else yaml.load(text, _UniqueKeyLoader)
         )
     except RecursionError:
-        raise ScriptError(f"{path}: not valid {kind}: nested too deeply for a script") from None
+        raise ScriptError(f"not valid {kind}: nested too deeply for a script") from None
     # ValueError: a number too long, or a repeated key in JSON.
     except (ValueError, yaml.YAMLError) as error:
-        raise ScriptError(f"{path}: not valid {kind}: {error}") from error
+        raise ScriptError(f"not valid {kind}: {error}") from error
     try:
-        script = ScriptModel.model_validate(data)
+        return ScriptModel.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc']) or '(top level)'}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        raise ScriptError(f"{path}: {problems}") from error
+        problems = tuple((tuple(problem["loc"]), problem["msg"]) for problem in error.errors())
+        message = "; ".join(f"{'.'.join(str(part) for part in loc) or '(top level)'}: {msg}" for loc, msg in problems)
+        raise ScriptError(message, problems) from error
+
+
+def checked_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
+    """The request a script stands for, checked as the gateway checks it, so a script that loads is one the gateway
+    accepts."""
     request = to_request(script)
     try:
-        # The gateway's own check, so a script that loads is one the gateway accepts.
         finishing.finishing_options(request.finishing)
     except InvalidArgument as error:
-        raise ScriptError(f"{path}: {error}") from error
-    music = script.finishing.music
-    return Script(request, _local_music(path, music.file) if music and music.file else None)
+        raise ScriptError(str(error)) from error
+    return request
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -276,8 +300,11 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
         avatar=types_pb2.AvatarSettings(**script.avatar.model_dump()),
         finishing=_finishing(script.finishing),
     )
-    if script.finishing.music and script.finishing.music.library:
-        request.music.library_file = script.finishing.music.library
+    music = script.finishing.music
+    if music and music.library:
+        request.music.library_file = music.library
+    elif music and music.upload:
+        request.music.upload_id = music.upload
     return request
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 
 from services.common.healthcheck import check
 from services.common.tls import channel_credentials
@@ -25,6 +26,8 @@ SERVICES = {
     "assembler": ("services.assembler", "ASSEMBLER_SERVICE_ADDRESS", 50054),
 }
 GATEWAY_PORT = 50050
+# The HTTP/JSON API's default port (as in web/config.py).
+WEB_PORT = 8080
 _STOP_SECONDS = 30.0
 # A child that dies is restarted after 1 s, then 2, 4... up to 30 s while it keeps dying; one that stayed up this
 # long counts as healthy again. After _MAX_RESTARTS deaths in a row, `supervise` gives up and names it.
@@ -101,7 +104,8 @@ class LocalStack:
     `tls` makes every service listen with TLS only: the media services require the gateway's client certificate
     (mutual TLS), while the gateway itself takes any client that trusts the CA (callers authenticate with bearer
     tokens, GATEWAY_AUTH_TOKENS in `env`). `service_token` turns on service authentication: the media services take
-    calls only with it, and the gateway presents it (SERVICE_AUTH_TOKENS).
+    calls only with it, and the gateway presents it (SERVICE_AUTH_TOKENS). `web` also starts the HTTP/JSON API
+    (`python -m web`) in front of the gateway, on WEB_PORT (or a free port), as the process named "web".
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
@@ -111,6 +115,7 @@ class LocalStack:
     replicas: Mapping[str, int] = field(default_factory=dict)
     tls: TlsFiles | None = None
     service_token: str | None = None
+    web: bool = False
     # Process name ("image", "image-2", "gateway"...) to its gRPC address and its Prometheus /metrics port.
     addresses: dict[str, str] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -122,6 +127,10 @@ class LocalStack:
     @property
     def gateway_address(self) -> str:
         return self.addresses["gateway"]
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.addresses['web']}"
 
     def start(self, timeout_seconds: float = 60.0) -> LocalStack:
         base_env = {**os.environ, **self.env}
@@ -149,6 +158,8 @@ class LocalStack:
         try:
             for name, address in self.addresses.items():
                 wait_until_serving(address, timeout_seconds, self.processes[name], credentials)
+            if self.web:
+                self._start_web(base_env, timeout_seconds)
         except BaseException:
             self.stop()
             raise
@@ -160,6 +171,30 @@ class LocalStack:
         env = {**env, "LISTEN_ADDRESS": address, "METRICS_PORT": str(self.metrics_ports[name])}
         self._launches[name] = (module, env)
         self._launch(name)
+
+    def _start_web(self, base_env: dict[str, str], timeout_seconds: float) -> None:
+        """The API reaches the gateway as the CLI does (trusting the stack's CA when it has one); it is ready once it
+        answers its health route, which asks the gateway."""
+        address = f"127.0.0.1:{WEB_PORT if self.default_ports else free_port()}"
+        host, port = address.split(":")
+        env = {**base_env, "SCENECAST_GATEWAY": self.gateway_address, "WEB_HOST": host, "WEB_PORT": port}
+        if self.tls:
+            env["SCENECAST_CA_FILE"] = str(self.tls.ca_file)
+        self.addresses["web"] = address
+        self._launches["web"] = ("web", env)
+        self._launch("web")
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if self.processes["web"].poll() is not None:
+                raise RuntimeError(f"the web API for {address} exited with {self.processes['web'].returncode}")
+            try:
+                if httpx.get(f"{self.web_url}/v1/health", timeout=5.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the web API at {self.web_url} was not ready within {timeout_seconds:.0f} s")
+            time.sleep(0.1)
 
     def _launch(self, name: str) -> None:
         module, env = self._launches[name]

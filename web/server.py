@@ -1,0 +1,47 @@
+"""`python -m web`: serves the API with uvicorn; `python -m web openapi` prints the OpenAPI document instead."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+from services.common.observability import configure
+from services.common.settings import ServiceSettings
+from web.app import create_app, openapi_text
+from web.config import WebSettings
+
+# Seconds open requests (a download, an event stream) get after SIGTERM; below Kubernetes' termination grace.
+_SHUTDOWN_GRACE_SECONDS = 5
+
+
+def main() -> None:
+    settings = WebSettings()
+    app = create_app(settings)
+    if sys.argv[1:] == ["openapi"]:
+        # The document does not depend on the settings; regenerate web/openapi.json with this.
+        sys.stdout.write(openapi_text(app))
+        return
+    # Logging as every service logs (JSON lines, secrets redacted); the web API makes no spans and serves no /metrics
+    # yet.
+    configure("web", settings.log_format, settings.log_level, metrics_port=0, tracing=ServiceSettings())
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
+        )
+    )
+    # uvicorn drains on SIGTERM, then raises the signal again so that its default action ends the process (status
+    # -15); a drained shutdown is a clean exit here, as for the gRPC services.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    server.run()
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
