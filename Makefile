@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos test-deps demo serve up down test bench schema clean
+.PHONY: install protos lint lint-protos test-deps demo serve up down test bench schema openapi clean
 
 install: $(VENV)/.installed
 
@@ -91,6 +91,10 @@ bench: install
 # Rewrites schemas/script.schema.json from the script model (tests/unit/test_script_schema.py checks it is current).
 schema: install
 	$(PY) -m scenecast_cli.schema
+
+# Rewrites web/openapi.json from the HTTP API's routes (tests check it is current).
+openapi: install
+	$(PY) -m web openapi > web/openapi.json
 
 clean:
 	rm -rf gen out $(VENV) node_modules clients/node/node_modules clients/go/gen
