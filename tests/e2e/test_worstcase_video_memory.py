@@ -1,4 +1,4 @@
-"""The video service, FFmpeg included, stays inside its Kubernetes memory limit (1 GiB) on the worst valid clips."""
+"""The video service, FFmpeg included, stays inside its Kubernetes memory limit (1 GiB) on the worst valid requests."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
 from scenecast_cli.stack import free_port, wait_until_serving
 from services.common.chunks import iter_chunks
+from services.common.download import DEFAULT_MAX_BYTES
 from services.common.media import ffmpeg_exe
+from tests.fakes.avatar_servers import SYNTHESIA_KEY, FakeSynthesia
 from tests.process_memory import TreePeak, tree_rss_mib
 
 LIMIT_MB = 1024
@@ -42,10 +44,25 @@ def largest_source(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def video_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+def synthesia() -> Iterator[FakeSynthesia]:
+    with FakeSynthesia() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def video_service(tmp_path_factory: pytest.TempPathFactory, synthesia: FakeSynthesia) -> Iterator[tuple[str, int]]:
     address = f"127.0.0.1:{free_port()}"
     log = (tmp_path_factory.mktemp("logs") / "video.log").open("wb")
-    env = {**os.environ, "LISTEN_ADDRESS": address, "METRICS_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "LISTEN_ADDRESS": address,
+        "METRICS_PORT": str(free_port()),
+        # The asset cache on, as by default (an avatar video is stored in it), in a folder of the test's own.
+        "ASSET_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "SYNTHESIA_API_KEY": SYNTHESIA_KEY,
+        "SYNTHESIA_BASE_URL": synthesia.base_url,
+        "SYNTHESIA_POLL_SECONDS": "0.02",
+    }
     process = subprocess.Popen([sys.executable, "-m", "services.video"], env=env, stdout=log, stderr=log)
     try:
         wait_until_serving(address, 60, process)
@@ -113,3 +130,29 @@ def test_a_source_image_too_large_to_decode_is_refused_naming_the_limit(
         "so scale it down"
     )
     assert peak.peak_mib < SETTLED_MB, f"peak {peak.peak_mib:.0f} MiB while refusing it"
+
+
+def test_an_avatar_video_as_large_as_a_download_may_be_stays_under_the_limit(
+    video_service: tuple[str, int], synthesia: FakeSynthesia
+) -> None:
+    synthesia.reset()
+    # Just under the download limit: the largest video a vendor's answer may bring (the stand-in head is a few KiB).
+    synthesia.padding_bytes = DEFAULT_MAX_BYTES - 2**20
+    request = video_service_pb2.GenerateAvatarVideoRequest(
+        scenes=[types_pb2.Scene(narration="Check the ladder before you climb.")],
+        output=types_pb2.OutputSettings(
+            aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=720, quality=types_pb2.QUALITY_STANDARD
+        ),
+        provider="synthesia",
+    )
+    address, pid = video_service
+    with TreePeak(pid) as peak, grpc.insecure_channel(address) as channel:
+        responses = video_service_pb2_grpc.VideoServiceStub(channel).GenerateAvatarVideo(request, timeout=120)
+        metadata = next(responses).metadata
+        received = sum(len(response.chunk.data) for response in responses)
+    assert received == metadata.size_bytes > DEFAULT_MAX_BYTES - 2**20
+    settled = tree_rss_mib(pid)
+    print(f"video service, {received / 2**20:.0f} MiB avatar video: peak {peak.peak_mib:.0f} MiB, {settled:.0f} after")
+    # Before: the download was copied whole once it had arrived (bytes(bytearray)): 1106 MiB for a 500 MiB video.
+    assert peak.peak_mib < LIMIT_MB - 100, f"peak {peak.peak_mib:.0f} MiB"
+    assert settled < SETTLED_MB, f"{settled:.0f} MiB still resident after the call (peak {peak.peak_mib:.0f} MiB)"
