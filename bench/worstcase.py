@@ -32,11 +32,13 @@ from bench.common import (
 )
 from scenecast_cli.stack import LocalStack
 from services.common.chunks import iter_chunks
+from services.common.download import DEFAULT_MAX_BYTES
 from services.common.media import ffmpeg_exe
 from services.common.output import MAX_FPS, MAX_HEIGHT
 from services.common.text import MAX_NARRATION_CHARS
 from services.video.servicer import MAX_PROMPT_CHARS, MAX_TITLE_CHARS
 from tests.e2e.test_worstcase_memory import LONG_SENTENCE
+from tests.fakes.avatar_servers import SYNTHESIA_KEY, FakeSynthesia
 from tests.process_memory import TreePeak, tree_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,8 @@ MANIFESTS = ROOT / "deploy" / "k8s" / "base"
 OUTPUT_4K60 = output(MAX_HEIGHT, MAX_FPS, types_pb2.QUALITY_HD)
 # A clip's length here: FFmpeg's memory follows the frame size, not the length (the clip streams from its file).
 CLIP_MS = 1000
+# The largest avatar video a vendor's answer may bring: just under the download limit (the fake's head is a few KiB).
+AVATAR_BYTES = DEFAULT_MAX_BYTES - 2**20
 # Words of at most 100 characters (the narration rule), up to a field's limit.
 PROMPT = ("forklifts cross the loading dock while pedestrians wait at the marked walkway " * 60)[:MAX_PROMPT_CHARS]
 TITLE = ("Loading dock safety " * 20)[:MAX_TITLE_CHARS]
@@ -60,17 +64,19 @@ def limit_mib(service: str) -> float:
     raise ValueError(f"no Deployment with a memory limit in {service}.yaml")
 
 
-def _measured(stack: LocalStack, service: str, what: str, call: Callable[[], object]) -> Figure:
+def _measured(stack: LocalStack, service: str, what: str, call: Callable[[], object], request: str = "") -> Figure:
+    """`request` names the request when a service has more than one worst case."""
     pid = stack.processes[service].pid
     before = tree_rss_mib(pid)
     with TreePeak(pid) as peak:
         call()
     after = tree_rss_mib(pid)
     limit = limit_mib(service)
-    log(f"{service}: {before:.0f} MiB before, peak {peak.peak_mib:.0f} MiB, {after:.0f} MiB after")
+    name = f"{service} ({request})" if request else service
+    log(f"{name}: {before:.0f} MiB before, peak {peak.peak_mib:.0f} MiB, {after:.0f} MiB after")
     return Figure(
-        f"worstcase-{service}",
-        f"8. {service} peak RSS with its children, worst valid request, MiB",
+        f"worstcase-{service}{'-' + request if request else ''}",
+        f"8. {name} peak RSS with its children, worst valid request, MiB",
         "MiB",
         f"< {limit:.0f}",
         lambda value: value < limit,
@@ -113,10 +119,35 @@ def _clip(address: str, image: bytes) -> Asset:
     return responses[0].metadata, b"".join(r.chunk.data for r in responses[1:])
 
 
+def _avatar_env(synthesia: FakeSynthesia, work: Path) -> dict[str, str]:
+    """The video service pointed at the fake vendor, with the asset cache (where the video is stored) in `work`."""
+    return {
+        "SYNTHESIA_API_KEY": SYNTHESIA_KEY,
+        "SYNTHESIA_BASE_URL": synthesia.base_url,
+        "SYNTHESIA_POLL_SECONDS": "0.02",
+        # The fake serves its videos on loopback.
+        "ALLOW_PRIVATE_OUTPUT_URLS": "true",
+        "ASSET_CACHE_DIR": str(work / "asset-cache"),
+    }
+
+
+def _avatar(address: str) -> int:
+    """One avatar video; returns its size in bytes (the chunks are counted, not kept)."""
+    request = video_service_pb2.GenerateAvatarVideoRequest(
+        scenes=[types_pb2.Scene(narration=NARRATIONS[0])], output=output(720, 30), provider="synthesia", no_cache=True
+    )
+    with grpc.insecure_channel(address) as channel:
+        responses = video_service_pb2_grpc.VideoServiceStub(channel).GenerateAvatarVideo(request, timeout=300)
+        return sum(len(response.chunk.data) for response in responses if response.HasField("chunk"))
+
+
 def run(work: Path) -> list[Figure]:
     figures: list[Figure] = []
     worst_scene = types_pb2.Scene(id="s00", title=TITLE, visual_prompt=PROMPT, narration=NARRATIONS[0])
-    with LocalStack(env=stack_env(work), log_dir=work) as stack:
+    with (
+        FakeSynthesia() as synthesia,
+        LocalStack(env=stack_env(work, _avatar_env(synthesia, work)), log_dir=work) as stack,
+    ):
         address = stack.addresses
         figures.append(
             _measured(
@@ -144,6 +175,18 @@ def run(work: Path) -> list[Figure]:
                 f"two kenburns clips at once, 3840x2160 at 60 fps, {CLIP_MS} ms, from a 7680x4320 RGBA PNG (the "
                 "largest source taken)",
                 lambda: clips.extend(_twice(lambda: _clip(address["video"], source))()),
+                "clip",
+            )
+        )
+        synthesia.padding_bytes = AVATAR_BYTES
+        figures.append(
+            _measured(
+                stack,
+                "video",
+                f"one synthesia avatar video (the fake vendor's) of {AVATAR_BYTES / 2**20:.0f} MiB, just "
+                "under the download limit, stored in the asset cache",
+                lambda: _avatar(address["video"]),
+                "avatar",
             )
         )
         narration = synthesize(address["audio"], NARRATIONS[0])
