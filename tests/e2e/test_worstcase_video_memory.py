@@ -22,6 +22,9 @@ from tests.fakes.avatar_servers import SYNTHESIA_KEY, FakeSynthesia
 from tests.process_memory import TreePeak, tree_rss_mib
 
 LIMIT_MB = 1024
+# Room kept below the limit. The clips peaked at 741 to 868 MiB: FFmpeg alone at 649 or 779 MiB, depending on whether
+# the decoded source image (127 MiB) is freed before x264 has filled its frames, plus the service's 100-115 MiB.
+MARGIN_MB = 64
 # The service alone after the calls: about 100 MiB at start (measured), plus room; far below a clip's peak.
 SETTLED_MB = 160
 # The largest output (4K at 60 fps): FFmpeg's memory grows with the frame, not with the clip's length.
@@ -107,7 +110,7 @@ def test_4k60_clips_at_once_stay_under_the_limit_and_memory_comes_back(
     settled = tree_rss_mib(pid)
     print(f"video service with FFmpeg: peak {peak.peak_mib:.0f} MiB, {settled:.0f} MiB after the calls")
     # Before: two FFmpeg encodes at once, each at x264's own settings (about 950 MiB each at 4K).
-    assert peak.peak_mib < LIMIT_MB - 100, f"peak {peak.peak_mib:.0f} MiB"
+    assert peak.peak_mib < LIMIT_MB - MARGIN_MB, f"peak {peak.peak_mib:.0f} MiB"
     assert not psutil.Process(pid).children(recursive=True), "an FFmpeg outlived its call"
     assert settled < SETTLED_MB, f"{settled:.0f} MiB still resident after the calls (peak {peak.peak_mib:.0f} MiB)"
 
@@ -154,5 +157,5 @@ def test_an_avatar_video_as_large_as_a_download_may_be_stays_under_the_limit(
     settled = tree_rss_mib(pid)
     print(f"video service, {received / 2**20:.0f} MiB avatar video: peak {peak.peak_mib:.0f} MiB, {settled:.0f} after")
     # Before: the download was copied whole once it had arrived (bytes(bytearray)): 1106 MiB for a 500 MiB video.
-    assert peak.peak_mib < LIMIT_MB - 100, f"peak {peak.peak_mib:.0f} MiB"
+    assert peak.peak_mib < LIMIT_MB - MARGIN_MB, f"peak {peak.peak_mib:.0f} MiB"
     assert settled < SETTLED_MB, f"{settled:.0f} MiB still resident after the call (peak {peak.peak_mib:.0f} MiB)"
