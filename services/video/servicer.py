@@ -282,8 +282,10 @@ def _check_source_image(path: Path) -> None:
             image.verify()
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError):
         raise InvalidArgument("source_image is not an image; send the scene's PNG, JPEG or WebP") from None
-    if kind not in SOURCE_IMAGE_FORMATS or frames != 1:
-        raise InvalidArgument(f"source_image is not a still PNG, JPEG or WebP image (got {kind}, {frames} frames)")
+    if frames != 1:
+        raise InvalidArgument(f"source_image has {frames} frames; send one still picture as PNG, JPEG or WebP")
+    if kind not in SOURCE_IMAGE_FORMATS:
+        raise InvalidArgument(f"source_image is a {kind} image; send it as PNG, JPEG or WebP")
     width, height = size
     if width * height > MAX_SOURCE_PIXELS:
         raise InvalidArgument(
