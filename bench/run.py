@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import assembly, fanout, gateways, memory, replicas, rerender
+from bench import assembly, fanout, gateways, memory, replicas, rerender, worstcase
 from bench.common import Figure, log, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,7 @@ GROUPS: dict[str, tuple[Callable[[Path], list[Figure]], str]] = {
     "replicas": (replicas.run, "5. replica scaling"),
     "rerender": (rerender.run, "6. re-render after an edit"),
     "gateways": (gateways.run, "7. gateway replicas sharing Redis and PostgreSQL"),
+    "worstcase": (worstcase.run, "8. each service's peak memory on its worst valid request"),
 }
 
 TEMPLATE = """# Benchmarks
@@ -95,6 +96,14 @@ Total run time: {total:.0f} s.
    shared by 2 workers per replica (at most 2 renders per replica at a time, standing for the per-pod target of an
    autoscaler on work in flight), starts spread over 8 s. One gateway alone is not the bottleneck on this machine
    (the uncapped row), so the ratio shows that replicas add up with everything shared, not a gateway's own limit.
+8. **Worst valid request per service** (issue 13). One LocalStack; each service's costliest valid request sent
+   straight to it, the media services' two at once: two 3840x2160 slides with a 4000-character prompt (image); two
+   unpunctuated sentences of 1,400 characters (audio, piper); two kenburns clips at 3840x2160, 60 fps from a
+   7680x4320 RGBA PNG, the largest source taken (video); one avatar video of 511 MiB from the fake Synthesia, just
+   under the download limit (video); one 4K60 scene with that clip looped under its narration (assembler); a 2-scene
+   4K60 render with kenburns clips (gateway). The resident memory of the process and all its descendants (FFmpeg)
+   is summed every 10 ms (VmHWM leaves children out; a pod's limit counts them), against the limit in
+   `deploy/k8s/base`. One run each: a peak is not a timing.
 
 ## Where an assembly's time goes
 

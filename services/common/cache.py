@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from scenecast.v1 import types_pb2
 
-from services.common.chunks import iter_chunks
+from services.common.chunks import iter_chunks, iter_file_chunks
 from services.common.errors import ProviderUnavailable
 from services.common.state import cache_path, private_dir
 
@@ -143,16 +143,18 @@ class CachedAsset:
 
 
 def asset_responses(
-    message: Callable[..., ResponseT], provider: str, asset: CachedAsset, cache_hit: bool
+    message: Callable[..., ResponseT], provider: str, asset: CachedAsset, cache_hit: bool, path: Path | None = None
 ) -> Iterator[ResponseT]:
     """An asset as a media service answers it: `message(metadata=...)`, then `message(chunk=...)` for the bytes.
 
     The metadata says what the asset is (a hit keeps its model, size, duration and timings); a hit cost nothing.
+    With `path`, the bytes are that file's, read a chunk at a time (an asset too large to hold whole, such as a long
+    4K clip; `asset.data` is then empty).
     """
     yield message(
         metadata=types_pb2.AssetMetadata(
             mime_type=asset.mime_type,
-            size_bytes=len(asset.data),
+            size_bytes=path.stat().st_size if path is not None else len(asset.data),
             width=asset.width,
             height=asset.height,
             sample_rate=asset.sample_rate,
@@ -177,7 +179,7 @@ def asset_responses(
             else None,
         )
     )
-    for chunk in iter_chunks(asset.data):
+    for chunk in iter_file_chunks(path) if path is not None else iter_chunks(asset.data):
         yield message(chunk=chunk)
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+from PIL import Image, UnidentifiedImageError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
 from services.common import workdirs
@@ -36,6 +37,12 @@ from services.video.config import VideoSettings
 from services.video.providers.base import ClipJob, ClipResult, VideoProvider
 
 MAX_DURATION_MS = 10 * 60 * 1000
+# Pixels of the largest source image taken: twice the largest output frame (4K) each way, the most any provider uses
+# (kenburns zooms at twice the output size). Decoding is what costs: a 64 MiB PNG may hold 12000x12000 pixels, which
+# took 576 MiB to decode and 727 MiB of FFmpeg filtering before a single frame was encoded.
+MAX_SOURCE_PIXELS = 7680 * 4320
+# Pillow's names of the still-image formats taken as source images.
+SOURCE_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # The avatar vendor stops waiting this long before the call's deadline, so the caller learns why (UNAVAILABLE naming
 # the deadline) instead of a bare DEADLINE_EXCEEDED, and no retry is started that could not finish.
 AVATAR_DEADLINE_MARGIN_SECONDS = 1.0
@@ -68,9 +75,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         with workdirs.work_folder(CLIP_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
             spec, source_image = await self._receive(request_iterator, work_dir)
             if source_image is not None:
-                source = await asyncio.to_thread(probe, source_image, "source_image")
-                if not source.has_video or source.has_audio:
-                    raise InvalidArgument("source_image is not a still image; send the scene's PNG or JPEG")
+                await asyncio.to_thread(_check_source_image, source_image)
             output = output_format(spec.output)
             prompt = checked_text(spec.scene.visual_prompt, "spec.scene.visual_prompt", MAX_PROMPT_CHARS, False)
             title = checked_text(spec.scene.title, "spec.scene.title", MAX_TITLE_CHARS, required=False)
@@ -90,49 +95,65 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 work_dir=work_dir,
                 render_id=spec.render_id,
             )
+            deadline = call_deadline(context)
             cache = None if provider.description.offline else self._cache
-            key = ""
-            if cache is not None:
+            if cache is None:
+                # Nothing is kept, so the clip is made in this call's folder and streamed from the file: a long 4K
+                # clip runs to gigabytes, which held in memory (even once) would not fit the service's limit.
+                result, info = await self._clip_file(name, provider, job, deadline)
+                responses = asset_responses(
+                    video_service_pb2.GenerateClipResponse,
+                    name,
+                    _asset(result, info, b"", job.render_id),
+                    False,
+                    result.path,
+                )
+            else:
                 source_sha256 = await asyncio.to_thread(file_sha256, source_image) if source_image else ""
                 key = clip_key(name, type(provider).__module__, job, source_sha256)
-            deadline = call_deadline(context)
 
-            async def make() -> CachedAsset:
-                return await self._make_clip(name, provider, job, deadline)
+                async def make() -> CachedAsset:
+                    return await self._make_cached_clip(name, provider, job, deadline)
 
-            asset, cache_hit = await get_or_make(cache, "clip", key, spec.no_cache, make, deadline)
-            for response in asset_responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit):
+                asset, cache_hit = await get_or_make(cache, "clip", key, spec.no_cache, make, deadline)
+                responses = asset_responses(video_service_pb2.GenerateClipResponse, name, asset, cache_hit)
+            for response in responses:
                 yield response
 
-    async def _make_clip(self, name: str, provider: VideoProvider, job: ClipJob, deadline: float | None) -> CachedAsset:
+    async def _make_cached_clip(
+        self, name: str, provider: VideoProvider, job: ClipJob, deadline: float | None
+    ) -> CachedAsset:
         """Works in a folder of its own, with its own copy of the source image: made through the cache, the clip is
-        finished (and kept) even when the call that asked for it, and that call's folder, are gone."""
+        finished (and kept) even when the call that asked for it, and that call's folder, are gone. The cache holds
+        assets as bytes; clips of cloud providers are a few seconds long (wan's 200 MiB cap, selfhosted's frame cap)."""
         with workdirs.work_folder(CLIP_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
             job = replace(job, work_dir=work_dir)
             if job.source_image is not None:
                 source_image = job.work_dir / "source-image"
                 await asyncio.to_thread(shutil.copyfile, job.source_image, source_image)
                 job = replace(job, source_image=source_image)
-            clip_path = job.work_dir / "clip-result"
+            result, info = await self._clip_file(name, provider, job, deadline)
+            return _asset(result, info, await asyncio.to_thread(result.path.read_bytes), job.render_id)
 
-            async def attempt() -> tuple[ClipResult, MediaInfo]:
-                result = await provider.generate(job)
-                record_spend(name, result.model, result.estimated_cost_usd)  # billed even if the file is bad
-                clip_path.write_bytes(result.data)
-                try:
-                    info = await asyncio.to_thread(probe, clip_path, f"{name} clip")
-                except InvalidArgument as error:
-                    raise ProviderUnavailable(
-                        f"provider {name!r} returned a clip that does not decode: {error}"
-                    ) from error
-                if not info.has_video:
-                    raise ProviderUnavailable(f"provider {name!r} returned a file with no picture")
-                return result, info
+    async def _clip_file(
+        self, name: str, provider: VideoProvider, job: ClipJob, deadline: float | None
+    ) -> tuple[ClipResult, MediaInfo]:
+        """The provider's clip, a file in job.work_dir, checked to decode; transient failures are tried again."""
 
-            result, info = await call_with_retries(
-                attempt, attempts=self._settings.provider_attempts, deadline=deadline, provider=name
-            )
-        return _asset(result, info, job.render_id)
+        async def attempt() -> tuple[ClipResult, MediaInfo]:
+            result = await provider.generate(job)
+            record_spend(name, result.model, result.estimated_cost_usd)  # billed even if the file is bad
+            try:
+                info = await asyncio.to_thread(probe, result.path, f"{name} clip")
+            except InvalidArgument as error:
+                raise ProviderUnavailable(f"provider {name!r} returned a clip that does not decode: {error}") from error
+            if not info.has_video:
+                raise ProviderUnavailable(f"provider {name!r} returned a file with no picture")
+            return result, info
+
+        return await call_with_retries(
+            attempt, attempts=self._settings.provider_attempts, deadline=deadline, provider=name
+        )
 
     async def _receive(
         self, request_iterator: AsyncIterator[video_service_pb2.GenerateClipRequest], work_dir: Path
@@ -212,7 +233,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 result, info = await call_with_retries(
                     attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
                 )
-            return _asset(result, info, job.render_id)
+            return _asset(result, info, result.data, job.render_id)
 
         asset, cache_hit = await get_or_make(cache, "avatar", key, request.no_cache, make, call_end)
         for response in asset_responses(video_service_pb2.GenerateAvatarVideoResponse, name, asset, cache_hit):
@@ -228,9 +249,9 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
         )
 
 
-def _asset(result: ClipResult | AvatarResult, info: MediaInfo, render_id: str) -> CachedAsset:
+def _asset(result: ClipResult | AvatarResult, info: MediaInfo, data: bytes, render_id: str) -> CachedAsset:
     return CachedAsset(
-        data=result.data,
+        data=data,
         mime_type=result.mime_type,
         model=result.model,
         estimated_cost_usd=result.estimated_cost_usd,
@@ -251,6 +272,28 @@ def _avatar_scenes(scenes: Sequence[types_pb2.Scene]) -> tuple[AvatarScene, ...]
         )
         for index, scene in enumerate(scenes)
     )
+
+
+def _check_source_image(path: Path) -> None:
+    """Reads the picture's header and checks its chunks (Pillow) without decoding its pixels: decoding in the service,
+    as PyAV's probe did, cost up to 133 MiB per call for the largest image taken, for every call at once. FFmpeg, the
+    provider or the vendor decodes it later, one encode at a time."""
+    try:
+        with Image.open(path) as image:
+            size, kind, frames = image.size, image.format, getattr(image, "n_frames", 1)
+            image.verify()
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError):
+        raise InvalidArgument("source_image is not an image; send the scene's PNG, JPEG or WebP") from None
+    if frames != 1:
+        raise InvalidArgument(f"source_image has {frames} frames; send one still picture as PNG, JPEG or WebP")
+    if kind not in SOURCE_IMAGE_FORMATS:
+        raise InvalidArgument(f"source_image is a {kind} image; send it as PNG, JPEG or WebP")
+    width, height = size
+    if width * height > MAX_SOURCE_PIXELS:
+        raise InvalidArgument(
+            f"source_image is {width}x{height} pixels; at most {MAX_SOURCE_PIXELS / 1e6:.1f} megapixels (7680x4320, "
+            "twice the largest output) are taken, so scale it down"
+        )
 
 
 def _stored_video(path: Path, data: bytes, provider: str) -> MediaInfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import struct
 import subprocess
 import tempfile
 import uuid
@@ -94,7 +95,8 @@ class _FakeAvatarVendor(FakeServer):
 
     Knobs (restored by reset()): `polls_to_finish` (status checks a video stays unfinished; 0 finishes it at create),
     `fail_with` (the render fails with this message), `throttle_creates` (that many creates answer 429 with
-    `retry_after` in the Retry-After header), `corrupt_video` (the file is not media), `silent_video` (no audio track).
+    `retry_after` in the Retry-After header), `corrupt_video` (the file is not media), `silent_video` (no audio track),
+    `padding_bytes` (the file ends with a `free` box of that many bytes: as large as a long video, encoded at once).
     """
 
     create_path = ""
@@ -117,6 +119,7 @@ class _FakeAvatarVendor(FakeServer):
         self.retry_after = "1"
         self.corrupt_video = False
         self.silent_video = False
+        self.padding_bytes = 0
 
     def reset(self) -> None:
         super().reset()
@@ -170,6 +173,9 @@ class _FakeAvatarVendor(FakeServer):
             data = CORRUPT_MP4
         else:
             data = await asyncio.to_thread(talking_head, video.size, milliseconds, not self.silent_video)
+            if self.padding_bytes:
+                # An MP4 box: 32-bit size (its 8-byte header included), type, content; players skip `free` boxes.
+                data += struct.pack(">I4s", self.padding_bytes + 8, b"free") + bytes(self.padding_bytes)
         self.files[f"{video.id}.mp4"] = data
         video.url = f"{self.base_url}/files/{video.id}.mp4"
         video.seconds = milliseconds / 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -29,10 +30,18 @@ class ClipJob:
 
 @dataclass(frozen=True)
 class ClipResult:
-    data: bytes
+    # The clip, a file in the job's work_dir: a file rather than bytes, since a long 4K clip runs to gigabytes.
+    path: Path
     mime_type: str
     model: str
     estimated_cost_usd: float = 0.0
+
+
+async def write_clip(job: ClipJob, data: bytes) -> Path:
+    """A downloaded clip, written to the job's folder for its ClipResult."""
+    path = job.work_dir / "clip"
+    await asyncio.to_thread(path.write_bytes, data)
+    return path
 
 
 class VideoProvider(Protocol):

@@ -34,7 +34,7 @@ from services.common.errors import (
     ScenecastError,
 )
 from services.common.providers import ProviderDescription, require_env
-from services.video.providers.base import ClipJob, ClipResult
+from services.video.providers.base import ClipJob, ClipResult, write_clip
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -261,9 +261,10 @@ class SelfHostedProvider:
                 raise ProviderUnavailable(
                     f"{session.label} did not finish within {settings.time_limit:g} s ({TIMEOUT_ENV})"
                 ) from stop
+        mime_type = _video_type(data, session.label)
         return ClipResult(
-            data=data,
-            mime_type=_video_type(data, session.label),
+            path=await write_clip(job, data),
+            mime_type=mime_type,
             model=model,
             estimated_cost_usd=pricing.selfhosted_usd_per_second() * plan.seconds,
         )

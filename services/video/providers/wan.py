@@ -14,7 +14,7 @@ from services.common import pricing
 from services.common.errors import InvalidArgument, ProviderUnavailable
 from services.common.providers import ProviderDescription, Quality
 from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
-from services.video.providers.base import ClipJob, ClipResult
+from services.video.providers.base import ClipJob, ClipResult, write_clip
 
 T2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-t2v-480p")
 I2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-i2v-480p")
@@ -64,7 +64,7 @@ class WanProvider:
         if output.data[4:8] != b"ftyp":
             raise ProviderUnavailable(f"Replicate {model.label} returned bytes that are not an MP4 video")
         return ClipResult(
-            data=output.data,
+            path=await write_clip(job, output.data),
             mime_type="video/mp4",
             model=model.label,
             estimated_cost_usd=pricing.wan_cost(NUM_FRAMES / FRAMES_PER_SECOND),
