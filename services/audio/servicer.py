@@ -46,8 +46,8 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
             render_id=request.render_id,
         )
 
-        cache = None if provider.description.offline else self._cache
-        key = speech_key(name, type(provider).__module__, job) if cache is not None else ""
+        cache = None if self._registry.is_offline(name) else self._cache
+        key = speech_key(name, type(provider).__module__, self._registry.fingerprint(name), job) if cache else ""
         deadline = call_deadline(context)
 
         async def attempt() -> tuple[SpeechResult, MediaInfo]:

@@ -93,11 +93,11 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 work_dir=work_dir,
                 render_id=spec.render_id,
             )
-            cache = None if provider.description.offline else self._cache
+            cache = None if self._registry.is_offline(name) else self._cache
             key = ""
             if cache is not None:
                 source_sha256 = await asyncio.to_thread(file_sha256, source_image) if source_image else ""
-                key = clip_key(name, type(provider).__module__, job, source_sha256)
+                key = clip_key(name, type(provider).__module__, self._registry.fingerprint(name), job, source_sha256)
             deadline = call_deadline(context)
 
             async def make() -> CachedAsset:
@@ -172,7 +172,7 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
     ) -> AsyncIterator[video_service_pb2.GenerateAvatarVideoResponse]:
         output = output_format(request.output)
         scenes = _avatar_scenes(request.scenes)
-        if not request.provider and not self._avatars.current_default:
+        if not request.provider and not self._avatars.default:
             raise InvalidArgument(
                 "provider is empty and AVATAR_PROVIDER is unset; set AVATAR_PROVIDER on the video service or name "
                 f"one of: {self._avatars.valid_names}"
@@ -197,8 +197,8 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             render_id=request.render_id,
             deadline=call_end - AVATAR_DEADLINE_MARGIN_SECONDS if call_end is not None else None,
         )
-        cache = None if provider.description.offline else self._cache
-        key = avatar_key(name, type(provider).__module__, job) if cache is not None else ""
+        cache = None if self._avatars.is_offline(name) else self._cache
+        key = avatar_key(name, type(provider).__module__, self._avatars.fingerprint(name), job) if cache else ""
 
         async def make() -> CachedAsset:
             with workdirs.work_folder(AVATAR_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
