@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from scenecast.v1 import types_pb2
 
+from services.common.errors import InvalidArgument
 from services.common.providers import ProviderRegistry, ProviderSummary
+
+# Jobs one Estimate*Cost call may price: far above any script (the gateway's MAX_SCENES), and a bound on the work.
+MAX_ESTIMATES = 1000
+
+
+def checked_count(count: int, field: str) -> None:
+    if count > MAX_ESTIMATES:
+        raise InvalidArgument(f"{field} has {count} entries; at most {MAX_ESTIMATES} per call, so split the call")
 
 
 def provider_set(kind: int, registry: ProviderRegistry[object]) -> types_pb2.ProviderSet:
