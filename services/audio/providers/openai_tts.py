@@ -42,10 +42,8 @@ class OpenAISpeechProvider(Provider[OpenAISpeechSettings, SpeechJob]):
     @classmethod
     def prices(cls, settings: OpenAISpeechSettings) -> tuple[Price, ...]:
         return (
-            Price(
-                "tts-1", "1M characters", USD_PER_MILLION_CHARS["tts-1"], "of narration, at draft or standard quality"
-            ),
-            Price("tts-1-hd", "1M characters", USD_PER_MILLION_CHARS["tts-1-hd"], "of narration, at hd quality"),
+            Price("tts-1", "1M characters", USD_PER_MILLION_CHARS["tts-1"], "at draft or standard quality"),
+            Price("tts-1-hd", "1M characters", USD_PER_MILLION_CHARS["tts-1-hd"], "at hd quality"),
         )
 
     @classmethod
