@@ -3,6 +3,8 @@ change their output; the registry refuses a provider that declares no price."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -132,3 +134,17 @@ def test_a_changed_output_setting_changes_the_cache_key() -> None:
         assert key(base.model_copy(update=changed)) != plain, changed
     # The key is not an output setting: a rotated key finds what the old one paid for.
     assert key(base.model_copy(update={"openai_api_key": SecretStr("sk-two-123456")})) == plain
+
+
+def test_the_gateway_imports_no_price_table() -> None:
+    """Prices live with their providers, behind the media services: the gateway asks the services (Estimate*Cost)."""
+    root = Path(__file__).resolve().parents[2]
+    imported = set()
+    for path in (root / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+    price_sources = re.compile(r"services\.common\.pricing|services\.(image|audio|video)\.(providers|avatars)")
+    assert not {name for name in imported if price_sources.match(name)}
