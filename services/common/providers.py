@@ -138,6 +138,7 @@ class ProviderRegistry(Generic[ProviderT]):
     ) -> None:
         """`default` comes from the service's settings (`variable` names it in messages); `settings` are settings
         objects to use instead of reading the environment, for the providers whose `settings_class` they are."""
+        settings = tuple(settings)
         given = {type(value): value for value in settings}
         self._classes: dict[str, type[Any]] = {}
         self._settings: dict[str, ProviderSettings] = {}
@@ -149,6 +150,9 @@ class ProviderRegistry(Generic[ProviderT]):
             if settings_class not in given:
                 given[settings_class] = settings_class()
             self._settings[name] = given[settings_class]
+        unused = [type(value).__name__ for value in settings if value not in self._settings.values()]
+        if unused:  # settings meant for another service's providers would otherwise be ignored without a word
+            raise ValueError(f"no provider of this service takes {', '.join(unused)}")
         if default and default not in self._classes:
             raise ValueError(f"{variable}={default!r} is not a known provider; valid: {self.valid_names}")
         self._instances: dict[str, ProviderT] = {}

@@ -148,3 +148,9 @@ def test_the_gateway_imports_no_price_table() -> None:
                 imported |= {alias.name for alias in node.names}
     price_sources = re.compile(r"services\.common\.pricing|services\.(image|audio|video)\.(providers|avatars)")
     assert not {name for name in imported if price_sources.match(name)}
+
+
+def test_settings_no_provider_takes_are_refused() -> None:
+    """A test (or a caller) that hands the audio service the image service's OpenAI settings learns it at once."""
+    with pytest.raises(ValueError, match="no provider of this service takes OpenAISettings"):
+        speech_registry("", [OpenAISettings()])
