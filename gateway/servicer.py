@@ -35,8 +35,8 @@ from services.common.observability import call_metadata, render_id_var
 from services.common.output import OutputFormat
 from services.common.providers import SPOKEN_CHARS_PER_SECOND
 
-# Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
-_LIST_TIMEOUT_SECONDS = 10.0
+# Listing providers and pricing jobs are cheap; a service that does not answer this fast is not ready for a render.
+_CHEAP_CALL_SECONDS = 10.0
 _GROUPINGS: dict[int, Grouping] = {
     render_service_pb2.SPEND_GROUPING_UNSPECIFIED: "day",
     render_service_pb2.SPEND_GROUPING_DAY: "day",
@@ -153,7 +153,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     ) -> render_service_pb2.EstimateCostResponse:
         """Asks the media services what the planned render's assets cost: they own the providers and their prices.
         Cache hits are not foreseen, so this is an upper bound."""
-        options = {"timeout": _LIST_TIMEOUT_SECONDS, "metadata": call_metadata()}
+        options = {"timeout": _CHEAP_CALL_SECONDS, "metadata": call_metadata()}
         try:
             if plan.avatar_provider:
                 answer = await self._downstream.video.EstimateAvatarCost(
@@ -326,13 +326,13 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         metadata = call_metadata()
         calls = (
             self._downstream.image.ListImageProviders(
-                image_service_pb2.ListImageProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS, metadata=metadata
+                image_service_pb2.ListImageProvidersRequest(), timeout=_CHEAP_CALL_SECONDS, metadata=metadata
             ),
             self._downstream.audio.ListSpeechProviders(
-                audio_service_pb2.ListSpeechProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS, metadata=metadata
+                audio_service_pb2.ListSpeechProvidersRequest(), timeout=_CHEAP_CALL_SECONDS, metadata=metadata
             ),
             self._downstream.video.ListVideoProviders(
-                video_service_pb2.ListVideoProvidersRequest(), timeout=_LIST_TIMEOUT_SECONDS, metadata=metadata
+                video_service_pb2.ListVideoProvidersRequest(), timeout=_CHEAP_CALL_SECONDS, metadata=metadata
             ),
         )
         try:
