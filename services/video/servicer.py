@@ -254,13 +254,15 @@ def _asset(result: ClipResult | AvatarResult, info: MediaInfo) -> CachedAsset:
 
 
 def _priced_clip(spec: video_service_pb2.ClipSpec, index: int) -> ClipJob:
-    """The clip a spec describes, as far as a price depends on it (size, quality, length): no image, no folder."""
+    """The clip a spec describes, checked as GenerateClip checks it, without the image or a folder: pricing makes
+    nothing."""
+    field = f"specs[{index}]"
     output = output_format(spec.output)
     if spec.duration_ms > MAX_DURATION_MS:
-        raise InvalidArgument(f"specs[{index}].duration_ms must be at most {MAX_DURATION_MS} (got {spec.duration_ms})")
+        raise InvalidArgument(f"{field}.duration_ms must be at most {MAX_DURATION_MS} (got {spec.duration_ms})")
     return ClipJob(
-        prompt=spec.scene.visual_prompt,
-        title=spec.scene.title,
+        prompt=checked_text(spec.scene.visual_prompt, f"{field}.scene.visual_prompt", MAX_PROMPT_CHARS, False),
+        title=checked_text(spec.scene.title, f"{field}.scene.title", MAX_TITLE_CHARS, required=False),
         scene_index=spec.scene_index,
         width=output.width,
         height=output.height,
@@ -268,7 +270,7 @@ def _priced_clip(spec: video_service_pb2.ClipSpec, index: int) -> ClipJob:
         duration_ms=spec.duration_ms,
         quality=output.quality,
         source_image=None,
-        work_dir=Path(),  # never used: pricing makes nothing
+        work_dir=Path(),  # never used
         render_id=spec.render_id,
     )
 

@@ -204,6 +204,18 @@ async def test_bad_estimate_requests_name_the_field(stubs: Stubs) -> None:
             "requests[0].text is empty",
         ),
         (
+            stubs.video.EstimateClipCost(
+                video_service_pb2.EstimateClipCostRequest(
+                    specs=[
+                        video_service_pb2.ClipSpec(
+                            scene=types_pb2.Scene(title="t" * 201), output=OUTPUT, provider="kenburns"
+                        )
+                    ]
+                )
+            ),
+            "specs[0].scene.title has 201 characters",
+        ),
+        (
             stubs.video.EstimateAvatarCost(
                 video_service_pb2.EstimateAvatarCostRequest(
                     request=video_service_pb2.GenerateAvatarVideoRequest(scenes=SCENES, output=OUTPUT)
