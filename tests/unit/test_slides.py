@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from services.common import fonts
-from services.common.providers import Quality
+from services.common.providers import NoSettings, Quality
 from services.image.providers.base import ImageJob
 from services.image.providers.slides import (
     ELLIPSIS,
@@ -66,7 +66,7 @@ def _contrast(first: tuple[int, int, int], second: tuple[int, int, int]) -> floa
 
 @pytest.mark.parametrize(("width", "height"), SIZES)
 async def test_generate_returns_png_of_exact_size(width: int, height: int) -> None:
-    result = await SlidesProvider().generate(_job(width, height))
+    result = await SlidesProvider(NoSettings()).generate(_job(width, height))
 
     image = _decode(result.data)
     assert image.format == "PNG"
@@ -158,7 +158,7 @@ async def test_non_latin_text_renders() -> None:
     title = "Sécurité – Überprüfung"
     prompt = "Prüfen Sie die Schutzausrüstung: Gehörschutz, Handschuhe, Sicherheitsschuhe – ça évite les blessures."
 
-    result = await SlidesProvider().generate(_job(1280, 720, title=title, prompt=prompt, scene_index=3))
+    result = await SlidesProvider(NoSettings()).generate(_job(1280, 720, title=title, prompt=prompt, scene_index=3))
 
     assert _decode(result.data).size == (1280, 720)
     layout = layout_slide(title, prompt, 1280, 720)

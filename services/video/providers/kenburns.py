@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
-from typing import ClassVar
 
 import ffmpeg
 
 from services.common.errors import FailedPrecondition
 from services.common.media import ffmpeg_exe, run_ffmpeg
-from services.common.providers import ProviderDescription
+from services.common.providers import NoSettings, Price, Provider, ProviderDescription
 from services.video.providers.base import ClipJob, ClipResult
 
 DEFAULT_DURATION_MS = 5000
@@ -27,18 +26,27 @@ ENCODER_THREADS = 2
 X264_PARAMS = "rc-lookahead=5:sync-lookahead=0"
 
 
-class KenBurnsProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class KenBurnsProvider(Provider[NoSettings, ClipJob]):
+    description = ProviderDescription(
         name="kenburns",
         description="Offline slow zoom over the scene's image (FFmpeg zoompan); needs the image",
         offline=True,
     )
 
-    def __init__(self) -> None:
+    def __init__(self, settings: NoSettings) -> None:
+        super().__init__(settings)
         # One encode at a time per service: each uses both of the pod's CPUs (ENCODER_THREADS), so a second one at
         # once would only share them, while doubling the memory (up to 778 MiB each at 4K, against a 1 GiB limit).
         # Calls wait here in turn; a caller that gives up stops waiting (its deadline cancels the call).
         self._encoding = asyncio.Semaphore(1)
+
+    @classmethod
+    def prices(cls, settings: NoSettings) -> tuple[Price, ...]:
+        return (Price("ffmpeg-zoompan", "clip", 0.0, "offline, on this machine's CPU"),)
+
+    @classmethod
+    def estimate_usd(cls, settings: NoSettings, job: ClipJob) -> float:
+        return 0.0
 
     async def generate(self, job: ClipJob) -> ClipResult:
         if job.source_image is None:
