@@ -30,8 +30,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY services/ services/
 COPY gateway/ gateway/
 COPY scenecast_cli/ scenecast_cli/
+COPY web/ web/
 RUN /opt/venv/bin/pip install --no-deps . \
-    && /opt/venv/bin/python -c "import scenecast.v1.render_service_pb2_grpc, services.image.server, gateway.server"
+    && /opt/venv/bin/python -c "import scenecast.v1.render_service_pb2_grpc, services.image.server, gateway.server, web.app"
 
 # ---- runtime ----
 FROM python:3.11-slim-bookworm

@@ -959,7 +959,23 @@ def _default(value: str | None) -> str | None:
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
-    assert set(_compose()["services"]) == {*SERVICES, "service-token"}
+    assert set(_compose()["services"]) == {*SERVICES, "service-token", "web"}
+
+
+def test_compose_web_is_the_front_door_on_the_hosts_loopback() -> None:
+    """The HTTP API runs its module, reaches the gateway by its service name, waits for it to be healthy, holds no
+    provider key or service token, and is published on the host's loopback only."""
+    web = _compose()["services"]["web"]
+    env = web["environment"]
+    assert web["command"] == ["python", "-m", "web"]
+    assert importlib.util.find_spec("web.__main__") is not None
+    assert env["SCENECAST_GATEWAY"] == f"gateway:{SERVICES['gateway'][2]}" and env["WEB_HOST"] == "0.0.0.0"
+    assert web["ports"] == [f"127.0.0.1:{env['WEB_PORT']}:{env['WEB_PORT']}"]
+    assert f"127.0.0.1:{env['WEB_PORT']}/v1/health" in " ".join(web["healthcheck"]["test"])
+    assert web["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert web["read_only"] is True and "/tmp" in web["tmpfs"] and web["user"].split(":")[0] == str(UID)
+    assert not {key for key in env if key in KEY_VARIABLES} and "SERVICE_AUTH_TOKENS_FILE" not in env
+    assert "volumes" not in web, "the service token stays with the services"
 
 
 def test_compose_turns_service_auth_on_with_a_generated_token() -> None:
