@@ -226,7 +226,7 @@ class _Serve:
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Serve, list[str]]]:
     started = _Serve(tmp_path_factory.mktemp("serve"))
     try:
-        printed = [started.next_line() for _ in range(6)]
+        printed = [started.next_line() for _ in range(7)]
         yield started, printed
     finally:
         started.process.send_signal(signal.SIGINT)
@@ -254,7 +254,13 @@ def test_serve_prints_every_port_and_keeps_metrics_on_loopback(serve: tuple[_Ser
         assert (words[0], words[1], words[3]) == (name, "gRPC", "metrics"), line
         ports[name] = (words[2], words[4])
     gateway = ports["gateway"][0]
-    assert printed[5] == (
+    web, http, api, openapi = printed[5].split(maxsplit=3)
+    assert (web, http, openapi) == ("web", "HTTP", f"(OpenAPI: {api}/openapi.json)"), printed[5]
+    web_port = int(api.removeprefix("http://127.0.0.1:").removesuffix("/v1"))
+    with urllib.request.urlopen(f"{api}/health", timeout=10) as response:
+        assert response.status == 200
+    assert _listening_hosts(web_port) == {"0100007F"}, "the HTTP API listens beyond loopback"
+    assert printed[6] == (
         f"gateway listening on {gateway}; no authentication: any local user or process can render (set "
         "GATEWAY_AUTH_TOKENS to require a token); Ctrl-C stops"
     )
