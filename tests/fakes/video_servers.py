@@ -25,6 +25,8 @@ from tests.fakes.replicate_server import FakeModel, FakeReplicate, OutputFile, P
 WAN_T2V = "wavespeedai/wan-2.1-t2v-480p"
 WAN_I2V = "wavespeedai/wan-2.1-i2v-480p"
 WAN_SIZES = {"16:9": (832, 480), "9:16": (480, 832)}
+# fast_mode's choices in the models' current versions (providers.md section 4).
+WAN_FAST_MODES = ("Off", "Balanced", "Fast")
 WAN_AREAS = {"832x480": (832, 480), "480x832": (480, 832)}
 COMFY_CHECKPOINTS = ("ltx-video-2b-v0.9.5.safetensors",)
 # ComfyUI's input types for the nodes the test templates use (what its validation converts and checks).
@@ -118,6 +120,7 @@ def _check_wan_common(inputs: dict[str, Any], frames: tuple[int, int], problems:
     _number(inputs, "sample_guide_scale", 0, 10, problems)
     _number(inputs, "sample_shift", 1, 10, problems)
     _number(inputs, "seed", 0, 2**32 - 1, problems, integer=True)
+    _choice(inputs, "fast_mode", WAN_FAST_MODES, problems)
 
 
 def _check_wan_t2v(inputs: dict[str, Any]) -> Problems:

@@ -178,11 +178,11 @@ async def eventually(condition: Callable[[], object]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("aspect", "quality", "aspect_ratio", "steps", "size"),
+    ("aspect", "quality", "aspect_ratio", "steps", "fast_mode", "size"),
     [
-        ("16:9", "standard", "16:9", 30, (832, 480)),
-        ("9:16", "draft", "9:16", 20, (480, 832)),
-        ("1:1", "hd", "16:9", 40, (832, 480)),  # Wan has no square; the assembler crops or pads
+        ("16:9", "standard", "16:9", 30, "Balanced", (832, 480)),
+        ("9:16", "draft", "9:16", 20, "Fast", (480, 832)),
+        ("1:1", "hd", "16:9", 40, "Off", (832, 480)),  # Wan has no square; the assembler crops or pads
     ],
 )
 async def test_wan_text_to_video(
@@ -192,6 +192,7 @@ async def test_wan_text_to_video(
     quality: str,
     aspect_ratio: str,
     steps: int,
+    fast_mode: str,
     size: tuple[int, int],
 ) -> None:
     metadata, data = await clip("wan", aspect=aspect, quality=quality)
@@ -203,6 +204,7 @@ async def test_wan_text_to_video(
         "num_frames": 81,
         "frames_per_second": 16,
         "sample_steps": steps,
+        "fast_mode": fast_mode,
         "aspect_ratio": aspect_ratio,
     }
     assert (metadata.provider, metadata.model) == ("wan", WAN_T2V)
@@ -221,11 +223,14 @@ async def test_wan_image_to_video_sends_the_scene_image(
     [create] = replicate.creates()
     assert create.path == f"/v1/models/{WAN_I2V}/predictions"
     model_input = create.json()["input"]
-    assert {key: model_input[key] for key in ("prompt", "num_frames", "max_area", "frames_per_second")} == {
+    assert {
+        key: model_input[key] for key in ("prompt", "num_frames", "max_area", "frames_per_second", "fast_mode")
+    } == {
         "prompt": PROMPT,
         "num_frames": 81,
         "max_area": max_area,
         "frames_per_second": 16,
+        "fast_mode": "Balanced",
     }
     assert "aspect_ratio" not in model_input
     sent = decode_image_uri(model_input["image"])
