@@ -14,7 +14,7 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc, types_pb2
 
-from services.common import pricing, retry
+from services.common import jobs, pricing, replicate_runner, retry
 from services.common.errors import RateLimited
 from services.common.providers import Quality
 from services.common.replicate_runner import SYNC_WAIT_SECONDS, ReplicateModel, _mapped
@@ -204,8 +204,10 @@ async def test_a_failed_create_is_retried_by_the_service(
     fake.add_fault(fault)
     metadata, _ = await call(provider)
     assert metadata.provider == provider
-    # The replicate transport never retries a POST: both creates come from the service's retry policy.
+    # The replicate transport never retries a POST: both creates come from the service's retry policy, the second
+    # (after a 500 or reset, which may have reached Replicate) only once the list showed no prediction made.
     assert len(fake.creates()) == 2
+    assert len(list_requests(fake)) == (0 if fault.status == 429 else 1)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -284,14 +286,78 @@ async def test_a_safety_refusal_is_invalid_argument(fake: FakeReplicate, call: C
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_truncated_output_is_unavailable_after_every_attempt(
+async def test_a_download_that_keeps_failing_is_retried_but_never_reordered(
     fake: FakeReplicate, call: Call, provider: str
 ) -> None:
     fake.truncate_output = True
     error = await failure(call, provider)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "downloading the output failed" in error.details() or "truncated" in error.details()
-    assert len(fake.creates()) == len(fake.requests_to("/files/", "GET")) == ATTEMPTS
+    [prediction] = fake.predictions.values()
+    assert f"job {prediction.id} finished, but its output could not be downloaded" in error.details()
+    assert "not ordered again" in error.details()
+    assert (len(fake.creates()), len(fake.downloads())) == (1, jobs.DOWNLOAD_ATTEMPTS)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_failed_download_of_a_finished_prediction_downloads_again(
+    fake: FakeReplicate, call: Call, provider: str
+) -> None:
+    fake.failing_downloads = 2
+    metadata, _ = await call(provider)
+    assert metadata.provider == provider
+    assert (len(fake.creates()), len(fake.downloads())) == (1, 3)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_unusable_output_names_the_prediction_and_is_not_reordered(
+    fake: FakeReplicate, call: Call, provider: str
+) -> None:
+    """Bytes that do not decode are the finished prediction's fault: reported, never a new (paid) prediction."""
+    fake.garbage_output = True
+    error = await failure(call, provider)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    [prediction] = fake.predictions.values()
+    assert f"job {prediction.id} finished with unusable output" in error.details()
+    assert "not ordered again" in error.details()
+    assert (len(fake.creates()), len(fake.downloads())) == (1, 1)
+
+
+@pytest.fixture
+def short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-second `Prefer: wait`, so that an answer later than the client's read timeout costs seconds, not 30."""
+    monkeypatch.setattr(replicate_runner, "SYNC_WAIT_SECONDS", 1)
+
+
+@pytest.mark.usefixtures("short_wait")
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_create_answered_after_its_wait_is_still_read(fake: FakeReplicate, call: Call, provider: str) -> None:
+    """The client reads a waited create well past the wait (it used to give up 0.5 s after it, and order again)."""
+    fake.answer_delay = 2.0
+    metadata, _ = await call(provider)
+    assert metadata.provider == provider
+    [create] = fake.creates()
+    assert create.headers["Prefer"] == "wait=1"
+    assert list_requests(fake) == []
+
+
+@pytest.mark.usefixtures("short_wait")
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_create_answered_after_the_timeout_is_found_not_reordered(
+    fake: FakeReplicate, call: Call, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer comes after the client stopped reading: the prediction is found in the list and used."""
+    monkeypatch.setattr(replicate_runner, "CREATE_READ_MARGIN_SECONDS", 0.5)
+    fake.answer_delay = 3.0
+    fake.list_page_size = 1  # the prediction is looked for page by page
+    metadata, _ = await call(provider)
+    assert metadata.provider == provider
+    assert len(fake.creates()) == 1 and len(list_requests(fake)) == 1
+    [prediction] = fake.predictions.values()
+    assert prediction.status == "succeeded" and len(fake.downloads()) == 1
+
+
+def list_requests(fake: FakeReplicate) -> list[object]:
+    return [r for r in fake.requests_to("/v1/predictions", "GET") if r.path == "/v1/predictions"]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -269,12 +269,16 @@ async def test_wan_throttled_create(replicate: FakeReplicateVideo, clip: Clip) -
         assert "429" in error.details() and len(replicate.creates()) == 1
 
 
-async def test_wan_corrupt_video_is_unavailable(replicate: FakeReplicateVideo, clip: Clip) -> None:
+async def test_wan_corrupt_video_is_unavailable_naming_the_prediction(
+    replicate: FakeReplicateVideo, clip: Clip
+) -> None:
+    """A finished prediction's bad clip is reported, never ordered (and paid for) again."""
     replicate.corrupt_video = True
     error = await failure(clip, "wan")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "not an MP4" in error.details()
-    assert len(replicate.creates()) == ATTEMPTS
+    [prediction] = replicate.predictions.values()
+    assert f"job {prediction.id} finished with unusable output" in error.details() and "not an MP4" in error.details()
+    assert len(replicate.creates()) == 1
 
 
 async def test_wan_without_a_token_is_failed_precondition(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import ClassVar
 
 from services.audio.providers.base import SpeechJob, SpeechResult
 from services.common import pricing
 from services.common.errors import ProviderUnavailable
+from services.common.media import probe
 from services.common.providers import ProviderDescription
-from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
+from services.common.replicate_runner import TOKEN_ENV, OutputFile, ReplicateModel, run_for_file
 
 # providers.md gives only the prefix f559560e; this full id is what public code pins as "jaaari/kokoro-82m:f559560e…"
 # (an exact-string code search: all 10 hits, Python and TypeScript projects, carry this same id). Whether it is still
@@ -51,16 +53,24 @@ class KokoroProvider:
         version = os.environ.get("KOKORO_VERSION") or KOKORO_VERSION
         model = ReplicateModel("jaaari/kokoro-82m", version, "KOKORO_VERSION")
         voice = job.voice or os.environ.get("KOKORO_VOICE") or DEFAULT_VOICE
-        output = await run_for_file(
+
+        def result(output: OutputFile) -> SpeechResult:
+            mime_type = audio_type(output.data, output.content_type)
+            # Decoded here, inside the job: audio the service could not decode would otherwise be ordered again.
+            if not probe(io.BytesIO(output.data), "kokoro audio").has_audio:
+                raise ProviderUnavailable("kokoro returned a file with no audio")
+            return SpeechResult(
+                data=output.data,
+                mime_type=mime_type,
+                model=model.label,
+                estimated_cost_usd=pricing.kokoro_cost(len(job.text), output.predict_time),
+            )
+
+        return await run_for_file(
             self.description.name,
             model,
             {"text": job.text, "voice": voice, "speed": 1},
+            result,
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_AUDIO_BYTES,
-        )
-        return SpeechResult(
-            data=output.data,
-            mime_type=audio_type(output.data, output.content_type),
-            model=model.label,
-            estimated_cost_usd=pricing.kokoro_cost(len(job.text), output.predict_time),
         )

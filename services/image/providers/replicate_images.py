@@ -48,9 +48,10 @@ def _prompt(job: ImageJob) -> str:
 
 
 def _image_result(data: bytes, model: str, cost: float) -> ImageResult:
-    """Reads the real size and type from the bytes; the service then fits the image to the frame."""
+    """Reads the real size and type from the bytes (the image must decode whole); the service then fits it."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a header followed by garbage opens; it fails here, inside the job, not in the service
             width, height, mime_type = image.width, image.height, Image.MIME.get(image.format or "", "")
     except (UnidentifiedImageError, OSError) as error:
         raise ProviderUnavailable(f"Replicate {model} returned bytes that are not an image ({error})") from error
@@ -70,7 +71,7 @@ class SdxlProvider:
         model = ReplicateModel("stability-ai/sdxl", os.environ.get("SDXL_VERSION") or SDXL_VERSION, "SDXL_VERSION")
         width, height = sdxl_size(job.aspect)
         steps = pricing.SDXL_STEPS[job.quality]
-        output = await run_for_file(
+        return await run_for_file(
             self.description.name,
             model,
             {
@@ -81,10 +82,10 @@ class SdxlProvider:
                 "num_inference_steps": steps,
                 "num_outputs": 1,
             },
+            lambda output: _image_result(output.data, model.label, pricing.sdxl_cost(steps, output.predict_time)),
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_IMAGE_BYTES,
         )
-        return _image_result(output.data, model.label, pricing.sdxl_cost(steps, output.predict_time))
 
 
 class FluxProvider:
@@ -97,7 +98,7 @@ class FluxProvider:
     )
 
     async def generate(self, job: ImageJob) -> ImageResult:
-        output = await run_for_file(
+        return await run_for_file(
             self.description.name,
             FLUX_MODEL,
             {
@@ -107,7 +108,7 @@ class FluxProvider:
                 "num_outputs": 1,
                 "output_format": "png",  # lossless: the service re-encodes to PNG after fitting anyway
             },
+            lambda output: _image_result(output.data, FLUX_MODEL.label, pricing.FLUX_DEV_PER_IMAGE),
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_IMAGE_BYTES,
         )
-        return _image_result(output.data, FLUX_MODEL.label, pricing.FLUX_DEV_PER_IMAGE)

@@ -12,8 +12,9 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common import pricing
 from services.common.errors import InvalidArgument, ProviderUnavailable
+from services.common.media import probe
 from services.common.providers import ProviderDescription, Quality
-from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
+from services.common.replicate_runner import TOKEN_ENV, OutputFile, ReplicateModel, run_for_file
 from services.video.providers.base import ClipJob, ClipResult
 
 T2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-t2v-480p")
@@ -62,16 +63,25 @@ class WanProvider:
             model = I2V_MODEL
             model_input["image"] = await asyncio.to_thread(image_data_uri, job.source_image)
             model_input["max_area"] = "480x832" if portrait else "832x480"
-        output = await run_for_file(
-            self.description.name, model, model_input, time_limit=TIME_LIMIT_SECONDS, max_bytes=MAX_VIDEO_BYTES
-        )
-        if output.data[4:8] != b"ftyp":
-            raise ProviderUnavailable(f"Replicate {model.label} returned bytes that are not an MP4 video")
-        return ClipResult(
-            data=output.data,
-            mime_type="video/mp4",
-            model=model.label,
-            estimated_cost_usd=pricing.wan_cost(NUM_FRAMES / FRAMES_PER_SECOND),
+
+        def result(output: OutputFile) -> ClipResult:
+            # Checked here, inside the job: a clip the service could not decode would otherwise be ordered again.
+            if output.data[4:8] != b"ftyp" or not probe(io.BytesIO(output.data), "wan clip").has_video:
+                raise ProviderUnavailable(f"Replicate {model.label} returned bytes that are not an MP4 video")
+            return ClipResult(
+                data=output.data,
+                mime_type="video/mp4",
+                model=model.label,
+                estimated_cost_usd=pricing.wan_cost(NUM_FRAMES / FRAMES_PER_SECOND),
+            )
+
+        return await run_for_file(
+            self.description.name,
+            model,
+            model_input,
+            result,
+            time_limit=TIME_LIMIT_SECONDS,
+            max_bytes=MAX_VIDEO_BYTES,
         )
 
 
