@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Generic, TypeVar
+
+import httpx
 
 from services.common import retry
 from services.common.download import Downloaded, fetch_output
@@ -21,8 +24,10 @@ POLL_BACKOFF = 1.5
 POLL_MAX_FACTOR = 15
 # Attempts at downloading a finished job's output: a failed download is tried again, never the order.
 DOWNLOAD_ATTEMPTS = 4
-# Sends of one order under its idempotency key when the vendor's answer is lost (the vendor runs it once).
-IDEMPOTENT_CREATE_ATTEMPTS = 3
+# Sends of one order under its idempotency key when the vendor's answer is lost (the vendor runs it once), and the
+# wait between them, in seconds: a vendor answers a re-send that comes while the first is still being taken with 409.
+IDEMPOTENT_CREATE_ATTEMPTS = 4
+IDEMPOTENT_RESEND_SECONDS = 2.0
 # Bounds the best-effort cancel sent when the caller gives up, so an abandoned call cannot linger.
 CANCEL_TIMEOUT_SECONDS = 5.0
 
@@ -49,6 +54,20 @@ class JobEnded(Exception):
     def __init__(self, error: ScenecastError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def create_failure(
+    error: ScenecastError, *, status: int = 0, cause: BaseException | None = None, refused: Collection[int] = (429,)
+) -> Exception:
+    """What a failed create means: CreateRefused when the vendor surely did not take it (no connection, a `refused`
+    status such as 429), CreateUnknown when it may have (a timeout or reset after sending, a 5xx), else `error`."""
+    if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return CreateRefused(error)
+    if cause is not None or status >= 500:
+        return CreateUnknown(error)
+    if status in refused:
+        return CreateRefused(error)
+    return error
 
 
 class RemoteJob(ABC, Generic[JobT, ResultT]):
@@ -155,7 +174,7 @@ async def _order(job: RemoteJob[JobT, ResultT]) -> JobT:
                         "at the vendor, so it is not ordered again; look for it in the vendor's dashboard"
                     ) from unknown
                 _LOGGER.info("%s: the order's answer was lost (%s); sending it again under its key", job.label, unknown)
-                await asyncio.sleep(unknown.error.retry_after or retry.BACKOFF_MIN_SECONDS * 2**attempt)
+                await asyncio.sleep(max(getattr(unknown.error, "retry_after", None) or 0.0, IDEMPOTENT_RESEND_SECONDS))
                 continue
             if not job.can_find:
                 raise JobFailed(

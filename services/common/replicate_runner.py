@@ -136,16 +136,9 @@ class _Prediction(jobs.RemoteJob[Prediction, T]):
                 model=self._model.name, input=self._input, wait=SYNC_WAIT_SECONDS
             )
         except ReplicateError as error:
-            mapped = _mapped(error, self._model)
-            if error.status == 429:
-                raise jobs.CreateRefused(mapped) from error
-            if not error.status or error.status >= 500:
-                raise jobs.CreateUnknown(mapped) from error
-            raise mapped from error
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-            raise jobs.CreateRefused(_mapped(error, self._model)) from error
-        except httpx.HTTPError as error:  # a timeout or a reset after the request went out
-            raise jobs.CreateUnknown(_mapped(error, self._model)) from error
+            raise jobs.create_failure(_mapped(error, self._model), status=error.status or 500) from error
+        except httpx.HTTPError as error:
+            raise jobs.create_failure(_mapped(error, self._model), cause=error) from error
         except ValidationError as error:
             raise _mapped(error, self._model) from error
 

@@ -1,62 +1,67 @@
-"""HeyGen's documented v2 contract: one video per script (a video input per scene), polled through v1 status.
+"""HeyGen avatar videos: the v3 API (`POST /v3/videos`, `GET /v3/videos/{id}`), or v2 behind HEYGEN_API_VERSION.
 
-HeyGen supports /v1 and /v2 only until 2026-10-31; /v3/videos replaces them with a schema not yet confirmed. Every
-HeyGen request and response shape lives in this module (and HEYGEN_BASE_URL points it anywhere), so a v3 adapter
-replaces this module's paths and bodies without touching the service.
+v3 takes one avatar and one script per video, and an Idempotency-Key that makes a re-sent order safe. v2 (supported
+by HeyGen until 2026-10-31) takes a video input per scene and is polled through v1 status; it has no idempotency key
+and no job list we could search, so an order whose answer is lost is reported, never sent again. Every HeyGen
+request and response shape lives in this module (and HEYGEN_BASE_URL points it anywhere).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import urllib.parse
+import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
 
-from services.common import pricing
-from services.common.download import fetch_output
+from services.common import jobs, pricing
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    JobFailed,
     ProviderUnavailable,
     RateLimited,
     ScenecastError,
 )
 from services.common.providers import ProviderDescription, require_env
+from services.common.retry import retry_after_seconds
 from services.video.avatars.base import (
     AvatarJob,
     AvatarResult,
+    VendorVideo,
     env_flag,
     env_seconds,
-    measured_seconds,
-    poll_status,
-    retry_after,
     within_deadline,
 )
-
-_LOGGER = logging.getLogger(__name__)
 
 NAME = "heygen"
 KEY_ENV = "HEYGEN_API_KEY"
 BASE_URL_ENV = "HEYGEN_BASE_URL"
+# "v3" (the default) or "v2": HeyGen's legacy API, for accounts and avatars (Avatar III) that need it.
+API_VERSION_ENV = "HEYGEN_API_VERSION"
+API_VERSIONS = ("v3", "v2")
 DEFAULT_BASE_URL = "https://api.heygen.com"
 # HeyGen has no stock default we could rely on: the account's avatar and voice ids must be configured or requested.
 AVATAR_ENV = "HEYGEN_AVATAR_ID"
 VOICE_ENV = "HEYGEN_VOICE_ID"
+# Free, watermarked videos: a v2 feature; v3 documents none.
+TEST_ENV = "HEYGEN_TEST"
 DEFAULT_BACKGROUND = "#FAFAFA"
 MAX_SCENES = 50
-# HeyGen renders at its own sizes up to 1080p on common plans; larger output is scaled up by the assembler.
+# v3 takes one script of at most this many characters; the scenes' narrations are joined into it.
+V3_MAX_SCRIPT_CHARS = 5000
+# v3 renders at 720p or 1080p (4k costs more and is never needed: the assembler scales up); v2 takes any size up
+# to 1080p on common plans.
+V3_RESOLUTIONS = ((720, "720p"), (1080, "1080p"))
 MAX_SIDE = 1920
-# The code HeyGen gives a video above the plan's resolution.
+# The code HeyGen gives a v2 video above the plan's resolution.
 PLAN_RESOLUTION_CODE = 40010
-# First wait between status checks, in seconds; doubles up to 15 times this. HEYGEN_POLL_SECONDS overrides it.
+# First wait between status checks, in seconds; grows to 15 times this. HEYGEN_POLL_SECONDS overrides it.
 POLL_SECONDS = 2.0
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-DOWNLOAD_TIMEOUT_SECONDS = 300.0
 
-CREATE_PATH = "/v2/video/generate"
-STATUS_PATH = "/v1/video_status.get"
 # `pending`, `processing` and the unconfirmed `waiting` are still on their way.
 _ENDED = frozenset({"completed", "failed"})
 # What v1 answers carry as `code` on success.
@@ -67,8 +72,8 @@ class HeyGenProvider:
     description: ClassVar[ProviderDescription] = ProviderDescription(
         name=NAME,
         description=(
-            f"HeyGen avatar videos (v2 API, supported until 2026-10-31); needs {AVATAR_ENV} and {VOICE_ENV} "
-            "unless the request names them"
+            f"HeyGen avatar videos (v3 API; {API_VERSION_ENV}=v2 for the legacy one); needs {AVATAR_ENV} and "
+            f"{VOICE_ENV} unless the request names them"
         ),
         offline=False,
         required_env=(KEY_ENV,),
@@ -78,45 +83,178 @@ class HeyGenProvider:
 
     async def generate(self, job: AvatarJob) -> AvatarResult:
         key = require_env(KEY_ENV, NAME)
+        version = (os.environ.get(API_VERSION_ENV) or "v3").strip().lower()
+        if version not in API_VERSIONS:
+            raise FailedPrecondition(f"{API_VERSION_ENV}={version!r} is not supported; use one of: v3, v2")
         avatar = job.avatar or _configured(AVATAR_ENV, "avatar.avatar")
         voice = job.voice or _configured(VOICE_ENV, "avatar.voice")
-        body = _create_body(job, avatar, voice)
-        first_poll = env_seconds("HEYGEN_POLL_SECONDS", POLL_SECONDS)
+        background = _background(job.background or os.environ.get("HEYGEN_BACKGROUND") or DEFAULT_BACKGROUND)
+        kind = _V3Video if version == "v3" else _V2Video
+        body = kind.body(job, avatar, voice, background)
+        async with httpx.AsyncClient(
+            base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            headers={"X-Api-Key": key},
+            timeout=REQUEST_TIMEOUT,
+        ) as client:
+            video = kind(client, body, avatar, env_seconds("HEYGEN_POLL_SECONDS", POLL_SECONDS), pricing.heygen_cost)
+            return await within_deadline(lambda: jobs.run(video), job.deadline, NAME)
 
-        async def render() -> AvatarResult:
-            async with httpx.AsyncClient(
-                base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-                headers={"X-Api-Key": key},
-                timeout=REQUEST_TIMEOUT,
-            ) as client:
-                created = _data(await _call(client, "POST", CREATE_PATH, json=body))
-                video_id = created.get("video_id")
-                if not isinstance(video_id, str) or not video_id:
-                    raise ProviderUnavailable("HeyGen accepted the video but answered without its video_id")
-                _LOGGER.info("heygen: video %s ordered (%d scenes)", video_id, len(job.scenes))
-                status = await poll_status(
-                    lambda: _call(client, "GET", STATUS_PATH, params={"video_id": video_id}),
-                    lambda answer: _data(answer).get("status") in _ENDED,
-                    first_delay=first_poll,
-                    label=f"heygen video {video_id}",
-                )
-            video = _data(status)
-            # No X-Api-Key header: the video URL is pre-signed, and the key must not travel to another host.
-            downloaded = await fetch_output(_video_url(video, video_id), timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS)
-            duration = video.get("duration")
-            seconds = (
-                float(duration)
-                if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration > 0
-                else await measured_seconds(downloaded.data, NAME)
-            )
-            return AvatarResult(
-                data=downloaded.data,
-                mime_type="video/mp4",
-                model=avatar,
-                estimated_cost_usd=pricing.heygen_cost(seconds),
-            )
 
-        return await within_deadline(render, job.deadline, NAME)
+class _HeyGenVideo(VendorVideo):
+    """What both API versions share: the answer's `data`, its status values, the error mapping."""
+
+    provider = NAME
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        body: dict[str, Any],
+        avatar: str,
+        poll_seconds: float,
+        cost: Callable[[float], float],
+    ) -> None:
+        super().__init__(client, avatar, poll_seconds, cost)
+        self._body = body
+
+    @staticmethod
+    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _create(self, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """POSTs the order once; the video's id, as `{"id": ...}`, with the create's answer."""
+        try:
+            response = await self._client.post(path, json=self._body, headers=headers)
+        except httpx.HTTPError as error:
+            unreachable = ProviderUnavailable(f"{self.label} could not be reached (POST {path}): {error!r}")
+            raise jobs.create_failure(unreachable, cause=error) from error
+        try:
+            created = _data(_answer(response, "POST", path))
+        except ScenecastError as error:
+            if response.status_code == 409:  # v3: the same key's first order is still being taken
+                raise jobs.CreateUnknown(
+                    ProviderUnavailable(f"{self.label} is still taking the order: {error}")
+                ) from error
+            raise jobs.create_failure(error, status=response.status_code) from error
+        video_id = created.get("video_id")
+        if not isinstance(video_id, str) or not video_id:
+            raise JobFailed(f"{self.label} accepted the video but answered without its video_id")
+        return {"status": "pending", **created, "id": video_id}
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return job.get("status") in _ENDED
+
+    async def _status(self, path: str, **params: str) -> dict[str, Any]:
+        try:
+            response = await self._client.get(path, params=params)
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"{self.label} could not be reached (GET {path}): {error!r}") from error
+        return _data(_answer(response, "GET", path))
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        video_id = self.job_id(job)
+        if job.get("status") == "completed":
+            url = job.get("video_url")
+            if not isinstance(url, str) or not url:
+                raise ProviderUnavailable(f"{self.label} marked video {video_id} completed without a video_url")
+            return url
+        code, reason = self._failure(job)
+        raise _mapped(None, code, f"video {video_id}: {reason or 'no reason given'}")
+
+    def _failure(self, job: dict[str, Any]) -> tuple[Any, str]:
+        raise NotImplementedError
+
+    def reported_seconds(self, job: dict[str, Any]) -> float | None:
+        duration = job.get("duration")
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration > 0:
+            return float(duration)
+        return None
+
+
+class _V3Video(_HeyGenVideo):
+    """v3: one script per video; the order's Idempotency-Key lets a lost answer be asked for again safely."""
+
+    label = "HeyGen (v3)"
+    idempotent_create = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # HeyGen replays the first answer to any order under this key for 24 h: one key per order, never per attempt.
+        self._key = f"scenecast-{uuid.uuid4().hex}"
+
+    @staticmethod
+    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str]) -> dict[str, Any]:
+        if env_flag(TEST_ENV):
+            raise FailedPrecondition(
+                f"{TEST_ENV} asks for a free test video, which HeyGen's v3 API does not offer (its videos are billed); "
+                f"unset {TEST_ENV}, or set {API_VERSION_ENV}=v2"
+            )
+        # Paragraphs: the voice pauses between scenes as it does between paragraphs.
+        script = "\n\n".join(scene.narration for scene in job.scenes)
+        if len(script) > V3_MAX_SCRIPT_CHARS:
+            raise InvalidArgument(
+                f"scenes: the narration is {len(script)} characters; a HeyGen v3 video speaks at most "
+                f"{V3_MAX_SCRIPT_CHARS}, so shorten the script or split it into several renders"
+            )
+        short_side = min(job.width, job.height)
+        resolution = next((name for side, name in V3_RESOLUTIONS if short_side <= side), V3_RESOLUTIONS[-1][1])
+        body: dict[str, Any] = {
+            "type": "avatar",
+            "avatar_id": avatar,
+            "script": script,
+            "voice_id": voice,
+            "title": job.title,
+            "resolution": resolution,
+            "aspect_ratio": job.aspect,
+            # The v2 background shape; v3's documentation does not spell its own out (unconfirmed).
+            "background": background,
+        }
+        if job.render_id:
+            body["callback_id"] = job.render_id
+        return body
+
+    async def create(self) -> dict[str, Any]:
+        return await self._create("/v3/videos", headers={"Idempotency-Key": self._key})
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        return {**job, **await self._status(f"/v3/videos/{self.job_id(job)}")}
+
+    def _failure(self, job: dict[str, Any]) -> tuple[Any, str]:
+        return job.get("failure_code"), str(job.get("failure_message") or "")
+
+
+class _V2Video(_HeyGenVideo):
+    """v2: a video input per scene, polled through v1 status; no key, so a lost answer is never re-sent."""
+
+    label = "HeyGen (v2)"
+
+    @staticmethod
+    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "video_inputs": [
+                {
+                    "character": {"type": "avatar", "avatar_id": avatar, "avatar_style": "normal"},
+                    "voice": {"type": "text", "voice_id": voice, "input_text": scene.narration},
+                    "background": background,
+                }
+                for scene in job.scenes
+            ],
+            "dimension": _dimension(job.width, job.height),
+            "test": env_flag(TEST_ENV),
+            "title": job.title,
+        }
+        if job.render_id:
+            body["callback_id"] = job.render_id
+        return body
+
+    async def create(self) -> dict[str, Any]:
+        return await self._create("/v2/video/generate")
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        return {**job, **await self._status("/v1/video_status.get", video_id=self.job_id(job))}
+
+    def _failure(self, job: dict[str, Any]) -> tuple[Any, str]:
+        error = job.get("error") if isinstance(job.get("error"), dict) else {}
+        return error.get("code"), "; ".join(str(error[name]) for name in ("message", "detail") if error.get(name))
 
 
 def _configured(variable: str, field: str) -> str:
@@ -124,26 +262,6 @@ def _configured(variable: str, field: str) -> str:
     if not value:
         raise FailedPrecondition(f"provider '{NAME}' needs {variable} set on the service, or {field} in the request")
     return value
-
-
-def _create_body(job: AvatarJob, avatar: str, voice: str) -> dict[str, Any]:
-    background = _background(job.background or os.environ.get("HEYGEN_BACKGROUND") or DEFAULT_BACKGROUND)
-    body: dict[str, Any] = {
-        "video_inputs": [
-            {
-                "character": {"type": "avatar", "avatar_id": avatar, "avatar_style": "normal"},
-                "voice": {"type": "text", "voice_id": voice, "input_text": scene.narration},
-                "background": background,
-            }
-            for scene in job.scenes
-        ],
-        "dimension": _dimension(job.width, job.height),
-        "test": env_flag("HEYGEN_TEST"),
-        "title": job.title,
-    }
-    if job.render_id:
-        body["callback_id"] = job.render_id
-    return body
 
 
 def _background(value: str) -> dict[str, str]:
@@ -160,12 +278,8 @@ def _dimension(width: int, height: int) -> dict[str, int]:
     return {"width": max(2, round(width * scale / 2) * 2), "height": max(2, round(height * scale / 2) * 2)}
 
 
-async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    """One API request and its JSON answer; every failure becomes a domain error here (_mapped), and nowhere else."""
-    try:
-        response = await client.request(method, path, **kwargs)
-    except httpx.HTTPError as error:
-        raise ProviderUnavailable(f"HeyGen could not be reached ({method} {path}): {error!r}") from error
+def _answer(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    """The JSON answer; every failure becomes a domain error here (_mapped), and nowhere else."""
     try:
         answer = response.json()
     except ValueError:
@@ -176,12 +290,15 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
     if response.is_success and message is None:
         raise ProviderUnavailable(f"HeyGen answered {method} {path} with something other than a JSON object")
     raise _mapped(
-        response.status_code, code, message or response.text[:300] or response.reason_phrase, retry_after(response)
+        response.status_code,
+        code,
+        message or response.text[:300] or response.reason_phrase,
+        retry_after_seconds(response.headers.get("retry-after")),
     )
 
 
 def _problem(answer: Any) -> tuple[Any, str | None]:
-    """The error code and message of an answer: v2 says {"error": {code, message}}, v1 {"code": N, "message"}."""
+    """The error code and message of an answer: v2 and v3 say {"error": {code, message}}, v1 {"code": N, "message"}."""
     if not isinstance(answer, dict):
         return None, None
     error = answer.get("error")
@@ -206,6 +323,8 @@ def _mapped(status: int | None, code: Any, message: str, wait: float | None = No
     label = f"{status}, code {code}" if code else str(status)
     if status in (401, 403):
         return FailedPrecondition(f"HeyGen rejected {KEY_ENV} ({label}: {message}); set a valid API key")
+    if status == 402:
+        return FailedPrecondition(f"HeyGen's API wallet is empty ({label}: {message}); add credit to the API wallet")
     if status == 429:
         return RateLimited(f"HeyGen rate limit ({label}): {message}", wait)
     if status >= 500:
@@ -217,14 +336,3 @@ def _mapped(status: int | None, code: Any, message: str, wait: float | None = No
 def _data(answer: dict[str, Any]) -> dict[str, Any]:
     data = answer.get("data")
     return data if isinstance(data, dict) else {}
-
-
-def _video_url(video: dict[str, Any], video_id: str) -> str:
-    if video.get("status") == "completed":
-        url = video.get("video_url")
-        if not isinstance(url, str) or not url:
-            raise ProviderUnavailable(f"HeyGen marked video {video_id} completed without a video_url")
-        return url
-    error = video.get("error") if isinstance(video.get("error"), dict) else {}
-    detail = "; ".join(str(error[name]) for name in ("message", "detail") if error.get(name)) or "no reason given"
-    raise _mapped(None, error.get("code"), f"video {video_id}: {detail}")

@@ -1,38 +1,36 @@
-"""Synthesia API v2: one video per script (a Synthesia scene per scenecast scene), polled until rendered, downloaded.
+"""Synthesia API v2: one video per script (a Synthesia scene per scenecast scene), ordered once, polled, downloaded.
 
 Every Synthesia request and response shape lives in this module.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
 
-from services.common import pricing
-from services.common.download import fetch_output
+from services.common import jobs, pricing
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    JobFailed,
     ProviderUnavailable,
     RateLimited,
     ScenecastError,
 )
 from services.common.providers import ProviderDescription, require_env
+from services.common.retry import retry_after_seconds
 from services.video.avatars.base import (
     AvatarJob,
     AvatarResult,
+    VendorVideo,
     env_flag,
     env_seconds,
-    measured_seconds,
-    poll_status,
-    retry_after,
     within_deadline,
 )
-
-_LOGGER = logging.getLogger(__name__)
 
 NAME = "synthesia"
 KEY_ENV = "SYNTHESIA_API_KEY"
@@ -45,7 +43,9 @@ MAX_SCENES = 25
 # First wait between status checks, in seconds; doubles up to 15 times this. SYNTHESIA_POLL_SECONDS overrides it.
 POLL_SECONDS = 2.0
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-DOWNLOAD_TIMEOUT_SECONDS = 300.0
+# Videos a page of the list holds (its maximum), and pages read when looking for an order whose answer was lost.
+LIST_LIMIT = 100
+FIND_PAGES = 5
 
 # `approved` (after moderation) and `in_progress` are still on their way.
 _ENDED = frozenset({"complete", "error", "rejected", "deleted"})
@@ -68,36 +68,80 @@ class SynthesiaProvider:
         avatar = job.avatar or os.environ.get("SYNTHESIA_AVATAR") or DEFAULT_AVATAR
         body = _create_body(job, avatar)
         first_poll = env_seconds("SYNTHESIA_POLL_SECONDS", POLL_SECONDS)
+        async with httpx.AsyncClient(
+            base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            headers={"Authorization": key},  # the bare key: Synthesia takes no "Bearer" prefix
+            timeout=REQUEST_TIMEOUT,
+        ) as client:
+            video = _SynthesiaVideo(client, body, avatar, first_poll, pricing.synthesia_cost)
+            return await within_deadline(lambda: jobs.run(video), job.deadline, NAME)
 
-        async def render() -> AvatarResult:
-            async with httpx.AsyncClient(
-                base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-                headers={"Authorization": key},  # the bare key: Synthesia takes no "Bearer" prefix
-                timeout=REQUEST_TIMEOUT,
-            ) as client:
-                video = await _call(client, "POST", "/v2/videos", json=body)
-                video_id = video.get("id")
-                if not isinstance(video_id, str) or not video_id:
-                    raise ProviderUnavailable("Synthesia accepted the video but answered without its id")
-                _LOGGER.info("synthesia: video %s ordered (%d scenes)", video_id, len(job.scenes))
-                if video.get("status") not in _ENDED:
-                    video = await poll_status(
-                        lambda: _call(client, "GET", f"/v2/videos/{video_id}"),
-                        lambda answer: answer.get("status") in _ENDED,
-                        first_delay=first_poll,
-                        label=f"synthesia video {video_id}",
-                    )
-            # No Authorization header: the download link is pre-signed, and the key must not travel to another host.
-            downloaded = await fetch_output(_download_url(video, video_id), timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS)
-            seconds = _duration_seconds(video.get("duration")) or await measured_seconds(downloaded.data, NAME)
-            return AvatarResult(
-                data=downloaded.data,
-                mime_type="video/mp4",
-                model=avatar,
-                estimated_cost_usd=pricing.synthesia_cost(seconds),
-            )
 
-        return await within_deadline(render, job.deadline, NAME)
+class _SynthesiaVideo(VendorVideo):
+    """A video ordered with a callbackId of its own, by which the video list shows whether an order arrived."""
+
+    label = "Synthesia"
+    provider = NAME
+    can_find = True
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        body: dict[str, Any],
+        avatar: str,
+        poll_seconds: float,
+        cost: Callable[[float], float],
+    ) -> None:
+        super().__init__(client, avatar, poll_seconds, cost)
+        self._body = body
+
+    async def create(self) -> dict[str, Any]:
+        try:
+            response = await self._client.post("/v2/videos", json=self._body)
+        except httpx.HTTPError as error:
+            unreachable = ProviderUnavailable(f"Synthesia could not be reached (POST /v2/videos): {error!r}")
+            raise jobs.create_failure(unreachable, cause=error) from error
+        if not response.is_success:
+            raise jobs.create_failure(_mapped(response), status=response.status_code)
+        video = _answer(response, "POST", "/v2/videos")
+        if not self.job_id(video):
+            raise JobFailed("Synthesia accepted the video but answered without its id; look for it in the dashboard")
+        return video
+
+    async def find(self) -> dict[str, Any] | None:
+        """The listed video that carries this order's callbackId; None once the whole list was read without it."""
+        offset = 0
+        for _ in range(FIND_PAGES):
+            page = await _call(self._client, "GET", "/v2/videos", params={"limit": LIST_LIMIT, "offset": offset})
+            videos = page.get("videos") or []
+            found = next((v for v in videos if isinstance(v, dict) and v.get("callbackId") == self._key), None)
+            if found is not None:
+                return found
+            next_offset = page.get("nextOffset")
+            if not videos or not isinstance(next_offset, int) or next_offset <= offset:
+                return None
+            offset = next_offset
+        raise ProviderUnavailable(f"more than {FIND_PAGES * LIST_LIMIT} videos are listed")
+
+    @property
+    def _key(self) -> str:
+        return str(self._body["callbackId"])
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return job.get("status") in _ENDED
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        video_id = self.job_id(job)
+        try:
+            return await _call(self._client, "GET", f"/v2/videos/{video_id}")
+        except InvalidArgument as error:  # a 404: the video was deleted while it rendered
+            raise jobs.JobEnded(ProviderUnavailable(f"Synthesia video {video_id} is gone: {error}")) from error
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        return _download_url(job, self.job_id(job))
+
+    def reported_seconds(self, job: dict[str, Any]) -> float | None:
+        return _duration_seconds(job.get("duration"))
 
 
 def _create_body(job: AvatarJob, avatar: str) -> dict[str, Any]:
@@ -113,8 +157,8 @@ def _create_body(job: AvatarJob, avatar: str) -> dict[str, Any]:
         "aspectRatio": job.aspect,
         "input": [{"scriptText": scene.narration, **scene_settings} for scene in job.scenes],
     }
-    if job.render_id:
-        body["callbackId"] = job.render_id
+    # Ours to choose, unique per order: the video list shows by it whether an order whose answer was lost arrived.
+    body["callbackId"] = f"scenecast:{job.render_id}:{uuid.uuid4().hex}"
     return body
 
 
@@ -125,14 +169,18 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
     except httpx.HTTPError as error:
         raise ProviderUnavailable(f"Synthesia could not be reached ({method} {path}): {error!r}") from error
     if response.is_success:
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise ProviderUnavailable(f"Synthesia answered {method} {path} with something other than a JSON object")
-        return answer
+        return _answer(response, method, path)
     raise _mapped(response)
+
+
+def _answer(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ProviderUnavailable(f"Synthesia answered {method} {path} with something other than a JSON object")
+    return answer
 
 
 def _mapped(response: httpx.Response) -> ScenecastError:
@@ -141,7 +189,9 @@ def _mapped(response: httpx.Response) -> ScenecastError:
     if status in (401, 403):
         return FailedPrecondition(f"Synthesia rejected {KEY_ENV} ({status}: {message}); set a valid API key")
     if status == 429:
-        return RateLimited(f"Synthesia rate limit (429): {message}", retry_after(response))
+        return RateLimited(
+            f"Synthesia rate limit (429): {message}", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if status >= 500:
         return ProviderUnavailable(f"Synthesia failed ({status}): {message}")
     return InvalidArgument(f"Synthesia refused the video ({status}): {message}")
