@@ -195,14 +195,7 @@ class RenderJob:
         self._ready.put_nowait(index)
 
     async def _avatar(self) -> None:
-        request = video_service_pb2.GenerateAvatarVideoRequest(
-            render_id=self.render_id,
-            scenes=self.request.scenes,
-            output=self.request.output,
-            provider=self.avatar_provider,
-            avatar=self.request.avatar,
-            no_cache=self.request.no_cache,
-        )
+        request = avatar_request(self.request, self.render_id, self.avatar_provider)
         video = await self._fetch(
             0, "avatar", lambda: self.downstream.video.GenerateAvatarVideo(request, **self._call_options())
         )
@@ -230,28 +223,14 @@ class RenderJob:
         }
 
     async def _image(self, index: int, assets: _SceneAssets) -> None:
-        request = image_service_pb2.GenerateImageRequest(
-            render_id=self.render_id,
-            scene_index=index,
-            scene=self.request.scenes[index],
-            output=self.request.output,
-            provider=self.request.providers.image,
-            no_cache=self.request.no_cache,
-        )
+        request = image_request(self.request, index, self.render_id)
         assets.image = await self._fetch(
             index, "image", lambda: self.downstream.image.GenerateImage(request, **self._call_options())
         )
         await self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image)
 
     async def _speech(self, index: int, assets: _SceneAssets) -> None:
-        request = audio_service_pb2.SynthesizeSpeechRequest(
-            render_id=self.render_id,
-            text=self.request.scenes[index].narration,
-            voice=self.request.voice,
-            quality=self.request.output.quality,
-            provider=self.request.providers.speech,
-            no_cache=self.request.no_cache,
-        )
+        request = speech_request(self.request, index, self.render_id)
         assets.narration = await self._fetch(
             index, "speech", lambda: self.downstream.audio.SynthesizeSpeech(request, **self._call_options())
         )
@@ -260,20 +239,12 @@ class RenderJob:
     async def _clip(self, index: int, assets: _SceneAssets) -> None:
         assert assets.image is not None and assets.narration is not None
         image = assets.image
+        duration_ms = assets.narration.metadata.duration_ms + self.settings.clip_extra_ms
 
         async def requests() -> AsyncIterator[video_service_pb2.GenerateClipRequest]:
-            yield video_service_pb2.GenerateClipRequest(
-                spec=video_service_pb2.ClipSpec(
-                    render_id=self.render_id,
-                    scene_index=index,
-                    scene=self.request.scenes[index],
-                    output=self.request.output,
-                    duration_ms=assets.narration.metadata.duration_ms + self.settings.clip_extra_ms,  # type: ignore[union-attr]
-                    provider=self.clip_provider,
-                    source_image_mime_type=image.metadata.mime_type,
-                    no_cache=self.request.no_cache,
-                )
-            )
+            spec = clip_spec(self.request, index, self.render_id, self.clip_provider, duration_ms)
+            spec.source_image_mime_type = image.metadata.mime_type
+            yield video_service_pb2.GenerateClipRequest(spec=spec)
             for chunk in image.chunks:
                 yield video_service_pb2.GenerateClipRequest(source_image_chunk=chunk)
 
@@ -476,3 +447,59 @@ class RenderJob:
             subtitles=assembled.subtitles,
             integrated_lufs=assembled.integrated_lufs,
         )
+
+
+# The requests a render sends for its assets, made in one place so that EstimateCost prices exactly what Render asks.
+
+
+def image_request(
+    render: render_service_pb2.RenderRequest, index: int, render_id: str
+) -> image_service_pb2.GenerateImageRequest:
+    return image_service_pb2.GenerateImageRequest(
+        render_id=render_id,
+        scene_index=index,
+        scene=render.scenes[index],
+        output=render.output,
+        provider=render.providers.image,
+        no_cache=render.no_cache,
+    )
+
+
+def speech_request(
+    render: render_service_pb2.RenderRequest, index: int, render_id: str
+) -> audio_service_pb2.SynthesizeSpeechRequest:
+    return audio_service_pb2.SynthesizeSpeechRequest(
+        render_id=render_id,
+        text=render.scenes[index].narration,
+        voice=render.voice,
+        quality=render.output.quality,
+        provider=render.providers.speech,
+        no_cache=render.no_cache,
+    )
+
+
+def clip_spec(
+    render: render_service_pb2.RenderRequest, index: int, render_id: str, provider: str, duration_ms: int
+) -> video_service_pb2.ClipSpec:
+    return video_service_pb2.ClipSpec(
+        render_id=render_id,
+        scene_index=index,
+        scene=render.scenes[index],
+        output=render.output,
+        duration_ms=duration_ms,
+        provider=provider,
+        no_cache=render.no_cache,
+    )
+
+
+def avatar_request(
+    render: render_service_pb2.RenderRequest, render_id: str, provider: str
+) -> video_service_pb2.GenerateAvatarVideoRequest:
+    return video_service_pb2.GenerateAvatarVideoRequest(
+        render_id=render_id,
+        scenes=render.scenes,
+        output=render.output,
+        provider=provider,
+        avatar=render.avatar,
+        no_cache=render.no_cache,
+    )

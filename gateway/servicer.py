@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import grpc
 from scenecast.v1 import (
@@ -26,13 +27,13 @@ from gateway.config import GatewaySettings
 from gateway.ledger import Grouping, SpendLedger
 from gateway.music import MusicFile, MusicStore
 from gateway.registry import RenderRegistry
-from gateway.render import DownstreamError, RenderJob
+from gateway.render import DownstreamError, RenderJob, avatar_request, clip_spec, image_request, speech_request
 from gateway.validation import check_provider, check_render_id, effective_cap, validate_render
-from services.common import pricing
 from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
 from services.common.finishing import finishing_options
 from services.common.observability import call_metadata, render_id_var
 from services.common.output import OutputFormat
+from services.common.providers import SPOKEN_CHARS_PER_SECOND
 
 # Listing providers is cheap; a service that does not answer this fast is not ready for a render either.
 _LIST_TIMEOUT_SECONDS = 10.0
@@ -66,7 +67,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     ) -> AsyncIterator[render_service_pb2.RenderResponse]:
         plan = await self._plan(request)
         cap = effective_cap(request.max_cost_usd, self._settings.max_render_cost_usd)
-        estimate = self._estimate(request, plan).total_usd
+        estimate = (await self._estimate(request, plan)).total_usd
         # `not <=` so that an estimate that is not a number (a price misconfigured as NaN) is refused too.
         if cap and not estimate <= cap:
             raise FailedPrecondition(
@@ -139,7 +140,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         self, request: render_service_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.EstimateCostResponse:
         render = request.render
-        return self._estimate(render, await self._plan(render))
+        return await self._estimate(render, await self._plan(render))
 
     def _cap_source(self, cap: float) -> str:
         """Names the operator's cap when it is the one that applies, so a caller who asked for more learns why."""
@@ -147,35 +148,82 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
             return " (the gateway's MAX_RENDER_COST_USD, which a request can only lower)"
         return ""
 
-    def _estimate(
+    async def _estimate(
         self, render: render_service_pb2.RenderRequest, plan: RenderPlan
     ) -> render_service_pb2.EstimateCostResponse:
-        """Prices a planned render with the cost table; cache hits are not foreseen, so this is an upper bound."""
-        output = plan.output
-        spoken_seconds = [len(scene.narration.strip()) / pricing.SPOKEN_CHARS_PER_SECOND for scene in render.scenes]
-        if plan.avatar_provider:
-            avatar_usd = pricing.estimate_avatar(plan.avatar_provider, sum(spoken_seconds))
-            return render_service_pb2.EstimateCostResponse(
-                scenes=[render_service_pb2.SceneEstimate(scene_id=scene.id) for scene in render.scenes],
-                total_usd=avatar_usd,
-                avatar_provider=plan.avatar_provider,
-                avatar_usd=avatar_usd,
+        """Asks the media services what the planned render's assets cost: they own the providers and their prices.
+        Cache hits are not foreseen, so this is an upper bound."""
+        options = {"timeout": _LIST_TIMEOUT_SECONDS, "metadata": call_metadata()}
+        try:
+            if plan.avatar_provider:
+                answer = await self._downstream.video.EstimateAvatarCost(
+                    video_service_pb2.EstimateAvatarCostRequest(
+                        request=avatar_request(render, render.render_id, plan.avatar_provider)
+                    ),
+                    **options,
+                )
+                return render_service_pb2.EstimateCostResponse(
+                    scenes=[render_service_pb2.SceneEstimate(scene_id=scene.id) for scene in render.scenes],
+                    total_usd=answer.estimate.usd,
+                    avatar_provider=answer.estimate.provider,
+                    avatar_usd=answer.estimate.usd,
+                )
+            indices = range(len(render.scenes))
+            clip_indices = sorted(plan.clip_scenes)
+            # The narration's length is not known before it is spoken: guessed from its characters, plus the extra
+            # the render asks clips for.
+            specs = [
+                clip_spec(render, index, render.render_id, plan.clip_provider, self._expected_clip_ms(render, index))
+                for index in clip_indices
+            ]
+            images, speech, clips = await asyncio.gather(
+                self._downstream.image.EstimateImageCost(
+                    image_service_pb2.EstimateImageCostRequest(
+                        requests=[image_request(render, index, render.render_id) for index in indices]
+                    ),
+                    **options,
+                ),
+                self._downstream.audio.EstimateSpeechCost(
+                    audio_service_pb2.EstimateSpeechCostRequest(
+                        requests=[speech_request(render, index, render.render_id) for index in indices]
+                    ),
+                    **options,
+                ),
+                self._estimate_clips(specs, options),
             )
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(error.code(), f"pricing the render failed: {error.details()}") from error
+        clip_estimates = dict(zip(clip_indices, clips, strict=True))
         scenes = []
         for index, scene in enumerate(render.scenes):
-            clip = plan.clip_provider if index in plan.clip_scenes else ""
+            image, narration, clip = images.estimates[index], speech.estimates[index], clip_estimates.get(index)
             estimate = render_service_pb2.SceneEstimate(
                 scene_id=scene.id,
-                image_provider=plan.image_provider,
-                image_usd=pricing.estimate_image(plan.image_provider, output.quality, output.aspect_name),
-                speech_provider=plan.speech_provider,
-                speech_usd=pricing.estimate_speech(plan.speech_provider, output.quality, len(scene.narration.strip())),
-                video_provider=clip,
-                video_usd=pricing.estimate_clip(clip, spoken_seconds[index]) if clip else 0.0,
+                image_provider=image.provider,
+                image_usd=image.usd,
+                speech_provider=narration.provider,
+                speech_usd=narration.usd,
+                video_provider=clip.provider if clip else "",
+                video_usd=clip.usd if clip else 0.0,
             )
             estimate.total_usd = estimate.image_usd + estimate.speech_usd + estimate.video_usd
             scenes.append(estimate)
         return render_service_pb2.EstimateCostResponse(scenes=scenes, total_usd=sum(s.total_usd for s in scenes))
+
+    def _expected_clip_ms(self, render: render_service_pb2.RenderRequest, index: int) -> int:
+        spoken_ms = len(render.scenes[index].narration.strip()) / SPOKEN_CHARS_PER_SECOND * 1000
+        return round(spoken_ms) + self._settings.clip_extra_ms
+
+    async def _estimate_clips(
+        self, specs: list[video_service_pb2.ClipSpec], options: dict[str, Any]
+    ) -> list[types_pb2.CostEstimate]:
+        """No call when the render has no clips: a render of stills must not need the video service's prices."""
+        if not specs:
+            return []
+        answer = await self._downstream.video.EstimateClipCost(
+            video_service_pb2.EstimateClipCostRequest(specs=specs), **options
+        )
+        return list(answer.estimates)
 
     @rpc_method
     async def UploadMusic(

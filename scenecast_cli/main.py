@@ -170,7 +170,7 @@ def _print_config(config: object) -> None:
     for provider_set in config.provider_sets:  # type: ignore[attr-defined]
         kind = types_pb2.MediaKind.Name(provider_set.kind).removeprefix("MEDIA_KIND_").lower()
         for provider in provider_set.providers:
-            prices = ", ".join(f"{p.model} ${p.usd_per_unit:g}/{p.unit}" for p in provider.prices) or "free"
+            prices = "\n".join(price_line(price) for price in provider.prices)
             table.add_row(
                 kind,
                 provider.name,
@@ -181,6 +181,13 @@ def _print_config(config: object) -> None:
                 prices,
             )
     Console().print(table)
+
+
+def price_line(price: types_pb2.Price) -> str:
+    """One price and what it is for: "gpt-image-1-mini: $0.015 per image, 1536x1024 or 1024x1536 at standard
+    quality"."""
+    line = f"{price.model}: ${price.usd_per_unit:g} per {price.unit}"
+    return f"{line}, {price.note}" if price.note else line
 
 
 def _print_estimate(estimate: render_service_pb2.EstimateCostResponse) -> None:

@@ -11,7 +11,7 @@ from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
 from services.audio.providers.base import SpeechJob, SpeechProvider, SpeechResult
 from services.common.cache import CacheBackend, CachedAsset, CachedTiming, asset_responses, get_or_make, speech_key
-from services.common.convert import provider_set
+from services.common.convert import checked_count, provider_set
 from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
 from services.common.media import MediaInfo, probe
 from services.common.observability import record_spend
@@ -37,17 +37,11 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
     async def SynthesizeSpeech(
         self, request: audio_service_pb2.SynthesizeSpeechRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[audio_service_pb2.SynthesizeSpeechResponse]:
-        text = checked_narration(request.text, "text")
+        job = _speech_job(request)
         name, provider = self._registry.get(request.provider, "provider")
-        job = SpeechJob(
-            text=text,
-            voice=checked_text(request.voice, "voice", MAX_VOICE_CHARS, required=False),
-            quality=QUALITIES.get(request.quality, Quality.STANDARD),
-            render_id=request.render_id,
-        )
 
-        cache = None if provider.description.offline else self._cache
-        key = speech_key(name, type(provider).__module__, job) if cache is not None else ""
+        cache = None if self._registry.is_offline(name) else self._cache
+        key = speech_key(name, type(provider).__module__, self._registry.fingerprint(name), job) if cache else ""
         deadline = call_deadline(context)
 
         async def attempt() -> tuple[SpeechResult, MediaInfo]:
@@ -81,9 +75,31 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
             yield response
 
     @rpc_method
+    async def EstimateSpeechCost(
+        self, request: audio_service_pb2.EstimateSpeechCostRequest, context: grpc.aio.ServicerContext
+    ) -> audio_service_pb2.EstimateSpeechCostResponse:
+        checked_count(len(request.requests), "requests")
+        estimates = []
+        for index, item in enumerate(request.requests):
+            name = self._registry.resolve(item.provider, f"requests[{index}].provider")
+            usd = self._registry.estimate_usd(name, _speech_job(item, f"requests[{index}]."))
+            estimates.append(types_pb2.CostEstimate(provider=name, usd=usd))
+        return audio_service_pb2.EstimateSpeechCostResponse(estimates=estimates)
+
+    @rpc_method
     async def ListSpeechProviders(
         self, request: audio_service_pb2.ListSpeechProvidersRequest, context: grpc.aio.ServicerContext
     ) -> audio_service_pb2.ListSpeechProvidersResponse:
         return audio_service_pb2.ListSpeechProvidersResponse(
             providers=provider_set(types_pb2.MEDIA_KIND_SPEECH, self._registry)
         )
+
+
+def _speech_job(request: audio_service_pb2.SynthesizeSpeechRequest, prefix: str = "") -> SpeechJob:
+    """The job a request asks for, checked; `prefix` places the request's fields in a batch ("requests[2].")."""
+    return SpeechJob(
+        text=checked_narration(request.text, f"{prefix}text"),
+        voice=checked_text(request.voice, f"{prefix}voice", MAX_VOICE_CHARS, required=False),
+        quality=QUALITIES.get(request.quality, Quality.STANDARD),
+        render_id=request.render_id,
+    )

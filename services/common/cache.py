@@ -2,10 +2,11 @@
 
 Keys are SHA-256 digests of a canonical JSON of everything that determines an asset: the provider's name, the
 provider's own code (the SHA-256 of its module file, so any edit to a provider invalidates what it made; simpler and
-more honest than a hand-bumped version constant that someone forgets), the environment variables that configure its
-model or output (pinned versions, voices, formats, base URLs), and the job's content fields. What does not change the
-asset (render id, scene index, deadlines, working folders) is left out; the self-hosted video seed derives from the
-render id, so a cached clip is one fair sample for its prompt rather than the exact clip that render would have made.
+more honest than a hand-bumped version constant that someone forgets), the settings the provider declares as changing
+its output (its `output_settings`: pinned versions, voices, formats, base URLs), and the job's content fields. What
+does not change the asset (render id, scene index, deadlines, working folders) is left out; the self-hosted video seed
+derives from the render id, so a cached clip is one fair sample for its prompt rather than the exact clip that render
+would have made.
 
 Two backends behind one interface (`CacheBackend`): `AssetCache`, a folder on local disk (the default; replicas on
 one disk may share it), and `RedisAssetCache`, a Redis server that replicas on any machine share (ASSET_CACHE_URL).
@@ -36,7 +37,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -71,37 +72,6 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 DISABLED = ("", "off")
 # Temp files older than this are left over from a crashed writer and removed by the next eviction scan.
 STALE_TEMP_SECONDS = 3600.0
-
-# Environment variables that change what a cloud provider makes, read when the key is built (the providers read them
-# per request too). A new cloud provider adds its own here; offline providers bypass the cache and need none.
-_OPENAI = ("OPENAI_BASE_URL",)
-_REPLICATE = ("REPLICATE_BASE_URL",)
-CONFIG_ENV: dict[str, tuple[str, ...]] = {
-    "dall-e-3": _OPENAI,
-    "gpt-image-1-mini": _OPENAI,
-    "sdxl": (*_REPLICATE, "SDXL_VERSION"),
-    "flux": _REPLICATE,
-    "openai": (*_OPENAI, "OPENAI_TTS_FORMAT", "OPENAI_TTS_VOICE"),
-    "kokoro": (*_REPLICATE, "KOKORO_VERSION", "KOKORO_VOICE"),
-    "edge": ("EDGE_TTS_WSS_URL", "EDGE_TTS_VOICE", "EDGE_TTS_RATE", "EDGE_TTS_VOLUME", "EDGE_TTS_PITCH"),
-    "wan": _REPLICATE,
-    "selfhosted": (
-        "SELFHOSTED_VIDEO_URL",
-        "SELFHOSTED_VIDEO_API",
-        "SELFHOSTED_COMFYUI_WORKFLOW",
-        "SELFHOSTED_VIDEO_HEIGHT",
-        "SELFHOSTED_VIDEO_FPS",
-        "SELFHOSTED_VIDEO_MAX_FRAMES",
-    ),
-    "synthesia": (
-        "SYNTHESIA_BASE_URL",
-        "SYNTHESIA_AVATAR",
-        "SYNTHESIA_VOICE",
-        "SYNTHESIA_BACKGROUND",
-        "SYNTHESIA_TEST",
-    ),
-    "heygen": ("HEYGEN_BASE_URL", "HEYGEN_AVATAR_ID", "HEYGEN_VOICE_ID", "HEYGEN_BACKGROUND", "HEYGEN_TEST"),
-}
 
 # The Redis backend's defaults: key prefix; piece size; lock expiry (its owner renews it while it works, so this is how
 # long a dead owner holds up the waiters); how long an uncommitted piece lives if its writer dies before the commit.
@@ -201,12 +171,13 @@ Make = Callable[[], Awaitable[CachedAsset]]
 # ---------------------------------------------------------------- keys
 
 
-def image_key(provider: str, provider_module: str, job: ImageJob) -> str:
+def image_key(provider: str, provider_module: str, config: Mapping[str, str], job: ImageJob) -> str:
     """The stored image is the one fitted to the frame, so the fitting code is part of its identity too."""
     return _key(
         "image",
         provider,
         (provider_module, "services.image.fit"),
+        config,
         prompt=job.prompt,
         title=job.title,
         width=job.width,
@@ -216,16 +187,19 @@ def image_key(provider: str, provider_module: str, job: ImageJob) -> str:
     )
 
 
-def speech_key(provider: str, provider_module: str, job: SpeechJob) -> str:
-    return _key("speech", provider, (provider_module,), text=job.text, voice=job.voice, quality=job.quality.value)
+def speech_key(provider: str, provider_module: str, config: Mapping[str, str], job: SpeechJob) -> str:
+    return _key(
+        "speech", provider, (provider_module,), config, text=job.text, voice=job.voice, quality=job.quality.value
+    )
 
 
-def clip_key(provider: str, provider_module: str, job: ClipJob, source_sha256: str) -> str:
+def clip_key(provider: str, provider_module: str, config: Mapping[str, str], job: ClipJob, source_sha256: str) -> str:
     """`source_sha256` is the digest of the scene image sent with the clip ("" when none was sent)."""
     return _key(
         "clip",
         provider,
         (provider_module,),
+        config,
         prompt=job.prompt,
         title=job.title,
         width=job.width,
@@ -237,11 +211,12 @@ def clip_key(provider: str, provider_module: str, job: ClipJob, source_sha256: s
     )
 
 
-def avatar_key(provider: str, provider_module: str, job: AvatarJob) -> str:
+def avatar_key(provider: str, provider_module: str, config: Mapping[str, str], job: AvatarJob) -> str:
     return _key(
         "avatar",
         provider,
         (provider_module,),
+        config,
         scenes=[[scene.narration, scene.title] for scene in job.scenes],
         width=job.width,
         height=job.height,
@@ -260,13 +235,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _key(kind: str, provider: str, modules: Sequence[str], **fields: Any) -> str:
+def _key(kind: str, provider: str, modules: Sequence[str], config: Mapping[str, str], **fields: Any) -> str:
+    """`config` holds the provider's output settings (ProviderRegistry.fingerprint)."""
     document = {
         "format": FORMAT_VERSION,
         "kind": kind,
         "provider": provider,
         "code": {module: source_digest(module) for module in modules},
-        "config": {variable: os.environ.get(variable, "") for variable in CONFIG_ENV.get(provider, ())},
+        "config": dict(config),
         "fields": fields,
     }
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.tls import channel_credentials
 
 # Wildcard hosts a server listens on, and the loopback address that reaches it from inside the same container.
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
+
+
+class _ListenSettings(BaseSettings):
+    """The service's LISTEN_ADDRESS, read as the service reads it (environment, then the working folder's .env)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    listen_address: str = ""
 
 
 def local_address(listen_address: str) -> str:
@@ -50,7 +58,7 @@ def main() -> None:
     parser.add_argument("--cert-file", help="client certificate (PEM) for a server that requires mutual TLS")
     parser.add_argument("--key-file", help="key of --cert-file (PEM)")
     args = parser.parse_args()
-    listen_address = os.environ.get("LISTEN_ADDRESS", "")
+    listen_address = _ListenSettings().listen_address
     if not args.address and not listen_address:
         parser.error("give ADDRESS or set LISTEN_ADDRESS")
     credentials = (

@@ -1,13 +1,14 @@
-"""The openai SDK at the edge: one cached client per key and base URL, and the one mapping of its errors."""
+"""The openai SDK at the edge: OpenAI's settings, one cached client per key and base URL, and the one mapping of its
+errors."""
 
 from __future__ import annotations
 
 import email.utils
 import functools
-import os
 import time
 
 import openai
+from pydantic import SecretStr
 
 from services.common.errors import (
     FailedPrecondition,
@@ -17,7 +18,7 @@ from services.common.errors import (
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import require_env
+from services.common.providers import ProviderSettings
 
 # Seconds one OpenAI request may take (the SDK's default is 600 s); a slower answer is retried by our own policy.
 REQUEST_TIMEOUT_SECONDS = 120.0
@@ -25,10 +26,18 @@ REQUEST_TIMEOUT_SECONDS = 120.0
 _TRANSIENT_4XX = frozenset({408, 409})
 
 
-def openai_client(provider: str) -> openai.AsyncOpenAI:
-    """The client for the current OPENAI_API_KEY and OPENAI_BASE_URL, read now so a changed variable applies at once."""
-    key = require_env("OPENAI_API_KEY", provider)
-    return _client(key, os.environ.get("OPENAI_BASE_URL") or None)
+class OpenAISettings(ProviderSettings):
+    """What every OpenAI provider needs."""
+
+    # The API key; a request for an OpenAI provider without it fails with FAILED_PRECONDITION naming it.
+    openai_api_key: SecretStr = SecretStr("")
+    # Base URL of an OpenAI-compatible server (a proxy, a fake in tests); empty: OpenAI's own.
+    openai_base_url: str = ""
+
+
+def openai_client(settings: OpenAISettings, provider: str) -> openai.AsyncOpenAI:
+    """The client for the settings' key and base URL; MissingCredential names OPENAI_API_KEY when it is unset."""
+    return _client(settings.secret("openai_api_key", provider), settings.openai_base_url or None)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,8 +1,7 @@
-"""The cost table: published prices (shared/docs/providers.md) and the estimates built on them, in one place.
+"""TEMPORARY (issue 15): the prices of the provider modules not yet built from settings (Replicate, self-hosted video,
+avatar vendors). Each price moves into its provider module as that module is converted; then this file goes.
 
-Providers price the assets they make with these functions, the gateway prices whole scripts with the same ones
-(EstimateCost), and GetConfig shows the table. Figures marked "assumed" are not published per unit; they are our
-estimate of GPU seconds and say so in their note.
+Figures marked "assumed" are not published per unit; they are our estimate of GPU seconds and say so in their note.
 """
 
 from __future__ import annotations
@@ -12,9 +11,6 @@ import os
 
 from services.common.providers import Price, Quality
 
-# OpenAI Images, USD per image: (square 1024x1024, wide or tall) by quality.
-DALL_E_3 = {Quality.STANDARD: (0.040, 0.080), Quality.HD: (0.080, 0.120)}
-GPT_IMAGE_1_MINI = {Quality.DRAFT: (0.005, 0.006), Quality.STANDARD: (0.011, 0.015), Quality.HD: (0.036, 0.052)}
 # Replicate.
 FLUX_DEV_PER_IMAGE = 0.025
 L40S_PER_SECOND = 0.000975
@@ -22,10 +18,6 @@ T4_PER_SECOND = 0.000225
 # Assumed GPU time: SDXL at 1024px takes about 0.25 s per step on an L40S; Kokoro about 1 s per 100 characters on a T4.
 SDXL_SECONDS_PER_STEP = 0.25
 KOKORO_SECONDS_PER_CHAR = 0.01
-# OpenAI Speech, USD per character.
-TTS_1_PER_CHAR = 15 / 1_000_000
-TTS_1_HD_PER_CHAR = 30 / 1_000_000
-
 SDXL_STEPS = {Quality.DRAFT: 25, Quality.STANDARD: 35, Quality.HD: 50}
 # Wan 2.1 on Replicate is billed per second of output video (about $0.09/s in third-party code; unconfirmed).
 WAN_PER_OUTPUT_SECOND = 0.09
@@ -66,23 +58,9 @@ def synthesia_cost(seconds: float) -> float:
     return synthesia_usd_per_minute() * seconds / 60
 
 
-def dall_e_3_cost(quality: Quality, square: bool) -> float:
-    square_price, wide_price = DALL_E_3[Quality.HD if quality == Quality.HD else Quality.STANDARD]
-    return square_price if square else wide_price
-
-
-def gpt_image_1_mini_cost(quality: Quality, square: bool) -> float:
-    square_price, wide_price = GPT_IMAGE_1_MINI[quality]
-    return square_price if square else wide_price
-
-
 def sdxl_cost(steps: int, gpu_seconds: float | None = None) -> float:
     """Billed by GPU time: the measured predict_time when known, else the assumed time for the step count."""
     return L40S_PER_SECOND * (gpu_seconds if gpu_seconds is not None else steps * SDXL_SECONDS_PER_STEP)
-
-
-def openai_tts_cost(quality: Quality, characters: int) -> float:
-    return characters * (TTS_1_HD_PER_CHAR if quality == Quality.HD else TTS_1_PER_CHAR)
 
 
 def kokoro_cost(characters: int, gpu_seconds: float | None = None) -> float:
@@ -91,17 +69,6 @@ def kokoro_cost(characters: int, gpu_seconds: float | None = None) -> float:
 
 # What GetConfig shows, per provider name.
 PRICE_TABLE: dict[str, tuple[Price, ...]] = {
-    "dall-e-3": (
-        Price("dall-e-3", "image", 0.040, "standard, 1024x1024"),
-        Price("dall-e-3", "image", 0.080, "standard, 1792x1024 or 1024x1792"),
-        Price("dall-e-3", "image", 0.080, "hd, 1024x1024"),
-        Price("dall-e-3", "image", 0.120, "hd, 1792x1024 or 1024x1792"),
-    ),
-    "gpt-image-1-mini": tuple(
-        Price("gpt-image-1-mini", "image", price, f"{level}, {size}")
-        for quality, level in ((Quality.DRAFT, "low"), (Quality.STANDARD, "medium"), (Quality.HD, "high"))
-        for price, size in zip(GPT_IMAGE_1_MINI[quality], ("1024x1024", "1536x1024 or 1024x1536"), strict=True)
-    ),
     "flux": (Price("black-forest-labs/flux-dev", "image", FLUX_DEV_PER_IMAGE),),
     "sdxl": (
         Price(
@@ -111,16 +78,11 @@ PRICE_TABLE: dict[str, tuple[Price, ...]] = {
             f"L40S; assumed {SDXL_SECONDS_PER_STEP} s per step, 25-50 steps by quality",
         ),
     ),
-    "openai": (
-        Price("tts-1", "character", TTS_1_PER_CHAR, "$15 per 1M characters"),
-        Price("tts-1-hd", "character", TTS_1_HD_PER_CHAR, "$30 per 1M characters"),
-    ),
     "kokoro": (
         Price(
             "jaaari/kokoro-82m", "GPU second", T4_PER_SECOND, f"T4; assumed {KOKORO_SECONDS_PER_CHAR} s per character"
         ),
     ),
-    "edge": (Price("edge-tts", "character", 0.0, "free service, not for commercial use"),),
     "wan": (
         Price(
             "wavespeedai/wan-2.1-t2v-480p", "output second", WAN_PER_OUTPUT_SECOND, "unconfirmed rate; ~5 s per clip"
@@ -140,51 +102,8 @@ PRICE_TABLE: dict[str, tuple[Price, ...]] = {
 }
 
 
-def estimate_image(provider: str, quality: Quality, aspect: str) -> float:
-    """What one image from `provider` is expected to cost before it is made; offline providers are free."""
-    square = aspect == "1:1"
-    if provider == "dall-e-3":
-        return dall_e_3_cost(quality, square)
-    if provider == "gpt-image-1-mini":
-        return gpt_image_1_mini_cost(quality, square)
-    if provider == "flux":
-        return FLUX_DEV_PER_IMAGE
-    if provider == "sdxl":
-        return sdxl_cost(SDXL_STEPS[quality])
-    return 0.0
-
-
-def estimate_speech(provider: str, quality: Quality, characters: int) -> float:
-    """What speaking `characters` characters with `provider` is expected to cost."""
-    if provider == "openai":
-        return openai_tts_cost(quality, characters)
-    if provider == "kokoro":
-        return kokoro_cost(characters)
-    return 0.0
-
-
 # Wan 2.1: 81 frames at 16 fps.
 WAN_CLIP_SECONDS = 81 / 16
-# Typical narration pace, used to guess clip lengths before the speech exists.
-SPOKEN_CHARS_PER_SECOND = 15.0
-
-
-def estimate_clip(provider: str, seconds: float) -> float:
-    """What one clip of `seconds` from `provider` is expected to cost (offline motion is free)."""
-    if provider == "wan":
-        return wan_cost(WAN_CLIP_SECONDS)  # Wan makes a fixed-length clip that the assembler loops
-    if provider == "selfhosted":
-        return selfhosted_usd_per_second() * seconds
-    return 0.0
-
-
-def estimate_avatar(provider: str, seconds: float) -> float:
-    """What an avatar video of `seconds` from `provider` is expected to cost."""
-    if provider == "heygen":
-        return heygen_cost(seconds)
-    if provider == "synthesia":
-        return synthesia_cost(seconds)
-    return 0.0
 
 
 def price_table() -> dict[str, tuple[Price, ...]]:

@@ -1,17 +1,21 @@
-"""Plain descriptions of providers, shared by every media service's registry."""
+"""The shape every provider has (its settings, its price, its output settings) and the registry that builds them."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import InvalidArgument, MissingCredential, quoted
-from services.common.redact import register
+from services.common.redact import register, register_settings
 
-ProviderT = TypeVar("ProviderT")
+# Typical narration pace, used to guess spoken lengths (clips, avatar videos) before the speech exists.
+SPOKEN_CHARS_PER_SECOND = 15.0
 
 
 class Quality(str, Enum):
@@ -22,17 +26,52 @@ class Quality(str, Enum):
     HD = "hd"
 
 
+class ProviderSettings(BaseSettings):
+    """A provider's own settings: subclasses add fields named after their variables (`openai_api_key` is read from
+    OPENAI_API_KEY, in the environment or the working folder's .env). Read once at start-up, frozen after; secrets
+    are SecretStr with an empty default, so a missing one fails the request that needs it, never the start-up."""
+
+    # hide_input_in_errors: a start-up error must not print the other settings' values (tokens among them).
+    # env_ignore_empty: a variable set to "" means its default, as it always has (`VOICE=` in a compose file).
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", hide_input_in_errors=True, frozen=True, env_ignore_empty=True
+    )
+
+    def model_post_init(self, context: Any) -> None:
+        # Before any request carries a secret: a vendor may echo it in an error, which is then redacted.
+        register_settings(self)
+
+    def secret(self, name: str, provider: str) -> str:
+        """The value of the secret field `name`; MissingCredential (FAILED_PRECONDITION) names its variable."""
+        value: SecretStr = getattr(self, name)
+        if not value.get_secret_value():
+            raise MissingCredential(name.upper(), provider)
+        return value.get_secret_value()
+
+
+class NoSettings(ProviderSettings):
+    """For providers that have no settings of their own."""
+
+
 @dataclass(frozen=True)
 class Price:
+    """One line of a provider's price list: `usd_per_unit` for each `unit`, under the conditions in `note`."""
+
     model: str
+    # What is counted, in words that follow "per": "image", "1M characters", "output second", "minute".
     unit: str
     usd_per_unit: float
+    # What the price is for: "1024x1024 at standard quality", "GPU time on an L40S, about 0.25 s per step".
     note: str = ""
 
 
 @dataclass(frozen=True)
 class ProviderDescription:
-    """What GetConfig shows about a provider."""
+    """What GetConfig shows about a provider besides its settings and prices.
+
+    `required_env` and `prices` are the old shape, still used by the providers not yet built from settings (see
+    `legacy`); providers built from settings leave them empty and declare `required_settings` and `prices()`.
+    """
 
     name: str
     description: str
@@ -40,63 +79,187 @@ class ProviderDescription:
     required_env: tuple[str, ...] = ()
     prices: tuple[Price, ...] = field(default_factory=tuple)
 
-    @property
-    def configured(self) -> bool:
-        return all(os.environ.get(variable) for variable in self.required_env)
+
+SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
+JobT = TypeVar("JobT")
+
+
+class Provider(Generic[SettingsT, JobT]):
+    """A provider is built from its settings: `Provider(settings)`. A subclass declares:
+
+    - `description`, and `settings_class` (its ProviderSettings subclass, shared by providers of one vendor);
+    - `prices(settings)`, the price list GetConfig shows, and `estimate_usd(settings, job)`, what one job is expected
+      to cost. There are no defaults: a provider that declares no price does not start (an offline provider declares
+      0), so a forgotten price can never pass a budget check as $0;
+    - `required_settings`: fields that must be set for it to work (GetConfig reports "configured" from them);
+    - `output_settings`: fields that change what it makes (model versions, voices, base URLs). They go into the
+      asset cache key, so changing one never returns an asset made under the old value. A tuple of field names on the
+      provider rather than markers on the fields, because providers of one vendor share a settings class, and the
+      registry checks every name at start-up, so a typo cannot silently drop a setting from the key.
+    """
+
+    description: ClassVar[ProviderDescription]
+    settings_class: ClassVar[type[ProviderSettings]] = NoSettings
+    required_settings: ClassVar[tuple[str, ...]] = ()
+    output_settings: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: SettingsT) -> None:
+        self.settings = settings
+
+
+@dataclass(frozen=True)
+class ProviderSummary:
+    """A provider as GetConfig lists it."""
+
+    name: str
+    description: str
+    offline: bool
+    required_env: tuple[str, ...]
+    configured: bool
+    prices: tuple[Price, ...]
+
+
+ProviderT = TypeVar("ProviderT")
 
 
 class ProviderRegistry(Generic[ProviderT]):
-    """The providers of one media service, keyed by the name used in the environment and in requests.
+    """The providers of one media service, keyed by the name used in the service settings and in requests.
 
-    Providers are built on first use and kept, so a model loaded once serves every later request.
+    Every provider's settings are built once, here, at start-up (or passed in: tests pass settings objects). The
+    providers themselves are built on first use and kept, so a model loaded once serves every later request.
     """
 
-    def __init__(self, providers: Sequence[Callable[[], ProviderT]], default: str, env_var: str) -> None:
-        """`providers` are classes with a `description` attribute, built with no arguments on first use."""
-        self._factories = {provider.description.name: provider for provider in providers}  # type: ignore[attr-defined]
-        if default and default not in self._factories:
-            raise ValueError(
-                f"{env_var}={default!r} is not a known provider; valid: {', '.join(sorted(self._factories))}"
-            )
+    def __init__(
+        self,
+        providers: Iterable[type[Any]],
+        default: str,
+        variable: str,
+        settings: Iterable[ProviderSettings] = (),
+    ) -> None:
+        """`default` comes from the service's settings (`variable` names it in messages); `settings` are settings
+        objects to use instead of reading the environment, for the providers whose `settings_class` they are."""
+        settings = tuple(settings)
+        given = {type(value): value for value in settings}
+        self._classes: dict[str, type[Any]] = {}
+        self._settings: dict[str, ProviderSettings] = {}
         for provider in providers:
-            for variable in provider.description.required_env:  # type: ignore[attr-defined]
-                register(os.environ.get(variable, ""))
+            name = provider.description.name
+            _check_declared(provider)
+            self._classes[name] = provider
+            settings_class = provider.settings_class
+            if settings_class not in given:
+                given[settings_class] = settings_class()
+            self._settings[name] = given[settings_class]
+        unused = [type(value).__name__ for value in settings if value not in self._settings.values()]
+        if unused:  # settings meant for another service's providers would otherwise be ignored without a word
+            raise ValueError(f"no provider of this service takes {', '.join(unused)}")
+        if default and default not in self._classes:
+            raise ValueError(f"{variable}={default!r} is not a known provider; valid: {self.valid_names}")
         self._instances: dict[str, ProviderT] = {}
         self.default = default
-        self.env_var = env_var
+        self.variable = variable
 
     def get(self, name: str, field: str) -> tuple[str, ProviderT]:
-        """Returns the named provider, or the default when `name` is empty; `field` names the request field.
-
-        The default is read from the environment at request time, so a changed variable needs no code change; the
-        value given at start-up (already validated) is the fallback.
-        """
-        chosen = name or self.current_default
-        if not chosen:
-            raise InvalidArgument(f"{field} is empty and {self.env_var} is unset; name one of: {self.valid_names}")
-        if chosen not in self._factories:
-            source = field if name else self.env_var
-            raise InvalidArgument(f"{source}: unknown provider {quoted(chosen)}; valid: {self.valid_names}")
+        """The named provider, or the default when `name` is empty; `field` names the request field."""
+        chosen = self.resolve(name, field)
         if chosen not in self._instances:
-            self._instances[chosen] = self._factories[chosen]()
+            self._instances[chosen] = self._classes[chosen](self._settings[chosen])
         return chosen, self._instances[chosen]
 
-    @property
-    def current_default(self) -> str:
-        return os.environ.get(self.env_var, self.default)
+    def resolve(self, name: str, field: str) -> str:
+        """The name of the provider a request gets: `name`, else the default; INVALID_ARGUMENT when neither is valid."""
+        chosen = name or self.default
+        if not chosen:
+            raise InvalidArgument(f"{field} is empty and {self.variable} is unset; name one of: {self.valid_names}")
+        if chosen not in self._classes:
+            source = field if name else self.variable
+            raise InvalidArgument(f"{source}: unknown provider {quoted(chosen)}; valid: {self.valid_names}")
+        return chosen
+
+    def estimate_usd(self, name: str, job: object) -> float:
+        """What `job` is expected to cost with the provider `name` (resolved), without building the provider."""
+        return float(self._classes[name].estimate_usd(self._settings[name], job))
+
+    def fingerprint(self, name: str) -> dict[str, str]:
+        """The values of the provider's output settings, keyed by variable, for the asset cache key."""
+        provider, settings = self._classes[name], self._settings[name]
+        if hasattr(provider, "legacy_fingerprint"):
+            return provider.legacy_fingerprint()  # type: ignore[no-any-return]
+        return {field.upper(): str(getattr(settings, field)) for field in provider.output_settings}
+
+    def is_offline(self, name: str) -> bool:
+        return bool(self._classes[name].description.offline)
 
     @property
     def valid_names(self) -> str:
-        return ", ".join(sorted(self._factories))
+        return ", ".join(sorted(self._classes))
 
-    def descriptions(self) -> list[ProviderDescription]:
-        return [self._factories[name].description for name in sorted(self._factories)]  # type: ignore[attr-defined]
+    def summaries(self) -> list[ProviderSummary]:
+        return [self._summary(name) for name in sorted(self._classes)]
+
+    def _summary(self, name: str) -> ProviderSummary:
+        provider, settings = self._classes[name], self._settings[name]
+        description: ProviderDescription = provider.description
+        required = tuple(field.upper() for field in provider.required_settings) + description.required_env
+        return ProviderSummary(
+            name=name,
+            description=description.description,
+            offline=description.offline,
+            required_env=required,
+            configured=all(_is_set(getattr(settings, field)) for field in provider.required_settings)
+            and all(os.environ.get(variable) for variable in description.required_env),
+            prices=tuple(provider.prices(settings)),
+        )
+
+
+def _is_set(value: object) -> bool:
+    return bool(value.get_secret_value() if isinstance(value, SecretStr) else value)
+
+
+def _check_declared(provider: type[Any]) -> None:
+    """Refuses a provider that declares no price, or output and required settings its settings do not have."""
+    name = provider.description.name
+    missing = [method for method in ("prices", "estimate_usd") if not callable(getattr(provider, method, None))]
+    if missing:
+        raise TypeError(
+            f"provider {name!r} declares no price ({' and '.join(missing)}); every provider declares what a job "
+            "costs, 0 for an offline one"
+        )
+    fields = provider.settings_class.model_fields
+    unknown = [f for f in (*provider.output_settings, *provider.required_settings) if f not in fields]
+    if unknown:
+        raise TypeError(f"provider {name!r} names settings that {provider.settings_class.__name__} lacks: {unknown}")
 
 
 def require_env(variable: str, provider: str) -> str:
-    """The value of a provider's secret, read at request time; never logged."""
+    """TEMPORARY (issue 15): the old way to read a secret at request time, kept for the provider modules not yet built
+    from settings; goes with `legacy`."""
     value = os.environ.get(variable, "")
     if not value:
         raise MissingCredential(variable, provider)
-    register(value)  # a vendor may echo it in an error; registered before any request carries it
+    register(value)
     return value
+
+
+def legacy(provider: type[Any], estimate: Callable[[Any], float], output_env: tuple[str, ...] = ()) -> type[Any]:
+    """TEMPORARY (issue 15): fits a provider of the old shape (built with no arguments, reading the environment per
+    request) into the registry until its module is converted, with its estimate and the variables that change its
+    output (read per request, as that provider reads them). Goes once every provider is built from settings."""
+
+    def fingerprint() -> Mapping[str, str]:
+        return {variable: os.environ.get(variable, "") for variable in output_env}
+
+    return type(
+        provider.__name__,
+        (provider,),
+        {
+            "__module__": provider.__module__,  # the cache key hashes the provider's own module
+            "__init__": lambda self, settings: provider.__init__(self),
+            "settings_class": NoSettings,
+            "required_settings": (),
+            "output_settings": (),
+            "prices": classmethod(lambda cls, settings: provider.description.prices),
+            "estimate_usd": classmethod(lambda cls, settings, job: estimate(job)),
+            "legacy_fingerprint": staticmethod(fingerprint),
+        },
+    )

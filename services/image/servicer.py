@@ -10,7 +10,7 @@ import grpc
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
 from services.common.cache import CacheBackend, CachedAsset, asset_responses, get_or_make, image_key
-from services.common.convert import provider_set
+from services.common.convert import checked_count, provider_set
 from services.common.errors import InvalidArgument, rpc_method
 from services.common.observability import record_spend
 from services.common.output import output_format
@@ -37,25 +37,11 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
     async def GenerateImage(
         self, request: image_service_pb2.GenerateImageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[image_service_pb2.GenerateImageResponse]:
-        output = output_format(request.output)
-        prompt = checked_text(request.scene.visual_prompt, "scene.visual_prompt", MAX_PROMPT_CHARS, required=False)
-        title = checked_text(request.scene.title, "scene.title", MAX_TITLE_CHARS, required=False)
-        if not prompt and not title:
-            raise InvalidArgument("scene.visual_prompt and scene.title are both empty; give at least one")
+        job = _image_job(request)
         name, provider = self._registry.get(request.provider, "provider")
-        job = ImageJob(
-            prompt=prompt,
-            title=title,
-            scene_index=request.scene_index,
-            width=output.width,
-            height=output.height,
-            quality=output.quality,
-            aspect=output.aspect_name,
-            render_id=request.render_id,
-        )
 
-        cache = None if provider.description.offline else self._cache
-        key = image_key(name, type(provider).__module__, job) if cache is not None else ""
+        cache = None if self._registry.is_offline(name) else self._cache
+        key = image_key(name, type(provider).__module__, self._registry.fingerprint(name), job) if cache else ""
         deadline = call_deadline(context)
 
         async def attempt() -> ImageResult:
@@ -83,9 +69,40 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
             yield response
 
     @rpc_method
+    async def EstimateImageCost(
+        self, request: image_service_pb2.EstimateImageCostRequest, context: grpc.aio.ServicerContext
+    ) -> image_service_pb2.EstimateImageCostResponse:
+        checked_count(len(request.requests), "requests")
+        estimates = []
+        for index, item in enumerate(request.requests):
+            name = self._registry.resolve(item.provider, f"requests[{index}].provider")
+            usd = self._registry.estimate_usd(name, _image_job(item, f"requests[{index}]."))
+            estimates.append(types_pb2.CostEstimate(provider=name, usd=usd))
+        return image_service_pb2.EstimateImageCostResponse(estimates=estimates)
+
+    @rpc_method
     async def ListImageProviders(
         self, request: image_service_pb2.ListImageProvidersRequest, context: grpc.aio.ServicerContext
     ) -> image_service_pb2.ListImageProvidersResponse:
         return image_service_pb2.ListImageProvidersResponse(
             providers=provider_set(types_pb2.MEDIA_KIND_IMAGE, self._registry)
         )
+
+
+def _image_job(request: image_service_pb2.GenerateImageRequest, prefix: str = "") -> ImageJob:
+    """The job a request asks for, checked; `prefix` places the request's fields in a batch ("requests[2].")."""
+    output = output_format(request.output)
+    prompt = checked_text(request.scene.visual_prompt, f"{prefix}scene.visual_prompt", MAX_PROMPT_CHARS, False)
+    title = checked_text(request.scene.title, f"{prefix}scene.title", MAX_TITLE_CHARS, required=False)
+    if not prompt and not title:
+        raise InvalidArgument(f"{prefix}scene.visual_prompt and {prefix}scene.title are both empty; give at least one")
+    return ImageJob(
+        prompt=prompt,
+        title=title,
+        scene_index=request.scene_index,
+        width=output.width,
+        height=output.height,
+        quality=output.quality,
+        aspect=output.aspect_name,
+        render_id=request.render_id,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from services.common.cache import (
     open_cache,
 )
 from services.common.chunks import ChunkSink
-from services.common.convert import provider_set
+from services.common.convert import checked_count, provider_set
 from services.common.errors import InvalidArgument, JobFailed, ProviderUnavailable, rpc_method
 from services.common.media import MediaInfo, probe
 from services.common.observability import record_spend
@@ -93,11 +93,11 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                 work_dir=work_dir,
                 render_id=spec.render_id,
             )
-            cache = None if provider.description.offline else self._cache
+            cache = None if self._registry.is_offline(name) else self._cache
             key = ""
             if cache is not None:
                 source_sha256 = await asyncio.to_thread(file_sha256, source_image) if source_image else ""
-                key = clip_key(name, type(provider).__module__, job, source_sha256)
+                key = clip_key(name, type(provider).__module__, self._registry.fingerprint(name), job, source_sha256)
             deadline = call_deadline(context)
 
             async def make() -> CachedAsset:
@@ -170,35 +170,22 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
     async def GenerateAvatarVideo(
         self, request: video_service_pb2.GenerateAvatarVideoRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[video_service_pb2.GenerateAvatarVideoResponse]:
-        output = output_format(request.output)
-        scenes = _avatar_scenes(request.scenes)
-        if not request.provider and not self._avatars.current_default:
+        job = _avatar_job(request)
+        if not request.provider and not self._avatars.default:
             raise InvalidArgument(
                 "provider is empty and AVATAR_PROVIDER is unset; set AVATAR_PROVIDER on the video service or name "
                 f"one of: {self._avatars.valid_names}"
             )
         name, provider = self._avatars.get(request.provider, "provider")
-        if len(scenes) > provider.max_scenes:
+        if len(job.scenes) > provider.max_scenes:
             raise InvalidArgument(
-                f"scenes has {len(scenes)} entries; {name} takes at most {provider.max_scenes} per video, so merge "
+                f"scenes has {len(job.scenes)} entries; {name} takes at most {provider.max_scenes} per video, so merge "
                 "scenes or split the script"
             )
         call_end = call_deadline(context)
-        job = AvatarJob(
-            scenes=scenes,
-            width=output.width,
-            height=output.height,
-            aspect=output.aspect_name,
-            avatar=checked_text(request.avatar.avatar, "avatar.avatar", MAX_AVATAR_SETTING_CHARS, required=False),
-            voice=checked_text(request.avatar.voice, "avatar.voice", MAX_AVATAR_SETTING_CHARS, required=False),
-            background=checked_text(
-                request.avatar.background, "avatar.background", MAX_AVATAR_SETTING_CHARS, required=False
-            ),
-            render_id=request.render_id,
-            deadline=call_end - AVATAR_DEADLINE_MARGIN_SECONDS if call_end is not None else None,
-        )
-        cache = None if provider.description.offline else self._cache
-        key = avatar_key(name, type(provider).__module__, job) if cache is not None else ""
+        job = replace(job, deadline=call_end - AVATAR_DEADLINE_MARGIN_SECONDS if call_end is not None else None)
+        cache = None if self._avatars.is_offline(name) else self._cache
+        key = avatar_key(name, type(provider).__module__, self._avatars.fingerprint(name), job) if cache else ""
 
         async def make() -> CachedAsset:
             with workdirs.work_folder(AVATAR_FOLDER_PREFIX, self._settings.video_tmp_dir or None) as work_dir:
@@ -222,6 +209,29 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
             yield response
 
     @rpc_method
+    async def EstimateClipCost(
+        self, request: video_service_pb2.EstimateClipCostRequest, context: grpc.aio.ServicerContext
+    ) -> video_service_pb2.EstimateClipCostResponse:
+        checked_count(len(request.specs), "specs")
+        estimates = []
+        for index, spec in enumerate(request.specs):
+            name = self._registry.resolve(spec.provider, f"specs[{index}].provider")
+            estimates.append(
+                types_pb2.CostEstimate(provider=name, usd=self._registry.estimate_usd(name, _priced_clip(spec, index)))
+            )
+        return video_service_pb2.EstimateClipCostResponse(estimates=estimates)
+
+    @rpc_method
+    async def EstimateAvatarCost(
+        self, request: video_service_pb2.EstimateAvatarCostRequest, context: grpc.aio.ServicerContext
+    ) -> video_service_pb2.EstimateAvatarCostResponse:
+        job = _avatar_job(request.request, "request.")
+        name = self._avatars.resolve(request.request.provider, "request.provider")
+        return video_service_pb2.EstimateAvatarCostResponse(
+            estimate=types_pb2.CostEstimate(provider=name, usd=self._avatars.estimate_usd(name, job))
+        )
+
+    @rpc_method
     async def ListVideoProviders(
         self, request: video_service_pb2.ListVideoProvidersRequest, context: grpc.aio.ServicerContext
     ) -> video_service_pb2.ListVideoProvidersResponse:
@@ -243,15 +253,50 @@ def _asset(result: ClipResult | AvatarResult, info: MediaInfo) -> CachedAsset:
     )
 
 
-def _avatar_scenes(scenes: Sequence[types_pb2.Scene]) -> tuple[AvatarScene, ...]:
-    if not scenes:
-        raise InvalidArgument("scenes is empty; give at least one scene with narration")
-    return tuple(
+def _priced_clip(spec: video_service_pb2.ClipSpec, index: int) -> ClipJob:
+    """The clip a spec describes, as far as a price depends on it (size, quality, length): no image, no folder."""
+    output = output_format(spec.output)
+    if spec.duration_ms > MAX_DURATION_MS:
+        raise InvalidArgument(f"specs[{index}].duration_ms must be at most {MAX_DURATION_MS} (got {spec.duration_ms})")
+    return ClipJob(
+        prompt=spec.scene.visual_prompt,
+        title=spec.scene.title,
+        scene_index=spec.scene_index,
+        width=output.width,
+        height=output.height,
+        fps=output.fps,
+        duration_ms=spec.duration_ms,
+        quality=output.quality,
+        source_image=None,
+        work_dir=Path(),  # never used: pricing makes nothing
+        render_id=spec.render_id,
+    )
+
+
+def _avatar_job(request: video_service_pb2.GenerateAvatarVideoRequest, prefix: str = "") -> AvatarJob:
+    """The video a request asks for, checked (without a deadline); `prefix` places its fields ("request.")."""
+    output = output_format(request.output)
+    if not request.scenes:
+        raise InvalidArgument(f"{prefix}scenes is empty; give at least one scene with narration")
+    scenes = tuple(
         AvatarScene(
-            narration=checked_narration(scene.narration, f"scenes[{index}].narration"),
-            title=checked_text(scene.title, f"scenes[{index}].title", MAX_TITLE_CHARS, required=False),
+            narration=checked_narration(scene.narration, f"{prefix}scenes[{index}].narration"),
+            title=checked_text(scene.title, f"{prefix}scenes[{index}].title", MAX_TITLE_CHARS, required=False),
         )
-        for index, scene in enumerate(scenes)
+        for index, scene in enumerate(request.scenes)
+    )
+    setting = request.avatar
+    return AvatarJob(
+        scenes=scenes,
+        width=output.width,
+        height=output.height,
+        aspect=output.aspect_name,
+        avatar=checked_text(setting.avatar, f"{prefix}avatar.avatar", MAX_AVATAR_SETTING_CHARS, required=False),
+        voice=checked_text(setting.voice, f"{prefix}avatar.voice", MAX_AVATAR_SETTING_CHARS, required=False),
+        background=checked_text(
+            setting.background, f"{prefix}avatar.background", MAX_AVATAR_SETTING_CHARS, required=False
+        ),
+        render_id=request.render_id,
     )
 
 

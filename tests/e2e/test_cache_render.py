@@ -12,8 +12,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.client import render_to_file
 from scenecast_cli.stack import LocalStack
-from services.common import pricing
-from services.common.providers import Quality
+from tests import prices
 from tests.fakes.openai_server import FakeOpenAI
 from tests.probe import probe_mp4
 
@@ -37,7 +36,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
     narrations = [f"Step {index}: check the ladder." for index in range(SCENE_COUNT)]
     edited = [*narrations]
     edited[EDITED] = "Step five, edited: hold the rails."
-    image_price = pricing.gpt_image_1_mini_cost(Quality.STANDARD, square=False)
+    image_price = prices.GPT_IMAGE_1_MINI_STANDARD_WIDE
     with FakeOpenAI() as fake:
         env = {
             "IMAGE_PROVIDER": "gpt-image-1-mini",
@@ -73,12 +72,12 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
     first, second, fresh = renders["full.mp4"], renders["edited.mp4"], renders["no-cache.mp4"]
     assert not any(s.visual.cache_hit or s.narration.cache_hit for s in first.scenes)
     assert first.estimated_cost_usd == pytest.approx(
-        SCENE_COUNT * image_price + sum(pricing.openai_tts_cost(Quality.STANDARD, len(t)) for t in narrations)
+        SCENE_COUNT * image_price + sum(prices.tts_1(len(t)) for t in narrations)
     )
     for index, report in enumerate(second.scenes):
         assert report.visual.cache_hit and report.visual.estimated_cost_usd == 0
         assert report.narration.cache_hit == (index != EDITED)
-    speech_cost = pricing.openai_tts_cost(Quality.STANDARD, len(edited[EDITED]))
+    speech_cost = prices.tts_1(len(edited[EDITED]))
     assert second.scenes[EDITED].narration.estimated_cost_usd == pytest.approx(speech_cost)
     assert second.estimated_cost_usd == pytest.approx(speech_cost)
     # A hit keeps what the asset is (model, measured duration, timings), only its cost this time is zero.
@@ -91,7 +90,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
     assert second.scenes[0].narration.duration_ms == first.scenes[0].narration.duration_ms
     assert not any(s.visual.cache_hit or s.narration.cache_hit for s in fresh.scenes)
     assert fresh.estimated_cost_usd == pytest.approx(
-        SCENE_COUNT * image_price + sum(pricing.openai_tts_cost(Quality.STANDARD, len(t)) for t in edited)
+        SCENE_COUNT * image_price + sum(prices.tts_1(len(t)) for t in edited)
     )
     probed = probe_mp4(tmp_path / "edited.mp4")
     assert (probed.video_codec, probed.width, probed.height) == ("h264", 320, 180)

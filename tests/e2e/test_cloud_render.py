@@ -11,7 +11,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 from scenecast_cli.client import estimate_cost, render_to_file
 from scenecast_cli.stack import LocalStack
 from services.common import pricing
-from services.common.providers import Quality
+from tests import prices
 from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
 from tests.fakes.edge_tts_server import FakeEdgeTTS
 from tests.fakes.openai_server import FakeOpenAI
@@ -104,7 +104,7 @@ def test_gpt_image_mini_and_edge(openai_fake: FakeOpenAI, edge_fake: FakeEdgeTTS
     # Scenes are synthesized concurrently, so the fake hears them in any order.
     assert sorted(u.text for u in edge_fake.utterances) == sorted(s.narration for s in SCENES)
     # The estimate and the render agree with the cost table, scene by scene.
-    price = pricing.gpt_image_1_mini_cost(Quality.STANDARD, square=False)
+    price = prices.GPT_IMAGE_1_MINI_STANDARD_WIDE
     assert [e.total_usd for e in estimate.scenes] == [price] * len(SCENES)
     assert [s.estimated_cost_usd for s in summary.scenes] == [price] * len(SCENES)
     assert summary.estimated_cost_usd == pytest.approx(estimate.total_usd)
@@ -119,10 +119,6 @@ def test_openai_image_and_speech_estimate_matches_render(openai_fake: FakeOpenAI
     }
     estimate, summary, path = _render(env, tmp_path)
     _check_video(path, summary)
-    expected = [
-        pricing.dall_e_3_cost(Quality.STANDARD, square=False)
-        + pricing.openai_tts_cost(Quality.STANDARD, len(s.narration))
-        for s in SCENES
-    ]
+    expected = [prices.DALL_E_3_STANDARD_WIDE + prices.tts_1(len(s.narration)) for s in SCENES]
     assert [e.total_usd for e in estimate.scenes] == pytest.approx(expected)
     assert [s.estimated_cost_usd for s in summary.scenes] == pytest.approx(expected)

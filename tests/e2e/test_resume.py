@@ -22,8 +22,7 @@ from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
 
 from scenecast_cli.client import render_to_file
 from scenecast_cli.stack import SERVICES, LocalStack, free_port, wait_until_serving
-from services.common import pricing
-from services.common.providers import Quality
+from tests import prices
 from tests.fakes.base import Fault
 from tests.fakes.openai_server import FakeOpenAI
 from tests.probe import probe_mp4
@@ -114,14 +113,10 @@ def test_a_render_killed_halfway_resumes_and_pays_only_for_the_rest(tmp_path: Pa
     assert sum(s.visual.cache_hit for s in summary.scenes) == made_images
     assert sum(s.narration.cache_hit for s in summary.scenes) == made_speech
     narrations = {scene.id: scene.narration for scene in _request().scenes}
-    image_price = pricing.gpt_image_1_mini_cost(Quality.STANDARD, square=False)
+    image_price = prices.GPT_IMAGE_1_MINI_STANDARD_WIDE
     assert summary.estimated_cost_usd == pytest.approx(
         second[0] * image_price
-        + sum(
-            pricing.openai_tts_cost(Quality.STANDARD, len(narrations[s.scene_id]))
-            for s in summary.scenes
-            if not s.narration.cache_hit
-        )
+        + sum(prices.tts_1(len(narrations[s.scene_id])) for s in summary.scenes if not s.narration.cache_hit)
     )
 
     probed = probe_mp4(tmp_path / "resumed.mp4")

