@@ -402,12 +402,31 @@ async def test_cog_throttled_create(cog: FakeCogVideo, clip: Clip) -> None:
         assert len(cog.creates()) == 1
 
 
-async def test_cog_corrupt_video_is_unavailable(cog: FakeCogVideo, clip: Clip) -> None:
+async def test_cog_corrupt_video_is_reported_not_made_again(cog: FakeCogVideo, clip: Clip) -> None:
     cog.corrupt_output = True
     error = await failure(clip, "selfhosted")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+    [prediction] = cog.predictions.values()
+    assert f"job {prediction.id} finished with unusable output" in error.details()
     assert "not an MP4 or WebM video" in error.details()
-    assert len(cog.creates()) == ATTEMPTS
+    assert len(cog.creates()) == 1
+
+
+async def test_cog_order_whose_answer_is_lost_is_reported_not_sent_again(cog: FakeCogVideo, clip: Clip) -> None:
+    """Cog keeps no list to look in: a create that may have reached the server is not risked twice."""
+    cog.add_fault(Fault("/predictions", reset=True, method="POST"))
+    error = await failure(clip, "selfhosted")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "selfhosted (cog) may have received the order" in error.details()
+    assert "not ordered again" in error.details()
+    assert len(cog.creates()) == 1
+
+
+async def test_cog_failed_download_is_downloaded_again(cog: FakeCogVideo, clip: Clip) -> None:
+    cog.url_output, cog.failing_downloads = True, 2
+    metadata, _ = await clip("selfhosted")
+    assert metadata.provider == "selfhosted"
+    assert (len(cog.creates()), len(cog.requests_to("/files/", "GET"))) == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -424,9 +443,8 @@ async def test_cog_corrupt_video_is_unavailable(cog: FakeCogVideo, clip: Clip) -
             "busy",
         ),
         (Fault("/predictions", status=404, body={"detail": "Not Found"}), grpc.StatusCode.FAILED_PRECONDITION, "API"),
-        (Fault("/predictions", reset=True), grpc.StatusCode.UNAVAILABLE, "could not be reached"),
     ],
-    ids=["422", "409-busy", "404-wrong-api", "reset"],
+    ids=["422", "409-busy", "404-wrong-api"],
 )
 async def test_cog_errors_are_mapped(
     cog: FakeCogVideo, clip: Clip, fault: Fault, code: grpc.StatusCode, message: str
@@ -618,12 +636,32 @@ async def test_comfyui_throttled_history_is_waited_out(comfy: FakeComfyUI, clip:
     assert (len(comfy.prompts), len(comfy.requests_to("/history/"))) == (1, 3)
 
 
-async def test_comfyui_corrupt_video_is_unavailable(comfy: FakeComfyUI, clip: Clip) -> None:
+async def test_comfyui_corrupt_video_is_reported_not_made_again(comfy: FakeComfyUI, clip: Clip) -> None:
     comfy.corrupt_output = True
     error = await failure(clip, "selfhosted")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "selfhosted (comfyui)" in error.details() and "not an MP4 or WebM video" in error.details()
-    assert len(comfy.requests_to("/view")) == ATTEMPTS
+    [prompt] = comfy.prompts.values()
+    assert f"selfhosted (comfyui): job {prompt.id} finished with unusable output" in error.details()
+    assert "not an MP4 or WebM video" in error.details()
+    assert len(comfy.requests_to("/view")) == 1
+
+
+async def test_comfyui_prompt_whose_answer_is_lost_is_found_not_queued_again(comfy: FakeComfyUI, clip: Clip) -> None:
+    """The queue shows the prompt (by its client_id) arrived: that prompt is waited for and used."""
+    comfy.lose_answers = 1
+    metadata, _ = await clip("selfhosted")
+    assert metadata.provider == "selfhosted"
+    [submit] = comfy.requests_to("/prompt", "POST")
+    [prompt] = comfy.prompts.values()
+    assert prompt.client_id == submit.json()["client_id"]
+    assert len(comfy.requests_to("/queue", "GET")) == 1 and len(comfy.requests_to("/view")) == 1
+
+
+async def test_comfyui_failed_download_is_downloaded_again(comfy: FakeComfyUI, clip: Clip) -> None:
+    comfy.failing_views = 2
+    metadata, _ = await clip("selfhosted")
+    assert metadata.provider == "selfhosted"
+    assert (len(comfy.prompts), len(comfy.requests_to("/view"))) == (1, 3)
 
 
 async def test_comfyui_abandoned_call_drops_the_prompt(comfy: FakeComfyUI, clip: Clip) -> None:

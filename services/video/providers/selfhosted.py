@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import os
@@ -24,16 +25,19 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from services.common import pricing
-from services.common.download import fetch_output, origin
+from services.common import jobs, pricing
+from services.common.download import Downloaded, fetch_output, origin
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    JobFailed,
     ProviderUnavailable,
     RateLimited,
     ScenecastError,
 )
+from services.common.media import probe
 from services.common.providers import ProviderDescription, require_env
+from services.common.retry import retry_after_seconds
 from services.video.providers.base import ClipJob, ClipResult
 
 _LOGGER = logging.getLogger(__name__)
@@ -62,15 +66,9 @@ DEFAULT_MAX_FRAMES = 121
 MIN_FRAMES = 9
 DEFAULT_DURATION_MS = 5000
 DEFAULT_TIMEOUT_SECONDS = 900.0
-# Polling starts at this interval and backs off to POLL_MAX_SECONDS: a clip takes tens of seconds to minutes.
+# First wait between status checks, in seconds; it grows to 15 times this. A failed check (429, 5xx) only delays the
+# next one: the job is still running on the server, and giving up on it would waste the GPU time already spent.
 DEFAULT_POLL_SECONDS = 1.0
-POLL_BACKOFF = 1.5
-POLL_MAX_SECONDS = 5.0
-# A poll answered 429/502/503/504 is asked again (after Retry-After, capped) this many times in a row: the job is
-# still running on the server, and giving up on it would waste the GPU time already spent.
-POLL_TRANSIENT_TRIES = 5
-POLL_TRANSIENT_STATUSES = (429, 502, 503, 504)
-MAX_RETRY_AFTER_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 WRITE_TIMEOUT_SECONDS = 60.0
 DOWNLOAD_TIMEOUT_SECONDS = 120.0
@@ -100,6 +98,17 @@ class ClipPlan:
     @property
     def seconds(self) -> float:
         return self.frames / self.fps
+
+    def cog_input(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "num_frames": self.frames,
+            "fps": self.fps,
+            "seed": self.seed,
+        }
 
     def placeholders(self) -> dict[str, str | int]:
         return {
@@ -250,48 +259,44 @@ class SelfHostedProvider:
         # A synchronous Cog answers only when the clip is made, so a read may take the whole time limit.
         timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=settings.time_limit, write=WRITE_TIMEOUT_SECONDS)
         async with httpx.AsyncClient(base_url=settings.url, timeout=timeout) as client:
-            session = (_CogSession if settings.api == "cog" else _ComfySession)(client, settings)
+            if settings.api == "cog":
+                model_input = plan.cog_input()
+                if job.source_image is not None:
+                    model_input["image"] = await asyncio.to_thread(_image_data_uri, job.source_image)
+                clip: _Clip = _CogPrediction(client, settings, plan, model_input)
+            else:
+                workflow = Path(os.environ.get(WORKFLOW_ENV, "").strip())
+                template = await asyncio.to_thread(load_workflow, _workflow_path(workflow))
+                clip = _ComfyPrompt(client, settings, plan, template, workflow)
             try:
                 async with asyncio.timeout(settings.time_limit):
-                    data, model = await session.run(job, plan)
-            except (TimeoutError, asyncio.CancelledError) as stop:
-                await session.abandon()
-                if isinstance(stop, asyncio.CancelledError):
-                    raise
+                    return await jobs.run(clip)
+            except TimeoutError as stop:
                 raise ProviderUnavailable(
-                    f"{session.label} did not finish within {settings.time_limit:g} s ({TIMEOUT_ENV})"
+                    f"{clip.label} did not finish within {settings.time_limit:g} s ({TIMEOUT_ENV})"
                 ) from stop
-        return ClipResult(
-            data=data,
-            mime_type=_video_type(data, session.label),
-            model=model,
-            estimated_cost_usd=pricing.selfhosted_usd_per_second() * plan.seconds,
-        )
 
 
-class _Session:
-    """One clip's conversation with the server; `abandon` stops the server's work when the caller gives up."""
+class _Clip(jobs.RemoteJob[dict[str, Any], ClipResult]):
+    """One clip on the operator's server; its output files come only from the configured origins."""
 
-    label = NAME
+    provider = NAME
+    max_bytes = MAX_VIDEO_BYTES
+    download_seconds = DOWNLOAD_TIMEOUT_SECONDS
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
+    def __init__(self, client: httpx.AsyncClient, settings: _Settings, plan: ClipPlan) -> None:
         self._client = client
         self._settings = settings
-
-    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
-        raise NotImplementedError
-
-    async def abandon(self) -> None:
-        raise NotImplementedError
-
-    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            return await self._client.request(method, path, json=body)
-        except httpx.HTTPError as error:
-            raise ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}") from error
+        self._plan = plan
+        self.poll_seconds = settings.poll_seconds
 
     async def _submit(self, path: str, body: Any) -> httpx.Response:
-        response = await self._send("POST", path, body)
+        """POSTs the order once; a refusal that names the wrong server or API is FailedPrecondition."""
+        try:
+            response = await self._client.post(path, json=body)
+        except httpx.HTTPError as error:
+            unreachable = ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}")
+            raise jobs.create_failure(unreachable, cause=error) from error
         if response.status_code in (404, 405):
             raise FailedPrecondition(
                 f"{self.label}: the server at {URL_ENV} has no POST {path} ({response.status_code}); "
@@ -299,29 +304,19 @@ class _Session:
             )
         return response
 
-    async def _poll(self, path: str, finished: Callable[[Any], T | None]) -> T:
-        """GETs `path` with backoff until `finished` returns a value for the JSON body."""
-        interval = self._settings.poll_seconds
-        transient = 0
-        while True:
-            await asyncio.sleep(interval)
-            response = await self._send("GET", path)
-            if response.status_code in POLL_TRANSIENT_STATUSES and transient < POLL_TRANSIENT_TRIES:
-                transient += 1
-                advised = _retry_after(response)
-                _LOGGER.info("%s: poll of %s answered %d; asking again", self.label, path, response.status_code)
-                await asyncio.sleep(min(advised if advised is not None else interval, MAX_RETRY_AFTER_SECONDS))
-                continue
-            if not response.is_success:
-                error = _status_error(response, self.label)
-                if isinstance(error, ProviderUnavailable):
-                    raise error
-                raise ProviderUnavailable(f"{self.label} lost the job ({response.status_code}): {_detail(response)}")
-            transient = 0
-            result = finished(_json(response, self.label))
-            if result is not None:
-                return result
-            interval = min(interval * POLL_BACKOFF, POLL_MAX_SECONDS)
+    async def _get(self, path: str, **params: str) -> Any:
+        """A status read: 429, 409 and 5xx mean "ask again later" (ProviderUnavailable); other failures end the job."""
+        try:
+            response = await self._client.get(path, params=params)
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}") from error
+        if not response.is_success:
+            error = _status_error(response, self.label)
+            if isinstance(error, ProviderUnavailable):
+                raise error
+            lost = ProviderUnavailable(f"{self.label} lost the job ({response.status_code}): {_detail(response)}")
+            raise jobs.JobEnded(lost)
+        return _json(response, self.label)
 
     async def _best_effort(self, path: str, body: Any) -> None:
         try:
@@ -330,128 +325,186 @@ class _Session:
         except Exception as error:  # noqa: BLE001 - the caller is already leaving; a failure is only logged
             _LOGGER.warning("%s: POST %s failed: %r", self.label, path, error)
 
-    async def _download(self, url: str) -> bytes:
+    async def download(self, url: str) -> Downloaded:
         # The operator configured this server, usually on a private network: its origins are trusted for downloads,
         # and they are the only ones used.
-        downloaded = await fetch_output(
+        return await fetch_output(
             url,
-            max_bytes=MAX_VIDEO_BYTES,
-            timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS,
+            max_bytes=self.max_bytes,
+            timeout_seconds=self.download_seconds,
             allowed_origins=self._settings.output_origins,
             origins_setting=OUTPUT_ORIGINS_ENV,
         )
-        return downloaded.data
+
+    async def check(self, job: dict[str, Any], output: Downloaded) -> ClipResult:
+        mime_type = _video_type(output.data, self.label)
+        # Decoded here, inside the job: a clip the service could not decode would otherwise be made again.
+        if not (await asyncio.to_thread(probe, io.BytesIO(output.data), f"{self.label} clip")).has_video:
+            raise ProviderUnavailable(f"{self.label} returned a file with no picture")
+        return ClipResult(
+            data=output.data,
+            mime_type=mime_type,
+            model=self.model(job),
+            estimated_cost_usd=pricing.selfhosted_usd_per_second() * self._plan.seconds,
+        )
+
+    def model(self, job: dict[str, Any]) -> str:
+        raise NotImplementedError
 
 
-class _CogSession(_Session):
-    """The Cog container API, as Replicate's models speak it inside."""
+class _CogPrediction(_Clip):
+    """The Cog container API, as Replicate's models speak it inside. Cog keeps no list of predictions, so an order
+    whose answer is lost is reported, never sent again."""
 
     label = f"{NAME} (cog)"
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
-        super().__init__(client, settings)
-        self._prediction_id = ""
+    def __init__(
+        self, client: httpx.AsyncClient, settings: _Settings, plan: ClipPlan, model_input: dict[str, Any]
+    ) -> None:
+        super().__init__(client, settings, plan)
+        self._input = model_input
 
-    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
-        model_input: dict[str, Any] = {
-            "prompt": plan.prompt,
-            "negative_prompt": plan.negative_prompt,
-            "width": plan.width,
-            "height": plan.height,
-            "num_frames": plan.frames,
-            "fps": plan.fps,
-            "seed": plan.seed,
-        }
-        if job.source_image is not None:
-            model_input["image"] = await asyncio.to_thread(_image_data_uri, job.source_image)
+    async def create(self) -> dict[str, Any]:
         # No `Prefer: respond-async`: Cog answers when the prediction ends. Servers that answer at once with
         # `processing` and an id are polled instead.
-        response = await self._submit("/predictions", {"input": model_input})
+        response = await self._submit("/predictions", {"input": self._input})
         if not response.is_success:
-            raise _status_error(response, self.label)
-        prediction = _json(response, self.label)
-        if prediction.get("status") in _PENDING:
-            self._prediction_id = str(prediction.get("id") or "")
-            if not self._prediction_id:
-                raise ProviderUnavailable(f"{self.label} answered {prediction.get('status')!r} without an id to poll")
-            _LOGGER.info("%s: prediction %s is %s", self.label, self._prediction_id, prediction.get("status"))
-            prediction = await self._poll(
-                f"/predictions/{self._prediction_id}", lambda body: None if body.get("status") in _PENDING else body
+            # 409: Cog runs one prediction at a time and refuses another while busy.
+            raise jobs.create_failure(
+                _status_error(response, self.label), status=response.status_code, refused=(409, 429)
             )
-            self._prediction_id = ""
-        status = prediction.get("status")
+        prediction = _json(response, self.label)
+        if prediction.get("status") in _PENDING and not prediction.get("id"):
+            raise JobFailed(f"{self.label} answered {prediction.get('status')!r} without an id to poll")
+        return prediction
+
+    def job_id(self, job: dict[str, Any]) -> str:
+        return str(job.get("id") or "(no id)")
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return job.get("status") not in _PENDING
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self._get(f"/predictions/{job['id']}"))
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        status = job.get("status")
         if status != "succeeded":
-            reason = prediction.get("error") or "no error given"
+            reason = job.get("error") or "no error given"
             raise ProviderUnavailable(f"{self.label}: the prediction ended {status!r}: {str(reason)[:_DETAIL_CHARS]}")
-        output = prediction.get("output")
+        output = job.get("output")
         first = output[0] if isinstance(output, list) and output else output
         if not isinstance(first, str) or not first:
             raise ProviderUnavailable(f"{self.label}: the prediction succeeded without an output file")
-        url = first if first.startswith("data:") else str(self._client.base_url.join(first))
-        model = prediction.get("model")
-        label = f"{NAME}-cog:{model}" if isinstance(model, str) and model else f"{NAME}-cog"
-        return await self._download(url), label
+        return first if first.startswith("data:") else str(self._client.base_url.join(first))
 
-    async def abandon(self) -> None:
+    def model(self, job: dict[str, Any]) -> str:
+        model = job.get("model")
+        return f"{NAME}-cog:{model}" if isinstance(model, str) and model else f"{NAME}-cog"
+
+    async def cancel(self, job: dict[str, Any]) -> None:
         """Cancels a polled prediction; a synchronous one has no id, and closing its connection is all we can do."""
-        if self._prediction_id:
-            await self._best_effort(f"/predictions/{self._prediction_id}/cancel", None)
+        if job.get("id"):
+            await self._best_effort(f"/predictions/{job['id']}/cancel", None)
 
 
-class _ComfySession(_Session):
-    """ComfyUI's own API: queue a filled-in workflow, wait for its history entry, fetch the video it saved."""
+class _ComfyPrompt(_Clip):
+    """ComfyUI's own API: queue a filled-in workflow, wait for its history entry, fetch the video it saved. The
+    prompt carries a client_id of its own, by which the queue and the history show whether a lost order arrived."""
 
     label = f"{NAME} (comfyui)"
+    can_find = True
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
-        super().__init__(client, settings)
-        self._prompt_id = ""
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: _Settings,
+        plan: ClipPlan,
+        template: dict[str, Any],
+        workflow: Path,
+    ) -> None:
+        super().__init__(client, settings, plan)
+        self._template = template
+        self._workflow = workflow
+        self._graph = fill_workflow(template, plan.placeholders(), workflow)
+        self._client_id = uuid.uuid4().hex
 
-    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
-        path = Path(os.environ.get(WORKFLOW_ENV, "").strip())
-        if not path.name:
-            raise FailedPrecondition(
-                f"{self.label} needs {WORKFLOW_ENV}: a ComfyUI workflow in API format with {{{{prompt}}}}-style "
-                "placeholders (see deploy/comfyui/ltx-video-workflow.json)"
-            )
-        template = await asyncio.to_thread(load_workflow, path)
-        graph = fill_workflow(template, plan.placeholders(), path)
-        response = await self._submit("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    async def create(self) -> dict[str, Any]:
+        response = await self._submit("/prompt", {"prompt": self._graph, "client_id": self._client_id})
         if response.status_code == 400:
-            raise FailedPrecondition(_refusal(response, path))
+            raise FailedPrecondition(_refusal(response, self._workflow))
         if not response.is_success:
-            raise _status_error(response, self.label)
+            raise jobs.create_failure(_status_error(response, self.label), status=response.status_code)
         queued = _json(response, self.label)
-        self._prompt_id = str(queued.get("prompt_id") or "")
-        if not self._prompt_id:
-            raise ProviderUnavailable(f"{self.label}: POST /prompt answered without a prompt_id")
-        _LOGGER.info("%s: queued prompt %s (number %s)", self.label, self._prompt_id, queued.get("number"))
+        prompt_id = str(queued.get("prompt_id") or "")
+        if not prompt_id:
+            raise JobFailed(f"{self.label}: POST /prompt answered without a prompt_id")
+        _LOGGER.info("%s: queued prompt %s (number %s)", self.label, prompt_id, queued.get("number"))
+        return {"prompt_id": prompt_id}
+
+    async def find(self) -> dict[str, Any] | None:
+        """The prompt with this order's client_id, queued, running or in the history; None when none has it.
+
+        Queue items and history entries hold the prompt as [number, prompt_id, graph, extra_data, outputs], and
+        ComfyUI puts the order's client_id into extra_data.
+        """
+        queue = await self._get("/queue")
+        history = await self._get("/history")
+        items = [*(queue.get("queue_running") or []), *(queue.get("queue_pending") or [])]
+        items += [entry.get("prompt") for entry in history.values() if isinstance(entry, dict)]
+        for item in items:
+            if isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict):
+                if item[3].get("client_id") == self._client_id:
+                    return {"prompt_id": str(item[1])}
+        return None
+
+    def job_id(self, job: dict[str, Any]) -> str:
+        return str(job["prompt_id"])
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return "entry" in job
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        prompt_id = self.job_id(job)
         # /history/{id} is {} until the prompt has run (or failed).
-        entry = await self._poll(f"/history/{self._prompt_id}", lambda body: body.get(self._prompt_id) or None)
-        self._prompt_id = ""
+        entry = (await self._get(f"/history/{prompt_id}")).get(prompt_id)
+        return {"prompt_id": prompt_id, "entry": entry} if entry else job
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        entry = job["entry"]
         status = entry.get("status") or {}
         if status.get("status_str") == "error":
             raise ProviderUnavailable(f"{self.label}: the workflow failed: {_execution_error(status)}")
         video = find_video(entry.get("outputs") or {})
         if video is None:
             raise FailedPrecondition(
-                f"{self.label}: the workflow {path} finished without a video output; end it with a node that saves "
-                "MP4 (core SaveVideo, or VideoHelperSuite VHS_VideoCombine)"
+                f"{self.label}: the workflow {self._workflow} finished without a video output; end it with a node "
+                "that saves MP4 (core SaveVideo, or VideoHelperSuite VHS_VideoCombine)"
             )
         params = {
             "filename": video["filename"],
             "subfolder": video.get("subfolder") or "",
             "type": video.get("type") or "output",
         }
-        url = str(self._client.build_request("GET", "/view", params=params).url)
-        model = template_model(template)
-        return await self._download(url), f"{NAME}-comfyui:{model}" if model else f"{NAME}-comfyui"
+        return str(self._client.build_request("GET", "/view", params=params).url)
 
-    async def abandon(self) -> None:
+    def model(self, job: dict[str, Any]) -> str:
+        model = template_model(self._template)
+        return f"{NAME}-comfyui:{model}" if model else f"{NAME}-comfyui"
+
+    async def cancel(self, job: dict[str, Any]) -> None:
         """Drops the prompt from the queue, or interrupts it if running (older ComfyUI interrupts whatever runs)."""
-        if self._prompt_id:
-            await self._best_effort("/queue", {"delete": [self._prompt_id]})
-            await self._best_effort("/interrupt", {"prompt_id": self._prompt_id})
+        await self._best_effort("/queue", {"delete": [self.job_id(job)]})
+        await self._best_effort("/interrupt", {"prompt_id": self.job_id(job)})
+
+
+def _workflow_path(path: Path) -> Path:
+    if not path.name:
+        raise FailedPrecondition(
+            f"{NAME} (comfyui) needs {WORKFLOW_ENV}: a ComfyUI workflow in API format with {{{{prompt}}}}-style "
+            "placeholders (see deploy/comfyui/ltx-video-workflow.json)"
+        )
+    return path
 
 
 def load_workflow(path: Path) -> dict[str, Any]:
@@ -575,11 +628,18 @@ def _status_error(response: httpx.Response, label: str) -> ScenecastError:
     """The error mapping shared by both wires: 429 throttled, 409 busy and 5xx retryable, other 4xx the input."""
     code, detail = response.status_code, _detail(response)
     if code == 429:
-        return RateLimited(f"{label} throttled the request (429): {detail}", _retry_after(response))
+        return RateLimited(
+            f"{label} throttled the request (429): {detail}", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if code == 409:  # Cog runs one prediction at a time and answers 409 while busy
-        return ProviderUnavailable(f"{label} is busy with another job (409): {detail}", _retry_after(response))
+        return ProviderUnavailable(
+            f"{label} is busy with another job (409): {detail}",
+            retry_after_seconds(response.headers.get("retry-after")),
+        )
     if code >= 500:
-        return ProviderUnavailable(f"{label} failed ({code}): {detail}", _retry_after(response))
+        return ProviderUnavailable(
+            f"{label} failed ({code}): {detail}", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if code in (401, 403):
         return FailedPrecondition(f"{label} refused access ({code}): {detail}; check the server's access rules")
     return InvalidArgument(f"{label} refused the input ({code}): {detail}")
@@ -617,13 +677,6 @@ def _json(response: httpx.Response, label: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProviderUnavailable(f"{label} answered {response.status_code} with a body that is not a JSON object")
     return body
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None
 
 
 def _image_data_uri(path: Path) -> str:
