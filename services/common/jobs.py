@@ -85,6 +85,8 @@ class RemoteJob(ABC, Generic[JobT, ResultT]):
     can_find: bool = False
     max_bytes: int = 512 * 1024 * 1024
     download_seconds: float = 120.0
+    # Output files may come from private addresses (ALLOW_PRIVATE_OUTPUT_URLS).
+    allow_private: bool = False
 
     @abstractmethod
     async def create(self) -> JobT:
@@ -113,7 +115,9 @@ class RemoteJob(ABC, Generic[JobT, ResultT]):
 
     async def download(self, url: str) -> Downloaded:
         # No credentials: output URLs are pre-signed or public, and a key must not travel to another host.
-        return await fetch_output(url, max_bytes=self.max_bytes, timeout_seconds=self.download_seconds)
+        return await fetch_output(
+            url, max_bytes=self.max_bytes, timeout_seconds=self.download_seconds, allow_private=self.allow_private
+        )
 
     @abstractmethod
     async def check(self, job: JobT, output: Downloaded) -> ResultT:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,12 +11,13 @@ from typing import Any, TypeVar
 
 import httpx
 import replicate
+from pydantic import Field, SecretStr
 from pydantic.v1 import ValidationError  # replicate 1.0.7 models predictions with pydantic.v1
 from replicate.exceptions import ModelError, ReplicateError
 from replicate.prediction import Prediction
 
 from services.common import jobs
-from services.common.download import Downloaded
+from services.common.download import Downloaded, DownloadSettings
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -25,12 +25,14 @@ from services.common.errors import (
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import require_env
 from services.common.retry import retry_after_seconds
 
 T = TypeVar("T")
 
-TOKEN_ENV = "REPLICATE_API_TOKEN"
+TOKEN_FIELD = "replicate_api_token"
+# Replicate's GPU time, USD per second (providers.md section 4).
+T4_USD_PER_SECOND = 0.000225
+L40S_USD_PER_SECOND = 0.000975
 DEFAULT_BASE_URL = "https://api.replicate.com"
 # Seconds the create asks Replicate to hold the request (`Prefer: wait=N`, 1-60): fast models (flux-dev, kokoro)
 # usually finish inside it, and a short hold means we soon know the prediction's id and can cancel it if abandoned.
@@ -42,12 +44,23 @@ CLOCK_SKEW = timedelta(minutes=2)
 # Pages of predictions (100 each) searched for a create whose answer was lost.
 FIND_PAGES = 3
 _ENDED = frozenset({"succeeded", "failed", "canceled", "aborted"})
-# Overrides every provider's own time limit for a whole prediction (create plus polling), in seconds.
-TIME_LIMIT_ENV = "REPLICATE_TIMEOUT_SECONDS"
 
 _RESETS_IN = re.compile(r"~\s*(\d{1,4}(?:\.\d+)?)\s*s\b")
 _SAFETY_REFUSAL = re.compile(r"nsfw|safety|unsafe|content polic|inappropriate|sensitive", re.IGNORECASE)
 _clients: dict[tuple[str, str], replicate.Client] = {}
+
+
+class ReplicateSettings(DownloadSettings):
+    """What every Replicate provider needs; the providers' own settings (pinned versions) extend it."""
+
+    # The API token; a request for a Replicate provider without it fails with FAILED_PRECONDITION naming it.
+    replicate_api_token: SecretStr = SecretStr("")
+    # Replicate's API, or a compatible server (a proxy, a fake in tests).
+    replicate_base_url: str = DEFAULT_BASE_URL
+    # Overrides every provider's own time limit for a whole prediction (create plus polling), in seconds.
+    replicate_timeout_seconds: float | None = Field(default=None, gt=0)
+    # First wait between status checks, in seconds (it grows while the prediction runs).
+    replicate_poll_interval: float = Field(default=0.5, gt=0)
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,7 @@ class ReplicateModel:
 
     name: str  # "owner/name"
     version: str = ""  # 64-hex version id; empty for an official model
-    version_env: str = ""  # the variable that overrides `version`, named when Replicate does not know it
+    version_setting: str = ""  # the variable that overrides `version`, named when Replicate does not know it
 
     @property
     def label(self) -> str:
@@ -72,6 +85,7 @@ class OutputFile:
 
 
 async def run_for_file(
+    settings: ReplicateSettings,
     provider: str,
     model: ReplicateModel,
     model_input: dict[str, Any],
@@ -88,10 +102,11 @@ async def run_for_file(
     output is unusable, which is reported naming the prediction and never ordered again. If the caller is cancelled
     or the limit passes, the prediction is cancelled so it stops costing money.
     """
-    limit = float(os.environ.get(TIME_LIMIT_ENV) or time_limit)
-    job = _Prediction(
-        _client(require_env(TOKEN_ENV, provider)), provider, model, model_input, check, max_bytes, download_seconds
-    )
+    limit = settings.replicate_timeout_seconds or time_limit
+    client = _client(settings.secret(TOKEN_FIELD, provider), settings.replicate_base_url)
+    job = _Prediction(client, provider, model, model_input, check, max_bytes, download_seconds)
+    job.poll_seconds = settings.replicate_poll_interval
+    job.allow_private = settings.allow_private_output_urls
     try:
         async with asyncio.timeout(limit):
             return await jobs.run(job)
@@ -121,7 +136,6 @@ class _Prediction(jobs.RemoteJob[Prediction, T]):
         self._sent_at = datetime.now(UTC)
         self.label = f"Replicate {model.label}"
         self.provider = provider
-        self.poll_seconds = client.poll_interval
         self.max_bytes = max_bytes
         self.download_seconds = download_seconds
 
@@ -211,9 +225,8 @@ def _timestamp(value: str | None) -> datetime | None:
         return None
 
 
-def _client(token: str) -> replicate.Client:
-    """One client (and connection pool) per token and base URL, both read at request time."""
-    base_url = os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL
+def _client(token: str, base_url: str) -> replicate.Client:
+    """One client (and connection pool) per token and base URL."""
     key = (token, base_url)
     if key not in _clients:
         _clients[key] = replicate.Client(
@@ -265,9 +278,11 @@ def _mapped(error: Exception, model: ReplicateModel) -> ScenecastError:
                 retry_after = float(match.group(1))
             return RateLimited(f"Replicate throttled {model.label} (429): {detail}", retry_after)
         if status in (401, 403):
-            return FailedPrecondition(f"Replicate rejected {TOKEN_ENV} ({status}: {detail}); set a valid API token")
+            return FailedPrecondition(
+                f"Replicate rejected {TOKEN_FIELD.upper()} ({status}: {detail}); set a valid API token"
+            )
         if status == 404:
-            hint = f"; set {model.version_env} to a current version id" if model.version_env else ""
+            hint = f"; set {model.version_setting} to a current version id" if model.version_setting else ""
             return FailedPrecondition(f"Replicate has no model or version {model.label} (404: {detail}){hint}")
         if status >= 500 or not status:
             return ProviderUnavailable(f"Replicate failed on {model.label} ({status or 'no status'}): {detail}")

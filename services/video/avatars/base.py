@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from services.common import jobs
 from services.common.download import Downloaded
 from services.common.errors import ProviderUnavailable
 from services.common.media import probe
-from services.common.providers import ProviderDescription
+from services.common.providers import SPOKEN_CHARS_PER_SECOND, ProviderDescription
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,17 +79,9 @@ class AvatarProvider(Protocol):
         ...
 
 
-def env_flag(variable: str) -> bool:
-    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def env_seconds(variable: str, default: float) -> float:
-    """A positive number of seconds from the environment (tests shorten poll intervals this way)."""
-    try:
-        value = float(os.environ.get(variable) or default)
-    except ValueError:
-        return default
-    return value if value > 0 else default
+def spoken_seconds(job: AvatarJob) -> float:
+    """How long the avatar will speak, guessed from the narration's length before any video exists."""
+    return sum(len(scene.narration) for scene in job.scenes) / SPOKEN_CHARS_PER_SECOND
 
 
 async def within_deadline(render: Callable[[], Awaitable[T]], deadline: float | None, vendor: str) -> T:
@@ -118,11 +109,19 @@ class VendorVideo(jobs.RemoteJob[dict[str, Any], AvatarResult]):
     max_bytes = MAX_VIDEO_BYTES
     download_seconds = DOWNLOAD_TIMEOUT_SECONDS
 
-    def __init__(self, client: httpx.AsyncClient, avatar: str, poll_seconds: float, cost: Callable[[float], float]):
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        avatar: str,
+        poll_seconds: float,
+        cost: Callable[[float], float],
+        allow_private: bool,
+    ) -> None:
         self._client = client
         self._avatar = avatar
         self._cost = cost
         self.poll_seconds = poll_seconds
+        self.allow_private = allow_private
 
     def job_id(self, job: dict[str, Any]) -> str:
         return str(job.get("id") or "")

@@ -1,4 +1,4 @@
-"""HeyGen avatar videos: the v3 API (`POST /v3/videos`, `GET /v3/videos/{id}`), or v2 behind HEYGEN_API_VERSION.
+"""HeyGen avatar videos: the v3 API (`POST /v3/videos`, `GET /v3/videos/{id}`), or v2 behind HEYGEN_API_VERSION=v2.
 
 v3 takes one avatar and one script per video, and an Idempotency-Key that makes a re-sent order safe. v2 (supported
 by HeyGen until 2026-10-31) takes a video input per scene and is polled through v1 status; it has no idempotency key
@@ -8,15 +8,17 @@ request and response shape lives in this module (and HEYGEN_BASE_URL points it a
 
 from __future__ import annotations
 
-import os
+import math
 import urllib.parse
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
+from pydantic import Field, SecretStr
 
-from services.common import jobs, pricing
+from services.common import jobs
+from services.common.download import DownloadSettings
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -25,29 +27,19 @@ from services.common.errors import (
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import ProviderDescription, require_env
+from services.common.providers import Price, Provider, ProviderDescription
 from services.common.retry import retry_after_seconds
 from services.video.avatars.base import (
     AvatarJob,
     AvatarResult,
     VendorVideo,
-    env_flag,
-    env_seconds,
+    spoken_seconds,
     within_deadline,
 )
 
 NAME = "heygen"
-KEY_ENV = "HEYGEN_API_KEY"
-BASE_URL_ENV = "HEYGEN_BASE_URL"
-# "v3" (the default) or "v2": HeyGen's legacy API, for accounts and avatars (Avatar III) that need it.
-API_VERSION_ENV = "HEYGEN_API_VERSION"
-API_VERSIONS = ("v3", "v2")
+KEY_FIELD = "heygen_api_key"
 DEFAULT_BASE_URL = "https://api.heygen.com"
-# HeyGen has no stock default we could rely on: the account's avatar and voice ids must be configured or requested.
-AVATAR_ENV = "HEYGEN_AVATAR_ID"
-VOICE_ENV = "HEYGEN_VOICE_ID"
-# Free, watermarked videos: a v2 feature; v3 documents none.
-TEST_ENV = "HEYGEN_TEST"
 DEFAULT_BACKGROUND = "#FAFAFA"
 MAX_SCENES = 50
 # v3 takes one script of at most this many characters; the scenes' narrations are joined into it.
@@ -58,8 +50,12 @@ V3_RESOLUTIONS = ((720, "720p"), (1080, "1080p"))
 MAX_SIDE = 1920
 # The code HeyGen gives a v2 video above the plan's resolution.
 PLAN_RESOLUTION_CODE = 40010
-# First wait between status checks, in seconds; grows to 15 times this. HEYGEN_POLL_SECONDS overrides it.
-POLL_SECONDS = 2.0
+# v3 bills the API wallet per output second: $0.0667 for a digital twin or studio avatar with Avatar IV at 720p or
+# 1080p (a photo avatar is $0.05); the higher rate, since the avatar's kind is not known before the video exists.
+V3_USD_PER_SECOND = 0.0667
+# v2 bills plan credits: 2 a minute for a video avatar, per started 30 s; a credit costs $0.99 on the Pro plan.
+V2_USD_PER_CREDIT = 0.99
+V2_CREDITS_PER_MINUTE = 2
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 # `pending`, `processing` and the unconfirmed `waiting` are still on their way.
@@ -68,36 +64,84 @@ _ENDED = frozenset({"completed", "failed"})
 _V1_SUCCESS = 100
 
 
-class HeyGenProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class HeyGenSettings(DownloadSettings):
+    # The API key (X-Api-Key, billed to the API wallet); a request without it fails with FAILED_PRECONDITION.
+    heygen_api_key: SecretStr = SecretStr("")
+    heygen_base_url: str = DEFAULT_BASE_URL
+    # "v3" (the default), or "v2": HeyGen's legacy API (supported until 2026-10-31), for avatars that need it.
+    heygen_api_version: Literal["v3", "v2"] = "v3"
+    # HeyGen has no stock default we could rely on: the account's avatar and voice, unless a request names them.
+    heygen_avatar_id: str = ""
+    heygen_voice_id: str = ""
+    # A colour ("#FAFAFA") or an image or video URL.
+    heygen_background: str = DEFAULT_BACKGROUND
+    # Free, watermarked test videos: v2 only (v3 has none, and refuses the setting rather than bill silently).
+    heygen_test: bool = False
+    # First wait between status checks, in seconds; it grows to 15 times this.
+    heygen_poll_seconds: float = Field(default=2.0, gt=0)
+
+
+class HeyGenProvider(Provider[HeyGenSettings, AvatarJob]):
+    description = ProviderDescription(
         name=NAME,
         description=(
-            f"HeyGen avatar videos (v3 API; {API_VERSION_ENV}=v2 for the legacy one); needs {AVATAR_ENV} and "
-            f"{VOICE_ENV} unless the request names them"
+            "HeyGen avatar videos (v3 API; HEYGEN_API_VERSION=v2 for the legacy one); needs HEYGEN_AVATAR_ID and "
+            "HEYGEN_VOICE_ID unless the request names them"
         ),
         offline=False,
-        required_env=(KEY_ENV,),
-        prices=pricing.PRICE_TABLE[NAME],
+    )
+    settings_class = HeyGenSettings
+    required_settings = (KEY_FIELD,)
+    output_settings = (
+        "heygen_base_url",
+        "heygen_api_version",
+        "heygen_avatar_id",
+        "heygen_voice_id",
+        "heygen_background",
+        "heygen_test",
     )
     max_scenes: ClassVar[int] = MAX_SCENES
 
+    @classmethod
+    def prices(cls, settings: HeyGenSettings) -> tuple[Price, ...]:
+        if settings.heygen_api_version == "v3":
+            note = "Avatar IV at 720p or 1080p, digital twin or studio avatar (a photo avatar costs $0.05)"
+            return (Price("heygen v3 avatar video", "output second", V3_USD_PER_SECOND, note),)
+        note = f"{V2_CREDITS_PER_MINUTE} credits a minute at ${V2_USD_PER_CREDIT} a credit (Pro plan), billed per 30 s"
+        return (Price("heygen v2 video avatar", "minute", V2_CREDITS_PER_MINUTE * V2_USD_PER_CREDIT, note),)
+
+    @classmethod
+    def estimate_usd(cls, settings: HeyGenSettings, job: AvatarJob) -> float:
+        return heygen_cost(settings.heygen_api_version, spoken_seconds(job))
+
     async def generate(self, job: AvatarJob) -> AvatarResult:
-        key = require_env(KEY_ENV, NAME)
-        version = (os.environ.get(API_VERSION_ENV) or "v3").strip().lower()
-        if version not in API_VERSIONS:
-            raise FailedPrecondition(f"{API_VERSION_ENV}={version!r} is not supported; use one of: v3, v2")
-        avatar = job.avatar or _configured(AVATAR_ENV, "avatar.avatar")
-        voice = job.voice or _configured(VOICE_ENV, "avatar.voice")
-        background = _background(job.background or os.environ.get("HEYGEN_BACKGROUND") or DEFAULT_BACKGROUND)
+        settings = self.settings
+        key = settings.secret(KEY_FIELD, NAME)
+        avatar = job.avatar or _configured(settings.heygen_avatar_id, "HEYGEN_AVATAR_ID", "avatar.avatar")
+        voice = job.voice or _configured(settings.heygen_voice_id, "HEYGEN_VOICE_ID", "avatar.voice")
+        background = _background(job.background or settings.heygen_background)
+        version = settings.heygen_api_version
         kind = _V3Video if version == "v3" else _V2Video
-        body = kind.body(job, avatar, voice, background)
+        body = kind.body(job, avatar, voice, background, settings.heygen_test)
         async with httpx.AsyncClient(
-            base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-            headers={"X-Api-Key": key},
-            timeout=REQUEST_TIMEOUT,
+            base_url=settings.heygen_base_url, headers={"X-Api-Key": key}, timeout=REQUEST_TIMEOUT
         ) as client:
-            video = kind(client, body, avatar, env_seconds("HEYGEN_POLL_SECONDS", POLL_SECONDS), pricing.heygen_cost)
+            video = kind(
+                client,
+                body,
+                avatar,
+                settings.heygen_poll_seconds,
+                lambda seconds: heygen_cost(version, seconds),
+                settings.allow_private_output_urls,
+            )
             return await within_deadline(lambda: jobs.run(video), job.deadline, NAME)
+
+
+def heygen_cost(version: str, seconds: float) -> float:
+    """v3: per output second; v2: credits per started 30 seconds."""
+    if version == "v3":
+        return V3_USD_PER_SECOND * seconds
+    return max(1, math.ceil(seconds / 30)) * V2_CREDITS_PER_MINUTE / 2 * V2_USD_PER_CREDIT
 
 
 class _HeyGenVideo(VendorVideo):
@@ -112,12 +156,13 @@ class _HeyGenVideo(VendorVideo):
         avatar: str,
         poll_seconds: float,
         cost: Callable[[float], float],
+        allow_private: bool,
     ) -> None:
-        super().__init__(client, avatar, poll_seconds, cost)
+        super().__init__(client, avatar, poll_seconds, cost, allow_private)
         self._body = body
 
     @staticmethod
-    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str]) -> dict[str, Any]:
+    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str], test: bool) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _create(self, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -182,11 +227,11 @@ class _V3Video(_HeyGenVideo):
         self._key = f"scenecast-{uuid.uuid4().hex}"
 
     @staticmethod
-    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str]) -> dict[str, Any]:
-        if env_flag(TEST_ENV):
+    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str], test: bool) -> dict[str, Any]:
+        if test:
             raise FailedPrecondition(
-                f"{TEST_ENV} asks for a free test video, which HeyGen's v3 API does not offer (its videos are billed); "
-                f"unset {TEST_ENV}, or set {API_VERSION_ENV}=v2"
+                "HEYGEN_TEST asks for a free test video, which HeyGen's v3 API does not offer (its videos are "
+                "billed); unset HEYGEN_TEST, or set HEYGEN_API_VERSION=v2"
             )
         # Paragraphs: the voice pauses between scenes as it does between paragraphs.
         script = "\n\n".join(scene.narration for scene in job.scenes)
@@ -228,7 +273,7 @@ class _V2Video(_HeyGenVideo):
     label = "HeyGen (v2)"
 
     @staticmethod
-    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str]) -> dict[str, Any]:
+    def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str], test: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "video_inputs": [
                 {
@@ -239,7 +284,7 @@ class _V2Video(_HeyGenVideo):
                 for scene in job.scenes
             ],
             "dimension": _dimension(job.width, job.height),
-            "test": env_flag(TEST_ENV),
+            "test": test,
             "title": job.title,
         }
         if job.render_id:
@@ -257,8 +302,7 @@ class _V2Video(_HeyGenVideo):
         return error.get("code"), "; ".join(str(error[name]) for name in ("message", "detail") if error.get(name))
 
 
-def _configured(variable: str, field: str) -> str:
-    value = os.environ.get(variable, "")
+def _configured(value: str, variable: str, field: str) -> str:
     if not value:
         raise FailedPrecondition(f"provider '{NAME}' needs {variable} set on the service, or {field} in the request")
     return value
@@ -322,7 +366,7 @@ def _mapped(status: int | None, code: Any, message: str, wait: float | None = No
         return ProviderUnavailable(f"HeyGen failed to render the {message}" + (f" (code {code})" if code else ""))
     label = f"{status}, code {code}" if code else str(status)
     if status in (401, 403):
-        return FailedPrecondition(f"HeyGen rejected {KEY_ENV} ({label}: {message}); set a valid API key")
+        return FailedPrecondition(f"HeyGen rejected {KEY_FIELD.upper()} ({label}: {message}); set a valid API key")
     if status == 402:
         return FailedPrecondition(f"HeyGen's API wallet is empty ({label}: {message}); add credit to the API wallet")
     if status == 429:

@@ -5,14 +5,15 @@ Every Synthesia request and response shape lives in this module.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
+from pydantic import Field, SecretStr
 
-from services.common import jobs, pricing
+from services.common import jobs
+from services.common.download import DownloadSettings
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -21,27 +22,25 @@ from services.common.errors import (
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import ProviderDescription, require_env
+from services.common.providers import Price, Provider, ProviderDescription
 from services.common.retry import retry_after_seconds
 from services.video.avatars.base import (
     AvatarJob,
     AvatarResult,
     VendorVideo,
-    env_flag,
-    env_seconds,
+    spoken_seconds,
     within_deadline,
 )
 
 NAME = "synthesia"
-KEY_ENV = "SYNTHESIA_API_KEY"
-BASE_URL_ENV = "SYNTHESIA_BASE_URL"
+KEY_FIELD = "synthesia_api_key"
 DEFAULT_BASE_URL = "https://api.synthesia.io"
-# A stock avatar and background from Synthesia's documentation; SYNTHESIA_AVATAR / SYNTHESIA_BACKGROUND override them.
+# A stock avatar and background from Synthesia's documentation.
 DEFAULT_AVATAR = "anna_costume1_cameraA"
 DEFAULT_BACKGROUND = "off_white"
 MAX_SCENES = 25
-# First wait between status checks, in seconds; doubles up to 15 times this. SYNTHESIA_POLL_SECONDS overrides it.
-POLL_SECONDS = 2.0
+# Synthesia publishes no per-minute API price (providers.md): an assumed rate, set to your plan's.
+DEFAULT_USD_PER_MINUTE = 3.0
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # Videos a page of the list holds (its maximum), and pages read when looking for an order whose answer was lost.
 LIST_LIMIT = 100
@@ -53,27 +52,66 @@ _ENDED = frozenset({"complete", "error", "rejected", "deleted"})
 _REASON_FIELDS = ("error", "errorMessage", "reason", "rejectionReason", "context")
 
 
-class SynthesiaProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class SynthesiaSettings(DownloadSettings):
+    # The API key (sent bare, without "Bearer"); a request without it fails with FAILED_PRECONDITION naming it.
+    synthesia_api_key: SecretStr = SecretStr("")
+    synthesia_base_url: str = DEFAULT_BASE_URL
+    # Avatar, background (a stock name, an asset id or a URL) and voice used when a request names none.
+    synthesia_avatar: str = DEFAULT_AVATAR
+    synthesia_background: str = DEFAULT_BACKGROUND
+    synthesia_voice: str = ""
+    # Free, watermarked test videos.
+    synthesia_test: bool = False
+    # First wait between status checks, in seconds; it grows to 15 times this.
+    synthesia_poll_seconds: float = Field(default=2.0, gt=0)
+    # What a minute of video costs on your plan, in USD.
+    synthesia_usd_per_minute: float = Field(default=DEFAULT_USD_PER_MINUTE, ge=0)
+
+
+class SynthesiaProvider(Provider[SynthesiaSettings, AvatarJob]):
+    description = ProviderDescription(
         name=NAME,
         description="Synthesia avatar videos (API v2, Creator plan or higher); SYNTHESIA_AVATAR picks the avatar",
         offline=False,
-        required_env=(KEY_ENV,),
-        prices=pricing.price_table()[NAME],
+    )
+    settings_class = SynthesiaSettings
+    required_settings = (KEY_FIELD,)
+    output_settings = (
+        "synthesia_base_url",
+        "synthesia_avatar",
+        "synthesia_background",
+        "synthesia_voice",
+        "synthesia_test",
     )
     max_scenes: ClassVar[int] = MAX_SCENES
 
+    @classmethod
+    def prices(cls, settings: SynthesiaSettings) -> tuple[Price, ...]:
+        note = "assumed; set SYNTHESIA_USD_PER_MINUTE to your plan's rate"
+        return (Price("synthesia avatar", "minute", settings.synthesia_usd_per_minute, note),)
+
+    @classmethod
+    def estimate_usd(cls, settings: SynthesiaSettings, job: AvatarJob) -> float:
+        return settings.synthesia_usd_per_minute * spoken_seconds(job) / 60
+
     async def generate(self, job: AvatarJob) -> AvatarResult:
-        key = require_env(KEY_ENV, NAME)
-        avatar = job.avatar or os.environ.get("SYNTHESIA_AVATAR") or DEFAULT_AVATAR
-        body = _create_body(job, avatar)
-        first_poll = env_seconds("SYNTHESIA_POLL_SECONDS", POLL_SECONDS)
+        settings = self.settings
+        key = settings.secret(KEY_FIELD, NAME)
+        avatar = job.avatar or settings.synthesia_avatar
+        body = _create_body(job, avatar, settings)
         async with httpx.AsyncClient(
-            base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            base_url=settings.synthesia_base_url,
             headers={"Authorization": key},  # the bare key: Synthesia takes no "Bearer" prefix
             timeout=REQUEST_TIMEOUT,
         ) as client:
-            video = _SynthesiaVideo(client, body, avatar, first_poll, pricing.synthesia_cost)
+            video = _SynthesiaVideo(
+                client,
+                body,
+                avatar,
+                settings.synthesia_poll_seconds,
+                lambda seconds: settings.synthesia_usd_per_minute * seconds / 60,
+                settings.allow_private_output_urls,
+            )
             return await within_deadline(lambda: jobs.run(video), job.deadline, NAME)
 
 
@@ -91,8 +129,9 @@ class _SynthesiaVideo(VendorVideo):
         avatar: str,
         poll_seconds: float,
         cost: Callable[[float], float],
+        allow_private: bool,
     ) -> None:
-        super().__init__(client, avatar, poll_seconds, cost)
+        super().__init__(client, avatar, poll_seconds, cost, allow_private)
         self._body = body
 
     async def create(self) -> dict[str, Any]:
@@ -144,14 +183,14 @@ class _SynthesiaVideo(VendorVideo):
         return _duration_seconds(job.get("duration"))
 
 
-def _create_body(job: AvatarJob, avatar: str) -> dict[str, Any]:
-    background = job.background or os.environ.get("SYNTHESIA_BACKGROUND") or DEFAULT_BACKGROUND
-    voice = job.voice or os.environ.get("SYNTHESIA_VOICE", "")
+def _create_body(job: AvatarJob, avatar: str, settings: SynthesiaSettings) -> dict[str, Any]:
+    background = job.background or settings.synthesia_background
+    voice = job.voice or settings.synthesia_voice
     scene_settings: dict[str, Any] = {"avatar": avatar, "background": background}
     if voice:
         scene_settings["avatarSettings"] = {"voice": voice}
     body: dict[str, Any] = {
-        "test": env_flag("SYNTHESIA_TEST"),
+        "test": settings.synthesia_test,
         "title": job.title,
         "visibility": "private",
         "aspectRatio": job.aspect,
@@ -187,7 +226,7 @@ def _mapped(response: httpx.Response) -> ScenecastError:
     status = response.status_code
     message = _error_message(response)
     if status in (401, 403):
-        return FailedPrecondition(f"Synthesia rejected {KEY_ENV} ({status}: {message}); set a valid API key")
+        return FailedPrecondition(f"Synthesia rejected {KEY_FIELD.upper()} ({status}: {message}); set a valid API key")
     if status == 429:
         return RateLimited(
             f"Synthesia rate limit (429): {message}", retry_after_seconds(response.headers.get("retry-after"))

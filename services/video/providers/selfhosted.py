@@ -12,50 +12,42 @@ import base64
 import io
 import json
 import logging
-import os
 import re
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Literal, Self
 
 import httpx
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field, SecretStr, model_validator
 
-from services.common import jobs, pricing
+from services.common import jobs
 from services.common.download import Downloaded, fetch_output, origin
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     JobFailed,
+    MissingCredential,
     ProviderUnavailable,
     RateLimited,
     ScenecastError,
 )
 from services.common.media import probe
-from services.common.providers import ProviderDescription, require_env
+from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
 from services.common.retry import retry_after_seconds
 from services.video.providers.base import ClipJob, ClipResult
 
 _LOGGER = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 NAME = "selfhosted"
 URL_ENV = "SELFHOSTED_VIDEO_URL"
 API_ENV = "SELFHOSTED_VIDEO_API"
 WORKFLOW_ENV = "SELFHOSTED_COMFYUI_WORKFLOW"
-HEIGHT_ENV = "SELFHOSTED_VIDEO_HEIGHT"
-FPS_ENV = "SELFHOSTED_VIDEO_FPS"
-MAX_FRAMES_ENV = "SELFHOSTED_VIDEO_MAX_FRAMES"
 TIMEOUT_ENV = "SELFHOSTED_VIDEO_TIMEOUT_SECONDS"
-POLL_ENV = "SELFHOSTED_VIDEO_POLL_SECONDS"
-# Comma-separated origins (scheme://host[:port]) besides SELFHOSTED_VIDEO_URL's own that output files may come from.
 OUTPUT_ORIGINS_ENV = "SELFHOSTED_VIDEO_OUTPUT_ORIGINS"
-APIS = ("cog", "comfyui")
 
 # The short side of the clip, as in "480p"; both sides become multiples of 32, which LTX-Video needs.
 DEFAULT_SHORT_SIDE = 480
@@ -122,40 +114,43 @@ class ClipPlan:
         }
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The provider's environment, read per request so an operator's change needs no restart."""
+class SelfHostedSettings(ProviderSettings):
+    """The operator's model server, and what is asked of it; checked at start-up."""
 
-    url: str
-    # Where output files may be downloaded from: the server's own origin and OUTPUT_ORIGINS_ENV's.
-    output_origins: frozenset[str]
-    api: str
-    short_side: int
-    fps: int
-    max_frames: int
-    time_limit: float
-    poll_seconds: float
+    # Base URL of the Cog or ComfyUI server. A secret: its user info may hold a password.
+    selfhosted_video_url: SecretStr = SecretStr("")
+    # The server's API: "cog" (Cog's HTTP API, as Replicate's models speak it) or "comfyui".
+    selfhosted_video_api: Literal["cog", "comfyui"] = "cog"
+    # ComfyUI only: a workflow in API format with {{prompt}}-style placeholders.
+    selfhosted_comfyui_workflow: str = ""
+    # The clip's short side in pixels ("480p").
+    selfhosted_video_height: int = Field(default=DEFAULT_SHORT_SIDE, ge=64, le=2160)
+    selfhosted_video_fps: int = Field(default=DEFAULT_FPS, ge=1, le=60)
+    # Most frames in a clip (brought down to 8k+1).
+    selfhosted_video_max_frames: int = Field(default=DEFAULT_MAX_FRAMES, ge=MIN_FRAMES, le=1025)
+    # Longest a clip is waited for, in seconds.
+    selfhosted_video_timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_SECONDS, ge=0.1, le=24 * 3600.0)
+    # First wait between status checks, in seconds.
+    selfhosted_video_poll_seconds: float = Field(default=DEFAULT_POLL_SECONDS, ge=0.001, le=60.0)
+    # Comma-separated origins (scheme://host[:port]) besides the server's own that output files may come from.
+    selfhosted_video_output_origins: str = ""
+    # What a second of clip costs you (your GPU time), in USD; free by default.
+    selfhosted_video_usd_per_second: float = Field(default=0.0, ge=0)
 
-    @classmethod
-    def from_env(cls) -> _Settings:
-        url = require_env(URL_ENV, NAME).rstrip("/")
-        api = (os.environ.get(API_ENV) or "cog").strip().lower()
-        if api not in APIS:
-            raise FailedPrecondition(f"{API_ENV}={api!r} is not supported; use one of: {', '.join(APIS)}")
-        try:
-            output_origins = output_origins_of(url, os.environ.get(OUTPUT_ORIGINS_ENV, ""))
-        except ValueError as error:
-            raise FailedPrecondition(str(error)) from None
-        return cls(
-            url=url,
-            output_origins=output_origins,
-            api=api,
-            short_side=_env_number(HEIGHT_ENV, DEFAULT_SHORT_SIDE, 64, 2160, int),
-            fps=_env_number(FPS_ENV, DEFAULT_FPS, 1, 60, int),
-            max_frames=_env_number(MAX_FRAMES_ENV, DEFAULT_MAX_FRAMES, MIN_FRAMES, 1025, int),
-            time_limit=_env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, 0.1, 24 * 3600.0, float),
-            poll_seconds=_env_number(POLL_ENV, DEFAULT_POLL_SECONDS, 0.001, 60.0, float),
-        )
+    @model_validator(mode="after")
+    def _check_origins(self) -> Self:
+        if self.url or self.selfhosted_video_output_origins:
+            output_origins_of(self.url, self.selfhosted_video_output_origins)
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.selfhosted_video_url.get_secret_value().strip().rstrip("/")
+
+    @property
+    def output_origins(self) -> frozenset[str]:
+        """Where output files may be downloaded from: the server's own origin and OUTPUT_ORIGINS_ENV's."""
+        return output_origins_of(self.url, self.selfhosted_video_output_origins)
 
 
 def check_server_url(url: str) -> None:
@@ -194,19 +189,6 @@ def output_origins_of(url: str, extra: str) -> frozenset[str]:
     return frozenset(origins)
 
 
-def _env_number(variable: str, default: T, low: float, high: float, kind: Callable[[str], T]) -> T:
-    raw = os.environ.get(variable, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise FailedPrecondition(f"{variable}={raw!r} is not a number") from None
-    if not low <= value <= high:  # type: ignore[operator]
-        raise FailedPrecondition(f"{variable} must be from {low:g} to {high:g} (got {raw})")
-    return value
-
-
 def clip_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """The output's aspect ratio at `short_side` ("480p"), each side rounded to a multiple of 32."""
     scale = short_side / min(width, height)
@@ -241,39 +223,64 @@ def plan_clip(job: ClipJob, short_side: int, fps: int, max_frames: int) -> ClipP
     )
 
 
-class SelfHostedProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class SelfHostedProvider(Provider[SelfHostedSettings, ClipJob]):
+    description = ProviderDescription(
         name=NAME,
         description=(
             "Your own video model (e.g. LTX-Video) behind a Cog-style server or ComfyUI "
             f"({API_ENV}=cog|comfyui); sends the scene's image when given"
         ),
         offline=False,
-        required_env=(URL_ENV,),
-        prices=pricing.price_table()[NAME],
+    )
+    settings_class = SelfHostedSettings
+    required_settings = ("selfhosted_video_url",)
+    output_settings = (
+        "selfhosted_video_url",
+        "selfhosted_video_api",
+        "selfhosted_comfyui_workflow",
+        "selfhosted_video_height",
+        "selfhosted_video_fps",
+        "selfhosted_video_max_frames",
     )
 
+    @classmethod
+    def prices(cls, settings: SelfHostedSettings) -> tuple[Price, ...]:
+        rate = settings.selfhosted_video_usd_per_second
+        return (
+            Price("self-hosted video model", "output second", rate, "your GPU time: SELFHOSTED_VIDEO_USD_PER_SECOND"),
+        )
+
+    @classmethod
+    def estimate_usd(cls, settings: SelfHostedSettings, job: ClipJob) -> float:
+        frames = clip_frames(job.duration_ms, settings.selfhosted_video_fps, settings.selfhosted_video_max_frames)
+        return settings.selfhosted_video_usd_per_second * frames / settings.selfhosted_video_fps
+
     async def generate(self, job: ClipJob) -> ClipResult:
-        settings = _Settings.from_env()
-        plan = plan_clip(job, settings.short_side, settings.fps, settings.max_frames)
+        settings = self.settings
+        if not settings.url:
+            raise MissingCredential(URL_ENV, NAME)
+        plan = plan_clip(
+            job, settings.selfhosted_video_height, settings.selfhosted_video_fps, settings.selfhosted_video_max_frames
+        )
+        time_limit = settings.selfhosted_video_timeout_seconds
         # A synchronous Cog answers only when the clip is made, so a read may take the whole time limit.
-        timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=settings.time_limit, write=WRITE_TIMEOUT_SECONDS)
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=time_limit, write=WRITE_TIMEOUT_SECONDS)
         async with httpx.AsyncClient(base_url=settings.url, timeout=timeout) as client:
-            if settings.api == "cog":
+            if settings.selfhosted_video_api == "cog":
                 model_input = plan.cog_input()
                 if job.source_image is not None:
                     model_input["image"] = await asyncio.to_thread(_image_data_uri, job.source_image)
                 clip: _Clip = _CogPrediction(client, settings, plan, model_input)
             else:
-                workflow = Path(os.environ.get(WORKFLOW_ENV, "").strip())
-                template = await asyncio.to_thread(load_workflow, _workflow_path(workflow))
+                workflow = _workflow_path(settings.selfhosted_comfyui_workflow)
+                template = await asyncio.to_thread(load_workflow, workflow)
                 clip = _ComfyPrompt(client, settings, plan, template, workflow)
             try:
-                async with asyncio.timeout(settings.time_limit):
+                async with asyncio.timeout(time_limit):
                     return await jobs.run(clip)
             except TimeoutError as stop:
                 raise ProviderUnavailable(
-                    f"{clip.label} did not finish within {settings.time_limit:g} s ({TIMEOUT_ENV})"
+                    f"{clip.label} did not finish within {time_limit:g} s ({TIMEOUT_ENV})"
                 ) from stop
 
 
@@ -284,11 +291,11 @@ class _Clip(jobs.RemoteJob[dict[str, Any], ClipResult]):
     max_bytes = MAX_VIDEO_BYTES
     download_seconds = DOWNLOAD_TIMEOUT_SECONDS
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings, plan: ClipPlan) -> None:
+    def __init__(self, client: httpx.AsyncClient, settings: SelfHostedSettings, plan: ClipPlan) -> None:
         self._client = client
         self._settings = settings
         self._plan = plan
-        self.poll_seconds = settings.poll_seconds
+        self.poll_seconds = settings.selfhosted_video_poll_seconds
 
     async def _submit(self, path: str, body: Any) -> httpx.Response:
         """POSTs the order once; a refusal that names the wrong server or API is FailedPrecondition."""
@@ -345,7 +352,7 @@ class _Clip(jobs.RemoteJob[dict[str, Any], ClipResult]):
             data=output.data,
             mime_type=mime_type,
             model=self.model(job),
-            estimated_cost_usd=pricing.selfhosted_usd_per_second() * self._plan.seconds,
+            estimated_cost_usd=self._settings.selfhosted_video_usd_per_second * self._plan.seconds,
         )
 
     def model(self, job: dict[str, Any]) -> str:
@@ -359,7 +366,7 @@ class _CogPrediction(_Clip):
     label = f"{NAME} (cog)"
 
     def __init__(
-        self, client: httpx.AsyncClient, settings: _Settings, plan: ClipPlan, model_input: dict[str, Any]
+        self, client: httpx.AsyncClient, settings: SelfHostedSettings, plan: ClipPlan, model_input: dict[str, Any]
     ) -> None:
         super().__init__(client, settings, plan)
         self._input = model_input
@@ -418,7 +425,7 @@ class _ComfyPrompt(_Clip):
     def __init__(
         self,
         client: httpx.AsyncClient,
-        settings: _Settings,
+        settings: SelfHostedSettings,
         plan: ClipPlan,
         template: dict[str, Any],
         workflow: Path,
@@ -498,7 +505,8 @@ class _ComfyPrompt(_Clip):
         await self._best_effort("/interrupt", {"prompt_id": self.job_id(job)})
 
 
-def _workflow_path(path: Path) -> Path:
+def _workflow_path(setting: str) -> Path:
+    path = Path(setting.strip())
     if not path.name:
         raise FailedPrecondition(
             f"{NAME} (comfyui) needs {WORKFLOW_ENV}: a ComfyUI workflow in API format with {{{{prompt}}}}-style "

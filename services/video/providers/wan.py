@@ -6,15 +6,14 @@ import asyncio
 import base64
 import io
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from services.common import pricing
 from services.common.errors import InvalidArgument, ProviderUnavailable
 from services.common.media import probe
-from services.common.providers import ProviderDescription, Quality
-from services.common.replicate_runner import TOKEN_ENV, OutputFile, ReplicateModel, run_for_file
+from services.common.providers import Price, Provider, ProviderDescription, Quality
+from services.common.replicate_runner import TOKEN_FIELD, OutputFile, ReplicateModel, ReplicateSettings, run_for_file
 from services.video.providers.base import ClipJob, ClipResult
 
 T2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-t2v-480p")
@@ -22,6 +21,9 @@ I2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-i2v-480p")
 # Wan's native clip: 81 frames at 16 fps (about 5.06 s). The length is fixed; the assembler loops it to the narration.
 NUM_FRAMES = 81
 FRAMES_PER_SECOND = 16
+CLIP_SECONDS = NUM_FRAMES / FRAMES_PER_SECOND
+# Billed per second of output video: about $0.09 in third-party code (unconfirmed).
+USD_PER_OUTPUT_SECOND = 0.09
 SAMPLE_STEPS = {Quality.DRAFT: 20, Quality.STANDARD: 30, Quality.HD: 40}  # the models accept 1-40
 # The models' speed-up (Off / Balanced / Fast, default Balanced): an hd clip is worth the slowest, best mode, a draft
 # the fastest; standard keeps the model's own default.
@@ -34,14 +36,26 @@ TIME_LIMIT_SECONDS = 900.0
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 
 
-class WanProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class WanProvider(Provider[ReplicateSettings, ClipJob]):
+    description = ProviderDescription(
         name="wan",
         description="Wan 2.1 480p on Replicate: a ~5 s clip from the prompt, or from the scene's image when sent",
         offline=False,
-        required_env=(TOKEN_ENV,),
-        prices=pricing.PRICE_TABLE["wan"],
     )
+    settings_class = ReplicateSettings
+    required_settings = (TOKEN_FIELD,)
+    output_settings = ("replicate_base_url",)
+
+    @classmethod
+    def prices(cls, settings: ReplicateSettings) -> tuple[Price, ...]:
+        note = f"unconfirmed rate; {CLIP_SECONDS:.2f} s per clip"
+        return tuple(
+            Price(model.name, "output second", USD_PER_OUTPUT_SECOND, note) for model in (T2V_MODEL, I2V_MODEL)
+        )
+
+    @classmethod
+    def estimate_usd(cls, settings: ReplicateSettings, job: ClipJob) -> float:
+        return USD_PER_OUTPUT_SECOND * CLIP_SECONDS
 
     async def generate(self, job: ClipJob) -> ClipResult:
         prompt = job.prompt or job.title
@@ -72,10 +86,11 @@ class WanProvider:
                 data=output.data,
                 mime_type="video/mp4",
                 model=model.label,
-                estimated_cost_usd=pricing.wan_cost(NUM_FRAMES / FRAMES_PER_SECOND),
+                estimated_cost_usd=USD_PER_OUTPUT_SECOND * CLIP_SECONDS,
             )
 
         return await run_for_file(
+            self.settings,
             self.description.name,
             model,
             model_input,
