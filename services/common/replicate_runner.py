@@ -219,10 +219,12 @@ class _Prediction(jobs.RemoteJob[Prediction, T]):
 
 
 def _timestamp(value: str | None) -> datetime | None:
+    """An ISO 8601 time; one without a zone is Replicate's UTC."""
     try:
-        return datetime.fromisoformat(value) if value else None
+        parsed = datetime.fromisoformat(value) if value else None
     except ValueError:
         return None
+    return parsed.replace(tzinfo=UTC) if parsed is not None and parsed.tzinfo is None else parsed
 
 
 def _client(token: str, base_url: str) -> replicate.Client:
