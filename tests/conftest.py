@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-# Read by services.common.download at call time; LocalStack's service processes inherit it from this environment.
+# The providers' ALLOW_PRIVATE_OUTPUT_URLS setting (read at start-up); LocalStack's service processes inherit it.
 os.environ.setdefault("ALLOW_PRIVATE_OUTPUT_URLS", "true")
 # The asset cache answers a repeated request without calling the provider, which would hide the calls (and injected
 # faults) that other tests count; tests of the cache set ASSET_CACHE_DIR to their own folder.

@@ -11,3 +11,22 @@ DALL_E_3_STANDARD_WIDE = 0.080
 def tts_1(characters: int) -> float:
     """OpenAI tts-1 (draft and standard quality): $15 per 1M characters."""
     return characters * 15 / 1_000_000
+
+
+def heygen_v3(seconds: float) -> float:
+    """HeyGen v3, Avatar IV at 720p/1080p, digital twin or studio avatar: $0.0667 per output second."""
+    return seconds * 0.0667
+
+
+def heygen_v2(seconds: float) -> float:
+    """HeyGen v2: 2 credits a minute, per started 30 s, at $0.99 a credit (Pro: $99 for 100 credits)."""
+    return -(-seconds // 30) * 0.99
+
+
+# Synthesia publishes no API price: the provider's assumed default, USD per minute.
+SYNTHESIA_ASSUMED_PER_MINUTE = 3.0
+# Replicate: FLUX.1 [dev] per image; GPU seconds on an L40S and a T4; Wan 2.1 480p per output second (unconfirmed).
+FLUX_DEV_PER_IMAGE = 0.025
+L40S_PER_SECOND = 0.000975
+T4_PER_SECOND = 0.000225
+WAN_PER_OUTPUT_SECOND = 0.09

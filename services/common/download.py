@@ -7,7 +7,6 @@ import base64
 import binascii
 import io
 import ipaddress
-import os
 import socket
 import urllib.parse
 from collections.abc import Collection
@@ -16,14 +15,24 @@ from dataclasses import dataclass
 import httpx
 
 from services.common.errors import FailedPrecondition, ProviderUnavailable, RateLimited
+from services.common.providers import ProviderSettings
+from services.common.retry import retry_after_seconds
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 120.0
-# When true, output URLs may point at private, loopback, link-local or reserved addresses (read at call time).
+# Names the setting in messages.
 ALLOW_PRIVATE_ENV = "ALLOW_PRIVATE_OUTPUT_URLS"
 MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class DownloadSettings(ProviderSettings):
+    """What every provider that downloads a vendor's output files shares."""
+
+    # When true, output URLs may point at private, loopback, link-local or reserved addresses (a vendor fake, or a
+    # model server on the local network); off by default, so a vendor's answer cannot reach into the cluster.
+    allow_private_output_urls: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,12 +49,13 @@ async def fetch_output(
     headers: dict[str, str] | None = None,
     allowed_origins: Collection[str] = (),
     origins_setting: str = "",
+    allow_private: bool = False,
 ) -> Downloaded:
     """Returns the bytes behind an output URL; raises ProviderUnavailable (retryable) when they cannot be had whole.
 
     A provider's answer decides the URL, so it is checked before every request, each redirect hop included: a host
     that resolves to a private, loopback, link-local or reserved address is refused with FailedPrecondition (no
-    reaching into the cluster or a cloud metadata endpoint), unless ALLOW_PRIVATE_OUTPUT_URLS is true.
+    reaching into the cluster or a cloud metadata endpoint), unless `allow_private` (ALLOW_PRIVATE_OUTPUT_URLS).
     With `allowed_origins` (scheme://host:port, as `origin` writes them: a server the operator configured, such as a
     self-hosted model on the local network, and the origins its setting `origins_setting` adds) every hop must be on
     one of them, and they are trusted even on private addresses.
@@ -53,7 +63,6 @@ async def fetch_output(
     """
     if url.startswith("data:"):
         return _decode_data_uri(url, max_bytes)
-    allow_private = os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     first_origin = ""
     try:
         async with httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False) as client:
@@ -84,7 +93,9 @@ async def fetch_output(
 
 async def _read(response: httpx.Response, max_bytes: int) -> Downloaded:
     if response.status_code == 429:
-        raise RateLimited("downloading the output was throttled (429)", _retry_after(response))
+        raise RateLimited(
+            "downloading the output was throttled (429)", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if response.status_code >= 400:
         raise ProviderUnavailable(f"downloading the output failed with HTTP {response.status_code}")
     declared = response.headers.get("content-length")
@@ -172,11 +183,3 @@ def _decode_data_uri(uri: str, max_bytes: int) -> Downloaded:
     except (binascii.Error, ValueError) as error:
         raise ProviderUnavailable(f"the output's data: URI is not valid base64 ({error})") from error
     return Downloaded(data, media_type)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -57,6 +57,13 @@ class RateLimited(ProviderUnavailable):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class JobFailed(ScenecastError):
+    """A vendor job was ordered (and may be billed) but gave no usable result: never retried by the service, since
+    a retry would order, and pay for, a new job. The message names the vendor and, when known, the job's id."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class QuotaExceeded(ScenecastError):
     """A limit that waiting will not lift (a budget, an exhausted account)."""
 

@@ -3,9 +3,7 @@ errors."""
 
 from __future__ import annotations
 
-import email.utils
 import functools
-import time
 
 import openai
 from pydantic import SecretStr
@@ -19,6 +17,7 @@ from services.common.errors import (
     ScenecastError,
 )
 from services.common.providers import ProviderSettings
+from services.common.retry import retry_after_seconds
 
 # Seconds one OpenAI request may take (the SDK's default is 600 s); a slower answer is retried by our own policy.
 REQUEST_TIMEOUT_SECONDS = 120.0
@@ -91,11 +90,6 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
     try:
         if (milliseconds := headers.get("retry-after-ms")) is not None:
             return max(0.0, float(milliseconds) / 1000)
-        if (value := headers.get("retry-after")) is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    except ValueError:
+        pass
+    return retry_after_seconds(headers.get("retry-after"))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -12,7 +11,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import InvalidArgument, MissingCredential, quoted
-from services.common.redact import register, register_settings
+from services.common.redact import register_settings
 
 # Typical narration pace, used to guess spoken lengths (clips, avatar videos) before the speech exists.
 SPOKEN_CHARS_PER_SECOND = 15.0
@@ -67,17 +66,11 @@ class Price:
 
 @dataclass(frozen=True)
 class ProviderDescription:
-    """What GetConfig shows about a provider besides its settings and prices.
-
-    `required_env` and `prices` are the old shape, still used by the providers not yet built from settings (see
-    `legacy`); providers built from settings leave them empty and declare `required_settings` and `prices()`.
-    """
+    """What GetConfig shows about a provider besides its settings and prices."""
 
     name: str
     description: str
     offline: bool
-    required_env: tuple[str, ...] = ()
-    prices: tuple[Price, ...] = field(default_factory=tuple)
 
 
 SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
@@ -183,8 +176,6 @@ class ProviderRegistry(Generic[ProviderT]):
     def fingerprint(self, name: str) -> dict[str, str]:
         """The values of the provider's output settings, keyed by variable, for the asset cache key."""
         provider, settings = self._classes[name], self._settings[name]
-        if hasattr(provider, "legacy_fingerprint"):
-            return provider.legacy_fingerprint()  # type: ignore[no-any-return]
         return {field.upper(): str(getattr(settings, field)) for field in provider.output_settings}
 
     def is_offline(self, name: str) -> bool:
@@ -200,14 +191,12 @@ class ProviderRegistry(Generic[ProviderT]):
     def _summary(self, name: str) -> ProviderSummary:
         provider, settings = self._classes[name], self._settings[name]
         description: ProviderDescription = provider.description
-        required = tuple(field.upper() for field in provider.required_settings) + description.required_env
         return ProviderSummary(
             name=name,
             description=description.description,
             offline=description.offline,
-            required_env=required,
-            configured=all(_is_set(getattr(settings, field)) for field in provider.required_settings)
-            and all(os.environ.get(variable) for variable in description.required_env),
+            required_env=tuple(field.upper() for field in provider.required_settings),
+            configured=all(_is_set(getattr(settings, field)) for field in provider.required_settings),
             prices=tuple(provider.prices(settings)),
         )
 
@@ -229,37 +218,3 @@ def _check_declared(provider: type[Any]) -> None:
     unknown = [f for f in (*provider.output_settings, *provider.required_settings) if f not in fields]
     if unknown:
         raise TypeError(f"provider {name!r} names settings that {provider.settings_class.__name__} lacks: {unknown}")
-
-
-def require_env(variable: str, provider: str) -> str:
-    """TEMPORARY (issue 15): the old way to read a secret at request time, kept for the provider modules not yet built
-    from settings; goes with `legacy`."""
-    value = os.environ.get(variable, "")
-    if not value:
-        raise MissingCredential(variable, provider)
-    register(value)
-    return value
-
-
-def legacy(provider: type[Any], estimate: Callable[[Any], float], output_env: tuple[str, ...] = ()) -> type[Any]:
-    """TEMPORARY (issue 15): fits a provider of the old shape (built with no arguments, reading the environment per
-    request) into the registry until its module is converted, with its estimate and the variables that change its
-    output (read per request, as that provider reads them). Goes once every provider is built from settings."""
-
-    def fingerprint() -> Mapping[str, str]:
-        return {variable: os.environ.get(variable, "") for variable in output_env}
-
-    return type(
-        provider.__name__,
-        (provider,),
-        {
-            "__module__": provider.__module__,  # the cache key hashes the provider's own module
-            "__init__": lambda self, settings: provider.__init__(self),
-            "settings_class": NoSettings,
-            "required_settings": (),
-            "output_settings": (),
-            "prices": classmethod(lambda cls, settings: provider.description.prices),
-            "estimate_usd": classmethod(lambda cls, settings, job: estimate(job)),
-            "legacy_fingerprint": staticmethod(fingerprint),
-        },
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,20 @@ async def call_with_retries(
         reraise=True,
     )
     return await retrying(counted)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds: a number of seconds, or an HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def call_deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Self
-
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr
 
 from services.common.cache import DEFAULT_DIR, DEFAULT_MAX_BYTES
 from services.common.settings import ServiceSettings
-from services.video.providers.selfhosted import output_origins_of
 
 
 class VideoSettings(ServiceSettings):
@@ -36,12 +33,3 @@ class VideoSettings(ServiceSettings):
     # that another replica is making waits for it. Empty: the folder. A secret, since the URL may hold a password.
     asset_cache_url: SecretStr = SecretStr("")
     shutdown_grace_seconds: float = 10.0
-    # Read here only to be checked at start-up; the selfhosted provider reads them (per request) itself.
-    selfhosted_video_url: str = ""
-    selfhosted_video_output_origins: str = ""
-
-    @model_validator(mode="after")
-    def _check_selfhosted(self) -> Self:
-        if self.selfhosted_video_url or self.selfhosted_video_output_origins:
-            output_origins_of(self.selfhosted_video_url, self.selfhosted_video_output_origins)
-        return self

@@ -24,7 +24,7 @@ from services.common.cache import (
 )
 from services.common.chunks import ChunkSink
 from services.common.convert import checked_count, provider_set
-from services.common.errors import InvalidArgument, ProviderUnavailable, rpc_method
+from services.common.errors import InvalidArgument, JobFailed, ProviderUnavailable, rpc_method
 from services.common.limits import MAX_AVATAR_SETTING_CHARS, MAX_PROMPT_CHARS, MAX_TITLE_CHARS
 from services.common.media import MediaInfo, probe
 from services.common.observability import record_spend
@@ -215,8 +215,8 @@ class VideoServicer(video_service_pb2_grpc.VideoServiceServicer):
                     record_spend(name, result.model, result.estimated_cost_usd)
                     return result, await asyncio.to_thread(_stored_video, path, result.data, name)
 
-                # A video that does not decode, or lacks its picture or voice, is ordered again like any transient
-                # failure; retries stop at the same deadline the vendor is polled to.
+                # Only an order the vendor did not take, or a render that failed there, is ordered again; a video
+                # made (and billed) is never ordered twice. Retries stop at the deadline the vendor is polled to.
                 result, info = await call_with_retries(
                     attempt, attempts=self._settings.provider_attempts, deadline=job.deadline, provider=name
                 )
@@ -344,13 +344,16 @@ def _check_source_image(path: Path) -> None:
 
 
 def _stored_video(path: Path, data: bytes, provider: str) -> MediaInfo:
-    """Writes the vendor's MP4 to the call's folder and checks it holds both a picture and the spoken narration."""
+    """Writes the vendor's MP4 to the call's folder and checks it holds both a picture and the spoken narration.
+
+    The video was made and billed: a bad one is JobFailed, which is never retried into a second order.
+    """
     path.write_bytes(data)
     try:
         info = probe(path, f"{provider} video")
     except InvalidArgument as error:
-        raise ProviderUnavailable(f"provider {provider!r} returned a video that does not decode: {error}") from error
+        raise JobFailed(f"provider {provider!r} returned a video that does not decode: {error}") from error
     if not info.has_video or not info.has_audio:
         missing = "picture" if not info.has_video else "audio track"
-        raise ProviderUnavailable(f"provider {provider!r} returned a video with no {missing}")
+        raise JobFailed(f"provider {provider!r} returned a video with no {missing}")
     return info

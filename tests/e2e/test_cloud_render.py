@@ -10,7 +10,6 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.client import estimate_cost, render_to_file
 from scenecast_cli.stack import LocalStack
-from services.common import pricing
 from tests import prices
 from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
 from tests.fakes.edge_tts_server import FakeEdgeTTS
@@ -79,12 +78,11 @@ def test_flux_and_kokoro(replicate_fake: FakeReplicate, tmp_path: Path) -> None:
     assert len(creates) == len(SCENES)
     assert all(r.json()["input"]["aspect_ratio"] == "16:9" for r in creates)
     # Images are priced per image, as estimated; kokoro is billed by the GPU seconds the prediction reports.
-    assert [e.image_usd for e in estimate.scenes] == [pricing.FLUX_DEV_PER_IMAGE] * len(SCENES)
-    for report, scene in zip(summary.scenes, SCENES, strict=True):
-        assert report.visual.estimated_cost_usd == pricing.FLUX_DEV_PER_IMAGE
-        assert report.narration.estimated_cost_usd == pytest.approx(
-            pricing.kokoro_cost(len(scene.narration), replicate_fake.predict_time)
-        )
+    assert [e.image_usd for e in estimate.scenes] == [prices.FLUX_DEV_PER_IMAGE] * len(SCENES)
+    assert len(summary.scenes) == len(SCENES)
+    for report in summary.scenes:
+        assert report.visual.estimated_cost_usd == prices.FLUX_DEV_PER_IMAGE
+        assert report.narration.estimated_cost_usd == pytest.approx(prices.T4_PER_SECOND * replicate_fake.predict_time)
     assert summary.estimated_cost_usd == pytest.approx(sum(s.estimated_cost_usd for s in summary.scenes))
 
 

@@ -257,8 +257,7 @@ def files() -> Iterator[_Files]:
         yield server
 
 
-async def test_private_output_urls_are_refused_unless_allowed(files: _Files, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(download.ALLOW_PRIVATE_ENV, "false")
+async def test_private_output_urls_are_refused_unless_allowed(files: _Files) -> None:
     with pytest.raises(FailedPrecondition, match="ALLOW_PRIVATE_OUTPUT_URLS=true") as loopback:
         await download.fetch_output(f"{files.base_url}/file")
     assert "127.0.0.1" in str(loopback.value) and not files.requests
@@ -274,10 +273,9 @@ async def test_private_output_urls_are_refused_unless_allowed(files: _Files, mon
     assert [r.path for r in files.requests] == ["/redirect"]
     # data: URIs never touch the network.
     assert (await download.fetch_output("data:video/mp4;base64,AAE=")).data == b"\x00\x01"
-    monkeypatch.setenv(download.ALLOW_PRIVATE_ENV, "true")
-    assert (await download.fetch_output(elsewhere)).data == b"\x00\x01video"
+    assert (await download.fetch_output(elsewhere, allow_private=True)).data == b"\x00\x01video"
     with pytest.raises(ProviderUnavailable, match="redirected more than 5 times"):
-        await download.fetch_output(f"{files.base_url}/loop")
+        await download.fetch_output(f"{files.base_url}/loop", allow_private=True)
 
 
 async def test_public_hosts_pass_and_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

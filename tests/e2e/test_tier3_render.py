@@ -11,7 +11,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.client import estimate_cost, render_to_file
 from scenecast_cli.stack import LocalStack
-from services.common import pricing
+from tests import prices
 from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
 from tests.fakes.avatar_servers import HEYGEN_KEY, SYNTHESIA_KEY, FakeHeyGen, FakeSynthesia
 from tests.fakes.replicate_server import TOKEN
@@ -77,7 +77,7 @@ def test_wan_clips_mixed_with_a_still(replicate_video: FakeReplicateVideo, tmp_p
     assert len(creates) == 2 and all(r.json()["input"]["image"].startswith("data:image/") for r in creates)
     # A 5 s clip under a longer narration is looped: the clip scene's picture keeps changing to its end.
     assert summary.scenes[0].visual.duration_ms == pytest.approx(81 / 16 * 1000, abs=80)
-    clip_cost = pricing.wan_cost(81 / 16)
+    clip_cost = prices.WAN_PER_OUTPUT_SECOND * 81 / 16
     assert [e.video_usd for e in estimate.scenes] == [clip_cost, 0.0, clip_cost]
     assert [s.estimated_cost_usd for s in summary.scenes] == [clip_cost, 0.0, clip_cost]
 

@@ -1,6 +1,7 @@
-"""Fake Synthesia v2 and HeyGen v2/v1 APIs that render real talking-head stand-in MP4s with FFmpeg.
+"""Fake Synthesia v2 and HeyGen v3 (and legacy v2/v1) APIs that render real talking-head stand-in MP4s with FFmpeg.
 
-Both follow providers.md section 7: paths, auth headers, bodies, error bodies and status progression. A finished
+Both follow providers.md section 7 and providers-2.md section 5: paths, auth headers, bodies, error bodies, status
+progression, Synthesia's video list and HeyGen v3's idempotency keys. A finished
 video is a coloured picture with a "head" and a tone whose length is MS_PER_CHAR per character of narration, served
 from the fake's own /files/ path, as the vendors serve pre-signed download links.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import struct
 import subprocess
 import tempfile
@@ -96,7 +98,9 @@ class _FakeAvatarVendor(FakeServer):
     Knobs (restored by reset()): `polls_to_finish` (status checks a video stays unfinished; 0 finishes it at create),
     `fail_with` (the render fails with this message), `throttle_creates` (that many creates answer 429 with
     `retry_after` in the Retry-After header), `corrupt_video` (the file is not media), `silent_video` (no audio track),
-    `padding_bytes` (the file ends with a `free` box of that many bytes: as large as a long video, encoded at once).
+    `padding_bytes` (the file ends with a `free` box of that many bytes: as large as a long video, encoded at once),
+    `answer_delay` (a create orders its video, then answers this many seconds late), `failing_downloads` (that many
+    file downloads answer 503).
     """
 
     create_path = ""
@@ -120,6 +124,8 @@ class _FakeAvatarVendor(FakeServer):
         self.corrupt_video = False
         self.silent_video = False
         self.padding_bytes = 0
+        self.answer_delay = 0.0
+        self.failing_downloads = 0
 
     def reset(self) -> None:
         super().reset()
@@ -140,7 +146,15 @@ class _FakeAvatarVendor(FakeServer):
         data = self.files.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
+        if self.failing_downloads > 0:
+            self.failing_downloads -= 1
+            return web.Response(status=503, text="Service Unavailable")
         return web.Response(body=data, content_type="video/mp4")
+
+    async def _late(self) -> None:
+        """The order is taken; the answer may come after the client stopped waiting."""
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
 
     def _throttled(self) -> bool:
         if self.throttle_creates <= 0:
@@ -208,6 +222,7 @@ class FakeSynthesia(_FakeAvatarVendor):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/videos", self._create)
+        app.router.add_get("/v2/videos", self._list)
         app.router.add_get("/v2/videos/{id}", self._get)
         app.router.add_get("/files/{name}", self._file)
 
@@ -226,7 +241,20 @@ class FakeSynthesia(_FakeAvatarVendor):
         narrations = tuple(item.get("scriptText", "") for item in body["input"])
         video = self._new_video(body, narrations, _aspect_size(aspect))
         await self._advance(video, counted=False)
+        await self._late()
         return web.json_response(self._json(video))
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        """`limit` (1-100, default 20) videos from `offset`, newest first, and the `nextOffset` to read on from."""
+        if (denied := self._denied(request)) is not None:
+            return denied
+        limit = min(100, max(1, int(request.query.get("limit", "20"))))
+        offset = max(0, int(request.query.get("offset", "0")))
+        newest_first = list(reversed(self.videos.values()))
+        answer: dict[str, Any] = {"videos": [self._json(video) for video in newest_first[offset : offset + limit]]}
+        if offset + limit < len(newest_first):
+            answer["nextOffset"] = offset + limit
+        return web.json_response(answer)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         if (denied := self._denied(request)) is not None:
@@ -276,13 +304,17 @@ class FakeSynthesia(_FakeAvatarVendor):
 
 
 class FakeHeyGen(_FakeAvatarVendor):
-    """HeyGen: POST /v2/video/generate, GET /v1/video_status.get; pending -> processing -> completed | failed.
+    """HeyGen v3: POST /v3/videos (with Idempotency-Key), GET /v3/videos/{id}; and the legacy v2 create with v1
+    status. Videos go pending -> processing -> completed | failed.
 
-    Extra knobs: `fail_code` (the failed video's error code), `plan_max_side` (a dimension above it fails with 40010).
+    Extra knobs: `fail_code` (the failed video's error code), `plan_max_side` (a v2 dimension above it fails with
+    40010), `version` ("v3" or "v2": which API `creates()` and `status_checks()` report).
     """
 
-    create_path = "/v2/video/generate"
-    status_path = "/v1/video_status.get"
+    V3_CREATE = "/v3/videos"
+    V3_STATUS = "/v3/videos/"
+    V2_CREATE = "/v2/video/generate"
+    V2_STATUS = "/v1/video_status.get"
     in_progress = "pending"
     rendering = "processing"
     completed = "completed"
@@ -295,11 +327,87 @@ class FakeHeyGen(_FakeAvatarVendor):
         super()._defaults()
         self.fail_code: Any = 400140
         self.plan_max_side: int | None = None
+        self.version = "v3"
+        # Idempotency-Key -> the answer given to its first order (None while that order is being taken).
+        self.answers: dict[str, web.Response | None] = {}
+
+    @property
+    def create_path(self) -> str:  # type: ignore[override]
+        return self.V3_CREATE if self.version == "v3" else self.V2_CREATE
+
+    @property
+    def status_path(self) -> str:  # type: ignore[override]
+        return self.V3_STATUS if self.version == "v3" else self.V2_STATUS
+
+    def creates(self) -> list[RecordedRequest]:
+        # Exactly the create path: /v3/videos/{id} status checks share its prefix.
+        return [r for r in self.requests_to(self.create_path, "POST") if r.path == self.create_path]
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v2/video/generate", self._create)
-        app.router.add_get("/v1/video_status.get", self._status)
+        app.router.add_post(self.V3_CREATE, self._create_v3)
+        app.router.add_get(self.V3_STATUS + "{id}", self._status_v3)
+        app.router.add_post(self.V2_CREATE, self._create)
+        app.router.add_get(self.V2_STATUS, self._status)
         app.router.add_get("/files/{name}", self._file)
+
+    async def _create_v3(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("X-Api-Key") != self.api_key:
+            return _heygen_v3_error(401, "unauthorized", "Invalid API key")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            if not re.fullmatch(r"[A-Za-z0-9_:.\-]{1,255}", key):
+                return _heygen_v3_error(400, "invalid_parameter", "Idempotency-Key: 1-255 of [A-Za-z0-9_:.-]")
+            if key in self.answers:
+                answer = self.answers[key]
+                if answer is None:
+                    return _heygen_v3_error(409, "request_in_progress", "A request with this key is in progress")
+                # Replayed: no second video.
+                return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
+            self.answers[key] = None
+        response = await self._order_v3(request)
+        if key is not None:
+            self.answers[key] = response
+        return response
+
+    async def _order_v3(self, request: web.Request) -> web.Response:
+        if self._throttled():
+            return _heygen_v3_error(
+                429, "rate_limit_exceeded", "Too many requests, please retry later", {"Retry-After": self.retry_after}
+            )
+        body = _json_body(await request.read())
+        problems = _check_heygen_v3(body)
+        if problems:
+            return _heygen_v3_error(400, "invalid_parameter", "; ".join(problems))
+        width, height = _aspect_size(body.get("aspect_ratio", "16:9"))
+        video = self._new_video(body, (body["script"],), (width, height))
+        await self._advance(video, counted=False)
+        await self._late()
+        return web.json_response({"data": {"video_id": video.id, "status": video.status, "output_format": "mp4"}})
+
+    async def _status_v3(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("X-Api-Key") != self.api_key:
+            return _heygen_v3_error(401, "unauthorized", "Invalid API key")
+        video = self.videos.get(request.match_info["id"])
+        if video is None:
+            return _heygen_v3_error(404, "not_found", "Video not found")
+        await self._advance(video, counted=True)
+        error = video.error or {}
+        return web.json_response(
+            {
+                "data": {
+                    "id": video.id,
+                    "title": video.body.get("title"),
+                    "status": video.status,
+                    "video_url": video.url,
+                    "thumbnail_url": None,
+                    "duration": video.seconds,
+                    "failure_code": error.get("code"),
+                    "failure_message": error.get("message"),
+                    "created_at": 1764000000,
+                    "completed_at": 1764000000 + video.polls if video.status == "completed" else None,
+                }
+            }
+        )
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("X-Api-Key") != self.api_key:
@@ -316,6 +424,7 @@ class FakeHeyGen(_FakeAvatarVendor):
         narrations = tuple(item["voice"]["input_text"] for item in body["video_inputs"])
         video = self._new_video(body, narrations, _scaled((dimension["width"], dimension["height"])))
         await self._advance(video, counted=False)
+        await self._late()
         return web.json_response({"error": None, "data": {"video_id": video.id}})
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
@@ -344,7 +453,7 @@ class FakeHeyGen(_FakeAvatarVendor):
         )
 
     def _failure(self, video: FakeVideo) -> tuple[str, dict[str, Any]] | None:
-        dimension = video.body.get("dimension") or {"width": 1280, "height": 720}
+        dimension = video.body.get("dimension") or {"width": 1, "height": 1}
         if self.plan_max_side is not None and max(dimension["width"], dimension["height"]) > self.plan_max_side:
             return "failed", dict(HEYGEN_PLAN_ERROR)
         if self.fail_with is not None:
@@ -368,6 +477,11 @@ def _heygen_v2_error(status: int, code: Any, message: str, headers: dict[str, st
     return web.json_response(
         {"data": None, "error": {"code": code, "message": message}}, status=status, headers=headers
     )
+
+
+def _heygen_v3_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"code": code, "message": message, "doc_url": "https://developers.heygen.com/docs/error-codes"}}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _aspect_size(aspect: str) -> tuple[int, int]:
@@ -416,6 +530,25 @@ def _check_synthesia(body: Any) -> Problems:
         problems.append("test: must be a boolean")
     if not isinstance(body.get("title", ""), str):
         problems.append("title: must be a string")
+    return problems
+
+
+def _check_heygen_v3(body: Any) -> Problems:
+    """The v3 create body's documented rules: type avatar with avatar_id, and a script (at most 5000 characters)."""
+    if not isinstance(body, dict):
+        return ["body is invalid: must be a JSON object"]
+    problems: Problems = []
+    if body.get("type") != "avatar" or not _text(body.get("avatar_id")):
+        problems.append("type must be 'avatar', with an avatar_id")
+    script = body.get("script")
+    if not _text(script) or len(script) > 5000:
+        problems.append("script is required, at most 5000 characters")
+    if "video_inputs" in body or "dimension" in body:
+        problems.append("video_inputs and dimension are v2 fields; v3 takes script, resolution and aspect_ratio")
+    if body.get("resolution", "1080p") not in ("4k", "1080p", "720p"):
+        problems.append("resolution must be 4k, 1080p or 720p")
+    if body.get("aspect_ratio", "16:9") not in ("16:9", "9:16", "4:5", "5:4", "1:1", "auto"):
+        problems.append("aspect_ratio must be 16:9, 9:16, 4:5, 5:4, 1:1 or auto")
     return problems
 
 

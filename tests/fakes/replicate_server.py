@@ -33,6 +33,8 @@ NSFW_ERROR = "NSFW content detected. Try running it again, or try a different pr
 KOKORO_MS_PER_CHAR = 60
 KOKORO_SAMPLE_RATE = 24000
 UNAUTHENTICATED = {"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401}
+# What a broken output file holds: a WAV, PNG and MP4 signature each, and noise; no decoder takes it whole.
+GARBAGE = b"RIFF\x24\x00\x00\x00WAVE\x89PNG\r\n\x1a\n\x00\x00\x00\x20ftypisom" + bytes(range(256)) * 8
 THROTTLED = {"detail": "Request was throttled. Your rate limit resets in ~30s.", "status": 429}
 
 Problems = list[str]
@@ -70,7 +72,9 @@ class FakeReplicate(FakeServer):
 
     Knobs (restored by reset()): `fail_with` (error text of a failed prediction; NSFW_ERROR for a safety refusal),
     `never_finish`, `truncate_output` (Content-Length larger than the body, then the connection closes),
-    `data_uri_output`, `file_content_type` (serve files under another type), `predict_time`.
+    `data_uri_output`, `file_content_type` (serve files under another type), `predict_time`, `answer_delay` (a create
+    makes its prediction, then answers this many seconds late), `garbage_output` (a finished prediction's file is
+    noise under the model's content type), `failing_downloads` (that many file downloads answer 503).
     """
 
     def __init__(self) -> None:
@@ -90,6 +94,10 @@ class FakeReplicate(FakeServer):
         self.data_uri_output = False
         self.file_content_type: str | None = None
         self.wait_hold_seconds = 0.05  # how long a `Prefer: wait` create is held when the prediction is unfinished
+        self.answer_delay = 0.0
+        self.garbage_output = False
+        self.failing_downloads = 0
+        self.list_page_size = 100
 
     def reset(self) -> None:
         super().reset()
@@ -101,12 +109,16 @@ class FakeReplicate(FakeServer):
         """Create requests (both endpoints), in order."""
         return [r for r in self.requests_to("/v1/", "POST") if r.path.endswith("/predictions")]
 
+    def downloads(self) -> list[Any]:
+        return self.requests_to("/files/", "GET")
+
     def cancels(self) -> list[Any]:
         return [r for r in self.requests_to("/v1/predictions/", "POST") if r.path.endswith("/cancel")]
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create_by_model)
         app.router.add_post("/v1/predictions", self._create_by_version)
+        app.router.add_get("/v1/predictions", self._list)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/files/{name}", self._file)
@@ -162,7 +174,21 @@ class FakeReplicate(FakeServer):
         elif wait is not None:
             await asyncio.sleep(min(wait, self.wait_hold_seconds))  # held, but not done: answered as `starting`
         prediction.history.append(prediction.status)
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)  # the prediction exists (and runs) whether or not the client waits
         return web.json_response(self._json(prediction), status=201, headers=headers)
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        """Newest first, `list_page_size` a page; `next` is the URL of the following page, or null."""
+        if (denied := self._denied(request)) is not None:
+            return denied
+        newest_first = list(reversed(self.predictions.values()))
+        start = int(request.query.get("cursor", "0"))
+        end = start + self.list_page_size
+        following = f"{self.base_url}/v1/predictions?cursor={end}" if end < len(newest_first) else None
+        previous = f"{self.base_url}/v1/predictions?cursor={max(0, start - self.list_page_size)}" if start else None
+        results = [{**self._json(p), "source": "api"} for p in newest_first[start:end]]
+        return web.json_response({"next": following, "previous": previous, "results": results})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         if (denied := self._denied(request)) is not None:
@@ -194,6 +220,9 @@ class FakeReplicate(FakeServer):
         if request.match_info["name"] not in self.files:
             raise web.HTTPNotFound()
         data, content_type = self.files[request.match_info["name"]]
+        if self.failing_downloads > 0:
+            self.failing_downloads -= 1
+            return web.Response(status=503, text="upstream connect error or disconnect/reset before headers")
         if not self.truncate_output:
             return web.Response(body=data, content_type=content_type)
         response = web.StreamResponse(headers={"Content-Type": content_type})
@@ -211,6 +240,8 @@ class FakeReplicate(FakeServer):
             prediction.status, prediction.error = "failed", self.fail_with
             return
         made = prediction.model.make(prediction.input)
+        if self.garbage_output:
+            made = [(GARBAGE, content_type, extension) for _, content_type, extension in made]
         urls = [self._publish(prediction.id, index, output) for index, output in enumerate(made)]
         prediction.output = urls[0] if prediction.model.single_output else urls
         prediction.status = "succeeded"

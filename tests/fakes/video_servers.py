@@ -25,6 +25,8 @@ from tests.fakes.replicate_server import FakeModel, FakeReplicate, OutputFile, P
 WAN_T2V = "wavespeedai/wan-2.1-t2v-480p"
 WAN_I2V = "wavespeedai/wan-2.1-i2v-480p"
 WAN_SIZES = {"16:9": (832, 480), "9:16": (480, 832)}
+# fast_mode's choices in the models' current versions (providers.md section 4).
+WAN_FAST_MODES = ("Off", "Balanced", "Fast")
 WAN_AREAS = {"832x480": (832, 480), "480x832": (480, 832)}
 COMFY_CHECKPOINTS = ("ltx-video-2b-v0.9.5.safetensors",)
 # ComfyUI's input types for the nodes the test templates use (what its validation converts and checks).
@@ -118,6 +120,7 @@ def _check_wan_common(inputs: dict[str, Any], frames: tuple[int, int], problems:
     _number(inputs, "sample_guide_scale", 0, 10, problems)
     _number(inputs, "sample_shift", 1, 10, problems)
     _number(inputs, "seed", 0, 2**32 - 1, problems, integer=True)
+    _choice(inputs, "fast_mode", WAN_FAST_MODES, problems)
 
 
 def _check_wan_t2v(inputs: dict[str, Any]) -> Problems:
@@ -158,7 +161,7 @@ class FakeCogVideo(FakeServer):
     Knobs (restored by reset()): `async_mode` (answer 202 `processing` with an id, then done after `polls_to_finish`
     GETs of /predictions/{id}), `never_finish` (async mode only), `fail_with` (a `failed` status with this error),
     `corrupt_output`, `url_output` (an http URL on this server, or on `files_on`, instead of a data: URI), `with_audio`,
-    `model_name` (reported as `model`, as some servers do).
+    `model_name` (reported as `model`, as some servers do), `failing_downloads` (that many file downloads answer 503).
     """
 
     def __init__(self) -> None:
@@ -178,6 +181,7 @@ class FakeCogVideo(FakeServer):
         self.files_on: FakeCogVideo | None = None
         self.with_audio = False
         self.model_name: str | None = None
+        self.failing_downloads = 0
 
     def reset(self) -> None:
         super().reset()
@@ -239,6 +243,9 @@ class FakeCogVideo(FakeServer):
         data = self.files.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
+        if self.failing_downloads > 0:
+            self.failing_downloads -= 1
+            return web.Response(status=503, text="Service Unavailable")
         return web.Response(body=data, content_type="video/mp4")
 
     async def _finish(self, prediction: CogPrediction) -> None:
@@ -316,7 +323,8 @@ class FakeComfyUI(FakeServer):
     The outputs follow the graph's output nodes, in order: SaveImage and core SaveVideo report under `images` (the
     video with `animated`), VideoHelperSuite's VHS_VideoCombine under `gifs`. Knobs (restored by reset()):
     `polls_to_finish` (empty history answers before the entry), `never_finish`, `fail_with` (an execution_error),
-    `corrupt_output`, `with_audio`.
+    `corrupt_output`, `with_audio`, `lose_answers` (that many /prompt calls queue their prompt, then close the
+    connection unanswered), `failing_views` (that many /view downloads answer 503).
     """
 
     def __init__(self) -> None:
@@ -334,6 +342,8 @@ class FakeComfyUI(FakeServer):
         self.fail_with: str | None = None
         self.corrupt_output = False
         self.with_audio = False
+        self.lose_answers = 0
+        self.failing_views = 0
 
     def reset(self) -> None:
         super().reset()
@@ -349,6 +359,8 @@ class FakeComfyUI(FakeServer):
         app.router.add_get("/view", self._view)
         app.router.add_post("/interrupt", self._interrupt)
         app.router.add_post("/queue", self._queue)
+        app.router.add_get("/queue", self._queue_list)
+        app.router.add_get("/history", self._history_list)
 
     async def _prompt(self, request: web.Request) -> web.StreamResponse:
         body = _json(await request.read())
@@ -372,7 +384,20 @@ class FakeComfyUI(FakeServer):
             return _comfy_refusal("prompt_outputs_failed_validation", "Prompt outputs failed validation", node_errors)
         prompt = ComfyPrompt(uuid.uuid4().hex, next(self._numbers), graph, str(body.get("client_id", "")))
         self.prompts[prompt.id] = prompt
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            assert request.transport is not None
+            request.transport.close()  # queued, but the client never hears of it
+            raise web.HTTPInternalServerError()
         return web.json_response({"prompt_id": prompt.id, "number": prompt.number, "node_errors": {}})
+
+    async def _queue_list(self, request: web.Request) -> web.StreamResponse:
+        """Prompts not yet run, as [number, prompt_id, graph, extra_data, outputs]; this fake runs none meanwhile."""
+        pending = [_queued(prompt) for prompt in self.prompts.values() if prompt.entry is None]
+        return web.json_response({"queue_running": [], "queue_pending": pending})
+
+    async def _history_list(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({p.id: p.entry for p in self.prompts.values() if p.entry is not None})
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
         prompt = self.prompts.get(request.match_info["id"])
@@ -387,6 +412,9 @@ class FakeComfyUI(FakeServer):
         key = (request.query.get("filename", ""), request.query.get("subfolder", ""), request.query.get("type", ""))
         if key not in self.files:
             raise web.HTTPNotFound()
+        if self.failing_views > 0:
+            self.failing_views -= 1
+            return web.Response(status=503, text="Service Unavailable")
         content_type = "image/png" if key[0].endswith(".png") else "video/mp4"
         return web.Response(body=self.files[key], content_type=content_type)
 
@@ -401,7 +429,7 @@ class FakeComfyUI(FakeServer):
 
     async def _run(self, prompt: ComfyPrompt) -> dict[str, Any]:
         graph = prompt.graph
-        queued = [prompt.number, prompt.id, graph, {"client_id": prompt.client_id}, []]
+        queued = _queued(prompt)
         start = ["execution_start", {"prompt_id": prompt.id, "timestamp": 0}]
         if self.fail_with is not None:
             sampler = next((i for i, n in graph.items() if n["class_type"] == "SamplerCustom"), next(iter(graph)))
@@ -445,6 +473,10 @@ class FakeComfyUI(FakeServer):
         if node["class_type"] == "VHS_VideoCombine":
             return {"gifs": [{**item, "format": "video/h264-mp4", "frame_rate": fps, "workflow": "x.png"}]}
         return {"images": [item], "animated": [True]}
+
+
+def _queued(prompt: ComfyPrompt) -> list[Any]:
+    return [prompt.number, prompt.id, prompt.graph, {"client_id": prompt.client_id}, []]
 
 
 def _node_errors(node: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,9 +21,11 @@ from services.video.server import build as build_video
 
 async def _serve(server: Server) -> AsyncIterator[grpc.aio.Channel]:
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield channel
-    await server.stop(0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield channel
+    finally:  # also when the call inside failed: a server left running keeps the test process from exiting
+        await server.stop(0)
 
 
 @pytest.fixture(scope="session")

@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import pytest
+from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import pricing, retry
+from services.common import jobs, retry
 from services.common.media import probe
 from services.video.avatars import heygen, synthesia
+from services.video.avatars.heygen import HeyGenSettings
+from services.video.avatars.synthesia import SynthesiaSettings
 from services.video.config import VideoSettings
 from services.video.server import build as build_video
+from tests import prices
 from tests.fakes.avatar_servers import HEYGEN_KEY, SYNTHESIA_KEY, FakeHeyGen, FakeSynthesia, spoken_ms
 from tests.fakes.base import Fault
 from tests.services.conftest import _serve
@@ -30,7 +36,7 @@ SCENES = (
 )
 NARRATIONS = [scene.narration for scene in SCENES]
 ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-KEY_ENVS = {"synthesia": synthesia.KEY_ENV, "heygen": heygen.KEY_ENV}
+KEY_ENVS = {"synthesia": "SYNTHESIA_API_KEY", "heygen": "HEYGEN_API_KEY"}
 HEYGEN_AVATAR = "Angela-inblackskirt-20220820"
 HEYGEN_VOICE = "1bd001e7e50f421d891986aad5158bc8"
 
@@ -51,35 +57,28 @@ def heygen_server() -> Iterator[FakeHeyGen]:
 
 @pytest.fixture(autouse=True)
 def quick_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No default avatar vendor, and a short retry backoff: the policy's shape is not under test here."""
-    monkeypatch.delenv("AVATAR_PROVIDER", raising=False)
+    """A short retry backoff: the policy's shape is not under test here."""
     monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
     monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
 
 
 @pytest.fixture
-def synthesia_fake(synthesia_server: FakeSynthesia, monkeypatch: pytest.MonkeyPatch) -> FakeSynthesia:
-    """The fake, emptied, with the service pointed at it (the provider reads these variables per request)."""
+def synthesia_fake(synthesia_server: FakeSynthesia) -> FakeSynthesia:
     synthesia_server.reset()
-    monkeypatch.setenv("SYNTHESIA_API_KEY", SYNTHESIA_KEY)
-    monkeypatch.setenv("SYNTHESIA_BASE_URL", synthesia_server.base_url)
-    monkeypatch.setenv("SYNTHESIA_POLL_SECONDS", "0.02")
-    for variable in ("SYNTHESIA_AVATAR", "SYNTHESIA_BACKGROUND", "SYNTHESIA_VOICE", "SYNTHESIA_TEST"):
-        monkeypatch.delenv(variable, raising=False)
     return synthesia_server
 
 
 @pytest.fixture
-def heygen_fake(heygen_server: FakeHeyGen, monkeypatch: pytest.MonkeyPatch) -> FakeHeyGen:
+def heygen_fake(heygen_server: FakeHeyGen) -> FakeHeyGen:
     heygen_server.reset()
-    monkeypatch.setenv("HEYGEN_API_KEY", HEYGEN_KEY)
-    monkeypatch.setenv("HEYGEN_BASE_URL", heygen_server.base_url)
-    monkeypatch.setenv("HEYGEN_POLL_SECONDS", "0.02")
-    monkeypatch.setenv("HEYGEN_AVATAR_ID", HEYGEN_AVATAR)
-    monkeypatch.setenv("HEYGEN_VOICE_ID", HEYGEN_VOICE)
-    for variable in ("HEYGEN_BACKGROUND", "HEYGEN_TEST"):
-        monkeypatch.delenv(variable, raising=False)
     return heygen_server
+
+
+@pytest.fixture
+def heygen_v2(heygen_fake: FakeHeyGen) -> FakeHeyGen:
+    """The fake on HeyGen's legacy v2 API (a service for it is started with heygen_api_version="v2")."""
+    heygen_fake.version = "v2"
+    return heygen_fake
 
 
 @pytest.fixture(params=["synthesia", "heygen"])
@@ -88,9 +87,41 @@ def vendor(request: pytest.FixtureRequest) -> tuple[str, Fake]:
     return request.param, request.getfixturevalue(f"{request.param}_fake")
 
 
+Start = Callable[..., Awaitable[video_service_pb2_grpc.VideoServiceStub]]
+
+
 @pytest.fixture
-def stub(video_channel: grpc.aio.Channel) -> video_service_pb2_grpc.VideoServiceStub:
-    return video_service_pb2_grpc.VideoServiceStub(video_channel)
+async def start(synthesia_fake: FakeSynthesia, heygen_fake: FakeHeyGen, work_root: Path) -> AsyncIterator[Start]:
+    """Starts the video service with both vendors' settings pointed at their fakes (`changes` override any of them),
+    as settings objects: nothing is read from the environment."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(avatar_provider: str = "", **changes: Any) -> video_service_pb2_grpc.VideoServiceStub:
+            given = {
+                "synthesia_api_key": SYNTHESIA_KEY,
+                "synthesia_base_url": synthesia_fake.base_url,
+                "synthesia_poll_seconds": 0.02,
+                "heygen_api_key": HEYGEN_KEY,
+                "heygen_base_url": heygen_fake.base_url,
+                "heygen_poll_seconds": 0.02,
+                "heygen_avatar_id": HEYGEN_AVATAR,
+                "heygen_voice_id": HEYGEN_VOICE,
+                "allow_private_output_urls": True,
+                **changes,
+            }
+            settings = VideoSettings(
+                listen_address="127.0.0.1:0", video_tmp_dir=str(work_root), avatar_provider=avatar_provider
+            )
+            server = build_video(settings, [SynthesiaSettings(**given), HeyGenSettings(**given)])
+            channel = await stack.enter_async_context(contextlib.asynccontextmanager(_serve)(server))
+            return video_service_pb2_grpc.VideoServiceStub(channel)
+
+        yield run
+
+
+@pytest.fixture
+async def stub(start: Start) -> video_service_pb2_grpc.VideoServiceStub:
+    return await start()
 
 
 def avatar_request(
@@ -120,16 +151,22 @@ async def failure(
 
 
 def assert_video(
-    metadata: types_pb2.AssetMetadata, data: bytes, path: Path, size: tuple[int, int], provider: str, model: str
+    metadata: types_pb2.AssetMetadata,
+    data: bytes,
+    path: Path,
+    size: tuple[int, int],
+    provider: str,
+    model: str,
+    spoken: list[str] = NARRATIONS,
 ) -> None:
-    """The metadata describes the file exactly, and the voice lasts as long as the fake's narration tone."""
+    """The metadata describes the file exactly, and the voice lasts as long as the fake's tone for `spoken`."""
     path.write_bytes(data)
     info = probe(path, "avatar video")
     assert info.has_video and info.has_audio
     assert (metadata.mime_type, metadata.size_bytes) == ("video/mp4", len(data))
     assert (metadata.width, metadata.height) == (info.width, info.height) == size
     assert metadata.duration_ms == info.duration_ms
-    assert abs(metadata.duration_ms - spoken_ms(NARRATIONS)) <= 100
+    assert abs(metadata.duration_ms - spoken_ms(spoken)) <= 100
     assert (metadata.provider, metadata.model) == (provider, model)
 
 
@@ -154,9 +191,8 @@ def assert_video(
     ],
 )
 async def test_synthesia_video_has_one_scene_per_narration(
-    stub: video_service_pb2_grpc.VideoServiceStub,
+    start: Start,
     synthesia_fake: FakeSynthesia,
-    monkeypatch: pytest.MonkeyPatch,
     work_root: Path,
     tmp_path: Path,
     aspect: str,
@@ -165,12 +201,13 @@ async def test_synthesia_video_has_one_scene_per_narration(
     expected: tuple[str, str, str | None, bool],
     size: tuple[int, int],
 ) -> None:
-    for variable, value in env.items():
-        monkeypatch.setenv(variable, value)
+    stub = await start(**{variable.lower(): value for variable, value in env.items()})
     metadata, data = await collect(stub.GenerateAvatarVideo(avatar_request("synthesia", aspect, avatar=settings)))
     avatar, background, voice, test = expected
     assert_video(metadata, data, tmp_path / "avatar.mp4", size, "synthesia", avatar)
-    assert metadata.estimated_cost_usd == pytest.approx(pricing.synthesia_cost(spoken_ms(NARRATIONS) / 1000))
+    assert metadata.estimated_cost_usd == pytest.approx(
+        prices.SYNTHESIA_ASSUMED_PER_MINUTE * spoken_ms(NARRATIONS) / 60_000
+    )
     (create,) = synthesia_fake.creates()
     assert create.headers["Authorization"] == SYNTHESIA_KEY
     body = create.json()
@@ -210,10 +247,9 @@ async def test_synthesia_video_has_one_scene_per_narration(
         ),
     ],
 )
-async def test_heygen_video_has_one_input_per_narration(
-    stub: video_service_pb2_grpc.VideoServiceStub,
-    heygen_fake: FakeHeyGen,
-    monkeypatch: pytest.MonkeyPatch,
+async def test_heygen_v2_video_has_one_input_per_narration(
+    start: Start,
+    heygen_v2: FakeHeyGen,
     tmp_path: Path,
     aspect: str,
     height: int,
@@ -221,16 +257,15 @@ async def test_heygen_video_has_one_input_per_narration(
     settings: types_pb2.AvatarSettings | None,
     expected: tuple[str, str, dict[str, str], int, int],
 ) -> None:
-    for variable, value in env.items():
-        monkeypatch.setenv(variable, value)
+    stub = await start(heygen_api_version="v2", **{variable.lower(): value for variable, value in env.items()})
     metadata, data = await collect(
         stub.GenerateAvatarVideo(avatar_request("heygen", aspect, height=height, avatar=settings))
     )
     avatar, voice, background, width, asked_height = expected
     fake_size = (320, 320) if aspect == "1:1" else (320, 180) if aspect == "16:9" else (180, 320)
     assert_video(metadata, data, tmp_path / "avatar.mp4", fake_size, "heygen", avatar)
-    assert metadata.estimated_cost_usd == pytest.approx(pricing.heygen_cost(spoken_ms(NARRATIONS) / 1000))
-    (create,) = heygen_fake.creates()
+    assert metadata.estimated_cost_usd == pytest.approx(prices.heygen_v2(spoken_ms(NARRATIONS) / 1000))
+    (create,) = heygen_v2.creates()
     assert create.headers["X-Api-Key"] == HEYGEN_KEY
     body = create.json()
     assert body["dimension"] == {"width": width, "height": asked_height}
@@ -242,9 +277,92 @@ async def test_heygen_video_has_one_input_per_narration(
         (("type", "avatar"), ("avatar_id", avatar), ("avatar_style", "normal"))
     }
     assert all(item["background"] == background for item in body["video_inputs"])
-    assert heygen_fake.status_checks()[0].query == {"video_id": next(iter(heygen_fake.videos))}
+    assert heygen_v2.status_checks()[0].query == {"video_id": next(iter(heygen_v2.videos))}
+    (download,) = heygen_v2.downloads()
+    assert "X-Api-Key" not in download.headers
+
+
+@pytest.mark.parametrize(
+    ("aspect", "height", "env", "settings", "expected"),
+    [
+        ("16:9", 360, {}, None, (HEYGEN_AVATAR, HEYGEN_VOICE, {"type": "color", "value": "#FAFAFA"}, "720p")),
+        (
+            "9:16",
+            1920,
+            {"HEYGEN_BACKGROUND": "https://example.com/office.mp4"},
+            types_pb2.AvatarSettings(avatar="Tyler-incasual", voice="voice-2"),
+            ("Tyler-incasual", "voice-2", {"type": "video", "url": "https://example.com/office.mp4"}, "1080p"),
+        ),
+    ],
+)
+async def test_heygen_v3_video_speaks_the_script_of_every_scene(
+    start: Start,
+    heygen_fake: FakeHeyGen,
+    tmp_path: Path,
+    aspect: str,
+    height: int,
+    env: dict[str, str],
+    settings: types_pb2.AvatarSettings | None,
+    expected: tuple[str, str, dict[str, str], str],
+) -> None:
+    stub = await start(**{variable.lower(): value for variable, value in env.items()})
+    metadata, data = await collect(
+        stub.GenerateAvatarVideo(avatar_request("heygen", aspect, height=height, avatar=settings))
+    )
+    avatar, voice, background, resolution = expected
+    (create,) = heygen_fake.creates()
+    body = create.json()
+    assert body == {
+        "type": "avatar",
+        "avatar_id": avatar,
+        "script": "\n\n".join(NARRATIONS),
+        "voice_id": voice,
+        "title": "Ladders",
+        "resolution": resolution,
+        "aspect_ratio": aspect,
+        "background": background,
+        "callback_id": "r-avatar",
+    }
+    assert create.headers["X-Api-Key"] == HEYGEN_KEY and create.headers["Idempotency-Key"].startswith("scenecast-")
+    fake_size = (320, 180) if aspect == "16:9" else (180, 320)
+    assert_video(metadata, data, tmp_path / "avatar.mp4", fake_size, "heygen", avatar, [body["script"]])
+    assert metadata.estimated_cost_usd == pytest.approx(prices.heygen_v3(spoken_ms([body["script"]]) / 1000))
+    (video_id,) = heygen_fake.videos
+    assert {check.path for check in heygen_fake.status_checks()} == {f"/v3/videos/{video_id}"}
     (download,) = heygen_fake.downloads()
     assert "X-Api-Key" not in download.headers
+
+
+@pytest.mark.parametrize(
+    ("env", "scenes", "code", "message"),
+    [
+        ({"HEYGEN_TEST": "true"}, SCENES, "FAILED_PRECONDITION", "unset HEYGEN_TEST, or set HEYGEN_API_VERSION=v2"),
+        (
+            {},
+            tuple(types_pb2.Scene(id=f"s{index}", narration="word " * 700) for index in range(2)),
+            "INVALID_ARGUMENT",
+            "the narration is 7000 characters; a HeyGen v3 video speaks at most 5000",
+        ),
+    ],
+)
+async def test_heygen_v3_refuses_what_it_cannot_do_before_any_order(
+    start: Start,
+    heygen_fake: FakeHeyGen,
+    env: dict[str, str],
+    scenes: tuple[types_pb2.Scene, ...],
+    code: str,
+    message: str,
+) -> None:
+    stub = await start(**{variable.lower(): value for variable, value in env.items()})
+    error = await failure(stub, avatar_request("heygen", scenes=scenes))
+    assert error.code().name == code and message in error.details()
+    assert heygen_fake.requests == []
+
+
+def test_an_unknown_heygen_api_version_is_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError) as error:
+        HeyGenSettings(heygen_api_version="v4")
+    assert "heygen_api_version" in str(error.value) and "Input should be 'v3' or 'v2'" in str(error.value)
 
 
 async def test_slow_video_is_polled_through_a_failed_status_check(
@@ -275,11 +393,12 @@ async def test_slow_video_is_polled_through_a_failed_status_check(
             1,
         ),
         ("heygen", {"fail_with": "Voice synthesis failed"}, 360, "UNAVAILABLE", "Voice synthesis failed", 0),
-        ("heygen", {"plan_max_side": 1280}, 1080, "FAILED_PRECONDITION", "higher plan", 1),
+        ("heygen_v2", {"fail_with": "Voice synthesis failed"}, 360, "UNAVAILABLE", "Voice synthesis failed", 0),
+        ("heygen_v2", {"plan_max_side": 1280}, 1080, "FAILED_PRECONDITION", "higher plan", 1),
     ],
 )
 async def test_failed_video_reports_the_vendors_reason(
-    stub: video_service_pb2_grpc.VideoServiceStub,
+    start: Start,
     request: pytest.FixtureRequest,
     name: str,
     knobs: dict[str, object],
@@ -288,11 +407,13 @@ async def test_failed_video_reports_the_vendors_reason(
     message: str,
     orders: int,
 ) -> None:
-    """A render failure is ordered again (the bounded attempts); a refusal or plan limit is reported at once."""
-    fake: Fake = request.getfixturevalue(f"{name}_fake")
+    """A render the vendor reports failed is ordered again (the bounded attempts): it made no video to pay for, and
+    a new one usually works. A refusal or plan limit is reported at once."""
+    fake: Fake = request.getfixturevalue(name if name == "heygen_v2" else f"{name}_fake")
     for knob, value in knobs.items():
         setattr(fake, knob, value)
-    error = await failure(stub, avatar_request(name, height=height))
+    stub = await start(heygen_api_version="v2" if name == "heygen_v2" else "v3")
+    error = await failure(stub, avatar_request(name.removesuffix("_v2"), height=height))
     assert error.code().name == code
     assert message in error.details()
     assert len(fake.creates()) == (orders or ATTEMPTS)
@@ -311,29 +432,92 @@ async def test_throttled_order_is_retried_after_retry_after(
 
 
 @pytest.mark.parametrize(
-    ("knob", "message"), [("corrupt_video", "does not decode"), ("silent_video", "no audio track")]
+    ("knob", "message"), [("corrupt_video", "not a readable image, audio or video"), ("silent_video", "no audio track")]
 )
-async def test_unusable_video_is_unavailable_after_the_attempts(
+async def test_unusable_video_names_the_video_and_is_not_reordered(
     stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake], knob: str, message: str
 ) -> None:
+    """The vendor made (and billed) the video: a bad file is reported naming it, never ordered again."""
     name, fake = vendor
     setattr(fake, knob, True)
     error = await failure(stub, avatar_request(name))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert f"provider '{name}' returned a video" in error.details() and message in error.details()
-    assert len(fake.creates()) == len(fake.downloads()) == ATTEMPTS
+    (video_id,) = fake.videos
+    assert f"job {video_id} finished with unusable output" in error.details() and message in error.details()
+    assert len(fake.creates()) == len(fake.downloads()) == 1
+
+
+async def test_a_failed_download_of_a_finished_video_downloads_again(
+    stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake]
+) -> None:
+    name, fake = vendor
+    fake.failing_downloads = 2
+    metadata, _ = await collect(stub.GenerateAvatarVideo(avatar_request(name)))
+    assert metadata.provider == name
+    assert (len(fake.creates()), len(fake.downloads())) == (1, 3)
+
+
+async def test_a_download_that_keeps_failing_is_reported_not_reordered(
+    stub: video_service_pb2_grpc.VideoServiceStub, vendor: tuple[str, Fake]
+) -> None:
+    name, fake = vendor
+    fake.failing_downloads = 10**6
+    error = await failure(stub, avatar_request(name))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    (video_id,) = fake.videos
+    assert f"job {video_id} finished, but its output could not be downloaded" in error.details()
+    assert (len(fake.creates()), len(fake.downloads())) == (1, jobs.DOWNLOAD_ATTEMPTS)
+
+
+@pytest.fixture
+def impatient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vendors' answers are read for 0.3 s, so that a late answer costs a second, not 30."""
+    for module in (synthesia, heygen):
+        monkeypatch.setattr(module, "REQUEST_TIMEOUT", httpx.Timeout(0.3, connect=5.0))
+
+
+@pytest.mark.usefixtures("impatient")
+async def test_a_synthesia_order_answered_late_is_found_not_reordered(
+    stub: video_service_pb2_grpc.VideoServiceStub, synthesia_fake: FakeSynthesia
+) -> None:
+    """The video list shows the order (by its callbackId) arrived: that video is used."""
+    synthesia_fake.answer_delay = 1.0
+    metadata, _ = await collect(stub.GenerateAvatarVideo(avatar_request("synthesia")))
+    assert metadata.provider == "synthesia"
+    (create,) = synthesia_fake.creates()
+    assert create.json()["callbackId"].startswith("scenecast:r-avatar:")
+    assert len(synthesia_fake.videos) == 1 and synthesia_fake.requests_to("/v2/videos", "GET")[0].path == "/v2/videos"
+
+
+@pytest.mark.usefixtures("impatient")
+async def test_a_heygen_v3_order_answered_late_is_sent_again_under_its_key(
+    stub: video_service_pb2_grpc.VideoServiceStub, heygen_fake: FakeHeyGen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HeyGen answers a re-sent key with 409 while the first is being taken, then replays its answer: one video."""
+    monkeypatch.setattr(jobs, "IDEMPOTENT_RESEND_SECONDS", 0.5)
+    heygen_fake.answer_delay = 1.0
+    metadata, _ = await collect(stub.GenerateAvatarVideo(avatar_request("heygen")))
+    assert metadata.provider == "heygen"
+    creates = heygen_fake.creates()
+    assert len(creates) >= 2 and len({create.headers["Idempotency-Key"] for create in creates}) == 1
+    assert len(heygen_fake.videos) == 1
+
+
+@pytest.mark.usefixtures("impatient")
+async def test_a_heygen_v2_order_answered_late_is_reported_not_reordered(start: Start, heygen_v2: FakeHeyGen) -> None:
+    """v2 has no idempotency key and no list to look in: the order is reported, not risked twice."""
+    heygen_v2.answer_delay = 1.0
+    error = await failure(await start(heygen_api_version="v2"), avatar_request("heygen"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "HeyGen (v2) may have received the order" in error.details()
+    assert "not ordered again, so it is not paid twice" in error.details()
+    assert len(heygen_v2.creates()) == 1
 
 
 @pytest.mark.parametrize("key", ["", "not-the-key"])
-async def test_missing_or_wrong_key_is_failed_precondition(
-    stub: video_service_pb2_grpc.VideoServiceStub,
-    vendor: tuple[str, Fake],
-    monkeypatch: pytest.MonkeyPatch,
-    key: str,
-) -> None:
+async def test_missing_or_wrong_key_is_failed_precondition(start: Start, vendor: tuple[str, Fake], key: str) -> None:
     name, fake = vendor
-    monkeypatch.setenv(KEY_ENVS[name], key)
-    error = await failure(stub, avatar_request(name))
+    error = await failure(await start(**{KEY_ENVS[name].lower(): key}), avatar_request(name))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert KEY_ENVS[name] in error.details()
     assert len(fake.creates()) == (1 if key else 0)
@@ -341,13 +525,9 @@ async def test_missing_or_wrong_key_is_failed_precondition(
 
 @pytest.mark.parametrize("variable", ["HEYGEN_AVATAR_ID", "HEYGEN_VOICE_ID"])
 async def test_heygen_without_avatar_or_voice_is_failed_precondition(
-    stub: video_service_pb2_grpc.VideoServiceStub,
-    heygen_fake: FakeHeyGen,
-    monkeypatch: pytest.MonkeyPatch,
-    variable: str,
+    start: Start, heygen_fake: FakeHeyGen, variable: str
 ) -> None:
-    monkeypatch.delenv(variable)
-    error = await failure(stub, avatar_request("heygen"))
+    error = await failure(await start(**{variable.lower(): ""}), avatar_request("heygen"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert variable in error.details()
     assert heygen_fake.creates() == []
@@ -414,13 +594,10 @@ async def test_bad_request_is_invalid_argument_before_any_order(
 
 
 async def test_avatar_providers_are_listed_and_avatar_provider_is_the_default(
-    synthesia_fake: FakeSynthesia, heygen_fake: FakeHeyGen, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    start: Start, heygen_fake: FakeHeyGen
 ) -> None:
-    monkeypatch.delenv("SYNTHESIA_API_KEY")
     # AVATAR_PROVIDER is a setting of the service, read once at start-up.
-    settings = VideoSettings(listen_address="127.0.0.1:0", video_tmp_dir=str(tmp_path), avatar_provider="heygen")
-    async with contextlib.asynccontextmanager(_serve)(build_video(settings)) as channel:
-        await _listed_and_default(video_service_pb2_grpc.VideoServiceStub(channel), heygen_fake)
+    await _listed_and_default(await start(avatar_provider="heygen", synthesia_api_key=""), heygen_fake)
 
 
 async def _listed_and_default(stub: video_service_pb2_grpc.VideoServiceStub, heygen_fake: FakeHeyGen) -> None:

@@ -155,8 +155,9 @@ async def test_an_avatar_render_is_priced_by_the_video_service(stubs: Stubs) -> 
             request=video_service_pb2.GenerateAvatarVideoRequest(scenes=spoken, output=OUTPUT, provider="heygen")
         )
     )
-    # About 3 s of speech: one started 30 s of HeyGen's 2 credits a minute at $0.99 a credit.
-    assert (answer.estimate.provider, answer.estimate.usd) == ("heygen", pytest.approx(0.99))
+    # The narration spoken at about 15 characters a second, at HeyGen v3's price per output second.
+    seconds = sum(len(scene.narration) for scene in spoken) / 15
+    assert (answer.estimate.provider, answer.estimate.usd) == ("heygen", pytest.approx(prices.heygen_v3(seconds)))
     assert (estimate.avatar_provider, estimate.avatar_usd, estimate.total_usd) == (
         "heygen",
         answer.estimate.usd,

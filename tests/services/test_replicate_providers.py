@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import wave
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -14,11 +16,17 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc, types_pb2
 
-from services.common import pricing, retry
+from services.audio.config import AudioSettings
+from services.audio.providers.kokoro import KokoroSettings
+from services.audio.server import build as build_audio
+from services.common import jobs, replicate_runner, retry
 from services.common.errors import RateLimited
 from services.common.providers import Quality
-from services.common.replicate_runner import SYNC_WAIT_SECONDS, ReplicateModel, _mapped
+from services.common.replicate_runner import SYNC_WAIT_SECONDS, ReplicateModel, ReplicateSettings, _mapped
 from services.image.config import ImageSettings
+from services.image.providers.replicate_images import SdxlSettings
+from services.image.server import build as build_image
+from tests import prices
 from tests.fakes.base import Fault
 from tests.fakes.replicate_server import (
     KOKORO_MS_PER_CHAR,
@@ -29,6 +37,7 @@ from tests.fakes.replicate_server import (
     TOKEN,
     FakeReplicate,
 )
+from tests.services.conftest import _serve
 from tests.services.test_media_services import collect
 
 FLUX_CREATE = "/v1/models/black-forest-labs/flux-dev/predictions"
@@ -56,13 +65,7 @@ def replicate_fake() -> Iterator[FakeReplicate]:
 
 @pytest.fixture
 def fake(replicate_fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> FakeReplicate:
-    """The fake, emptied, with the services pointed at it (the providers read these variables per request)."""
     replicate_fake.reset()
-    monkeypatch.setenv("REPLICATE_API_TOKEN", TOKEN)
-    monkeypatch.setenv("REPLICATE_BASE_URL", replicate_fake.base_url)
-    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.02")
-    for variable in ("SDXL_VERSION", "KOKORO_VERSION", "KOKORO_VOICE", "REPLICATE_TIMEOUT_SECONDS"):
-        monkeypatch.delenv(variable, raising=False)
     # The policy's jittered backoff (up to 8 s) would make the four-attempt cases slow; its shape is not under test.
     monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
     monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
@@ -70,7 +73,44 @@ def fake(replicate_fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> Fake
 
 
 @pytest.fixture
-def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Call:
+async def start(fake: FakeReplicate) -> AsyncIterator[Callable[..., Awaitable[Call]]]:
+    """Starts the image or audio service (the one a call needs, when it needs it) with Replicate settings pointed at
+    the fake (`changes` override any of them), as settings objects: nothing is read from the environment."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(**changes: Any) -> Call:
+            values = {
+                "replicate_api_token": TOKEN,
+                "replicate_base_url": fake.base_url,
+                "replicate_poll_interval": 0.02,
+                "allow_private_output_urls": True,
+                **changes,
+            }
+            servers = {
+                "image": lambda: build_image(
+                    ImageSettings(listen_address="127.0.0.1:0"), [SdxlSettings(**values), ReplicateSettings(**values)]
+                ),
+                "audio": lambda: build_audio(AudioSettings(listen_address="127.0.0.1:0"), [KokoroSettings(**values)]),
+            }
+            channels: dict[str, grpc.aio.Channel] = {}
+
+            async def channel(kind: str) -> grpc.aio.Channel:
+                if kind not in channels:
+                    served = contextlib.asynccontextmanager(_serve)
+                    channels[kind] = await stack.enter_async_context(served(servers[kind]()))
+                return channels[kind]
+
+            return _call(channel)
+
+        yield run
+
+
+@pytest.fixture
+async def call(start: Callable[..., Awaitable[Call]]) -> Call:
+    return await start()
+
+
+def _call(channel: Callable[[str], Awaitable[grpc.aio.Channel]]) -> Call:
     """Asks the image or audio service (by provider name) for one asset and collects it."""
 
     async def run(
@@ -82,7 +122,7 @@ def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Ca
         timeout: float | None = None,
     ) -> tuple[types_pb2.AssetMetadata, bytes]:
         if provider == "kokoro":
-            stub = audio_service_pb2_grpc.AudioServiceStub(audio_channel)
+            stub = audio_service_pb2_grpc.AudioServiceStub(await channel("audio"))
             return await collect(
                 stub.SynthesizeSpeech(
                     audio_service_pb2.SynthesizeSpeechRequest(
@@ -96,7 +136,7 @@ def call(image_channel: grpc.aio.Channel, audio_channel: grpc.aio.Channel) -> Ca
             )
         output = types_pb2.OutputSettings(aspect_ratio=ASPECTS[aspect], height=360, quality=QUALITIES[quality])
         scene = types_pb2.Scene(id="s1", narration=NARRATION, visual_prompt=text, title="Ladders")
-        stub = image_service_pb2_grpc.ImageServiceStub(image_channel)
+        stub = image_service_pb2_grpc.ImageServiceStub(await channel("image"))
         return await collect(
             stub.GenerateImage(
                 image_service_pb2.GenerateImageRequest(scene=scene, output=output, provider=provider), timeout=timeout
@@ -137,7 +177,7 @@ async def test_sdxl_pins_its_version_and_sizes_for_the_aspect(fake: FakeReplicat
     }
     assert "fingers" in body["input"]["negative_prompt"]
     assert (metadata.provider, metadata.model) == ("sdxl", "stability-ai/sdxl:39ed52f2")
-    assert metadata.estimated_cost_usd == pricing.sdxl_cost(35, fake.predict_time)
+    assert metadata.estimated_cost_usd == pytest.approx(prices.L40S_PER_SECOND * fake.predict_time)
     assert fake.requests_to("/v1/predictions/", "GET") == []  # finished within the create's `Prefer: wait`
 
 
@@ -154,7 +194,7 @@ async def test_flux_runs_the_official_model_at_the_aspect_ratio(fake: FakeReplic
     )
     assert model_input["prompt"].startswith("A ladder against a wall.") and "five fingers" in model_input["prompt"]
     assert (metadata.provider, metadata.model) == ("flux", "black-forest-labs/flux-dev")
-    assert metadata.estimated_cost_usd == pricing.FLUX_DEV_PER_IMAGE
+    assert metadata.estimated_cost_usd == prices.FLUX_DEV_PER_IMAGE
 
 
 async def test_kokoro_speech_is_a_wav_of_measured_length(fake: FakeReplicate, call: Call) -> None:
@@ -166,7 +206,7 @@ async def test_kokoro_speech_is_a_wav_of_measured_length(fake: FakeReplicate, ca
     assert (metadata.mime_type, metadata.provider) == ("audio/wav", "kokoro")
     assert metadata.model == "jaaari/kokoro-82m:f559560e"
     assert list(metadata.timings) == []
-    assert metadata.estimated_cost_usd == pricing.kokoro_cost(len(NARRATION), fake.predict_time)
+    assert metadata.estimated_cost_usd == pytest.approx(prices.T4_PER_SECOND * fake.predict_time)
     [create] = fake.creates()
     assert create.json() == {"version": KOKORO_VERSION, "input": {"text": NARRATION, "voice": "af_bella", "speed": 1}}
 
@@ -184,7 +224,7 @@ async def test_steps_follow_the_quality(
     assert create.json()["input"]["num_inference_steps"] == steps
     if provider == "sdxl":
         assert (create.json()["input"]["width"], create.json()["input"]["height"]) == (1024, 1024)
-        assert metadata.estimated_cost_usd == pricing.sdxl_cost(steps, fake.predict_time)
+        assert metadata.estimated_cost_usd == pytest.approx(prices.L40S_PER_SECOND * fake.predict_time)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -204,8 +244,10 @@ async def test_a_failed_create_is_retried_by_the_service(
     fake.add_fault(fault)
     metadata, _ = await call(provider)
     assert metadata.provider == provider
-    # The replicate transport never retries a POST: both creates come from the service's retry policy.
+    # The replicate transport never retries a POST: both creates come from the service's retry policy, the second
+    # (after a 500 or reset, which may have reached Replicate) only once the list showed no prediction made.
     assert len(fake.creates()) == 2
+    assert len(list_requests(fake)) == (0 if fault.status == 429 else 1)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -234,30 +276,25 @@ async def test_the_fakes_own_validation_reaches_the_caller(fake: FakeReplicate, 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_missing_token_is_failed_precondition(
-    fake: FakeReplicate, call: Call, provider: str, monkeypatch: pytest.MonkeyPatch
+    fake: FakeReplicate, start: Callable[..., Awaitable[Call]], provider: str
 ) -> None:
-    monkeypatch.delenv("REPLICATE_API_TOKEN")
-    error = await failure(call, provider)
+    error = await failure(await start(replicate_api_token=""), provider)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "REPLICATE_API_TOKEN" in error.details()
     assert fake.requests == []
 
 
 async def test_rejected_token_is_failed_precondition(
-    fake: FakeReplicate, call: Call, monkeypatch: pytest.MonkeyPatch
+    fake: FakeReplicate, start: Callable[..., Awaitable[Call]]
 ) -> None:
-    monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_revoked")
-    error = await failure(call, "flux")
+    error = await failure(await start(replicate_api_token="r8_revoked"), "flux")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "rejected REPLICATE_API_TOKEN" in error.details() and "valid authentication token" in error.details()
     assert len(fake.requests) == 1
 
 
-async def test_unknown_version_names_its_variable(
-    fake: FakeReplicate, call: Call, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SDXL_VERSION", "0" * 64)
-    error = await failure(call, "sdxl")
+async def test_unknown_version_names_its_variable(fake: FakeReplicate, start: Callable[..., Awaitable[Call]]) -> None:
+    error = await failure(await start(sdxl_version="0" * 64), "sdxl")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "stability-ai/sdxl:00000000" in error.details() and "SDXL_VERSION" in error.details()
     assert len(fake.creates()) == 1
@@ -284,14 +321,78 @@ async def test_a_safety_refusal_is_invalid_argument(fake: FakeReplicate, call: C
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_truncated_output_is_unavailable_after_every_attempt(
+async def test_a_download_that_keeps_failing_is_retried_but_never_reordered(
     fake: FakeReplicate, call: Call, provider: str
 ) -> None:
     fake.truncate_output = True
     error = await failure(call, provider)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "downloading the output failed" in error.details() or "truncated" in error.details()
-    assert len(fake.creates()) == len(fake.requests_to("/files/", "GET")) == ATTEMPTS
+    [prediction] = fake.predictions.values()
+    assert f"job {prediction.id} finished, but its output could not be downloaded" in error.details()
+    assert "not ordered again" in error.details()
+    assert (len(fake.creates()), len(fake.downloads())) == (1, jobs.DOWNLOAD_ATTEMPTS)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_failed_download_of_a_finished_prediction_downloads_again(
+    fake: FakeReplicate, call: Call, provider: str
+) -> None:
+    fake.failing_downloads = 2
+    metadata, _ = await call(provider)
+    assert metadata.provider == provider
+    assert (len(fake.creates()), len(fake.downloads())) == (1, 3)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_unusable_output_names_the_prediction_and_is_not_reordered(
+    fake: FakeReplicate, call: Call, provider: str
+) -> None:
+    """Bytes that do not decode are the finished prediction's fault: reported, never a new (paid) prediction."""
+    fake.garbage_output = True
+    error = await failure(call, provider)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    [prediction] = fake.predictions.values()
+    assert f"job {prediction.id} finished with unusable output" in error.details()
+    assert "not ordered again" in error.details()
+    assert (len(fake.creates()), len(fake.downloads())) == (1, 1)
+
+
+@pytest.fixture
+def short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-second `Prefer: wait`, so that an answer later than the client's read timeout costs seconds, not 30."""
+    monkeypatch.setattr(replicate_runner, "SYNC_WAIT_SECONDS", 1)
+
+
+@pytest.mark.usefixtures("short_wait")
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_create_answered_after_its_wait_is_still_read(fake: FakeReplicate, call: Call, provider: str) -> None:
+    """The client reads a waited create well past the wait (it used to give up 0.5 s after it, and order again)."""
+    fake.answer_delay = 2.0
+    metadata, _ = await call(provider)
+    assert metadata.provider == provider
+    [create] = fake.creates()
+    assert create.headers["Prefer"] == "wait=1"
+    assert list_requests(fake) == []
+
+
+@pytest.mark.usefixtures("short_wait")
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_create_answered_after_the_timeout_is_found_not_reordered(
+    fake: FakeReplicate, call: Call, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer comes after the client stopped reading: the prediction is found in the list and used."""
+    monkeypatch.setattr(replicate_runner, "CREATE_READ_MARGIN_SECONDS", 0.5)
+    fake.answer_delay = 3.0
+    fake.list_page_size = 1  # the prediction is looked for page by page
+    metadata, _ = await call(provider)
+    assert metadata.provider == provider
+    assert len(fake.creates()) == 1 and len(list_requests(fake)) == 1
+    [prediction] = fake.predictions.values()
+    assert prediction.status == "succeeded" and len(fake.downloads()) == 1
+
+
+def list_requests(fake: FakeReplicate) -> list[object]:
+    return [r for r in fake.requests_to("/v1/predictions", "GET") if r.path == "/v1/predictions"]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -325,11 +426,10 @@ async def test_data_uri_outputs_are_decoded_and_sniffed(fake: FakeReplicate, cal
 
 
 async def test_a_prediction_over_the_time_limit_is_canceled(
-    fake: FakeReplicate, call: Call, monkeypatch: pytest.MonkeyPatch
+    fake: FakeReplicate, start: Callable[..., Awaitable[Call]]
 ) -> None:
     fake.never_finish = True
-    monkeypatch.setenv("REPLICATE_TIMEOUT_SECONDS", "0.3")
-    error = await failure(call, "flux")
+    error = await failure(await start(replicate_timeout_seconds=0.3), "flux")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "did not finish within 0.3 s" in error.details()
     assert len(fake.cancels()) == ATTEMPTS

@@ -4,6 +4,7 @@ origins SELFHOSTED_VIDEO_OUTPUT_ORIGINS adds): a server answer pointing at the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,10 @@ from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
 from services.video.config import VideoSettings
+from services.video.providers.selfhosted import SelfHostedSettings
+from services.video.server import build as build_video
 from tests.fakes.video_servers import FakeCogVideo
+from tests.services.conftest import _serve
 
 SPEC = video_service_pb2.ClipSpec(
     render_id="r-origin",
@@ -38,33 +42,32 @@ def servers() -> Iterator[tuple[FakeCogVideo, FakeCogVideo]]:
 
 
 @pytest.fixture
-def cog(servers: tuple[FakeCogVideo, FakeCogVideo], monkeypatch: pytest.MonkeyPatch) -> FakeCogVideo:
+def cog(servers: tuple[FakeCogVideo, FakeCogVideo]) -> FakeCogVideo:
     cog, other = servers
     cog.reset()
     other.reset()
     cog.url_output, cog.files_on = True, other
-    monkeypatch.setenv("SELFHOSTED_VIDEO_URL", cog.base_url)
-    monkeypatch.setenv("SELFHOSTED_VIDEO_API", "cog")
-    monkeypatch.delenv("SELFHOSTED_VIDEO_OUTPUT_ORIGINS", raising=False)
-    monkeypatch.delenv("SELFHOSTED_VIDEO_MAX_FRAMES", raising=False)
     return cog
 
 
-async def _clip(channel: grpc.aio.Channel) -> list[video_service_pb2.GenerateClipResponse]:
+async def _clip(cog: FakeCogVideo, **changes: str) -> list[video_service_pb2.GenerateClipResponse]:
+    """One clip from a video service started with the Cog server's settings (`changes` override them)."""
+    settings = SelfHostedSettings(**{"selfhosted_video_url": cog.base_url, "selfhosted_video_api": "cog", **changes})
+    server = build_video(VideoSettings(listen_address="127.0.0.1:0"), [settings])
+
     async def requests() -> AsyncIterator[video_service_pb2.GenerateClipRequest]:
         yield video_service_pb2.GenerateClipRequest(spec=SPEC)
 
-    stub = video_service_pb2_grpc.VideoServiceStub(channel)
-    return [response async for response in stub.GenerateClip(requests(), timeout=60)]
+    async with contextlib.asynccontextmanager(_serve)(server) as channel:
+        stub = video_service_pb2_grpc.VideoServiceStub(channel)
+        return [response async for response in stub.GenerateClip(requests(), timeout=60)]
 
 
-async def test_an_output_on_another_port_of_the_same_host_is_refused(
-    cog: FakeCogVideo, video_channel: grpc.aio.Channel
-) -> None:
+async def test_an_output_on_another_port_of_the_same_host_is_refused(cog: FakeCogVideo) -> None:
     other = cog.files_on
     assert other is not None and other.port != cog.port
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await _clip(video_channel)
+        await _clip(cog)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.value.details() == (
         f"provider output '{other.base_url}/files/{next(iter(cog.predictions))}.mp4' is not on an allowed origin "
@@ -73,46 +76,31 @@ async def test_an_output_on_another_port_of_the_same_host_is_refused(
     assert other.requests == []
 
 
-async def test_an_origin_on_the_allow_list_is_fetched(
-    cog: FakeCogVideo, video_channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_origin_on_the_allow_list_is_fetched(cog: FakeCogVideo) -> None:
     other = cog.files_on
     assert other is not None
-    monkeypatch.setenv("SELFHOSTED_VIDEO_OUTPUT_ORIGINS", f" https://cdn.example , {other.base_url}/ ")
-    responses = await _clip(video_channel)
+    responses = await _clip(cog, selfhosted_video_output_origins=f" https://cdn.example , {other.base_url}/ ")
     assert responses[0].metadata.mime_type == "video/mp4"
     assert [request.path for request in other.requests] == [f"/files/{next(iter(cog.predictions))}.mp4"]
 
 
-async def test_the_configured_origin_itself_is_fetched(cog: FakeCogVideo, video_channel: grpc.aio.Channel) -> None:
+async def test_the_configured_origin_itself_is_fetched(cog: FakeCogVideo) -> None:
     cog.files_on = None
-    responses = await _clip(video_channel)
+    responses = await _clip(cog)
     assert responses[0].metadata.mime_type == "video/mp4"
     assert len(cog.requests_to("/files/", "GET")) == 1
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
-async def test_a_url_that_is_not_http_is_refused_at_request_time(
-    cog: FakeCogVideo, video_channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch, url: str
-) -> None:
-    monkeypatch.setenv("SELFHOSTED_VIDEO_URL", url)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await _clip(video_channel)
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "SELFHOSTED_VIDEO_URL" in error.value.details()
-    assert cog.requests == []
-
-
-@pytest.mark.parametrize("url", BAD_URLS)
 def test_a_url_that_is_not_http_is_refused_at_start_up(url: str) -> None:
     with pytest.raises(ValidationError) as error:
-        VideoSettings(selfhosted_video_url=url)
+        SelfHostedSettings(selfhosted_video_url=url)
     assert "SELFHOSTED_VIDEO_URL" in str(error.value)
 
 
 def test_a_bad_allow_list_entry_is_refused_at_start_up() -> None:
     with pytest.raises(ValidationError) as error:
-        VideoSettings(selfhosted_video_url="http://gpu-box:5000", selfhosted_video_output_origins="file:///tmp")
+        SelfHostedSettings(selfhosted_video_url="http://gpu-box:5000", selfhosted_video_output_origins="file:///tmp")
     assert "SELFHOSTED_VIDEO_OUTPUT_ORIGINS: 'file:///tmp' is not an origin" in str(error.value)
 
 

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import pricing, retry
+from services.common import retry
 from services.common.chunks import iter_chunks
 from services.common.media import probe
+from services.common.replicate_runner import ReplicateSettings
 from services.video.config import VideoSettings
+from services.video.providers.selfhosted import SelfHostedSettings
+from services.video.server import build as build_video
+from tests import prices
 from tests.fakes.base import Fault
 from tests.fakes.replicate_server import THROTTLED, TOKEN
 from tests.fakes.video_servers import (
@@ -28,6 +35,7 @@ from tests.fakes.video_servers import (
     FakeReplicateVideo,
     decode_image_uri,
 )
+from tests.services.conftest import _serve
 from tests.services.test_media_services import collect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,46 +79,69 @@ def comfy_server() -> Iterator[FakeComfyUI]:
 
 
 @pytest.fixture
-def replicate(replicate_server: FakeReplicateVideo, monkeypatch: pytest.MonkeyPatch) -> FakeReplicateVideo:
-    replicate_server.reset()
-    monkeypatch.setenv("REPLICATE_API_TOKEN", TOKEN)
-    monkeypatch.setenv("REPLICATE_BASE_URL", replicate_server.base_url)
-    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.02")
-    monkeypatch.delenv("REPLICATE_TIMEOUT_SECONDS", raising=False)
-    return replicate_server
-
-
-def _selfhosted_env(monkeypatch: pytest.MonkeyPatch, url: str, api: str) -> None:
-    monkeypatch.setenv("SELFHOSTED_VIDEO_URL", url)
-    monkeypatch.setenv("SELFHOSTED_VIDEO_API", api)
-    monkeypatch.setenv("SELFHOSTED_VIDEO_POLL_SECONDS", "0.01")
-    for variable in (
-        "SELFHOSTED_VIDEO_HEIGHT",
-        "SELFHOSTED_VIDEO_FPS",
-        "SELFHOSTED_VIDEO_MAX_FRAMES",
-        "SELFHOSTED_VIDEO_TIMEOUT_SECONDS",
-        "SELFHOSTED_VIDEO_USD_PER_SECOND",
-    ):
-        monkeypatch.delenv(variable, raising=False)
+def values() -> dict[str, Any]:
+    """The provider settings the video service is started with; the fakes' fixtures point them at themselves."""
+    return {"allow_private_output_urls": True}
 
 
 @pytest.fixture
-def cog(cog_server: FakeCogVideo, monkeypatch: pytest.MonkeyPatch) -> FakeCogVideo:
+def replicate(replicate_server: FakeReplicateVideo, values: dict[str, Any]) -> FakeReplicateVideo:
+    replicate_server.reset()
+    values.update(replicate_api_token=TOKEN, replicate_base_url=replicate_server.base_url, replicate_poll_interval=0.02)
+    return replicate_server
+
+
+@pytest.fixture
+def cog(cog_server: FakeCogVideo, values: dict[str, Any]) -> FakeCogVideo:
     cog_server.reset()
-    _selfhosted_env(monkeypatch, cog_server.base_url, "cog")
+    values.update(
+        selfhosted_video_url=cog_server.base_url, selfhosted_video_api="cog", selfhosted_video_poll_seconds=0.01
+    )
     return cog_server
 
 
 @pytest.fixture
-def comfy(comfy_server: FakeComfyUI, monkeypatch: pytest.MonkeyPatch) -> FakeComfyUI:
+def comfy(comfy_server: FakeComfyUI, values: dict[str, Any]) -> FakeComfyUI:
     comfy_server.reset()
-    _selfhosted_env(monkeypatch, comfy_server.base_url, "comfyui")
-    monkeypatch.setenv("SELFHOSTED_COMFYUI_WORKFLOW", str(WORKFLOW))
+    values.update(
+        selfhosted_video_url=comfy_server.base_url,
+        selfhosted_video_api="comfyui",
+        selfhosted_video_poll_seconds=0.01,
+        selfhosted_comfyui_workflow=str(WORKFLOW),
+    )
     return comfy_server
 
 
 @pytest.fixture
-def clip(video_channel: grpc.aio.Channel) -> Clip:
+async def start(values: dict[str, Any], work_root: Path) -> AsyncIterator[Callable[..., Awaitable[Clip]]]:
+    """Starts the video service with the provider settings in `values` (`changes` override any of them), as settings
+    objects: nothing is read from the environment."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(**changes: Any) -> Clip:
+            given = {**values, **changes}
+            settings = VideoSettings(listen_address="127.0.0.1:0", video_tmp_dir=str(work_root))
+            server = build_video(settings, [ReplicateSettings(**given), SelfHostedSettings(**given)])
+            channel = await stack.enter_async_context(contextlib.asynccontextmanager(_serve)(server))
+            return _clip(channel)
+
+        yield run
+
+
+@pytest.fixture
+def clip(start: Callable[..., Awaitable[Clip]]) -> Clip:
+    """A clip call on a service started (on first use) with the fixtures' settings."""
+    started: list[Clip] = []
+
+    async def run(*args: Any, **kwargs: Any) -> tuple[types_pb2.AssetMetadata, bytes]:
+        if not started:
+            started.append(await start())
+        return await started[0](*args, **kwargs)
+
+    return run
+
+
+def _clip(video_channel: grpc.aio.Channel) -> Clip:
     """Asks the video service for one clip (with the scene's image when `image` is given) and collects it."""
 
     async def run(
@@ -178,11 +209,11 @@ async def eventually(condition: Callable[[], object]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("aspect", "quality", "aspect_ratio", "steps", "size"),
+    ("aspect", "quality", "aspect_ratio", "steps", "fast_mode", "size"),
     [
-        ("16:9", "standard", "16:9", 30, (832, 480)),
-        ("9:16", "draft", "9:16", 20, (480, 832)),
-        ("1:1", "hd", "16:9", 40, (832, 480)),  # Wan has no square; the assembler crops or pads
+        ("16:9", "standard", "16:9", 30, "Balanced", (832, 480)),
+        ("9:16", "draft", "9:16", 20, "Fast", (480, 832)),
+        ("1:1", "hd", "16:9", 40, "Off", (832, 480)),  # Wan has no square; the assembler crops or pads
     ],
 )
 async def test_wan_text_to_video(
@@ -192,6 +223,7 @@ async def test_wan_text_to_video(
     quality: str,
     aspect_ratio: str,
     steps: int,
+    fast_mode: str,
     size: tuple[int, int],
 ) -> None:
     metadata, data = await clip("wan", aspect=aspect, quality=quality)
@@ -203,10 +235,11 @@ async def test_wan_text_to_video(
         "num_frames": 81,
         "frames_per_second": 16,
         "sample_steps": steps,
+        "fast_mode": fast_mode,
         "aspect_ratio": aspect_ratio,
     }
     assert (metadata.provider, metadata.model) == ("wan", WAN_T2V)
-    assert metadata.estimated_cost_usd == pytest.approx(pricing.wan_cost(81 / 16))
+    assert metadata.estimated_cost_usd == pytest.approx(prices.WAN_PER_OUTPUT_SECOND * 81 / 16)
 
 
 @pytest.mark.parametrize(
@@ -221,11 +254,14 @@ async def test_wan_image_to_video_sends_the_scene_image(
     [create] = replicate.creates()
     assert create.path == f"/v1/models/{WAN_I2V}/predictions"
     model_input = create.json()["input"]
-    assert {key: model_input[key] for key in ("prompt", "num_frames", "max_area", "frames_per_second")} == {
+    assert {
+        key: model_input[key] for key in ("prompt", "num_frames", "max_area", "frames_per_second", "fast_mode")
+    } == {
         "prompt": PROMPT,
         "num_frames": 81,
         "max_area": max_area,
         "frames_per_second": 16,
+        "fast_mode": "Balanced",
     }
     assert "aspect_ratio" not in model_input
     sent = decode_image_uri(model_input["image"])
@@ -264,19 +300,22 @@ async def test_wan_throttled_create(replicate: FakeReplicateVideo, clip: Clip) -
         assert "429" in error.details() and len(replicate.creates()) == 1
 
 
-async def test_wan_corrupt_video_is_unavailable(replicate: FakeReplicateVideo, clip: Clip) -> None:
+async def test_wan_corrupt_video_is_unavailable_naming_the_prediction(
+    replicate: FakeReplicateVideo, clip: Clip
+) -> None:
+    """A finished prediction's bad clip is reported, never ordered (and paid for) again."""
     replicate.corrupt_video = True
     error = await failure(clip, "wan")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "not an MP4" in error.details()
-    assert len(replicate.creates()) == ATTEMPTS
+    [prediction] = replicate.predictions.values()
+    assert f"job {prediction.id} finished with unusable output" in error.details() and "not an MP4" in error.details()
+    assert len(replicate.creates()) == 1
 
 
 async def test_wan_without_a_token_is_failed_precondition(
-    replicate: FakeReplicateVideo, clip: Clip, monkeypatch: pytest.MonkeyPatch
+    replicate: FakeReplicateVideo, start: Callable[..., Awaitable[Clip]]
 ) -> None:
-    monkeypatch.delenv("REPLICATE_API_TOKEN")
-    error = await failure(clip, "wan")
+    error = await failure(await start(replicate_api_token=""), "wan")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "REPLICATE_API_TOKEN" in error.details() and "'wan'" in error.details()
     assert replicate.requests == []
@@ -290,9 +329,9 @@ def assert_ltx_shape(width: int, height: int, frames: int) -> None:
 
 
 async def test_cog_synchronous_prediction(
-    cog: FakeCogVideo, clip: Clip, work_root: Path, monkeypatch: pytest.MonkeyPatch
+    cog: FakeCogVideo, start: Callable[..., Awaitable[Clip]], work_root: Path
 ) -> None:
-    monkeypatch.setenv("SELFHOSTED_VIDEO_USD_PER_SECOND", "0.01")
+    clip = await start(selfhosted_video_usd_per_second=0.01)
     metadata, data = await clip("selfhosted", duration_ms=2000)
     [create] = cog.creates()
     assert "prefer" not in {key.lower() for key in create.headers}
@@ -325,16 +364,14 @@ async def test_cog_synchronous_prediction(
 )
 async def test_cog_sizes_and_frame_counts_suit_ltx_video(
     cog: FakeCogVideo,
-    clip: Clip,
-    monkeypatch: pytest.MonkeyPatch,
+    start: Callable[..., Awaitable[Clip]],
     aspect: str,
     duration_ms: int,
     env: dict[str, str],
     size: tuple[int, int],
     frames: int,
 ) -> None:
-    for variable, value in env.items():
-        monkeypatch.setenv(variable, value)
+    clip = await start(**{variable.lower(): value for variable, value in env.items()})
     fps = int(env.get("SELFHOSTED_VIDEO_FPS", "24"))
     metadata, data = await clip("selfhosted", aspect=aspect, duration_ms=duration_ms)
     model_input = cog.creates()[0].json()["input"]
@@ -393,12 +430,31 @@ async def test_cog_throttled_create(cog: FakeCogVideo, clip: Clip) -> None:
         assert len(cog.creates()) == 1
 
 
-async def test_cog_corrupt_video_is_unavailable(cog: FakeCogVideo, clip: Clip) -> None:
+async def test_cog_corrupt_video_is_reported_not_made_again(cog: FakeCogVideo, clip: Clip) -> None:
     cog.corrupt_output = True
     error = await failure(clip, "selfhosted")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+    [prediction] = cog.predictions.values()
+    assert f"job {prediction.id} finished with unusable output" in error.details()
     assert "not an MP4 or WebM video" in error.details()
-    assert len(cog.creates()) == ATTEMPTS
+    assert len(cog.creates()) == 1
+
+
+async def test_cog_order_whose_answer_is_lost_is_reported_not_sent_again(cog: FakeCogVideo, clip: Clip) -> None:
+    """Cog keeps no list to look in: a create that may have reached the server is not risked twice."""
+    cog.add_fault(Fault("/predictions", reset=True, method="POST"))
+    error = await failure(clip, "selfhosted")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "selfhosted (cog) may have received the order" in error.details()
+    assert "not ordered again" in error.details()
+    assert len(cog.creates()) == 1
+
+
+async def test_cog_failed_download_is_downloaded_again(cog: FakeCogVideo, clip: Clip) -> None:
+    cog.url_output, cog.failing_downloads = True, 2
+    metadata, _ = await clip("selfhosted")
+    assert metadata.provider == "selfhosted"
+    assert (len(cog.creates()), len(cog.requests_to("/files/", "GET"))) == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -415,9 +471,8 @@ async def test_cog_corrupt_video_is_unavailable(cog: FakeCogVideo, clip: Clip) -
             "busy",
         ),
         (Fault("/predictions", status=404, body={"detail": "Not Found"}), grpc.StatusCode.FAILED_PRECONDITION, "API"),
-        (Fault("/predictions", reset=True), grpc.StatusCode.UNAVAILABLE, "could not be reached"),
     ],
-    ids=["422", "409-busy", "404-wrong-api", "reset"],
+    ids=["422", "409-busy", "404-wrong-api"],
 )
 async def test_cog_errors_are_mapped(
     cog: FakeCogVideo, clip: Clip, fault: Fault, code: grpc.StatusCode, message: str
@@ -432,12 +487,9 @@ async def test_cog_errors_are_mapped(
     assert message in error.details() and "selfhosted" in error.details()
 
 
-async def test_cog_over_the_time_limit_is_canceled(
-    cog: FakeCogVideo, clip: Clip, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_cog_over_the_time_limit_is_canceled(cog: FakeCogVideo, start: Callable[..., Awaitable[Clip]]) -> None:
     cog.async_mode, cog.never_finish = True, True
-    monkeypatch.setenv("SELFHOSTED_VIDEO_TIMEOUT_SECONDS", "0.3")
-    error = await failure(clip, "selfhosted")
+    error = await failure(await start(selfhosted_video_timeout_seconds=0.3), "selfhosted")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "did not finish within 0.3 s" in error.details() and "SELFHOSTED_VIDEO_TIMEOUT_SECONDS" in error.details()
     assert len(cog.cancels()) == ATTEMPTS
@@ -446,11 +498,9 @@ async def test_cog_over_the_time_limit_is_canceled(
 
 @pytest.mark.parametrize("api", ["cog", "comfyui"])
 async def test_selfhosted_without_a_url_is_failed_precondition(
-    cog: FakeCogVideo, clip: Clip, monkeypatch: pytest.MonkeyPatch, api: str
+    cog: FakeCogVideo, start: Callable[..., Awaitable[Clip]], api: str
 ) -> None:
-    monkeypatch.delenv("SELFHOSTED_VIDEO_URL")
-    monkeypatch.setenv("SELFHOSTED_VIDEO_API", api)
-    error = await failure(clip, "selfhosted")
+    error = await failure(await start(selfhosted_video_url="", selfhosted_video_api=api), "selfhosted")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "SELFHOSTED_VIDEO_URL" in error.details() and "'selfhosted'" in error.details()
     assert cog.requests == []
@@ -459,19 +509,15 @@ async def test_selfhosted_without_a_url_is_failed_precondition(
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("SELFHOSTED_VIDEO_API", "gradio", "use one of: cog, comfyui"),
-        ("SELFHOSTED_VIDEO_FPS", "fast", "SELFHOSTED_VIDEO_FPS='fast' is not a number"),
-        ("SELFHOSTED_VIDEO_MAX_FRAMES", "4", "SELFHOSTED_VIDEO_MAX_FRAMES must be from 9"),
+        ("selfhosted_video_api", "gradio", "Input should be 'cog' or 'comfyui'"),
+        ("selfhosted_video_fps", "fast", "Input should be a valid integer"),
+        ("selfhosted_video_max_frames", "4", "Input should be greater than or equal to 9"),
     ],
 )
-async def test_selfhosted_bad_settings_are_failed_precondition(
-    cog: FakeCogVideo, clip: Clip, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
-) -> None:
-    monkeypatch.setenv(variable, value)
-    error = await failure(clip, "selfhosted")
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert message in error.details()
-    assert cog.requests == []
+def test_selfhosted_bad_settings_are_refused_at_start_up(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        SelfHostedSettings(**{variable: value})
+    assert variable in str(error.value) and message in str(error.value)
 
 
 # --- selfhosted: ComfyUI ----------------------------------------------------------------------------------------
@@ -526,9 +572,9 @@ def write_template(folder: Path, text_input: str) -> Path:
 
 
 async def test_comfyui_polls_and_finds_a_video_helper_suite_output(
-    comfy: FakeComfyUI, clip: Clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    comfy: FakeComfyUI, start: Callable[..., Awaitable[Clip]], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SELFHOSTED_COMFYUI_WORKFLOW", str(write_template(tmp_path, "cinematic, {{ prompt }}, 4k")))
+    clip = await start(selfhosted_comfyui_workflow=str(write_template(tmp_path, "cinematic, {{ prompt }}, 4k")))
     comfy.polls_to_finish, comfy.with_audio = 3, True
     metadata, data = await clip("selfhosted", aspect="9:16", duration_ms=5000)
     [prompt] = comfy.prompts.values()
@@ -541,10 +587,10 @@ async def test_comfyui_polls_and_finds_a_video_helper_suite_output(
 
 
 async def test_comfyui_text_is_json_escaped(
-    comfy: FakeComfyUI, clip: Clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    comfy: FakeComfyUI, start: Callable[..., Awaitable[Clip]], tmp_path: Path
 ) -> None:
     """Quotes, backslashes and newlines in the prompt reach the node as the same text (no string-built JSON)."""
-    monkeypatch.setenv("SELFHOSTED_COMFYUI_WORKFLOW", str(write_template(tmp_path, 'Scene: "{{prompt}}"')))
+    clip = await start(selfhosted_comfyui_workflow=str(write_template(tmp_path, 'Scene: "{{prompt}}"')))
     tricky = 'He said "go\\now"\n}, {"x": 1 {{seed}}'
     metadata, _ = await clip("selfhosted", aspect="1:1", duration_ms=1000, prompt=tricky)
     [prompt] = comfy.prompts.values()
@@ -553,14 +599,13 @@ async def test_comfyui_text_is_json_escaped(
 
 
 async def test_comfyui_node_errors_are_failed_precondition(
-    comfy: FakeComfyUI, clip: Clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    comfy: FakeComfyUI, start: Callable[..., Awaitable[Clip]], tmp_path: Path
 ) -> None:
     template = json.loads(WORKFLOW.read_text())
     template["1"]["inputs"]["ckpt_name"] = "ltx-video-13b.safetensors"
     path = tmp_path / "wrong-model.json"
     path.write_text(json.dumps(template))
-    monkeypatch.setenv("SELFHOSTED_COMFYUI_WORKFLOW", str(path))
-    error = await failure(clip, "selfhosted")
+    error = await failure(await start(selfhosted_comfyui_workflow=str(path)), "selfhosted")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = error.details()
     assert str(path) in details and "SELFHOSTED_COMFYUI_WORKFLOW" in details
@@ -579,14 +624,13 @@ async def test_comfyui_node_errors_are_failed_precondition(
     ],
 )
 async def test_comfyui_bad_templates_are_failed_precondition(
-    comfy: FakeComfyUI, clip: Clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, message: str
+    comfy: FakeComfyUI, start: Callable[..., Awaitable[Clip]], tmp_path: Path, content: str | None, message: str
 ) -> None:
-    if content is None:
-        monkeypatch.delenv("SELFHOSTED_COMFYUI_WORKFLOW")
-    else:
+    workflow = ""
+    if content is not None:
         (tmp_path / "workflow.json").write_text(content)
-        monkeypatch.setenv("SELFHOSTED_COMFYUI_WORKFLOW", str(tmp_path / "workflow.json"))
-    error = await failure(clip, "selfhosted")
+        workflow = str(tmp_path / "workflow.json")
+    error = await failure(await start(selfhosted_comfyui_workflow=workflow), "selfhosted")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert message in error.details()
     assert comfy.requests == []
@@ -609,12 +653,32 @@ async def test_comfyui_throttled_history_is_waited_out(comfy: FakeComfyUI, clip:
     assert (len(comfy.prompts), len(comfy.requests_to("/history/"))) == (1, 3)
 
 
-async def test_comfyui_corrupt_video_is_unavailable(comfy: FakeComfyUI, clip: Clip) -> None:
+async def test_comfyui_corrupt_video_is_reported_not_made_again(comfy: FakeComfyUI, clip: Clip) -> None:
     comfy.corrupt_output = True
     error = await failure(clip, "selfhosted")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "selfhosted (comfyui)" in error.details() and "not an MP4 or WebM video" in error.details()
-    assert len(comfy.requests_to("/view")) == ATTEMPTS
+    [prompt] = comfy.prompts.values()
+    assert f"selfhosted (comfyui): job {prompt.id} finished with unusable output" in error.details()
+    assert "not an MP4 or WebM video" in error.details()
+    assert len(comfy.requests_to("/view")) == 1
+
+
+async def test_comfyui_prompt_whose_answer_is_lost_is_found_not_queued_again(comfy: FakeComfyUI, clip: Clip) -> None:
+    """The queue shows the prompt (by its client_id) arrived: that prompt is waited for and used."""
+    comfy.lose_answers = 1
+    metadata, _ = await clip("selfhosted")
+    assert metadata.provider == "selfhosted"
+    [submit] = comfy.requests_to("/prompt", "POST")
+    [prompt] = comfy.prompts.values()
+    assert prompt.client_id == submit.json()["client_id"]
+    assert len(comfy.requests_to("/queue", "GET")) == 1 and len(comfy.requests_to("/view")) == 1
+
+
+async def test_comfyui_failed_download_is_downloaded_again(comfy: FakeComfyUI, clip: Clip) -> None:
+    comfy.failing_views = 2
+    metadata, _ = await clip("selfhosted")
+    assert metadata.provider == "selfhosted"
+    assert (len(comfy.prompts), len(comfy.requests_to("/view"))) == (1, 3)
 
 
 async def test_comfyui_abandoned_call_drops_the_prompt(comfy: FakeComfyUI, clip: Clip) -> None:
@@ -638,12 +702,18 @@ async def test_a_scene_without_prompt_or_title_is_invalid_argument(
 
 
 async def test_video_providers_are_listed_with_their_settings(
-    video_channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+    replicate: FakeReplicateVideo, values: dict[str, Any], work_root: Path
 ) -> None:
-    monkeypatch.setenv("REPLICATE_API_TOKEN", TOKEN)
-    monkeypatch.delenv("SELFHOSTED_VIDEO_URL", raising=False)
-    stub = video_service_pb2_grpc.VideoServiceStub(video_channel)
-    response = await stub.ListVideoProviders(video_service_pb2.ListVideoProvidersRequest())
+    server = build_video(
+        VideoSettings(listen_address="127.0.0.1:0", video_tmp_dir=str(work_root)),
+        [
+            ReplicateSettings(**values),
+            SelfHostedSettings(selfhosted_video_url="", selfhosted_video_usd_per_second=0.002),
+        ],
+    )
+    async with contextlib.asynccontextmanager(_serve)(server) as channel:
+        stub = video_service_pb2_grpc.VideoServiceStub(channel)
+        response = await stub.ListVideoProviders(video_service_pb2.ListVideoProvidersRequest())
     by_name = {p.name: p for p in response.providers.providers}
     assert {"kenburns", "wan", "selfhosted"} <= set(by_name)
     wan, selfhosted = by_name["wan"], by_name["selfhosted"]
@@ -654,4 +724,4 @@ async def test_video_providers_are_listed_with_their_settings(
         ["SELFHOSTED_VIDEO_URL"],
         False,
     )
-    assert [price.unit for price in selfhosted.prices] == ["output second"]
+    assert [(price.unit, price.usd_per_unit) for price in selfhosted.prices] == [("output second", 0.002)]

@@ -14,20 +14,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "services/common/media.py": "hands this process's environment, plus a few variables, to the FFmpeg child process",
 }
-# TEMPORARY (issue 15): modules not yet built from settings (helper J converts them; this list then empties), and the
-# shims that keep them working meanwhile (services/common/providers.py `legacy`/`require_env`, pricing.py).
-NOT_YET_CONVERTED = {
-    "services/common/providers.py",
-    "services/common/pricing.py",
-    "services/common/replicate_runner.py",
-    "services/common/download.py",
-    "services/image/providers/replicate_images.py",
-    "services/audio/providers/kokoro.py",
-    "services/video/providers/selfhosted.py",
-    "services/video/avatars/base.py",
-    "services/video/avatars/heygen.py",
-    "services/video/avatars/synthesia.py",
-}
 
 
 def environment_reads(source: str) -> list[int]:
@@ -47,7 +33,7 @@ def test_nothing_reads_the_environment_outside_settings() -> None:
     found = {}
     for path in sorted([*ROOT.joinpath("services").rglob("*.py"), *ROOT.joinpath("gateway").rglob("*.py")]):
         name = path.relative_to(ROOT).as_posix()
-        if name in ALLOWED or name in NOT_YET_CONVERTED:
+        if name in ALLOWED:
             continue
         if lines := environment_reads(path.read_text()):
             found[name] = lines
@@ -56,7 +42,7 @@ def test_nothing_reads_the_environment_outside_settings() -> None:
 
 def test_the_lists_name_only_modules_that_still_read_it() -> None:
     """An entry whose module no longer reads the environment goes, so the lists cannot hide a new read later."""
-    stale = [name for name in (*ALLOWED, *NOT_YET_CONVERTED) if not environment_reads((ROOT / name).read_text())]
+    stale = [name for name in ALLOWED if not environment_reads((ROOT / name).read_text())]
     assert not stale
 
 

@@ -1,11 +1,12 @@
 """The retry policy (what is retried, how often, within which deadline)."""
 
+import email.utils
 import time
 
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, ProviderUnavailable, RateLimited
-from services.common.retry import call_with_retries
+from services.common.retry import call_with_retries, retry_after_seconds
 
 
 class Flaky:
@@ -65,3 +66,11 @@ async def test_backoff_is_jittered() -> None:
         waits.append(time.monotonic() - started)
     assert all(w <= 1.0 for w in waits)
     assert len({round(w, 3) for w in waits}) > 1
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    in_ten_seconds = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds("-3") == 0.0
+    assert 5.0 <= (retry_after_seconds(in_ten_seconds) or 0.0) <= 10.0
+    assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None

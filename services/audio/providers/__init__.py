@@ -9,20 +9,14 @@ from services.audio.providers.edge import EdgeProvider
 from services.audio.providers.kokoro import KokoroProvider
 from services.audio.providers.openai_tts import OpenAISpeechProvider
 from services.audio.providers.piper import PiperProvider
-from services.common import pricing
-from services.common.providers import ProviderRegistry, ProviderSettings, legacy
+from services.common.providers import ProviderRegistry, ProviderSettings
 
 # Adding a provider is one module and one line here.
 PROVIDERS = (
     PiperProvider,
     OpenAISpeechProvider,
     EdgeProvider,
-    # TEMPORARY (issue 15): Kokoro in its old shape, until it is built from settings.
-    legacy(
-        KokoroProvider,
-        lambda job: pricing.kokoro_cost(len(job.text)),
-        ("REPLICATE_BASE_URL", "KOKORO_VERSION", "KOKORO_VOICE"),
-    ),
+    KokoroProvider,
 )
 
 

@@ -21,6 +21,7 @@ from services.common.errors import (
     ScenecastError,
 )
 from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
+from services.common.retry import retry_after_seconds
 
 NAME = "edge"
 DEFAULT_VOICE = "en-US-AriaNeural"
@@ -145,10 +146,7 @@ def _handshake_error(error: aiohttp.ClientResponseError) -> ScenecastError:
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    try:
-        return float(headers["Retry-After"]) if headers and "Retry-After" in headers else None
-    except ValueError:
-        return None
+    return retry_after_seconds(headers.get("Retry-After") if headers else None)
 
 
 def _ms(ticks: float) -> int:

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import os
-from typing import ClassVar
+import io
 
 from services.audio.providers.base import SpeechJob, SpeechResult
-from services.common import pricing
 from services.common.errors import ProviderUnavailable
-from services.common.providers import ProviderDescription
-from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
+from services.common.media import probe
+from services.common.providers import Price, Provider, ProviderDescription
+from services.common.replicate_runner import (
+    T4_USD_PER_SECOND,
+    TOKEN_FIELD,
+    OutputFile,
+    ReplicateModel,
+    ReplicateSettings,
+    run_for_file,
+)
 
 # providers.md gives only the prefix f559560e; this full id is what public code pins as "jaaari/kokoro-82m:f559560e…"
 # (an exact-string code search: all 10 hits, Python and TypeScript projects, carry this same id). Whether it is still
-# the model's latest version is unconfirmed: KOKORO_VERSION overrides it at request time.
+# the model's latest version is unconfirmed: KOKORO_VERSION overrides it.
 KOKORO_VERSION = "f559560eb822dc509045f3921a1921234918b91739db4bf3daab2169b71c7a13"
 DEFAULT_VOICE = "af_bella"
+# Billed by GPU time on a T4; about 1 s per 100 characters (assumed).
+SECONDS_PER_CHAR = 0.01
 TIME_LIMIT_SECONDS = 180.0
 MAX_AUDIO_BYTES = 100 * 1024 * 1024
 _TYPES_BY_HEADER = {
@@ -38,29 +46,62 @@ def audio_type(data: bytes, content_type: str) -> str:
     raise ProviderUnavailable(f"kokoro returned audio of an unknown type ({content_type or 'no content type'})")
 
 
-class KokoroProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class KokoroSettings(ReplicateSettings):
+    # The pinned version of jaaari/kokoro-82m (a community model runs only by version).
+    kokoro_version: str = KOKORO_VERSION
+    # Voice used when a request names none.
+    kokoro_voice: str = DEFAULT_VOICE
+
+
+def kokoro_cost(characters: int, gpu_seconds: float | None = None) -> float:
+    """GPU time: the measured predict_time when known, else the assumed time for the text's length."""
+    return T4_USD_PER_SECOND * (gpu_seconds if gpu_seconds is not None else characters * SECONDS_PER_CHAR)
+
+
+class KokoroProvider(Provider[KokoroSettings, SpeechJob]):
+    description = ProviderDescription(
         name="kokoro",
         description="Kokoro-82M speech on Replicate (jaaari/kokoro-82m, pinned version); GPU time; no timings",
         offline=False,
-        required_env=(TOKEN_ENV,),
-        prices=pricing.PRICE_TABLE["kokoro"],
     )
+    settings_class = KokoroSettings
+    required_settings = (TOKEN_FIELD,)
+    output_settings = ("replicate_base_url", "kokoro_version", "kokoro_voice")
+
+    @classmethod
+    def prices(cls, settings: KokoroSettings) -> tuple[Price, ...]:
+        return (
+            Price(
+                "jaaari/kokoro-82m", "GPU second", T4_USD_PER_SECOND, f"T4; assumed {SECONDS_PER_CHAR} s per character"
+            ),
+        )
+
+    @classmethod
+    def estimate_usd(cls, settings: KokoroSettings, job: SpeechJob) -> float:
+        return kokoro_cost(len(job.text))
 
     async def synthesize(self, job: SpeechJob) -> SpeechResult:
-        version = os.environ.get("KOKORO_VERSION") or KOKORO_VERSION
-        model = ReplicateModel("jaaari/kokoro-82m", version, "KOKORO_VERSION")
-        voice = job.voice or os.environ.get("KOKORO_VOICE") or DEFAULT_VOICE
-        output = await run_for_file(
+        model = ReplicateModel("jaaari/kokoro-82m", self.settings.kokoro_version, "KOKORO_VERSION")
+        voice = job.voice or self.settings.kokoro_voice
+
+        def result(output: OutputFile) -> SpeechResult:
+            mime_type = audio_type(output.data, output.content_type)
+            # Decoded here, inside the job: audio the service could not decode would otherwise be ordered again.
+            if not probe(io.BytesIO(output.data), "kokoro audio").has_audio:
+                raise ProviderUnavailable("kokoro returned a file with no audio")
+            return SpeechResult(
+                data=output.data,
+                mime_type=mime_type,
+                model=model.label,
+                estimated_cost_usd=kokoro_cost(len(job.text), output.predict_time),
+            )
+
+        return await run_for_file(
+            self.settings,
             self.description.name,
             model,
             {"text": job.text, "voice": voice, "speed": 1},
+            result,
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_AUDIO_BYTES,
-        )
-        return SpeechResult(
-            data=output.data,
-            mime_type=audio_type(output.data, output.content_type),
-            model=model.label,
-            estimated_cost_usd=pricing.kokoro_cost(len(job.text), output.predict_time),
         )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.common import pricing
-from services.common.providers import ProviderRegistry, ProviderSettings, legacy
+from services.common.providers import ProviderRegistry, ProviderSettings
 from services.image.providers.base import ImageProvider
 from services.image.providers.openai_images import DallE3Provider, GptImageMiniProvider
 from services.image.providers.replicate_images import FluxProvider, SdxlProvider
@@ -16,13 +15,8 @@ PROVIDERS = (
     SlidesProvider,
     DallE3Provider,
     GptImageMiniProvider,
-    # TEMPORARY (issue 15): the Replicate providers in their old shape, until they are built from settings.
-    legacy(
-        SdxlProvider,
-        lambda job: pricing.sdxl_cost(pricing.SDXL_STEPS[job.quality]),
-        ("REPLICATE_BASE_URL", "SDXL_VERSION"),
-    ),
-    legacy(FluxProvider, lambda job: pricing.FLUX_DEV_PER_IMAGE, ("REPLICATE_BASE_URL",)),
+    SdxlProvider,
+    FluxProvider,
 )
 
 

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import io
 import math
-import os
-from typing import ClassVar
 
 from PIL import Image, UnidentifiedImageError
 
-from services.common import pricing
 from services.common.errors import ProviderUnavailable
-from services.common.providers import ProviderDescription, Quality
-from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
+from services.common.providers import Price, Provider, ProviderDescription, Quality
+from services.common.replicate_runner import (
+    L40S_USD_PER_SECOND,
+    TOKEN_FIELD,
+    ReplicateModel,
+    ReplicateSettings,
+    run_for_file,
+)
 from services.image.providers.base import ImageJob, ImageResult
 
-# Pinned in a 2023 cassette of replicate-python (providers.md section 4); SDXL_VERSION overrides it at request time.
+# Pinned in a 2023 cassette of replicate-python (providers.md section 4); SDXL_VERSION overrides it.
 SDXL_VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
 SDXL_PIXELS = 1024 * 1024  # SDXL was trained at about one megapixel, in buckets that are multiples of 64
 SDXL_NEGATIVE_PROMPT = (
     "deformed, distorted, disfigured, extra fingers, missing fingers, fused fingers, extra limbs, bad anatomy, "
     "mutated hands, floating objects, blurry, low quality, watermark, text"
 )
+SDXL_STEPS = {Quality.DRAFT: 25, Quality.STANDARD: 35, Quality.HD: 50}
+# Billed by GPU time on an L40S; about 0.25 s per step at 1024 px (assumed: Replicate publishes no per-step figure).
+SDXL_SECONDS_PER_STEP = 0.25
 FLUX_MODEL = ReplicateModel("black-forest-labs/flux-dev")
+FLUX_USD_PER_IMAGE = 0.025
 FLUX_STEPS = {Quality.DRAFT: 20, Quality.STANDARD: 28, Quality.HD: 50}  # the model accepts 1-50
 # flux-dev often gets hands and held objects wrong; saying what we want is cheaper than a retry.
 FLUX_QUALITY_SUFFIX = (
@@ -48,29 +55,52 @@ def _prompt(job: ImageJob) -> str:
 
 
 def _image_result(data: bytes, model: str, cost: float) -> ImageResult:
-    """Reads the real size and type from the bytes; the service then fits the image to the frame."""
+    """Reads the real size and type from the bytes (the image must decode whole); the service then fits it."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a header followed by garbage opens; it fails here, inside the job, not in the service
             width, height, mime_type = image.width, image.height, Image.MIME.get(image.format or "", "")
     except (UnidentifiedImageError, OSError) as error:
         raise ProviderUnavailable(f"Replicate {model} returned bytes that are not an image ({error})") from error
     return ImageResult(data=data, mime_type=mime_type, width=width, height=height, model=model, estimated_cost_usd=cost)
 
 
-class SdxlProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class SdxlSettings(ReplicateSettings):
+    # The pinned version of stability-ai/sdxl (a community model runs only by version).
+    sdxl_version: str = SDXL_VERSION
+
+
+def sdxl_cost(steps: int, gpu_seconds: float | None = None) -> float:
+    """GPU time: the measured predict_time when known, else the assumed time for the step count."""
+    return L40S_USD_PER_SECOND * (gpu_seconds if gpu_seconds is not None else steps * SDXL_SECONDS_PER_STEP)
+
+
+class SdxlProvider(Provider[SdxlSettings, ImageJob]):
+    description = ProviderDescription(
         name="sdxl",
         description="Stable Diffusion XL on Replicate (stability-ai/sdxl, pinned version); billed by GPU time",
         offline=False,
-        required_env=(TOKEN_ENV,),
-        prices=pricing.PRICE_TABLE["sdxl"],
     )
+    settings_class = SdxlSettings
+    required_settings = (TOKEN_FIELD,)
+    output_settings = ("replicate_base_url", "sdxl_version")
+
+    @classmethod
+    def prices(cls, settings: SdxlSettings) -> tuple[Price, ...]:
+        steps = f"{SDXL_STEPS[Quality.DRAFT]}-{SDXL_STEPS[Quality.HD]}"
+        note = f"L40S; assumed {SDXL_SECONDS_PER_STEP} s per step, {steps} steps by quality"
+        return (Price("stability-ai/sdxl", "GPU second", L40S_USD_PER_SECOND, note),)
+
+    @classmethod
+    def estimate_usd(cls, settings: SdxlSettings, job: ImageJob) -> float:
+        return sdxl_cost(SDXL_STEPS[job.quality])
 
     async def generate(self, job: ImageJob) -> ImageResult:
-        model = ReplicateModel("stability-ai/sdxl", os.environ.get("SDXL_VERSION") or SDXL_VERSION, "SDXL_VERSION")
+        model = ReplicateModel("stability-ai/sdxl", self.settings.sdxl_version, "SDXL_VERSION")
         width, height = sdxl_size(job.aspect)
-        steps = pricing.SDXL_STEPS[job.quality]
-        output = await run_for_file(
+        steps = SDXL_STEPS[job.quality]
+        return await run_for_file(
+            self.settings,
             self.description.name,
             model,
             {
@@ -81,23 +111,33 @@ class SdxlProvider:
                 "num_inference_steps": steps,
                 "num_outputs": 1,
             },
+            lambda output: _image_result(output.data, model.label, sdxl_cost(steps, output.predict_time)),
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_IMAGE_BYTES,
         )
-        return _image_result(output.data, model.label, pricing.sdxl_cost(steps, output.predict_time))
 
 
-class FluxProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class FluxProvider(Provider[ReplicateSettings, ImageJob]):
+    description = ProviderDescription(
         name="flux",
         description="FLUX.1 [dev] on Replicate (black-forest-labs/flux-dev); priced per image",
         offline=False,
-        required_env=(TOKEN_ENV,),
-        prices=pricing.PRICE_TABLE["flux"],
     )
+    settings_class = ReplicateSettings
+    required_settings = (TOKEN_FIELD,)
+    output_settings = ("replicate_base_url",)
+
+    @classmethod
+    def prices(cls, settings: ReplicateSettings) -> tuple[Price, ...]:
+        return (Price(FLUX_MODEL.name, "image", FLUX_USD_PER_IMAGE, "any aspect ratio and step count"),)
+
+    @classmethod
+    def estimate_usd(cls, settings: ReplicateSettings, job: ImageJob) -> float:
+        return FLUX_USD_PER_IMAGE
 
     async def generate(self, job: ImageJob) -> ImageResult:
-        output = await run_for_file(
+        return await run_for_file(
+            self.settings,
             self.description.name,
             FLUX_MODEL,
             {
@@ -107,7 +147,7 @@ class FluxProvider:
                 "num_outputs": 1,
                 "output_format": "png",  # lossless: the service re-encodes to PNG after fitting anyway
             },
+            lambda output: _image_result(output.data, FLUX_MODEL.label, FLUX_USD_PER_IMAGE),
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_IMAGE_BYTES,
         )
-        return _image_result(output.data, FLUX_MODEL.label, pricing.FLUX_DEV_PER_IMAGE)

@@ -1,21 +1,22 @@
-"""What an avatar provider takes and returns, and the waiting (deadline, status polling) every vendor shares."""
+"""What an avatar provider takes and returns, and what every vendor shares: the deadline, the checked video."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 
-from services.common.errors import InvalidArgument, ProviderUnavailable
+from services.common import jobs
+from services.common.download import Downloaded
+from services.common.errors import ProviderUnavailable
 from services.common.media import probe
-from services.common.providers import ProviderDescription
+from services.common.providers import SPOKEN_CHARS_PER_SECOND, ProviderDescription
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -23,8 +24,8 @@ T = TypeVar("T")
 
 # Longest a vendor render is waited for when the call set no deadline; vendors quote 5-15 minutes per video.
 MAX_RENDER_SECONDS = 3600.0
-# Status polls start at the vendor's interval and double up to this multiple of it (2 s grows to 30 s).
-POLL_BACKOFF_FACTOR = 15
+MAX_VIDEO_BYTES = 512 * 1024 * 1024
+DOWNLOAD_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,9 @@ class AvatarProvider(Protocol):
         ...
 
 
-def env_flag(variable: str) -> bool:
-    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def env_seconds(variable: str, default: float) -> float:
-    """A positive number of seconds from the environment (tests shorten poll intervals this way)."""
-    try:
-        value = float(os.environ.get(variable) or default)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """The Retry-After header in seconds; an HTTP date is ignored (our own backoff applies instead)."""
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def spoken_seconds(job: AvatarJob) -> float:
+    """How long the avatar will speak, guessed from the narration's length before any video exists."""
+    return sum(len(scene.narration) for scene in job.scenes) / SPOKEN_CHARS_PER_SECOND
 
 
 async def within_deadline(render: Callable[[], Awaitable[T]], deadline: float | None, vendor: str) -> T:
@@ -119,35 +103,38 @@ async def within_deadline(render: Callable[[], Awaitable[T]], deadline: float | 
         raise ProviderUnavailable(f"{vendor}: the video did not finish within {limit:.0f} s") from None
 
 
-async def poll_status(
-    fetch: Callable[[], Awaitable[T]], finished: Callable[[T], bool], *, first_delay: float, label: str
-) -> T:
-    """Fetches a job's status with exponential backoff until `finished` says it ended (well or badly).
+class VendorVideo(jobs.RemoteJob[dict[str, Any], AvatarResult]):
+    """One avatar video ordered over a vendor's JSON API; its pre-signed file must hold a picture and a voice."""
 
-    A status check that fails transiently (ProviderUnavailable: a 5xx, a 429, a reset or timeout) does not end the
-    wait: the video is still rendering at the vendor, and giving up would make the servicer order and pay for it
-    again, so the next check simply comes later (after Retry-After, when given). Other errors (a revoked key, an
-    unknown video) end it. The caller's deadline (within_deadline) bounds the loop.
-    """
-    delay = first_delay
-    while True:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, first_delay * POLL_BACKOFF_FACTOR)
-        try:
-            status = await fetch()
-        except ProviderUnavailable as error:
-            _LOGGER.info("%s: status check failed (%s); checking again", label, error)
-            if error.retry_after is not None:
-                delay = max(delay, error.retry_after)
-            continue
-        if finished(status):
-            return status
+    max_bytes = MAX_VIDEO_BYTES
+    download_seconds = DOWNLOAD_TIMEOUT_SECONDS
 
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        avatar: str,
+        poll_seconds: float,
+        cost: Callable[[float], float],
+        allow_private: bool,
+    ) -> None:
+        self._client = client
+        self._avatar = avatar
+        self._cost = cost
+        self.poll_seconds = poll_seconds
+        self.allow_private = allow_private
 
-async def measured_seconds(data: bytes, vendor: str) -> float:
-    """The length of a downloaded video, decoded from its audio; a file that does not decode is worth a new order."""
-    try:
-        info = await asyncio.to_thread(probe, io.BytesIO(data), f"{vendor} video")
-    except InvalidArgument as error:
-        raise ProviderUnavailable(f"{vendor} returned a video that does not decode: {error}") from error
-    return info.duration_ms / 1000
+    def job_id(self, job: dict[str, Any]) -> str:
+        return str(job.get("id") or "")
+
+    def reported_seconds(self, job: dict[str, Any]) -> float | None:
+        """The length the vendor reports for the finished video, when it does; else the file is measured."""
+        return None
+
+    async def check(self, job: dict[str, Any], output: Downloaded) -> AvatarResult:
+        info = await asyncio.to_thread(probe, io.BytesIO(output.data), f"{self.provider} video")
+        if not info.has_video:
+            raise ProviderUnavailable(f"{self.provider} returned a video with no picture")
+        if not info.has_audio:
+            raise ProviderUnavailable(f"{self.provider} returned a video with no audio track")
+        seconds = self.reported_seconds(job) or info.duration_ms / 1000
+        return AvatarResult(output.data, "video/mp4", self._avatar, self._cost(seconds))

@@ -1,51 +1,50 @@
-"""Synthesia API v2: one video per script (a Synthesia scene per scenecast scene), polled until rendered, downloaded.
+"""Synthesia API v2: one video per script (a Synthesia scene per scenecast scene), ordered once, polled, downloaded.
 
 Every Synthesia request and response shape lives in this module.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
+from pydantic import Field, SecretStr
 
-from services.common import pricing
-from services.common.download import fetch_output
+from services.common import jobs
+from services.common.download import DownloadSettings
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    JobFailed,
     ProviderUnavailable,
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import ProviderDescription, require_env
+from services.common.providers import Price, Provider, ProviderDescription
+from services.common.retry import retry_after_seconds
 from services.video.avatars.base import (
     AvatarJob,
     AvatarResult,
-    env_flag,
-    env_seconds,
-    measured_seconds,
-    poll_status,
-    retry_after,
+    VendorVideo,
+    spoken_seconds,
     within_deadline,
 )
 
-_LOGGER = logging.getLogger(__name__)
-
 NAME = "synthesia"
-KEY_ENV = "SYNTHESIA_API_KEY"
-BASE_URL_ENV = "SYNTHESIA_BASE_URL"
+KEY_FIELD = "synthesia_api_key"
 DEFAULT_BASE_URL = "https://api.synthesia.io"
-# A stock avatar and background from Synthesia's documentation; SYNTHESIA_AVATAR / SYNTHESIA_BACKGROUND override them.
+# A stock avatar and background from Synthesia's documentation.
 DEFAULT_AVATAR = "anna_costume1_cameraA"
 DEFAULT_BACKGROUND = "off_white"
 MAX_SCENES = 25
-# First wait between status checks, in seconds; doubles up to 15 times this. SYNTHESIA_POLL_SECONDS overrides it.
-POLL_SECONDS = 2.0
+# Synthesia publishes no per-minute API price (providers.md): an assumed rate, set to your plan's.
+DEFAULT_USD_PER_MINUTE = 3.0
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-DOWNLOAD_TIMEOUT_SECONDS = 300.0
+# Videos a page of the list holds (its maximum), and pages read when looking for an order whose answer was lost.
+LIST_LIMIT = 100
+FIND_PAGES = 5
 
 # `approved` (after moderation) and `in_progress` are still on their way.
 _ENDED = frozenset({"complete", "error", "rejected", "deleted"})
@@ -53,68 +52,152 @@ _ENDED = frozenset({"complete", "error", "rejected", "deleted"})
 _REASON_FIELDS = ("error", "errorMessage", "reason", "rejectionReason", "context")
 
 
-class SynthesiaProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class SynthesiaSettings(DownloadSettings):
+    # The API key (sent bare, without "Bearer"); a request without it fails with FAILED_PRECONDITION naming it.
+    synthesia_api_key: SecretStr = SecretStr("")
+    synthesia_base_url: str = DEFAULT_BASE_URL
+    # Avatar, background (a stock name, an asset id or a URL) and voice used when a request names none.
+    synthesia_avatar: str = DEFAULT_AVATAR
+    synthesia_background: str = DEFAULT_BACKGROUND
+    synthesia_voice: str = ""
+    # Free, watermarked test videos.
+    synthesia_test: bool = False
+    # First wait between status checks, in seconds; it grows to 15 times this.
+    synthesia_poll_seconds: float = Field(default=2.0, gt=0)
+    # What a minute of video costs on your plan, in USD.
+    synthesia_usd_per_minute: float = Field(default=DEFAULT_USD_PER_MINUTE, ge=0)
+
+
+class SynthesiaProvider(Provider[SynthesiaSettings, AvatarJob]):
+    description = ProviderDescription(
         name=NAME,
         description="Synthesia avatar videos (API v2, Creator plan or higher); SYNTHESIA_AVATAR picks the avatar",
         offline=False,
-        required_env=(KEY_ENV,),
-        prices=pricing.price_table()[NAME],
+    )
+    settings_class = SynthesiaSettings
+    required_settings = (KEY_FIELD,)
+    output_settings = (
+        "synthesia_base_url",
+        "synthesia_avatar",
+        "synthesia_background",
+        "synthesia_voice",
+        "synthesia_test",
     )
     max_scenes: ClassVar[int] = MAX_SCENES
 
+    @classmethod
+    def prices(cls, settings: SynthesiaSettings) -> tuple[Price, ...]:
+        note = "assumed; set SYNTHESIA_USD_PER_MINUTE to your plan's rate"
+        return (Price("synthesia avatar", "minute", settings.synthesia_usd_per_minute, note),)
+
+    @classmethod
+    def estimate_usd(cls, settings: SynthesiaSettings, job: AvatarJob) -> float:
+        return settings.synthesia_usd_per_minute * spoken_seconds(job) / 60
+
     async def generate(self, job: AvatarJob) -> AvatarResult:
-        key = require_env(KEY_ENV, NAME)
-        avatar = job.avatar or os.environ.get("SYNTHESIA_AVATAR") or DEFAULT_AVATAR
-        body = _create_body(job, avatar)
-        first_poll = env_seconds("SYNTHESIA_POLL_SECONDS", POLL_SECONDS)
-
-        async def render() -> AvatarResult:
-            async with httpx.AsyncClient(
-                base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-                headers={"Authorization": key},  # the bare key: Synthesia takes no "Bearer" prefix
-                timeout=REQUEST_TIMEOUT,
-            ) as client:
-                video = await _call(client, "POST", "/v2/videos", json=body)
-                video_id = video.get("id")
-                if not isinstance(video_id, str) or not video_id:
-                    raise ProviderUnavailable("Synthesia accepted the video but answered without its id")
-                _LOGGER.info("synthesia: video %s ordered (%d scenes)", video_id, len(job.scenes))
-                if video.get("status") not in _ENDED:
-                    video = await poll_status(
-                        lambda: _call(client, "GET", f"/v2/videos/{video_id}"),
-                        lambda answer: answer.get("status") in _ENDED,
-                        first_delay=first_poll,
-                        label=f"synthesia video {video_id}",
-                    )
-            # No Authorization header: the download link is pre-signed, and the key must not travel to another host.
-            downloaded = await fetch_output(_download_url(video, video_id), timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS)
-            seconds = _duration_seconds(video.get("duration")) or await measured_seconds(downloaded.data, NAME)
-            return AvatarResult(
-                data=downloaded.data,
-                mime_type="video/mp4",
-                model=avatar,
-                estimated_cost_usd=pricing.synthesia_cost(seconds),
+        settings = self.settings
+        key = settings.secret(KEY_FIELD, NAME)
+        avatar = job.avatar or settings.synthesia_avatar
+        body = _create_body(job, avatar, settings)
+        async with httpx.AsyncClient(
+            base_url=settings.synthesia_base_url,
+            headers={"Authorization": key},  # the bare key: Synthesia takes no "Bearer" prefix
+            timeout=REQUEST_TIMEOUT,
+        ) as client:
+            video = _SynthesiaVideo(
+                client,
+                body,
+                avatar,
+                settings.synthesia_poll_seconds,
+                lambda seconds: settings.synthesia_usd_per_minute * seconds / 60,
+                settings.allow_private_output_urls,
             )
+            return await within_deadline(lambda: jobs.run(video), job.deadline, NAME)
 
-        return await within_deadline(render, job.deadline, NAME)
+
+class _SynthesiaVideo(VendorVideo):
+    """A video ordered with a callbackId of its own, by which the video list shows whether an order arrived."""
+
+    label = "Synthesia"
+    provider = NAME
+    can_find = True
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        body: dict[str, Any],
+        avatar: str,
+        poll_seconds: float,
+        cost: Callable[[float], float],
+        allow_private: bool,
+    ) -> None:
+        super().__init__(client, avatar, poll_seconds, cost, allow_private)
+        self._body = body
+
+    async def create(self) -> dict[str, Any]:
+        try:
+            response = await self._client.post("/v2/videos", json=self._body)
+        except httpx.HTTPError as error:
+            unreachable = ProviderUnavailable(f"Synthesia could not be reached (POST /v2/videos): {error!r}")
+            raise jobs.create_failure(unreachable, cause=error) from error
+        if not response.is_success:
+            raise jobs.create_failure(_mapped(response), status=response.status_code)
+        video = _answer(response, "POST", "/v2/videos")
+        if not self.job_id(video):
+            raise JobFailed("Synthesia accepted the video but answered without its id; look for it in the dashboard")
+        return video
+
+    async def find(self) -> dict[str, Any] | None:
+        """The listed video that carries this order's callbackId; None once the whole list was read without it."""
+        offset = 0
+        for _ in range(FIND_PAGES):
+            page = await _call(self._client, "GET", "/v2/videos", params={"limit": LIST_LIMIT, "offset": offset})
+            videos = page.get("videos") or []
+            found = next((v for v in videos if isinstance(v, dict) and v.get("callbackId") == self._key), None)
+            if found is not None:
+                return found
+            next_offset = page.get("nextOffset")
+            if not videos or not isinstance(next_offset, int) or next_offset <= offset:
+                return None
+            offset = next_offset
+        raise ProviderUnavailable(f"more than {FIND_PAGES * LIST_LIMIT} videos are listed")
+
+    @property
+    def _key(self) -> str:
+        return str(self._body["callbackId"])
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return job.get("status") in _ENDED
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        video_id = self.job_id(job)
+        try:
+            return await _call(self._client, "GET", f"/v2/videos/{video_id}")
+        except InvalidArgument as error:  # a 404: the video was deleted while it rendered
+            raise jobs.JobEnded(ProviderUnavailable(f"Synthesia video {video_id} is gone: {error}")) from error
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        return _download_url(job, self.job_id(job))
+
+    def reported_seconds(self, job: dict[str, Any]) -> float | None:
+        return _duration_seconds(job.get("duration"))
 
 
-def _create_body(job: AvatarJob, avatar: str) -> dict[str, Any]:
-    background = job.background or os.environ.get("SYNTHESIA_BACKGROUND") or DEFAULT_BACKGROUND
-    voice = job.voice or os.environ.get("SYNTHESIA_VOICE", "")
+def _create_body(job: AvatarJob, avatar: str, settings: SynthesiaSettings) -> dict[str, Any]:
+    background = job.background or settings.synthesia_background
+    voice = job.voice or settings.synthesia_voice
     scene_settings: dict[str, Any] = {"avatar": avatar, "background": background}
     if voice:
         scene_settings["avatarSettings"] = {"voice": voice}
     body: dict[str, Any] = {
-        "test": env_flag("SYNTHESIA_TEST"),
+        "test": settings.synthesia_test,
         "title": job.title,
         "visibility": "private",
         "aspectRatio": job.aspect,
         "input": [{"scriptText": scene.narration, **scene_settings} for scene in job.scenes],
     }
-    if job.render_id:
-        body["callbackId"] = job.render_id
+    # Ours to choose, unique per order: the video list shows by it whether an order whose answer was lost arrived.
+    body["callbackId"] = f"scenecast:{job.render_id}:{uuid.uuid4().hex}"
     return body
 
 
@@ -125,23 +208,29 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
     except httpx.HTTPError as error:
         raise ProviderUnavailable(f"Synthesia could not be reached ({method} {path}): {error!r}") from error
     if response.is_success:
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise ProviderUnavailable(f"Synthesia answered {method} {path} with something other than a JSON object")
-        return answer
+        return _answer(response, method, path)
     raise _mapped(response)
+
+
+def _answer(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ProviderUnavailable(f"Synthesia answered {method} {path} with something other than a JSON object")
+    return answer
 
 
 def _mapped(response: httpx.Response) -> ScenecastError:
     status = response.status_code
     message = _error_message(response)
     if status in (401, 403):
-        return FailedPrecondition(f"Synthesia rejected {KEY_ENV} ({status}: {message}); set a valid API key")
+        return FailedPrecondition(f"Synthesia rejected {KEY_FIELD.upper()} ({status}: {message}); set a valid API key")
     if status == 429:
-        return RateLimited(f"Synthesia rate limit (429): {message}", retry_after(response))
+        return RateLimited(
+            f"Synthesia rate limit (429): {message}", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if status >= 500:
         return ProviderUnavailable(f"Synthesia failed ({status}): {message}")
     return InvalidArgument(f"Synthesia refused the video ({status}): {message}")

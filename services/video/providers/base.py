@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -37,10 +36,10 @@ class ClipResult:
     estimated_cost_usd: float = 0.0
 
 
-async def write_clip(job: ClipJob, data: bytes) -> Path:
-    """A downloaded clip, written to the job's folder for its ClipResult."""
-    path = job.work_dir / "clip"
-    await asyncio.to_thread(path.write_bytes, data)
+def write_clip(work_dir: Path, data: bytes) -> Path:
+    """A downloaded clip, written to the job's folder for its ClipResult; blocking, so called from a worker thread."""
+    path = work_dir / "clip"
+    path.write_bytes(data)
     return path
 
 

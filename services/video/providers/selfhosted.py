@@ -9,49 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
-import os
 import re
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Literal, Self
 
 import httpx
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field, SecretStr, model_validator
 
-from services.common import pricing
-from services.common.download import fetch_output, origin
+from services.common import jobs
+from services.common.download import Downloaded, fetch_output, origin
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    JobFailed,
+    MissingCredential,
     ProviderUnavailable,
     RateLimited,
     ScenecastError,
 )
-from services.common.providers import ProviderDescription, require_env
+from services.common.media import probe
+from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
+from services.common.retry import retry_after_seconds
 from services.video.providers.base import ClipJob, ClipResult, write_clip
 
 _LOGGER = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 NAME = "selfhosted"
 URL_ENV = "SELFHOSTED_VIDEO_URL"
 API_ENV = "SELFHOSTED_VIDEO_API"
 WORKFLOW_ENV = "SELFHOSTED_COMFYUI_WORKFLOW"
-HEIGHT_ENV = "SELFHOSTED_VIDEO_HEIGHT"
-FPS_ENV = "SELFHOSTED_VIDEO_FPS"
-MAX_FRAMES_ENV = "SELFHOSTED_VIDEO_MAX_FRAMES"
 TIMEOUT_ENV = "SELFHOSTED_VIDEO_TIMEOUT_SECONDS"
-POLL_ENV = "SELFHOSTED_VIDEO_POLL_SECONDS"
-# Comma-separated origins (scheme://host[:port]) besides SELFHOSTED_VIDEO_URL's own that output files may come from.
 OUTPUT_ORIGINS_ENV = "SELFHOSTED_VIDEO_OUTPUT_ORIGINS"
-APIS = ("cog", "comfyui")
 
 # The short side of the clip, as in "480p"; both sides become multiples of 32, which LTX-Video needs.
 DEFAULT_SHORT_SIDE = 480
@@ -62,15 +58,9 @@ DEFAULT_MAX_FRAMES = 121
 MIN_FRAMES = 9
 DEFAULT_DURATION_MS = 5000
 DEFAULT_TIMEOUT_SECONDS = 900.0
-# Polling starts at this interval and backs off to POLL_MAX_SECONDS: a clip takes tens of seconds to minutes.
+# First wait between status checks, in seconds; it grows to 15 times this. A failed check (429, 5xx) only delays the
+# next one: the job is still running on the server, and giving up on it would waste the GPU time already spent.
 DEFAULT_POLL_SECONDS = 1.0
-POLL_BACKOFF = 1.5
-POLL_MAX_SECONDS = 5.0
-# A poll answered 429/502/503/504 is asked again (after Retry-After, capped) this many times in a row: the job is
-# still running on the server, and giving up on it would waste the GPU time already spent.
-POLL_TRANSIENT_TRIES = 5
-POLL_TRANSIENT_STATUSES = (429, 502, 503, 504)
-MAX_RETRY_AFTER_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 WRITE_TIMEOUT_SECONDS = 60.0
 DOWNLOAD_TIMEOUT_SECONDS = 120.0
@@ -101,6 +91,17 @@ class ClipPlan:
     def seconds(self) -> float:
         return self.frames / self.fps
 
+    def cog_input(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "num_frames": self.frames,
+            "fps": self.fps,
+            "seed": self.seed,
+        }
+
     def placeholders(self) -> dict[str, str | int]:
         return {
             "prompt": self.prompt,
@@ -113,40 +114,43 @@ class ClipPlan:
         }
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The provider's environment, read per request so an operator's change needs no restart."""
+class SelfHostedSettings(ProviderSettings):
+    """The operator's model server, and what is asked of it; checked at start-up."""
 
-    url: str
-    # Where output files may be downloaded from: the server's own origin and OUTPUT_ORIGINS_ENV's.
-    output_origins: frozenset[str]
-    api: str
-    short_side: int
-    fps: int
-    max_frames: int
-    time_limit: float
-    poll_seconds: float
+    # Base URL of the Cog or ComfyUI server. A secret: its user info may hold a password.
+    selfhosted_video_url: SecretStr = SecretStr("")
+    # The server's API: "cog" (Cog's HTTP API, as Replicate's models speak it) or "comfyui".
+    selfhosted_video_api: Literal["cog", "comfyui"] = "cog"
+    # ComfyUI only: a workflow in API format with {{prompt}}-style placeholders.
+    selfhosted_comfyui_workflow: str = ""
+    # The clip's short side in pixels ("480p").
+    selfhosted_video_height: int = Field(default=DEFAULT_SHORT_SIDE, ge=64, le=2160)
+    selfhosted_video_fps: int = Field(default=DEFAULT_FPS, ge=1, le=60)
+    # Most frames in a clip (brought down to 8k+1).
+    selfhosted_video_max_frames: int = Field(default=DEFAULT_MAX_FRAMES, ge=MIN_FRAMES, le=1025)
+    # Longest a clip is waited for, in seconds.
+    selfhosted_video_timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_SECONDS, ge=0.1, le=24 * 3600.0)
+    # First wait between status checks, in seconds.
+    selfhosted_video_poll_seconds: float = Field(default=DEFAULT_POLL_SECONDS, ge=0.001, le=60.0)
+    # Comma-separated origins (scheme://host[:port]) besides the server's own that output files may come from.
+    selfhosted_video_output_origins: str = ""
+    # What a second of clip costs you (your GPU time), in USD; free by default.
+    selfhosted_video_usd_per_second: float = Field(default=0.0, ge=0)
 
-    @classmethod
-    def from_env(cls) -> _Settings:
-        url = require_env(URL_ENV, NAME).rstrip("/")
-        api = (os.environ.get(API_ENV) or "cog").strip().lower()
-        if api not in APIS:
-            raise FailedPrecondition(f"{API_ENV}={api!r} is not supported; use one of: {', '.join(APIS)}")
-        try:
-            output_origins = output_origins_of(url, os.environ.get(OUTPUT_ORIGINS_ENV, ""))
-        except ValueError as error:
-            raise FailedPrecondition(str(error)) from None
-        return cls(
-            url=url,
-            output_origins=output_origins,
-            api=api,
-            short_side=_env_number(HEIGHT_ENV, DEFAULT_SHORT_SIDE, 64, 2160, int),
-            fps=_env_number(FPS_ENV, DEFAULT_FPS, 1, 60, int),
-            max_frames=_env_number(MAX_FRAMES_ENV, DEFAULT_MAX_FRAMES, MIN_FRAMES, 1025, int),
-            time_limit=_env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, 0.1, 24 * 3600.0, float),
-            poll_seconds=_env_number(POLL_ENV, DEFAULT_POLL_SECONDS, 0.001, 60.0, float),
-        )
+    @model_validator(mode="after")
+    def _check_origins(self) -> Self:
+        if self.url or self.selfhosted_video_output_origins:
+            output_origins_of(self.url, self.selfhosted_video_output_origins)
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.selfhosted_video_url.get_secret_value().strip().rstrip("/")
+
+    @property
+    def output_origins(self) -> frozenset[str]:
+        """Where output files may be downloaded from: the server's own origin and OUTPUT_ORIGINS_ENV's."""
+        return output_origins_of(self.url, self.selfhosted_video_output_origins)
 
 
 def check_server_url(url: str) -> None:
@@ -185,19 +189,6 @@ def output_origins_of(url: str, extra: str) -> frozenset[str]:
     return frozenset(origins)
 
 
-def _env_number(variable: str, default: T, low: float, high: float, kind: Callable[[str], T]) -> T:
-    raw = os.environ.get(variable, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise FailedPrecondition(f"{variable}={raw!r} is not a number") from None
-    if not low <= value <= high:  # type: ignore[operator]
-        raise FailedPrecondition(f"{variable} must be from {low:g} to {high:g} (got {raw})")
-    return value
-
-
 def clip_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """The output's aspect ratio at `short_side` ("480p"), each side rounded to a multiple of 32."""
     scale = short_side / min(width, height)
@@ -232,67 +223,88 @@ def plan_clip(job: ClipJob, short_side: int, fps: int, max_frames: int) -> ClipP
     )
 
 
-class SelfHostedProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class SelfHostedProvider(Provider[SelfHostedSettings, ClipJob]):
+    description = ProviderDescription(
         name=NAME,
         description=(
             "Your own video model (e.g. LTX-Video) behind a Cog-style server or ComfyUI "
             f"({API_ENV}=cog|comfyui); sends the scene's image when given"
         ),
         offline=False,
-        required_env=(URL_ENV,),
-        prices=pricing.price_table()[NAME],
+    )
+    settings_class = SelfHostedSettings
+    required_settings = ("selfhosted_video_url",)
+    output_settings = (
+        "selfhosted_video_url",
+        "selfhosted_video_api",
+        "selfhosted_comfyui_workflow",
+        "selfhosted_video_height",
+        "selfhosted_video_fps",
+        "selfhosted_video_max_frames",
     )
 
-    async def generate(self, job: ClipJob) -> ClipResult:
-        settings = _Settings.from_env()
-        plan = plan_clip(job, settings.short_side, settings.fps, settings.max_frames)
-        # A synchronous Cog answers only when the clip is made, so a read may take the whole time limit.
-        timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=settings.time_limit, write=WRITE_TIMEOUT_SECONDS)
-        async with httpx.AsyncClient(base_url=settings.url, timeout=timeout) as client:
-            session = (_CogSession if settings.api == "cog" else _ComfySession)(client, settings)
-            try:
-                async with asyncio.timeout(settings.time_limit):
-                    data, model = await session.run(job, plan)
-            except (TimeoutError, asyncio.CancelledError) as stop:
-                await session.abandon()
-                if isinstance(stop, asyncio.CancelledError):
-                    raise
-                raise ProviderUnavailable(
-                    f"{session.label} did not finish within {settings.time_limit:g} s ({TIMEOUT_ENV})"
-                ) from stop
-        mime_type = _video_type(data, session.label)
-        return ClipResult(
-            path=await write_clip(job, data),
-            mime_type=mime_type,
-            model=model,
-            estimated_cost_usd=pricing.selfhosted_usd_per_second() * plan.seconds,
+    @classmethod
+    def prices(cls, settings: SelfHostedSettings) -> tuple[Price, ...]:
+        rate = settings.selfhosted_video_usd_per_second
+        return (
+            Price("self-hosted video model", "output second", rate, "your GPU time: SELFHOSTED_VIDEO_USD_PER_SECOND"),
         )
 
+    @classmethod
+    def estimate_usd(cls, settings: SelfHostedSettings, job: ClipJob) -> float:
+        frames = clip_frames(job.duration_ms, settings.selfhosted_video_fps, settings.selfhosted_video_max_frames)
+        return settings.selfhosted_video_usd_per_second * frames / settings.selfhosted_video_fps
 
-class _Session:
-    """One clip's conversation with the server; `abandon` stops the server's work when the caller gives up."""
+    async def generate(self, job: ClipJob) -> ClipResult:
+        settings = self.settings
+        if not settings.url:
+            raise MissingCredential(URL_ENV, NAME)
+        plan = plan_clip(
+            job, settings.selfhosted_video_height, settings.selfhosted_video_fps, settings.selfhosted_video_max_frames
+        )
+        time_limit = settings.selfhosted_video_timeout_seconds
+        # A synchronous Cog answers only when the clip is made, so a read may take the whole time limit.
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=time_limit, write=WRITE_TIMEOUT_SECONDS)
+        async with httpx.AsyncClient(base_url=settings.url, timeout=timeout) as client:
+            if settings.selfhosted_video_api == "cog":
+                model_input = plan.cog_input()
+                if job.source_image is not None:
+                    model_input["image"] = await asyncio.to_thread(_image_data_uri, job.source_image)
+                clip: _Clip = _CogPrediction(client, settings, plan, job.work_dir, model_input)
+            else:
+                workflow = _workflow_path(settings.selfhosted_comfyui_workflow)
+                template = await asyncio.to_thread(load_workflow, workflow)
+                clip = _ComfyPrompt(client, settings, plan, job.work_dir, template, workflow)
+            try:
+                async with asyncio.timeout(time_limit):
+                    return await jobs.run(clip)
+            except TimeoutError as stop:
+                raise ProviderUnavailable(
+                    f"{clip.label} did not finish within {time_limit:g} s ({TIMEOUT_ENV})"
+                ) from stop
 
-    label = NAME
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
+class _Clip(jobs.RemoteJob[dict[str, Any], ClipResult]):
+    """One clip on the operator's server; its output files come only from the configured origins."""
+
+    provider = NAME
+    max_bytes = MAX_VIDEO_BYTES
+    download_seconds = DOWNLOAD_TIMEOUT_SECONDS
+
+    def __init__(self, client: httpx.AsyncClient, settings: SelfHostedSettings, plan: ClipPlan, work_dir: Path) -> None:
         self._client = client
         self._settings = settings
-
-    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
-        raise NotImplementedError
-
-    async def abandon(self) -> None:
-        raise NotImplementedError
-
-    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            return await self._client.request(method, path, json=body)
-        except httpx.HTTPError as error:
-            raise ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}") from error
+        self._plan = plan
+        self._work_dir = work_dir
+        self.poll_seconds = settings.selfhosted_video_poll_seconds
 
     async def _submit(self, path: str, body: Any) -> httpx.Response:
-        response = await self._send("POST", path, body)
+        """POSTs the order once; a refusal that names the wrong server or API is FailedPrecondition."""
+        try:
+            response = await self._client.post(path, json=body)
+        except httpx.HTTPError as error:
+            unreachable = ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}")
+            raise jobs.create_failure(unreachable, cause=error) from error
         if response.status_code in (404, 405):
             raise FailedPrecondition(
                 f"{self.label}: the server at {URL_ENV} has no POST {path} ({response.status_code}); "
@@ -300,29 +312,19 @@ class _Session:
             )
         return response
 
-    async def _poll(self, path: str, finished: Callable[[Any], T | None]) -> T:
-        """GETs `path` with backoff until `finished` returns a value for the JSON body."""
-        interval = self._settings.poll_seconds
-        transient = 0
-        while True:
-            await asyncio.sleep(interval)
-            response = await self._send("GET", path)
-            if response.status_code in POLL_TRANSIENT_STATUSES and transient < POLL_TRANSIENT_TRIES:
-                transient += 1
-                advised = _retry_after(response)
-                _LOGGER.info("%s: poll of %s answered %d; asking again", self.label, path, response.status_code)
-                await asyncio.sleep(min(advised if advised is not None else interval, MAX_RETRY_AFTER_SECONDS))
-                continue
-            if not response.is_success:
-                error = _status_error(response, self.label)
-                if isinstance(error, ProviderUnavailable):
-                    raise error
-                raise ProviderUnavailable(f"{self.label} lost the job ({response.status_code}): {_detail(response)}")
-            transient = 0
-            result = finished(_json(response, self.label))
-            if result is not None:
-                return result
-            interval = min(interval * POLL_BACKOFF, POLL_MAX_SECONDS)
+    async def _get(self, path: str, **params: str) -> Any:
+        """A status read: 429, 409 and 5xx mean "ask again later" (ProviderUnavailable); other failures end the job."""
+        try:
+            response = await self._client.get(path, params=params)
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"{self.label} at {URL_ENV} could not be reached: {error!r}") from error
+        if not response.is_success:
+            error = _status_error(response, self.label)
+            if isinstance(error, ProviderUnavailable):
+                raise error
+            lost = ProviderUnavailable(f"{self.label} lost the job ({response.status_code}): {_detail(response)}")
+            raise jobs.JobEnded(lost)
+        return _json(response, self.label)
 
     async def _best_effort(self, path: str, body: Any) -> None:
         try:
@@ -331,128 +333,193 @@ class _Session:
         except Exception as error:  # noqa: BLE001 - the caller is already leaving; a failure is only logged
             _LOGGER.warning("%s: POST %s failed: %r", self.label, path, error)
 
-    async def _download(self, url: str) -> bytes:
+    async def download(self, url: str) -> Downloaded:
         # The operator configured this server, usually on a private network: its origins are trusted for downloads,
         # and they are the only ones used.
-        downloaded = await fetch_output(
+        return await fetch_output(
             url,
-            max_bytes=MAX_VIDEO_BYTES,
-            timeout_seconds=DOWNLOAD_TIMEOUT_SECONDS,
+            max_bytes=self.max_bytes,
+            timeout_seconds=self.download_seconds,
             allowed_origins=self._settings.output_origins,
             origins_setting=OUTPUT_ORIGINS_ENV,
         )
-        return downloaded.data
+
+    async def check(self, job: dict[str, Any], output: Downloaded) -> ClipResult:
+        mime_type = _video_type(output.data, self.label)
+        # Decoded here, inside the job: a clip the service could not decode would otherwise be made again.
+        if not (await asyncio.to_thread(probe, io.BytesIO(output.data), f"{self.label} clip")).has_video:
+            raise ProviderUnavailable(f"{self.label} returned a file with no picture")
+        return ClipResult(
+            path=await asyncio.to_thread(write_clip, self._work_dir, output.data),
+            mime_type=mime_type,
+            model=self.model(job),
+            estimated_cost_usd=self._settings.selfhosted_video_usd_per_second * self._plan.seconds,
+        )
+
+    def model(self, job: dict[str, Any]) -> str:
+        raise NotImplementedError
 
 
-class _CogSession(_Session):
-    """The Cog container API, as Replicate's models speak it inside."""
+class _CogPrediction(_Clip):
+    """The Cog container API, as Replicate's models speak it inside. Cog keeps no list of predictions, so an order
+    whose answer is lost is reported, never sent again."""
 
     label = f"{NAME} (cog)"
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
-        super().__init__(client, settings)
-        self._prediction_id = ""
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: SelfHostedSettings,
+        plan: ClipPlan,
+        work_dir: Path,
+        model_input: dict[str, Any],
+    ) -> None:
+        super().__init__(client, settings, plan, work_dir)
+        self._input = model_input
 
-    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
-        model_input: dict[str, Any] = {
-            "prompt": plan.prompt,
-            "negative_prompt": plan.negative_prompt,
-            "width": plan.width,
-            "height": plan.height,
-            "num_frames": plan.frames,
-            "fps": plan.fps,
-            "seed": plan.seed,
-        }
-        if job.source_image is not None:
-            model_input["image"] = await asyncio.to_thread(_image_data_uri, job.source_image)
+    async def create(self) -> dict[str, Any]:
         # No `Prefer: respond-async`: Cog answers when the prediction ends. Servers that answer at once with
         # `processing` and an id are polled instead.
-        response = await self._submit("/predictions", {"input": model_input})
+        response = await self._submit("/predictions", {"input": self._input})
         if not response.is_success:
-            raise _status_error(response, self.label)
-        prediction = _json(response, self.label)
-        if prediction.get("status") in _PENDING:
-            self._prediction_id = str(prediction.get("id") or "")
-            if not self._prediction_id:
-                raise ProviderUnavailable(f"{self.label} answered {prediction.get('status')!r} without an id to poll")
-            _LOGGER.info("%s: prediction %s is %s", self.label, self._prediction_id, prediction.get("status"))
-            prediction = await self._poll(
-                f"/predictions/{self._prediction_id}", lambda body: None if body.get("status") in _PENDING else body
+            # 409: Cog runs one prediction at a time and refuses another while busy.
+            raise jobs.create_failure(
+                _status_error(response, self.label), status=response.status_code, refused=(409, 429)
             )
-            self._prediction_id = ""
-        status = prediction.get("status")
+        prediction = _json(response, self.label)
+        if prediction.get("status") in _PENDING and not prediction.get("id"):
+            raise JobFailed(f"{self.label} answered {prediction.get('status')!r} without an id to poll")
+        return prediction
+
+    def job_id(self, job: dict[str, Any]) -> str:
+        return str(job.get("id") or "(no id)")
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return job.get("status") not in _PENDING
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self._get(f"/predictions/{job['id']}"))
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        status = job.get("status")
         if status != "succeeded":
-            reason = prediction.get("error") or "no error given"
+            reason = job.get("error") or "no error given"
             raise ProviderUnavailable(f"{self.label}: the prediction ended {status!r}: {str(reason)[:_DETAIL_CHARS]}")
-        output = prediction.get("output")
+        output = job.get("output")
         first = output[0] if isinstance(output, list) and output else output
         if not isinstance(first, str) or not first:
             raise ProviderUnavailable(f"{self.label}: the prediction succeeded without an output file")
-        url = first if first.startswith("data:") else str(self._client.base_url.join(first))
-        model = prediction.get("model")
-        label = f"{NAME}-cog:{model}" if isinstance(model, str) and model else f"{NAME}-cog"
-        return await self._download(url), label
+        return first if first.startswith("data:") else str(self._client.base_url.join(first))
 
-    async def abandon(self) -> None:
+    def model(self, job: dict[str, Any]) -> str:
+        model = job.get("model")
+        return f"{NAME}-cog:{model}" if isinstance(model, str) and model else f"{NAME}-cog"
+
+    async def cancel(self, job: dict[str, Any]) -> None:
         """Cancels a polled prediction; a synchronous one has no id, and closing its connection is all we can do."""
-        if self._prediction_id:
-            await self._best_effort(f"/predictions/{self._prediction_id}/cancel", None)
+        if job.get("id"):
+            await self._best_effort(f"/predictions/{job['id']}/cancel", None)
 
 
-class _ComfySession(_Session):
-    """ComfyUI's own API: queue a filled-in workflow, wait for its history entry, fetch the video it saved."""
+class _ComfyPrompt(_Clip):
+    """ComfyUI's own API: queue a filled-in workflow, wait for its history entry, fetch the video it saved. The
+    prompt carries a client_id of its own, by which the queue and the history show whether a lost order arrived."""
 
     label = f"{NAME} (comfyui)"
+    can_find = True
 
-    def __init__(self, client: httpx.AsyncClient, settings: _Settings) -> None:
-        super().__init__(client, settings)
-        self._prompt_id = ""
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: SelfHostedSettings,
+        plan: ClipPlan,
+        work_dir: Path,
+        template: dict[str, Any],
+        workflow: Path,
+    ) -> None:
+        super().__init__(client, settings, plan, work_dir)
+        self._template = template
+        self._workflow = workflow
+        self._graph = fill_workflow(template, plan.placeholders(), workflow)
+        self._client_id = uuid.uuid4().hex
 
-    async def run(self, job: ClipJob, plan: ClipPlan) -> tuple[bytes, str]:
-        path = Path(os.environ.get(WORKFLOW_ENV, "").strip())
-        if not path.name:
-            raise FailedPrecondition(
-                f"{self.label} needs {WORKFLOW_ENV}: a ComfyUI workflow in API format with {{{{prompt}}}}-style "
-                "placeholders (see deploy/comfyui/ltx-video-workflow.json)"
-            )
-        template = await asyncio.to_thread(load_workflow, path)
-        graph = fill_workflow(template, plan.placeholders(), path)
-        response = await self._submit("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    async def create(self) -> dict[str, Any]:
+        response = await self._submit("/prompt", {"prompt": self._graph, "client_id": self._client_id})
         if response.status_code == 400:
-            raise FailedPrecondition(_refusal(response, path))
+            raise FailedPrecondition(_refusal(response, self._workflow))
         if not response.is_success:
-            raise _status_error(response, self.label)
+            raise jobs.create_failure(_status_error(response, self.label), status=response.status_code)
         queued = _json(response, self.label)
-        self._prompt_id = str(queued.get("prompt_id") or "")
-        if not self._prompt_id:
-            raise ProviderUnavailable(f"{self.label}: POST /prompt answered without a prompt_id")
-        _LOGGER.info("%s: queued prompt %s (number %s)", self.label, self._prompt_id, queued.get("number"))
+        prompt_id = str(queued.get("prompt_id") or "")
+        if not prompt_id:
+            raise JobFailed(f"{self.label}: POST /prompt answered without a prompt_id")
+        _LOGGER.info("%s: queued prompt %s (number %s)", self.label, prompt_id, queued.get("number"))
+        return {"prompt_id": prompt_id}
+
+    async def find(self) -> dict[str, Any] | None:
+        """The prompt with this order's client_id, queued, running or in the history; None when none has it.
+
+        Queue items and history entries hold the prompt as [number, prompt_id, graph, extra_data, outputs], and
+        ComfyUI puts the order's client_id into extra_data.
+        """
+        queue = await self._get("/queue")
+        history = await self._get("/history")
+        items = [*(queue.get("queue_running") or []), *(queue.get("queue_pending") or [])]
+        items += [entry.get("prompt") for entry in history.values() if isinstance(entry, dict)]
+        for item in items:
+            if isinstance(item, list) and len(item) > 3 and isinstance(item[3], dict):
+                if item[3].get("client_id") == self._client_id:
+                    return {"prompt_id": str(item[1])}
+        return None
+
+    def job_id(self, job: dict[str, Any]) -> str:
+        return str(job["prompt_id"])
+
+    def ended(self, job: dict[str, Any]) -> bool:
+        return "entry" in job
+
+    async def status(self, job: dict[str, Any]) -> dict[str, Any]:
+        prompt_id = self.job_id(job)
         # /history/{id} is {} until the prompt has run (or failed).
-        entry = await self._poll(f"/history/{self._prompt_id}", lambda body: body.get(self._prompt_id) or None)
-        self._prompt_id = ""
+        entry = (await self._get(f"/history/{prompt_id}")).get(prompt_id)
+        return {"prompt_id": prompt_id, "entry": entry} if entry else job
+
+    def output_url(self, job: dict[str, Any]) -> str:
+        entry = job["entry"]
         status = entry.get("status") or {}
         if status.get("status_str") == "error":
             raise ProviderUnavailable(f"{self.label}: the workflow failed: {_execution_error(status)}")
         video = find_video(entry.get("outputs") or {})
         if video is None:
             raise FailedPrecondition(
-                f"{self.label}: the workflow {path} finished without a video output; end it with a node that saves "
-                "MP4 (core SaveVideo, or VideoHelperSuite VHS_VideoCombine)"
+                f"{self.label}: the workflow {self._workflow} finished without a video output; end it with a node "
+                "that saves MP4 (core SaveVideo, or VideoHelperSuite VHS_VideoCombine)"
             )
         params = {
             "filename": video["filename"],
             "subfolder": video.get("subfolder") or "",
             "type": video.get("type") or "output",
         }
-        url = str(self._client.build_request("GET", "/view", params=params).url)
-        model = template_model(template)
-        return await self._download(url), f"{NAME}-comfyui:{model}" if model else f"{NAME}-comfyui"
+        return str(self._client.build_request("GET", "/view", params=params).url)
 
-    async def abandon(self) -> None:
+    def model(self, job: dict[str, Any]) -> str:
+        model = template_model(self._template)
+        return f"{NAME}-comfyui:{model}" if model else f"{NAME}-comfyui"
+
+    async def cancel(self, job: dict[str, Any]) -> None:
         """Drops the prompt from the queue, or interrupts it if running (older ComfyUI interrupts whatever runs)."""
-        if self._prompt_id:
-            await self._best_effort("/queue", {"delete": [self._prompt_id]})
-            await self._best_effort("/interrupt", {"prompt_id": self._prompt_id})
+        await self._best_effort("/queue", {"delete": [self.job_id(job)]})
+        await self._best_effort("/interrupt", {"prompt_id": self.job_id(job)})
+
+
+def _workflow_path(setting: str) -> Path:
+    path = Path(setting.strip())
+    if not path.name:
+        raise FailedPrecondition(
+            f"{NAME} (comfyui) needs {WORKFLOW_ENV}: a ComfyUI workflow in API format with {{{{prompt}}}}-style "
+            "placeholders (see deploy/comfyui/ltx-video-workflow.json)"
+        )
+    return path
 
 
 def load_workflow(path: Path) -> dict[str, Any]:
@@ -576,11 +643,18 @@ def _status_error(response: httpx.Response, label: str) -> ScenecastError:
     """The error mapping shared by both wires: 429 throttled, 409 busy and 5xx retryable, other 4xx the input."""
     code, detail = response.status_code, _detail(response)
     if code == 429:
-        return RateLimited(f"{label} throttled the request (429): {detail}", _retry_after(response))
+        return RateLimited(
+            f"{label} throttled the request (429): {detail}", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if code == 409:  # Cog runs one prediction at a time and answers 409 while busy
-        return ProviderUnavailable(f"{label} is busy with another job (409): {detail}", _retry_after(response))
+        return ProviderUnavailable(
+            f"{label} is busy with another job (409): {detail}",
+            retry_after_seconds(response.headers.get("retry-after")),
+        )
     if code >= 500:
-        return ProviderUnavailable(f"{label} failed ({code}): {detail}", _retry_after(response))
+        return ProviderUnavailable(
+            f"{label} failed ({code}): {detail}", retry_after_seconds(response.headers.get("retry-after"))
+        )
     if code in (401, 403):
         return FailedPrecondition(f"{label} refused access ({code}): {detail}; check the server's access rules")
     return InvalidArgument(f"{label} refused the input ({code}): {detail}")
@@ -618,13 +692,6 @@ def _json(response: httpx.Response, label: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProviderUnavailable(f"{label} answered {response.status_code} with a body that is not a JSON object")
     return body
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None
 
 
 def _image_data_uri(path: Path) -> str:

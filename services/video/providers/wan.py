@@ -6,14 +6,14 @@ import asyncio
 import base64
 import io
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from services.common import pricing
 from services.common.errors import InvalidArgument, ProviderUnavailable
-from services.common.providers import ProviderDescription, Quality
-from services.common.replicate_runner import TOKEN_ENV, ReplicateModel, run_for_file
+from services.common.media import probe
+from services.common.providers import Price, Provider, ProviderDescription, Quality
+from services.common.replicate_runner import TOKEN_FIELD, OutputFile, ReplicateModel, ReplicateSettings, run_for_file
 from services.video.providers.base import ClipJob, ClipResult, write_clip
 
 T2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-t2v-480p")
@@ -21,7 +21,13 @@ I2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-i2v-480p")
 # Wan's native clip: 81 frames at 16 fps (about 5.06 s). The length is fixed; the assembler loops it to the narration.
 NUM_FRAMES = 81
 FRAMES_PER_SECOND = 16
+CLIP_SECONDS = NUM_FRAMES / FRAMES_PER_SECOND
+# Billed per second of output video: about $0.09 in third-party code (unconfirmed).
+USD_PER_OUTPUT_SECOND = 0.09
 SAMPLE_STEPS = {Quality.DRAFT: 20, Quality.STANDARD: 30, Quality.HD: 40}  # the models accept 1-40
+# The models' speed-up (Off / Balanced / Fast, default Balanced): an hd clip is worth the slowest, best mode, a draft
+# the fastest; standard keeps the model's own default.
+FAST_MODE = {Quality.DRAFT: "Fast", Quality.STANDARD: "Balanced", Quality.HD: "Off"}
 # The i2v model scales the image to this area itself; sending more pixels only makes the request bigger.
 MAX_IMAGE_PIXELS = 832 * 480
 IMAGE_JPEG_QUALITY = 90
@@ -30,14 +36,26 @@ TIME_LIMIT_SECONDS = 900.0
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 
 
-class WanProvider:
-    description: ClassVar[ProviderDescription] = ProviderDescription(
+class WanProvider(Provider[ReplicateSettings, ClipJob]):
+    description = ProviderDescription(
         name="wan",
         description="Wan 2.1 480p on Replicate: a ~5 s clip from the prompt, or from the scene's image when sent",
         offline=False,
-        required_env=(TOKEN_ENV,),
-        prices=pricing.PRICE_TABLE["wan"],
     )
+    settings_class = ReplicateSettings
+    required_settings = (TOKEN_FIELD,)
+    output_settings = ("replicate_base_url",)
+
+    @classmethod
+    def prices(cls, settings: ReplicateSettings) -> tuple[Price, ...]:
+        note = f"unconfirmed rate; {CLIP_SECONDS:.2f} s per clip"
+        return tuple(
+            Price(model.name, "output second", USD_PER_OUTPUT_SECOND, note) for model in (T2V_MODEL, I2V_MODEL)
+        )
+
+    @classmethod
+    def estimate_usd(cls, settings: ReplicateSettings, job: ClipJob) -> float:
+        return USD_PER_OUTPUT_SECOND * CLIP_SECONDS
 
     async def generate(self, job: ClipJob) -> ClipResult:
         prompt = job.prompt or job.title
@@ -49,6 +67,7 @@ class WanProvider:
             "num_frames": NUM_FRAMES,
             "frames_per_second": FRAMES_PER_SECOND,
             "sample_steps": SAMPLE_STEPS[job.quality],
+            "fast_mode": FAST_MODE[job.quality],
         }
         if job.source_image is None:
             model = T2V_MODEL
@@ -58,16 +77,26 @@ class WanProvider:
             model = I2V_MODEL
             model_input["image"] = await asyncio.to_thread(image_data_uri, job.source_image)
             model_input["max_area"] = "480x832" if portrait else "832x480"
-        output = await run_for_file(
-            self.description.name, model, model_input, time_limit=TIME_LIMIT_SECONDS, max_bytes=MAX_VIDEO_BYTES
-        )
-        if output.data[4:8] != b"ftyp":
-            raise ProviderUnavailable(f"Replicate {model.label} returned bytes that are not an MP4 video")
-        return ClipResult(
-            path=await write_clip(job, output.data),
-            mime_type="video/mp4",
-            model=model.label,
-            estimated_cost_usd=pricing.wan_cost(NUM_FRAMES / FRAMES_PER_SECOND),
+
+        def result(output: OutputFile) -> ClipResult:
+            # Checked here, inside the job: a clip the service could not decode would otherwise be ordered again.
+            if output.data[4:8] != b"ftyp" or not probe(io.BytesIO(output.data), "wan clip").has_video:
+                raise ProviderUnavailable(f"Replicate {model.label} returned bytes that are not an MP4 video")
+            return ClipResult(
+                path=write_clip(job.work_dir, output.data),
+                mime_type="video/mp4",
+                model=model.label,
+                estimated_cost_usd=USD_PER_OUTPUT_SECOND * CLIP_SECONDS,
+            )
+
+        return await run_for_file(
+            self.settings,
+            self.description.name,
+            model,
+            model_input,
+            result,
+            time_limit=TIME_LIMIT_SECONDS,
+            max_bytes=MAX_VIDEO_BYTES,
         )
 
 
