@@ -34,6 +34,7 @@ from services.common.media import ffmpeg_exe
 from services.common.server import Server, build_server
 from services.image.config import ImageSettings
 from services.image.server import build as build_image
+from services.video.avatars.synthesia import SynthesiaSettings
 from services.video.config import VideoSettings
 from services.video.server import build as build_video
 from tests.fakes.avatar_servers import SYNTHESIA_KEY, FakeSynthesia
@@ -118,13 +119,28 @@ def library(tmp_path_factory: pytest.TempPathFactory, media: dict[str, Path]) ->
 
 
 @pytest.fixture(scope="module")
-async def downstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[dict[str, int], Any]]:
+def synthesia() -> Iterator[FakeSynthesia]:
+    with FakeSynthesia() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+async def downstream(
+    tmp_path_factory: pytest.TempPathFactory, synthesia: FakeSynthesia
+) -> AsyncIterator[tuple[dict[str, int], Any]]:
     assembler = RecordingAssembler()
+    synthesia_settings = SynthesiaSettings(
+        synthesia_api_key=SYNTHESIA_KEY,
+        synthesia_base_url=synthesia.base_url,
+        synthesia_poll_seconds=0.02,
+        allow_private_output_urls=True,
+    )
     servers: dict[str, Server] = {
         "image": build_image(ImageSettings(listen_address="127.0.0.1:0")),
         "audio": build_audio(AudioSettings(listen_address="127.0.0.1:0")),
         "video": build_video(
-            VideoSettings(listen_address="127.0.0.1:0", video_tmp_dir=str(tmp_path_factory.mktemp("video")))
+            VideoSettings(listen_address="127.0.0.1:0", video_tmp_dir=str(tmp_path_factory.mktemp("video"))),
+            [synthesia_settings],
         ),
         "assembler": build_server("127.0.0.1:0", assembler, ASSEMBLER_SERVICE),
     }
@@ -395,22 +411,16 @@ async def test_an_avatar_render_gets_finishing_and_music_and_its_video_is_record
     gateway: Gateway,
     downstream: tuple[dict[str, int], RecordingAssembler],
     media: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, assembler = downstream
-    with FakeSynthesia() as synthesia:
-        # The provider reads these per request, so the running video service picks them up.
-        monkeypatch.setenv("SYNTHESIA_API_KEY", SYNTHESIA_KEY)
-        monkeypatch.setenv("SYNTHESIA_BASE_URL", synthesia.base_url)
-        monkeypatch.setenv("SYNTHESIA_POLL_SECONDS", "0.02")
-        async with gateway() as (stub, output):
-            uploaded = await _upload(stub, media["wav"].read_bytes())
-            request = _request(
-                finishing=FINISHING,
-                music=render_service_pb2.MusicSource(upload_id=uploaded.upload_id),
-                providers=types_pb2.ProviderOverrides(avatar="synthesia"),
-            )
-            _, summary = await _render(stub, request)
+    async with gateway() as (stub, output):
+        uploaded = await _upload(stub, media["wav"].read_bytes())
+        request = _request(
+            finishing=FINISHING,
+            music=render_service_pb2.MusicSource(upload_id=uploaded.upload_id),
+            providers=types_pb2.ProviderOverrides(avatar="synthesia"),
+        )
+        _, summary = await _render(stub, request)
     assembly = assembler.assemblies[-1]
     assert assembly[0].start.finishing == FINISHING and assembly[0].start.scene_count == 1
     _, chunks = _music_sent(assembly)
