@@ -316,6 +316,9 @@ function showVideo(summary) {
   if (hasVtt) captions.src = `${base}/captions.vtt`;
   else captions.removeAttribute("src");
   player.src = `${base}/video.mp4`;
+  // The captions are burned into the picture too: the track is loaded (the player's captions menu and assistive
+  // tools read it) but not painted by default, which would show every line twice.
+  player.textTracks[0].mode = "hidden";
   player.hidden = false;
   $("download-mp4").href = `${base}/video.mp4`;
   $("download-srt").href = `${base}/captions.srt`;
