@@ -37,8 +37,13 @@ function element(tag, text, attributes = {}) {
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
-  const body = response.status === 204 ? null : await response.json();
-  if (!response.ok) throw Object.assign(new Error(body.detail), { problem: body });
+  // Answers are JSON or problem+json; anything else (a proxy's error page) is reported by its status alone.
+  const json = /json/.test(response.headers.get("Content-Type") || "");
+  const body = json ? await response.json() : null;
+  if (!response.ok) {
+    const problem = body || { detail: `HTTP ${response.status} ${response.statusText}` };
+    throw Object.assign(new Error(problem.detail), { problem });
+  }
   return body;
 }
 
@@ -278,7 +283,8 @@ function follow(renderId) {
     if (message instanceof MessageEvent) {
       events.close();
       setRunning(false);
-      status(`Failed: ${JSON.parse(message.data).detail}`);
+      const problem = JSON.parse(message.data);
+      status(problem.grpc_status === "CANCELLED" ? `Render ${renderId} cancelled.` : `Failed: ${problem.detail}`);
     } else if (events.readyState === EventSource.CLOSED) {
       setRunning(false);
       status(`Lost the connection to render ${renderId}; open it again from the recent renders.`);
