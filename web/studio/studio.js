@@ -9,7 +9,13 @@ scenes:
     narration: This video was written as a script and rendered by scenecast.
 `;
 const KINDS = { MEDIA_KIND_IMAGE: "image", MEDIA_KIND_SPEECH: "speech", MEDIA_KIND_VIDEO: "video" };
-const ASSETS = { MEDIA_KIND_IMAGE: "image", MEDIA_KIND_SPEECH: "speech", MEDIA_KIND_VIDEO: "clip" };
+const ASSETS = {
+  MEDIA_KIND_IMAGE: "image",
+  MEDIA_KIND_SPEECH: "speech",
+  MEDIA_KIND_VIDEO: "clip",
+  MEDIA_KIND_AVATAR: "avatar",
+};
+// The API lists no renders (the gateway keeps no list per person): this browser remembers the ones it started.
 const RECENT_KEY = "scenecast.recent";
 const RECENT_MAX = 10;
 // Long enough not to price every keystroke, short enough to feel live.
@@ -63,7 +69,7 @@ function significant(line) {
 
 // The 1-based line of a field path ("scenes[1].narration") in block-style YAML, or of its nearest parent that is
 // written out (a field given in flow style or missing altogether points at its parent); null when none is found.
-export function lineOf(text, field) {
+function lineOf(text, field) {
   const lines = text.split("\n");
   let start = 0;
   let end = lines.length;
@@ -195,7 +201,7 @@ async function estimate() {
     });
     $("estimate").tBodies[0].replaceChildren(...rows);
     const avatar = result.avatar_provider ? ` (avatar video by ${result.avatar_provider})` : "";
-    $("estimate-total").textContent = `Estimated cost: ${usd(result.total_usd)} for ${rows.length} scenes${avatar}`;
+    $("estimate-total").textContent = `Estimated cost: ${usd(result.total_usd)} for ${rows.length} scene${rows.length === 1 ? "" : "s"}${avatar}`;
   } catch (error) {
     if (error.name === "AbortError") return;
     $("estimate-total").textContent = "No estimate: the script has errors.";
@@ -224,7 +230,8 @@ function sceneRow(index, sceneId) {
 function sceneStep(event, step) {
   const row = sceneRow(event.scene_index, event.scene_id);
   const bar = row.querySelector("progress");
-  if (step === "clip") bar.max += 1;
+  // A scene's bar starts at image, speech and encoding: a clip adds a step, an avatar video replaces two with one.
+  bar.max += { clip: 1, avatar: -1 }[step] || 0;
   bar.value += 1;
   const done = row.dataset.done ? `${row.dataset.done} · ${step}` : step;
   row.dataset.done = done;
@@ -245,6 +252,7 @@ function setRunning(running) {
 function follow(renderId) {
   watching?.close();
   current = renderId;
+  for (const frame of $("scenes").querySelectorAll("img")) URL.revokeObjectURL(frame.src);
   $("scenes").replaceChildren();
   $("player").hidden = true;
   $("downloads").hidden = true;
@@ -295,6 +303,7 @@ function follow(renderId) {
 async function render() {
   clearTimeout(estimateTimer);
   const text = editor.value;
+  $("render").disabled = true; // one click, one render: no second POST while the first is answered
   try {
     const created = await post("/v1/renders", text);
     showErrors(null);
@@ -302,6 +311,7 @@ async function render() {
     remember({ id: created.render_id, title, at: new Date().toISOString() });
     follow(created.render_id);
   } catch (error) {
+    $("render").disabled = false;
     $("render-status").textContent = `Not rendered: ${error.message}`;
     showErrors(error.problem || { detail: error.message });
   }
@@ -333,6 +343,7 @@ function showVideo(summary) {
   $("download-vtt").parentElement.hidden = !hasVtt;
   $("downloads").hidden = false;
   summary.scenes.forEach((scene, index) => sceneRow(index, scene.scene_id));
+  // The frames are a convenience: if this browser cannot draw them, the player and downloads still work.
   sceneFrames(player.src, summary.scenes).catch(() => {});
 }
 
