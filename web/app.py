@@ -55,6 +55,8 @@ _STUDIO_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    # Revalidated on every load (a 304 when unchanged), so an upgraded server never runs yesterday's script.
+    "Cache-Control": "no-cache",
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}

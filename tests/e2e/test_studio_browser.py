@@ -105,6 +105,7 @@ def test_the_page_sets_a_strict_csp_runs_no_inline_script_and_holds_no_secret(st
     for asset in ("studio.js", "studio.css", "icon.svg"):
         served = httpx.get(f"{stack.web_url}/studio/{asset}")
         assert served.status_code == 200 and served.headers["content-security-policy"] == policy, asset
+        assert served.headers["cache-control"] == "no-cache", asset  # never yesterday's studio after an upgrade
         assert "token" not in served.text.lower() and "api_key" not in served.text.lower(), asset
     # A path that climbs out of the studio's folder is not served (sent raw: httpx would tidy it up).
     address = httpx.URL(stack.web_url)
