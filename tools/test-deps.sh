@@ -5,8 +5,8 @@
 # (tests/e2e/test_go_client.py, tests/unit/test_codegen.py): Go, the protoc plugins, and Debian's Go modules for
 # grpc and protobuf (protobuf 1.5, not the 1.3 that grpc's dependency would otherwise pick: 1.3 cannot read the
 # generated messages), and Debian's Chromium with its chromedriver for the studio's browser test
-# (tests/e2e/test_studio_browser.py, driven by selenium). The tests start their own servers on free loopback ports; nothing here starts a system
-# service. Without apt-get (not Debian), it says what to install and fails.
+# (tests/e2e/test_studio_browser.py, driven by selenium). The tests start their own servers on free loopback ports;
+# nothing here starts a system service. Without apt-get (not Debian), it says what to install and fails.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
