@@ -201,7 +201,8 @@ async function estimate() {
     });
     $("estimate").tBodies[0].replaceChildren(...rows);
     const avatar = result.avatar_provider ? ` (avatar video by ${result.avatar_provider})` : "";
-    $("estimate-total").textContent = `Estimated cost: ${usd(result.total_usd)} for ${rows.length} scene${rows.length === 1 ? "" : "s"}${avatar}`;
+    const scenes = `${rows.length} scene${rows.length === 1 ? "" : "s"}`;
+    $("estimate-total").textContent = `Estimated cost: ${usd(result.total_usd)} for ${scenes}${avatar}`;
   } catch (error) {
     if (error.name === "AbortError") return;
     $("estimate-total").textContent = "No estimate: the script has errors.";
@@ -367,7 +368,8 @@ async function sceneFrames(source, scenes) {
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
     const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.8));
     const jump = element("button", undefined, { type: "button", class: "frame" });
-    jump.append(element("img", undefined, { src: URL.createObjectURL(blob), alt: `Play from scene ${scene.scene_id}` }));
+    const frame = { src: URL.createObjectURL(blob), alt: `Play from scene ${scene.scene_id}` };
+    jump.append(element("img", undefined, frame));
     jump.addEventListener("click", () => {
       $("player").currentTime = scene.start_ms / 1000;
       $("player").play();
