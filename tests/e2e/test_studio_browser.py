@@ -272,6 +272,14 @@ def test_a_pasted_script_is_priced_rendered_played_and_downloaded(
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert _console_errors(browser) == []
 
+    # Opened again later from the recent renders: its progress replayed, its video back in the player.
+    _open(browser, stack)
+    assert browser.find_element(By.ID, "render-status").text == "Nothing rendered yet."
+    browser.find_element(By.CSS_SELECTOR, "#recent button").click()
+    wait.until(lambda b: b.execute_script("return arguments[0].readyState", b.find_element(By.ID, "player")) >= 1)
+    assert browser.find_element(By.ID, "render-status").text == status
+    assert browser.find_element(By.ID, "download-mp4").get_attribute("href") == mp4_url
+
 
 def test_a_running_render_is_cancelled_from_the_page(browser: WebDriver, stack: LocalStack) -> None:
     wait = _open(browser, stack)
