@@ -4,8 +4,9 @@
 # docker-compose (validates docker-compose.yml), and what builds the Go client offline and generates Java with buf
 # (tests/e2e/test_go_client.py, tests/unit/test_codegen.py): Go, the protoc plugins, and Debian's Go modules for
 # grpc and protobuf (protobuf 1.5, not the 1.3 that grpc's dependency would otherwise pick: 1.3 cannot read the
-# generated messages). The tests start their own servers on free loopback ports; nothing here starts a system
-# service. Without apt-get (not Debian), it says what to install and fails.
+# generated messages), and Debian's Chromium with its chromedriver for the studio's browser test
+# (tests/e2e/test_studio_browser.py, driven by selenium). The tests start their own servers on free loopback ports;
+# nothing here starts a system service. Without apt-get (not Debian), it says what to install and fails.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -16,6 +17,8 @@ command -v protoc-gen-go >/dev/null 2>&1 || missing+=(protoc-gen-go)
 command -v protoc-gen-go-grpc >/dev/null 2>&1 || missing+=(protoc-gen-go-grpc)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v grpc_java_plugin >/dev/null 2>&1 || missing+=(protobuf-compiler-grpc-java-plugin)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 gocode=/usr/share/gocode/src
 [[ -d $gocode/google.golang.org/grpc ]] || missing+=(golang-google-grpc-dev)
 [[ -d $gocode/google.golang.org/protobuf ]] || missing+=(golang-google-protobuf-dev)

@@ -7,13 +7,15 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
+from fastapi.staticfiles import StaticFiles
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import BaseModel
@@ -42,6 +44,19 @@ _PING_SECONDS = 15.0
 _CAPTIONS = {
     "srt": (types_pb2.SUBTITLE_FORMAT_SRT, "application/x-subrip; charset=utf-8"),
     "vtt": (types_pb2.SUBTITLE_FORMAT_WEBVTT, "text/vtt; charset=utf-8"),
+}
+_STUDIO = Path(__file__).resolve().parent / "studio"
+# The studio runs only its own files: no inline script or style, no other origin (it must work with no network),
+# and no framing; `blob:` images are the scene frames it draws from the finished video.
+_STUDIO_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; media-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Revalidated on every load (a 304 when unchanged), so an upgraded server never runs yesterday's script.
+    "Cache-Control": "no-cache",
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -124,7 +139,25 @@ def create_app(settings: WebSettings) -> FastAPI:
             expose_headers=["Location", "Content-Range", "Accept-Ranges", "Content-Length"],
         )
     app.include_router(_routes(settings))
+    _add_studio(app)
     return app
+
+
+class _StudioFiles(StaticFiles):
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(_STUDIO_HEADERS)
+        return response
+
+
+def _add_studio(app: FastAPI) -> None:
+    """The web studio: its page at `/`, its script and stylesheet under `/studio/`."""
+
+    @app.get("/", include_in_schema=False)
+    async def studio() -> FileResponse:
+        return FileResponse(_STUDIO / "index.html", headers=_STUDIO_HEADERS)
+
+    app.mount("/studio", _StudioFiles(directory=_STUDIO), name="studio")
 
 
 def _routes(settings: WebSettings) -> APIRouter:

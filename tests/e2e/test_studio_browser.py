@@ -1,0 +1,299 @@
+"""The web studio in real headless Chromium (Debian's, through its chromedriver), in front of the offline stack."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from scenecast_cli.stack import LocalStack
+from tests.probe import probe_mp4
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "studio.png"
+SCRIPT = """\
+title: Ladders
+output: {height: 360, fps: 25, quality: draft}
+scenes:
+  - id: check
+    title: Check the ladder
+    narration: Look at the feet and the rungs before you climb.
+  - id: three
+    visual: A worker on a ladder holding the rails.
+    narration: Keep three points of contact at all times.
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The five services and the web process, as `scenecast serve` starts them."""
+    local = LocalStack(log_dir=tmp_path_factory.mktemp("studio-logs"), web=True).start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads: Path) -> Iterator[WebDriver]:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver, "the studio test needs Debian's chromium and chromium-driver: tools/test-deps.sh"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # the tests may run as root, where Chromium's sandbox cannot start
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--mute-audio",
+        # The test starts playback itself, as a user's click would.
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    yield driver
+    driver.quit()
+
+
+def _open(browser: WebDriver, stack: LocalStack) -> WebDriverWait[WebDriver]:
+    """The studio, once it has read the providers from /v1/config and priced its example script."""
+    browser.get_log("browser")  # what earlier pages logged is theirs
+    browser.get(f"{stack.web_url}/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda b: len(Select(b.find_element(By.ID, "provider-image")).options) > 1)
+    wait.until(lambda b: b.find_element(By.ID, "estimate-total").text.startswith("Estimated cost"))
+    return wait
+
+
+def _paste(browser: WebDriver, text: str) -> None:
+    """Replaces the editor's text as a paste does: everything selected, then the new text inserted at once."""
+    editor = browser.find_element(By.ID, "script")
+    editor.click()
+    editor.send_keys(Keys.CONTROL, "a")
+    browser.execute_cdp_cmd("Input.insertText", {"text": text})
+
+
+def _console_errors(browser: WebDriver) -> list[str]:
+    """Errors the page logged (a script error, a resource that failed, a Content-Security-Policy violation)."""
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_the_page_sets_a_strict_csp_runs_no_inline_script_and_holds_no_secret(stack: LocalStack) -> None:
+    page = httpx.get(f"{stack.web_url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy and "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    # Every script is a file of the studio's own, and nothing in the markup runs code or styles inline.
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script type="module" src="/studio/studio.js">']
+    assert not re.search(r"\son[a-z]+=|\sstyle=|javascript:", page.text)
+    for asset in ("studio.js", "studio.css", "icon.svg"):
+        served = httpx.get(f"{stack.web_url}/studio/{asset}")
+        assert served.status_code == 200 and served.headers["content-security-policy"] == policy, asset
+        assert served.headers["cache-control"] == "no-cache", asset  # never yesterday's studio after an upgrade
+        assert "token" not in served.text.lower() and "api_key" not in served.text.lower(), asset
+    # A path that climbs out of the studio's folder is not served (sent raw: httpx would tidy it up).
+    address = httpx.URL(stack.web_url)
+    for path in ("/studio/../app.py", "/studio/%2e%2e/app.py", "/studio/..%2fconfig.py"):
+        connection = http.client.HTTPConnection(address.host, address.port, timeout=30)
+        try:
+            connection.request("GET", path)
+            answer = connection.getresponse()
+            assert (answer.status, answer.getheader("content-type")) == (404, "application/problem+json"), path
+        finally:
+            connection.close()
+
+
+def test_a_script_error_is_shown_at_its_line(browser: WebDriver, stack: LocalStack) -> None:
+    wait = _open(browser, stack)
+    _paste(browser, SCRIPT.replace("narration: Keep three", "narration: ''\n    show: sideways\n    #"))
+    errors = browser.find_element(By.ID, "script-errors")
+    wait.until(lambda b: len(errors.find_elements(By.TAG_NAME, "li")) == 2)
+    items = [item.text for item in errors.find_elements(By.TAG_NAME, "li")]
+    # scenes[1] is the second list item: `narration` on line 9 and `show` on line 10 of the pasted text.
+    assert items[0].startswith("Line 9 scenes[1].narration: String should have at least 1 character"), items
+    assert items[1].startswith("Line 10 scenes[1].show: Input should be"), items
+    assert browser.find_element(By.ID, "script").get_attribute("aria-invalid") == "true"
+    # The line button puts the caret on that line, for keyboard users too.
+    errors.find_element(By.TAG_NAME, "button").send_keys(Keys.ENTER)
+    selected = browser.execute_script(
+        "const e = document.activeElement; return [e.id, e.value.slice(e.selectionStart, e.selectionEnd)]"
+    )
+    assert selected == ["script", "    narration: ''"]
+    # Not YAML at all: the parser's line is shown.
+    _paste(browser, "title: x\nscenes:\n  - id: a\n   narration: [\n")
+    wait.until(lambda b: "not valid YAML" in errors.text)
+    assert errors.text.startswith("Line 4 not valid YAML: "), errors.text
+    # The gateway's own refusal names a contract field ("visual_prompt" is the script's `visual`): shown at the
+    # nearest line the script has, the scene's.
+    _paste(browser, SCRIPT.replace("    title: Check the ladder\n", ""))
+    wait.until(lambda b: "visual_prompt" in errors.text)
+    assert errors.text == ("Line 4 scenes[0].visual_prompt and scenes[0].title are both empty; give at least one"), (
+        errors.text
+    )
+    # The refused estimates are the page's only errors (Chromium logs every 4xx answer).
+    refused = "/v1/estimate - Failed to load resource: the server responded with a status of 400"
+    logged = _console_errors(browser)
+    assert logged and all(refused in message for message in logged), logged
+
+
+def test_the_controls_are_labelled_and_reached_by_tab_with_a_visible_focus(
+    browser: WebDriver, stack: LocalStack
+) -> None:
+    _open(browser, stack)
+    browser.execute_script("document.activeElement.blur()")
+    reached = []
+    for _ in range(5):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        reached.append(
+            browser.execute_script(
+                "const e = document.activeElement, style = getComputedStyle(e);"
+                "return [e.id, e.labels?.length ? [...e.labels].map((l) => l.textContent) : [e.textContent],"
+                " style.outlineStyle, style.outlineWidth]"
+            )
+        )
+    assert reached == [
+        ["script", ["Script (YAML, the CLI's format)"], "solid", "3px"],
+        ["provider-image", ["Image"], "solid", "3px"],
+        ["provider-speech", ["Speech"], "solid", "3px"],
+        ["provider-video", ["Video clips"], "solid", "3px"],
+        ["render", ["Render"], "solid", "3px"],
+    ]
+
+
+def test_a_pasted_script_is_priced_rendered_played_and_downloaded(
+    browser: WebDriver, stack: LocalStack, downloads: Path, tmp_path: Path
+) -> None:
+    wait = _open(browser, stack)
+    config = httpx.get(f"{stack.web_url}/v1/config").json()
+    images = next(s for s in config["provider_sets"] if s["kind"] == "MEDIA_KIND_IMAGE")
+    assert {provider["offline"] for provider in images["providers"]} == {True, False}
+    # Every provider is offered with its price from the config.
+    offered = {o.get_attribute("value"): o.text for o in Select(browser.find_element(By.ID, "provider-image")).options}
+    for provider in images["providers"]:
+        text = offered[provider["name"]]
+        if provider["offline"]:
+            assert text == f"{provider['name']}: free, offline"
+        else:
+            for price in provider["prices"]:
+                assert f" per {price['unit']} ({price['model']})" in text, text
+
+    _paste(browser, SCRIPT)
+    # Picking a provider writes it into the script, which is what gets priced and rendered.
+    Select(browser.find_element(By.ID, "provider-image")).select_by_value(images["default_provider"])
+    editor = browser.find_element(By.ID, "script")
+    pasted = SCRIPT + f"providers: {{image: {images['default_provider']}}}\n"
+    assert editor.get_attribute("value") == pasted
+    estimate = httpx.post(
+        f"{stack.web_url}/v1/estimate", content=pasted, headers={"Content-Type": "application/yaml"}
+    ).json()
+    total = f"Estimated cost: ${estimate['total_usd']:.2f} for 2 scenes"
+    wait.until(lambda b: b.find_element(By.ID, "estimate-total").text == total)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#estimate tbody tr")
+    assert [row.find_element(By.TAG_NAME, "th").text for row in rows] == ["check", "three"]
+    assert all(images["default_provider"] in row.text for row in rows)
+
+    browser.find_element(By.ID, "render").send_keys(Keys.ENTER)
+    player = browser.find_element(By.ID, "player")
+    WebDriverWait(browser, 90).until(lambda b: b.execute_script("return arguments[0].readyState", player) >= 1)
+    scenes = browser.find_elements(By.CSS_SELECTOR, "#scenes > li")
+    assert [scene.find_element(By.CLASS_NAME, "scene-id").text for scene in scenes] == ["check", "three"]
+    for scene in scenes:
+        steps = scene.find_element(By.CLASS_NAME, "scene-state").text.split(" · ")
+        assert sorted(steps[:2]) == ["image", "speech"] and steps[2:] == ["encoded"], steps
+        bar = scene.find_element(By.TAG_NAME, "progress")
+        assert bar.get_attribute("value") == bar.get_attribute("max") == "3"
+    status = browser.find_element(By.ID, "render-status").text
+    assert status.startswith("Done: "), status
+
+    mp4_url = browser.find_element(By.ID, "download-mp4").get_attribute("href")
+    served = httpx.get(mp4_url)
+    probed_path = tmp_path / "served.mp4"
+    probed_path.write_bytes(served.content)
+    probed = probe_mp4(probed_path)
+    assert abs(browser.execute_script("return arguments[0].duration", player) - probed.duration_s) < 0.05
+
+    # Playing: the clock advances, and the caption track holds the WebVTT file's cues.
+    assert (
+        browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "arguments[0].play().then(() => done('playing'), (error) => done(String(error)))",
+            player,
+        )
+        == "playing"
+    )
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return arguments[0].currentTime", player) > 1.0)
+    vtt = httpx.get(browser.find_element(By.ID, "download-vtt").get_attribute("href")).text
+    wait.until(
+        lambda b: b.execute_script("return arguments[0].textTracks[0].cues?.length", player) == vtt.count(" --> ")
+    )
+    # Loaded but not painted: the same captions are burned into the picture.
+    assert browser.execute_script("return arguments[0].textTracks[0].mode", player) == "hidden"
+    # Each scene's frame appears next to its progress.
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#scenes img")) == 2)
+    browser.execute_script("arguments[0].pause()", player)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.set_window_size(1280, browser.execute_script("return document.documentElement.scrollHeight") + 120)
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(SCREENSHOT))
+
+    browser.find_element(By.ID, "download-mp4").click()
+    wait.until(lambda b: [p.name for p in downloads.iterdir()] and not list(downloads.glob("*.crdownload")))
+    (downloaded,) = downloads.iterdir()
+    assert downloaded.read_bytes() == served.content
+    assert (probe_mp4(downloaded).video_codec, probe_mp4(downloaded).audio_codec) == ("h264", "aac")
+
+    # The render is listed among the recent ones, and the page fits a phone's width with all of it shown.
+    assert browser.find_element(By.ID, "recent").text.startswith("Ladders (")
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    )
+    try:
+        widths = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert widths == [390, 390]
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert _console_errors(browser) == []
+
+    # Opened again later from the recent renders: its progress replayed, its video back in the player.
+    _open(browser, stack)
+    assert browser.find_element(By.ID, "render-status").text == "Nothing rendered yet."
+    browser.find_element(By.CSS_SELECTOR, "#recent button").click()
+    wait.until(lambda b: b.execute_script("return arguments[0].readyState", b.find_element(By.ID, "player")) >= 1)
+    assert browser.find_element(By.ID, "render-status").text == status
+    assert browser.find_element(By.ID, "download-mp4").get_attribute("href") == mp4_url
+
+
+def test_a_running_render_is_cancelled_from_the_page(browser: WebDriver, stack: LocalStack) -> None:
+    wait = _open(browser, stack)
+    scenes = "".join(
+        f"  - id: s{n}\n    title: Part {n}\n    narration: Scene number {n} of a long video.\n" for n in range(12)
+    )
+    _paste(browser, f"title: Long\noutput: {{height: 360, quality: draft}}\nscenes:\n{scenes}")
+    browser.find_element(By.ID, "render").click()
+    cancel = browser.find_element(By.ID, "cancel")
+    wait.until(lambda b: cancel.is_enabled())
+    cancel.click()
+    status = browser.find_element(By.ID, "render-status")
+    wait.until(lambda b: status.text.endswith("cancelled."))
+    render_id = status.text.removeprefix("Render ").removesuffix(" cancelled.")
+    assert httpx.get(f"{stack.web_url}/v1/renders/{render_id}").json()["state"] == "cancelled"
+    assert browser.find_element(By.ID, "render").is_enabled() and not cancel.is_enabled()
+    assert browser.find_element(By.ID, "player").get_attribute("hidden") == "true"
