@@ -164,7 +164,7 @@ def _routes(settings: WebSettings) -> APIRouter:
     @router.get("/renders/{render_id}", response_model=RenderStatus)
     async def render_status(request: Request, render_id: str) -> RenderStatus:
         """The render's latest progress, and its summary or error once it ended."""
-        return _status(await gateway(request).renders.get(render_id))
+        return status_of(await gateway(request).renders.get(render_id))
 
     @router.post("/renders/{render_id}/cancel", response_model=CancelResult)
     async def cancel_render(request: Request, render_id: str) -> CancelResult:
@@ -329,7 +329,7 @@ async def _script(request: Request, cap: int) -> render_service_pb2.RenderReques
     return render_request(text, kind)
 
 
-def _status(state: RenderState) -> RenderStatus:
+def status_of(state: RenderState) -> RenderStatus:
     if state.error is not None:
         cancelled = state.error.problem.grpc_status == grpc.StatusCode.CANCELLED.name
         phase: Literal["running", "succeeded", "failed", "cancelled"] = "cancelled" if cancelled else "failed"
