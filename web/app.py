@@ -342,7 +342,7 @@ async def _script(request: Request, cap: int) -> render_service_pb2.RenderReques
     try:
         text = (await _capped_body(request, cap, "WEB_MAX_BODY_BYTES")).decode("utf-8")
     except UnicodeDecodeError:
-        raise ProblemError(400, "the script must be UTF-8 text") from None
+        raise ProblemError(400, "the script must be UTF-8 text", field="body") from None
     return render_request(text, kind)
 
 
