@@ -15,7 +15,7 @@ from web.app import create_app, openapi_text
 from web.config import WebSettings
 
 # Seconds open requests (a download, an event stream) get after SIGTERM; below Kubernetes' termination grace.
-_SHUTDOWN_GRACE_SECONDS = 5
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def serve(app: ASGIApp, host: str, port: int) -> None:
             port=port,
             log_config=None,
             server_header=False,
-            timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
     )
     # uvicorn drains on SIGTERM, then raises the signal again so that its default action ends the process (status
