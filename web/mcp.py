@@ -6,7 +6,6 @@ The tools call the same `Gateway` as the HTTP routes, so scripts, errors and ren
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import grpc
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -130,13 +130,15 @@ async def _render(
             if isinstance(event, ProblemError):
                 raise event
             if isinstance(event, render_service_pb2.RenderProgress):
+                # The render id in every message: an agent whose call is cut can still ask render_status.
                 stage = render_service_pb2.RenderStage.Name(event.stage).removeprefix("RENDER_STAGE_").lower()
-                await ctx.report_progress(number, message=f"{stage} {event.scene_id}".strip())
-    except asyncio.CancelledError:
-        # The agent gave up on the call: stop spending on a video nobody will collect. Shielded, since this task is
-        # being cancelled.
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await asyncio.shield(gateway.cancel(state.render_id))
+                scene = f" {event.scene_id}" if event.scene_id else ""
+                await ctx.report_progress(number, message=f"render {state.render_id}: {stage}{scene}")
+    except anyio.get_cancelled_exc_class():
+        # The agent cancelled the call: stop spending on a video nobody will collect. Shielded, since the call's own
+        # cancellation would otherwise cut this request short too.
+        with anyio.CancelScope(shield=True), contextlib.suppress(grpc.aio.AioRpcError):
+            await gateway.cancel(state.render_id)
         raise
     summary = await gateway.renders.finished(state.render_id)
     path = await _save(gateway, summary, private_dir(video_dir, "MCP_VIDEO_DIR"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mcp import Client, StdioServerParameters
 
@@ -64,10 +65,36 @@ async def test_an_mcp_client_renders_a_video_over_stdio(stack: LocalStack, tmp_p
     probed = probe_mp4(path)
     assert (probed.video_codec, probed.audio_codec, probed.height) == ("h264", "aac", 360)
     assert probed.subtitle_texts == [NARRATION]
-    assert "scene_encoded three" in progress
+    assert f"render {answer['render_id']}: scene_encoded three" in progress
     assert not status.is_error and status.structured_content is not None
     assert status.structured_content["state"] == "succeeded"
     assert status.structured_content["summary"] == answer["summary"]
+
+
+async def test_cancelling_a_render_call_cancels_the_render(stack: LocalStack, tmp_path: Path) -> None:
+    """An agent that gives up on a render stops it: nothing more is generated or spent for it."""
+    script = yaml.safe_load(SCRIPT)
+    script["scenes"] = [{**script["scenes"][0], "id": f"s{index}"} for index in range(8)]
+    accepted = asyncio.Event()
+    render_ids: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        render_ids.append((message or "").removeprefix("render ").split(":")[0])
+        accepted.set()
+
+    async with _mcp(stack, tmp_path / "videos") as client:
+        call = asyncio.ensure_future(client.call_tool("render", {"script": script}, progress_callback=on_progress))
+        await accepted.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        while (status := await client.call_tool("render_status", {"render_id": render_ids[0]})).structured_content[
+            "state"
+        ] == "running":
+            await asyncio.sleep(0.1)  # the server cancels the render after the call has gone
+    assert status.structured_content["state"] == "cancelled", status.structured_content
+    assert status.structured_content["error"]["grpc_status"] == "CANCELLED"
+    assert not (tmp_path / "videos").exists()
 
 
 async def test_a_bad_script_is_a_tool_error_naming_the_field(stack: LocalStack, tmp_path: Path) -> None:
