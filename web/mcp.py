@@ -23,7 +23,7 @@ from scenecast.v1 import render_service_pb2
 
 from services.common.observability import configure
 from services.common.settings import ServiceSettings
-from services.common.state import create_private_file, private_dir, state_path
+from services.common.state import UnsafeStateLocation, create_private_file, private_dir, state_path
 from web.app import proto_json, status_of
 from web.config import WebSettings
 from web.gateway import Gateway
@@ -111,19 +111,24 @@ def _request(script: dict[str, Any] | str) -> render_service_pb2.RenderRequest:
 
 @contextlib.asynccontextmanager
 async def _as_tool_errors() -> AsyncIterator[None]:
-    """A refusal (a bad script, an unknown render, a provider down) as a tool error with the HTTP API's wording, which
-    names the field and the fix, for the agent to read and correct; anything else stays a crash."""
+    """A refusal (a bad script, an unknown render, a provider down, an unsafe MCP_VIDEO_DIR) as a tool error with the
+    HTTP API's wording, which names the field and the fix, for the agent to read and correct; anything else stays a
+    crash."""
     try:
         yield
     except ProblemError as error:
         raise ToolError(error.problem.detail) from None
     except grpc.aio.AioRpcError as error:
         raise ToolError(ProblemError.from_rpc(error).problem.detail) from None
+    except UnsafeStateLocation as error:
+        raise ToolError(str(error)) from None
 
 
 async def _render(
     gateway: Gateway, video_dir: Path, request: render_service_pb2.RenderRequest, ctx: Context
 ) -> dict[str, Any]:
+    # The folder is checked before anything is spent: a render whose video cannot be saved is not started.
+    folder = private_dir(video_dir, "MCP_VIDEO_DIR")
     state = await gateway.renders.start(request)
     try:
         async for number, event in gateway.events(state.render_id, after=0):
@@ -141,7 +146,7 @@ async def _render(
             await gateway.cancel(state.render_id)
         raise
     summary = await gateway.renders.finished(state.render_id)
-    path = await _save(gateway, summary, private_dir(video_dir, "MCP_VIDEO_DIR"))
+    path = await _save(gateway, summary, folder)
     return {"path": str(path), "render_id": summary.render_id, "summary": proto_json(summary)}
 
 

@@ -94,7 +94,7 @@ async def test_cancelling_a_render_call_cancels_the_render(stack: LocalStack, tm
             await asyncio.sleep(0.1)  # the server cancels the render after the call has gone
     assert status.structured_content["state"] == "cancelled", status.structured_content
     assert status.structured_content["error"]["grpc_status"] == "CANCELLED"
-    assert not (tmp_path / "videos").exists()
+    assert list((tmp_path / "videos").iterdir()) == []  # no part of a video left
 
 
 async def test_a_bad_script_is_a_tool_error_naming_the_field(stack: LocalStack, tmp_path: Path) -> None:
@@ -110,6 +110,19 @@ async def test_a_bad_script_is_a_tool_error_naming_the_field(stack: LocalStack, 
     )
     assert unknown.is_error and "nosuchrender" in unknown.content[0].text  # type: ignore[union-attr]
     assert not video_dir.exists()
+
+
+async def test_an_unsafe_video_folder_is_a_tool_error_naming_its_setting(stack: LocalStack, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "videos").symlink_to(elsewhere)
+    async with _mcp(stack, tmp_path / "videos") as client:
+        refused = await client.call_tool("render", {"script": SCRIPT})
+    assert refused.is_error
+    assert refused.content[0].text.startswith(  # type: ignore[union-attr]
+        f"Error executing tool render: MCP_VIDEO_DIR={tmp_path / 'videos'} is a symbolic link"
+    )
+    assert list(elsewhere.iterdir()) == []
 
 
 async def test_the_streamable_http_transport_serves_the_same_tools(stack: LocalStack, tmp_path: Path) -> None:
