@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from mcp import Client, StdioServerParameters
@@ -139,8 +140,16 @@ async def test_the_streamable_http_transport_serves_the_same_tools(stack: LocalS
             await asyncio.sleep(0.1)
         async with Client(f"http://127.0.0.1:{port}/mcp") as client:
             estimate = await client.call_tool("estimate", {"script": SCRIPT})
+        # A web page on another site that got its name to resolve to 127.0.0.1 (DNS rebinding) is refused.
+        async with httpx.AsyncClient() as http:
+            rebound = await http.post(
+                f"http://127.0.0.1:{port}/mcp",
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"Host": f"evil.example:{port}", "Accept": "application/json, text/event-stream"},
+            )
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0, (tmp_path / "mcp.log").read_text()[-3000:]
     assert not estimate.is_error and estimate.structured_content is not None
     assert [scene["scene_id"] for scene in estimate.structured_content["scenes"]] == ["three"]
+    assert rebound.status_code == 421, rebound.text
