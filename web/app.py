@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import grpc
-from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from scenecast.v1 import render_service_pb2, types_pb2
 
 from scenecast_cli.script import ScriptModel
+from services.common.limits import MAX_ID_CHARS
 from web.config import WebSettings
 from web.gateway import Gateway, RenderEvent
 from web.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, ProblemError
@@ -59,6 +60,10 @@ _STUDIO_HEADERS = {
     "Cache-Control": "no-cache",
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# A render id as the gateway checks it, declared so that the OpenAPI document tells clients what it accepts.
+_ID = rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}"
+_OPTIONAL_ID = f"^(?:{_ID})?$"
+RenderId = Annotated[str, Path(pattern=f"^{_ID}$")]
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     "4XX": {
@@ -195,12 +200,12 @@ def _routes(settings: WebSettings) -> APIRouter:
         return RenderCreated(render_id=state.render_id, status=base, events=f"{base}/events", video=f"{base}/video.mp4")
 
     @router.get("/renders/{render_id}", response_model=RenderStatus)
-    async def render_status(request: Request, render_id: str) -> RenderStatus:
+    async def render_status(request: Request, render_id: RenderId) -> RenderStatus:
         """The render's latest progress, and its summary or error once it ended."""
-        return _status(await gateway(request).renders.get(render_id))
+        return status_of(await gateway(request).renders.get(render_id))
 
     @router.post("/renders/{render_id}/cancel", response_model=CancelResult)
-    async def cancel_render(request: Request, render_id: str) -> CancelResult:
+    async def cancel_render(request: Request, render_id: RenderId) -> CancelResult:
         """Stops a running render at once: CancelRender."""
         return CancelResult(cancelled=await gateway(request).cancel(render_id))
 
@@ -214,8 +219,8 @@ def _routes(settings: WebSettings) -> APIRouter:
     )
     async def render_events(
         request: Request,
-        render_id: str,
-        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+        render_id: RenderId,
+        last_event_id: Annotated[int, Header(alias="Last-Event-ID", ge=0)] = 0,
     ) -> Response:
         """Server-Sent Events: one per progress step (named after its stage: `accepted`, `asset_ready`,
         `scene_encoded`, `muxing`, `streaming`; scene steps carry `scene_index` and `scene_id`), then `summary` or
@@ -225,7 +230,7 @@ def _routes(settings: WebSettings) -> APIRouter:
         identically on every call: resuming with `Last-Event-ID: n` sends exactly the events after the n-th. 204 when
         there are none left (the render ended), which tells EventSource to stop reconnecting.
         """
-        events = _sse(gateway(request).events(render_id, after=last_event_id or 0))
+        events = _sse(gateway(request).events(render_id, after=last_event_id))
         # Read up to the first event to send before answering: an unknown render is then a 404, not an empty stream.
         first = await anext(events, None)
         if first is None:
@@ -240,7 +245,7 @@ def _routes(settings: WebSettings) -> APIRouter:
         responses={200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}}},
     )
     async def render_video(
-        request: Request, render_id: str, range_header: Annotated[str | None, Header(alias="Range")] = None
+        request: Request, render_id: RenderId, range_header: Annotated[str | None, Header(alias="Range")] = None
     ) -> StreamingResponse:
         """The MP4 (waiting for the render to end, like FetchResult), whole or one byte range (206; 416 when the range
         starts past the end). A browser's `<video>` seeks with ranges."""
@@ -269,7 +274,7 @@ def _routes(settings: WebSettings) -> APIRouter:
         response_class=Response,
         responses={200: {"content": {"application/x-subrip": {}, "text/vtt": {}}}},
     )
-    async def render_captions(request: Request, render_id: str, caption_format: Literal["srt", "vtt"]) -> Response:
+    async def render_captions(request: Request, render_id: RenderId, caption_format: Literal["srt", "vtt"]) -> Response:
         """The captions as SRT or WebVTT (waiting for the render to end), exactly as the assembler wrote them."""
         summary = await gateway(request).renders.finished(render_id)
         wanted, media_type = _CAPTIONS[caption_format]
@@ -287,15 +292,18 @@ def _routes(settings: WebSettings) -> APIRouter:
         status_code=201,
         openapi_extra={"requestBody": {"required": True, "content": {"audio/*": {"schema": {"format": "binary"}}}}},
     )
-    async def upload_music(
-        request: Request,
-        content_type: Annotated[str, Header()] = "",
-        content_length: Annotated[int | None, Header(ge=0)] = None,
-    ) -> dict[str, Any]:
+    async def upload_music(request: Request) -> dict[str, Any]:
         """Uploads background music (the raw file as the body, Content-Type audio/*, Content-Length set); name the
         returned `upload_id` in the script's `finishing.music.upload`."""
-        mime_type = content_type.split(";")[0].strip().lower()
-        if not mime_type.startswith("audio/"):
+        # Content-Type and Content-Length describe the body, so they are read here rather than declared as
+        # parameters: OpenAPI ignores a Content-Type parameter, and a client generated from the document would
+        # send a Content-Length of its own instead of the body's.
+        mime_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        declared = request.headers.get("content-length", "")
+        content_length = int(declared) if declared.isdigit() else None
+        # A concrete audio type: the gateway checks the upload against it (a wildcard would come back naming the
+        # gRPC field).
+        if not mime_type.startswith("audio/") or mime_type == "audio/*":
             raise ProblemError(
                 415,
                 f"Content-Type must be audio/* (audio/mpeg, audio/wav...), got {mime_type[:60]!r}",
@@ -316,8 +324,17 @@ def _routes(settings: WebSettings) -> APIRouter:
     async def spend(
         request: Request,
         group_by: Literal["day", "provider", "render"] = "day",
-        since_day: Annotated[str, Query(description="First UTC day included, YYYY-MM-DD; empty means every day.")] = "",
-        render_id: Annotated[str, Query(description="Only this render; empty means all.")] = "",
+        # A string of the date's own form, not a `date`: pydantic would also take a number of seconds ("0" is
+        # 1970-01-01); the gateway refuses a day that does not exist, naming since_day.
+        since_day: Annotated[
+            str,
+            Query(
+                description="First UTC day included, YYYY-MM-DD; omitted means every day.",
+                pattern=r"^\d{4}-\d{2}-\d{2}$",
+                json_schema_extra={"format": "date"},
+            ),
+        ] = "",
+        render_id: Annotated[str, Query(description="Only this render; empty means all.", pattern=_OPTIONAL_ID)] = "",
     ) -> dict[str, Any]:
         """Recorded provider spend, grouped by day, provider or render: GetSpend."""
         return proto_json(await gateway(request).spend(group_by, since_day, render_id))
@@ -358,11 +375,11 @@ async def _script(request: Request, cap: int) -> render_service_pb2.RenderReques
     try:
         text = (await _capped_body(request, cap, "WEB_MAX_BODY_BYTES")).decode("utf-8")
     except UnicodeDecodeError:
-        raise ProblemError(400, "the script must be UTF-8 text") from None
+        raise ProblemError(400, "the script must be UTF-8 text", field="body") from None
     return render_request(text, kind)
 
 
-def _status(state: RenderState) -> RenderStatus:
+def status_of(state: RenderState) -> RenderStatus:
     if state.error is not None:
         cancelled = state.error.problem.grpc_status == grpc.StatusCode.CANCELLED.name
         phase: Literal["running", "succeeded", "failed", "cancelled"] = "cancelled" if cancelled else "failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from scenecast.v1 import render_service_pb2, types_pb2
@@ -25,7 +26,10 @@ def render_request(text: str, kind: Literal["JSON", "YAML"]) -> render_service_p
             )
         render = checked_request(script)
     except ScriptError as error:
-        errors = [FieldProblem(field=field_path(loc) or "(top level)", detail=msg) for loc, msg in error.problems]
+        errors = [
+            FieldProblem(field=field_path(_fields_only(loc)) or "(top level)", detail=msg)
+            for loc, msg in error.problems
+        ]
         detail = "; ".join(f"{e.field}: {e.detail}" for e in errors) if errors else str(error)
         raise ProblemError(400, detail, field=errors[0].field if errors else None, errors=errors or None) from None
     # Both caption files for every render with captions: the studio's player needs WebVTT for its caption track and
@@ -34,3 +38,13 @@ def render_request(text: str, kind: Literal["JSON", "YAML"]) -> render_service_p
         if render.output.captions and wanted not in render.finishing.sidecars:
             render.finishing.sidecars.append(wanted)
     return render
+
+
+# A script's fields are snake_case; pydantic also puts the member of a union it tried into a location (its class name,
+# or `literal['off']`), which is no field the user wrote: "finishing.loudness.LoudnessModel.lufs" is
+# "finishing.loudness.lufs" to them.
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _fields_only(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    return tuple(part for part in loc if isinstance(part, int) or _FIELD.fullmatch(part))

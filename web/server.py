@@ -7,6 +7,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from services.common.observability import configure
 from services.common.settings import ServiceSettings
@@ -14,7 +15,7 @@ from web.app import create_app, openapi_text
 from web.config import WebSettings
 
 # Seconds open requests (a download, an event stream) get after SIGTERM; below Kubernetes' termination grace.
-_SHUTDOWN_GRACE_SECONDS = 5
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def main() -> None:
@@ -27,14 +28,19 @@ def main() -> None:
     # Logging as every service logs (JSON lines, secrets redacted); the web API makes no spans and serves no /metrics
     # yet.
     configure("web", settings.log_format, settings.log_level, metrics_port=0, tracing=ServiceSettings())
+    serve(app, settings.host, settings.port)
+
+
+def serve(app: ASGIApp, host: str, port: int) -> None:
+    """Runs an ASGI app with uvicorn until SIGTERM, which drains open requests and exits with status 0."""
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
+            host=host,
+            port=port,
             log_config=None,
             server_header=False,
-            timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
     )
     # uvicorn drains on SIGTERM, then raises the signal again so that its default action ends the process (status

@@ -36,6 +36,9 @@ from services.common.healthcheck import local_address
 from services.common.server import LIVENESS
 from services.common.settings import ServiceSettings
 from services.common.state import UnsafeStateLocation, private_dir
+from web.app import create_app
+from web.config import WebSettings
+from web.server import SHUTDOWN_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -54,6 +57,12 @@ SERVICES: dict[str, tuple[str, str, int]] = {
     "assembler": ("services.assembler", "services.assembler.config", 50054),
 }
 MEDIA = ("image", "audio", "video", "assembler")
+# The HTTP/JSON API in front of the gateway (python -m web): a Deployment like the services, but HTTP, without metrics.
+WEB_PORT = 8080
+WEB_PODS = {"app.kubernetes.io/component": "web"}
+# The optional Secret with the gateway caller token the web passes on (made by hand, never committed).
+WEB_TOKEN_SECRET = "scenecast-web-token"
+DEPLOYMENTS = (*SERVICES, "web")
 # The services that call paid providers, and so the only ones given the keys.
 KEYED = ("image", "audio", "video")
 # The keys each service's providers need; nothing else gets a key.
@@ -329,7 +338,21 @@ def _check_deployment(name: str, deployment: dict[str, Any]) -> None:
 
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == port, f"{name}: {probe} is not a native gRPC probe on {port}"
+    _check_hardening(name, deployment)
 
+    drain = _drain_seconds(name, env)
+    assert pod["terminationGracePeriodSeconds"] > drain, f"{name}: grace period not above the {drain} s drain"
+
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def _check_hardening(name: str, deployment: dict[str, Any]) -> None:
+    """What every scenecast pod has: resources within their limits, the restricted security context, /tmp writable."""
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
     resources = container["resources"]
     for kind in ("cpu", "memory"):
         request, limit = resources["requests"][kind], resources["limits"][kind]
@@ -346,13 +369,40 @@ def _check_deployment(name: str, deployment: dict[str, Any]) -> None:
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     assert mounts.get("/tmp") in empty_dirs, f"{name}: /tmp must be an emptyDir (the root filesystem is read-only)"
 
-    drain = _drain_seconds(name, env)
-    assert pod["terminationGracePeriodSeconds"] > drain, f"{name}: grace period not above the {drain} s drain"
 
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
-    assert annotations["prometheus.io/path"] == "/metrics"
+def _check_web_deployment(deployment: dict[str, Any]) -> None:
+    """The web API's Deployment, in its base or rendered form: `python -m web` on all interfaces of the pod, reaching
+    the gateway's Service with the token from the optional Secret and no other secret, probed over HTTP (readiness
+    follows the gateway, liveness does not), hardened like the services, and a grace above its drain."""
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert container["command"] == ["python", "-m", "web"]
+    env = _plain_env(container)
+    gateway_port = SERVICES["gateway"][2]
+    assert env == {
+        "WEB_HOST": "0.0.0.0",
+        "WEB_PORT": str(WEB_PORT),
+        "SCENECAST_GATEWAY": f"scenecast-gateway:{gateway_port}",
+    }
+    aliases = {alias for field in WebSettings.model_fields.values() for alias in field.validation_alias.choices}  # type: ignore[union-attr]
+    assert set(env) | set(_secret_refs(container)) <= aliases, "a variable the web's settings do not read"
+    assert WebSettings.model_validate(env).gateway == env["SCENECAST_GATEWAY"]
+    assert _secret_refs(container) == {
+        "SCENECAST_TOKEN": {"name": WEB_TOKEN_SECRET, "key": "SCENECAST_TOKEN", "optional": True}
+    }, "the web gets the gateway token (optionally) and no provider key, service token or state URL"
+    assert all("secretRef" not in source for source in container.get("envFrom", []))
+    ports = {item["name"]: item["containerPort"] for item in container["ports"]}
+    assert ports == {"http": WEB_PORT}
+    app = create_app(WebSettings())
+    probes = {probe: container[probe]["httpGet"] for probe in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert all(check["port"] == "http" for check in probes.values())
+    # Readiness asks the route that follows the gateway; start-up and liveness one the process answers by itself, so
+    # a gateway outage never restarts the web.
+    assert probes["readinessProbe"]["path"] == app.url_path_for("health")
+    assert probes["livenessProbe"]["path"] == probes["startupProbe"]["path"] == app.url_path_for("openapi")
+    _check_hardening("web", deployment)
+    assert pod["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_SECONDS
+    assert "replicas" not in deployment["spec"], "web: its ScaledObject owns the replica count"
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -367,6 +417,16 @@ def test_deployment_follows_the_deploy_rule(name: str) -> None:
     _check_state_secret(name, deployment)
     # A count here would be reset by every apply, under the autoscaler's feet (a reset downwards cuts renders).
     assert "replicas" not in deployment["spec"], f"{name}: its ScaledObject owns the replica count"
+
+
+def test_web_deployment_reaches_the_gateway_over_http_probes() -> None:
+    deployment, service = _service_file("web")
+    _check_web_deployment(deployment)
+    assert ("Service", "scenecast-gateway") in BASE_OBJECTS
+    assert service["spec"]["ports"] == [{"name": "http", "port": WEB_PORT, "targetPort": "http"}]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items() and pod_labels.items() >= WEB_PODS.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_gateway_readiness_follows_its_services_and_liveness_does_not() -> None:
@@ -428,14 +488,14 @@ def test_every_deployment_scales_on_work_in_flight_through_keda() -> None:
     CPU. Each Prometheus trigger is complete and divides a sum by a per-replica threshold (AverageValue)."""
     assert not [key for key in BASE_OBJECTS if key[0] == "HorizontalPodAutoscaler"]
     scaled_objects = _scaled_objects()
-    assert set(scaled_objects) == set(SERVICES)
+    assert set(scaled_objects) == set(DEPLOYMENTS)
     for name, scaled in scaled_objects.items():
         spec = scaled["spec"]
         assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"scenecast-{name}"}
         assert ("Deployment", f"scenecast-{name}") in BASE_OBJECTS
         assert 2 <= spec["minReplicaCount"] < spec["maxReplicaCount"], f"{name}: losing one pod must leave one"
         kinds = [trigger["type"] for trigger in spec["triggers"]]
-        expected = {"gateway": ["prometheus"], "assembler": ["cpu"]}.get(name, ["prometheus", "cpu"])
+        expected = {"gateway": ["prometheus"], "assembler": ["cpu"], "web": ["cpu"]}.get(name, ["prometheus", "cpu"])
         assert kinds == expected, f"{name}: triggers {kinds}"
         for trigger in spec["triggers"]:
             if trigger["type"] == "cpu":
@@ -730,7 +790,7 @@ def _check_dependency_policies(docs: list[dict[str, Any]]) -> None:
         labels = stateful_set["spec"]["template"]["metadata"]["labels"]
         sources = _ingress_sources(policies, labels, port)
         assert len(sources) == 1, f"{name}: {sources}"
-        for component in ("gateway", *MEDIA, "frontdoor"):
+        for component in ("gateway", *MEDIA, "web", "frontdoor"):
             assert _selects(sources[0]["podSelector"], {COMPONENT: component}) == (component in components), (
                 f"{name} reachable from {component}: {component not in components}"
             )
@@ -798,8 +858,9 @@ def _ingress_sources(policies: list[dict[str, Any]], labels: dict[str, str], por
 
 
 def _check_network_policies(docs: list[dict[str, Any]]) -> None:
-    """Default deny; only the gateway reaches the media services, only the front door the gateway, and only the
-    monitoring namespace any metrics port. Checked for the pods of every Deployment, so a new one is covered too."""
+    """Default deny; only the gateway reaches the media services, only the web API and the front door the gateway,
+    only the front door the web API, and only the monitoring namespace any metrics port. Checked for the pods of every
+    Deployment, so a new one is covered too."""
     policies = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
     assert any(
         policy["spec"]["podSelector"] == {}
@@ -808,15 +869,20 @@ def _check_network_policies(docs: list[dict[str, Any]]) -> None:
         for policy in policies
     ), "no default-deny ingress policy"
     deployments = [doc for doc in docs if doc["kind"] == "Deployment"]
-    assert {doc["metadata"]["name"].removeprefix("scenecast-") for doc in deployments} == set(SERVICES)
+    assert {doc["metadata"]["name"].removeprefix("scenecast-") for doc in deployments} == set(DEPLOYMENTS)
+    scrape = [{"namespaceSelector": {"matchLabels": MONITORING}}]
     for deployment in deployments:
         name = deployment["metadata"]["name"].removeprefix("scenecast-")
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        callers = FRONT_DOOR if name == "gateway" else {COMPONENT: "gateway"}
-        assert _ingress_sources(policies, labels, "grpc") == [{"podSelector": {"matchLabels": callers}}], name
-        assert _ingress_sources(policies, labels, "metrics") == [{"namespaceSelector": {"matchLabels": MONITORING}}]
+        callers = {
+            "gateway": {"grpc": [FRONT_DOOR, WEB_PODS], "metrics": scrape},
+            "web": {"http": [FRONT_DOOR]},
+        }.get(name, {"grpc": [{COMPONENT: "gateway"}], "metrics": scrape})
+        for port, sources in callers.items():
+            pods = [peer if "namespaceSelector" in peer else {"podSelector": {"matchLabels": peer}} for peer in sources]
+            assert _ingress_sources(policies, labels, port) == pods, f"{name} on {port}"
         ports = {item["name"] for item in _container(deployment)["ports"]}
-        assert ports == {"grpc", "metrics"}, f"{name}: a port no policy names would be closed without a word"
+        assert ports == set(callers), f"{name}: a port no policy names would be closed without a word"
 
 
 def test_network_policies_let_only_the_gateway_reach_the_services() -> None:
@@ -887,7 +953,8 @@ def test_rendered_variant_is_consistent(rendered: dict[str, list[dict[str, Any]]
     deployments = {
         doc["metadata"]["name"].removeprefix("scenecast-"): doc for doc in docs if doc["kind"] == "Deployment"
     }
-    assert set(deployments) == set(SERVICES)
+    assert set(deployments) == set(DEPLOYMENTS)
+    _check_web_deployment(deployments.pop("web"))
     for name, deployment in deployments.items():
         _check_deployment(name, deployment)
         for source in _container(deployment)["envFrom"]:
