@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import grpc
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi import Path as PathParameter
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
@@ -63,7 +64,7 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 # A render id as the gateway checks it, declared so that the OpenAPI document tells clients what it accepts.
 _ID = rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}"
 _OPTIONAL_ID = f"^(?:{_ID})?$"
-RenderId = Annotated[str, Path(pattern=f"^{_ID}$")]
+RenderId = Annotated[str, PathParameter(pattern=f"^{_ID}$")]
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     "4XX": {
