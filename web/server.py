@@ -9,6 +9,7 @@ from types import FrameType
 import uvicorn
 
 from services.common.observability import configure
+from services.common.ports import report_ports
 from services.common.settings import ServiceSettings
 from web.app import create_app, openapi_text
 from web.config import WebSettings
@@ -26,21 +27,25 @@ def main() -> None:
         return
     # Logging as every service logs (JSON lines, secrets redacted); the web API makes no spans and serves no /metrics
     # yet.
-    configure("web", settings.log_format, settings.log_level, metrics_port=0, tracing=ServiceSettings())
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
-        )
+    service_settings = ServiceSettings()
+    configure("web", settings.log_format, settings.log_level, metrics_port=0, tracing=service_settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
     )
+    # Bound here rather than by uvicorn, so that the port it got (WEB_PORT=0: a free one) can be reported before
+    # serving; connections that arrive meanwhile wait in the backlog.
+    listener = config.bind_socket()
+    listener.listen()
+    report_ports(service_settings.port_report_file, http=listener.getsockname()[1])
     # uvicorn drains on SIGTERM, then raises the signal again so that its default action ends the process (status
     # -15); a drained shutdown is a clean exit here, as for the gRPC services.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    server.run()
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
