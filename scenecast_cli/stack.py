@@ -113,6 +113,8 @@ class LocalStack:
 
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # Or one file that every process appends to (each JSON line names its service), as the CLI keeps them.
+    log_file: Path | None = None
     default_ports: bool = False
     # Replicas per media service (default 1); the gateway gets all their addresses and spreads calls round-robin.
     replicas: Mapping[str, int] = field(default_factory=dict)
@@ -236,7 +238,8 @@ class LocalStack:
     def _launch(self, name: str) -> None:
         module, env = self._launches[name]
         # Appended to, so a restarted process's log follows the one of the process that died.
-        log = (self.log_dir / f"{name}.log").open("ab") if self.log_dir else None
+        path = self.log_file or (self.log_dir / f"{name}.log" if self.log_dir else None)
+        log = path.open("ab") if path else None
         self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
         self._restarts.setdefault(name, _Restarts()).started = time.monotonic()
         if log is not None:
