@@ -160,7 +160,7 @@ def _gateway(args: argparse.Namespace) -> Iterator[str]:
         return
     log_file = None if args.verbose else _new_log_file()
     if log_file is not None:
-        _console.print(f"starting the services; their logs: {log_file}", soft_wrap=True)
+        _console.print(f"starting the services; their logs: {log_file}", soft_wrap=True, highlight=False)
     with LocalStack(log_file=log_file) as stack:
         yield stack.gateway_address
 
