@@ -4,6 +4,7 @@ named private file, a progress bar that knows its length from the start, a one-s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -48,9 +49,8 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_draft_of_one_scene_renders_quietly_with_the_logs_in_a_named_private_file(tmp_path: Path) -> None:
-    output = tmp_path / "second.mp4"
-    result = _run(tmp_path, "render", "SCRIPT", "-o", str(output), "--start-services", "--scene", "second", "--draft")
+def test_start_services_is_quiet_and_names_the_private_file_with_the_logs(tmp_path: Path) -> None:
+    result = _run(tmp_path, "render", "SCRIPT", "-o", str(tmp_path / "all.mp4"), "--start-services")
     assert result.returncode == 0, result.stderr
     # No service log line reaches the terminal, and the bar never shows an unknown length.
     assert '"level"' not in result.stderr and "/None" not in result.stderr, result.stderr
@@ -59,8 +59,14 @@ def test_a_draft_of_one_scene_renders_quietly_with_the_logs_in_a_named_private_f
     log = Path(named.group(1))
     assert log.parent == tmp_path / "state" / "scenecast" / "logs"
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700 and stat.S_IMODE(log.stat().st_mode) == 0o600
-    services = {re.search(r'"service": "(\w+)"', line).group(1) for line in log.read_text().splitlines()}  # type: ignore[union-attr]
+    services = {json.loads(line)["service"] for line in log.read_text().splitlines()}
     assert services == {"image", "audio", "video", "assembler", "gateway"}
+
+
+def test_a_draft_of_one_scene_is_its_own_short_low_video(tmp_path: Path) -> None:
+    output = tmp_path / "second.mp4"
+    result = _run(tmp_path, "render", "SCRIPT", "-o", str(output), "--start-services", "--scene", "second", "--draft")
+    assert result.returncode == 0, result.stderr
     video = probe_mp4(output)
     assert video.height == 360
     # Only the scene asked for, and no title card before it.
