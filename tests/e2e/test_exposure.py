@@ -217,16 +217,17 @@ class _Serve:
             pytest.fail(f"scenecast serve printed nothing more within {WAIT_SECONDS:.0f} s")
 
     def children(self) -> dict[str, int]:
-        """Module run by each child process -> its pid."""
+        """Module run by each child process -> its pid (a child that has not yet started Python shows no module)."""
         pids = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2].decode(): int(pid) for pid in pids}
+        commands = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids}
+        return {command[2].decode(): pid for pid, command in commands.items() if len(command) > 2}
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Serve, list[str]]]:
     started = _Serve(tmp_path_factory.mktemp("serve"))
     try:
-        printed = [started.next_line() for _ in range(6)]
+        printed = [started.next_line() for _ in range(7)]  # five services, the web API, the summary
         yield started, printed
     finally:
         started.process.send_signal(signal.SIGINT)
@@ -254,7 +255,8 @@ def test_serve_prints_every_port_and_keeps_metrics_on_loopback(serve: tuple[_Ser
         assert (words[0], words[1], words[3]) == (name, "gRPC", "metrics"), line
         ports[name] = (words[2], words[4])
     gateway = ports["gateway"][0]
-    assert printed[5] == (
+    assert printed[5].startswith("web        HTTP http://127.0.0.1:"), printed[5]
+    assert printed[6] == (
         f"gateway listening on {gateway}; no authentication: any local user or process can render (set "
         "GATEWAY_AUTH_TOKENS to require a token); Ctrl-C stops"
     )
@@ -275,7 +277,7 @@ def test_serve_restarts_a_killed_service(serve: tuple[_Serve, list[str]], tmp_pa
     assert started.next_line() == f"image ({image_address}) exited with -9; restarting in 1 s"
     restarted = started.next_line()
     assert restarted.startswith("image restarted (process ")
-    assert started.children()["services.image"] != killed
+    _wait_for("the new image process", lambda: started.children().get("services.image", killed) != killed)
     _wait_for("the restarted image service", lambda: _status(image_address) == "SERVING")
     _wait_for("the gateway to be ready again", lambda: _status(gateway) == "SERVING")
     out = tmp_path / "after-restart.mp4"
