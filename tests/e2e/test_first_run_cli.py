@@ -81,3 +81,10 @@ def test_every_command_that_needs_a_gateway_can_start_one(tmp_path: Path, comman
     assert result.returncode == 0, result.stderr
     assert printed in result.stdout
     assert '"level"' not in result.stderr, result.stderr
+
+
+def test_verbose_shows_the_service_logs_on_the_terminal(tmp_path: Path) -> None:
+    result = _run(tmp_path, "config", "--start-services", "-v")
+    assert result.returncode == 0, result.stderr
+    assert '"service": "gateway"' in result.stderr and "their logs:" not in result.stderr
+    assert not (tmp_path / "state" / "scenecast" / "logs").exists()
