@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -12,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scenecast.v1 import render_service_pb2, types_pb2
 
+from gateway.config import GatewaySettings
+from gateway.validation import validate_render
 from services.common import finishing, limits
 from services.common.errors import InvalidArgument
 from services.common.output import ASPECT_NAMES
@@ -192,7 +195,7 @@ def script_problems(path: Path) -> list[str]:
     """Every problem of a script file, one line each, "file:line: field: reason" as compilers print them (the line
     is the field's own, or that of the nearest enclosing block when the field is missing); empty when it is valid."""
     try:
-        load_script(path)
+        script = load_script(path)
     except ScriptError as error:
         if not error.problems:
             return [str(error)]  # unreadable, or not YAML/JSON (the parser's message has the line), or one check
@@ -201,6 +204,15 @@ def script_problems(path: Path) -> list[str]:
             f"{path}:{_line(root, loc)}: {'.'.join(str(part) for part in loc) or '(top level)'}: {message}"
             for loc, message in error.problems
         ]
+    # Then the gateway's own checks (a scene with neither visual nor title...), as a default gateway makes them; they
+    # stop at the first problem. A gateway whose AVATAR_PROVIDER is set needs no visuals: not knowable offline.
+    try:
+        validate_render(
+            script.request, GatewaySettings.model_fields["max_scenes"].default, not script.request.providers.avatar
+        )
+    except InvalidArgument as error:
+        scene = re.match(r"scenes\[(\d+)\]", str(error))
+        return [f"{path}:{_line(_yaml_tree(path), ('scenes', int(scene[1])) if scene else ())}: {error}"]
     return []
 
 

@@ -58,6 +58,13 @@ def test_validate_prints_every_problem_with_its_line(tmp_path: Path) -> None:
         f"{script}:9: scenes.1.id: String should match pattern '^[A-Za-z0-9_-]+$'\n"
         f"{script}:9: scenes.1.narration: Field required\n"
     )
+    # What the model takes but the gateway refuses is found offline too.
+    script.write_text("scenes:\n  - id: a\n    narration: Hi.\n    visual: A sky\n  - id: b\n    narration: Hello.\n")
+    result = _scenecast(tmp_path, "validate", str(script))
+    assert (result.returncode, result.stdout) == (
+        2,
+        f"{script}:5: scenes[1].visual_prompt and scenes[1].title are both empty; give at least one\n",
+    )
     example = Path(__file__).parents[2] / "examples" / "safety-ladder.yaml"
     valid = _scenecast(tmp_path, "validate", str(example))
     assert (valid.returncode, valid.stdout) == (0, f"{example}: valid\n")
