@@ -31,4 +31,4 @@ def wait_for_ports(name: str, path: Path, process: subprocess.Popen[bytes], time
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} reported no listening port within {timeout_seconds:.0f} s")
         time.sleep(0.05)
-    return {name: int(port) for name, port in json.loads(path.read_text()).items()}
+    return {kind: int(port) for kind, port in json.loads(path.read_text()).items()}
