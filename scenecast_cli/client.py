@@ -92,7 +92,7 @@ def render_to_file(
                     else:
                         raise RuntimeError("the render stream ended without a summary")
             except grpc.RpcError as error:
-                if not render_id or not _connection_lost(error):
+                if not render_id or not connection_lost(error):
                     raise
                 summary = _reattach(address, render_id, handle, progress, write, left)
         os.replace(partial, output)
@@ -137,7 +137,7 @@ def _create_fresh(partial: Path) -> BinaryIO:
     return os.fdopen(os.open(partial, flags, 0o666), "wb")
 
 
-def _connection_lost(error: grpc.RpcError) -> bool:
+def connection_lost(error: grpc.RpcError) -> bool:
     """UNAVAILABLE from the transport, not a status the gateway sent (those carry its origin marker): only then is
     the render still running and worth re-attaching to."""
     if error.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
@@ -172,7 +172,7 @@ def _reattach(
                         return response.summary
                 raise RuntimeError("the result stream ended without a summary")
         except grpc.RpcError as error:
-            if not _connection_lost(error) or attempt == REATTACH_ATTEMPTS:
+            if not connection_lost(error) or attempt == REATTACH_ATTEMPTS:
                 raise
             wait = min(wait * 2, 8.0)
     raise AssertionError("unreachable")

@@ -1,4 +1,4 @@
-"""`scenecast render|estimate|config|spend|serve`."""
+"""`scenecast render|estimate|validate|config|spend|serve`."""
 
 from __future__ import annotations
 
@@ -9,20 +9,31 @@ import secrets
 import signal
 import sys
 import time
-from datetime import date
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import grpc
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from scenecast.v1 import render_service_pb2, types_pb2
 
 from gateway.config import GatewaySettings
-from scenecast_cli.client import estimate_cost, get_config, get_spend, render_to_file, upload_music, write_sidecars
-from scenecast_cli.script import ScriptError, load_script
+from scenecast_cli.client import (
+    connection_lost,
+    estimate_cost,
+    get_config,
+    get_spend,
+    render_to_file,
+    upload_music,
+    write_sidecars,
+)
+from scenecast_cli.script import DRAFT_HEIGHT, Script, ScriptError, draft, load_script, only_scene, script_problems
 from scenecast_cli.stack import LocalStack
+from services.common.state import create_private_file, private_dir, state_path
 
 DEFAULT_GATEWAY = os.environ.get("SCENECAST_GATEWAY", "127.0.0.1:50050")
 _console = Console(stderr=True)
@@ -31,40 +42,13 @@ _GROUPINGS = {
     "provider": render_service_pb2.SPEND_GROUPING_PROVIDER,
     "render": render_service_pb2.SPEND_GROUPING_RENDER,
 }
+# Service log files of --start-services runs kept in the state folder (the oldest are removed).
+_KEPT_LOGS = 10
 _GROUP_TITLES = {"day": "day (UTC)", "provider": "provider/model", "render": "render"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scenecast", description="Script in, narrated MP4 out.")
-    gateway = argparse.ArgumentParser(add_help=False)
-    gateway.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (env SCENECAST_GATEWAY)")
-    gateway.add_argument("--tls", action="store_true", help="use TLS with the system's CAs (env SCENECAST_TLS)")
-    gateway.add_argument("--ca-file", help="CA bundle that signed the gateway's certificate (env SCENECAST_CA_FILE)")
-    gateway.add_argument("--cert-file", help="client certificate for mTLS (env SCENECAST_CERT_FILE)")
-    gateway.add_argument("--key-file", help="client key for mTLS (env SCENECAST_KEY_FILE)")
-    gateway.add_argument("--server-name", help="TLS name to expect from the gateway (env SCENECAST_SERVER_NAME)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    render = commands.add_parser("render", parents=[gateway], help="render a YAML or JSON script to an MP4")
-    render.add_argument("script", type=Path)
-    render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
-    render.add_argument("--no-cache", action="store_true", help="regenerate every asset even when it is cached")
-    render.add_argument(
-        "--start-services", action="store_true", help="start the five services locally for this render, then stop them"
-    )
-    estimate = commands.add_parser("estimate", parents=[gateway], help="price a script without rendering it")
-    estimate.add_argument("script", type=Path)
-    commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
-    spend = commands.add_parser("spend", parents=[gateway], help="show the provider spend the gateway recorded")
-    spend.add_argument("--by", choices=tuple(_GROUPINGS), default="day", help="one row per day, provider or render")
-    spend.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day to include")
-    spend.add_argument("--render", default="", metavar="ID", help="only this render")
-    serve = commands.add_parser(
-        "serve", help="run the five services and the HTTP/JSON API locally on their default ports until Ctrl-C"
-    )
-    serve.add_argument(
-        "--free-ports", action="store_true", help="use free ports instead of the defaults (to run beside another stack)"
-    )
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     # The client reads its TLS settings from the environment; flags override it. The token is env-only
     # (SCENECAST_TOKEN), so it never appears in a process listing.
     for flag, variable in (
@@ -77,21 +61,33 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag, None):
             os.environ[variable] = "true" if getattr(args, flag) is True else str(getattr(args, flag))
     try:
+        if args.command == "validate":
+            return _validate(args.script)
+        if args.command == "serve":
+            return _serve(args.free_ports)
+        # Read first: a bad script (or --scene id) fails before any service starts.
+        script = load_script(args.script) if args.command in ("render", "estimate") else None
         if args.command == "render":
-            return _render(args)
-        if args.command == "estimate":
-            _print_estimate(estimate_cost(args.gateway, load_script(args.script).request))
+            assert script is not None
+            if args.scene:
+                only_scene(script.request, args.scene)
+            if args.draft:
+                draft(script.request)
+        with _gateway(args) as address:
+            if args.command == "render":
+                assert script is not None
+                return _render(args, script, address)
+            if args.command == "estimate":
+                assert script is not None
+                _print_estimate(estimate_cost(address, script.request))
+            elif args.command == "config":
+                _print_config(get_config(address))
+            else:
+                request = render_service_pb2.GetSpendRequest(
+                    group_by=_GROUPINGS[args.by], since_day=args.since or "", render_id=args.render
+                )
+                _print_spend(get_spend(address, request), args.by)
             return 0
-        if args.command == "config":
-            _print_config(get_config(args.gateway))
-            return 0
-        if args.command == "spend":
-            request = render_service_pb2.GetSpendRequest(
-                group_by=_GROUPINGS[args.by], since_day=args.since or "", render_id=args.render
-            )
-            _print_spend(get_spend(args.gateway, request), args.by)
-            return 0
-        return _serve(args.free_ports)
     except ScriptError as error:
         _fail("bad script", str(error))
         return 2
@@ -99,8 +95,85 @@ def main(argv: list[str] | None = None) -> int:
         _fail("error", str(error))
         return 1
     except grpc.RpcError as error:
-        _fail(error.code().name, error.details())  # type: ignore[attr-defined]
+        message = error.details()  # type: ignore[attr-defined]
+        if connection_lost(error) and not args.start_services:
+            message += (
+                f" (no gateway answers at {args.gateway}: run `scenecast serve` in another terminal, or add "
+                "--start-services to start the services for this command only)"
+            )
+        _fail(error.code().name, message)  # type: ignore[attr-defined]
         return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scenecast", description="Script in, narrated MP4 out.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('scenecast')}")
+    gateway = argparse.ArgumentParser(add_help=False)
+    gateway.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (env SCENECAST_GATEWAY)")
+    gateway.add_argument("--tls", action="store_true", help="use TLS with the system's CAs (env SCENECAST_TLS)")
+    gateway.add_argument("--ca-file", help="CA bundle that signed the gateway's certificate (env SCENECAST_CA_FILE)")
+    gateway.add_argument("--cert-file", help="client certificate for mTLS (env SCENECAST_CERT_FILE)")
+    gateway.add_argument("--key-file", help="client key for mTLS (env SCENECAST_KEY_FILE)")
+    gateway.add_argument("--server-name", help="TLS name to expect from the gateway (env SCENECAST_SERVER_NAME)")
+    gateway.add_argument(
+        "--start-services",
+        action="store_true",
+        help="start the five services locally for this command (on free ports), then stop them; their logs go to a "
+        "file named on the terminal",
+    )
+    gateway.add_argument(
+        "-v", "--verbose", action="store_true", help="with --start-services, show the services' logs here instead"
+    )
+    script = argparse.ArgumentParser(add_help=False)
+    script.add_argument("script", type=Path, help="the script: a YAML or JSON file (see schemas/script.schema.json)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser("render", parents=[script, gateway], help="render a YAML or JSON script to an MP4")
+    render.add_argument("-o", "--output", type=Path, required=True, help="MP4 file to write")
+    render.add_argument("--no-cache", action="store_true", help="regenerate every asset even when it is cached")
+    render.add_argument("--scene", metavar="ID", help="render only the scene with this id, as its own short video")
+    render.add_argument(
+        "--draft",
+        action="store_true",
+        help=f"a quick preview: at most {DRAFT_HEIGHT} pixels high, draft quality, the script's providers",
+    )
+    commands.add_parser("estimate", parents=[script, gateway], help="price a script without rendering it")
+    commands.add_parser("validate", parents=[script], help="check a script offline; print every problem with its line")
+    commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
+    spend = commands.add_parser("spend", parents=[gateway], help="show the provider spend the gateway recorded")
+    spend.add_argument("--by", choices=tuple(_GROUPINGS), default="day", help="one row per day, provider or render")
+    spend.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day to include")
+    spend.add_argument("--render", default="", metavar="ID", help="only this render")
+    serve = commands.add_parser(
+        "serve", help="run the five services and the HTTP/JSON API locally on their default ports until Ctrl-C"
+    )
+    serve.add_argument(
+        "--free-ports", action="store_true", help="use free ports instead of the defaults (to run beside another stack)"
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def _gateway(args: argparse.Namespace) -> Iterator[str]:
+    """The gateway's address: `--gateway`, or that of services started for this command (`--start-services`)."""
+    if not args.start_services:
+        yield args.gateway
+        return
+    log_file = None if args.verbose else _new_log_file()
+    if log_file is not None:
+        _console.print(f"starting the services; their logs: {log_file}", soft_wrap=True, highlight=False)
+    with LocalStack(log_file=log_file) as stack:
+        yield stack.gateway_address
+
+
+def _new_log_file() -> Path:
+    """A fresh, private file for this run's service logs, in the user's state folder; only the newest
+    _KEPT_LOGS are kept, so that logs of a failed run can still be read without the folder growing forever."""
+    folder = private_dir(state_path("logs"), "XDG_STATE_HOME")
+    for old in sorted(folder.glob("services-*.log"))[: -(_KEPT_LOGS - 1)]:
+        old.unlink(missing_ok=True)
+    path = folder / f"services-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    create_private_file(path).close()
+    return path
 
 
 def _fail(label: str, message: str) -> None:
@@ -115,40 +188,32 @@ def _day(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
 
 
-def _render(args: argparse.Namespace) -> int:
-    script = load_script(args.script)
+def _render(args: argparse.Namespace, script: Script, address: str) -> int:
     request = script.request
     request.no_cache = args.no_cache
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack().start() if args.start_services else None
-    address = stack.gateway_address if stack else args.gateway
     started = time.monotonic()
-    try:
-        if script.music is not None:
-            uploaded = upload_music(address, script.music.path, script.music.mime_type)
-            request.music.upload_id = uploaded.upload_id
-            _console.print(f"uploaded {script.music.path.name}: {uploaded.duration_ms / 1000:.1f} s of music")
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=_console,
-        ) as progress:
-            task = progress.add_task("starting", total=None)
+    if script.music is not None:
+        uploaded = upload_music(address, script.music.path, script.music.mime_type)
+        request.music.upload_id = uploaded.upload_id
+        _console.print(f"uploaded {script.music.path.name}: {uploaded.duration_ms / 1000:.1f} s of music")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=_console,
+    ) as progress:
+        # The bar appears with the first event, which carries the number of steps (no "0/None" before it).
+        task: TaskID | None = None
 
-            def show(event: object) -> None:
-                progress.update(
-                    task,
-                    description=event.message,
-                    completed=event.completed_steps,  # type: ignore[attr-defined]
-                    total=event.total_steps,
-                )  # type: ignore[attr-defined]
+        def show(event: render_service_pb2.RenderProgress) -> None:
+            nonlocal task
+            if task is None:
+                task = progress.add_task(event.message, total=event.total_steps)
+            progress.update(task, description=event.message, completed=event.completed_steps, total=event.total_steps)
 
-            summary = render_to_file(address, request, args.output, show)
-    finally:
-        if stack:
-            stack.stop()
+        summary = render_to_file(address, request, args.output, show)
     _console.print(
         f"[green]wrote[/green] {args.output}: {summary.width}x{summary.height}, {summary.duration_ms / 1000:.1f} s, "
         f"{summary.size_bytes / 1e6:.1f} MB; render {summary.elapsed_ms / 1000:.1f} s, "
@@ -162,6 +227,16 @@ def _render(args: argparse.Namespace) -> int:
         _console.print(f"loudness: {summary.integrated_lufs:.1f} LUFS integrated")
     for path in write_sidecars(summary, args.output):
         _console.print(f"[green]wrote[/green] {path}")
+    return 0
+
+
+def _validate(path: Path) -> int:
+    problems = script_problems(path)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 2
+    print(f"{path}: valid")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -12,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scenecast.v1 import render_service_pb2, types_pb2
 
+from gateway.config import GatewaySettings
+from gateway.validation import validate_render
 from services.common import finishing, limits
 from services.common.errors import InvalidArgument
 from services.common.output import ASPECT_NAMES
@@ -186,6 +189,82 @@ def load_script(path: Path) -> Script:
         raise ScriptError(f"{path}: {error}", error.problems) from error
     music = script.finishing.music
     return Script(request, _local_music(path, music.file) if music and music.file else None)
+
+
+def script_problems(path: Path) -> list[str]:
+    """Every problem of a script file, one line each, "file:line: field: reason" as compilers print them (the line
+    is the field's own, or that of the nearest enclosing block when the field is missing); empty when it is valid."""
+    try:
+        script = load_script(path)
+    except ScriptError as error:
+        if not error.problems:
+            return [str(error)]  # unreadable, or not YAML/JSON (the parser's message has the line), or one check
+        root = _yaml_tree(path)
+        return [
+            f"{path}:{_line(root, loc)}: {'.'.join(str(part) for part in loc) or '(top level)'}: {message}"
+            for loc, message in error.problems
+        ]
+    # Then the gateway's own checks (a scene with neither visual nor title...), as a default gateway makes them; they
+    # stop at the first problem. A gateway whose AVATAR_PROVIDER is set needs no visuals: not knowable offline.
+    try:
+        validate_render(
+            script.request, GatewaySettings.model_fields["max_scenes"].default, not script.request.providers.avatar
+        )
+    except InvalidArgument as error:
+        scene = re.match(r"scenes\[(\d+)\]", str(error))
+        return [f"{path}:{_line(_yaml_tree(path), ('scenes', int(scene[1])) if scene else ())}: {error}"]
+    return []
+
+
+def _yaml_tree(path: Path) -> yaml.Node | None:
+    """The script's YAML node tree, which keeps each value's position (JSON is read as the YAML it also is)."""
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"), yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def _line(node: yaml.Node | None, loc: tuple[str | int, ...]) -> str:
+    """The 1-based line of the field at `loc`, or of the deepest block on its way that exists; "?" without a tree."""
+    if node is None:
+        return "?"
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            keys = [(key, value) for key, value in node.value if key.value == part]
+            if not keys:
+                break
+            key, node = keys[0]
+            if part == loc[-1]:
+                return str(key.start_mark.line + 1)  # a refused key is reported where it is written
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break  # a pydantic union member's name, or a scalar where a block was expected
+    return str(node.start_mark.line + 1)
+
+
+# Largest frame height of a draft: enough to judge framing and captions, with a fraction of the pixels to encode.
+DRAFT_HEIGHT = 360
+
+
+def draft(request: render_service_pb2.RenderRequest) -> None:
+    """Makes `request` a quick preview: at most DRAFT_HEIGHT high, draft quality. The script's providers are kept
+    (at their cheaper draft price): switching to the offline ones would preview a different video."""
+    request.output.height = min(request.output.height, DRAFT_HEIGHT)
+    request.output.quality = types_pb2.QUALITY_DRAFT
+
+
+def only_scene(request: render_service_pb2.RenderRequest, scene_id: str) -> None:
+    """Keeps only the scene `scene_id`, as its own short video: without the title and end cards, which belong to the
+    whole video and would make a preview of one scene mostly cards."""
+    kept = [scene for scene in request.scenes if scene.id == scene_id]
+    if not kept:
+        ids = ", ".join(scene.id for scene in request.scenes)
+        raise ScriptError(f"--scene {scene_id}: the script has no scene with that id (its scenes: {ids})")
+    del request.scenes[:]
+    request.scenes.extend(kept)
+    request.finishing.ClearField("title_card")
+    request.finishing.ClearField("end_card")
 
 
 def parse_script(text: str, kind: Literal["JSON", "YAML"]) -> ScriptModel:

@@ -1,12 +1,14 @@
-"""Runs the five services as local processes on free loopback ports: for `make demo`, `scenecast serve` and tests."""
+"""Runs the five services as local processes on loopback ports they pick: for `make demo`, `scenecast serve`, tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import grpc
 import httpx
 
 from services.common.healthcheck import check
+from services.common.ports import wait_for_ports
 from services.common.tls import channel_credentials
 
 # Module to run, the gateway variable that points at it, and its default port (as in each service's config).
@@ -82,9 +85,9 @@ _handed_out: set[int] = set()
 
 
 def free_port() -> int:
-    """A loopback port free now, never one this process handed out before: the kernel may offer the same port again
-    as soon as its probe closes, and two services of one stack (which bind later, without port sharing) must not get
-    the same one. Another process can still take it before the service binds; issue 19 replaces this with port 0."""
+    """A loopback port free now, never one this process handed out before, for tests that need an address where
+    nothing listens. Never for a server to bind later: another process can take the port first (LocalStack's
+    services bind port 0 and report the port they got instead)."""
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -110,6 +113,8 @@ class LocalStack:
 
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # Or one file that every process appends to (each JSON line names its service), as the CLI keeps them.
+    log_file: Path | None = None
     default_ports: bool = False
     # Replicas per media service (default 1); the gateway gets all their addresses and spreads calls round-robin.
     replicas: Mapping[str, int] = field(default_factory=dict)
@@ -120,6 +125,8 @@ class LocalStack:
     addresses: dict[str, str] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Private folder where each process reports the ports it got (see services/common/ports.py); removed by `stop`.
+    _ports_dir: Path | None = field(default=None, init=False)
     # What `supervise` needs to start a process again: its module and environment, and its restart history.
     _launches: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     _restarts: dict[str, _Restarts] = field(default_factory=dict)
@@ -141,21 +148,24 @@ class LocalStack:
         if self.tls:
             replicas = any(count > 1 for count in self.replicas.values())
             gateway_env |= self.tls.service_env(mutual=False) | self.tls.gateway_env(replicas)
-        for service, (module, gateway_variable, port) in SERVICES.items():
-            count = self.replicas.get(service, 1)
-            if self.default_ports and count > 1:
-                raise ValueError("replicas need free ports; do not combine them with default_ports")
-            replica_addresses = []
-            for replica in range(count):
-                name = service if replica == 0 else f"{service}-{replica + 1}"
-                address = f"127.0.0.1:{port if self.default_ports else free_port()}"
-                replica_addresses.append(address)
-                self._spawn(name, module, address, media_env)
-            gateway_env[gateway_variable] = ",".join(replica_addresses)
-        gateway_address = f"127.0.0.1:{GATEWAY_PORT if self.default_ports else free_port()}"
-        self._spawn("gateway", "gateway", gateway_address, gateway_env)
+        self._ports_dir = Path(tempfile.mkdtemp(prefix="scenecast-ports-"))  # 0700: only this user writes there
         credentials = self.tls.client_credentials() if self.tls else None
         try:
+            media: dict[str, list[str]] = {}
+            for service, (module, _, port) in SERVICES.items():
+                count = self.replicas.get(service, 1)
+                if self.default_ports and count > 1:
+                    raise ValueError("replicas need free ports; do not combine them with default_ports")
+                media[service] = [service if replica == 0 else f"{service}-{replica + 1}" for replica in range(count)]
+                for name in media[service]:
+                    self._spawn(name, module, port if self.default_ports else 0, media_env)
+            # The media services start side by side; the gateway needs their ports before it starts.
+            for service, names in media.items():
+                for name in names:
+                    self._wait_for_ports(name, timeout_seconds)
+                gateway_env[SERVICES[service][1]] = ",".join(self.addresses[name] for name in names)
+            self._spawn("gateway", "gateway", GATEWAY_PORT if self.default_ports else 0, gateway_env)
+            self._wait_for_ports("gateway", timeout_seconds)
             for name, address in self.addresses.items():
                 wait_until_serving(address, timeout_seconds, self.processes[name], credentials)
             if self.web:
@@ -165,28 +175,57 @@ class LocalStack:
             raise
         return self
 
-    def _spawn(self, name: str, module: str, address: str, env: dict[str, str]) -> None:
-        self.addresses[name] = address
-        self.metrics_ports[name] = free_port()
-        env = {**env, "LISTEN_ADDRESS": address, "METRICS_PORT": str(self.metrics_ports[name])}
+    def _spawn(self, name: str, module: str, port: int, env: dict[str, str]) -> None:
+        """Starts a service on `port` (0: the service picks a free one) and a free metrics port."""
+        env = {
+            **env,
+            "LISTEN_ADDRESS": f"127.0.0.1:{port}",
+            "METRICS_PORT": "auto",
+            "PORT_REPORT_FILE": str(self._port_file(name)),
+        }
         self._launches[name] = (module, env)
         self._launch(name)
+
+    def _port_file(self, name: str) -> Path:
+        assert self._ports_dir is not None, "start() makes the folder"
+        return self._ports_dir / f"{name}.json"
+
+    def _wait_for_ports(self, name: str, timeout_seconds: float) -> None:
+        """Learns the ports a process got, and pins them for its restarts: the gateway (and whoever was told the
+        addresses) keeps calling the same ones. The port was just released by the dead process, so rebinding it only
+        fails if another process took it meanwhile, and then `supervise` retries with its backoff."""
+        ports = wait_for_ports(name, self._port_file(name), self.processes[name], timeout_seconds)
+        module, env = self._launches[name]
+        if name == "web":
+            self.addresses[name] = f"127.0.0.1:{ports['http']}"
+            self._launches[name] = (module, {**env, "WEB_PORT": str(ports["http"])})
+            return
+        self.addresses[name] = f"127.0.0.1:{ports['grpc']}"
+        self.metrics_ports[name] = ports["metrics"]
+        self._launches[name] = (
+            module,
+            {**env, "LISTEN_ADDRESS": self.addresses[name], "METRICS_PORT": str(ports["metrics"])},
+        )
 
     def _start_web(self, base_env: dict[str, str], timeout_seconds: float) -> None:
         """The API reaches the gateway as the CLI does (trusting the stack's CA when it has one); it is ready once it
         answers its health route, which asks the gateway."""
-        address = f"127.0.0.1:{WEB_PORT if self.default_ports else free_port()}"
-        host, port = address.split(":")
-        env = {**base_env, "SCENECAST_GATEWAY": self.gateway_address, "WEB_HOST": host, "WEB_PORT": port}
+        env = {
+            **base_env,
+            "SCENECAST_GATEWAY": self.gateway_address,
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(WEB_PORT if self.default_ports else 0),
+            "PORT_REPORT_FILE": str(self._port_file("web")),
+        }
         if self.tls:
             env["SCENECAST_CA_FILE"] = str(self.tls.ca_file)
-        self.addresses["web"] = address
         self._launches["web"] = ("web", env)
         self._launch("web")
+        self._wait_for_ports("web", timeout_seconds)
         deadline = time.monotonic() + timeout_seconds
         while True:
             if self.processes["web"].poll() is not None:
-                raise RuntimeError(f"the web API for {address} exited with {self.processes['web'].returncode}")
+                raise RuntimeError(f"the web API at {self.web_url} exited with {self.processes['web'].returncode}")
             try:
                 if httpx.get(f"{self.web_url}/v1/health", timeout=5.0).status_code == 200:
                     return
@@ -199,7 +238,8 @@ class LocalStack:
     def _launch(self, name: str) -> None:
         module, env = self._launches[name]
         # Appended to, so a restarted process's log follows the one of the process that died.
-        log = (self.log_dir / f"{name}.log").open("ab") if self.log_dir else None
+        path = self.log_file or (self.log_dir / f"{name}.log" if self.log_dir else None)
+        log = path.open("ab") if path else None
         self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
         self._restarts.setdefault(name, _Restarts()).started = time.monotonic()
         if log is not None:
@@ -253,6 +293,8 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self._ports_dir is not None:
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalStack:
         return self.start()

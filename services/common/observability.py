@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from opentelemetry import propagate, trace
@@ -70,12 +70,12 @@ def configure(
     service: str,
     log_format: str,
     log_level: str,
-    metrics_port: int,
+    metrics_port: int | Literal["auto"],
     tracing: ServiceSettings,
     metrics_address: str = "127.0.0.1",
-) -> None:
+) -> int:
     """Called once at process start: logging, the metrics endpoint (on `metrics_address`), and the tracer provider
-    (from the OTEL_* fields of `tracing`)."""
+    (from the OTEL_* fields of `tracing`). Returns the port the metrics endpoint got ("auto": a free one), 0 if off."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(service)
@@ -86,10 +86,13 @@ def configure(
     handler.addFilter(RedactingFilter())  # last, so that it sees every field the others add
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # library warnings become log records too, so every line stays JSON
+    bound_port = 0
     if metrics_port:
-        start_http_server(metrics_port, addr=metrics_address)
-        _LOGGER.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
+        http_server, _ = start_http_server(0 if metrics_port == "auto" else metrics_port, addr=metrics_address)
+        bound_port = http_server.server_port
+        _LOGGER.info("metrics on http://%s:%d/metrics", metrics_address, bound_port)
     trace.set_tracer_provider(tracer_provider(service, tracing))
+    return bound_port
 
 
 TRACES_EXPORTERS = ("otlp", "console", "none")

@@ -20,6 +20,7 @@ from services.common import observability, redact
 from services.common.auth import BearerTokenInterceptor
 from services.common.handlers import add_servicer
 from services.common.healthcheck import check, local_address
+from services.common.ports import report_ports
 from services.common.settings import ServiceSettings
 from services.common.tls import ServerTls
 
@@ -216,14 +217,18 @@ def _port_holder(address: str, service_name: str) -> str:
     return "something already listens there, and it does not answer gRPC health in plaintext"
 
 
-async def serve_until_signal(build: Callable[[], Server], grace_seconds: float) -> None:
+async def serve_until_signal(
+    build: Callable[[], Server], grace_seconds: float, port_report_file: str = "", metrics_port: int = 0
+) -> None:
     """Runs a server until SIGTERM or SIGINT, then drains it (grace shorter than Kubernetes' termination grace).
 
-    `build` runs inside the event loop because grpc.aio servers belong to the loop that creates them.
+    `build` runs inside the event loop because grpc.aio servers belong to the loop that creates them. Once listening,
+    the gRPC port and `metrics_port` are written to `port_report_file` (when set) for the process that started this.
     """
     server = build()
     await server.start()
     _LOGGER.info("serving %s on port %d (%s)", ", ".join(server.service_names), server.port, server.security)
+    report_ports(port_report_file, grpc=server.port, metrics=metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -254,7 +259,7 @@ def run(service: str, build: Callable[[], Server], settings: ServiceSettings) ->
     """Entry point used by each service's `python -m` module."""
     _keep_large_buffers_off_the_heap()
     redact.register_settings(settings)
-    observability.configure(
+    metrics_port = observability.configure(
         service,
         settings.log_format,
         settings.log_level,
@@ -263,7 +268,7 @@ def run(service: str, build: Callable[[], Server], settings: ServiceSettings) ->
         settings.metrics_address,
     )
     try:
-        asyncio.run(serve_until_signal(build, settings.shutdown_grace_seconds))
+        asyncio.run(serve_until_signal(build, settings.shutdown_grace_seconds, settings.port_report_file, metrics_port))
     except RuntimeError as error:
         # A start-up refusal (port taken, plaintext tokens refused): one line that says why, no traceback.
         _LOGGER.error("%s did not start: %s", service, error)

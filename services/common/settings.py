@@ -19,11 +19,14 @@ class ServiceSettings(BaseSettings):
     listen_address: str = "127.0.0.1:0"
     # Seconds running calls get to finish after SIGTERM (keep it below Kubernetes' termination grace period).
     shutdown_grace_seconds: float = 5.0
-    # Port of the Prometheus /metrics HTTP endpoint; 0 turns it off.
-    metrics_port: int = 0
+    # Port of the Prometheus /metrics HTTP endpoint; 0 turns it off, "auto" picks a free one (see port_report_file).
+    metrics_port: int | Literal["auto"] = 0
     # Address the /metrics endpoint listens on. Loopback by default, so metrics (call counts, spend) are not served to
     # the network unless asked: containers set 0.0.0.0 for the scraper.
     metrics_address: str = "127.0.0.1"
+    # A file to write the ports the service got to, as JSON ({"grpc": 50123, "metrics": 41234}), once it listens: how
+    # `scenecast serve` and `--start-services` learn the ports of services started on port 0. Empty: not written.
+    port_report_file: str = ""
     # Whether the server answers gRPC reflection (lists its services and messages). Off where callers are untrusted.
     grpc_reflection: bool = True
     # What a server that takes bearer tokens does when it listens in plaintext on an address other than loopback,

@@ -217,16 +217,17 @@ class _Serve:
             pytest.fail(f"scenecast serve printed nothing more within {WAIT_SECONDS:.0f} s")
 
     def children(self) -> dict[str, int]:
-        """Module run by each child process -> its pid."""
+        """Module run by each child process -> its pid (a child that has not yet started Python shows no module)."""
         pids = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2].decode(): int(pid) for pid in pids}
+        commands = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids}
+        return {command[2].decode(): pid for pid, command in commands.items() if len(command) > 2}
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Serve, list[str]]]:
     started = _Serve(tmp_path_factory.mktemp("serve"))
     try:
-        printed = [started.next_line() for _ in range(7)]
+        printed = [started.next_line() for _ in range(7)]  # five services, the web API, the summary
         yield started, printed
     finally:
         started.process.send_signal(signal.SIGINT)
@@ -281,7 +282,7 @@ def test_serve_restarts_a_killed_service(serve: tuple[_Serve, list[str]], tmp_pa
     assert started.next_line() == f"image ({image_address}) exited with -9; restarting in 1 s"
     restarted = started.next_line()
     assert restarted.startswith("image restarted (process ")
-    assert started.children()["services.image"] != killed
+    _wait_for("the new image process", lambda: started.children().get("services.image", killed) != killed)
     _wait_for("the restarted image service", lambda: _status(image_address) == "SERVING")
     _wait_for("the gateway to be ready again", lambda: _status(gateway) == "SERVING")
     out = tmp_path / "after-restart.mp4"
