@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos test-deps demo serve up down test bench schema openapi clean
+.PHONY: install protos lint lint-protos test-deps demo serve up down test bench schema openapi image clean
 
 install: $(VENV)/.installed
 
@@ -95,6 +95,11 @@ schema: install
 # Rewrites web/openapi.json from the HTTP API's routes (tests check it is current).
 openapi: install
 	$(PY) -m web openapi > web/openapi.json
+
+# Builds the container image (scenecast:<version>, the tag deploy/k8s names, and scenecast:local for docker compose);
+# without a Docker engine it says so and fails.
+image:
+	bash tools/build-image.sh
 
 clean:
 	rm -rf gen out $(VENV) node_modules clients/node/node_modules clients/go/gen

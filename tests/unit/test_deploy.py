@@ -1146,7 +1146,9 @@ def test_compose_passes_on_every_documented_variable() -> None:
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     passed = {key for service in _compose()["services"].values() for key in service.get("environment", {})}
     # SERVICE_AUTH_TOKENS: compose generates the token and passes SERVICE_AUTH_TOKENS_FILE (both at once is an error).
+    # MCP_*: the MCP server runs beside an agent host (stdio), not as a compose service.
     kept_out = {"LISTEN_ADDRESS", "SHUTDOWN_GRACE_SECONDS", "VIDEO_TMP_DIR", "ASSEMBLER_TMP_DIR", "SERVICE_AUTH_TOKENS"}
+    kept_out |= {"MCP_VIDEO_DIR", "MCP_PORT"}
     assert documented - kept_out - passed == set()
 
 
