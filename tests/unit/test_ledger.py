@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -201,16 +200,18 @@ async def test_a_write_waits_for_another_writer_without_blocking_the_event_loop(
         other = psycopg.connect(location)
         other.execute("LOCK TABLE spend IN EXCLUSIVE MODE")
     write = asyncio.create_task(ledger.record(_entry("r1", "openai", "tts-1", 0.001, DAY_1)))
-    ticks = 0
-    started = time.monotonic()
-    while time.monotonic() - started < 0.5:
-        await asyncio.sleep(0.01)
-        ticks += 1
-    assert not write.done()
+
+    async def ticks() -> None:
+        for _ in range(25):
+            await asyncio.sleep(0.01)
+
+    # A write that blocked the event loop would hold these ticks until the lock is given up, which happens only below:
+    # the wait would then end in the database's lock timeout, not in the ticks.
+    await asyncio.wait_for(ticks(), 20)
+    assert not write.done(), "the write waits for the lock"
     other.commit() if isinstance(other, psycopg.Connection) else other.execute("COMMIT")
     other.close()
     await asyncio.wait_for(write, 5)
-    assert ticks >= 25, "the loop kept running while the write waited for the lock"
     assert await ledger.render_total("r1") == pytest.approx(0.001)
 
 
