@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -221,26 +222,34 @@ class JsonFormatter(logging.Formatter):
 
 @contextmanager
 def server_call(method: str, context: grpc.aio.ServicerContext) -> Iterator[CallRecord]:
-    """Scope of one incoming RPC: trace context and render id from the metadata, a span, and the metrics."""
+    """Scope of one incoming RPC: trace context and render id from the metadata, a span, and the metrics.
+
+    The render id and the current span are set for the rest of the call and never reset: gRPC runs each call in a task
+    of its own, whose context ends with it. Resetting would fail for a stream whose client went away, which the event
+    loop's generator finaliser closes in another context (ValueError from contextvars, and opentelemetry's "Failed to
+    detach context").
+    """
     metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-    token = render_id_var.set(metadata.get(RENDER_ID_KEY, ""))
+    render_id_var.set(metadata.get(RENDER_ID_KEY, ""))
+    span = _tracer.start_span(method, context=propagate.extract(metadata), kind=trace.SpanKind.SERVER)
+    otel_context.attach(trace.set_span_in_context(span))
     record = CallRecord(method)
     started = time.monotonic()
     RPCS_IN_FLIGHT.labels(method).inc()
     try:
-        with _tracer.start_as_current_span(method, context=propagate.extract(metadata), kind=trace.SpanKind.SERVER):
-            try:
-                yield record
-            finally:
-                elapsed = time.monotonic() - started
-                # One access-log line per call, inside the span so it carries the trace id.
-                _LOGGER.info("%s %s in %.3f s, %d bytes sent", method, record.code, elapsed, record.bytes_sent)
-                RPC_REQUESTS.labels(method, record.code).inc()
-                RPC_LATENCY.labels(method).observe(elapsed)
-                BYTES_STREAMED.labels(method).inc(record.bytes_sent)
+        yield record
     finally:
+        elapsed = time.monotonic() - started
+        # One access-log line per call; it carries the trace id (from the span in the call's context).
+        _LOGGER.info("%s %s in %.3f s, %d bytes sent", method, record.code, elapsed, record.bytes_sent)
+        RPC_REQUESTS.labels(method, record.code).inc()
+        RPC_LATENCY.labels(method).observe(elapsed)
+        BYTES_STREAMED.labels(method).inc(record.bytes_sent)
         RPCS_IN_FLIGHT.labels(method).dec()
-        render_id_var.reset(token)
+        span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, record.code).value[0])
+        if record.code != grpc.StatusCode.OK.name:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, record.code))
+        span.end()
 
 
 class CallRecord:

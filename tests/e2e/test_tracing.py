@@ -70,15 +70,19 @@ def test_one_render_is_one_trace_across_the_five_services(
     render = renders[0]
     assert render.kind == trace_pb2.Span.SPAN_KIND_SERVER and render.parent_span_id == ""
     # Every span is of the render's trace (one trace id across the five services): the gateway's render span, and
-    # as its children the media services' calls, the provider lists it checks the request against included.
+    # as its children the media services' calls, the provider lists it checks the request against and the prices it
+    # asks for the budget check included.
     assert {s.trace_id for s in spans} == {render.trace_id}
     children = sorted((s.service_name, s.name) for s in spans if s != render)
     assert children == [
         ("scenecast-assembler", "Assemble"),
+        ("scenecast-audio", "EstimateSpeechCost"),
         ("scenecast-audio", "ListSpeechProviders"),
         ("scenecast-audio", "SynthesizeSpeech"),
+        ("scenecast-image", "EstimateImageCost"),
         ("scenecast-image", "GenerateImage"),
         ("scenecast-image", "ListImageProviders"),
+        ("scenecast-video", "EstimateClipCost"),
         ("scenecast-video", "GenerateClip"),
         ("scenecast-video", "ListVideoProviders"),
     ]

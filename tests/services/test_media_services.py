@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
+import logging
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,3 +167,21 @@ async def test_video_is_off_by_default(video_channel: grpc.aio.Channel) -> None:
     assert response.providers.default_provider == ""
     assert "kenburns" in [p.name for p in response.providers.providers]
     assert response.providers.kind == types_pb2.MEDIA_KIND_VIDEO
+
+
+async def test_a_stream_its_client_leaves_ends_without_errors(
+    audio_channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller that stops reading after the first message (a browser's range request, a cancelled download): the
+    server closes its stream in another context than it ran in, which must log nothing at ERROR (it logged
+    opentelemetry's "Failed to detach context" and an unretrieved ValueError from resetting the render id)."""
+    stub = audio_service_pb2_grpc.AudioServiceStub(audio_channel)
+    text = "Check the ladder before you climb. Keep three points of contact. Face the ladder on the way down. " * 2
+    for _ in range(2):
+        call = stub.SynthesizeSpeech(audio_service_pb2.SynthesizeSpeechRequest(text=text))
+        first = await call.read()
+        assert first.HasField("metadata") and first.metadata.size_bytes > 256 * 1024  # more chunks were to follow
+        call.cancel()
+    gc.collect()
+    await asyncio.sleep(0.5)  # the event loop's finaliser closes the abandoned generators
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
