@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/scenecast/v1/*.proto)
 
-.PHONY: install protos lint lint-protos test-deps demo serve up down test bench schema openapi image clean
+.PHONY: install protos lint lint-protos test-deps demo serve studio up down test bench schema openapi image clean
 
 install: $(VENV)/.installed
 
@@ -48,8 +48,9 @@ demo: install
 	mkdir -p out
 	$(VENV)/bin/scenecast render examples/safety-ladder.yaml -o out/demo.mp4 --start-services
 
-# Runs the five services in the foreground until Ctrl-C.
-serve: install
+# Runs the five services and the HTTP API (with the web studio) in the foreground until Ctrl-C; `make studio` is the
+# same, named for people who came for the studio: it prints its URL (http://127.0.0.1:8080/).
+serve studio: install
 	$(VENV)/bin/scenecast serve
 
 # ruff keeps the Python consistent (pyflakes, pycodestyle, import order, bugbear, pyupgrade; format checked).

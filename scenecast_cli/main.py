@@ -312,7 +312,8 @@ def _serve(free_ports: bool) -> int:
         for name, address in stack.addresses.items():
             # Plain print: one line per process that scripts can read (rich would wrap long lines).
             if name == "web":
-                print(f"{name:<10} HTTP {stack.web_url}/v1  (OpenAPI: {stack.web_url}/v1/openapi.json)")
+                url = stack.web_url
+                print(f"{name:<10} HTTP {url}/v1  (OpenAPI: {url}/v1/openapi.json; studio: {url}/)")
             else:
                 print(f"{name:<10} gRPC {address}  metrics http://127.0.0.1:{stack.metrics_ports[name]}/metrics")
         print(

@@ -256,7 +256,8 @@ def test_serve_prints_every_port_and_keeps_metrics_on_loopback(serve: tuple[_Ser
         ports[name] = (words[2], words[4])
     gateway = ports["gateway"][0]
     web, http, api, openapi = printed[5].split(maxsplit=3)
-    assert (web, http, openapi) == ("web", "HTTP", f"(OpenAPI: {api}/openapi.json)"), printed[5]
+    studio = api.removesuffix("/v1") + "/"
+    assert (web, http, openapi) == ("web", "HTTP", f"(OpenAPI: {api}/openapi.json; studio: {studio})"), printed[5]
     web_port = int(api.removeprefix("http://127.0.0.1:").removesuffix("/v1"))
     with urllib.request.urlopen(f"{api}/health", timeout=10) as response:
         assert response.status == 200
