@@ -30,3 +30,5 @@ FLUX_DEV_PER_IMAGE = 0.025
 L40S_PER_SECOND = 0.000975
 T4_PER_SECOND = 0.000225
 WAN_PER_OUTPUT_SECOND = 0.09
+# Fal: FLUX.1 [dev] per megapixel of output, rounded up (fal-ai/flux/dev model page).
+FAL_FLUX_DEV_PER_MEGAPIXEL = 0.025
