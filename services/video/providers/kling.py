@@ -66,42 +66,40 @@ class KlingSettings(DownloadSettings):
     kling_model: KlingModel = "kling-v1-6"
     # "std" (about 720p) or "pro" (about 1080p, dearer).
     kling_mode: Literal["std", "pro"] = "std"
+    # Clip length, 5 or 10 s; the assembler loops a clip shorter than its scene. Fixed rather than chosen from the
+    # narration: the estimate guesses the narration's length from its characters, so a length chosen from the real
+    # narration could cost twice what the budget check approved.
+    kling_duration_seconds: Literal[5, 10] = 5
     # Longest one clip is waited for, in seconds: Kling takes minutes.
     kling_timeout_seconds: float = Field(default=1200.0, gt=0)
     # First wait between status checks, in seconds (it grows while the task runs).
     kling_poll_seconds: float = Field(default=10.0, gt=0)
 
 
-def clip_seconds(duration_ms: int) -> int:
-    """Kling makes 5 s or 10 s clips: 10 s when the scene is longer than 5 s, so the clip loops less (or not at all)
-    under the narration; a user who wants the cheaper clip writes shorter scenes."""
-    return 10 if duration_ms > 5000 else 5
-
-
-def clip_cost(settings: KlingSettings, seconds: int) -> float:
-    return USD_PER_5S[(settings.kling_model, settings.kling_mode)] * seconds / 5
+def clip_cost(settings: KlingSettings) -> float:
+    return USD_PER_5S[(settings.kling_model, settings.kling_mode)] * settings.kling_duration_seconds / 5
 
 
 class KlingProvider(Provider[KlingSettings, ClipJob]):
     description = ProviderDescription(
         name=NAME,
-        description="Kling's official API: a 5 s or 10 s clip from the prompt, or from the scene's image when sent",
+        description="Kling's official API: a 5 or 10 s clip, looped to the scene, from the prompt or scene image",
         offline=False,
     )
     settings_class = KlingSettings
     required_settings = (ACCESS_FIELD, SECRET_FIELD)
-    output_settings = ("kling_base_url", "kling_model", "kling_mode")
+    output_settings = ("kling_base_url", "kling_model", "kling_mode", "kling_duration_seconds")
 
     @classmethod
     def prices(cls, settings: KlingSettings) -> tuple[Price, ...]:
-        note = f"{settings.kling_mode} mode; 5 s or 10 s clips (10 s for scenes over 5 s)"
+        note = f"{settings.kling_mode} mode; {settings.kling_duration_seconds} s clips (KLING_DURATION_SECONDS)"
         return (
             Price(settings.kling_model, "5 s of clip", USD_PER_5S[(settings.kling_model, settings.kling_mode)], note),
         )
 
     @classmethod
     def estimate_usd(cls, settings: KlingSettings, job: ClipJob) -> float:
-        return clip_cost(settings, clip_seconds(job.duration_ms))
+        return clip_cost(settings)
 
     async def generate(self, job: ClipJob) -> ClipResult:
         prompt = job.prompt or job.title
@@ -109,12 +107,11 @@ class KlingProvider(Provider[KlingSettings, ClipJob]):
             raise InvalidArgument("spec.scene.visual_prompt and spec.scene.title are both empty; kling needs a prompt")
         access = self.settings.secret(ACCESS_FIELD, NAME)
         secret = self.settings.secret(SECRET_FIELD, NAME)
-        seconds = clip_seconds(job.duration_ms)
         body: dict[str, Any] = {
             "model_name": self.settings.kling_model,
             "prompt": prompt[:2500],
             "mode": self.settings.kling_mode,
-            "duration": str(seconds),  # a string in Kling's API
+            "duration": str(self.settings.kling_duration_seconds),  # a string in Kling's API
             # Our key for the task: when a create's answer is lost, the task is looked up by it before any resend.
             "external_task_id": uuid.uuid4().hex,
         }
@@ -127,7 +124,7 @@ class KlingProvider(Provider[KlingSettings, ClipJob]):
             body["image"] = (await asyncio.to_thread(image_data_uri, job.source_image)).partition(",")[2]
         limit = self.settings.kling_timeout_seconds
         async with httpx.AsyncClient(base_url=self.settings.kling_base_url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
-            task = _KlingTask(client, _Signer(access, secret), kind, body, clip_cost(self.settings, seconds), job)
+            task = _KlingTask(client, _Signer(access, secret), kind, body, clip_cost(self.settings), job)
             task.poll_seconds = self.settings.kling_poll_seconds
             task.allow_private = self.settings.allow_private_output_urls
             try:
