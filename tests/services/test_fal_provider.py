@@ -225,3 +225,11 @@ async def test_an_abandoned_call_cancels_its_job(fake: FakeFal, call: Call) -> N
         await asyncio.sleep(0.02)
     [job] = fake.jobs.values()
     assert job.status == "CANCELLED"
+
+
+async def test_an_echoed_key_does_not_reach_the_caller(fake: FakeFal, call: Call) -> None:
+    fake.echo_key_status = 401
+    error = await failure(call)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Fal rejected FAL_KEY" in error.details() and "[REDACTED]" in error.details()
+    assert KEY not in error.details() and KEY.partition(":")[2] not in error.details()

@@ -194,3 +194,14 @@ async def test_a_content_refusal_is_invalid_argument(fake: FakeKling, clip: Clip
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert REFUSAL in error.details() and "content policy" in error.details()
     assert len(fake.creates()) == 1
+
+
+async def test_an_echoed_token_does_not_reach_the_caller(fake: FakeKling, clip: Clip) -> None:
+    """A proxy that repeats the request's Authorization header in its 401: the JWT is cut out of the message."""
+    fake.echo_key_status = 401
+    error = await failure(clip, "kling")
+    [create] = fake.creates()
+    token = create.headers["Authorization"].removeprefix("Bearer ")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Incorrect API key provided" in error.details() and "[REDACTED]" in error.details()
+    assert token not in error.details() and token.split(".")[2] not in error.details()

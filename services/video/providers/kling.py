@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from services.common.errors import (
 )
 from services.common.media import probe
 from services.common.providers import Price, Provider, ProviderDescription
+from services.common.redact import REDACTED
 from services.video.providers.base import ClipJob, ClipResult, write_clip
 from services.video.providers.wan import image_data_uri
 
@@ -54,6 +56,8 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 _DETAIL_CHARS = 300
 _ENDED = frozenset({"succeed", "failed"})
+_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+_CODE_BY_STATUS = {401: 1000, 403: 1103, 404: 1203, 429: 1302}
 
 
 class KlingSettings(DownloadSettings):
@@ -243,10 +247,13 @@ def _answer(response: httpx.Response, what: str) -> tuple[dict[str, Any], Scenec
 
 
 def _error(status: int, code: Any, message: str, what: str) -> ScenecastError:
-    """Every Kling error code becomes a domain error here (codes in docs/providers/kling.md)."""
-    text = f"Kling {what}: {message} (code {code}, HTTP {status})"
+    """Every Kling error code becomes a domain error here (codes in docs/providers/kling.md); an answer without one
+    (a proxy's) is read by its HTTP status."""
+    # A JWT is a bearer credential for its half hour, and a new one is signed per request, so it cannot be registered
+    # for redaction like the keys: any token a vendor or proxy echoes is cut out here.
+    text = f"Kling {what}: {_JWT.sub(REDACTED, message)} (code {code}, HTTP {status})"
     if not isinstance(code, int):
-        code = 5000 if status >= 500 or status == 0 else 1200
+        code = _CODE_BY_STATUS.get(status, 5000 if status >= 500 or status == 0 else 1200)
     if 1000 <= code <= 1004:
         return FailedPrecondition(f"{text}; set valid KLING_ACCESS_KEY and KLING_SECRET_KEY")
     if code in (1302, 1303):
