@@ -30,3 +30,7 @@ FLUX_DEV_PER_IMAGE = 0.025
 L40S_PER_SECOND = 0.000975
 T4_PER_SECOND = 0.000225
 WAN_PER_OUTPUT_SECOND = 0.09
+# Fal: FLUX.1 [dev] per megapixel of output, rounded up (fal-ai/flux/dev model page).
+FAL_FLUX_DEV_PER_MEGAPIXEL = 0.025
+# Kling kling-v1-6 in std mode, per 5 s clip (a 10 s clip costs twice): 2 units at $0.14.
+KLING_V1_6_STD_PER_5S = 0.28

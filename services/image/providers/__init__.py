@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from services.common.providers import ProviderRegistry, ProviderSettings
 from services.image.providers.base import ImageProvider
+from services.image.providers.fal_images import FalFluxProvider
 from services.image.providers.openai_images import DallE3Provider, GptImageMiniProvider
 from services.image.providers.replicate_images import FluxProvider, SdxlProvider
 from services.image.providers.slides import SlidesProvider
@@ -17,6 +18,7 @@ PROVIDERS = (
     GptImageMiniProvider,
     SdxlProvider,
     FluxProvider,
+    FalFluxProvider,
 )
 
 

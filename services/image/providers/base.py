@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+from PIL import Image, UnidentifiedImageError
+
+from services.common.errors import ProviderUnavailable
 from services.common.providers import ProviderDescription, Quality
 
 
@@ -41,3 +45,14 @@ class ImageProvider(Protocol):
     async def generate(self, job: ImageJob) -> ImageResult:
         """Makes the image; raises services.common.errors domain errors on failure."""
         ...
+
+
+def decoded_image(data: bytes, vendor: str, model: str, cost: float) -> ImageResult:
+    """Reads the real size and type from a vendor's bytes (the image must decode whole); the service then fits it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a header followed by garbage opens; it fails here, inside the job, not in the service
+            width, height, mime_type = image.width, image.height, Image.MIME.get(image.format or "", "")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ProviderUnavailable(f"{vendor} {model} returned bytes that are not an image ({error})") from error
+    return ImageResult(data=data, mime_type=mime_type, width=width, height=height, model=model, estimated_cost_usd=cost)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import math
 
-from PIL import Image, UnidentifiedImageError
-
-from services.common.errors import ProviderUnavailable
 from services.common.providers import Price, Provider, ProviderDescription, Quality
 from services.common.replicate_runner import (
     L40S_USD_PER_SECOND,
@@ -16,7 +12,7 @@ from services.common.replicate_runner import (
     ReplicateSettings,
     run_for_file,
 )
-from services.image.providers.base import ImageJob, ImageResult
+from services.image.providers.base import ImageJob, ImageResult, decoded_image
 
 # Pinned in a 2023 cassette of replicate-python (providers.md section 4); SDXL_VERSION overrides it.
 SDXL_VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
@@ -52,17 +48,6 @@ def sdxl_size(aspect: str) -> tuple[int, int]:
 
 def _prompt(job: ImageJob) -> str:
     return job.prompt or job.title
-
-
-def _image_result(data: bytes, model: str, cost: float) -> ImageResult:
-    """Reads the real size and type from the bytes (the image must decode whole); the service then fits it."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # a header followed by garbage opens; it fails here, inside the job, not in the service
-            width, height, mime_type = image.width, image.height, Image.MIME.get(image.format or "", "")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ProviderUnavailable(f"Replicate {model} returned bytes that are not an image ({error})") from error
-    return ImageResult(data=data, mime_type=mime_type, width=width, height=height, model=model, estimated_cost_usd=cost)
 
 
 class SdxlSettings(ReplicateSettings):
@@ -111,7 +96,7 @@ class SdxlProvider(Provider[SdxlSettings, ImageJob]):
                 "num_inference_steps": steps,
                 "num_outputs": 1,
             },
-            lambda output: _image_result(output.data, model.label, sdxl_cost(steps, output.predict_time)),
+            lambda output: decoded_image(output.data, "Replicate", model.label, sdxl_cost(steps, output.predict_time)),
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_IMAGE_BYTES,
         )
@@ -147,7 +132,7 @@ class FluxProvider(Provider[ReplicateSettings, ImageJob]):
                 "num_outputs": 1,
                 "output_format": "png",  # lossless: the service re-encodes to PNG after fitting anyway
             },
-            lambda output: _image_result(output.data, FLUX_MODEL.label, FLUX_USD_PER_IMAGE),
+            lambda output: decoded_image(output.data, "Replicate", FLUX_MODEL.label, FLUX_USD_PER_IMAGE),
             time_limit=TIME_LIMIT_SECONDS,
             max_bytes=MAX_IMAGE_BYTES,
         )
