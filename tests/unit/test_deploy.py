@@ -67,9 +67,9 @@ DEPLOYMENTS = (*SERVICES, "web")
 KEYED = ("image", "audio", "video")
 # The keys each service's providers need; nothing else gets a key.
 SERVICE_KEYS = {
-    "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN"},
+    "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY"},
     "audio": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN"},
-    "video": {"REPLICATE_API_TOKEN", "SYNTHESIA_API_KEY", "HEYGEN_API_KEY"},
+    "video": {"REPLICATE_API_TOKEN", "SYNTHESIA_API_KEY", "HEYGEN_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY"},
 }
 KEY_VARIABLES = tuple(sorted(set().union(*SERVICE_KEYS.values())))
 METRICS_PORT = 9464
@@ -1149,6 +1149,8 @@ def test_compose_passes_on_every_documented_variable() -> None:
     # MCP_*: the MCP server runs beside an agent host (stdio), not as a compose service.
     kept_out = {"LISTEN_ADDRESS", "SHUTDOWN_GRACE_SECONDS", "VIDEO_TMP_DIR", "ASSEMBLER_TMP_DIR", "SERVICE_AUTH_TOKENS"}
     kept_out |= {"MCP_VIDEO_DIR", "MCP_PORT"}
+    # PORT_REPORT_FILE: per process, set by `scenecast serve` and --start-services.
+    kept_out.add("PORT_REPORT_FILE")
     assert documented - kept_out - passed == set()
 
 
