@@ -49,7 +49,7 @@ _CAPTIONS = {
 }
 _STUDIO = Path(__file__).resolve().parent / "studio"
 # The studio runs only its own files: no inline script or style, no other origin (it must work with no network),
-# and no framing; `blob:` images are the scene frames it draws from the finished video.
+# and no framing; `blob:` images are the frames it draws from the finished video for scenes without a preview.
 _STUDIO_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; media-src 'self'; "
