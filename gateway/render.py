@@ -19,6 +19,7 @@ from gateway.clients import Downstream
 from gateway.config import GatewaySettings
 from gateway.ledger import SpendEntry, SpendLedger
 from gateway.music import MusicFile
+from gateway.preview import scene_preview
 from services.common.chunks import iter_file_chunks
 from services.common.errors import ORIGIN_KEY, ProviderUnavailable, QuotaExceeded, ScenecastError
 from services.common.observability import call_metadata
@@ -227,7 +228,9 @@ class RenderJob:
         assets.image = await self._fetch(
             index, "image", lambda: self.downstream.image.GenerateImage(request, **self._call_options())
         )
-        await self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image)
+        # Made off the event loop: decoding and encoding take milliseconds that other renders' streams need.
+        preview = await asyncio.to_thread(scene_preview, b"".join(chunk.data for chunk in assets.image.chunks))
+        await self._asset_ready(index, types_pb2.MEDIA_KIND_IMAGE, assets.image, preview)
 
     async def _speech(self, index: int, assets: _SceneAssets) -> None:
         request = speech_request(self.request, index, self.render_id)
@@ -272,7 +275,7 @@ class RenderJob:
             raise ProviderUnavailable(f"{where}: the stream ended early ({received} bytes); try again")
         return Asset(metadata, chunks)
 
-    async def _asset_ready(self, index: int, kind: int, asset: Asset) -> None:
+    async def _asset_ready(self, index: int, kind: int, asset: Asset, preview: bytes = b"") -> None:
         cost = asset.metadata.estimated_cost_usd
         if not math.isfinite(cost) or cost < 0:
             # A NaN would make every later comparison false and a negative cost would pay back spend: either would
@@ -291,15 +294,15 @@ class RenderJob:
             )
         self._completed_steps += 1
         scene_id = self.assembly_scenes[index].id
-        self._events.put_nowait(
-            self._progress(
-                render_service_pb2.RENDER_STAGE_ASSET_READY,
-                index,
-                kind,
-                f"scene {scene_id}: {types_pb2.MediaKind.Name(kind).removeprefix('MEDIA_KIND_').lower()} "
-                f"from {asset.metadata.provider}",
-            )
+        event = self._progress(
+            render_service_pb2.RENDER_STAGE_ASSET_READY,
+            index,
+            kind,
+            f"scene {scene_id}: {types_pb2.MediaKind.Name(kind).removeprefix('MEDIA_KIND_').lower()} "
+            f"from {asset.metadata.provider}",
         )
+        event.progress.preview_jpeg = preview
+        self._events.put_nowait(event)
 
     async def _record_spend(self, index: int, kind: int, metadata: types_pb2.AssetMetadata) -> None:
         """Writes the asset to the spend ledger, unless it came from an offline provider (nothing to pay).

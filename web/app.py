@@ -49,7 +49,7 @@ _CAPTIONS = {
 }
 _STUDIO = Path(__file__).resolve().parent / "studio"
 # The studio runs only its own files: no inline script or style, no other origin (it must work with no network),
-# and no framing; `blob:` images are the scene frames it draws from the finished video.
+# and no framing; `blob:` images are the frames it draws from the finished video for scenes without a preview.
 _STUDIO_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; media-src 'self'; "
@@ -65,6 +65,7 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _ID = rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}"
 _OPTIONAL_ID = f"^(?:{_ID})?$"
 RenderId = Annotated[str, PathParameter(pattern=f"^{_ID}$")]
+SceneId = Annotated[str, PathParameter(pattern=f"^{_ID}$")]
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     "4XX": {
@@ -271,6 +272,20 @@ def _routes(settings: WebSettings) -> APIRouter:
         )
 
     @router.get(
+        "/renders/{render_id}/scenes/{scene_id}/preview.jpg",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    async def scene_preview(request: Request, render_id: RenderId, scene_id: SceneId) -> Response:
+        """A scene's image as a small JPEG (at most 320 pixels on its longer side), there as soon as the image is
+        made: the scene's `asset_ready` event names this URL as its `preview`. Waits for it while the render runs;
+        404 when the render ended without one (an avatar render, or no such scene)."""
+        jpeg = await gateway(request).preview(render_id, scene_id)
+        # A scene's preview never changes under its render's id, like the MP4.
+        headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+    @router.get(
         "/renders/{render_id}/captions.{caption_format}",
         response_class=Response,
         responses={200: {"content": {"application/x-subrip": {}, "text/vtt": {}}}},
@@ -380,6 +395,16 @@ async def _script(request: Request, cap: int) -> render_service_pb2.RenderReques
     return render_request(text, kind)
 
 
+def progress_json(progress: render_service_pb2.RenderProgress) -> dict[str, Any]:
+    """A progress event in proto3 JSON, its preview's bytes replaced by the route that serves them (`preview`, only
+    when there is one): base64 in every event and status would only bloat them."""
+    data = proto_json(progress)
+    del data["preview_jpeg"]
+    if progress.preview_jpeg:
+        data["preview"] = f"/v1/renders/{progress.render_id}/scenes/{progress.scene_id}/preview.jpg"
+    return data
+
+
 def status_of(state: RenderState) -> RenderStatus:
     if state.error is not None:
         cancelled = state.error.problem.grpc_status == grpc.StatusCode.CANCELLED.name
@@ -389,7 +414,7 @@ def status_of(state: RenderState) -> RenderStatus:
     return RenderStatus(
         render_id=state.render_id,
         state=phase,
-        progress=proto_json(state.progress) if state.progress is not None else None,
+        progress=progress_json(state.progress) if state.progress is not None else None,
         summary=proto_json(state.summary) if state.summary is not None else None,
         error=state.error.problem if state.error is not None else None,
     )
@@ -403,7 +428,7 @@ async def _sse(events: AsyncIterator[tuple[int, RenderEvent]]) -> AsyncIterator[
         elif isinstance(event, render_service_pb2.RenderSummary):
             data, name = proto_json(event), "summary"
         else:
-            data = proto_json(event)
+            data = progress_json(event)
             name = render_service_pb2.RenderStage.Name(event.stage).removeprefix("RENDER_STAGE_").lower()
         yield format_sse_event(data_str=json.dumps(data), event=name, id=str(number))
 

@@ -117,6 +117,25 @@ class Gateway:
         finally:
             call.cancel()
 
+    async def preview(self, render_id: str, scene_id: str) -> bytes:
+        """The JPEG preview of a scene's image, from the render's image event (WatchRender replays it on any
+        replica); waits for it while the render runs, like `video` waits for the MP4. A 404 ProblemError when the
+        render ended without one (an avatar render, a scene id it does not have, an image that could not be read)."""
+        call = self._stub.WatchRender(render_service_pb2.WatchRenderRequest(render_id=render_id))
+        try:
+            async for response in call:
+                progress = response.progress
+                if progress.scene_id == scene_id and progress.preview_jpeg:
+                    return progress.preview_jpeg
+        finally:
+            call.cancel()
+        raise ProblemError(
+            404,
+            f"render {render_id} has no preview for scene {scene_id!r}: no such scene, or its picture is an avatar "
+            "video or could not be read",
+            field="scene_id",
+        )
+
     async def events(self, render_id: str, after: int) -> AsyncIterator[tuple[int, RenderEvent]]:
         """A render's events numbered from 1, those after the first `after` only, ending with its summary or error.
 

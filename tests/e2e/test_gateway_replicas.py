@@ -117,6 +117,7 @@ def test_watch_and_fetch_are_answered_by_replicas_that_did_not_run_the_render(
     owned_bytes = b"".join(r.chunk.data for r in rest if r.HasField("chunk"))
     owned_progress = [first.progress, *(r.progress for r in rest if r.HasField("progress"))]
     assert [w.progress for w in watched[:-1]] == owned_progress
+    assert sum(bool(p.preview_jpeg) for p in owned_progress) == 3  # each scene's preview is in the shared log
     assert watched[-1].summary == rest[-1].summary
     assert len(owned_bytes) == rest[-1].summary.size_bytes > 0
     # The third replica streams the MP4 from the shared folder, whole and from an offset.
@@ -258,6 +259,7 @@ def test_one_gateway_reindexes_its_results_after_a_restart_and_drops_partial_fil
         assert fetched[-1].summary == finished[-1].summary
         watched = list(stub.WatchRender(render_service_pb2.WatchRenderRequest(render_id="kept-1"), timeout=30))
         assert [w.progress for w in watched[:-1]] == [r.progress for r in finished if r.HasField("progress")]
+        assert sum(bool(w.progress.preview_jpeg) for w in watched) == 2  # the previews survive in the sidecar
         lost = _error(stub.WatchRender(render_service_pb2.WatchRenderRequest(render_id="killed-2"), timeout=30))
         assert lost.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
         assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["kept-1.json", "kept-1.mp4"]

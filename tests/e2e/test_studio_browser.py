@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +20,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from scenecast_cli.stack import LocalStack
+from tests.fakes.base import Fault
+from tests.fakes.openai_server import FakeOpenAI
 from tests.probe import probe_mp4
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "studio.png"
@@ -35,9 +39,17 @@ scenes:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The five services and the web process, as `scenecast serve` starts them."""
-    local = LocalStack(log_dir=tmp_path_factory.mktemp("studio-logs"), web=True).start()
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, openai_fake: FakeOpenAI) -> Iterator[LocalStack]:
+    """The five services and the web process, as `scenecast serve` starts them; OpenAI (the fake) is there for the
+    scripts that pick it, the defaults stay offline."""
+    env = {"OPENAI_API_KEY": openai_fake.api_key, "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1"}
+    local = LocalStack(env=env, log_dir=tmp_path_factory.mktemp("studio-logs"), web=True).start()
     yield local
     local.stop()
 
@@ -279,6 +291,42 @@ def test_a_pasted_script_is_priced_rendered_played_and_downloaded(
     wait.until(lambda b: b.execute_script("return arguments[0].readyState", b.find_element(By.ID, "player")) >= 1)
     assert browser.find_element(By.ID, "render-status").text == status
     assert browser.find_element(By.ID, "download-mp4").get_attribute("href") == mp4_url
+
+
+def _shown_pictures(browser: WebDriver) -> list[list[Any]]:
+    """Each scene picture the page has finished loading: its address, its size, and whether it is a button."""
+    return browser.execute_script(  # type: ignore[no-any-return]
+        "return [...document.querySelectorAll('#scenes img')].filter((i) => i.complete && i.naturalWidth)"
+        ".map((i) => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight, i.parentElement.tagName])"
+    )
+
+
+def test_each_scene_image_is_shown_while_the_render_still_runs(
+    browser: WebDriver, stack: LocalStack, openai_fake: FakeOpenAI
+) -> None:
+    """The narration comes from the fake OpenAI, which holds its answers until the test lets them go: the render
+    cannot end before then, so the pictures seen meanwhile come from the scenes' image events."""
+    wait = _open(browser, stack)
+    released = threading.Event()
+    for _ in ("check", "three"):  # each scene's narration is held
+        openai_fake.add_fault(Fault("/v1/audio/speech", status=0, held=released))
+    try:
+        _paste(browser, SCRIPT + "providers: {speech: openai}\n")
+        browser.find_element(By.ID, "render").click()
+        wait.until(lambda b: len(_shown_pictures(b)) == 2)
+        status = browser.find_element(By.ID, "render-status").text
+        render_id = status.removeprefix("Rendering ").removesuffix("…")
+        previews = [f"/v1/renders/{render_id}/scenes/{scene}/preview.jpg" for scene in ("check", "three")]
+        # The previews of the 640x360 frames, shown before the video: still running, narration held.
+        assert _shown_pictures(browser) == [[preview, 320, 180, "LI"] for preview in previews]
+        assert httpx.get(f"{stack.web_url}/v1/renders/{render_id}").json()["state"] == "running"
+        assert browser.find_element(By.ID, "player").get_attribute("hidden") == "true"
+    finally:
+        released.set()
+    wait.until(lambda b: b.find_element(By.ID, "render-status").text.startswith("Done: "))
+    # Once the video is there, the same pictures play it from their scene.
+    wait.until(lambda b: _shown_pictures(b) == [[preview, 320, 180, "BUTTON"] for preview in previews])
+    assert _console_errors(browser) == []
 
 
 def test_a_running_render_is_cancelled_from_the_page(browser: WebDriver, stack: LocalStack) -> None:

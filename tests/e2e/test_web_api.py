@@ -17,11 +17,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pysubs2
 import pytest
 import yaml
-from scenecast.v1 import render_service_pb2, render_service_pb2_grpc
+from PIL import Image
+from scenecast.v1 import image_service_pb2_grpc, render_service_pb2, render_service_pb2_grpc, types_pb2
 
+from gateway.render import image_request
 from scenecast_cli.script import checked_request, parse_script
 from scenecast_cli.stack import LocalStack, free_port
 from tests.probe import probe_mp4
@@ -218,6 +221,64 @@ def test_the_captions_are_the_narration_in_srt_and_webvtt(client: httpx.Client, 
     assert vtt.text.startswith("WEBVTT") and vtt.text.count(" --> ") == len(cues)
 
 
+def _generated_image(stack: LocalStack, render_id: str, index: int) -> Image.Image:
+    """The image the image service makes for a scene of SCRIPT, asked for directly, as the render asked for it."""
+    request = image_request(checked_request(parse_script(SCRIPT, "YAML")), index, render_id)
+    with grpc.insecure_channel(stack.addresses["image"]) as channel:
+        responses = list(image_service_pb2_grpc.ImageServiceStub(channel).GenerateImage(request))
+    data = b"".join(response.chunk.data for response in responses if response.HasField("chunk"))
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_each_scene_image_event_carries_a_small_jpeg_preview_of_the_image(
+    client: httpx.Client, finished: Finished, stack: LocalStack
+) -> None:
+    with grpc.insecure_channel(stack.gateway_address) as channel:
+        watched = list(
+            render_service_pb2_grpc.RenderServiceStub(channel).WatchRender(
+                render_service_pb2.WatchRenderRequest(render_id=finished.render_id)
+            )
+        )
+    previews = {r.progress.scene_id: r.progress for r in watched if r.progress.preview_jpeg}
+    assert sorted(previews) == ["check", "three"]
+    for progress in previews.values():
+        assert progress.stage == render_service_pb2.RENDER_STAGE_ASSET_READY
+        assert progress.media_kind == types_pb2.MEDIA_KIND_IMAGE
+    originals = [_generated_image(stack, finished.render_id, index) for index in range(2)]
+    for index, scene_id in enumerate(("check", "three")):
+        jpeg = previews[scene_id].preview_jpeg
+        assert len(jpeg) <= 30_000
+        preview = Image.open(io.BytesIO(jpeg))
+        assert (preview.format, preview.size) == ("JPEG", (320, 180))  # the 640x360 frame, halved
+        # It shows its own scene's image: far closer to it than to the other scene's.
+        pixels = np.asarray(preview.convert("RGB"), dtype=np.int16)
+        own, other = (
+            np.abs(pixels - np.asarray(original.resize(preview.size), dtype=np.int16)).mean()
+            for original in (originals[index], originals[1 - index])
+        )
+        assert own < 4 < other, (own, other)
+        # The web route serves the event's bytes as they are.
+        served = client.get(f"/v1/renders/{finished.render_id}/scenes/{scene_id}/preview.jpg")
+        assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
+        assert served.content == jpeg
+
+
+def test_the_sse_image_event_links_its_preview_instead_of_carrying_it(client: httpx.Client, finished: Finished) -> None:
+    linked = {}
+    for event in finished.replay:
+        data = json.loads(_field(event, "data"))
+        assert "preview_jpeg" not in data, event  # no base64 in the events
+        if "preview" in data:
+            assert (_field(event, "event"), data["media_kind"]) == ("asset_ready", "MEDIA_KIND_IMAGE")
+            linked[data["scene_id"]] = data["preview"]
+    assert linked == {
+        scene_id: f"/v1/renders/{finished.render_id}/scenes/{scene_id}/preview.jpg" for scene_id in ("check", "three")
+    }
+    missing = client.get(f"/v1/renders/{finished.render_id}/scenes/nosuch/preview.jpg")
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+    assert missing.json()["field"] == "scene_id"
+
+
 def test_a_bad_script_is_problem_json_naming_the_field(client: httpx.Client) -> None:
     bad = SCRIPT.replace("id: check", "id: 'check it!'")
     response = client.post("/v1/renders", content=bad, headers={"Content-Type": "application/yaml"})
@@ -259,7 +320,7 @@ def test_a_body_over_the_cap_is_413(client: httpx.Client) -> None:
 
 
 def test_an_unknown_render_is_404(client: httpx.Client) -> None:
-    for path in ("", "/events", "/video.mp4", "/captions.vtt"):
+    for path in ("", "/events", "/video.mp4", "/captions.vtt", "/scenes/check/preview.jpg"):
         response = client.get(f"/v1/renders/nosuchrender{path}")
         assert response.status_code == 404 and response.headers["content-type"] == PROBLEM, path
 

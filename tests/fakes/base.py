@@ -18,8 +18,9 @@ from aiohttp import web
 class Fault:
     """A canned answer given instead of the real one to the next request whose path starts with `path_prefix`.
 
-    `status` 0 with `hang_seconds` makes the server wait before answering normally (a slow provider); `reset`
-    closes the connection without an answer.
+    `status` 0 with `hang_seconds` makes the server wait before answering normally (a slow provider); `held` makes
+    it wait until the test sets that event (a provider slow for exactly as long as the test needs); `reset` closes
+    the connection without an answer.
     """
 
     path_prefix: str
@@ -29,6 +30,7 @@ class Fault:
     hang_seconds: float = 0.0
     reset: bool = False
     method: str | None = None
+    held: threading.Event | None = None
 
 
 @dataclass
@@ -136,6 +138,8 @@ class FakeServer:
                 raise web.HTTPInternalServerError()
             if fault.hang_seconds:
                 await asyncio.sleep(fault.hang_seconds)
+            if fault.held is not None:
+                await asyncio.to_thread(fault.held.wait)
             if fault.status:
                 if isinstance(fault.body, (bytes, str)):
                     return web.Response(status=fault.status, body=fault.body, headers=fault.headers)

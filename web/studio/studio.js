@@ -253,7 +253,7 @@ function setRunning(running) {
 function follow(renderId) {
   watching?.close();
   current = renderId;
-  for (const frame of $("scenes").querySelectorAll("img")) URL.revokeObjectURL(frame.src);
+  for (const frame of $("scenes").querySelectorAll("img[src^='blob:']")) URL.revokeObjectURL(frame.src);
   $("scenes").replaceChildren();
   $("player").hidden = true;
   $("downloads").hidden = true;
@@ -269,6 +269,7 @@ function follow(renderId) {
   });
   on("asset_ready", (event) => {
     sceneStep(event, ASSETS[event.media_kind] || "asset");
+    if (event.preview) showPicture(event.scene_index, event.preview, event.scene_id);
     overall(event);
   });
   on("scene_encoded", (event) => {
@@ -344,13 +345,42 @@ function showVideo(summary) {
   $("download-vtt").parentElement.hidden = !hasVtt;
   $("downloads").hidden = false;
   summary.scenes.forEach((scene, index) => sceneRow(index, scene.scene_id));
+  const unpictured = [...summary.scenes.entries()].filter(([index]) => !sceneRow(index).querySelector("img"));
   // The frames are a convenience: if this browser cannot draw them, the player and downloads still work.
-  sceneFrames(player.src, summary.scenes).catch(() => {});
+  sceneFrames(player.src, unpictured)
+    .catch(() => {})
+    .finally(() => linkPictures(summary.scenes));
 }
 
-// Each scene's picture, taken from the finished video halfway through the scene (past its fade-in): the gateway's
-// contract does not hand out the generated images themselves. Clicking one plays the video from that scene.
+// Puts a scene's picture at the head of its row, once: the preview of its image (as soon as the image exists, while
+// the rest of the render runs), or a frame of the finished video for a scene without one (an avatar video).
+function showPicture(index, src, sceneId) {
+  const row = sceneRow(index, sceneId);
+  if (row.querySelector("img")) return;
+  row.prepend(element("img", undefined, { src, alt: `Scene ${sceneId}`, class: "frame" }));
+}
+
+// Once the video is there, each picture becomes a button that plays it from that scene.
+function linkPictures(scenes) {
+  scenes.forEach((scene, index) => {
+    const picture = sceneRow(index).querySelector("img.frame");
+    if (!picture) return;
+    const jump = element("button", undefined, { type: "button", class: "frame" });
+    picture.replaceWith(jump);
+    picture.removeAttribute("class");
+    picture.alt = `Play from scene ${scene.scene_id}`;
+    jump.append(picture);
+    jump.addEventListener("click", () => {
+      $("player").currentTime = scene.start_ms / 1000;
+      $("player").play();
+    });
+  });
+}
+
+// The pictures of scenes that have no preview (an avatar video's), taken from the finished video halfway through
+// the scene (past its fade-in). `scenes` holds [index, scene] pairs.
 async function sceneFrames(source, scenes) {
+  if (!scenes.length) return;
   const video = element("video");
   video.muted = true;
   video.preload = "auto";
@@ -359,7 +389,7 @@ async function sceneFrames(source, scenes) {
     video.addEventListener("loadeddata", resolve, { once: true });
     video.addEventListener("error", reject, { once: true });
   });
-  for (const [index, scene] of scenes.entries()) {
+  for (const [index, scene] of scenes) {
     video.currentTime = (scene.start_ms + scene.duration_ms / 2) / 1000;
     await new Promise((resolve) => video.addEventListener("seeked", resolve, { once: true }));
     const canvas = element("canvas");
@@ -367,14 +397,7 @@ async function sceneFrames(source, scenes) {
     canvas.height = Math.round((160 * video.videoHeight) / video.videoWidth);
     canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
     const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.8));
-    const jump = element("button", undefined, { type: "button", class: "frame" });
-    const frame = { src: URL.createObjectURL(blob), alt: `Play from scene ${scene.scene_id}` };
-    jump.append(element("img", undefined, frame));
-    jump.addEventListener("click", () => {
-      $("player").currentTime = scene.start_ms / 1000;
-      $("player").play();
-    });
-    sceneRow(index).prepend(jump);
+    showPicture(index, URL.createObjectURL(blob), scene.scene_id);
   }
   video.removeAttribute("src");
   video.load();
