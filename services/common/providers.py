@@ -36,8 +36,11 @@ class ProviderSettings(BaseSettings):
         env_file=".env", extra="ignore", hide_input_in_errors=True, frozen=True, env_ignore_empty=True
     )
 
-    def model_post_init(self, context: Any) -> None:
-        # Before any request carries a secret: a vendor may echo it in an error, which is then redacted.
+    def __init__(self, *args: Any, **values: Any) -> None:
+        super().__init__(*args, **values)
+        # Before any request carries a secret (a vendor may echo it in an error, which is then redacted), and only
+        # once every check passed: a refused value ("http://" as a server URL) must not become a secret that is cut out
+        # of every later message.
         register_settings(self)
 
     def secret(self, name: str, provider: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from services.audio.providers import build_registry as speech_registry
 from services.audio.providers.base import SpeechJob
@@ -21,6 +21,7 @@ from services.common.providers import NoSettings, Price, Provider, ProviderDescr
 from services.common.redact import REDACTED, redact
 from services.image.providers import build_registry as image_registry
 from services.image.providers.base import ImageJob
+from services.video.providers.selfhosted import SelfHostedSettings
 
 SPEECH_MODULE = "services.audio.providers.openai_tts"
 
@@ -154,3 +155,13 @@ def test_settings_no_provider_takes_are_refused() -> None:
     """A test (or a caller) that hands the audio service the image service's OpenAI settings learns it at once."""
     with pytest.raises(ValueError, match="no provider of this service takes OpenAISettings"):
         speech_registry("", [OpenAISettings()])
+
+
+def test_a_refused_setting_is_not_kept_as_a_secret() -> None:
+    """Only settings that passed every check are registered for redaction: "http://", refused as a server URL, would
+    otherwise be cut out of every later message of the process (it was, from an FFmpeg command line)."""
+    with pytest.raises(ValidationError):
+        SelfHostedSettings(selfhosted_video_url=SecretStr("http://"))
+    assert redact("cannot reach http://gpu-box:5000") == "cannot reach http://gpu-box:5000"
+    SelfHostedSettings(selfhosted_video_url=SecretStr("http://user:a-long-password@gpu-box:5000"))
+    assert redact("password a-long-password") == f"password {REDACTED}"
