@@ -1,8 +1,10 @@
-"""Whole renders with your own cloud servers (a Kokoro-FastAPI speech server), chosen by environment alone, against
-fakes of their APIs: the MP4 is probed, and GetConfig lists each provider with its price."""
+"""Whole renders with your own models in the cloud (a Kokoro-FastAPI speech server, a RunPod serverless video
+endpoint), chosen by environment alone, against fakes of their APIs: the MP4 is probed, and GetConfig lists each
+provider with its price."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from scenecast_cli.stack import LocalStack
 from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
 from tests.fakes.kokoro_server import FakeKokoroServer
 from tests.fakes.openai_server import MS_PER_CHARACTER
+from tests.fakes.runpod_server import API_KEY, DELAY_MS, ENDPOINT_ID, EXECUTION_MS, FakeRunPod
 from tests.probe import audio_rms, probe_mp4
 
 REQUEST = render_service_pb2.RenderRequest(
@@ -83,3 +86,29 @@ def test_kokoro_server_narration(kokoro_fake: FakeKokoroServer, tmp_path: Path) 
     usd = [len(s.narration) * 5 / 1_000_000 for s in SCENES]
     assert [e.speech_usd for e in estimate.scenes] == pytest.approx(usd)
     assert [s.narration.estimated_cost_usd for s in summary.scenes] == pytest.approx(usd)
+
+
+def test_runpod_clips(tmp_path: Path) -> None:
+    with FakeRunPod() as runpod:
+        runpod.polls_to_finish = 3
+        env = {
+            "VIDEO_PROVIDER": "runpod",
+            "RUNPOD_API_KEY": API_KEY,
+            "RUNPOD_ENDPOINT_ID": ENDPOINT_ID,
+            "RUNPOD_BASE_URL": runpod.api_url,
+            "RUNPOD_POLL_SECONDS": "0.05",
+            "RUNPOD_USD_PER_GPU_SECOND": "0.001",
+            "RUNPOD_GPU_SECONDS_PER_CLIP_SECOND": "10",
+            # The fake's bucket is on loopback.
+            "ALLOW_PRIVATE_OUTPUT_URLS": "true",
+        }
+        config, estimate, summary, path = _render(env, tmp_path)
+        assert len(runpod.runs()) == len(SCENES) and runpod.cancels() == []
+    _check_video(path, summary)
+    listed = _listed(config, types_pb2.MEDIA_KIND_VIDEO, "runpod")
+    assert listed.configured and [(p.unit, p.usd_per_unit) for p in listed.prices] == [("GPU second", 0.001)]
+    assert {(s.visual.provider, s.visual.model) for s in summary.scenes} == {("runpod", f"runpod:{ENDPOINT_ID}")}
+    # Estimated from the assumed GPU time; billed from the GPU time RunPod reported.
+    assert all(e.video_usd > 0 for e in estimate.scenes)
+    billed = 0.001 * math.ceil((DELAY_MS + EXECUTION_MS) / 1000)
+    assert [s.estimated_cost_usd for s in summary.scenes] == pytest.approx([billed] * len(SCENES))
