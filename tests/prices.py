@@ -30,3 +30,5 @@ FLUX_DEV_PER_IMAGE = 0.025
 L40S_PER_SECOND = 0.000975
 T4_PER_SECOND = 0.000225
 WAN_PER_OUTPUT_SECOND = 0.09
+# RunPod serverless: an L40S flex worker per GPU second (docs.runpod.io/serverless/pricing, 2026-08-20).
+RUNPOD_L40S_FLEX_PER_SECOND = 0.00053

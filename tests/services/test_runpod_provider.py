@@ -15,8 +15,9 @@ from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
 from services.common import retry
 from services.video.config import VideoSettings
-from services.video.providers.runpod import DEFAULT_USD_PER_GPU_SECOND, RunPodSettings
+from services.video.providers.runpod import RunPodSettings
 from services.video.server import build as build_video
+from tests import prices
 from tests.fakes.base import Fault
 from tests.fakes.runpod_server import API_KEY, DELAY_MS, ENDPOINT_ID, EXECUTION_MS, FakeRunPod
 from tests.services.conftest import _serve
@@ -24,7 +25,7 @@ from tests.services.test_video_providers import PROMPT, Clip, _clip, assert_mp4,
 
 # A 2 s scene at 24 fps is 49 frames (8k+1); 16:9 at a 480 short side is 864x480 (multiples of 32).
 FRAMES, SIZE = 49, (864, 480)
-BILLED_USD = DEFAULT_USD_PER_GPU_SECOND * math.ceil((DELAY_MS + EXECUTION_MS) / 1000)
+BILLED_USD = prices.RUNPOD_L40S_FLEX_PER_SECOND * math.ceil((DELAY_MS + EXECUTION_MS) / 1000)
 RUN = f"/v2/{ENDPOINT_ID}/run"
 
 
