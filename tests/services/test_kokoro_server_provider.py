@@ -181,6 +181,12 @@ async def test_an_unset_url_names_the_variable(start: Callable[..., Awaitable[St
     assert fake.requests == []
 
 
+async def test_a_slow_answer_within_the_time_limit_is_waited_for(stub: Stub, fake: FakeKokoroServer) -> None:
+    fake.add_fault(Fault(CAPTIONED, status=0, hang_seconds=1.5))
+    metadata, _ = await speak(stub)
+    assert metadata.timings and len(fake.requests_to(CAPTIONED)) == 1
+
+
 async def test_an_answer_after_the_time_limit_is_asked_again(
     start: Callable[..., Awaitable[Stub]], fake: FakeKokoroServer
 ) -> None:
