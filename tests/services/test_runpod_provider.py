@@ -170,6 +170,15 @@ async def test_failed_status_checks_only_delay_the_job(clip: Clip, fake: FakeRun
     assert metadata.provider == "runpod" and len(fake.runs()) == 1
 
 
+async def test_a_job_runpod_no_longer_knows_is_reported_not_run_again(clip: Clip, fake: FakeRunPod) -> None:
+    fake.add_fault(Fault(f"/v2/{ENDPOINT_ID}/status/", 404, {"error": "job not found"}))
+    error = await failure(clip, "runpod")
+    [job_id] = fake.jobs
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"no longer knows job {job_id} (404)" in error.details()
+    assert len(fake.runs()) == 1
+
+
 async def test_a_run_answered_after_the_request_timeout_is_not_sent_again(
     start: Callable[..., Awaitable[tuple[Clip, Any]]], fake: FakeRunPod
 ) -> None:

@@ -250,6 +250,8 @@ class _RunPodJob(jobs.RemoteJob[dict[str, Any], ClipResult]):
             raise ProviderUnavailable(f"{self.label}: checking job {job_id} failed: {error!r}") from error
         if response.is_success:
             return {"id": job_id, **_json(response, self.label)}
+        if response.status_code == 404:  # RunPod keeps a /run job's result for 30 minutes
+            raise jobs.JobEnded(JobFailed(f"{self.label} no longer knows job {job_id} (404); it was not ordered again"))
         error = self._error(response, f"job {job_id}")
         if isinstance(error, ProviderUnavailable):
             raise error
@@ -286,7 +288,7 @@ class _RunPodJob(jobs.RemoteJob[dict[str, Any], ClipResult]):
         await self._client.post(f"/cancel/{self.job_id(job)}")
 
     def _error(self, response: httpx.Response, what: str) -> ScenecastError:
-        """RunPod's codes: 401 the key, 404 the endpoint (or job), 429 over the rate limit, 5xx a worker crash."""
+        """RunPod's codes: 401 the key, 404 the endpoint, 429 over the rate limit, 5xx a worker crash."""
         code, detail = response.status_code, response.text[:_DETAIL_CHARS] or "no detail given"
         retry_after = retry_after_seconds(response.headers.get("retry-after"))
         if code == 429:
@@ -296,7 +298,7 @@ class _RunPodJob(jobs.RemoteJob[dict[str, Any], ClipResult]):
         if code in (401, 403):
             return FailedPrecondition(f"{self.label} refused {KEY_ENV} ({code}) for {what}; check the key")
         if code == 404:
-            return FailedPrecondition(f"{self.label}: {what} not found (404); check {ENDPOINT_ENV}: {detail}")
+            return FailedPrecondition(f"{self.label} was not found (404); check {ENDPOINT_ENV}: {detail}")
         return InvalidArgument(f"{self.label} refused {what} ({code}): {detail}; check {TEMPLATE_ENV}")
 
 
