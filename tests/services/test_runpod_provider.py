@@ -126,6 +126,23 @@ async def test_an_input_template_fits_any_worker_and_carries_the_scene_image(
     assert (sent["steps"], sent["length"]) == (30, FRAMES)
 
 
+async def test_the_ltx_video_workflow_wrapped_for_worker_comfyui_is_filled(
+    start: Callable[..., Awaitable[tuple[Clip, Any]]], fake: FakeRunPod, tmp_path: Path
+) -> None:
+    workflow = json.loads((Path(__file__).parents[2] / "deploy" / "comfyui" / "ltx-video-workflow.json").read_text())
+    template = tmp_path / "runpod-input.json"
+    template.write_text(json.dumps({"workflow": workflow}))  # what `jq '{workflow: .}'` makes of it
+    clip, _ = await start(runpod_input_template=str(template))
+    await clip("runpod", duration_ms=2000)
+    graph = fake.runs()[0].json()["input"]["workflow"]
+    inputs = [node["inputs"] for node in graph.values()]
+    assert {"text": PROMPT} in [{k: v for k, v in i.items() if k == "text"} for i in inputs]
+    assert {"width": SIZE[0], "height": SIZE[1], "length": FRAMES} in [
+        {k: v for k, v in i.items() if k in ("width", "height", "length")} for i in inputs
+    ]
+    assert "{{" not in json.dumps(graph)
+
+
 async def test_a_template_with_an_unknown_placeholder_names_the_variable(
     start: Callable[..., Awaitable[tuple[Clip, Any]]], fake: FakeRunPod, tmp_path: Path
 ) -> None:
