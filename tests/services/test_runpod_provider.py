@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+import runpod
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
 from services.common import retry
@@ -248,3 +249,20 @@ async def test_it_is_listed_and_estimated_at_its_gpu_rate(start: Callable[..., A
     )
     [estimate] = (await stub.EstimateClipCost(video_service_pb2.EstimateClipCostRequest(specs=[spec]))).estimates
     assert estimate.usd == pytest.approx(0.001 * 10 * FRAMES / 24)
+
+
+def test_the_fake_answers_runpods_own_client(fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RunPod's official client (run, status, output, cancel, a refused key) against the fake: the fake speaks the
+    API the provider is written for."""
+    monkeypatch.setattr(runpod, "endpoint_url_base", fake.api_url)  # what RUNPOD_ENDPOINT_BASE_URL sets at import
+    fake.polls_to_finish = 1
+    endpoint = runpod.Endpoint(ENDPOINT_ID, api_key=API_KEY)
+    job = endpoint.run({"prompt": PROMPT, "width": 64, "height": 64, "num_frames": 9, "fps": 8})
+    assert fake.runs()[0].json() == {"input": {"prompt": PROMPT, "width": 64, "height": 64, "num_frames": 9, "fps": 8}}
+    assert job.status() == "COMPLETED"
+    assert job.output()["video_url"] == f"{fake.base_url}/bucket/{job.job_id}.mp4"
+    fake.polls_to_finish = 10
+    second = endpoint.run({"prompt": PROMPT})
+    assert second.cancel() == {"id": second.job_id, "status": "CANCELLED"}
+    with pytest.raises(RuntimeError, match="Unauthorized"):
+        runpod.Endpoint(ENDPOINT_ID, api_key="rp_wrong").run({"prompt": PROMPT})
