@@ -13,7 +13,7 @@ from aiohttp import web
 from tests.fakes.base import FakeServer
 from tests.fakes.openai_server import MS_PER_CHARACTER, tone_wav
 
-VOICES = ("af_heart", "af_bella", "af_sky", "am_adam", "bm_george")
+VOICES = ("af_heart", "af_bella", "af_sky", "am_adam", "bf_isabella", "bm_george")
 # OpenAI's names, which Kokoro-FastAPI maps to its own voices.
 OPENAI_VOICES = {"alloy": "am_adam", "echo": "af_bella", "nova": "bf_isabella"}
 MODELS = ("kokoro", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+import openai
 import pytest
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, types_pb2
 
@@ -212,3 +213,14 @@ async def test_it_is_listed_and_priced_at_the_configured_rate(start: Callable[..
         await stub.EstimateSpeechCost(audio_service_pb2.EstimateSpeechCostRequest(requests=[request]))
     ).estimates
     assert estimate.usd == pytest.approx(len(TEXT) * 2.0 / 1_000_000)
+
+
+async def test_the_fake_answers_the_openai_client_as_kokoro_fastapi_does(fake: FakeKokoroServer) -> None:
+    """Kokoro-FastAPI's suggested client is the openai SDK: its speech call, and its error for an unknown voice."""
+    client = openai.AsyncOpenAI(base_url=f"{fake.base_url}/v1", api_key="not-needed", max_retries=0)
+    response = await client.audio.speech.create(model="kokoro", voice="nova", input=TEXT, response_format="wav")
+    with wave.open(io.BytesIO(response.content)) as wav:
+        assert wav.getnframes() == len(TEXT) * MS_PER_CHARACTER * SAMPLE_RATE // 1000
+    with pytest.raises(openai.BadRequestError) as error:
+        await client.audio.speech.create(model="kokoro", voice="zz_nobody", input=TEXT, response_format="wav")
+    assert error.value.body == error_body("Voice 'zz_nobody' not found")
