@@ -50,7 +50,8 @@ _DETAIL_CHARS = 300
 
 class KokoroServerSettings(ProviderSettings):
     # Base URL of your Kokoro-FastAPI server, like http://kokoro:8880 (its default port); requests for kokoro-server
-    # fail with FAILED_PRECONDITION naming KOKORO_SERVER_URL while it is unset.
+    # fail with FAILED_PRECONDITION naming KOKORO_SERVER_URL while it is unset. Not a secret (it goes into the cache
+    # key as written): a proxy's credentials go in KOKORO_SERVER_API_KEY, never in the URL.
     kokoro_server_url: str = ""
     # Sent as a Bearer token when set: Kokoro-FastAPI has no auth of its own, but a proxy in front of it may.
     kokoro_server_api_key: SecretStr = SecretStr("")
