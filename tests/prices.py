@@ -34,3 +34,5 @@ WAN_PER_OUTPUT_SECOND = 0.09
 FAL_FLUX_DEV_PER_MEGAPIXEL = 0.025
 # Kling kling-v1-6 in std mode, per 5 s clip (a 10 s clip costs twice): 2 units at $0.14.
 KLING_V1_6_STD_PER_5S = 0.28
+# RunPod serverless: an L40S flex worker per GPU second (docs.runpod.io/serverless/pricing, 2026-08-20).
+RUNPOD_L40S_FLEX_PER_SECOND = 0.00053

@@ -32,7 +32,9 @@ from scenecast.v1 import (
 from scenecast_cli.stack import free_port, wait_until_serving
 from tests.fakes.avatar_servers import FakeHeyGen, FakeSynthesia
 from tests.fakes.base import FakeServer
+from tests.fakes.kokoro_server import FakeKokoroServer
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.runpod_server import ENDPOINT_ID, FakeRunPod
 from tests.fakes.video_servers import FakeCogVideo, FakeComfyUI, FakeReplicateVideo
 
 KEYS = {
@@ -40,6 +42,8 @@ KEYS = {
     "REPLICATE_API_TOKEN": "r8_Echo7kL8mN9oP0qR1sT2",
     "SYNTHESIA_API_KEY": "synth-Echo3uV4wX5yZ6",
     "HEYGEN_API_KEY": "heygen-Echo7aB8cD9eF0",
+    "RUNPOD_API_KEY": "rpa_Echo1gH2iJ3kL4",
+    "KOKORO_SERVER_API_KEY": "kokoro-proxy-Echo5mN6oP7",
 }
 SELFHOSTED_USER, SELFHOSTED_PASSWORD = "gpu", "Echo-s3lfh0sted-pw"
 STATUSES = (400, 401, 403, 500)
@@ -64,9 +68,20 @@ class Fakes:
     heygen: FakeHeyGen
     cog: FakeCogVideo
     comfy: FakeComfyUI
+    runpod: FakeRunPod
+    kokoro: FakeKokoroServer
 
     def all(self) -> tuple[FakeServer, ...]:
-        return (self.openai, self.replicate, self.synthesia, self.heygen, self.cog, self.comfy)
+        return (
+            self.openai,
+            self.replicate,
+            self.synthesia,
+            self.heygen,
+            self.cog,
+            self.comfy,
+            self.runpod,
+            self.kokoro,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +93,10 @@ def fakes() -> Iterator[Fakes]:
         FakeHeyGen() as heygen,
         FakeCogVideo() as cog,
         FakeComfyUI() as comfy,
+        FakeRunPod() as runpod,
+        FakeKokoroServer() as kokoro,
     ):
-        yield Fakes(openai, replicate, synthesia, heygen, cog, comfy)  # type: ignore[arg-type]
+        yield Fakes(openai, replicate, synthesia, heygen, cog, comfy, runpod, kokoro)  # type: ignore[arg-type]
 
 
 def _with_user(base_url: str) -> str:
@@ -101,6 +118,9 @@ def services(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "SYNTHESIA_BASE_URL": fakes.synthesia.base_url,
         "HEYGEN_BASE_URL": fakes.heygen.base_url,
         "SELFHOSTED_VIDEO_URL": _with_user(fakes.cog.base_url),
+        "RUNPOD_BASE_URL": fakes.runpod.api_url,
+        "RUNPOD_ENDPOINT_ID": ENDPOINT_ID,
+        "KOKORO_SERVER_URL": fakes.kokoro.base_url,
         "PROVIDER_ATTEMPTS": "1",
         "ASSET_CACHE_DIR": "off",
         "IMAGE_PROVIDER": "slides",
@@ -190,9 +210,11 @@ CASES = [
     ("sdxl", "image", "replicate", _image("sdxl")),
     ("openai", "audio", "openai", _speech("openai")),
     ("kokoro", "audio", "replicate", _speech("kokoro")),
+    ("kokoro-server", "audio", "kokoro", _speech("kokoro-server")),
     ("wan", "video", "replicate", _clip("wan")),
     ("selfhosted (cog)", "video", "cog", _clip("selfhosted")),
     ("selfhosted (comfyui)", "video-comfyui", "comfy", _clip("selfhosted")),
+    ("runpod", "video", "runpod", _clip("runpod")),
     ("synthesia", "video", "synthesia", _avatar("synthesia")),
     ("heygen", "video", "heygen", _avatar("heygen")),
 ]

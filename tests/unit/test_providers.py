@@ -54,7 +54,8 @@ def test_every_price_says_what_it_is_for() -> None:
         for summary in registry.summaries():
             assert summary.prices, summary.name
             assert all(price.unit and price.note for price in summary.prices if price.usd_per_unit == 0), summary
-    openai = {p.model: p for p in speech_registry("").summaries()[2].prices}
+    [summary] = [s for s in speech_registry("").summaries() if s.name == "openai"]  # by name: the list grows
+    openai = {p.model: p for p in summary.prices}
     assert (openai["tts-1"].unit, openai["tts-1"].usd_per_unit) == ("1M characters", 15.0)
 
 

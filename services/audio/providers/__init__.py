@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from services.audio.providers.base import SpeechProvider
 from services.audio.providers.edge import EdgeProvider
 from services.audio.providers.kokoro import KokoroProvider
+from services.audio.providers.kokoro_server import KokoroServerProvider
 from services.audio.providers.openai_tts import OpenAISpeechProvider
 from services.audio.providers.piper import PiperProvider
 from services.common.providers import ProviderRegistry, ProviderSettings
@@ -17,6 +18,7 @@ PROVIDERS = (
     OpenAISpeechProvider,
     EdgeProvider,
     KokoroProvider,
+    KokoroServerProvider,
 )
 
 

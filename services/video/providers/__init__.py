@@ -8,11 +8,12 @@ from services.common.providers import ProviderRegistry, ProviderSettings
 from services.video.providers.base import VideoProvider
 from services.video.providers.kenburns import KenBurnsProvider
 from services.video.providers.kling import KlingProvider
+from services.video.providers.runpod import RunPodProvider
 from services.video.providers.selfhosted import SelfHostedProvider
 from services.video.providers.wan import WanProvider
 
 # Adding a provider is one module and one line here.
-PROVIDERS = (KenBurnsProvider, WanProvider, SelfHostedProvider, KlingProvider)
+PROVIDERS = (KenBurnsProvider, WanProvider, SelfHostedProvider, KlingProvider, RunPodProvider)
 
 
 def build_registry(default: str, settings: Iterable[ProviderSettings] = ()) -> ProviderRegistry[VideoProvider]:

@@ -543,9 +543,12 @@ def load_workflow(path: Path) -> dict[str, Any]:
     return graph
 
 
-def fill_workflow(template: dict[str, Any], values: dict[str, str | int], path: Path) -> dict[str, Any]:
+def fill_workflow(
+    template: dict[str, Any], values: dict[str, str | int], path: Path, setting: str = WORKFLOW_ENV
+) -> dict[str, Any]:
     """Replaces `{{name}}` strings in the parsed graph: a whole-string placeholder takes the value's own JSON type
     (numbers stay numbers), one inside longer text is substituted as text. The graph is never built as a string.
+    `setting` names the variable that points at the template (the RunPod provider fills its input template too).
     """
     unknown: set[str] = set()
     used: set[str] = set()
@@ -568,10 +571,10 @@ def fill_workflow(template: dict[str, Any], values: dict[str, str | int], path: 
     graph = fill(template)
     if unknown:
         raise FailedPrecondition(
-            f"{WORKFLOW_ENV}: {path} uses unknown placeholders {sorted(unknown)}; known: {sorted(values)}"
+            f"{setting}: {path} uses unknown placeholders {sorted(unknown)}; known: {sorted(values)}"
         )
     if "prompt" not in used:
-        raise FailedPrecondition(f"{WORKFLOW_ENV}: {path} has no {{{{prompt}}}} placeholder, so it ignores the scene")
+        raise FailedPrecondition(f"{setting}: {path} has no {{{{prompt}}}} placeholder, so it ignores the scene")
     return graph
 
 
