@@ -68,8 +68,15 @@ KEYED = ("image", "audio", "video")
 # The keys each service's providers need; nothing else gets a key.
 SERVICE_KEYS = {
     "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY"},
-    "audio": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN"},
-    "video": {"REPLICATE_API_TOKEN", "SYNTHESIA_API_KEY", "HEYGEN_API_KEY", "KLING_ACCESS_KEY", "KLING_SECRET_KEY"},
+    "audio": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "KOKORO_SERVER_API_KEY"},
+    "video": {
+        "REPLICATE_API_TOKEN",
+        "SYNTHESIA_API_KEY",
+        "HEYGEN_API_KEY",
+        "KLING_ACCESS_KEY",
+        "KLING_SECRET_KEY",
+        "RUNPOD_API_KEY",
+    },
 }
 KEY_VARIABLES = tuple(sorted(set().union(*SERVICE_KEYS.values())))
 METRICS_PORT = 9464
