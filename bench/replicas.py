@@ -49,6 +49,10 @@ def _batch(stack: LocalStack, work: Path, attempt: int) -> float:
 
 
 def _walls(replicas: int, work: Path) -> list[float]:
+    # A folder per stack: a gateway re-indexes the results it finds at start-up, so the second stack would refuse the
+    # first one's render ids (ALREADY_EXISTS) in a shared folder.
+    work = work / f"{replicas}-audio-replicas"
+    work.mkdir()
     fakes = [SlowOpenAI(LATENCY_SECONDS, concurrency=1) for _ in range(replicas)]
     urls = [fake.start() for fake in fakes]
     try:
