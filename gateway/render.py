@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -74,6 +74,16 @@ class _SceneAssets:
         visual = self.clip or self.image
         assert visual is not None
         return visual
+
+    @property
+    def credits(self) -> list[types_pb2.Credit]:
+        """The credit of the stock media shown. A clip with a credit of its own is stock footage, which replaces the
+        scene's image; any other clip is made from the image (every generating clip provider animates the scene's
+        still), so the image's credit is then the scene's."""
+        for asset in (self.clip, self.image):
+            if asset is not None and asset.metadata.HasField("credit"):
+                return [asset.metadata.credit]
+        return []
 
 
 AVATAR_SCENE_ID = "avatar"
@@ -192,6 +202,7 @@ class RenderJob:
         report.visual.CopyFrom(assets.visual.metadata)
         report.narration.CopyFrom(assets.narration.metadata)  # type: ignore[union-attr]
         report.narration.ClearField("timings")  # the caller has the text; timings would only bloat the summary
+        report.credits.extend(assets.credits)
         self._reports[index] = report
         self._ready.put_nowait(index)
 
@@ -463,7 +474,16 @@ class RenderJob:
             recorded_spend_usd=await self.ledger.render_total(self.render_id) if self.ledger is not None else 0.0,
             subtitles=assembled.subtitles,
             integrated_lufs=assembled.integrated_lufs,
+            credits=_once(credit for report in reports for credit in report.credits),
         )
+
+
+def _once(credits: Iterable[types_pb2.Credit]) -> list[types_pb2.Credit]:
+    """Each credit once (a photo shown in two scenes is credited once), in the order of first appearance."""
+    seen: dict[bytes, types_pb2.Credit] = {}
+    for credit in credits:
+        seen.setdefault(credit.SerializeToString(deterministic=True), credit)
+    return list(seen.values())
 
 
 # The requests a render sends for its assets, made in one place so that EstimateCost prices exactly what Render asks.

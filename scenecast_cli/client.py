@@ -124,6 +124,36 @@ def write_sidecars(summary: render_service_pb2.RenderSummary, video: Path) -> li
     return written
 
 
+def credits_text(summary: render_service_pb2.RenderSummary) -> str:
+    """The credits of the stock media in a render, as plain text in the libraries' own wording: a line per piece of
+    media ("Video by Jane Doe on Pexels (its page)") with its author's page below it, then each library's link and
+    licence. Empty when nothing shown needs credit."""
+    lines = []
+    for credit in summary.credits:
+        lines.append(f"{credit.attribution} ({credit.source_url})" if credit.source_url else credit.attribution)
+        if credit.author_url:
+            lines.append(f"  {credit.author}: {credit.author_url}")
+    licenses = list(dict.fromkeys(credit.license for credit in summary.credits if credit.license))
+    return "\n".join([*lines, "", *licenses]) + "\n" if lines else ""
+
+
+def write_credits(summary: render_service_pb2.RenderSummary, video: Path) -> Path | None:
+    """Writes the render's credits beside the video (out.mp4: out.credits.txt), as the libraries' licences ask;
+    None, and no file, when nothing shown needs credit."""
+    text = credits_text(summary)
+    if not text:
+        return None
+    path = video.with_suffix(".credits.txt")
+    partial = path.with_name(path.name + ".part")
+    try:
+        with _create_fresh(partial) as handle:
+            handle.write(text.encode("utf-8"))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def _create_fresh(partial: Path) -> BinaryIO:
     """Creates a `.part` file afresh: a leftover of an earlier run is removed first, and the file is made with
     O_EXCL | O_NOFOLLOW, so a link planted at that name (say, in a shared folder) is never written through and its

@@ -29,6 +29,7 @@ from scenecast_cli.client import (
     get_spend,
     render_to_file,
     upload_music,
+    write_credits,
     write_sidecars,
 )
 from scenecast_cli.script import DRAFT_HEIGHT, Script, ScriptError, draft, load_script, only_scene, script_problems
@@ -227,6 +228,8 @@ def _render(args: argparse.Namespace, script: Script, address: str) -> int:
         _console.print(f"loudness: {summary.integrated_lufs:.1f} LUFS integrated")
     for path in write_sidecars(summary, args.output):
         _console.print(f"[green]wrote[/green] {path}")
+    if (credits := write_credits(summary, args.output)) is not None:
+        _console.print(f"[green]wrote[/green] {credits}: credits the stock media's licences ask to show with the video")
     return 0
 
 

@@ -21,9 +21,16 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import AliasChoices, Field
 from scenecast.v1 import render_service_pb2
 
+from scenecast_cli.client import credits_text
 from services.common.observability import configure
 from services.common.settings import ServiceSettings
-from services.common.state import UnsafeStateLocation, create_private_file, private_dir, state_path
+from services.common.state import (
+    UnsafeStateLocation,
+    create_private_file,
+    private_dir,
+    state_path,
+    write_private_file,
+)
 from web.app import proto_json, status_of
 from web.config import WebSettings
 from web.gateway import Gateway
@@ -90,7 +97,8 @@ def create_server(settings: McpSettings) -> MCPServer[Gateway]:
     async def render(script: Script, ctx: Context) -> dict[str, Any]:
         """Renders the script to an MP4 (H.264 video, AAC audio, captions of the narration) and waits for it,
         reporting progress per step. Answers with the path of the saved MP4, its render id and the summary (duration,
-        size, cost). Spends money with paid providers: estimate first. Cancelling the call cancels the render."""
+        size, cost), and the path of its credits file when it shows stock media that asks for credit. Spends money with
+        paid providers: estimate first. Cancelling the call cancels the render."""
         async with _as_tool_errors():
             return await _render(gateway(ctx), settings.video_dir, _request(script), ctx)
 
@@ -147,7 +155,13 @@ async def _render(
         raise
     summary = await gateway.renders.finished(state.render_id)
     path = await _save(gateway, summary, folder)
-    return {"path": str(path), "render_id": summary.render_id, "summary": proto_json(summary)}
+    answer = {"path": str(path), "render_id": summary.render_id, "summary": proto_json(summary)}
+    if credits := credits_text(summary):
+        # Beside the video, as the stock libraries' licences ask: whoever publishes the video finds them there.
+        credits_path = path.with_suffix(".credits.txt")
+        await anyio.to_thread.run_sync(write_private_file, credits_path, credits.encode("utf-8"))
+        answer["credits_path"] = str(credits_path)
+    return answer
 
 
 async def _save(gateway: Gateway, summary: render_service_pb2.RenderSummary, folder: Path) -> Path:

@@ -52,6 +52,7 @@ from scenecast.v1 import types_pb2
 from services.common.chunks import iter_chunks, iter_file_chunks
 from services.common.errors import ProviderUnavailable
 from services.common.state import cache_path, private_dir
+from services.common.stock import Credit
 
 if TYPE_CHECKING:
     from services.audio.providers.base import SpeechJob
@@ -110,6 +111,8 @@ class CachedAsset:
     # that ordered it.
     call_id: str = field(default_factory=lambda: secrets.token_hex(16))
     call_render_id: str = ""
+    # The credit stock media asks for, kept with the entry so that every delivery of the asset carries it.
+    credit: Credit | None = None
 
 
 def asset_responses(
@@ -147,6 +150,7 @@ def asset_responses(
             )
             if asset.call_id
             else None,
+            credit=types_pb2.Credit(**asdict(asset.credit)) if asset.credit is not None else None,
         )
     )
     for chunk in iter_file_chunks(path) if path is not None else iter_chunks(asset.data):
@@ -737,7 +741,8 @@ def _asset_from(data: bytes, fields: dict[str, Any]) -> CachedAsset:
     # Entries stored before calls had ids have none: a fresh id would make every hit on them look like an unrecorded
     # paid call.
     fields.setdefault("call_id", "")
-    return CachedAsset(data=data, timings=timings, **fields)
+    credit = fields.pop("credit", None)
+    return CachedAsset(data=data, timings=timings, credit=Credit(**credit) if credit else None, **fields)
 
 
 # ---------------------------------------------------------------- the Redis backend

@@ -61,6 +61,7 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
                 width=result.width,
                 height=result.height,
                 call_render_id=job.render_id,
+                credit=result.credit,
             )
 
         asset, cache_hit = await get_or_make(cache, "image", key, request.no_cache, make, deadline)

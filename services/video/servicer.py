@@ -269,6 +269,7 @@ def _asset(result: ClipResult | AvatarResult, info: MediaInfo, data: bytes, rend
         height=info.height,
         duration_ms=info.duration_ms,
         call_render_id=render_id,
+        credit=result.credit if isinstance(result, ClipResult) else None,
     )
 
 

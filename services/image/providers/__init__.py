@@ -10,6 +10,7 @@ from services.image.providers.fal_images import FalFluxProvider
 from services.image.providers.openai_images import DallE3Provider, GptImageMiniProvider
 from services.image.providers.replicate_images import FluxProvider, SdxlProvider
 from services.image.providers.slides import SlidesProvider
+from services.image.providers.stock_photos import PexelsPhotoProvider, PixabayImageProvider
 
 # Adding a provider is one module and one line here.
 PROVIDERS = (
@@ -19,6 +20,8 @@ PROVIDERS = (
     SdxlProvider,
     FluxProvider,
     FalFluxProvider,
+    PexelsPhotoProvider,
+    PixabayImageProvider,
 )
 
 

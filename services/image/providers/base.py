@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common.errors import ProviderUnavailable
 from services.common.providers import ProviderDescription, Quality
+from services.common.stock import Credit
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ImageResult:
     height: int
     model: str
     estimated_cost_usd: float = 0.0
+    # The author and licence of stock media, whose libraries ask for credit; None for generated images.
+    credit: Credit | None = None
 
 
 class ImageProvider(Protocol):

@@ -10,10 +10,19 @@ from services.video.providers.kenburns import KenBurnsProvider
 from services.video.providers.kling import KlingProvider
 from services.video.providers.runpod import RunPodProvider
 from services.video.providers.selfhosted import SelfHostedProvider
+from services.video.providers.stock_clips import PexelsVideoProvider, PixabayVideoProvider
 from services.video.providers.wan import WanProvider
 
 # Adding a provider is one module and one line here.
-PROVIDERS = (KenBurnsProvider, WanProvider, SelfHostedProvider, KlingProvider, RunPodProvider)
+PROVIDERS = (
+    KenBurnsProvider,
+    WanProvider,
+    SelfHostedProvider,
+    KlingProvider,
+    RunPodProvider,
+    PexelsVideoProvider,
+    PixabayVideoProvider,
+)
 
 
 def build_registry(default: str, settings: Iterable[ProviderSettings] = ()) -> ProviderRegistry[VideoProvider]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from services.common.providers import ProviderDescription, Quality
+from services.common.stock import Credit
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ClipResult:
     mime_type: str
     model: str
     estimated_cost_usd: float = 0.0
+    # The author and licence of stock footage, whose libraries ask for credit; None for generated clips.
+    credit: Credit | None = None
 
 
 def write_clip(work_dir: Path, data: bytes) -> Path:
