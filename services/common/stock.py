@@ -26,25 +26,27 @@ MAX_QUERY_CHARS = 100
 # Words that say nothing a library could match: articles, prepositions, and how a picture should be rendered
 # ("cinematic", "4k") rather than what it shows.
 _FILLER = frozenset(
-    """a an the and or of in on at to into onto from by with without for over under above below near its their his
+    """a an the and or of in on at to into onto from by with without for over under above below near against along
+    around among during after before toward towards inside outside beneath its their his
     her our your this that these those is are be being while as up down through across behind beside between
     some very just softly slowly gently there here it he she they we
     shot photo photograph picture image video clip footage scene view closeup close-up wide aerial cinematic
     realistic photorealistic hyperrealistic detailed highly high quality resolution hd 4k 8k style render rendered
     lighting light soft dramatic beautiful stunning background foreground shallow depth field bokeh""".split()
 )
-_SENTENCE_END = re.compile(r"[.;:!?\n]")
+_CLAUSE_END = re.compile(r"[,.;:!?\n]")
 _WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 
 
 def search_query(prompt: str, title: str) -> str:
-    """The search words for a scene: the content words of the first sentence of its visual description (the subject;
-    later sentences add detail a library cannot match), at most MAX_QUERY_WORDS of them, else of its title."""
+    """The search words for a scene: the content words of the first clause of its visual description that has any,
+    at most MAX_QUERY_WORDS of them (else of its title). Descriptions name their subject first and add the look after
+    commas ("a pine forest at dawn, soft light, cinematic"): a library can match the subject, rarely the look."""
     for text in (prompt, title):
-        first = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
-        words = [w for w in _WORD.findall(first.lower()) if w not in _FILLER and not w.isdigit()]
-        if words:
-            return " ".join(words[:MAX_QUERY_WORDS])[:MAX_QUERY_CHARS].strip()
+        for clause in _CLAUSE_END.split(text):
+            words = [w for w in _WORD.findall(clause.lower()) if w not in _FILLER and not w.isdigit()]
+            if words:
+                return " ".join(words[:MAX_QUERY_WORDS])[:MAX_QUERY_CHARS].strip()
     raise InvalidArgument(
         "the scene's visual_prompt and title hold no words a stock library could search for; describe what is shown"
     )

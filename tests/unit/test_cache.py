@@ -11,13 +11,14 @@ import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
+from scenecast.v1 import image_service_pb2, types_pb2
 
 from scenecast_cli.stack import free_port
 from services.audio.providers.base import SpeechJob
@@ -27,6 +28,7 @@ from services.common.cache import (
     CachedAsset,
     CachedTiming,
     RedisAssetCache,
+    asset_responses,
     avatar_key,
     clip_key,
     image_key,
@@ -35,6 +37,7 @@ from services.common.cache import (
 )
 from services.common.errors import ProviderUnavailable
 from services.common.providers import Quality
+from services.common.stock import Credit
 from services.image.providers.base import ImageJob
 from services.video.avatars.base import AvatarJob, AvatarScene
 from services.video.providers.base import ClipJob
@@ -723,3 +726,31 @@ def test_a_file_over_the_budget_is_not_stored(tmp_path: Path) -> None:
     source.write_bytes(b"x" * 1001)
     cache.put_file("ef" * 32, source, "video/mp4")
     assert not cache.get_file("ef" * 32, tmp_path / "out.mp4")
+
+
+# ---------------------------------------------------------------- credits of stock media travel with the entry
+
+CREDIT = Credit(
+    vendor="Pexels",
+    author="Jane Doe",
+    author_url="https://www.pexels.com/@jane-doe",
+    source_url="https://www.pexels.com/photo/102/",
+    attribution="Photo by Jane Doe on Pexels",
+    license="Photos and videos provided by Pexels",
+)
+
+
+def test_a_credit_is_kept_with_a_folder_entry(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path)
+    asset = replace(_asset(), credit=CREDIT)
+    cache.put(KEY, asset)
+    assert cache.get(KEY) == asset
+    first = next(asset_responses(image_service_pb2.GenerateImageResponse, "pexels", asset, cache_hit=True))
+    assert first.metadata.credit == types_pb2.Credit(**asdict(CREDIT))
+
+
+def test_a_credit_is_kept_with_a_redis_entry(client: redis.Redis, prefix: str) -> None:
+    cache = _redis_cache(client, prefix)
+    asset = replace(_asset(), credit=CREDIT)
+    cache.put(KEY, asset)
+    assert cache.get(KEY) == asset
