@@ -229,7 +229,7 @@ def _render(args: argparse.Namespace, script: Script, address: str) -> int:
     for path in write_sidecars(summary, args.output):
         _console.print(f"[green]wrote[/green] {path}")
     if (credits := write_credits(summary, args.output)) is not None:
-        _console.print(f"[green]wrote[/green] {credits}: credits the stock media's licences ask to show with the video")
+        _console.print(f"[green]wrote[/green] {credits}: the credits the stock media's licences ask for")
     return 0
 
 
