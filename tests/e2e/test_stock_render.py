@@ -1,19 +1,26 @@
-"""A script rendered by `scenecast render` with Pexels photos and Pexels clips (FakePexels), every service its own
-process: the MP4 is probed, and the credits file beside it and the summary's credits are read as they are."""
+"""A script rendered with Pexels photos and Pexels clips (FakePexels), every service its own process: by
+`scenecast render` (the MP4 probed, the credits file beside it and the summary's credits read as they are), and by
+the MCP server (its credits file), with the HTTP API reporting the same credits."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from mcp import Client, StdioServerParameters
 
 from scenecast_cli.client import render_to_file
 from scenecast_cli.script import load_script
 from scenecast_cli.stack import LocalStack
 from tests.e2e.test_first_run_cli import SCENECAST
+from tests.e2e.test_mcp import ROOT
 from tests.e2e.test_render import LEAD_S, TAIL_S
 from tests.fakes.pexels_server import KEY, FakePexels, Video
 from tests.probe import probe_mp4
@@ -55,30 +62,40 @@ def pexels_fake() -> Iterator[FakePexels]:
         yield fake
 
 
-def test_a_pexels_render_is_probed_and_credited_beside_the_video(pexels_fake: FakePexels, tmp_path: Path) -> None:
-    script = tmp_path / "script.yaml"
-    script.write_text(SCRIPT)
-    output = tmp_path / "forest.mp4"
+@pytest.fixture(scope="module")
+def pexels_stack(pexels_fake: FakePexels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The services, the HTTP API in front of them, and Pexels (the fake) as the only stock library."""
+    folder = tmp_path_factory.mktemp("pexels-stack")
     env = {
         "PEXELS_API_KEY": KEY,
         "PEXELS_BASE_URL": pexels_fake.base_url,
         "ALLOW_PRIVATE_OUTPUT_URLS": "true",
-        "ASSET_CACHE_DIR": str(tmp_path / "cache"),
+        "ASSET_CACHE_DIR": str(folder / "cache"),
     }
-    with LocalStack(env=env, log_dir=tmp_path) as stack:
-        result = subprocess.run(
-            [str(SCENECAST), "render", str(script), "-o", str(output), "--gateway", stack.gateway_address],
-            cwd=tmp_path,
-            env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "COLUMNS": "300"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        # The same render through the client, for the summary the CLI printed from (its photos now cached).
-        summary = render_to_file(
-            stack.gateway_address, load_script(script).request, tmp_path / "again.mp4", timeout_seconds=120
-        )
+    with LocalStack(env=env, log_dir=folder, web=True) as stack:
+        yield stack
+
+
+def test_a_pexels_render_is_probed_and_credited_beside_the_video(
+    pexels_fake: FakePexels, pexels_stack: LocalStack, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.yaml"
+    script.write_text(SCRIPT)
+    output = tmp_path / "forest.mp4"
+    result = subprocess.run(
+        [str(SCENECAST), "render", str(script), "-o", str(output), "--gateway", pexels_stack.gateway_address],
+        cwd=tmp_path,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    photo_searches = [r.path for r in pexels_fake.searches()].count("/v1/search")
+    # The same render through the client, for the summary the CLI printed from (its photos now cached).
+    summary = render_to_file(
+        pexels_stack.gateway_address, load_script(script).request, tmp_path / "again.mp4", timeout_seconds=120
+    )
 
     assert output.with_name("forest.credits.txt").read_text(encoding="utf-8") == CREDITS
     assert f"wrote {output.with_name('forest.credits.txt')}: the credits" in result.stderr
@@ -104,4 +121,39 @@ def test_a_pexels_render_is_probed_and_credited_beside_the_video(pexels_fake: Fa
     ]
     assert summary.estimated_cost_usd == 0
     # The second render's photos came from the asset cache, their credits with them.
-    assert [r.path for r in pexels_fake.searches()].count("/v1/search") == 2
+    assert [r.path for r in pexels_fake.searches()].count("/v1/search") == photo_searches
+
+
+async def test_the_mcp_server_saves_the_credits_beside_the_video_and_the_http_api_reports_them(
+    pexels_stack: LocalStack, tmp_path: Path
+) -> None:
+    video_dir = tmp_path / "videos"
+    env = {"SCENECAST_GATEWAY": pexels_stack.gateway_address, "MCP_VIDEO_DIR": str(video_dir), "LOG_LEVEL": "WARNING"}
+    server = StdioServerParameters(command=sys.executable, args=["-m", "web.mcp"], env=env, cwd=ROOT)
+    async with Client(server) as client:
+        rendered = await client.call_tool("render", {"script": SCRIPT})
+    assert not rendered.is_error, rendered.content
+    answer = rendered.structured_content
+    assert answer is not None
+    credits = video_dir / f"{answer['render_id']}.credits.txt"
+    assert answer["credits_path"] == str(credits)
+    assert credits.read_text(encoding="utf-8") == CREDITS
+    assert stat.S_IMODE(credits.stat().st_mode) == 0o600  # private, like the video beside it
+    expected = [credit["attribution"] for credit in answer["summary"]["credits"]]
+    assert expected == ["Photo by Lena Wide on Pexels", "Video by Shorty Clip on Pexels"]
+
+    # The HTTP API learns of a render it did not start on the first look, and reads its end just after.
+    url = f"{pexels_stack.web_url}/v1/renders/{answer['render_id']}"
+    for _ in range(100):
+        if (status := httpx.get(url).json())["summary"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert status["summary"]["credits"] == answer["summary"]["credits"]
+    assert status["summary"]["credits"][1] == {
+        "vendor": "Pexels",
+        "author": "Shorty Clip",
+        "author_url": "https://www.pexels.com/@shorty-clip",
+        "source_url": "https://www.pexels.com/video/201/",
+        "attribution": "Video by Shorty Clip on Pexels",
+        "license": CREDITS.splitlines()[-1],
+    }
