@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from mcp import Client, StdioServerParameters
+from scenecast.v1 import types_pb2
 
-from scenecast_cli.client import render_to_file
+from scenecast_cli.client import get_config, render_to_file
 from scenecast_cli.script import load_script
 from scenecast_cli.stack import LocalStack
 from tests.e2e.test_first_run_cli import SCENECAST
@@ -69,6 +70,7 @@ def pexels_stack(pexels_fake: FakePexels, tmp_path_factory: pytest.TempPathFacto
     env = {
         "PEXELS_API_KEY": KEY,
         "PEXELS_BASE_URL": pexels_fake.base_url,
+        "PIXABAY_API_KEY": "",  # unset, whatever the environment running the tests holds
         "ALLOW_PRIVATE_OUTPUT_URLS": "true",
         "ASSET_CACHE_DIR": str(folder / "cache"),
     }
@@ -157,3 +159,25 @@ async def test_the_mcp_server_saves_the_credits_beside_the_video_and_the_http_ap
         "attribution": "Video by Shorty Clip on Pexels",
         "license": CREDITS.splitlines()[-1],
     }
+
+
+def test_get_config_lists_the_stock_providers_as_free_with_credits(pexels_stack: LocalStack) -> None:
+    config = get_config(pexels_stack.gateway_address)
+    listed = {
+        (types_pb2.MediaKind.Name(s.kind), p.name): p
+        for s in config.provider_sets
+        for p in s.providers
+        if p.name in ("pexels", "pixabay")
+    }
+    assert sorted(listed) == [
+        ("MEDIA_KIND_IMAGE", "pexels"),
+        ("MEDIA_KIND_IMAGE", "pixabay"),
+        ("MEDIA_KIND_VIDEO", "pexels"),
+        ("MEDIA_KIND_VIDEO", "pixabay"),
+    ]
+    pexels_image, pixabay_video = listed["MEDIA_KIND_IMAGE", "pexels"], listed["MEDIA_KIND_VIDEO", "pixabay"]
+    assert (pexels_image.configured, list(pexels_image.required_env)) == (True, ["PEXELS_API_KEY"])
+    assert (pixabay_video.configured, list(pixabay_video.required_env)) == (False, ["PIXABAY_API_KEY"])
+    [price] = pexels_image.prices
+    assert (price.model, price.unit, price.usd_per_unit) == ("pexels-image", "image", 0.0)
+    assert price.note == "free; the render's credits name the author and Pexels (200 requests an hour, 20,000 a month)"

@@ -238,10 +238,12 @@ async def test_a_pexels_429_waits_for_the_reset_its_last_answer_announced(
 async def test_a_pexels_429_resetting_after_the_deadline_is_resource_exhausted_at_once(
     pexels: FakePexels, images: Callable[..., Awaitable[Picture]]
 ) -> None:
+    """A reset within the retry policy's longest wait (120 s) is waited for only if the caller's deadline allows."""
+    pexels.reset_in_seconds = 60
     call = await images()
-    await call("pexels")  # the hourly limit resets in 1800 s
+    await call("pexels")
     pexels.add_fault(Fault("/v1/search", status=429, body={"error": "Too many requests"}))
-    error = await _failure(call("pexels", prompt="A quiet harbour", timeout=20))
+    error = await _failure(call("pexels", prompt="A quiet harbour", timeout=10))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "Pexels's rate limit is reached (429; 200 requests an hour, 20,000 a month); it resets in" in (
         error.details() or ""
