@@ -3,14 +3,17 @@ mapping, one credit wording."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
 from services.common import stock
-from services.common.errors import FailedPrecondition, ProviderUnavailable
+from services.common.errors import FailedPrecondition, ProviderUnavailable, RateLimited
 from services.common.providers import Price
+from services.common.retry import retry_after_seconds
 
 VENDOR = "Pexels"
 KEY_FIELD = "pexels_api_key"
@@ -20,6 +23,7 @@ LICENSE = (
     "(https://www.pexels.com/license/)"
 )
 LIMITS = "200 requests an hour, 20,000 a month"
+MONTHLY_LIMIT = "20,000 requests"
 # The sizes Pexels resizes a photo's `large2x` to fit in (940x650 at twice the pixel density).
 LARGE2X_BOX = (1880, 1300)
 
@@ -36,12 +40,14 @@ def prices(kind: str) -> tuple[Price, ...]:
 
 
 class PexelsClient:
-    """Searches Pexels with the provider's settings; remembers when the hourly limit resets, since a 429 does not
-    say (only successful answers carry X-Ratelimit-Reset)."""
+    """Searches Pexels with the provider's settings. Pexels has two limits and its 429 names neither: a monthly quota,
+    whose state (X-Ratelimit-Remaining, and X-Ratelimit-Reset as a unix time) comes with every successful answer and
+    is remembered here, and an hourly one, whose reset it never tells."""
 
     def __init__(self, settings: PexelsSettings, provider: str) -> None:
         self.settings = settings
         self.provider = provider
+        self._remaining: int | None = None
         self._reset_at: float | None = None
 
     async def images(self, query: str, width: int, height: int) -> list[stock.Candidate]:
@@ -60,7 +66,7 @@ class PexelsClient:
         ) as client:
             response = await stock.search(client, path, VENDOR, params=params, headers={"Authorization": key})
         if response.status_code == 429:
-            raise stock.rate_limited(VENDOR, LIMITS, stock.reset_in(self._reset_at))
+            raise self._throttled(response)
         if response.status_code in (401, 403):
             raise FailedPrecondition(
                 f"Pexels refused {KEY_FIELD.upper()} (HTTP {response.status_code}); set a valid API key from "
@@ -70,14 +76,33 @@ class PexelsClient:
             raise ProviderUnavailable(f"Pexels failed (HTTP {response.status_code})")
         if response.status_code != 200:
             raise FailedPrecondition(f"Pexels refused the search (HTTP {response.status_code}): {response.text[:200]}")
-        reset = response.headers.get("x-ratelimit-reset")
-        if reset and reset.isdigit():
-            self._reset_at = float(reset)
+        remaining, reset = (
+            response.headers.get("x-ratelimit-remaining", ""),
+            response.headers.get("x-ratelimit-reset", ""),
+        )
+        if remaining.isdigit() and reset.isdigit():
+            self._remaining, self._reset_at = int(remaining), float(reset)
         try:
             found: dict[str, Any] = response.json()
         except ValueError as error:
             raise ProviderUnavailable("Pexels answered the search with something other than JSON") from error
         return found
+
+    def _throttled(self, response: httpx.Response) -> RateLimited:
+        """The monthly quota, when the last answer said it was spent: it resets at the announced time, which is
+        waited for only when the caller's deadline allows (it rarely does). Else the hourly limit: its reset is
+        unknown, so the retry policy's short backoff (or a proxy's Retry-After) is all that is tried."""
+        if self._remaining == 0 and self._reset_at is not None:
+            when = datetime.fromtimestamp(self._reset_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            return RateLimited(
+                f"Pexels's monthly quota ({MONTHLY_LIMIT}) is spent (429); it resets at {when}. Ask Pexels for a "
+                "higher limit (free), or choose another provider until then",
+                max(0.0, self._reset_at - time.time()),
+            )
+        return RateLimited(
+            f"Pexels's rate limit is reached (429; {LIMITS}); try again within the hour",
+            retry_after_seconds(response.headers.get("retry-after")),
+        )
 
 
 def _photo(item: dict[str, Any]) -> stock.Candidate:

@@ -13,7 +13,7 @@ import httpx
 from pydantic import SecretStr
 
 from services.common import stock
-from services.common.errors import FailedPrecondition, ProviderUnavailable
+from services.common.errors import FailedPrecondition, ProviderUnavailable, RateLimited
 from services.common.providers import Price
 
 VENDOR = "Pixabay"
@@ -61,8 +61,11 @@ class PixabayClient:
             response = await stock.search(client, f"{base}{path}", VENDOR, params=query_params)
         # Errors are plain text ("[ERROR 400] Invalid or missing API key"); the body is read, never the URL.
         if response.status_code == 429:
+            # X-RateLimit-Reset: seconds until the minute's limit resets; waited for if the caller's deadline allows.
             reset = response.headers.get("x-ratelimit-reset", "")
-            raise stock.rate_limited(VENDOR, LIMITS, float(reset) if reset.isdigit() else None)
+            reset_in = float(reset) if reset.isdigit() else None
+            when = f"; it resets in {reset_in:.0f} s" if reset_in is not None else ""
+            raise RateLimited(f"Pixabay's rate limit is reached (429; {LIMITS}){when}", reset_in)
         if response.status_code in (401, 403) or (response.status_code == 400 and "key" in response.text.lower()):
             raise FailedPrecondition(
                 f"Pixabay refused {KEY_FIELD.upper()} (HTTP {response.status_code}); set a valid API key from "

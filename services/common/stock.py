@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,7 +12,7 @@ import httpx
 from pydantic import Field
 
 from services.common.download import DownloadSettings, fetch_output
-from services.common.errors import InvalidArgument, NotFound, ProviderUnavailable, RateLimited
+from services.common.errors import InvalidArgument, NotFound, ProviderUnavailable
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -177,17 +176,6 @@ class StockClient(Protocol):
     async def images(self, query: str, width: int, height: int) -> list[Candidate]: ...
 
     async def videos(self, query: str, width: int, height: int) -> list[Candidate]: ...
-
-
-def rate_limited(vendor: str, limits: str, reset_in: float | None) -> RateLimited:
-    """A 429: retried once its limit resets, if that is before the caller's deadline; else RESOURCE_EXHAUSTED."""
-    when = f"; it resets in {reset_in:.0f} s" if reset_in is not None else ""
-    return RateLimited(f"{vendor}'s rate limit is reached (429; {limits}){when}", reset_in)
-
-
-def reset_in(reset_at: float | None) -> float | None:
-    """Seconds until a unix time, None when unknown."""
-    return max(0.0, reset_at - time.time()) if reset_at is not None else None
 
 
 async def search(client: httpx.AsyncClient, url: str, vendor: str, **kwargs: object) -> httpx.Response:

@@ -3,7 +3,8 @@ CDN of real files.
 
 The catalogue is `photos` and `videos`: what any search finds, in relevance order, unless the query is in `empty`.
 The `orientation` parameter is honoured as Pexels does (the media of that shape only). Successful answers carry the
-X-Ratelimit-* headers; a 429 (from `add_fault`) carries none, as documented. A wrong key is answered 401.
+monthly quota's X-Ratelimit-* headers (`monthly_remaining`, and the period's end `period_ends_in` seconds from now,
+as a unix time); a 429 (from `add_fault`) carries none, as documented. A wrong key is answered 401.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class FakePexels(StockMediaServer):
             Video(203, 6, ((360, 640),), "Vera Tall"),
         ]
         self.empty: set[str] = set()
-        self.reset_in_seconds = 1800
+        self.monthly_remaining = MONTHLY_LIMIT - 1
+        self.period_ends_in = 12 * 86400
 
     def reset(self) -> None:
         super().reset()
@@ -86,8 +88,8 @@ class FakePexels(StockMediaServer):
         body = {"page": 1, "per_page": per_page, "total_results": len(found), name: found[:per_page]}
         headers = {
             "X-Ratelimit-Limit": str(MONTHLY_LIMIT),
-            "X-Ratelimit-Remaining": str(MONTHLY_LIMIT - len(self.requests)),
-            "X-Ratelimit-Reset": str(int(time.time()) + self.reset_in_seconds),
+            "X-Ratelimit-Remaining": str(self.monthly_remaining),
+            "X-Ratelimit-Reset": str(int(time.time()) + self.period_ends_in),
         }
         return web.json_response(body, headers=headers)
 

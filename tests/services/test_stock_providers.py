@@ -33,6 +33,7 @@ from tests.services.test_replicate_providers import ASPECTS
 from tests.services.test_video_providers import Clip, _clip, assert_mp4
 
 Picture = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]
+ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 PEXELS_LICENSE = (
     "Photos and videos provided by Pexels (https://www.pexels.com), free to use under the Pexels License "
     "(https://www.pexels.com/license/)"
@@ -222,32 +223,38 @@ async def test_a_missing_pexels_key_names_the_variable_before_any_request(
     assert pexels.searches() == []
 
 
-async def test_a_pexels_429_waits_for_the_reset_its_last_answer_announced(
+async def test_a_pexels_429_within_the_monthly_quota_is_the_hourly_limit_and_retried(
     pexels: FakePexels, images: Callable[..., Awaitable[Picture]]
 ) -> None:
-    """Pexels' 429 carries no headers: the reset comes from the X-Ratelimit-Reset of the answer before it."""
-    pexels.reset_in_seconds = 1
-    call = await images()
-    await call("pexels")
+    """Pexels' 429 carries no headers and the hourly limit's reset is never told: the policy's backoff retries it."""
     pexels.add_fault(Fault("/v1/search", status=429, body={"error": "Too many requests"}))
-    metadata, _ = await call("pexels", prompt="A quiet harbour")
-    assert metadata.credit.author == "Lena Wide"
-    assert [r.query["query"] for r in pexels.searches()] == ["misty pine forest dawn", "quiet harbour", "quiet harbour"]
+    metadata, _ = await (await images())("pexels")
+    assert metadata.credit.author == "Lena Wide" and len(pexels.searches()) == 2
 
 
-async def test_a_pexels_429_resetting_after_the_deadline_is_resource_exhausted_at_once(
+async def test_a_pexels_429_that_persists_is_resource_exhausted_naming_the_hourly_limit(
     pexels: FakePexels, images: Callable[..., Awaitable[Picture]]
 ) -> None:
-    """A reset within the retry policy's longest wait (120 s) is waited for only if the caller's deadline allows."""
-    pexels.reset_in_seconds = 60
-    call = await images()
-    await call("pexels")
-    pexels.add_fault(Fault("/v1/search", status=429, body={"error": "Too many requests"}))
-    error = await _failure(call("pexels", prompt="A quiet harbour", timeout=10))
+    for _ in range(ATTEMPTS):
+        pexels.add_fault(Fault("/v1/search", status=429, body={"error": "Too many requests"}))
+    error = await _failure((await images())("pexels"))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "Pexels's rate limit is reached (429; 200 requests an hour, 20,000 a month); it resets in" in (
-        error.details() or ""
+    assert error.details() == (
+        "Pexels's rate limit is reached (429; 200 requests an hour, 20,000 a month); try again within the hour"
     )
+
+
+async def test_a_pexels_429_once_the_monthly_quota_is_spent_is_resource_exhausted_at_once(
+    pexels: FakePexels, images: Callable[..., Awaitable[Picture]]
+) -> None:
+    """The last answer said no request is left until the period ends (in 12 days): nothing to wait for."""
+    pexels.monthly_remaining = 0
+    call = await images()
+    await call("pexels")
+    pexels.add_fault(Fault("/v1/search", status=429, body={"error": "Too many requests"}))
+    error = await _failure(call("pexels", prompt="A quiet harbour"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Pexels's monthly quota (20,000 requests) is spent (429); it resets at " in (error.details() or "")
     assert len(pexels.searches()) == 2
 
 
@@ -290,13 +297,28 @@ async def test_pixabay_takes_a_horizontal_photo_and_credits_its_user(
     )
 
 
+def _pixabay_429(reset_seconds: int) -> Fault:
+    headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset_seconds)}
+    return Fault("/api/", status=429, body="[ERROR 429] Too many requests", headers=headers)
+
+
 async def test_a_pixabay_429_is_retried_after_its_reset(
     pixabay: FakePixabay, images: Callable[..., Awaitable[Picture]]
 ) -> None:
-    headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}
-    pixabay.add_fault(Fault("/api/", status=429, body="[ERROR 429] Too many requests", headers=headers))
+    pixabay.add_fault(_pixabay_429(1))
     metadata, _ = await (await images())("pixabay")
     assert metadata.credit.author == "wideskies" and len(pixabay.searches()) == 2
+
+
+async def test_a_pixabay_429_resetting_after_the_deadline_is_resource_exhausted_at_once(
+    pixabay: FakePixabay, images: Callable[..., Awaitable[Picture]]
+) -> None:
+    """A reset within the retry policy's longest wait (120 s) is waited for only if the caller's deadline allows."""
+    pixabay.add_fault(_pixabay_429(60))
+    error = await _failure((await images())("pixabay", timeout=10))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "Pixabay's rate limit is reached (429; 100 requests a minute); it resets in 60 s"
+    assert len(pixabay.searches()) == 1
 
 
 async def test_a_refused_pixabay_key_is_named_and_never_shown_in_errors_or_logs(
@@ -315,7 +337,7 @@ async def test_a_refused_pixabay_key_is_named_and_never_shown_in_errors_or_logs(
     try:
         call = await images(pixabay_api_key=key)
         error = await _failure(call("pixabay"))
-        for _ in range(ImageSettings(listen_address="127.0.0.1:0").provider_attempts):
+        for _ in range(ATTEMPTS):
             pixabay.add_fault(Fault("/api/", status=500, body="[ERROR 500] down"))
         unavailable = await _failure(call("pixabay"))
     finally:
