@@ -52,11 +52,11 @@ class PexelsClient:
 
     async def images(self, query: str, width: int, height: int) -> list[stock.Candidate]:
         found = await self._search("/v1/search", query, width, height)
-        return [_photo(item) for item in found.get("photos") or ()]
+        return stock.candidates(VENDOR, _photo, found.get("photos") or ())
 
     async def videos(self, query: str, width: int, height: int) -> list[stock.Candidate]:
         found = await self._search("/videos/search", query, width, height)
-        return [_video(item) for item in found.get("videos") or ()]
+        return stock.candidates(VENDOR, _video, found.get("videos") or ())
 
     async def _search(self, path: str, query: str, width: int, height: int) -> dict[str, Any]:
         key = self.settings.secret(KEY_FIELD, self.provider)
@@ -83,9 +83,11 @@ class PexelsClient:
         if remaining.isdigit() and reset.isdigit():
             self._remaining, self._reset_at = int(remaining), float(reset)
         try:
-            found: dict[str, Any] = response.json()
-        except ValueError as error:
-            raise ProviderUnavailable("Pexels answered the search with something other than JSON") from error
+            found = response.json()
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            raise ProviderUnavailable("Pexels answered the search with something other than its JSON object")
         return found
 
     def _throttled(self, response: httpx.Response) -> RateLimited:

@@ -47,11 +47,11 @@ class PixabayClient:
     async def images(self, query: str, width: int, height: int) -> list[stock.Candidate]:
         # Photos only: vectors and illustrations come as transparent PNGs that would be framed on black.
         hits = await self._search("/", query, image_type="photo", orientation=_ORIENTATION[stock.shape(width, height)])
-        return [_image(hit) for hit in hits]
+        return stock.candidates(VENDOR, _image, hits)
 
     async def videos(self, query: str, width: int, height: int) -> list[stock.Candidate]:
         # No `orientation`: whether the video search honours it is undocumented, so shapes are compared here.
-        return [_video(hit) for hit in await self._search("/videos/", query)]
+        return stock.candidates(VENDOR, _video, await self._search("/videos/", query))
 
     async def _search(self, path: str, query: str, **params: str) -> list[dict[str, Any]]:
         key = self.settings.secret(KEY_FIELD, self.provider)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from pydantic import Field
@@ -168,6 +168,17 @@ def pick(
     for shortfall in chosen.shortfalls:
         _LOGGER.warning("scene %d: %s %s for %r: %s", scene_index, vendor, chosen.candidate.media_id, query, shortfall)
     return chosen
+
+
+def candidates(vendor: str, convert: Callable[[Any], Candidate], items: Iterable[Any]) -> list[Candidate]:
+    """Search results as candidates; a result without the fields the vendor documents is the vendor's fault, and
+    may be a passing one (UNAVAILABLE, retried), never an internal error."""
+    try:
+        return [convert(item) for item in items]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ProviderUnavailable(
+            f"{vendor} answered with a search result missing what it documents ({error!r})"
+        ) from error
 
 
 class StockClient(Protocol):

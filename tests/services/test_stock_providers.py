@@ -258,6 +258,18 @@ async def test_a_pexels_429_once_the_monthly_quota_is_spent_is_resource_exhauste
     assert len(pexels.searches()) == 2
 
 
+async def test_a_search_result_missing_documented_fields_is_unavailable_not_internal(
+    pexels: FakePexels, images: Callable[..., Awaitable[Picture]]
+) -> None:
+    for _ in range(ATTEMPTS):
+        pexels.add_fault(Fault("/v1/search", status=200, body={"page": 1, "photos": [{"id": 7, "src": {}}]}))
+    error = await _failure((await images())("pexels"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Pexels answered with a search result missing what it documents (KeyError('width'))" in (
+        error.details() or ""
+    )
+
+
 async def test_a_cached_photo_keeps_its_credit_and_asks_pexels_once(
     pexels: FakePexels, images: Callable[..., Awaitable[Picture]]
 ) -> None:
