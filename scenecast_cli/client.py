@@ -139,11 +139,13 @@ def credits_text(summary: render_service_pb2.RenderSummary) -> str:
 
 def write_credits(summary: render_service_pb2.RenderSummary, video: Path) -> Path | None:
     """Writes the render's credits beside the video (out.mp4: out.credits.txt), as the libraries' licences ask;
-    None, and no file, when nothing shown needs credit."""
+    None, and no file, when nothing shown needs credit. The file belongs to the video at that name: one left by an
+    earlier video there is removed, since it would credit media the new video does not show."""
     text = credits_text(summary)
-    if not text:
-        return None
     path = video.with_suffix(".credits.txt")
+    if not text:
+        path.unlink(missing_ok=True)
+        return None
     partial = path.with_name(path.name + ".part")
     try:
         with _create_fresh(partial) as handle:

@@ -145,7 +145,10 @@ def test_the_credits_file_holds_the_libraries_wording_and_licences(tmp_path: Pat
     )
 
 
-def test_a_render_with_nothing_to_credit_writes_no_credits_file(tmp_path: Path) -> None:
+def test_a_render_with_nothing_to_credit_writes_no_credits_file_and_removes_an_older_video_s(tmp_path: Path) -> None:
     assert credits_text(render_service_pb2.RenderSummary()) == ""
+    assert write_credits(render_service_pb2.RenderSummary(), tmp_path / "out.mp4") is None
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "out.credits.txt").write_text("Video by someone on Pexels\n")
     assert write_credits(render_service_pb2.RenderSummary(), tmp_path / "out.mp4") is None
     assert list(tmp_path.iterdir()) == []
