@@ -67,7 +67,7 @@ DEPLOYMENTS = (*SERVICES, "web")
 KEYED = ("image", "audio", "video")
 # The keys each service's providers need; nothing else gets a key.
 SERVICE_KEYS = {
-    "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY"},
+    "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY", "PEXELS_API_KEY", "PIXABAY_API_KEY"},
     "audio": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "KOKORO_SERVER_API_KEY"},
     "video": {
         "REPLICATE_API_TOKEN",
@@ -76,6 +76,8 @@ SERVICE_KEYS = {
         "KLING_ACCESS_KEY",
         "KLING_SECRET_KEY",
         "RUNPOD_API_KEY",
+        "PEXELS_API_KEY",
+        "PIXABAY_API_KEY",
     },
 }
 KEY_VARIABLES = tuple(sorted(set().union(*SERVICE_KEYS.values())))
