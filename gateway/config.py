@@ -9,6 +9,7 @@ from typing import Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from gateway.ledger import postgres_location
+from services.common.limits import DEFAULT_MAX_SCENES
 from services.common.settings import ServiceSettings, check_files, check_pair
 from services.common.state import state_path
 
@@ -26,7 +27,7 @@ class GatewaySettings(ServiceSettings):
     video_service_address: str = "127.0.0.1:50053"
     assembler_service_address: str = "127.0.0.1:50054"
     # Most scenes one render may have.
-    max_scenes: int = 50
+    max_scenes: int = DEFAULT_MAX_SCENES
     # Most scenes whose assets are generated at the same time (each scene makes 2-3 provider calls).
     max_concurrent_scenes: int = 4
     # Longest one asset call (image, speech or clip) may take, in seconds; cut short by the render's own deadline.

@@ -22,8 +22,8 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.script import ScriptModel
 from services.common.limits import MAX_ID_CHARS
+from services.common.script_format import ScriptModel
 from web.config import WebSettings
 from web.gateway import Gateway, RenderEvent
 from web.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, ProblemError
