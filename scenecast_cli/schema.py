@@ -20,8 +20,9 @@ def script_schema_text() -> str:
         **ScriptModel.model_json_schema(),
         "title": "scenecast script",
         "description": "A script for `scenecast render` (YAML or JSON). Generated from "
-        "services/common/script_format.py by `make schema`; do not edit. The CLI also checks what a schema cannot (finishing options that depend on "
-        "each other, music files beside the script) and the gateway the limits it is configured with.",
+        "services/common/script_format.py by `make schema`; do not edit. The CLI also checks what a schema cannot "
+        "(finishing options that depend on each other, music files beside the script) and the gateway the limits it "
+        "is configured with.",
     }
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
