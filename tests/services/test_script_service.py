@@ -246,3 +246,40 @@ async def test_the_schema_sent_is_the_script_formats_shape(fake: FakeOpenAI, stu
     scene = schema["properties"]["scenes"]["items"]
     assert sorted(scene["properties"]) == ["narration", "title", "visual"]
     assert json.dumps(schema).count('"additionalProperties": false') == 2
+
+
+def document(text: str, **fields: Any) -> script_service_pb2.DraftScriptRequest:
+    return script_service_pb2.DraftScriptRequest(
+        document=script_service_pb2.Document(text=text, format=script_service_pb2.DOCUMENT_FORMAT_MARKDOWN),
+        **fields,
+    )
+
+
+async def test_a_markdown_document_is_drafted_offline_for_free(fake: FakeOpenAI, stub: Stub) -> None:
+    draft = await stub.DraftScript(document("# Tides\r\n\r\nThe Moon pulls the sea.\r\n", provider="outline"))
+    assert [(s.id, s.title, s.narration, s.visual_prompt) for s in draft.scenes] == [
+        ("scene-1", "Tides", "The Moon pulls the sea.", "Tides: The Moon pulls the sea.")
+    ]
+    assert (draft.title, draft.provider, draft.model, draft.cost_usd, len(draft.calls)) == (
+        "Tides",
+        "outline",
+        "outline",
+        0,
+        0,
+    )
+    assert fake.requests_to(CHAT) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "document.text is empty"),
+        ("# Heading only", "document.text has no paragraph to narrate"),
+        ("Ring the bell\x07 now.", "document.text contains the control character U+0007"),
+        ("x " * 50_001, "document.text has 100001 characters; the limit is 100000"),
+    ],
+)
+async def test_a_document_that_makes_no_script_is_invalid_argument(stub: Stub, text: str, expected: str) -> None:
+    error = await failure(stub, document(text, provider="outline"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in error.details()

@@ -58,7 +58,7 @@ class OutlineProvider(Provider[NoSettings, DraftJob]):
         return 0.0
 
     async def draft(self, job: DraftJob) -> Draft:
-        if not job.document:
+        if job.topic:
             raise InvalidArgument(
                 "topic: the outline provider drafts from a document, not a topic; send a document, or choose a "
                 "language model provider (provider: openai)"
