@@ -26,6 +26,8 @@ class GatewaySettings(ServiceSettings):
     audio_service_address: str = "127.0.0.1:50052"
     video_service_address: str = "127.0.0.1:50053"
     assembler_service_address: str = "127.0.0.1:50054"
+    # The script service, which drafts scripts (DraftScript); the gateway is ready only while it is, too.
+    script_service_address: str = "127.0.0.1:50055"
     # Most scenes one render may have.
     max_scenes: int = DEFAULT_MAX_SCENES
     # Most scenes whose assets are generated at the same time (each scene makes 2-3 provider calls).
@@ -114,6 +116,7 @@ class GatewaySettings(ServiceSettings):
             "AUDIO_SERVICE_ADDRESS": self.audio_service_address,
             "VIDEO_SERVICE_ADDRESS": self.video_service_address,
             "ASSEMBLER_SERVICE_ADDRESS": self.assembler_service_address,
+            "SCRIPT_SERVICE_ADDRESS": self.script_service_address,
         }
 
     @model_validator(mode="after")

@@ -227,7 +227,7 @@ class _Serve:
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Serve, list[str]]]:
     started = _Serve(tmp_path_factory.mktemp("serve"))
     try:
-        printed = [started.next_line() for _ in range(7)]  # five services, the web API, the summary
+        printed = [started.next_line() for _ in range(8)]  # six services, the web API, the summary
         yield started, printed
     finally:
         started.process.send_signal(signal.SIGINT)
