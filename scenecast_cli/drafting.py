@@ -35,13 +35,19 @@ def source_fields(source: str) -> dict[str, object]:
     return {"topic": source}
 
 
-def script_text(answer: render_service_pb2.RenderServiceDraftScriptResponse, json_file: bool) -> str:
-    """The drafted script in the script format: YAML, with a comment saying where it came from, or JSON."""
-    draft = answer.draft
+def script_data(draft: script_service_pb2.DraftScriptResponse) -> dict[str, object]:
+    """The drafted script as the script format writes it (what `scenecast render` and POST /v1/renders take)."""
     script: dict[str, object] = {"title": draft.title} if draft.title else {}
     script["scenes"] = [
         {"id": s.id, "title": s.title, "narration": s.narration, "visual": s.visual_prompt} for s in draft.scenes
     ]
+    return script
+
+
+def script_text(answer: render_service_pb2.RenderServiceDraftScriptResponse, json_file: bool) -> str:
+    """The drafted script in the script format: YAML, with a comment saying where it came from, or JSON."""
+    draft = answer.draft
+    script = script_data(draft)
     if json_file:
         return json.dumps(script, indent=2, ensure_ascii=False) + "\n"
     header = (
