@@ -347,8 +347,14 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     async def GetConfig(
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:
+        try:
+            scripts = await self._downstream.script.ListScriptProviders(
+                script_service_pb2.ListScriptProvidersRequest(), timeout=_CHEAP_CALL_SECONDS, metadata=call_metadata()
+            )
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(error.code(), f"listing script providers failed: {error.details()}") from error
         return render_service_pb2.GetConfigResponse(
-            provider_sets=[s for s in await self._provider_sets() if s.kind],
+            provider_sets=[*(s for s in await self._provider_sets() if s.kind), scripts.providers],
             max_scenes=self._settings.max_scenes,
             max_concurrent_scenes=self._settings.max_concurrent_scenes,
         )
