@@ -347,17 +347,22 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
     async def GetConfig(
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:
+        media, scripts = await asyncio.gather(self._provider_sets(), self._script_providers())
+        return render_service_pb2.GetConfigResponse(
+            provider_sets=[*(s for s in media if s.kind), scripts],
+            max_scenes=self._settings.max_scenes,
+            max_concurrent_scenes=self._settings.max_concurrent_scenes,
+        )
+
+    async def _script_providers(self) -> types_pb2.ProviderSet:
+        """Asked apart from the media services' lists: a render never needs the script service."""
         try:
-            scripts = await self._downstream.script.ListScriptProviders(
+            answer = await self._downstream.script.ListScriptProviders(
                 script_service_pb2.ListScriptProvidersRequest(), timeout=_CHEAP_CALL_SECONDS, metadata=call_metadata()
             )
         except grpc.aio.AioRpcError as error:
             raise DownstreamError(error.code(), f"listing script providers failed: {error.details()}") from error
-        return render_service_pb2.GetConfigResponse(
-            provider_sets=[*(s for s in await self._provider_sets() if s.kind), scripts.providers],
-            max_scenes=self._settings.max_scenes,
-            max_concurrent_scenes=self._settings.max_concurrent_scenes,
-        )
+        return answer.providers
 
     async def _plan(self, request: render_service_pb2.RenderRequest) -> RenderPlan:
         """Validates a render against the providers the services have now, before anything is spent."""
