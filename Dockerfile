@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image for the five scenecast processes. The command picks the process:
-#   python -m services.image | services.audio | services.video | services.assembler | gateway (the default)
+# One image for the six scenecast processes. The command picks the process:
+#   python -m services.image | services.audio | services.video | services.assembler | services.script
+#   | gateway (the default)
 # Each reads LISTEN_ADDRESS (set it to 0.0.0.0:<port> in a container) and METRICS_PORT (see docker-compose.yml and
 # deploy/k8s/). Runs as uid 10001 with a read-only root filesystem: only /tmp has to be writable.
 
@@ -62,6 +63,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 # Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
 USER 10001:10001
-# gRPC: gateway 50050, image 50051, audio 50052, video 50053, assembler 50054; Prometheus /metrics: 9464.
-EXPOSE 50050 50051 50052 50053 50054 9464
+# gRPC: gateway 50050, image 50051, audio 50052, video 50053, assembler 50054, script 50055; Prometheus /metrics: 9464.
+EXPOSE 50050 50051 50052 50053 50054 50055 9464
 CMD ["python", "-m", "gateway"]

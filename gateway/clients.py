@@ -9,6 +9,7 @@ from scenecast.v1 import (
     assembler_service_pb2_grpc,
     audio_service_pb2_grpc,
     image_service_pb2_grpc,
+    script_service_pb2_grpc,
     video_service_pb2_grpc,
 )
 
@@ -49,7 +50,8 @@ class Downstream:
     audio: audio_service_pb2_grpc.AudioServiceStub
     video: video_service_pb2_grpc.VideoServiceStub
     assembler: assembler_service_pb2_grpc.AssemblerServiceStub
-    # Service name ("image", "audio", "video", "assembler") to its channel.
+    script: script_service_pb2_grpc.ScriptServiceStub
+    # Service name ("image", "audio", "video", "assembler", "script") to its channel.
     channels: dict[str, grpc.aio.Channel]
 
     async def close(self) -> None:
@@ -58,14 +60,15 @@ class Downstream:
 
 
 def connect(settings: GatewaySettings) -> Downstream:
-    """Channels to the four media services: TLS when DOWNSTREAM_CA_FILE is set, with the gateway's client
-    certificate when DOWNSTREAM_CERT_FILE is (for services that require mutual TLS), and the first service token on
-    every call when SERVICE_AUTH_TOKENS is set."""
+    """Channels to the four media services and the script service: TLS when DOWNSTREAM_CA_FILE is set, with the
+    gateway's client certificate when DOWNSTREAM_CERT_FILE is (for services that require mutual TLS), and the first
+    service token on every call when SERVICE_AUTH_TOKENS is set."""
     addresses = {
         "image": settings.image_service_address,
         "audio": settings.audio_service_address,
         "video": settings.video_service_address,
         "assembler": settings.assembler_service_address,
+        "script": settings.script_service_address,
     }
     tokens = settings.service_tokens
     channels = {
@@ -85,5 +88,6 @@ def connect(settings: GatewaySettings) -> Downstream:
         audio=audio_service_pb2_grpc.AudioServiceStub(channels["audio"]),
         video=video_service_pb2_grpc.VideoServiceStub(channels["video"]),
         assembler=assembler_service_pb2_grpc.AssemblerServiceStub(channels["assembler"]),
+        script=script_service_pb2_grpc.ScriptServiceStub(channels["script"]),
         channels=channels,
     )

@@ -9,6 +9,7 @@ from typing import Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from gateway.ledger import postgres_location
+from services.common.limits import DEFAULT_MAX_SCENES
 from services.common.settings import ServiceSettings, check_files, check_pair
 from services.common.state import state_path
 
@@ -25,8 +26,10 @@ class GatewaySettings(ServiceSettings):
     audio_service_address: str = "127.0.0.1:50052"
     video_service_address: str = "127.0.0.1:50053"
     assembler_service_address: str = "127.0.0.1:50054"
+    # The script service, which drafts scripts (DraftScript); the gateway is ready only while it is, too.
+    script_service_address: str = "127.0.0.1:50055"
     # Most scenes one render may have.
-    max_scenes: int = 50
+    max_scenes: int = DEFAULT_MAX_SCENES
     # Most scenes whose assets are generated at the same time (each scene makes 2-3 provider calls).
     max_concurrent_scenes: int = 4
     # Longest one asset call (image, speech or clip) may take, in seconds; cut short by the render's own deadline.
@@ -113,6 +116,7 @@ class GatewaySettings(ServiceSettings):
             "AUDIO_SERVICE_ADDRESS": self.audio_service_address,
             "VIDEO_SERVICE_ADDRESS": self.video_service_address,
             "ASSEMBLER_SERVICE_ADDRESS": self.assembler_service_address,
+            "SCRIPT_SERVICE_ADDRESS": self.script_service_address,
         }
 
     @model_validator(mode="after")

@@ -121,7 +121,7 @@ class SpendEntry:
 
     render_id: str
     scene_id: str
-    media_kind: str  # "image", "speech", "video" or "avatar"
+    media_kind: str  # "image", "speech", "video", "avatar" or "script" (a draft's call, its units tokens)
     provider: str
     model: str
     units: float

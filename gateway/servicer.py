@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -18,22 +19,33 @@ from scenecast.v1 import (
     image_service_pb2,
     render_service_pb2,
     render_service_pb2_grpc,
+    script_service_pb2,
     types_pb2,
     video_service_pb2,
 )
 
 from gateway.clients import Downstream
 from gateway.config import GatewaySettings
-from gateway.ledger import Grouping, SpendLedger
+from gateway.ledger import Grouping, SpendEntry, SpendLedger
 from gateway.music import MusicFile, MusicStore
 from gateway.registry import RenderRegistry
-from gateway.render import DownstreamError, RenderJob, avatar_request, clip_spec, image_request, speech_request
+from gateway.render import (
+    DownstreamError,
+    RenderJob,
+    avatar_request,
+    clip_spec,
+    downstream_error,
+    image_request,
+    speech_request,
+)
 from gateway.validation import check_provider, check_render_id, effective_cap, validate_render
 from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
 from services.common.finishing import finishing_options
 from services.common.observability import call_metadata, render_id_var
 from services.common.output import OutputFormat
-from services.common.providers import SPOKEN_CHARS_PER_SECOND
+from services.common.providers import SPOKEN_CHARS_PER_SECOND, check_cost_cap
+
+_LOGGER = logging.getLogger(__name__)
 
 # Listing providers and pricing jobs are cheap; a service that does not answer this fast is not ready for a render.
 _CHEAP_CALL_SECONDS = 10.0
@@ -265,14 +277,92 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         )
 
     @rpc_method
+    async def DraftScript(
+        self, request: render_service_pb2.RenderServiceDraftScriptRequest, context: grpc.aio.ServicerContext
+    ) -> render_service_pb2.RenderServiceDraftScriptResponse:
+        draft = script_service_pb2.DraftScriptRequest()
+        draft.CopyFrom(request.request)
+        check_cost_cap(draft.max_cost_usd, "request.max_cost_usd")
+        cap = effective_cap(draft.max_cost_usd, self._settings.max_render_cost_usd)
+        # The script service enforces the cap too, and drafts no more scenes than this gateway renders.
+        draft.max_cost_usd = cap
+        draft.max_scenes = self._settings.max_scenes
+        try:
+            estimate = await self._downstream.script.EstimateDraftCost(
+                script_service_pb2.EstimateDraftCostRequest(request=draft),
+                timeout=_CHEAP_CALL_SECONDS,
+                metadata=call_metadata(),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(error, "pricing the draft") from error
+        usd = estimate.estimate.usd
+        if cap and not usd <= cap:
+            raise FailedPrecondition(
+                f"the draft is estimated at up to ${usd:.4f}, over max_cost_usd ${cap:.4f}{self._cap_source(cap)}; "
+                "ask for fewer seconds, or draft from a document with the offline outline provider"
+            )
+        draft_id = f"draft-{uuid.uuid4().hex[:16]}"
+        render_id_var.set(draft_id)  # the draft's log lines, downstream call and ledger rows carry it
+        remaining = context.time_remaining()
+        # One call, never repeated here: a paid draft that was answered would be paid again.
+        try:
+            answer = await self._downstream.script.DraftScript(
+                draft,
+                timeout=min(remaining, self._settings.asset_timeout_seconds)
+                if remaining
+                else self._settings.asset_timeout_seconds,
+                metadata=call_metadata(),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(error, "drafting the script") from error
+        await self._record_draft(draft_id, answer)
+        return render_service_pb2.RenderServiceDraftScriptResponse(draft=answer, draft_id=draft_id)
+
+    async def _record_draft(self, draft_id: str, answer: script_service_pb2.DraftScriptResponse) -> None:
+        """One paid ledger row per call the provider billed (an offline draft makes none), under the draft's id.
+        A failed write is logged, not raised: the money is spent either way, and the caller should get the draft."""
+        if self._ledger is None:
+            return
+        for call in answer.calls:
+            entry = SpendEntry(
+                render_id=draft_id,
+                scene_id="",
+                media_kind="script",
+                provider=answer.provider,
+                model=call.model,
+                units=float(call.input_tokens + call.output_tokens),
+                unit="token",
+                usd=call.cost_usd,
+                cache_hit=False,
+                provider_call=f"{draft_id}/{call.id}",
+            )
+            try:
+                await self._ledger.record(entry)
+            except Exception:  # noqa: BLE001 - the entry is in the log line, to be added by hand
+                _LOGGER.exception(
+                    "draft %s: could not write to the spend ledger %s: %s", draft_id, self._ledger.location, entry
+                )
+
+    @rpc_method
     async def GetConfig(
         self, request: render_service_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> render_service_pb2.GetConfigResponse:
+        media, scripts = await asyncio.gather(self._provider_sets(), self._script_providers())
         return render_service_pb2.GetConfigResponse(
-            provider_sets=[s for s in await self._provider_sets() if s.kind],
+            provider_sets=[*(s for s in media if s.kind), scripts],
             max_scenes=self._settings.max_scenes,
             max_concurrent_scenes=self._settings.max_concurrent_scenes,
         )
+
+    async def _script_providers(self) -> types_pb2.ProviderSet:
+        """Asked apart from the media services' lists: a render never needs the script service."""
+        try:
+            answer = await self._downstream.script.ListScriptProviders(
+                script_service_pb2.ListScriptProvidersRequest(), timeout=_CHEAP_CALL_SECONDS, metadata=call_metadata()
+            )
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(error.code(), f"listing script providers failed: {error.details()}") from error
+        return answer.providers
 
     async def _plan(self, request: render_service_pb2.RenderRequest) -> RenderPlan:
         """Validates a render against the providers the services have now, before anything is spent."""

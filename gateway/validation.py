@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 from scenecast.v1 import render_service_pb2, types_pb2
@@ -10,6 +9,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 from services.common.errors import InvalidArgument, quoted
 from services.common.limits import MAX_ID_CHARS, MAX_PROMPT_CHARS, MAX_TITLE_CHARS, MAX_VOICE_CHARS
 from services.common.output import OutputFormat, output_format
+from services.common.providers import check_cost_cap
 from services.common.text import checked_narration, checked_text
 
 _ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}")
@@ -51,16 +51,6 @@ def validate_render(
             # An enum value from a newer contract would otherwise be rendered as a still without a word.
             raise InvalidArgument(f"{field}.visual_kind must be STILL, CLIP or unspecified (got {scene.visual_kind})")
     return output_format(request.output, "output")
-
-
-def check_cost_cap(usd: float, field: str) -> None:
-    """A spending cap is a finite number of dollars, 0 or more: NaN compares false with every cost, so a NaN cap
-    (or a negative one, or infinity) would silently turn the budget check off."""
-    if not math.isfinite(usd) or usd < 0:
-        raise InvalidArgument(
-            f"{field} must be a finite number of US dollars, 0 or more (0: the gateway's MAX_RENDER_COST_USD); "
-            f"got {usd}"
-        )
 
 
 def effective_cap(requested_usd: float, operator_usd: float) -> float:

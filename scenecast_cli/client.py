@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import grpc
-from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
+from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, script_service_pb2, types_pb2
 
 from services.common.chunks import iter_file_chunks
 from services.common.errors import ORIGIN_KEY
@@ -246,3 +246,14 @@ def get_spend(
 ) -> render_service_pb2.GetSpendResponse:
     with _channel(address) as channel:
         return render_service_pb2_grpc.RenderServiceStub(channel).GetSpend(request, timeout=timeout_seconds)
+
+
+def draft_script(
+    address: str, request: script_service_pb2.DraftScriptRequest, timeout_seconds: float = 600.0
+) -> render_service_pb2.RenderServiceDraftScriptResponse:
+    """One DraftScript call, never repeated: a paid draft that was answered would be paid again."""
+    with _channel(address) as channel:
+        stub = render_service_pb2_grpc.RenderServiceStub(channel)
+        return stub.DraftScript(
+            render_service_pb2.RenderServiceDraftScriptRequest(request=request), timeout=timeout_seconds
+        )

@@ -1,4 +1,4 @@
-"""`scenecast render|estimate|validate|config|spend|serve`."""
+"""`scenecast render|estimate|validate|draft|config|spend|serve`."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from scenecast.v1 import render_service_pb2, types_pb2
+from scenecast.v1 import render_service_pb2, script_service_pb2, types_pb2
 
 from gateway.config import GatewaySettings
 from scenecast_cli.client import (
     connection_lost,
+    draft_script,
     estimate_cost,
     get_config,
     get_spend,
@@ -32,8 +33,10 @@ from scenecast_cli.client import (
     write_credits,
     write_sidecars,
 )
+from scenecast_cli.drafting import script_text, source_fields, write_new
 from scenecast_cli.script import DRAFT_HEIGHT, Script, ScriptError, draft, load_script, only_scene, script_problems
 from scenecast_cli.stack import LocalStack
+from services.common.providers import SPOKEN_CHARS_PER_SECOND
 from services.common.state import create_private_file, private_dir, state_path
 
 DEFAULT_GATEWAY = os.environ.get("SCENECAST_GATEWAY", "127.0.0.1:50050")
@@ -66,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args.script)
         if args.command == "serve":
             return _serve(args.free_ports)
-        # Read first: a bad script (or --scene id) fails before any service starts.
+        # Read first: a bad script (or --scene id, or draft source) fails before any service starts.
         script = load_script(args.script) if args.command in ("render", "estimate") else None
+        draft_request = _draft_request(args) if args.command == "draft" else None
         if args.command == "render":
             assert script is not None
             if args.scene:
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "render":
                 assert script is not None
                 return _render(args, script, address)
+            if args.command == "draft":
+                assert draft_request is not None
+                return _draft(args, draft_request, address)
             if args.command == "estimate":
                 assert script is not None
                 _print_estimate(estimate_cost(address, script.request))
@@ -119,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--start-services",
         action="store_true",
-        help="start the five services locally for this command (on free ports), then stop them; their logs go to a "
+        help="start the services locally for this command (on free ports), then stop them; their logs go to a "
         "file named on the terminal",
     )
     gateway.add_argument(
@@ -139,13 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("estimate", parents=[script, gateway], help="price a script without rendering it")
     commands.add_parser("validate", parents=[script], help="check a script offline; print every problem with its line")
+    drafting = commands.add_parser(
+        "draft", parents=[gateway], help="draft a script from a topic or a document (Markdown or plain text)"
+    )
+    drafting.add_argument(
+        "source",
+        help="a topic in quotes, or a document: a file that exists (.md or .markdown: Markdown; others: plain text)",
+    )
+    drafting.add_argument(
+        "-o", "--output", type=Path, required=True, help="script file to create (YAML; .json for JSON); never replaced"
+    )
+    drafting.add_argument("--provider", default="", help="script provider (default: the service's SCRIPT_PROVIDER)")
+    drafting.add_argument("--audience", default="", help='who the video is for, e.g. "ten-year-olds"')
+    drafting.add_argument("--seconds", type=_seconds, default=0, help="length of narration to aim for (default 60)")
+    drafting.add_argument("--tone", default="", help='tone of the narration, e.g. "playful"')
+    drafting.add_argument("--language", default="", help='language of the script, e.g. "German" or "pt-BR"')
+    drafting.add_argument(
+        "--max-cost", type=float, default=0.0, metavar="USD", help="most the draft may cost (0: the gateway's cap)"
+    )
     commands.add_parser("config", parents=[gateway], help="show the providers behind the gateway and their prices")
     spend = commands.add_parser("spend", parents=[gateway], help="show the provider spend the gateway recorded")
     spend.add_argument("--by", choices=tuple(_GROUPINGS), default="day", help="one row per day, provider or render")
     spend.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first UTC day to include")
     spend.add_argument("--render", default="", metavar="ID", help="only this render")
     serve = commands.add_parser(
-        "serve", help="run the five services and the HTTP/JSON API locally on their default ports until Ctrl-C"
+        "serve", help="run the six services and the HTTP/JSON API locally on their default ports until Ctrl-C"
     )
     serve.add_argument(
         "--free-ports", action="store_true", help="use free ports instead of the defaults (to run beside another stack)"
@@ -180,6 +205,16 @@ def _new_log_file() -> Path:
 def _fail(label: str, message: str) -> None:
     """Prints an error unwrapped (paths stay whole to copy) and as text: `[...]` in a message is not rich markup."""
     _console.print(f"[red]{label}:[/red] {escape(message)}", soft_wrap=True)
+
+
+def _seconds(text: str) -> int:
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds, 0 or more")
+    return seconds
 
 
 def _day(text: str) -> str:
@@ -230,6 +265,34 @@ def _render(args: argparse.Namespace, script: Script, address: str) -> int:
         _console.print(f"[green]wrote[/green] {path}")
     if (credits := write_credits(summary, args.output)) is not None:
         _console.print(f"[green]wrote[/green] {credits}: the credits the stock media's licences ask for")
+    return 0
+
+
+def _draft_request(args: argparse.Namespace) -> script_service_pb2.DraftScriptRequest:
+    if args.output.exists() or args.output.is_symlink():
+        # Checked before the (maybe paid) draft; creating the file checks again.
+        raise ScriptError(f"{args.output} exists; choose another name or remove it (it may hold your edits)")
+    return script_service_pb2.DraftScriptRequest(
+        **source_fields(args.source),
+        audience=args.audience,
+        target_seconds=args.seconds,
+        tone=args.tone,
+        language=args.language,
+        provider=args.provider,
+        max_cost_usd=args.max_cost,
+    )
+
+
+def _draft(args: argparse.Namespace, request: script_service_pb2.DraftScriptRequest, address: str) -> int:
+    answer = draft_script(address, request)
+    write_new(args.output, script_text(answer, args.output.suffix.lower() == ".json"))
+    draft = answer.draft
+    seconds = sum(len(scene.narration) for scene in draft.scenes) / SPOKEN_CHARS_PER_SECOND
+    _console.print(
+        f"[green]wrote[/green] {args.output}: {len(draft.scenes)} scenes, about {seconds:.0f} s of narration; "
+        f"drafted by {draft.provider} ({draft.model}) for ${draft.cost_usd:.4f} (draft {answer.draft_id})",
+        soft_wrap=True,
+    )
     return 0
 
 

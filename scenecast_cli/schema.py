@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from scenecast_cli.script import ScriptModel
+from services.common.script_format import ScriptModel
 
 # Committed so YAML editors (yaml-language-server, via the first line of each example) can check and complete
 # scripts without installing scenecast; tests/unit/test_script_schema.py fails when it differs from the model.
@@ -19,9 +19,10 @@ def script_schema_text() -> str:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **ScriptModel.model_json_schema(),
         "title": "scenecast script",
-        "description": "A script for `scenecast render` (YAML or JSON). Generated from scenecast_cli/script.py by "
-        "`make schema`; do not edit. The CLI also checks what a schema cannot (finishing options that depend on "
-        "each other, music files beside the script) and the gateway the limits it is configured with.",
+        "description": "A script for `scenecast render` (YAML or JSON). Generated from "
+        "services/common/script_format.py by `make schema`; do not edit. The CLI also checks what a schema cannot "
+        "(finishing options that depend on each other, music files beside the script) and the gateway the limits it "
+        "is configured with.",
     }
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 

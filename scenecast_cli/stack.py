@@ -1,4 +1,4 @@
-"""Runs the five services as local processes on loopback ports they pick: for `make demo`, `scenecast serve`, tests."""
+"""Runs the six services as local processes on loopback ports they pick: for `make demo`, `scenecast serve`, tests."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from services.common.healthcheck import check
 from services.common.ports import wait_for_ports
 from services.common.tls import channel_credentials
 
-# Module to run, the gateway variable that points at it, and its default port (as in each service's config).
+# Module to run, the gateway variable that points at it, and its default port (as in each service's config): the
+# media services and the script service, which the gateway calls.
 SERVICES = {
     "image": ("services.image", "IMAGE_SERVICE_ADDRESS", 50051),
     "audio": ("services.audio", "AUDIO_SERVICE_ADDRESS", 50052),
     "video": ("services.video", "VIDEO_SERVICE_ADDRESS", 50053),
     "assembler": ("services.assembler", "ASSEMBLER_SERVICE_ADDRESS", 50054),
+    "script": ("services.script", "SCRIPT_SERVICE_ADDRESS", 50055),
 }
 GATEWAY_PORT = 50050
 # The HTTP/JSON API's default port (as in web/config.py).

@@ -8,22 +8,24 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import grpc
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi import Path as PathParameter
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from fastapi.staticfiles import StaticFiles
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel
-from scenecast.v1 import render_service_pb2, types_pb2
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from scenecast.v1 import render_service_pb2, script_service_pb2, types_pb2
 
-from scenecast_cli.script import ScriptModel
-from services.common.limits import MAX_ID_CHARS
+from scenecast_cli.drafting import script_data
+from services.common.limits import MAX_ID_CHARS, MAX_TARGET_SECONDS
+from services.common.script_format import ScriptModel
 from web.config import WebSettings
 from web.gateway import Gateway, RenderEvent
 from web.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, ProblemError
@@ -59,6 +61,10 @@ _STUDIO_HEADERS = {
     "Referrer-Policy": "no-referrer",
     # Revalidated on every load (a 304 when unchanged), so an upgraded server never runs yesterday's script.
     "Cache-Control": "no-cache",
+}
+_FORMATS = {
+    "markdown": script_service_pb2.DOCUMENT_FORMAT_MARKDOWN,
+    "plain": script_service_pb2.DOCUMENT_FORMAT_PLAIN,
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 # A render id as the gateway checks it, declared so that the OpenAPI document tells clients what it accepts.
@@ -106,6 +112,52 @@ class CancelResult(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ready"]
+
+
+class DraftDocument(BaseModel):
+    """A document to draft from: its text, written in Markdown or plain text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    format: Literal["markdown", "plain"]
+
+
+class DraftBody(BaseModel):
+    """What to draft a script from (a `topic`, or a `document`), with the options of `scenecast draft`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    topic: str = ""
+    document: DraftDocument | None = None
+    # Who the video is for, its tone, its language; empty: the provider's defaults. Language model providers only.
+    audience: str = ""
+    tone: str = ""
+    language: str = ""
+    # Length of narration to aim for, in seconds; 0 means 60.
+    seconds: int = Field(0, ge=0, le=MAX_TARGET_SECONDS)
+    # Script provider; empty: the script service's SCRIPT_PROVIDER.
+    provider: str = ""
+    # Most the draft may cost, in US dollars; 0 leaves it to the gateway's MAX_RENDER_COST_USD.
+    max_cost_usd: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if bool(self.topic) == (self.document is not None):
+            raise ValueError("give `topic` (a topic to write about) or `document` (a document's text), not both")
+        return self
+
+
+class DraftCreated(BaseModel):
+    """A drafted script: `script` is in the script format, ready to edit and to POST to /v1/renders as JSON."""
+
+    draft_id: str
+    provider: str
+    model: str
+    cost_usd: float
+    # The paid calls the provider made (DraftCall in proto3 JSON); empty for the offline outline provider.
+    calls: list[dict[str, Any]]
+    script: dict[str, Any]
 
 
 def proto_json(message: Message) -> dict[str, Any]:
@@ -200,6 +252,50 @@ def _routes(settings: WebSettings) -> APIRouter:
         base = f"/v1/renders/{state.render_id}"
         response.headers["Location"] = base
         return RenderCreated(render_id=state.render_id, status=base, events=f"{base}/events", video=f"{base}/video.mp4")
+
+    @router.post(
+        "/drafts",
+        status_code=201,
+        response_model=DraftCreated,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DraftBody"}}},
+            }
+        },
+    )
+    async def create_draft(request: Request) -> DraftCreated:
+        """Drafts a script from a topic or a document (DraftScript): priced and capped like a render, its paid calls
+        recorded in the spend ledger under `draft_id`. Not idempotent: a paid draft sent twice is paid twice."""
+        body = await _capped_body(request, settings.max_body_bytes, "WEB_MAX_BODY_BYTES")
+        try:
+            wanted = DraftBody.model_validate_json(body)
+        except ValidationError as error:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+        source: dict[str, Any] = {"topic": wanted.topic}
+        if wanted.document is not None:
+            document = wanted.document
+            source = {"document": script_service_pb2.Document(text=document.text, format=_FORMATS[document.format])}
+        answer = await gateway(request).draft(
+            script_service_pb2.DraftScriptRequest(
+                **source,
+                audience=wanted.audience,
+                target_seconds=wanted.seconds,
+                tone=wanted.tone,
+                language=wanted.language,
+                provider=wanted.provider,
+                max_cost_usd=wanted.max_cost_usd,
+            )
+        )
+        draft = answer.draft
+        return DraftCreated(
+            draft_id=answer.draft_id,
+            provider=draft.provider,
+            model=draft.model,
+            cost_usd=draft.cost_usd,
+            calls=[proto_json(call) for call in draft.calls],
+            script=script_data(draft),
+        )
 
     @router.get("/renders/{render_id}", response_model=RenderStatus)
     async def render_status(request: Request, render_id: RenderId) -> RenderStatus:
@@ -490,8 +586,8 @@ def openapi_text(app: FastAPI) -> str:
         document = app.openapi()
         schemas = document["components"]["schemas"]
         # Models no route names as its body or answer: the script (the CLI's model) that the script routes take as
-        # JSON or YAML, and the problem document of every error.
-        for model in (ScriptModel, Problem):
+        # JSON or YAML, the problem document of every error, and the draft request (read with the body cap).
+        for model in (ScriptModel, Problem, DraftBody):
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema

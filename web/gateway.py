@@ -8,7 +8,7 @@ from typing import Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
+from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, script_service_pb2, types_pb2
 
 from services.common.chunks import CHUNK_BYTES
 from services.common.server import MAX_MESSAGE_BYTES
@@ -19,6 +19,8 @@ from web.renders import RenderBook
 
 # Seconds a music upload may take: minutes for the largest file over a slow link, but never forever.
 _UPLOAD_TIMEOUT_SECONDS = 300.0
+# Seconds a draft may take: a chat model answers in seconds to a minute, twice when it is asked again.
+_DRAFT_TIMEOUT_SECONDS = 600.0
 _RENDER_SERVICE = "scenecast.v1.RenderService"
 
 # One event of a render as numbered for resuming: its progress, its summary, or its error (always last).
@@ -65,6 +67,13 @@ class Gateway:
     async def estimate(self, render: render_service_pb2.RenderRequest) -> render_service_pb2.EstimateCostResponse:
         request = render_service_pb2.EstimateCostRequest(render=render)
         return await self._stub.EstimateCost(request, timeout=self._timeout)
+
+    async def draft(
+        self, request: script_service_pb2.DraftScriptRequest
+    ) -> render_service_pb2.RenderServiceDraftScriptResponse:
+        """One DraftScript call, never repeated: a paid draft that was answered would be paid again."""
+        wrapped = render_service_pb2.RenderServiceDraftScriptRequest(request=request)
+        return await self._stub.DraftScript(wrapped, timeout=_DRAFT_TIMEOUT_SECONDS)
 
     async def cancel(self, render_id: str) -> bool:
         request = render_service_pb2.CancelRenderRequest(render_id=render_id)

@@ -28,3 +28,12 @@ MAX_CARD_SUBTITLE_CHARS = 400
 MAX_VOICE_CHARS = 200
 # An avatar render's avatar, voice and background ids (a background may be a URL).
 MAX_AVATAR_SETTING_CHARS = 2000
+# Most scenes a render may have unless the gateway's MAX_SCENES says otherwise; drafts are held to the same number.
+DEFAULT_MAX_SCENES = 50
+# A draft's topic, and a document drafted from: a book chapter fits, a whole book is split first.
+MAX_TOPIC_CHARS = 2000
+MAX_DOCUMENT_CHARS = 100_000
+# A draft's audience, tone and language.
+MAX_DRAFT_OPTION_CHARS = 200
+# Length of narration a draft may aim for, in seconds: an hour.
+MAX_TARGET_SECONDS = 3600

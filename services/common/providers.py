@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -221,3 +222,13 @@ def _check_declared(provider: type[Any]) -> None:
     unknown = [f for f in (*provider.output_settings, *provider.required_settings) if f not in fields]
     if unknown:
         raise TypeError(f"provider {name!r} names settings that {provider.settings_class.__name__} lacks: {unknown}")
+
+
+def check_cost_cap(usd: float, field: str) -> None:
+    """A spending cap is a finite number of dollars, 0 or more: NaN compares false with every cost, so a NaN cap
+    (or a negative one, or infinity) would silently turn the budget check off."""
+    if not math.isfinite(usd) or usd < 0:
+        raise InvalidArgument(
+            f"{field} must be a finite number of US dollars, 0 or more (0: the gateway's MAX_RENDER_COST_USD); "
+            f"got {usd}"
+        )

@@ -227,7 +227,7 @@ class _Serve:
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Serve, list[str]]]:
     started = _Serve(tmp_path_factory.mktemp("serve"))
     try:
-        printed = [started.next_line() for _ in range(7)]  # five services, the web API, the summary
+        printed = [started.next_line() for _ in range(8)]  # six services, the web API, the summary
         yield started, printed
     finally:
         started.process.send_signal(signal.SIGINT)
@@ -248,21 +248,21 @@ def _listening_hosts(port: int) -> set[str]:
 
 def test_serve_prints_every_port_and_keeps_metrics_on_loopback(serve: tuple[_Serve, list[str]]) -> None:
     _, printed = serve
-    names = ["image", "audio", "video", "assembler", "gateway"]
+    names = ["image", "audio", "video", "assembler", "script", "gateway"]
     ports = {}
     for name, line in zip(names, printed, strict=False):
         words = line.split()
         assert (words[0], words[1], words[3]) == (name, "gRPC", "metrics"), line
         ports[name] = (words[2], words[4])
     gateway = ports["gateway"][0]
-    web, http, api, openapi = printed[5].split(maxsplit=3)
+    web, http, api, openapi = printed[6].split(maxsplit=3)
     studio = api.removesuffix("/v1") + "/"
-    assert (web, http, openapi) == ("web", "HTTP", f"(OpenAPI: {api}/openapi.json; studio: {studio})"), printed[5]
+    assert (web, http, openapi) == ("web", "HTTP", f"(OpenAPI: {api}/openapi.json; studio: {studio})"), printed[6]
     web_port = int(api.removeprefix("http://127.0.0.1:").removesuffix("/v1"))
     with urllib.request.urlopen(f"{api}/health", timeout=10) as response:
         assert response.status == 200
     assert _listening_hosts(web_port) == {"0100007F"}, "the HTTP API listens beyond loopback"
-    assert printed[6] == (
+    assert printed[7] == (
         f"gateway listening on {gateway}; no authentication: any local user or process can render (set "
         "GATEWAY_AUTH_TOKENS to require a token); Ctrl-C stops"
     )
@@ -277,7 +277,7 @@ def test_serve_prints_every_port_and_keeps_metrics_on_loopback(serve: tuple[_Ser
 def test_serve_restarts_a_killed_service(serve: tuple[_Serve, list[str]], tmp_path: Path) -> None:
     started, printed = serve
     image_address = printed[0].split()[2]
-    gateway = printed[4].split()[2]
+    gateway = printed[5].split()[2]
     killed = started.children()["services.image"]
     os.kill(killed, signal.SIGKILL)
     assert started.next_line() == f"image ({image_address}) exited with -9; restarting in 1 s"

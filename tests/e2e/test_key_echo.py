@@ -143,10 +143,13 @@ def services(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "video": ("services.video", {}),
         "video-comfyui": ("services.video", comfy_env),
         "assembler": ("services.assembler", {}),
+        # The gateway is ready only while every service it calls is, the script service among them.
+        "script": ("services.script", {}),
     }
     addresses = {name: f"127.0.0.1:{free_port()}" for name in (*media, "gateway")}
     gateway_env = {
-        f"{name.upper()}_SERVICE_ADDRESS": addresses[name] for name in ("image", "audio", "video", "assembler")
+        f"{name.upper()}_SERVICE_ADDRESS": addresses[name]
+        for name in ("image", "audio", "video", "assembler", "script")
     }
     processes = []
     try:

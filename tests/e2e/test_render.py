@@ -140,6 +140,7 @@ def test_config_lists_providers_and_services_offer_reflection(stack: LocalStack)
         "MEDIA_KIND_SPEECH": "piper",
         "MEDIA_KIND_VIDEO": "",
         "MEDIA_KIND_AVATAR": "",
+        "MEDIA_KIND_SCRIPT": "outline",
     }
     # The defaults need nothing; cloud providers are listed with the variables they need and whether those are set.
     by_name = {p.name: p for s in config.provider_sets for p in s.providers}
@@ -147,7 +148,7 @@ def test_config_lists_providers_and_services_offer_reflection(stack: LocalStack)
     assert all(
         p.required_env and not p.offline
         for p in by_name.values()
-        if p.name not in ("slides", "piper", "kenburns", "edge")
+        if p.name not in ("slides", "piper", "kenburns", "edge", "outline")
     )
     assert {p.model for p in by_name["dall-e-3"].prices} == {"dall-e-3"}
     with grpc.insecure_channel(stack.addresses["assembler"]) as channel:

@@ -43,7 +43,8 @@ def _start_and_check(logs: Path, index: int, failures: list[str]) -> None:
     local = LocalStack(log_dir=logs / str(index), web=True)
     try:
         with local:
-            assert len(set(local.addresses.values())) == 6, local.addresses
+            # Every service, the gateway and the web API, each on its own port.
+            assert len(set(local.addresses.values())) == len(stack_module.SERVICES) + 2, local.addresses
             for name, port in local.metrics_ports.items():
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                     assert b"scenecast_rpcs_in_flight" in response.read(), name

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -80,7 +81,7 @@ def _web(env: dict[str, str], log: Path) -> Iterator[Web]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The five services with the web API in front, started as `scenecast serve` starts them."""
+    """The services with the web API in front, started as `scenecast serve` starts them."""
     logs = tmp_path_factory.mktemp("web-logs")
     local = LocalStack(log_dir=logs, web=True).start()
     yield local
@@ -474,3 +475,49 @@ def test_cors_is_off_unless_origins_are_configured(web: Web, stack: LocalStack, 
         refused = preflight(configured.url, other_site)
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == studio
     assert "access-control-allow-origin" not in refused.headers
+
+
+def test_a_document_is_drafted_into_a_script_the_api_renders(client: httpx.Client) -> None:
+    document = "# Ladders\n\n![A ladder against a brick wall](ladder.png)\n\nSet the feet on level ground. Then climb."
+    response = client.post("/v1/drafts", json={"document": {"text": document, "format": "markdown"}})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created.pop("draft_id").startswith("draft-")
+    assert created == {
+        "provider": "outline",
+        "model": "outline",
+        "cost_usd": 0.0,
+        "calls": [],
+        "script": {
+            "title": "Ladders",
+            "scenes": [
+                {
+                    "id": "scene-1",
+                    "title": "Ladders",
+                    "narration": "Set the feet on level ground. Then climb.",
+                    "visual": "A ladder against a brick wall",
+                }
+            ],
+        },
+    }
+    estimate = client.post("/v1/estimate", json=created["script"])
+    assert estimate.status_code == 200 and [s["scene_id"] for s in estimate.json()["scenes"]] == ["scene-1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "detail"),
+    [
+        ({"topic": "tides", "document": {"text": "Tides.", "format": "plain"}}, "body", "not both"),
+        ({"document": {"text": "Tides.", "format": "docx"}}, "document.format", "'markdown' or 'plain'"),
+        ({"topic": "tides", "seconds": -1}, "seconds", "greater than or equal to 0"),
+        ({"topic": "tides"}, None, "topic: the outline provider drafts from a document"),
+        ({"document": {"text": "# Only a heading", "format": "markdown"}}, None, "document.text has no paragraph"),
+    ],
+)
+def test_a_bad_draft_is_problem_json_naming_the_field(
+    client: httpx.Client, body: dict[str, Any], field: str | None, detail: str
+) -> None:
+    response = client.post("/v1/drafts", json=body)
+    assert response.status_code == 400 and response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem.get("field") == field and detail in problem["detail"], problem

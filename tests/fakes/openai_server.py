@@ -1,4 +1,5 @@
-"""A fake OpenAI API (Images and Speech) with the documented shapes, for the real openai SDK to talk to."""
+"""A fake OpenAI API (Images, Speech and Chat Completions with structured outputs) with the documented shapes, for the
+real openai SDK to talk to."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import base64
 import io
 import itertools
+import json
 import math
+import re
 import struct
 import time
 import wave
@@ -14,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import imageio_ffmpeg
+import jsonschema
 from aiohttp import web
 from PIL import Image
 
@@ -33,6 +37,15 @@ GPT_IMAGE = {
 }
 IMAGE_MODELS = {"dall-e-3": DALL_E_3, "gpt-image-1": GPT_IMAGE, "gpt-image-1-mini": GPT_IMAGE}
 GPT_IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+# Chat models, and the dated snapshot each answers as (OpenAI reports the snapshot in `model`).
+CHAT_MODELS = {"gpt-4.1-mini": "gpt-4.1-mini-2025-04-14", "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14"}
+CHAT_REFUSAL = "I'm sorry, but I can't help with that request."
+# What the fake model writes, one per chat call, in order (then "valid"): a script within the schema, a refusal,
+# text that is not JSON, an answer cut at max_completion_tokens, or a script whose scene breaks the script format
+# (empty narration) or its limits (a 5000-character narration).
+CHAT_ANSWERS = ("valid", "refusal", "not_json", "cut", "empty_narration", "long_narration")
+# Response format names: 1-64 characters of a-z, A-Z, 0-9, _ and -.
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 SPEECH_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15"}
 VOICES = {
     "alloy",
@@ -147,15 +160,22 @@ class FakeOpenAI(FakeServer):
         self.malformed = False
         self._files: dict[str, bytes] = {}
         self._ids = itertools.count(1)
+        # The next chat answers (CHAT_ANSWERS), consumed in order; "valid" when empty.
+        self.chat_answers: list[str] = []
+        # The id and usage of every chat completion answered, in order: what the caller is billed for.
+        self.chat_calls: list[dict[str, Any]] = []
 
     def reset(self) -> None:
         super().reset()
         self.retired_models = set()
         self.malformed = False
+        self.chat_answers = []
+        self.chat_calls = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self._guarded(self._images))
         app.router.add_post("/v1/audio/speech", self._guarded(self._speech))
+        app.router.add_post("/v1/chat/completions", self._guarded(self._chat))
         app.router.add_get("/files/{name}", self._file)
 
     def _guarded(
@@ -334,8 +354,119 @@ class FakeOpenAI(FakeServer):
             audio = await encode(wav, options)
         return web.Response(body=b"" if self.malformed else audio, content_type=content_type)
 
+    async def _chat(self, body: dict[str, Any]) -> web.Response:
+        model = body.get("model")
+        if model not in CHAT_MODELS:
+            raise Rejected(
+                404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+            )
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise Rejected(400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+        schema = _strict_schema(body.get("response_format"))
+        max_tokens = body.get("max_completion_tokens")
+        kind = self.chat_answers.pop(0) if self.chat_answers else "valid"
+        topic = str(messages[-1].get("content", "")).splitlines()[0] if isinstance(messages[-1], dict) else ""
+        script = {
+            "title": f"All about {topic[:60]}",
+            "scenes": [
+                {
+                    "title": f"Part {number}",
+                    "narration": f"This is part {number} of the story. It explains one idea clearly.",
+                    "visual": f"A bright illustration of idea number {number}, seen from above",
+                }
+                for number in (1, 2, 3)
+            ],
+        }
+        if kind == "empty_narration":
+            script["scenes"][1]["narration"] = ""
+        elif kind == "long_narration":
+            script["scenes"][0]["narration"] = "word " * 1000
+        if kind in ("valid", "empty_narration", "long_narration"):
+            jsonschema.validate(script, schema)  # strict mode: what the model writes always fits the schema
+        content: str | None = json.dumps(script)
+        finish_reason, refusal = "stop", None
+        if kind == "refusal":
+            content, refusal = None, CHAT_REFUSAL
+        elif kind == "not_json":
+            content = "Sure! Here is your script: title: Tides"
+        elif kind == "cut":
+            content, finish_reason = content[: len(content) // 2], "length"
+        usage = {
+            "prompt_tokens": len(json.dumps(messages)) // 4 + 20,
+            "completion_tokens": len(content or refusal or "") // 4 + 1,
+        }
+        if isinstance(max_tokens, int) and usage["completion_tokens"] > max_tokens:
+            usage["completion_tokens"], finish_reason = max_tokens, "length"
+        completion_id = f"chatcmpl-fake{next(self._ids)}"
+        self.chat_calls.append({"id": completion_id, **usage})
+        return web.json_response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": CHAT_MODELS[model],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    **usage,
+                    "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+                    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+                },
+                "service_tier": "default",
+                "system_fingerprint": "fp_fake",
+            }
+        )
+
     async def _file(self, request: web.Request) -> web.Response:
         data = self._files.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
         return web.Response(body=data, content_type="image/png")
+
+
+def _strict_schema(response_format: Any) -> dict[str, Any]:
+    """The schema of a json_schema response format, refused (400, as OpenAI does) unless it is valid for strict mode:
+    a name of [a-zA-Z0-9_-], and every object closed (additionalProperties false) with all its properties required."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        raise Rejected(
+            400, "This fake answers structured outputs only: response_format json_schema.", "response_format"
+        )
+    spec = response_format.get("json_schema") or {}
+    if not _SCHEMA_NAME.fullmatch(str(spec.get("name", ""))):
+        raise Rejected(400, "Invalid 'response_format.json_schema.name'.", "response_format.json_schema.name")
+    if spec.get("strict") is not True or not isinstance(spec.get("schema"), dict):
+        raise Rejected(400, "Expected a strict json_schema with a schema object.", "response_format")
+
+    def check(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                if node.get("additionalProperties") is not False:
+                    raise Rejected(
+                        400,
+                        f"Invalid schema for response_format '{spec['name']}': In context=({path}), "
+                        "'additionalProperties' is required to be supplied and to be false.",
+                        "response_format",
+                    )
+                if sorted(node.get("required", [])) != sorted(node.get("properties", {})):
+                    raise Rejected(
+                        400,
+                        f"Invalid schema for response_format '{spec['name']}': In context=({path}), 'required' is "
+                        "required to be supplied and to be an array including every key in properties.",
+                        "response_format",
+                    )
+            for key, value in node.items():
+                check(value, f"{path}, {key!r}" if path else repr(key))
+        elif isinstance(node, list):
+            for item in node:
+                check(item, path)
+
+    check(spec["schema"], "")
+    return dict(spec["schema"])

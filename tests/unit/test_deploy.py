@@ -27,7 +27,13 @@ from compose_spec import PyCompose, parse_duration
 from compose_spec.compose_spec import PyOptions
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
-from scenecast.v1 import audio_service_pb2, image_service_pb2, render_service_pb2, video_service_pb2
+from scenecast.v1 import (
+    audio_service_pb2,
+    image_service_pb2,
+    render_service_pb2,
+    script_service_pb2,
+    video_service_pb2,
+)
 
 from gateway.config import GatewaySettings
 from scenecast_cli.stack import LocalStack
@@ -55,8 +61,11 @@ SERVICES: dict[str, tuple[str, str, int]] = {
     "audio": ("services.audio", "services.audio.config", 50052),
     "video": ("services.video", "services.video.config", 50053),
     "assembler": ("services.assembler", "services.assembler.config", 50054),
+    "script": ("services.script", "services.script.config", 50055),
 }
 MEDIA = ("image", "audio", "video", "assembler")
+# Every service the gateway calls: the media services and the script service.
+DOWNSTREAM = (*MEDIA, "script")
 # The HTTP/JSON API in front of the gateway (python -m web): a Deployment like the services, but HTTP, without metrics.
 WEB_PORT = 8080
 WEB_PODS = {"app.kubernetes.io/component": "web"}
@@ -64,7 +73,7 @@ WEB_PODS = {"app.kubernetes.io/component": "web"}
 WEB_TOKEN_SECRET = "scenecast-web-token"
 DEPLOYMENTS = (*SERVICES, "web")
 # The services that call paid providers, and so the only ones given the keys.
-KEYED = ("image", "audio", "video")
+KEYED = ("image", "audio", "video", "script")
 # The keys each service's providers need; nothing else gets a key.
 SERVICE_KEYS = {
     "image": {"OPENAI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY", "PEXELS_API_KEY", "PIXABAY_API_KEY"},
@@ -79,6 +88,7 @@ SERVICE_KEYS = {
         "PEXELS_API_KEY",
         "PIXABAY_API_KEY",
     },
+    "script": {"OPENAI_API_KEY"},
 }
 KEY_VARIABLES = tuple(sorted(set().union(*SERVICE_KEYS.values())))
 METRICS_PORT = 9464
@@ -99,6 +109,7 @@ PROVIDER_REGISTRIES = {
     "IMAGE_PROVIDER": "services.image.providers",
     "TTS_PROVIDER": "services.audio.providers",
     "VIDEO_PROVIDER": "services.video.providers",
+    "SCRIPT_PROVIDER": "services.script.providers",
 }
 # The oldest Kubernetes the manifests promise to suit, and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -120,6 +131,7 @@ SERVICE_RPCS = {
     "image": image_service_pb2.DESCRIPTOR.services_by_name["ImageService"],
     "audio": audio_service_pb2.DESCRIPTOR.services_by_name["AudioService"],
     "video": video_service_pb2.DESCRIPTOR.services_by_name["VideoService"],
+    "script": script_service_pb2.DESCRIPTOR.services_by_name["ScriptService"],
 }
 # The services whose calls wait on cloud providers (I/O), and so scale on calls in flight as well as CPU.
 IO_BOUND = ("image", "audio", "video")
@@ -445,9 +457,9 @@ def test_gateway_readiness_follows_its_services_and_liveness_does_not() -> None:
     assert "service" not in container["readinessProbe"]["grpc"]
     assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
     assert container["startupProbe"]["grpc"]["service"] == LIVENESS
-    for name in MEDIA:
-        media = _container(_service_file(name)[0])
-        assert all("service" not in media[probe]["grpc"] for probe in ("readinessProbe", "livenessProbe"))
+    for name in DOWNSTREAM:
+        called = _container(_service_file(name)[0])
+        assert all("service" not in called[probe]["grpc"] for probe in ("readinessProbe", "livenessProbe"))
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -459,14 +471,14 @@ def test_service_exposes_grpc_and_metrics(name: str) -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    # Headless for the media services: DNS answers with every pod, and the gateway's round_robin spreads the calls.
-    assert (service["spec"].get("clusterIP") == "None") == (name in MEDIA)
+    # Headless for the services the gateway calls: DNS answers with every pod, and round_robin spreads the calls.
+    assert (service["spec"].get("clusterIP") == "None") == (name in DOWNSTREAM)
 
 
-def test_gateway_reaches_every_media_service_through_dns() -> None:
+def test_gateway_reaches_every_service_it_calls_through_dns() -> None:
     env = _plain_env(_container(_service_file("gateway")[0]))
     fields = _settings_class("gateway").model_fields
-    for name in MEDIA:
+    for name in DOWNSTREAM:
         variable = f"{name.upper()}_SERVICE_ADDRESS"
         assert variable.lower() in fields, f"the gateway's settings have no {variable}"
         assert env[variable] == f"dns:///scenecast-{name}:{SERVICES[name][2]}"
@@ -563,7 +575,7 @@ def test_autoscalers_read_gauges_the_services_really_export(exported_metrics: di
     assert re.findall(r"scenecast_\w+", _prometheus_queries(_scaled_objects()["gateway"])[0]) == [
         "scenecast_renders_in_flight"
     ]
-    for name in IO_BOUND:
+    for name in (*IO_BOUND, "script"):
         assert "scenecast_rpcs_in_flight{" in _prometheus_queries(_scaled_objects()[name])[0]
 
 
@@ -820,6 +832,7 @@ def test_cloud_state_example_is_valid_gateway_settings() -> None:
 def test_base_config_uses_the_offline_providers() -> None:
     config = _config_env(BASE / "config.env")
     assert (config["IMAGE_PROVIDER"], config["TTS_PROVIDER"], config["VIDEO_PROVIDER"]) == ("slides", "piper", "")
+    assert config["SCRIPT_PROVIDER"] == "outline"
     assert config["METRICS_PORT"] == str(METRICS_PORT)
     # Metrics listen on loopback by default; in a pod the scraper comes from outside it.
     assert config["METRICS_ADDRESS"] == "0.0.0.0"
@@ -1127,14 +1140,14 @@ def test_compose_service_runs_its_module_safely(name: str) -> None:
     assert {key for key in env if key in KEY_VARIABLES} == SERVICE_KEYS.get(name, set())
 
 
-def test_compose_gateway_waits_for_healthy_media_services() -> None:
+def test_compose_gateway_waits_for_healthy_services() -> None:
     gateway = _compose()["services"]["gateway"]
     assert gateway["depends_on"] == {
-        **{name: {"condition": "service_healthy"} for name in MEDIA},
+        **{name: {"condition": "service_healthy"} for name in DOWNSTREAM},
         "service-token": {"condition": "service_completed_successfully"},
     }
     assert [port.split(":")[-1] for port in gateway["ports"]] == ["50050"]
-    for name in MEDIA:
+    for name in DOWNSTREAM:
         assert gateway["environment"][f"{name.upper()}_SERVICE_ADDRESS"] == f"dns:///{name}:{SERVICES[name][2]}"
 
 
@@ -1144,8 +1157,14 @@ def test_compose_defaults_are_the_offline_providers() -> None:
         "IMAGE_PROVIDER": _default(services["image"]["environment"]["IMAGE_PROVIDER"]),
         "TTS_PROVIDER": _default(services["audio"]["environment"]["TTS_PROVIDER"]),
         "VIDEO_PROVIDER": _default(services["video"]["environment"]["VIDEO_PROVIDER"]),
+        "SCRIPT_PROVIDER": _default(services["script"]["environment"]["SCRIPT_PROVIDER"]),
     }
-    assert defaults == {"IMAGE_PROVIDER": "slides", "TTS_PROVIDER": "piper", "VIDEO_PROVIDER": ""}
+    assert defaults == {
+        "IMAGE_PROVIDER": "slides",
+        "TTS_PROVIDER": "piper",
+        "VIDEO_PROVIDER": "",
+        "SCRIPT_PROVIDER": "outline",
+    }
     _check_providers_exist({key: value or "" for key, value in defaults.items()})
 
 

@@ -21,12 +21,18 @@ DOCUMENTED = {
     ("render_service.proto", "RenderRequest", "title"): "MAX_TITLE_CHARS",
     ("types.proto", "Card", "title"): "MAX_CARD_TITLE_CHARS",
     ("types.proto", "Card", "subtitle"): "MAX_CARD_SUBTITLE_CHARS",
+    ("script_service.proto", "DraftScriptRequest", "topic"): "MAX_TOPIC_CHARS",
+    ("script_service.proto", "Document", "text"): "MAX_DOCUMENT_CHARS",
+    ("script_service.proto", "DraftScriptRequest", "audience"): "MAX_DRAFT_OPTION_CHARS",
+    ("script_service.proto", "DraftScriptRequest", "tone"): "MAX_DRAFT_OPTION_CHARS",
+    ("script_service.proto", "DraftScriptRequest", "language"): "MAX_DRAFT_OPTION_CHARS",
+    ("script_service.proto", "DraftScriptRequest", "target_seconds"): "MAX_TARGET_SECONDS",
 }
 # Limits the protos do not state yet (voice names, avatar settings, the word rule): checked by the services all the
 # same. Named here so that a new limit must either be documented in the contract or added to this list on purpose.
 UNDOCUMENTED = {"MAX_VOICE_CHARS", "MAX_AVATAR_SETTING_CHARS", "MAX_WORD_CHARS"}
-# "at most 4000 characters" or "1-64 characters".
-_STATED = re.compile(r"(?:at most |\d+-)(\d+) characters", re.IGNORECASE)
+# "at most 4000 characters", "1-64 characters" or "0-3600 seconds".
+_STATED = re.compile(r"(?:at most |\d+-)(\d+) (?:characters|seconds)", re.IGNORECASE)
 # Where the code that could redefine a limit lives.
 CODE_FOLDERS = ("services", "gateway", "scenecast_cli", "bench", "tools")
 

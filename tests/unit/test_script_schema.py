@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from scenecast_cli.schema import SCHEMA_PATH, script_schema_text
-from scenecast_cli.script import ScriptModel
+from services.common.script_format import ScriptModel
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -144,6 +144,7 @@ function priceText(provider) {
 async function loadConfig() {
   const config = await api("/v1/config");
   for (const set of config.provider_sets) {
+    if (set.kind === "MEDIA_KIND_SCRIPT") showDraftProviders(set);
     const picker = pickers.find((p) => p.dataset.kind === KINDS[set.kind]);
     if (!picker) continue;
     const first = set.default_provider ? `default (${set.default_provider})` : "none: still images";
@@ -208,6 +209,62 @@ async function estimate() {
     $("estimate-total").textContent = "No estimate: the script has errors.";
     $("estimate").tBodies[0].replaceChildren();
     showErrors(error.problem || { detail: error.message });
+  }
+}
+
+// ---- drafting a script from a topic or a document ----
+
+function showDraftProviders(set) {
+  const picker = $("draft-provider");
+  picker.replaceChildren();
+  for (const provider of set.providers) {
+    const option = element("option", `${provider.name}: ${priceText(provider)}`, { value: provider.name });
+    option.disabled = !provider.configured;
+    option.selected = provider.name === set.default_provider;
+    picker.append(option);
+  }
+}
+
+// The draft in the editor's format: block YAML, each text a double-quoted scalar (a JSON string is one), so that
+// errors point at their lines and any character survives.
+function scriptYaml(script) {
+  const quoted = JSON.stringify;
+  const lines = script.title ? [`title: ${quoted(script.title)}`] : [];
+  lines.push("scenes:");
+  for (const scene of script.scenes) {
+    lines.push(`  - id: ${scene.id}`, `    title: ${quoted(scene.title)}`);
+    lines.push(`    narration: ${quoted(scene.narration)}`, `    visual: ${quoted(scene.visual)}`);
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+async function draft() {
+  const kind = $("draft-kind").value;
+  const source = $("draft-source").value;
+  const body = kind === "topic" ? { topic: source } : { document: { text: source, format: kind } };
+  body.provider = $("draft-provider").value;
+  body.seconds = Number($("draft-seconds").value || 0);
+  const status = (text) => ($("draft-status").textContent = text);
+  $("draft").disabled = true; // one click, one draft: a paid draft sent twice is paid twice
+  status("Drafting…");
+  try {
+    const created = await api("/v1/drafts", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    editor.value = scriptYaml(created.script);
+    applyPickers(); // keeps the providers chosen above, and prices the draft
+    const scenes = created.script.scenes.length;
+    status(
+      `Drafted ${scenes} scene${scenes === 1 ? "" : "s"} with ${created.provider} (${created.model}) for ` +
+        `${usd(created.cost_usd)}. Edit the script below, then render it.`,
+    );
+    loadSpend();
+  } catch (error) {
+    status(`Not drafted: ${error.message}`);
+  } finally {
+    $("draft").disabled = false;
   }
 }
 
@@ -452,6 +509,7 @@ editor.value = EXAMPLE;
 editor.addEventListener("input", scheduleEstimate);
 for (const picker of pickers) picker.addEventListener("change", applyPickers);
 $("render").addEventListener("click", render);
+$("draft").addEventListener("click", draft);
 $("cancel").addEventListener("click", cancel);
 showRecent();
 loadSpend();
