@@ -1,5 +1,6 @@
 """`scenecast draft` end to end: a Markdown document drafted offline and rendered; a topic drafted by a chat model
-(the fake OpenAI) through the gateway, validated, capped by the budget and recorded in the spend ledger."""
+(the fake OpenAI) through the gateway, validated, capped by the budget, recorded in the spend ledger, and rendered
+with Pexels clips (the fake Pexels)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from scenecast_cli.client import draft_script, get_spend
 from scenecast_cli.main import main
 from scenecast_cli.stack import LocalStack
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.pexels_server import KEY as PEXELS_KEY
+from tests.fakes.pexels_server import FakePexels
 from tests.probe import probe_mp4
 
 CHAT = "/v1/chat/completions"
@@ -85,8 +88,21 @@ def openai_fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def model_stack(openai_fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def pexels_fake() -> Iterator[FakePexels]:
+    with FakePexels() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def model_stack(
+    openai_fake: FakeOpenAI, pexels_fake: FakePexels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
     env = {
+        # Drafts by the chat model; clips from Pexels for every scene of a render.
+        "VIDEO_PROVIDER": "pexels",
+        "PEXELS_API_KEY": PEXELS_KEY,
+        "PEXELS_BASE_URL": pexels_fake.base_url,
+        "ALLOW_PRIVATE_OUTPUT_URLS": "true",
         "OPENAI_API_KEY": KEY,
         "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
         "SCRIPT_PROVIDER": "openai",
@@ -123,6 +139,26 @@ def test_a_topic_is_drafted_by_the_model_validated_and_its_spend_recorded(
         render_service_pb2.GetSpendRequest(group_by=render_service_pb2.SPEND_GROUPING_PROVIDER),
     )
     assert "openai/gpt-4.1-mini-2025-04-14" in {row.key for row in by_provider.rows}
+
+
+def test_a_topic_drafted_by_the_model_renders_with_pexels_clips(
+    model_stack: LocalStack, openai_fake: FakeOpenAI, pexels_fake: FakePexels, tmp_path: Path
+) -> None:
+    openai_fake.reset()
+    pexels_fake.reset()
+    script, video = tmp_path / "tides.yaml", tmp_path / "tides.mp4"
+    gateway = ["--gateway", model_stack.gateway_address]
+    assert main(["draft", "how tides work", "-o", str(script), *gateway]) == 0
+    assert main(["render", str(script), "-o", str(video), "--draft", *gateway]) == 0
+    probed = probe_mp4(video)
+    assert (probed.video_codec, probed.audio_codec, probed.height) == ("h264", "aac", 360)
+    assert abs(probed.video_duration_s - probed.audio_duration_s) < 0.05
+    # Each of the model's three scenes searched Pexels' videos with the content words of its visual description
+    # ("A bright illustration of idea number N, seen from above": articles, prepositions and numbers left out).
+    queries = [r.query["query"] for r in pexels_fake.searches() if r.path == "/videos/search"]
+    assert queries == ["bright illustration idea number"] * 3
+    credits = video.with_name("tides.credits.txt").read_text(encoding="utf-8")
+    assert credits.startswith("Video by ") and "on Pexels (https://www.pexels.com/video/" in credits
 
 
 def test_a_draft_retried_once_records_both_paid_calls(model_stack: LocalStack, openai_fake: FakeOpenAI) -> None:
