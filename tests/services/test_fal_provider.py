@@ -20,8 +20,9 @@ from tests import prices
 from tests.fakes.base import Fault
 from tests.fakes.fal_server import KEY, SUBMIT, FakeFal
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS
 from tests.services.test_media_services import collect
-from tests.services.test_replicate_providers import ASPECTS, assert_frame_png
+from tests.services.test_replicate_providers import assert_frame_png
 
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 Call = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]

@@ -38,6 +38,7 @@ from tests.fakes.replicate_server import (
     FakeReplicate,
 )
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS, QUALITIES
 from tests.services.test_media_services import collect
 
 FLUX_CREATE = "/v1/models/black-forest-labs/flux-dev/predictions"
@@ -45,12 +46,6 @@ CREATE_PATHS = {"sdxl": "/v1/predictions", "flux": FLUX_CREATE, "kokoro": "/v1/p
 PROVIDERS = list(CREATE_PATHS)
 IMAGE_PROVIDERS = ["sdxl", "flux"]
 NARRATION = "Check the ladder. Then climb."
-ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-QUALITIES = {
-    Quality.DRAFT: types_pb2.QUALITY_DRAFT,
-    Quality.STANDARD: types_pb2.QUALITY_STANDARD,
-    Quality.HD: types_pb2.QUALITY_HD,
-}
 # The services in conftest are built from default settings, so this is the attempt count they use.
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 
