@@ -30,12 +30,6 @@ def replicate_fake() -> Iterator[FakeReplicate]:
 
 
 @pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def edge_fake() -> Iterator[FakeEdgeTTS]:
     with FakeEdgeTTS() as fake:
         yield fake
@@ -78,8 +72,7 @@ def test_gpt_image_mini_and_edge(openai_fake: FakeOpenAI, edge_fake: FakeEdgeTTS
     env = {
         "IMAGE_PROVIDER": "gpt-image-1-mini",
         "TTS_PROVIDER": "edge",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
         "EDGE_TTS_WSS_URL": edge_fake.wss_url,
     }
     estimate, summary = _render(env, tmp_path)
@@ -99,8 +92,7 @@ def test_openai_image_and_speech_estimate_matches_render(openai_fake: FakeOpenAI
     env = {
         "IMAGE_PROVIDER": "dall-e-3",
         "TTS_PROVIDER": "openai",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
     }
     estimate, summary = _render(env, tmp_path)
     expected = [prices.DALL_E_3_STANDARD_WIDE + prices.tts_1(len(s.narration)) for s in SCENES]

@@ -39,16 +39,10 @@ scenes:
 
 
 @pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, openai_fake: FakeOpenAI) -> Iterator[LocalStack]:
     """The five services and the web process, as `scenecast serve` starts them; OpenAI (the fake) is there for the
     scripts that pick it, the defaults stay offline."""
-    env = {"OPENAI_API_KEY": openai_fake.api_key, "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1"}
+    env = openai_fake.service_env()
     local = LocalStack(env=env, log_dir=tmp_path_factory.mktemp("studio-logs"), web=True).start()
     yield local
     local.stop()
