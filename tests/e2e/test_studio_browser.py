@@ -20,22 +20,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from scenecast_cli.stack import LocalStack
+from tests.e2e.web_script import SCRIPT
 from tests.fakes.base import Fault
 from tests.fakes.openai_server import FakeOpenAI
 from tests.probe import probe_mp4
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "studio.png"
-SCRIPT = """\
-title: Ladders
-output: {height: 360, fps: 25, quality: draft}
-scenes:
-  - id: check
-    title: Check the ladder
-    narration: Look at the feet and the rungs before you climb.
-  - id: three
-    visual: A worker on a ladder holding the rails.
-    narration: Keep three points of contact at all times.
-"""
 
 
 @pytest.fixture(scope="module")
