@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import jobs, retry
+from services.common import jobs
 from services.common.media import probe
 from services.video.avatars import heygen, synthesia
 from services.video.avatars.heygen import HeyGenSettings
@@ -55,11 +55,7 @@ def heygen_server() -> Iterator[FakeHeyGen]:
         yield fake
 
 
-@pytest.fixture(autouse=True)
-def quick_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A short retry backoff: the policy's shape is not under test here."""
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
+pytestmark = pytest.mark.usefixtures("quick_retries")
 
 
 @pytest.fixture

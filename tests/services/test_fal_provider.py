@@ -11,7 +11,6 @@ import grpc
 import pytest
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
-from services.common import retry
 from services.image.config import ImageSettings
 from services.image.providers import fal_images
 from services.image.providers.fal_images import FalSettings
@@ -35,11 +34,8 @@ def fal_fake() -> Iterator[FakeFal]:
 
 
 @pytest.fixture
-def fake(fal_fake: FakeFal, monkeypatch: pytest.MonkeyPatch) -> FakeFal:
+def fake(fal_fake: FakeFal, quick_retries: None) -> FakeFal:
     fal_fake.reset()
-    # The retry policy's jittered backoff shape is not under test here.
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
     return fal_fake
 
 

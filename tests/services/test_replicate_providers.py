@@ -19,7 +19,7 @@ from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, image_servic
 from services.audio.config import AudioSettings
 from services.audio.providers.kokoro import KokoroSettings
 from services.audio.server import build as build_audio
-from services.common import jobs, replicate_runner, retry
+from services.common import jobs, replicate_runner
 from services.common.errors import RateLimited
 from services.common.providers import Quality
 from services.common.replicate_runner import SYNC_WAIT_SECONDS, ReplicateModel, ReplicateSettings, _mapped
@@ -59,11 +59,8 @@ def replicate_fake() -> Iterator[FakeReplicate]:
 
 
 @pytest.fixture
-def fake(replicate_fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> FakeReplicate:
+def fake(replicate_fake: FakeReplicate, quick_retries: None) -> FakeReplicate:
     replicate_fake.reset()
-    # The policy's jittered backoff (up to 8 s) would make the four-attempt cases slow; its shape is not under test.
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
     return replicate_fake
 
 

@@ -16,7 +16,6 @@ from PIL import Image
 from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import retry
 from services.common.chunks import iter_chunks
 from services.common.media import probe
 from services.common.providers import Quality
@@ -53,11 +52,7 @@ DURATION_TOLERANCE_MS = 50
 Clip = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keeps retry backoff short in case the servicer retries; the policy's shape is not under test here."""
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
+pytestmark = pytest.mark.usefixtures("quick_retries")
 
 
 @pytest.fixture(scope="module")
