@@ -3,7 +3,6 @@ as a Kubernetes ClusterIP Service spreads connections over a Deployment's pods."
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
@@ -14,6 +13,7 @@ import threading
 from pathlib import Path
 
 from scenecast_cli.stack import SERVICES, LocalStack, free_port, wait_until_serving
+from tests.tcp_proxy import relay
 
 _STOP_SECONDS = 30.0
 
@@ -104,13 +104,4 @@ class RoundRobinProxy:
             if upstream is None:
                 client.close()
                 continue
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
-
-
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
-    with contextlib.suppress(OSError):
-        sink.shutdown(socket.SHUT_WR)
+            relay(client, upstream)

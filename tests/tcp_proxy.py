@@ -1,4 +1,5 @@
-"""A TCP proxy on loopback that a test can cut (every connection dropped) and bring back on the same port."""
+"""A TCP proxy on loopback that a test can cut (every connection dropped) and bring back on the same port; `relay`,
+the byte copying every proxy of the tests does."""
 
 from __future__ import annotations
 
@@ -44,13 +45,18 @@ class TcpProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            relay(client, upstream)
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
+
+def relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Copies bytes both ways between two connected sockets, each way in a thread of its own, until a side closes."""
+    for source, sink in ((client, upstream), (upstream, client)):
+        threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)

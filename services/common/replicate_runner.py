@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import replicate
@@ -25,6 +25,7 @@ from services.common.errors import (
     RateLimited,
     ScenecastError,
 )
+from services.common.providers import JobT, Provider, ProviderSettings
 from services.common.retry import retry_after_seconds
 
 T = TypeVar("T")
@@ -61,6 +62,18 @@ class ReplicateSettings(DownloadSettings):
     replicate_timeout_seconds: float | None = Field(default=None, gt=0)
     # First wait between status checks, in seconds (it grows while the prediction runs).
     replicate_poll_interval: float = Field(default=0.5, gt=0)
+
+
+ReplicateSettingsT = TypeVar("ReplicateSettingsT", bound=ReplicateSettings)
+
+
+class ReplicateProvider(Provider[ReplicateSettingsT, JobT]):
+    """A provider that runs a model on Replicate: it needs the token, and the API it calls changes what it makes.
+    Subclasses with settings of their own (a pinned version) name them after these."""
+
+    settings_class: ClassVar[type[ProviderSettings]] = ReplicateSettings
+    required_settings = (TOKEN_FIELD,)
+    output_settings = ("replicate_base_url",)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -17,7 +18,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from services.common.errors import ProviderUnavailable, ScenecastError
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ProviderUnavailable,
+    RateLimited,
+    ScenecastError,
+)
 from services.common.observability import record_provider_attempt
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,6 +98,25 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def http_status_error(
+    response: httpx.Response, *, throttled: str, failed: str, denied: str, refused: str, missing: str | None = None
+) -> ScenecastError:
+    """The domain error a vendor's failed HTTP answer means, each with the caller's message: 429 (RateLimited) and
+    5xx (ProviderUnavailable) are retried after the vendor's Retry-After; 401/403 (`denied`) and, when `missing` is
+    given, 404 are the service's configuration (FailedPrecondition); any other 4xx is the request (InvalidArgument)."""
+    code = response.status_code
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
+    if code == 429:
+        return RateLimited(throttled, retry_after)
+    if code >= 500:
+        return ProviderUnavailable(failed, retry_after)
+    if code in (401, 403):
+        return FailedPrecondition(denied)
+    if code == 404 and missing is not None:
+        return FailedPrecondition(missing)
+    return InvalidArgument(refused)
 
 
 def call_deadline(context: grpc.aio.ServicerContext) -> float | None:

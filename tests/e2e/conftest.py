@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from scenecast_cli.stack import LocalStack
+from tests.fakes.openai_server import FakeOpenAI
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     assert {name: p.returncode for name, p in local.processes.items()} == dict.fromkeys(local.processes, 0), [
         (path.name, path.read_text()[-2000:]) for path in logs.iterdir()
     ]
+
+
+@pytest.fixture(scope="module")
+def openai_fake() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI API per test module: the stacks a module starts point at it (`FakeOpenAI.service_env`)."""
+    with FakeOpenAI() as fake:
+        yield fake

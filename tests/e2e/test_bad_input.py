@@ -36,6 +36,7 @@ from scenecast_cli.stack import LocalStack
 from services.common.chunks import iter_chunks
 from services.common.server import MAX_MESSAGE_BYTES
 from tests.probe import probe_mp4
+from tests.processes import processes_mentioning
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -802,18 +803,6 @@ def _files(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains `text` (an FFmpeg working on files under a folder)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _assert_nothing_left(stack: LocalStack, root: Path, results: Path, kept: tuple[str, ...] = ()) -> None:
     """No per-call folder, no FFmpeg and no failed render's MP4 outlive a call; every service is still running.
 
@@ -822,14 +811,14 @@ def _assert_nothing_left(stack: LocalStack, root: Path, results: Path, kept: tup
     """
 
     def clean() -> bool:
-        return not _folders(root) and not _processes_mentioning(str(root)) and _files(results) == sorted(kept)
+        return not _folders(root) and not processes_mentioning(str(root)) and _files(results) == sorted(kept)
 
     for _ in range(50):
         if clean():
             break
         time.sleep(0.1)
     assert _folders(root) == []
-    assert _processes_mentioning(str(root)) == []
+    assert processes_mentioning(str(root)) == []
     assert _files(results) == sorted(kept)
     assert {name: p.poll() for name, p in stack.processes.items()} == dict.fromkeys(stack.processes)
 

@@ -41,8 +41,7 @@ def test_an_edited_script_regenerates_only_the_edited_asset(tmp_path: Path) -> N
         env = {
             "IMAGE_PROVIDER": "gpt-image-1-mini",
             "TTS_PROVIDER": "openai",
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+            **fake.service_env(),
             "ASSET_CACHE_DIR": str(tmp_path / "asset-cache"),
             "SEGMENT_CACHE_DIR": str(tmp_path / "segment-cache"),
         }

@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.client import estimate_cost, render_to_file
-from scenecast_cli.stack import LocalStack
 from tests import prices
-from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
+from tests.e2e.stack_renders import check_narrated_scenes, render_in_new_stack
+from tests.e2e.test_render import SCENES
 from tests.fakes.edge_tts_server import FakeEdgeTTS
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.replicate_server import TOKEN, FakeReplicate
-from tests.probe import probe_mp4
 
 REQUEST = render_service_pb2.RenderRequest(
     scenes=SCENES,
@@ -32,12 +30,6 @@ def replicate_fake() -> Iterator[FakeReplicate]:
 
 
 @pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def edge_fake() -> Iterator[FakeEdgeTTS]:
     with FakeEdgeTTS() as fake:
         yield fake
@@ -45,20 +37,11 @@ def edge_fake() -> Iterator[FakeEdgeTTS]:
 
 def _render(
     env: dict[str, str], tmp_path: Path
-) -> tuple[render_service_pb2.EstimateCostResponse, render_service_pb2.RenderSummary, Path]:
-    path = tmp_path / "cloud.mp4"
-    with LocalStack(env=env, log_dir=tmp_path) as stack:
-        estimate = estimate_cost(stack.gateway_address, REQUEST)
-        summary = render_to_file(stack.gateway_address, REQUEST, path, timeout_seconds=120)
-    return estimate, summary, path
-
-
-def _check_video(path: Path, summary: render_service_pb2.RenderSummary) -> None:
-    probed = probe_mp4(path)
-    assert (probed.video_codec, probed.width, probed.height, probed.audio_codec) == ("h264", 640, 360, "aac")
-    expected_s = sum(s.narration.duration_ms for s in summary.scenes) / 1000 + len(SCENES) * (LEAD_S + TAIL_S)
-    assert abs(probed.duration_s - expected_s) < 0.3
-    assert " ".join(probed.subtitle_texts).split() == " ".join(s.narration for s in SCENES).split()
+) -> tuple[render_service_pb2.EstimateCostResponse, render_service_pb2.RenderSummary]:
+    """The estimate and summary of a render whose MP4 passed the checks every narrated render passes."""
+    rendered = render_in_new_stack(env, REQUEST, tmp_path / "cloud.mp4", timeout_seconds=120)
+    check_narrated_scenes(rendered.path, rendered.summary)
+    return rendered.estimate, rendered.summary
 
 
 def test_flux_and_kokoro(replicate_fake: FakeReplicate, tmp_path: Path) -> None:
@@ -69,8 +52,7 @@ def test_flux_and_kokoro(replicate_fake: FakeReplicate, tmp_path: Path) -> None:
         "REPLICATE_BASE_URL": replicate_fake.base_url,
         "REPLICATE_POLL_INTERVAL": "0.05",
     }
-    estimate, summary, path = _render(env, tmp_path)
-    _check_video(path, summary)
+    estimate, summary = _render(env, tmp_path)
     assert {(s.visual.provider, s.narration.provider) for s in summary.scenes} == {("flux", "kokoro")}
     assert summary.scenes[0].visual.model == "black-forest-labs/flux-dev"
     assert summary.scenes[0].narration.model.startswith("jaaari/kokoro-82m:")
@@ -90,12 +72,10 @@ def test_gpt_image_mini_and_edge(openai_fake: FakeOpenAI, edge_fake: FakeEdgeTTS
     env = {
         "IMAGE_PROVIDER": "gpt-image-1-mini",
         "TTS_PROVIDER": "edge",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
         "EDGE_TTS_WSS_URL": edge_fake.wss_url,
     }
-    estimate, summary, path = _render(env, tmp_path)
-    _check_video(path, summary)
+    estimate, summary = _render(env, tmp_path)
     assert {(s.visual.provider, s.narration.provider) for s in summary.scenes} == {("gpt-image-1-mini", "edge")}
     requests = openai_fake.requests_to("/v1/images/generations", "POST")
     assert [r.json()["size"] for r in requests] == ["1536x1024"] * len(SCENES)
@@ -112,11 +92,9 @@ def test_openai_image_and_speech_estimate_matches_render(openai_fake: FakeOpenAI
     env = {
         "IMAGE_PROVIDER": "dall-e-3",
         "TTS_PROVIDER": "openai",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
     }
-    estimate, summary, path = _render(env, tmp_path)
-    _check_video(path, summary)
+    estimate, summary = _render(env, tmp_path)
     expected = [prices.DALL_E_3_STANDARD_WIDE + prices.tts_1(len(s.narration)) for s in SCENES]
     assert [e.total_usd for e in estimate.scenes] == pytest.approx(expected)
     assert [s.estimated_cost_usd for s in summary.scenes] == pytest.approx(expected)

@@ -20,6 +20,7 @@ from scenecast.v1 import assembler_service_pb2_grpc, types_pb2
 from services.common import workdirs
 from services.common.chunks import iter_chunks
 from services.common.media import ffmpeg_exe
+from tests.processes import processes_mentioning
 
 HD = types_pb2.OutputSettings(aspect_ratio=types_pb2.ASPECT_RATIO_16_9, height=1080, quality=types_pb2.QUALITY_HD)
 
@@ -44,17 +45,6 @@ def _start_assembler(work: Path, log: Path) -> tuple[subprocess.Popen[bytes], st
     with grpc.insecure_channel(address) as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
     return process, address
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _assets(tmp_path: Path) -> list[pb.AssembleRequest]:
@@ -128,14 +118,14 @@ async def test_a_killed_assembler_takes_ffmpeg_with_it_and_its_successor_sweeps_
             async for response in call:
                 if response.progress.stage == pb.ASSEMBLY_STAGE_SCENE_RECEIVED:
                     break
-            assert await _wait_for(lambda: _processes_mentioning(str(work))), "the scene's FFmpeg never started"
+            assert await _wait_for(lambda: processes_mentioning(str(work))), "the scene's FFmpeg never started"
             first.send_signal(signal.SIGKILL)
             first.wait()
             call.cancel()
     finally:
         first.kill()
     # The kernel kills FFmpeg with its parent (PR_SET_PDEATHSIG); it used to run on for 20-60 s.
-    assert await _wait_for(lambda: not _processes_mentioning(str(work)), attempts=50)
+    assert await _wait_for(lambda: not processes_mentioning(str(work)), attempts=50)
     (left,) = list(work.iterdir())
     assert left.name.startswith(f"scenecast-assemble-{first.pid}-") and (left / "narration-0.wav").exists()
     # A folder of a live process (this one), in use, must survive the sweep.

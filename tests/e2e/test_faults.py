@@ -36,17 +36,10 @@ def _request(scenes: int = SCENES) -> render_service_pb2.RenderRequest:
 
 
 @pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def cloud_stack(openai_fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     env = {
         "IMAGE_PROVIDER": "gpt-image-1-mini",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
         "PROVIDER_ATTEMPTS": str(PROVIDER_ATTEMPTS),
         "ASSET_TIMEOUT_SECONDS": "4",
     }

@@ -32,12 +32,6 @@ DRAIN_SECONDS = "10"
 
 
 @pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("drain-results")
 
@@ -49,8 +43,7 @@ def stack(
     """LocalStack's gateway and `gateway-2` sharing a real Redis and a results folder; images from a fake OpenAI."""
     env = {
         "IMAGE_PROVIDER": "dall-e-3",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
         "ASSET_CACHE_DIR": "off",
         "RESULTS_DIR": str(results),
         "SPEND_LEDGER_PATH": "off",

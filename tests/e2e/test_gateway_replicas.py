@@ -15,8 +15,8 @@ from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
 
 from scenecast_cli.stack import LocalStack
 from tests.gateway_replicas import GatewayReplicas, RoundRobinProxy
+from tests.processes import processes_mentioning
 from tests.redis_server import RedisServer
-from tests.services.test_assembler import _processes_mentioning
 
 _LEASE_SECONDS = "3"
 
@@ -143,7 +143,7 @@ def test_a_cancel_sent_through_another_replica_stops_the_render(
     assert _error(call).code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
     watch = watcher.WatchRender(render_service_pb2.WatchRenderRequest(render_id="cancel-far"), timeout=30)
     assert _error(watch).code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
-    _wait_until(lambda: not _parts(results) and not _processes_mentioning(str(work_dir)), 10, "render stopped")
+    _wait_until(lambda: not _parts(results) and not processes_mentioning(str(work_dir)), 10, "render stopped")
     assert not (results / "cancel-far.mp4").exists()
     again = canceller.CancelRender(render_service_pb2.CancelRenderRequest(render_id="cancel-far"), timeout=10)
     assert not again.cancelled

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from scenecast_cli.stack import LocalStack
-from tests.probe import probe_mp4
+from tests.e2e.client_checks import assert_offline_config, rendered_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,24 +66,9 @@ def test_go_client_renders_a_captioned_narrated_mp4(go_client: Path, stack: Loca
     script, out = tmp_path / "script.json", tmp_path / "out.mp4"
     script.write_text(json.dumps(SCRIPT))
     result = _run(go_client, "-gateway", stack.gateway_address, str(script), str(out), timeout=120)
-    assert result.returncode == 0, result.stderr
-
-    # stdout is the summary as one protojson line (64-bit integers as strings); stderr has the progress.
-    [line] = result.stdout.splitlines()
-    summary = json.loads(line)
-    assert [scene["sceneId"] for scene in summary["scenes"]] == ["see", "sign"]
-    assert summary["durationMs"] > 0 and (summary["width"], summary["height"]) == (640, 360)
+    summary = rendered_summary(result, SCRIPT, out)
+    # protojson writes 64-bit integers as strings.
     assert int(summary["sizeBytes"]) == out.stat().st_size
-    assert not (tmp_path / "out.mp4.part").exists()
-    progress = result.stderr.splitlines()
-    assert progress[0].startswith("RENDER_STAGE_ACCEPTED 0/6")
-    assert progress[-1].startswith("RENDER_STAGE_STREAMING 6/6")
-
-    probed = probe_mp4(out)
-    assert (probed.video_codec, (probed.width, probed.height)) == ("h264", (640, 360))
-    assert (probed.audio_codec, probed.audio_rate) == ("aac", 48000)
-    assert abs(probed.duration_s - summary["durationMs"] / 1000) < 0.2
-    assert " ".join(probed.subtitle_texts).split() == " ".join(s["narration"] for s in SCRIPT["scenes"]).split()
 
 
 def test_go_client_reports_invalid_argument_and_leaves_no_file(
@@ -109,15 +94,4 @@ def test_go_client_rejects_keys_the_contract_does_not_have(go_client: Path, tmp_
 
 
 def test_go_client_prints_the_config_from_the_gateway_in_the_environment(go_client: Path, stack: LocalStack) -> None:
-    result = _run(go_client, "-config", timeout=30, env={"SCENECAST_GATEWAY": stack.gateway_address})
-    assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
-    defaults = {provider_set["kind"]: provider_set["defaultProvider"] for provider_set in config["providerSets"]}
-    assert defaults == {
-        "MEDIA_KIND_IMAGE": "slides",
-        "MEDIA_KIND_SPEECH": "piper",
-        "MEDIA_KIND_VIDEO": "",
-        "MEDIA_KIND_AVATAR": "",
-    }
-    names = {provider["name"] for provider_set in config["providerSets"] for provider in provider_set["providers"]}
-    assert "slides" in names
+    assert_offline_config(_run(go_client, "-config", timeout=30, env={"SCENECAST_GATEWAY": stack.gateway_address}))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from scenecast_cli.stack import LocalStack
-from tests.probe import probe_mp4
+from tests.e2e.client_checks import assert_offline_config, rendered_summary
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 
@@ -68,24 +68,7 @@ def test_node_client_renders_a_captioned_narrated_mp4(node: str, stack: LocalSta
     script, out = tmp_path / "script.json", tmp_path / "out.mp4"
     script.write_text(json.dumps(SCRIPT))
     result = _run(node, str(script), str(out), "--gateway", stack.gateway_address, timeout=120)
-    assert result.returncode == 0, result.stderr
-
-    # stdout is the summary as one JSON line; stderr has the progress, from acceptance to streaming.
-    [line] = result.stdout.splitlines()
-    summary = json.loads(line)
-    assert [scene["sceneId"] for scene in summary["scenes"]] == ["trip", "cover"]
-    assert summary["durationMs"] > 0 and (summary["width"], summary["height"]) == (640, 360)
-    assert summary["sizeBytes"] == out.stat().st_size
-    assert not (tmp_path / "out.mp4.part").exists()
-    progress = result.stderr.splitlines()
-    assert progress[0].startswith("RENDER_STAGE_ACCEPTED 0/6")
-    assert progress[-1].startswith("RENDER_STAGE_STREAMING 6/6")
-
-    probed = probe_mp4(out)
-    assert (probed.video_codec, (probed.width, probed.height)) == ("h264", (640, 360))
-    assert (probed.audio_codec, probed.audio_rate) == ("aac", 48000)
-    assert abs(probed.duration_s - summary["durationMs"] / 1000) < 0.2
-    assert " ".join(probed.subtitle_texts).split() == " ".join(s["narration"] for s in SCRIPT["scenes"]).split()
+    assert rendered_summary(result, SCRIPT, out)["sizeBytes"] == out.stat().st_size
 
 
 def test_node_client_reports_invalid_argument_and_leaves_no_file(node: str, stack: LocalStack, tmp_path: Path) -> None:
@@ -108,15 +91,4 @@ def test_node_client_rejects_keys_the_contract_does_not_have(node: str, tmp_path
 
 
 def test_node_client_prints_the_config_from_the_gateway_in_the_environment(node: str, stack: LocalStack) -> None:
-    result = _run(node, "--config", timeout=30, env={"SCENECAST_GATEWAY": stack.gateway_address})
-    assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
-    defaults = {provider_set["kind"]: provider_set["defaultProvider"] for provider_set in config["providerSets"]}
-    assert defaults == {
-        "MEDIA_KIND_IMAGE": "slides",
-        "MEDIA_KIND_SPEECH": "piper",
-        "MEDIA_KIND_VIDEO": "",
-        "MEDIA_KIND_AVATAR": "",
-    }
-    names = {provider["name"] for provider_set in config["providerSets"] for provider in provider_set["providers"]}
-    assert "slides" in names
+    assert_offline_config(_run(node, "--config", timeout=30, env={"SCENECAST_GATEWAY": stack.gateway_address}))

@@ -15,7 +15,7 @@ from scenecast.v1 import render_service_pb2, render_service_pb2_grpc, types_pb2
 from scenecast_cli.client import render_to_file
 from scenecast_cli.stack import LocalStack
 from tests.probe import probe_mp4
-from tests.services.test_assembler import _processes_mentioning
+from tests.processes import processes_mentioning
 from tests.tcp_proxy import TcpProxy
 
 
@@ -101,10 +101,10 @@ def _scenecast_folders(work_dir: Path) -> list[Path]:
 def _wait_until_clean(work_dir: Path, seconds: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        if not _processes_mentioning(str(work_dir)) and not _scenecast_folders(work_dir):
+        if not processes_mentioning(str(work_dir)) and not _scenecast_folders(work_dir):
             return time.monotonic() - started
         time.sleep(0.1)
-    raise AssertionError(f"still running: {_processes_mentioning(str(work_dir))}, {_scenecast_folders(work_dir)}")
+    raise AssertionError(f"still running: {processes_mentioning(str(work_dir))}, {_scenecast_folders(work_dir)}")
 
 
 def _start_and_wait_for_encoding(stub: render_service_pb2_grpc.RenderServiceStub, render_id: str, work_dir: Path):
@@ -113,7 +113,7 @@ def _start_and_wait_for_encoding(stub: render_service_pb2_grpc.RenderServiceStub
     request.render_id = render_id
     call = stub.Render(request, timeout=300)
     for response in call:
-        if response.progress.stage == render_service_pb2.RENDER_STAGE_ASSET_READY and _processes_mentioning(
+        if response.progress.stage == render_service_pb2.RENDER_STAGE_ASSET_READY and processes_mentioning(
             str(work_dir)
         ):
             return call

@@ -84,8 +84,7 @@ def stack(fake: FakeOpenAI, postgres: PostgresServer, tmp_path_factory: pytest.T
             "RESULTS_DIR": str(tmp_path_factory.mktemp("shared-results")),
             "IMAGE_PROVIDER": "gpt-image-1-mini",
             "TTS_PROVIDER": "openai",
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+            **fake.service_env(),
         }
         local = LocalStack(env=env, log_dir=logs).start()
         extra = GatewayReplicas(local, env, logs)

@@ -56,8 +56,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI, ledger_
             "ASSET_CACHE_URL": redis_server.url,
             "SPEND_LEDGER_URL": ledger_url,
             "IMAGE_PROVIDER": "gpt-image-1-mini",
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+            **fake.service_env(),
             "RENDER_OUTPUT_DIR": str(tmp_path_factory.mktemp("replica-a")),
         }
         with LocalStack(env=env, log_dir=logs) as stack:

@@ -86,8 +86,7 @@ def test_a_render_killed_halfway_resumes_and_pays_only_for_the_rest(tmp_path: Pa
         env = {
             "IMAGE_PROVIDER": "gpt-image-1-mini",
             "TTS_PROVIDER": "openai",
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+            **fake.service_env(),
             "ASSET_CACHE_DIR": str(tmp_path / "asset-cache"),
         }
         with LocalStack(env=env, log_dir=tmp_path) as stack:

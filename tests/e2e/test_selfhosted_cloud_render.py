@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.client import estimate_cost, get_config, render_to_file
-from scenecast_cli.stack import LocalStack
-from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
+from tests.e2e.stack_renders import check_narrated_scenes, render_in_new_stack
+from tests.e2e.test_render import SCENES
 from tests.fakes.kokoro_server import FakeKokoroServer
 from tests.fakes.openai_server import MS_PER_CHARACTER
 from tests.fakes.runpod_server import API_KEY, DELAY_MS, ENDPOINT_ID, EXECUTION_MS, FakeRunPod
-from tests.probe import audio_rms, probe_mp4
 
 REQUEST = render_service_pb2.RenderRequest(
     scenes=SCENES,
@@ -36,17 +34,12 @@ def kokoro_fake() -> Iterator[FakeKokoroServer]:
 def _render(
     env: dict[str, str], tmp_path: Path
 ) -> tuple[
-    render_service_pb2.GetConfigResponse,
-    render_service_pb2.EstimateCostResponse,
-    render_service_pb2.RenderSummary,
-    Path,
+    render_service_pb2.GetConfigResponse, render_service_pb2.EstimateCostResponse, render_service_pb2.RenderSummary
 ]:
-    path = tmp_path / "selfhosted-cloud.mp4"
-    with LocalStack(env=env, log_dir=tmp_path) as stack:
-        config = get_config(stack.gateway_address)
-        estimate = estimate_cost(stack.gateway_address, REQUEST)
-        summary = render_to_file(stack.gateway_address, REQUEST, path, timeout_seconds=180)
-    return config, estimate, summary, path
+    """The config, estimate and summary of a render whose MP4 passed the checks every narrated render passes."""
+    rendered = render_in_new_stack(env, REQUEST, tmp_path / "selfhosted-cloud.mp4")
+    check_narrated_scenes(rendered.path, rendered.summary)
+    return rendered.config, rendered.estimate, rendered.summary
 
 
 def _listed(config: render_service_pb2.GetConfigResponse, kind: int, name: str) -> types_pb2.ProviderInfo:
@@ -54,16 +47,6 @@ def _listed(config: render_service_pb2.GetConfigResponse, kind: int, name: str) 
     [provider] = [p for p in provider_set.providers if p.name == name]
     assert provider_set.default_provider == name
     return provider
-
-
-def _check_video(path: Path, summary: render_service_pb2.RenderSummary) -> None:
-    probed = probe_mp4(path)
-    assert (probed.video_codec, probed.width, probed.height, probed.audio_codec) == ("h264", 640, 360, "aac")
-    narration_s = [s.narration.duration_ms / 1000 for s in summary.scenes]
-    assert abs(probed.duration_s - (sum(narration_s) + len(narration_s) * (LEAD_S + TAIL_S))) < 0.3
-    assert abs(probed.audio_duration_s - probed.video_duration_s) < 0.05
-    assert audio_rms(path, LEAD_S + 0.2, LEAD_S + narration_s[0] - 0.2) > 0.01
-    assert " ".join(probed.subtitle_texts).split() == " ".join(s.narration for s in SCENES).split()
 
 
 def test_kokoro_server_narration(kokoro_fake: FakeKokoroServer, tmp_path: Path) -> None:
@@ -74,8 +57,7 @@ def test_kokoro_server_narration(kokoro_fake: FakeKokoroServer, tmp_path: Path) 
         "KOKORO_SERVER_VOICE": "bm_george",
         "KOKORO_SERVER_USD_PER_MILLION_CHARS": "5",
     }
-    config, estimate, summary, path = _render(env, tmp_path)
-    _check_video(path, summary)
+    config, estimate, summary = _render(env, tmp_path)
     kokoro = _listed(config, types_pb2.MEDIA_KIND_SPEECH, "kokoro-server")
     assert kokoro.configured and [(p.unit, p.usd_per_unit) for p in kokoro.prices] == [("1M characters", 5.0)]
     assert {(s.narration.provider, s.narration.model) for s in summary.scenes} == {("kokoro-server", "kokoro")}
@@ -102,9 +84,8 @@ def test_runpod_clips(tmp_path: Path) -> None:
             # The fake's bucket is on loopback.
             "ALLOW_PRIVATE_OUTPUT_URLS": "true",
         }
-        config, estimate, summary, path = _render(env, tmp_path)
+        config, estimate, summary = _render(env, tmp_path)
         assert len(runpod.runs()) == len(SCENES) and runpod.cancels() == []
-    _check_video(path, summary)
     listed = _listed(config, types_pb2.MEDIA_KIND_VIDEO, "runpod")
     assert listed.configured and [(p.unit, p.usd_per_unit) for p in listed.prices] == [("GPU second", 0.001)]
     assert {(s.visual.provider, s.visual.model) for s in summary.scenes} == {("runpod", f"runpod:{ENDPOINT_ID}")}

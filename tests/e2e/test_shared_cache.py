@@ -80,8 +80,7 @@ def test_concurrent_identical_requests_over_two_replicas_reach_the_provider_once
     with RedisServer() as redis_server, FakeOpenAI() as fake:
         env = {
             "IMAGE_PROVIDER": "gpt-image-1-mini",
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+            **fake.service_env(),
             "ASSET_CACHE_URL": redis_server.url,
         }
         with _image_replicas(2, env, tmp_path) as replicas:

@@ -59,8 +59,7 @@ def stack(fake: FakeOpenAI, ledger_location: str, tmp_path_factory: pytest.TempP
     env = {
         "IMAGE_PROVIDER": "gpt-image-1-mini",
         "TTS_PROVIDER": "openai",
-        "OPENAI_API_KEY": fake.api_key,
-        "OPENAI_BASE_URL": f"{fake.base_url}/v1",
+        **fake.service_env(),
         "ASSET_CACHE_DIR": str(tmp_path_factory.mktemp("asset-cache")),
         "SPEND_LEDGER_URL" if postgresql else "SPEND_LEDGER_PATH": ledger_location,
     }

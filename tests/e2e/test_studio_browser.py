@@ -20,35 +20,19 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from scenecast_cli.stack import LocalStack
+from tests.e2e.web_script import SCRIPT
 from tests.fakes.base import Fault
 from tests.fakes.openai_server import FakeOpenAI
 from tests.probe import probe_mp4
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "studio.png"
-SCRIPT = """\
-title: Ladders
-output: {height: 360, fps: 25, quality: draft}
-scenes:
-  - id: check
-    title: Check the ladder
-    narration: Look at the feet and the rungs before you climb.
-  - id: three
-    visual: A worker on a ladder holding the rails.
-    narration: Keep three points of contact at all times.
-"""
-
-
-@pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, openai_fake: FakeOpenAI) -> Iterator[LocalStack]:
     """The services and the web process, as `scenecast serve` starts them; OpenAI (the fake) is there for the
     scripts and drafts that pick it, the defaults stay offline."""
-    env = {"OPENAI_API_KEY": openai_fake.api_key, "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1"}
+    env = openai_fake.service_env()
     local = LocalStack(env=env, log_dir=tmp_path_factory.mktemp("studio-logs"), web=True).start()
     yield local
     local.stop()

@@ -9,10 +9,9 @@ import grpc
 import pytest
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from scenecast_cli.client import estimate_cost, render_to_file
-from scenecast_cli.stack import LocalStack
 from tests import prices
-from tests.e2e.test_render import LEAD_S, SCENES, TAIL_S
+from tests.e2e.stack_renders import check_narrated_scenes, render_in_new_stack
+from tests.e2e.test_render import SCENES
 from tests.fakes.avatar_servers import HEYGEN_KEY, SYNTHESIA_KEY, FakeHeyGen, FakeSynthesia
 from tests.fakes.replicate_server import TOKEN
 from tests.fakes.video_servers import FakeCogVideo, FakeReplicateVideo
@@ -33,22 +32,8 @@ def _request(still_scene: int | None = None) -> render_service_pb2.RenderRequest
 def _render(
     env: dict[str, str], tmp_path: Path, request: render_service_pb2.RenderRequest
 ) -> tuple[render_service_pb2.RenderSummary, render_service_pb2.EstimateCostResponse, Path]:
-    path = tmp_path / "tier3.mp4"
-    with LocalStack(env=env, log_dir=tmp_path) as stack:
-        estimate = estimate_cost(stack.gateway_address, request)
-        summary = render_to_file(stack.gateway_address, request, path, timeout_seconds=180)
-    return summary, estimate, path
-
-
-def _check_scenes(path: Path, summary: render_service_pb2.RenderSummary) -> None:
-    """Frame size, the narration's length in every scene, audible narration, and captions for every sentence."""
-    probed = probe_mp4(path)
-    assert (probed.video_codec, probed.width, probed.height, probed.audio_codec) == ("h264", 640, 360, "aac")
-    narration_s = [s.narration.duration_ms / 1000 for s in summary.scenes]
-    assert abs(probed.duration_s - (sum(narration_s) + len(narration_s) * (LEAD_S + TAIL_S))) < 0.3
-    assert abs(probed.audio_duration_s - probed.video_duration_s) < 0.05
-    assert audio_rms(path, LEAD_S + 0.2, LEAD_S + narration_s[0] - 0.2) > 0.01
-    assert " ".join(probed.subtitle_texts).split() == " ".join(s.narration for s in SCENES).split()
+    rendered = render_in_new_stack(env, request, tmp_path / "tier3.mp4")
+    return rendered.summary, rendered.estimate, rendered.path
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +54,7 @@ def _wan_env(fake: FakeReplicateVideo) -> dict[str, str]:
 def test_wan_clips_mixed_with_a_still(replicate_video: FakeReplicateVideo, tmp_path: Path) -> None:
     replicate_video.reset()
     summary, estimate, path = _render(_wan_env(replicate_video), tmp_path, _request(still_scene=1))
-    _check_scenes(path, summary)
+    check_narrated_scenes(path, summary)
     kinds = [(s.visual.provider, s.visual.mime_type) for s in summary.scenes]
     assert kinds == [("wan", "video/mp4"), ("slides", "image/png"), ("wan", "video/mp4")]
     # The scene image was sent along, so Wan animated it (image to video) for both clip scenes.
@@ -104,7 +89,7 @@ def test_selfhosted_cog_model(tmp_path: Path) -> None:
         }
         summary, _, path = _render(env, tmp_path, _request())
         assert len(cog.requests_to("/predictions", "POST")) == len(SCENES)
-    _check_scenes(path, summary)
+    check_narrated_scenes(path, summary)
     assert {s.visual.provider for s in summary.scenes} == {"selfhosted"}
 
 

@@ -28,22 +28,11 @@ from scenecast.v1 import image_service_pb2_grpc, render_service_pb2, render_serv
 from gateway.render import image_request
 from scenecast_cli.script import checked_request, parse_script
 from scenecast_cli.stack import LocalStack, free_port
+from tests.e2e.web_script import SCRIPT
 from tests.probe import probe_mp4
 
 OPENAPI = Path(__file__).resolve().parents[2] / "web" / "openapi.json"
 PROBLEM = "application/problem+json"
-
-SCRIPT = """\
-title: Ladders
-output: {height: 360, fps: 25, quality: draft}
-scenes:
-  - id: check
-    title: Check the ladder
-    narration: Look at the feet and the rungs before you climb.
-  - id: three
-    visual: A worker on a ladder holding the rails.
-    narration: Keep three points of contact at all times.
-"""
 
 
 @dataclass(frozen=True)

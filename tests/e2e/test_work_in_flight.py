@@ -22,17 +22,10 @@ RENDER_ID = "in-flight-1"
 
 
 @pytest.fixture(scope="module")
-def openai_fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def stack(openai_fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     env = {
         "IMAGE_PROVIDER": "dall-e-3",
-        "OPENAI_API_KEY": openai_fake.api_key,
-        "OPENAI_BASE_URL": f"{openai_fake.base_url}/v1",
+        **openai_fake.service_env(),
         # No cache: the held image call must reach the fake, whatever earlier runs stored.
         "ASSET_CACHE_DIR": "off",
     }

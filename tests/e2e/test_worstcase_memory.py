@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +10,8 @@ import grpc
 import pytest
 from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc
 
-from scenecast_cli.stack import free_port, wait_until_serving
 from tests.e2e.test_memory import peak_rss_mb
+from tests.processes import service_process
 
 LIMIT_MB = 1024
 # Resident after the calls: the loaded voice (about 250-320 MiB measured) plus room, far below the calls' peak.
@@ -26,17 +23,9 @@ LONG_SENTENCE = " ".join(["forklifts", "cross", "the", "loading", "dock", "while
 
 @pytest.fixture(scope="module")
 def audio_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    address = f"127.0.0.1:{free_port()}"
-    log = (tmp_path_factory.mktemp("logs") / "audio.log").open("wb")
-    env = {**os.environ, "LISTEN_ADDRESS": address, "METRICS_PORT": str(free_port()), "TTS_PROVIDER": "piper"}
-    process = subprocess.Popen([sys.executable, "-m", "services.audio"], env=env, stdout=log, stderr=log)
-    try:
-        wait_until_serving(address, 60, process)
-        yield address, process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+    log = tmp_path_factory.mktemp("logs") / "audio.log"
+    with service_process("services.audio", {"TTS_PROVIDER": "piper"}, log) as started:
+        yield started
 
 
 def _speak(address: str, text: str) -> int:

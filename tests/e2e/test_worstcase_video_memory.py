@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,12 +12,12 @@ import psutil
 import pytest
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from scenecast_cli.stack import free_port, wait_until_serving
 from services.common.chunks import iter_chunks
 from services.common.download import DEFAULT_MAX_BYTES
 from services.common.media import ffmpeg_exe
 from tests.fakes.avatar_servers import SYNTHESIA_KEY, FakeSynthesia
 from tests.process_memory import TreePeak, tree_rss_mib
+from tests.processes import service_process
 
 LIMIT_MB = 1024
 # Room kept below the limit. The clips peaked at 741 to 868 MiB: FFmpeg alone at 649 or 779 MiB, depending on whether
@@ -54,26 +52,15 @@ def synthesia() -> Iterator[FakeSynthesia]:
 
 @pytest.fixture(scope="module")
 def video_service(tmp_path_factory: pytest.TempPathFactory, synthesia: FakeSynthesia) -> Iterator[tuple[str, int]]:
-    address = f"127.0.0.1:{free_port()}"
-    log = (tmp_path_factory.mktemp("logs") / "video.log").open("wb")
     env = {
-        **os.environ,
-        "LISTEN_ADDRESS": address,
-        "METRICS_PORT": str(free_port()),
         # The asset cache on, as by default (an avatar video is stored in it), in a folder of the test's own.
         "ASSET_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "SYNTHESIA_API_KEY": SYNTHESIA_KEY,
         "SYNTHESIA_BASE_URL": synthesia.base_url,
         "SYNTHESIA_POLL_SECONDS": "0.02",
     }
-    process = subprocess.Popen([sys.executable, "-m", "services.video"], env=env, stdout=log, stderr=log)
-    try:
-        wait_until_serving(address, 60, process)
-        yield address, process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+    with service_process("services.video", env, tmp_path_factory.mktemp("logs") / "video.log") as started:
+        yield started
 
 
 def _clip(address: str, image: bytes, duration_ms: int) -> tuple[types_pb2.AssetMetadata, int]:

@@ -25,7 +25,7 @@ from typing import Any
 import imageio_ffmpeg
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, RecordedRequest
+from tests.fakes.base import RecordedRequest, VideoFilesServer
 
 SYNTHESIA_KEY = "synthesia-fake-key"
 HEYGEN_KEY = "heygen-fake-key"
@@ -92,7 +92,7 @@ class FakeVideo:
     history: list[str] = field(default_factory=list)  # every status served, in order
 
 
-class _FakeAvatarVendor(FakeServer):
+class _FakeAvatarVendor(VideoFilesServer):
     """What both vendors share: knobs, the video table, status progression and the served files.
 
     Knobs (restored by reset()): `polls_to_finish` (status checks a video stays unfinished; 0 finishes it at create),
@@ -113,7 +113,6 @@ class _FakeAvatarVendor(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.videos: dict[str, FakeVideo] = {}
-        self.files: dict[str, bytes] = {}
         self._defaults()
 
     def _defaults(self) -> None:
@@ -125,12 +124,10 @@ class _FakeAvatarVendor(FakeServer):
         self.silent_video = False
         self.padding_bytes = 0
         self.answer_delay = 0.0
-        self.failing_downloads = 0
 
     def reset(self) -> None:
         super().reset()
         self.videos.clear()
-        self.files.clear()
         self._defaults()
 
     def creates(self) -> list[RecordedRequest]:
@@ -138,18 +135,6 @@ class _FakeAvatarVendor(FakeServer):
 
     def status_checks(self) -> list[RecordedRequest]:
         return self.requests_to(self.status_path, "GET")
-
-    def downloads(self) -> list[RecordedRequest]:
-        return self.requests_to("/files/", "GET")
-
-    async def _file(self, request: web.Request) -> web.StreamResponse:
-        data = self.files.get(request.match_info["name"])
-        if data is None:
-            raise web.HTTPNotFound()
-        if self.failing_downloads > 0:
-            self.failing_downloads -= 1
-            return web.Response(status=503, text="Service Unavailable")
-        return web.Response(body=data, content_type="video/mp4")
 
     async def _late(self) -> None:
         """The order is taken; the answer may come after the client stopped waiting."""

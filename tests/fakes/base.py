@@ -152,6 +152,35 @@ class FakeServer:
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
+class VideoFilesServer(FakeServer):
+    """A vendor that serves the videos it made from its own /files/{name} path, as vendors serve pre-signed links.
+
+    `failing_downloads` (that many downloads answer 503) is restored by reset(), which also forgets the files.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = {}
+        self.failing_downloads = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.files.clear()
+        self.failing_downloads = 0
+
+    def downloads(self) -> list[RecordedRequest]:
+        return self.requests_to("/files/", "GET")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        data = self.files.get(request.match_info["name"])
+        if data is None:
+            raise web.HTTPNotFound()
+        if self.failing_downloads > 0:
+            self.failing_downloads -= 1
+            return web.Response(status=503, text="Service Unavailable")
+        return web.Response(body=data, content_type="video/mp4")
+
+
 def echo_credentials(request: web.Request, status: int) -> web.Response:
     """An error whose every text field repeats the request's credentials: raw, without their scheme, and (for Basic
     auth) decoded, in the fields each vendor's client reads (`error.message`, `detail`, `title`, `message`)."""

@@ -172,6 +172,10 @@ class FakeOpenAI(FakeServer):
         self.chat_answers = []
         self.chat_calls = []
 
+    def service_env(self) -> dict[str, str]:
+        """The variables that point a service's OpenAI providers at this fake."""
+        return {"OPENAI_API_KEY": self.api_key, "OPENAI_BASE_URL": f"{self.base_url}/v1"}
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self._guarded(self._images))
         app.router.add_post("/v1/audio/speech", self._guarded(self._speech))

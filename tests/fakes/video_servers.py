@@ -19,7 +19,7 @@ import imageio_ffmpeg
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
-from tests.fakes.base import FakeServer
+from tests.fakes.base import FakeServer, VideoFilesServer
 from tests.fakes.replicate_server import FakeModel, FakeReplicate, OutputFile, Problems, _choice, _number, _text
 
 WAN_T2V = "wavespeedai/wan-2.1-t2v-480p"
@@ -154,7 +154,7 @@ class CogPrediction:
     history: list[str] = field(default_factory=list)  # every status served, in order
 
 
-class FakeCogVideo(FakeServer):
+class FakeCogVideo(VideoFilesServer):
     """A Cog container running a text/image-to-video model (the Cog HTTP API of providers.md section 8).
 
     By default `POST /predictions` answers when the clip is made (synchronous Cog), with the MP4 as a data: URI.
@@ -167,7 +167,6 @@ class FakeCogVideo(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.predictions: dict[str, CogPrediction] = {}
-        self.files: dict[str, bytes] = {}
         self._defaults()
 
     def _defaults(self) -> None:
@@ -181,12 +180,10 @@ class FakeCogVideo(FakeServer):
         self.files_on: FakeCogVideo | None = None
         self.with_audio = False
         self.model_name: str | None = None
-        self.failing_downloads = 0
 
     def reset(self) -> None:
         super().reset()
         self.predictions.clear()
-        self.files.clear()
         self._defaults()
 
     def creates(self) -> list[Any]:
@@ -238,15 +235,6 @@ class FakeCogVideo(FakeServer):
         if prediction.status == "processing":
             prediction.status = "canceled"
         return web.json_response({})
-
-    async def _file(self, request: web.Request) -> web.StreamResponse:
-        data = self.files.get(request.match_info["name"])
-        if data is None:
-            raise web.HTTPNotFound()
-        if self.failing_downloads > 0:
-            self.failing_downloads -= 1
-            return web.Response(status=503, text="Service Unavailable")
-        return web.Response(body=data, content_type="video/mp4")
 
     async def _finish(self, prediction: CogPrediction) -> None:
         if self.fail_with is not None:

@@ -12,6 +12,7 @@ from services.assembler.config import AssemblerSettings
 from services.assembler.server import build as build_assembler
 from services.audio.config import AudioSettings
 from services.audio.server import build as build_audio
+from services.common import retry
 from services.common.server import Server
 from services.image.config import ImageSettings
 from services.image.server import build as build_image
@@ -26,6 +27,13 @@ async def _serve(server: Server) -> AsyncIterator[grpc.aio.Channel]:
             yield channel
     finally:  # also when the call inside failed: a server left running keeps the test process from exiting
         await server.stop(0)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keeps the retry policy's jittered backoff (up to 8 s) short, for tests of providers rather than of its shape."""
+    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
+    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
 
 
 @pytest.fixture(scope="session")

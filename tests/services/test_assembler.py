@@ -26,6 +26,7 @@ from scenecast.v1 import (
 from services.common.chunks import iter_chunks
 from services.common.media import ffmpeg_exe
 from tests.probe import audio_rms, probe_mp4
+from tests.processes import processes_mentioning
 from tests.services.test_media_services import OUTPUT_16_9, SCENE, collect
 
 Asset = tuple[types_pb2.AssetMetadata, bytes]
@@ -136,18 +137,6 @@ async def test_broken_streams_are_invalid_argument_and_leave_no_files(
     assert movie[4:8] == b"ftyp"
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains `text` (an FFmpeg working on files under a folder)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 async def test_cancelled_assembly_kills_ffmpeg_and_removes_its_files(
     assembler_channel: grpc.aio.Channel, image_channel: grpc.aio.Channel, work_root: Path
 ) -> None:
@@ -178,16 +167,16 @@ async def test_cancelled_assembly_kills_ffmpeg_and_removes_its_files(
         if response.progress.stage == pb.ASSEMBLY_STAGE_SCENE_RECEIVED:
             break
     for _ in range(50):
-        if _processes_mentioning(str(work_root)):
+        if processes_mentioning(str(work_root)):
             break
         await asyncio.sleep(0.1)
-    assert _processes_mentioning(str(work_root)), "the scene's FFmpeg encode never started"
+    assert processes_mentioning(str(work_root)), "the scene's FFmpeg encode never started"
     call.cancel()
     for _ in range(50):
-        if not _processes_mentioning(str(work_root)) and not list(work_root.iterdir()):
+        if not processes_mentioning(str(work_root)) and not list(work_root.iterdir()):
             break
         await asyncio.sleep(0.1)
-    assert _processes_mentioning(str(work_root)) == []
+    assert processes_mentioning(str(work_root)) == []
     assert list(work_root.iterdir()) == []
 
 

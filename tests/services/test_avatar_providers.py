@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import jobs, retry
+from services.common import jobs
 from services.common.media import probe
 from services.video.avatars import heygen, synthesia
 from services.video.avatars.heygen import HeyGenSettings
@@ -26,6 +26,7 @@ from tests import prices
 from tests.fakes.avatar_servers import HEYGEN_KEY, SYNTHESIA_KEY, FakeHeyGen, FakeSynthesia, spoken_ms
 from tests.fakes.base import Fault
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS
 from tests.services.test_media_services import collect
 
 # The service in conftest is built from default settings, so this is the attempt count it uses.
@@ -35,7 +36,6 @@ SCENES = (
     types_pb2.Scene(id="climb", narration="Then climb, one rung at a time."),
 )
 NARRATIONS = [scene.narration for scene in SCENES]
-ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
 KEY_ENVS = {"synthesia": "SYNTHESIA_API_KEY", "heygen": "HEYGEN_API_KEY"}
 HEYGEN_AVATAR = "Angela-inblackskirt-20220820"
 HEYGEN_VOICE = "1bd001e7e50f421d891986aad5158bc8"
@@ -55,11 +55,7 @@ def heygen_server() -> Iterator[FakeHeyGen]:
         yield fake
 
 
-@pytest.fixture(autouse=True)
-def quick_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A short retry backoff: the policy's shape is not under test here."""
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
+pytestmark = pytest.mark.usefixtures("quick_retries")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import grpc
 import pytest
 from scenecast.v1 import image_service_pb2, image_service_pb2_grpc, types_pb2
 
-from services.common import retry
 from services.image.config import ImageSettings
 from services.image.providers import fal_images
 from services.image.providers.fal_images import FalSettings
@@ -20,8 +19,9 @@ from tests import prices
 from tests.fakes.base import Fault
 from tests.fakes.fal_server import KEY, SUBMIT, FakeFal
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS
 from tests.services.test_media_services import collect
-from tests.services.test_replicate_providers import ASPECTS, assert_frame_png
+from tests.services.test_replicate_providers import assert_frame_png
 
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 Call = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]
@@ -34,11 +34,8 @@ def fal_fake() -> Iterator[FakeFal]:
 
 
 @pytest.fixture
-def fake(fal_fake: FakeFal, monkeypatch: pytest.MonkeyPatch) -> FakeFal:
+def fake(fal_fake: FakeFal, quick_retries: None) -> FakeFal:
     fal_fake.reset()
-    # The retry policy's jittered backoff shape is not under test here.
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
     return fal_fake
 
 

@@ -12,7 +12,6 @@ import grpc
 import jwt
 import pytest
 
-from services.common import retry
 from services.video.config import VideoSettings
 from services.video.providers import kling
 from services.video.providers.kling import KlingSettings
@@ -34,11 +33,8 @@ def kling_fake() -> Iterator[FakeKling]:
 
 
 @pytest.fixture
-def fake(kling_fake: FakeKling, monkeypatch: pytest.MonkeyPatch) -> FakeKling:
+def fake(kling_fake: FakeKling, quick_retries: None) -> FakeKling:
     kling_fake.reset()
-    # The retry policy's jittered backoff shape is not under test here.
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
     return kling_fake
 
 

@@ -34,6 +34,7 @@ from tests.fakes.openai_server import (
     rate_limit_body,
 )
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS, QUALITIES
 from tests.services.test_media_services import collect
 
 KEY = "sk-test-0123456789"
@@ -41,12 +42,6 @@ IMAGES, SPEECH = "/v1/images/generations", "/v1/audio/speech"
 PATHS = {"dall-e-3": IMAGES, "gpt-image-1-mini": IMAGES, "openai": SPEECH}
 PROVIDERS = list(PATHS)
 NARRATION = "Check the ladder. Then climb."
-ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-QUALITIES = {
-    Quality.DRAFT: types_pb2.QUALITY_DRAFT,
-    Quality.STANDARD: types_pb2.QUALITY_STANDARD,
-    Quality.HD: types_pb2.QUALITY_HD,
-}
 # The services here are built from default service settings, so this is the attempt count they use.
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 # USD per image of each (provider, quality, square) and per character of speech, as published (providers.md).

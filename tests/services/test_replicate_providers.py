@@ -19,7 +19,7 @@ from scenecast.v1 import audio_service_pb2, audio_service_pb2_grpc, image_servic
 from services.audio.config import AudioSettings
 from services.audio.providers.kokoro import KokoroSettings
 from services.audio.server import build as build_audio
-from services.common import jobs, replicate_runner, retry
+from services.common import jobs, replicate_runner
 from services.common.errors import RateLimited
 from services.common.providers import Quality
 from services.common.replicate_runner import SYNC_WAIT_SECONDS, ReplicateModel, ReplicateSettings, _mapped
@@ -38,6 +38,7 @@ from tests.fakes.replicate_server import (
     FakeReplicate,
 )
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS, QUALITIES
 from tests.services.test_media_services import collect
 
 FLUX_CREATE = "/v1/models/black-forest-labs/flux-dev/predictions"
@@ -45,12 +46,6 @@ CREATE_PATHS = {"sdxl": "/v1/predictions", "flux": FLUX_CREATE, "kokoro": "/v1/p
 PROVIDERS = list(CREATE_PATHS)
 IMAGE_PROVIDERS = ["sdxl", "flux"]
 NARRATION = "Check the ladder. Then climb."
-ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-QUALITIES = {
-    Quality.DRAFT: types_pb2.QUALITY_DRAFT,
-    Quality.STANDARD: types_pb2.QUALITY_STANDARD,
-    Quality.HD: types_pb2.QUALITY_HD,
-}
 # The services in conftest are built from default settings, so this is the attempt count they use.
 ATTEMPTS = ImageSettings(listen_address="127.0.0.1:0").provider_attempts
 
@@ -64,11 +59,8 @@ def replicate_fake() -> Iterator[FakeReplicate]:
 
 
 @pytest.fixture
-def fake(replicate_fake: FakeReplicate, monkeypatch: pytest.MonkeyPatch) -> FakeReplicate:
+def fake(replicate_fake: FakeReplicate, quick_retries: None) -> FakeReplicate:
     replicate_fake.reset()
-    # The policy's jittered backoff (up to 8 s) would make the four-attempt cases slow; its shape is not under test.
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
     return replicate_fake
 
 

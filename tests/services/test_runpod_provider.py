@@ -14,7 +14,6 @@ import pytest
 import runpod
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import retry
 from services.video.config import VideoSettings
 from services.video.providers.runpod import RunPodSettings
 from services.video.server import build as build_video
@@ -30,11 +29,7 @@ BILLED_USD = prices.RUNPOD_L40S_FLEX_PER_SECOND * math.ceil((DELAY_MS + EXECUTIO
 RUN = f"/v2/{ENDPOINT_ID}/run"
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keeps retry backoff short; the policy's shape is not under test here."""
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
+pytestmark = pytest.mark.usefixtures("quick_retries")
 
 
 @pytest.fixture(scope="module")

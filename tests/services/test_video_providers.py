@@ -16,9 +16,9 @@ from PIL import Image
 from pydantic import ValidationError
 from scenecast.v1 import types_pb2, video_service_pb2, video_service_pb2_grpc
 
-from services.common import retry
 from services.common.chunks import iter_chunks
 from services.common.media import probe
+from services.common.providers import Quality
 from services.common.replicate_runner import ReplicateSettings
 from services.video.config import VideoSettings
 from services.video.providers.selfhosted import SelfHostedSettings
@@ -36,12 +36,11 @@ from tests.fakes.video_servers import (
     decode_image_uri,
 )
 from tests.services.conftest import _serve
+from tests.services.outputs import ASPECTS, QUALITIES
 from tests.services.test_media_services import collect
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "deploy" / "comfyui" / "ltx-video-workflow.json"
-ASPECTS = {"16:9": types_pb2.ASPECT_RATIO_16_9, "9:16": types_pb2.ASPECT_RATIO_9_16, "1:1": types_pb2.ASPECT_RATIO_1_1}
-QUALITIES = {"draft": types_pb2.QUALITY_DRAFT, "standard": types_pb2.QUALITY_STANDARD, "hd": types_pb2.QUALITY_HD}
 PROMPT = "A ladder against a sunny wall, slow push in."
 WAN_T2V_CREATE = f"/v1/models/{WAN_T2V}/predictions"
 # How many times GenerateClip asks a provider. It does not wrap providers in call_with_retries yet (avatar videos
@@ -53,11 +52,7 @@ DURATION_TOLERANCE_MS = 50
 Clip = Callable[..., Awaitable[tuple[types_pb2.AssetMetadata, bytes]]]
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keeps retry backoff short in case the servicer retries; the policy's shape is not under test here."""
-    monkeypatch.setattr(retry, "BACKOFF_MIN_SECONDS", 0.01)
-    monkeypatch.setattr(retry, "BACKOFF_MAX_SECONDS", 0.05)
+pytestmark = pytest.mark.usefixtures("quick_retries")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +149,9 @@ def _clip(video_channel: grpc.aio.Channel) -> Clip:
         prompt: str = PROMPT,
         title: str = "Ladders",
     ) -> tuple[types_pb2.AssetMetadata, bytes]:
-        output = types_pb2.OutputSettings(aspect_ratio=ASPECTS[aspect], height=360, fps=24, quality=QUALITIES[quality])
+        output = types_pb2.OutputSettings(
+            aspect_ratio=ASPECTS[aspect], height=360, fps=24, quality=QUALITIES[Quality(quality)]
+        )
         spec = video_service_pb2.ClipSpec(
             scene=types_pb2.Scene(id="s1", narration="Check the ladder.", visual_prompt=prompt, title=title),
             output=output,

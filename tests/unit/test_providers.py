@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from services.audio.providers import PROVIDERS as SPEECH_PROVIDERS
 from services.audio.providers import build_registry as speech_registry
 from services.audio.providers.base import SpeechJob
 from services.audio.providers.openai_tts import OpenAISpeechProvider, OpenAISpeechSettings
@@ -19,8 +20,11 @@ from services.common.errors import MissingCredential
 from services.common.openai_errors import OpenAISettings, openai_client
 from services.common.providers import NoSettings, Price, Provider, ProviderDescription, ProviderRegistry, Quality
 from services.common.redact import REDACTED, redact
+from services.common.replicate_runner import TOKEN_FIELD, ReplicateProvider, ReplicateSettings
+from services.image.providers import PROVIDERS as IMAGE_PROVIDERS
 from services.image.providers import build_registry as image_registry
 from services.image.providers.base import ImageJob
+from services.video.providers import PROVIDERS as CLIP_PROVIDERS
 from services.video.providers.selfhosted import SelfHostedSettings
 
 SPEECH_MODULE = "services.audio.providers.openai_tts"
@@ -93,6 +97,19 @@ def test_a_provider_without_a_price_refuses_to_start() -> None:
 def test_an_output_setting_the_settings_lack_refuses_to_start() -> None:
     with pytest.raises(TypeError, match="openai_base_ulr"):
         ProviderRegistry([_MisnamedOutput], "", "IMAGE_PROVIDER", [OpenAISettings()])
+
+
+def test_every_replicate_provider_needs_the_token_and_keys_its_output_by_the_api_url() -> None:
+    on_replicate = [
+        provider
+        for provider in (*IMAGE_PROVIDERS, *SPEECH_PROVIDERS, *CLIP_PROVIDERS)
+        if issubclass(provider.settings_class, ReplicateSettings)
+    ]
+    assert {provider.description.name for provider in on_replicate} == {"sdxl", "flux", "kokoro", "wan"}
+    for provider in on_replicate:
+        assert issubclass(provider, ReplicateProvider), provider
+        assert provider.required_settings == (TOKEN_FIELD,)
+        assert "replicate_base_url" in provider.output_settings
 
 
 def test_settings_come_from_dotenv_in_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,10 +3,11 @@
 import email.utils
 import time
 
+import httpx
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, ProviderUnavailable, RateLimited
-from services.common.retry import call_with_retries, retry_after_seconds
+from services.common.retry import call_with_retries, http_status_error, retry_after_seconds
 
 
 class Flaky:
@@ -74,3 +75,29 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert 5.0 <= (retry_after_seconds(in_ten_seconds) or 0.0) <= 10.0
     assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "message", "retry_after"),
+    [
+        (429, RateLimited, "throttled", 7.0),
+        (503, ProviderUnavailable, "failed", 7.0),
+        (401, FailedPrecondition, "denied", None),
+        (403, FailedPrecondition, "denied", None),
+        (404, FailedPrecondition, "missing", None),
+        (400, InvalidArgument, "refused", None),
+    ],
+)
+def test_a_vendor_http_failure_becomes_its_domain_error(
+    status: int, kind: type[Exception], message: str, retry_after: float | None
+) -> None:
+    response = httpx.Response(status, headers={"retry-after": "7"})
+    messages = {name: name for name in ("throttled", "failed", "denied", "refused", "missing")}
+    error = http_status_error(response, **messages)
+    assert type(error) is kind and str(error) == message
+    assert getattr(error, "retry_after", None) == retry_after
+
+
+def test_a_404_is_the_request_when_no_missing_message_is_given() -> None:
+    error = http_status_error(httpx.Response(404), throttled="t", failed="f", denied="d", refused="refused")
+    assert type(error) is InvalidArgument and str(error) == "refused"

@@ -7,12 +7,12 @@ import io
 from services.audio.providers.base import SpeechJob, SpeechResult
 from services.common.errors import ProviderUnavailable
 from services.common.media import probe
-from services.common.providers import Price, Provider, ProviderDescription
+from services.common.providers import Price, ProviderDescription
 from services.common.replicate_runner import (
     T4_USD_PER_SECOND,
-    TOKEN_FIELD,
     OutputFile,
     ReplicateModel,
+    ReplicateProvider,
     ReplicateSettings,
     run_for_file,
 )
@@ -58,15 +58,14 @@ def kokoro_cost(characters: int, gpu_seconds: float | None = None) -> float:
     return T4_USD_PER_SECOND * (gpu_seconds if gpu_seconds is not None else characters * SECONDS_PER_CHAR)
 
 
-class KokoroProvider(Provider[KokoroSettings, SpeechJob]):
+class KokoroProvider(ReplicateProvider[KokoroSettings, SpeechJob]):
     description = ProviderDescription(
         name="kokoro",
         description="Kokoro-82M speech on Replicate (jaaari/kokoro-82m, pinned version); GPU time; no timings",
         offline=False,
     )
     settings_class = KokoroSettings
-    required_settings = (TOKEN_FIELD,)
-    output_settings = ("replicate_base_url", "kokoro_version", "kokoro_voice")
+    output_settings = (*ReplicateProvider.output_settings, "kokoro_version", "kokoro_voice")
 
     @classmethod
     def prices(cls, settings: KokoroSettings) -> tuple[Price, ...]:

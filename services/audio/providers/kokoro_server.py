@@ -19,16 +19,14 @@ from pydantic import Field, SecretStr
 
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
 from services.common.errors import (
-    FailedPrecondition,
     InvalidArgument,
     MissingCredential,
     ProviderUnavailable,
-    RateLimited,
     ScenecastError,
 )
 from services.common.media import probe
 from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
-from services.common.retry import retry_after_seconds
+from services.common.retry import http_status_error
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -162,16 +160,14 @@ def _status_error(response: httpx.Response) -> ScenecastError:
     """Kokoro-FastAPI's errors are `{"detail": {"error", "message", "type"}}`: 400 for a bad voice or input, 500 when
     synthesis failed; 401/403 can only come from a proxy in front of it."""
     code, detail = response.status_code, _detail(response)
-    retry_after = retry_after_seconds(response.headers.get("retry-after"))
-    if code == 429:
-        return RateLimited(f"{NAME}: the server throttled the request (429): {detail}", retry_after)
-    if code >= 500:
-        return ProviderUnavailable(f"{NAME}: the server failed ({code}): {detail}", retry_after)
-    if code in (401, 403):
-        return FailedPrecondition(f"{NAME}: the server at {URL_ENV} refused access ({code}); check {KEY_ENV}")
-    if code == 404:
-        return FailedPrecondition(f"{NAME}: the server at {URL_ENV} has no {response.request.url.path}; check the URL")
-    return InvalidArgument(f"{NAME}: the server refused the request ({code}): {detail}; check voice and text")
+    return http_status_error(
+        response,
+        throttled=f"{NAME}: the server throttled the request (429): {detail}",
+        failed=f"{NAME}: the server failed ({code}): {detail}",
+        denied=f"{NAME}: the server at {URL_ENV} refused access ({code}); check {KEY_ENV}",
+        missing=f"{NAME}: the server at {URL_ENV} has no {response.request.url.path}; check the URL",
+        refused=f"{NAME}: the server refused the request ({code}): {detail}; check voice and text",
+    )
 
 
 def _detail(response: httpx.Response) -> str:

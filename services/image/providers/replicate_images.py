@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from services.common.providers import Price, Provider, ProviderDescription, Quality
+from services.common.providers import Price, ProviderDescription, Quality
 from services.common.replicate_runner import (
     L40S_USD_PER_SECOND,
-    TOKEN_FIELD,
     ReplicateModel,
+    ReplicateProvider,
     ReplicateSettings,
     run_for_file,
 )
@@ -60,15 +60,14 @@ def sdxl_cost(steps: int, gpu_seconds: float | None = None) -> float:
     return L40S_USD_PER_SECOND * (gpu_seconds if gpu_seconds is not None else steps * SDXL_SECONDS_PER_STEP)
 
 
-class SdxlProvider(Provider[SdxlSettings, ImageJob]):
+class SdxlProvider(ReplicateProvider[SdxlSettings, ImageJob]):
     description = ProviderDescription(
         name="sdxl",
         description="Stable Diffusion XL on Replicate (stability-ai/sdxl, pinned version); billed by GPU time",
         offline=False,
     )
     settings_class = SdxlSettings
-    required_settings = (TOKEN_FIELD,)
-    output_settings = ("replicate_base_url", "sdxl_version")
+    output_settings = (*ReplicateProvider.output_settings, "sdxl_version")
 
     @classmethod
     def prices(cls, settings: SdxlSettings) -> tuple[Price, ...]:
@@ -102,15 +101,12 @@ class SdxlProvider(Provider[SdxlSettings, ImageJob]):
         )
 
 
-class FluxProvider(Provider[ReplicateSettings, ImageJob]):
+class FluxProvider(ReplicateProvider[ReplicateSettings, ImageJob]):
     description = ProviderDescription(
         name="flux",
         description="FLUX.1 [dev] on Replicate (black-forest-labs/flux-dev); priced per image",
         offline=False,
     )
-    settings_class = ReplicateSettings
-    required_settings = (TOKEN_FIELD,)
-    output_settings = ("replicate_base_url",)
 
     @classmethod
     def prices(cls, settings: ReplicateSettings) -> tuple[Price, ...]:

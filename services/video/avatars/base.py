@@ -112,12 +112,15 @@ class VendorVideo(jobs.RemoteJob[dict[str, Any], AvatarResult]):
     def __init__(
         self,
         client: httpx.AsyncClient,
+        body: dict[str, Any],
         avatar: str,
         poll_seconds: float,
         cost: Callable[[float], float],
         allow_private: bool,
     ) -> None:
+        """`body` is the vendor's order, built before the job starts so a bad request fails before any spend."""
         self._client = client
+        self._body = body
         self._avatar = avatar
         self._cost = cost
         self.poll_seconds = poll_seconds

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import urllib.parse
 import uuid
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -148,18 +147,6 @@ class _HeyGenVideo(VendorVideo):
     """What both API versions share: the answer's `data`, its status values, the error mapping."""
 
     provider = NAME
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        body: dict[str, Any],
-        avatar: str,
-        poll_seconds: float,
-        cost: Callable[[float], float],
-        allow_private: bool,
-    ) -> None:
-        super().__init__(client, avatar, poll_seconds, cost, allow_private)
-        self._body = body
 
     @staticmethod
     def body(job: AvatarJob, avatar: str, voice: str, background: dict[str, str], test: bool) -> dict[str, Any]:

@@ -6,7 +6,6 @@ Every Synthesia request and response shape lives in this module.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -121,18 +120,6 @@ class _SynthesiaVideo(VendorVideo):
     label = "Synthesia"
     provider = NAME
     can_find = True
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        body: dict[str, Any],
-        avatar: str,
-        poll_seconds: float,
-        cost: Callable[[float], float],
-        allow_private: bool,
-    ) -> None:
-        super().__init__(client, avatar, poll_seconds, cost, allow_private)
-        self._body = body
 
     async def create(self) -> dict[str, Any]:
         try:

@@ -26,16 +26,14 @@ from services.common import jobs
 from services.common.download import Downloaded, DownloadSettings
 from services.common.errors import (
     FailedPrecondition,
-    InvalidArgument,
     JobFailed,
     MissingCredential,
     ProviderUnavailable,
-    RateLimited,
     ScenecastError,
 )
 from services.common.media import probe
 from services.common.providers import Price, Provider, ProviderDescription
-from services.common.retry import retry_after_seconds
+from services.common.retry import http_status_error
 from services.video.providers.base import ClipJob, ClipResult, write_clip
 from services.video.providers.selfhosted import (
     DEFAULT_FPS,
@@ -290,16 +288,14 @@ class _RunPodJob(jobs.RemoteJob[dict[str, Any], ClipResult]):
     def _error(self, response: httpx.Response, what: str) -> ScenecastError:
         """RunPod's codes: 401 the key, 404 the endpoint, 429 over the rate limit, 5xx a worker crash."""
         code, detail = response.status_code, response.text[:_DETAIL_CHARS] or "no detail given"
-        retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        if code == 429:
-            return RateLimited(f"{self.label} throttled {what} (429): {detail}", retry_after)
-        if code >= 500:
-            return ProviderUnavailable(f"{self.label}: {what} failed ({code}): {detail}", retry_after)
-        if code in (401, 403):
-            return FailedPrecondition(f"{self.label} refused {KEY_ENV} ({code}) for {what}; check the key")
-        if code == 404:
-            return FailedPrecondition(f"{self.label} was not found (404); check {ENDPOINT_ENV}: {detail}")
-        return InvalidArgument(f"{self.label} refused {what} ({code}): {detail}; check {TEMPLATE_ENV}")
+        return http_status_error(
+            response,
+            throttled=f"{self.label} throttled {what} (429): {detail}",
+            failed=f"{self.label}: {what} failed ({code}): {detail}",
+            denied=f"{self.label} refused {KEY_ENV} ({code}) for {what}; check the key",
+            missing=f"{self.label} was not found (404); check {ENDPOINT_ENV}: {detail}",
+            refused=f"{self.label} refused {what} ({code}): {detail}; check {TEMPLATE_ENV}",
+        )
 
 
 def billed_seconds(job: dict[str, Any]) -> int:

@@ -32,12 +32,11 @@ from services.common.errors import (
     JobFailed,
     MissingCredential,
     ProviderUnavailable,
-    RateLimited,
     ScenecastError,
 )
 from services.common.media import probe
 from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
-from services.common.retry import retry_after_seconds
+from services.common.retry import http_status_error, retry_after_seconds
 from services.video.providers.base import ClipJob, ClipResult, write_clip
 
 _LOGGER = logging.getLogger(__name__)
@@ -645,22 +644,18 @@ def _execution_error(status: dict[str, Any]) -> str:
 def _status_error(response: httpx.Response, label: str) -> ScenecastError:
     """The error mapping shared by both wires: 429 throttled, 409 busy and 5xx retryable, other 4xx the input."""
     code, detail = response.status_code, _detail(response)
-    if code == 429:
-        return RateLimited(
-            f"{label} throttled the request (429): {detail}", retry_after_seconds(response.headers.get("retry-after"))
-        )
     if code == 409:  # Cog runs one prediction at a time and answers 409 while busy
         return ProviderUnavailable(
             f"{label} is busy with another job (409): {detail}",
             retry_after_seconds(response.headers.get("retry-after")),
         )
-    if code >= 500:
-        return ProviderUnavailable(
-            f"{label} failed ({code}): {detail}", retry_after_seconds(response.headers.get("retry-after"))
-        )
-    if code in (401, 403):
-        return FailedPrecondition(f"{label} refused access ({code}): {detail}; check the server's access rules")
-    return InvalidArgument(f"{label} refused the input ({code}): {detail}")
+    return http_status_error(
+        response,
+        throttled=f"{label} throttled the request (429): {detail}",
+        failed=f"{label} failed ({code}): {detail}",
+        denied=f"{label} refused access ({code}): {detail}; check the server's access rules",
+        refused=f"{label} refused the input ({code}): {detail}",
+    )
 
 
 def _detail(response: httpx.Response) -> str:

@@ -12,8 +12,14 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common.errors import InvalidArgument, ProviderUnavailable
 from services.common.media import probe
-from services.common.providers import Price, Provider, ProviderDescription, Quality
-from services.common.replicate_runner import TOKEN_FIELD, OutputFile, ReplicateModel, ReplicateSettings, run_for_file
+from services.common.providers import Price, ProviderDescription, Quality
+from services.common.replicate_runner import (
+    OutputFile,
+    ReplicateModel,
+    ReplicateProvider,
+    ReplicateSettings,
+    run_for_file,
+)
 from services.video.providers.base import ClipJob, ClipResult, write_clip
 
 T2V_MODEL = ReplicateModel("wavespeedai/wan-2.1-t2v-480p")
@@ -36,15 +42,12 @@ TIME_LIMIT_SECONDS = 900.0
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 
 
-class WanProvider(Provider[ReplicateSettings, ClipJob]):
+class WanProvider(ReplicateProvider[ReplicateSettings, ClipJob]):
     description = ProviderDescription(
         name="wan",
         description="Wan 2.1 480p on Replicate: a ~5 s clip from the prompt, or from the scene's image when sent",
         offline=False,
     )
-    settings_class = ReplicateSettings
-    required_settings = (TOKEN_FIELD,)
-    output_settings = ("replicate_base_url",)
 
     @classmethod
     def prices(cls, settings: ReplicateSettings) -> tuple[Price, ...]:
