@@ -11,7 +11,8 @@ from scenecast.v1 import types_pb2
 from scenecast_cli.client import get_config
 from scenecast_cli.stack import LocalStack
 from tests import prices
-from tests.e2e.test_tier3_render import _check_scenes, _render, _request
+from tests.e2e.stack_renders import check_narrated_scenes
+from tests.e2e.test_tier3_render import _render, _request
 from tests.fakes.kling_server import ACCESS_KEY, SECRET_KEY, FakeKling
 
 KEYS = {"KLING_ACCESS_KEY": ACCESS_KEY, "KLING_SECRET_KEY": SECRET_KEY}
@@ -27,7 +28,7 @@ def test_kling_clips_mixed_with_a_still(kling_fake: FakeKling, tmp_path: Path) -
     kling_fake.polls_to_finish = 2
     env = {**KEYS, "VIDEO_PROVIDER": "kling", "KLING_BASE_URL": kling_fake.base_url, "KLING_POLL_SECONDS": "0.05"}
     summary, estimate, path = _render(env, tmp_path, _request(still_scene=1))
-    _check_scenes(path, summary)
+    check_narrated_scenes(path, summary)
     kinds = [(s.visual.provider, s.visual.mime_type) for s in summary.scenes]
     assert kinds == [("kling", "video/mp4"), ("slides", "image/png"), ("kling", "video/mp4")]
     # The scene image was sent along, so Kling animated it (image to video) for both clip scenes.
