@@ -220,15 +220,52 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
         for path, start, end in ((job.head_path, 0, job.head_frames), (job.tail_path, frames - job.tail_frames, frames))
         if path is not None
     ]
-    if not parts:
-        outputs = [_h264_output(picture, job.output_path, frames, output, encoder, threads)]
-    else:
+    # A still's body at a variable frame rate: only the frames that show a new picture go to the encoder, each
+    # keeping its timestamp, so it lasts until the next one.
+    shown = body_frames_shown(job) if output.variable_frame_rate and not job.is_clip else None
+    if parts:
         copies = picture.filter_multi_output("split", 1 + len(parts))
         body = _trim(copies.stream(0), job.head_frames, frames - job.tail_frames)
-        outputs = [_h264_output(body, job.output_path, job.body_frames, output, encoder, threads)]
-        for index, (path, start, end) in enumerate(parts, start=1):
-            outputs.append(_lossless_output(_trim(copies.stream(index), start, end), path, end - start))
+        lossless = [
+            _lossless_output(_trim(copies.stream(index), start, end), path, end - start)
+            for index, (path, start, end) in enumerate(parts, start=1)
+        ]
+    else:
+        body, lossless = picture, []
+    if shown is not None:
+        body = body.filter("select", _select_expression(shown))
+    body_count = len(shown) if shown is not None else job.body_frames
+    outputs = [_h264_output(body, job.output_path, body_count, output, encoder, threads), *lossless]
     return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+
+
+def body_frames_shown(job: SegmentJob) -> list[int]:
+    """The frames of a still's body (numbered from the body's first) where its picture changes, and its last frame.
+
+    The picture changes where a caption run starts and on every frame of a fade; all other frames repeat the one
+    before. The last frame is kept too, though it repeats, so that the body ends at its true duration: a frame's
+    duration is the gap to the next one, and the last has only its own 1 / fps.
+    """
+    first, end = job.head_frames, job.plan.frames - job.tail_frames
+    changes = {first, end - 1}
+    start = 0
+    for frames, _caption in job.still_runs:
+        changes.add(start)
+        start += frames
+    changes.update(range(job.fade_in_frames))
+    changes.update(range(job.plan.frames - job.fade_out_frames, job.plan.frames))
+    return sorted(frame - first for frame in changes if first <= frame < end)
+
+
+def _select_expression(frames: list[int]) -> str:
+    """The `select` filter's expression keeping exactly `frames`, consecutive ones as one range."""
+    ranges: list[list[int]] = []
+    for frame in frames:
+        if ranges and ranges[-1][1] == frame - 1:
+            ranges[-1][1] = frame
+        else:
+            ranges.append([frame, frame])
+    return "+".join(f"eq(n,{a})" if a == b else f"between(n,{a},{b})" for a, b in ranges)
 
 
 def _check_counts(job: SegmentJob) -> None:
@@ -260,9 +297,16 @@ def _h264_output(
     """The settings every part of the joined video shares, so the concat demuxer can join them by stream copy.
 
     The thread count changes how x264 schedules its work, not the stream's parameters, so it may differ by part.
+    At a variable frame rate every part, clips and cross-fades too, keeps its frames' own timestamps (all of them
+    multiples of 1 / fps), so that all parts have the same stream parameters.
     """
     options = {"frames:v": frames, **encoder.options(output.quality, threads)}
-    return ffmpeg.output(picture, str(path), **options, pix_fmt="yuv420p", r=output.fps, an=None)
+    timing: dict[str, str | int] = {"r": output.fps}
+    if output.variable_frame_rate:
+        # The time base pinned at 1 / fps: FFmpeg would otherwise take the input's frame rate (an image's 25), in
+        # whose ticks frame times at 30 fps cannot be written.
+        timing = {"fps_mode": "passthrough", "enc_time_base": f"1/{output.fps}"}
+    return ffmpeg.output(picture, str(path), **options, **timing, pix_fmt="yuv420p", an=None)
 
 
 def _lossless_output(picture: ffmpeg.nodes.FilterableStream, path: Path, frames: int) -> ffmpeg.nodes.OutputStream:
