@@ -10,7 +10,9 @@ import grpc
 import pytest
 from scenecast.v1 import assembler_service_pb2 as pb
 from scenecast.v1 import types_pb2
+from selenium.webdriver.remote.webdriver import WebDriver
 
+from tests.e2e.test_studio_browser import browser, downloads  # noqa: F401 (fixtures)
 from tests.probe import frames_shown, probe_mp4, psnr
 from tests.services.test_assembler import Asset, assemble, assets, scene_messages  # noqa: F401 (a fixture)
 from tests.services.test_media_services import OUTPUT_16_9
@@ -86,3 +88,33 @@ def test_a_variable_rate_video_shows_the_constant_rate_pictures_sound_and_captio
     times = [duration * (index + 0.5) / SAMPLES for index in range(SAMPLES)]
     for time, a, b in zip(times, frames_shown(constant, times), frames_shown(variable, times), strict=True):
         assert psnr(a, b) >= MIN_PSNR_DB, f"the pictures at {time:.3f} s differ"
+
+
+# Loads the video, then seeks to arguments[0] seconds; answers with what the element reports.
+_SEEK = """
+const [time, done] = arguments;
+const video = document.querySelector("video");
+const report = () => done({duration: video.duration, currentTime: video.currentTime, readyState: video.readyState,
+                           error: video.error && video.error.message});
+video.onerror = report;
+const seek = () => { video.onseeked = report; video.currentTime = time; };
+if (video.readyState >= 1) seek(); else video.onloadedmetadata = seek;
+"""
+
+
+def test_chromium_plays_a_variable_rate_video_with_its_duration_and_seeks_in_it(
+    renders: dict[int, Path],
+    browser: WebDriver,  # noqa: F811 (the studio test's fixture, imported above)
+) -> None:
+    movie = renders[types_pb2.FRAME_RATE_MODE_VARIABLE]
+    page = movie.with_name("player.html")
+    page.write_text(f'<video src="{movie.name}" preload="auto" muted></video>')
+    duration = probe_mp4(movie).duration_s
+    target = round(duration * 0.6, 3)
+    browser.get(page.as_uri())
+    state = browser.execute_async_script(_SEEK, target)
+    assert state["error"] is None
+    assert abs(state["duration"] - duration) < 0.05
+    assert state["currentTime"] == pytest.approx(target, abs=0.001)
+    # HAVE_CURRENT_DATA or more: the picture at the sought time is decoded.
+    assert state["readyState"] >= 2
