@@ -1,8 +1,10 @@
-"""Figures 1 and 2: the assembler against MoviePy 2.2 and against one bare FFmpeg encode of the same frames."""
+"""Figures 1 and 2: the assembler against MoviePy 2.2 and against one bare FFmpeg encode of the same frames; 2c: the
+same job at a variable frame rate."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -12,11 +14,13 @@ from pathlib import Path
 
 import av
 from scenecast.v1 import assembler_service_pb2 as asm_pb
+from scenecast.v1 import types_pb2
 
 from bench.common import OUTPUT_1080, Figure, assemble, generate_image, log, scene, stack_env, synthesize, timed
 from scenecast_cli.stack import LocalStack
 from services.assembler.config import AssemblerSettings
 from services.common.media import ffmpeg_exe
+from tests.probe import frames_shown, psnr
 
 BENCH = Path(__file__).resolve().parent
 MOVIEPY_VENV = BENCH / ".venv-moviepy"
@@ -24,6 +28,11 @@ MOVIEPY_PIN = "moviepy==2.2.*"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 RUNS = 3
 FPS = 30
+# The pictures of the variable-rate render are compared with the constant-rate render's at this many times.
+SAMPLED_TIMES = 50
+VARIABLE_1080 = types_pb2.OutputSettings()
+VARIABLE_1080.CopyFrom(OUTPUT_1080)
+VARIABLE_1080.frame_rate_mode = types_pb2.FRAME_RATE_MODE_VARIABLE
 
 
 def ensure_moviepy() -> Path:
@@ -56,25 +65,33 @@ def run(work: Path) -> list[Figure]:
             wavs[-1].write_bytes(narration[1])
         # Each assembly run is paired with the bare encodes right after it, so that a load from other work on the
         # machine weighs on both sides of a ratio alike.
-        assembly_s, same_s, still_s = [], [], []
+        assembly_s, variable_s, same_s, still_s = [], [], [], []
         for attempt in range(RUNS):
             seconds, summary = timed(
                 lambda: assemble(stack.addresses["assembler"], scenes, images, speech, OUTPUT_1080, work / "sc.mp4")
             )
             assembly_s.append(seconds)
+            variable_s.append(
+                timed(
+                    lambda: assemble(
+                        stack.addresses["assembler"], scenes, images, speech, VARIABLE_1080, work / "vfr.mp4"
+                    )
+                )[0]
+            )
             frames = scene_frames(summary)
             fades = [min(round(settings.fade_ms * FPS / 1000), count // 3) for count in frames]
             same_s.append(_run_seconds(same_frames_command(slides, frames, fades, wavs, work)))
             still_s.append(_run_seconds(one_still_command(slides[0], wavs, sum(frames), work)))
             log(
-                f"run {attempt + 1}/{RUNS}: assembly {seconds:.1f} s, bare encode of the same frames "
-                f"{same_s[-1]:.1f} s, of one still {still_s[-1]:.1f} s"
+                f"run {attempt + 1}/{RUNS}: assembly {seconds:.1f} s, at a variable frame rate {variable_s[-1]:.1f} s,"
+                f" bare encode of the same frames {same_s[-1]:.1f} s, of one still {still_s[-1]:.1f} s"
             )
     for movie in ("sc.mp4", "same.mp4", "still.mp4"):
         if _frame_count(work / movie) != sum(frames):
             raise RuntimeError(f"{movie} does not have the {sum(frames)} frames the assembler reported")
     total_frames = sum(frames)
     video_s = summary.duration_ms / 1000
+    variable = variable_figures(work / "sc.mp4", work / "vfr.mp4", variable_s, same_s, total_frames)
 
     manifest = {
         "width": 1920,
@@ -164,7 +181,56 @@ def run(work: Path) -> list[Figure]:
             f"{total_frames}), the ones that cost x264 the most, so it is a floor below what this video can cost"
         ],
     )
-    return [raw, moviepy, speedup, limit, ratio, still, still_ratio]
+    return [raw, moviepy, speedup, limit, ratio, still, still_ratio, *variable]
+
+
+def variable_figures(
+    constant: Path, variable: Path, variable_s: list[float], same_s: list[float], total_frames: int
+) -> list[Figure]:
+    """2c: the variable-frame-rate render against the bare constant-rate encode of the same frames (paired runs),
+    its size against the constant-rate render's, and its pictures against the constant-rate render's."""
+    with av.open(str(constant)) as a, av.open(str(variable)) as b:
+        durations = [float(c.streams.video[0].duration * c.streams.video[0].time_base) for c in (a, b)]
+        packets = sum(1 for packet in b.demux(b.streams.video[0]) if packet.size)
+    if durations[0] != durations[1]:
+        raise RuntimeError(f"the variable-rate video lasts {durations[1]} s, the constant-rate one {durations[0]} s")
+    times = [durations[0] * (index + 0.5) / SAMPLED_TIMES for index in range(SAMPLED_TIMES)]
+    psnrs = [psnr(x, y) for x, y in zip(frames_shown(constant, times), frames_shown(variable, times), strict=True)]
+    raw = Figure(
+        "vfr-seconds",
+        "scenecast assembly at `frame_rate_mode: variable`, seconds",
+        "s",
+        "",
+        lambda _: True,
+        variable_s,
+        [f"{packets} pictures encoded for the {total_frames} frames; video {durations[1]:.3f} s as at a constant rate"],
+    )
+    speedup = Figure(
+        "vfr-speedup",
+        "2c. bare constant-rate encode of the same frames / variable-rate assembly (paired runs)",
+        "x",
+        ">= 3",
+        lambda value: value >= 3,
+        [bare / seconds for bare, seconds in zip(same_s, variable_s, strict=True)],
+    )
+    size = Figure(
+        "vfr-size",
+        "2d. variable-rate MP4 size / constant-rate MP4 size",
+        "x",
+        "<= 1",
+        lambda value: value <= 1,
+        [variable.stat().st_size / constant.stat().st_size],
+    )
+    pictures = Figure(
+        "vfr-psnr",
+        f"2e. lowest PSNR of the variable-rate pictures against the constant-rate ones at {SAMPLED_TIMES} times, dB",
+        "dB",
+        ">= 40",
+        lambda value: value >= 40,
+        [min(psnrs)],
+        [f"median over the {SAMPLED_TIMES} times {statistics.median(psnrs):.1f} dB"],
+    )
+    return [raw, speedup, size, pictures]
 
 
 def scene_frames(summary: asm_pb.AssemblySummary) -> list[int]:

@@ -90,12 +90,12 @@ def frames_shown(path: Path, times: list[float]) -> list[np.ndarray]:
         for frame in container.decode(container.streams.video[0]):
             while len(shown) < len(times) and frame.time > times[len(shown)]:
                 assert previous is not None, f"no frame at {times[len(shown)]} s in {path}"
-                shown.append(previous)
+                shown.append(previous.to_ndarray(format="rgb24"))
             if len(shown) == len(times):
-                break
-            previous = frame.to_ndarray(format="rgb24")
-    shown += [previous] * (len(times) - len(shown))
-    return shown
+                return shown
+            previous = frame
+    assert previous is not None, f"no frames in {path}"
+    return shown + [previous.to_ndarray(format="rgb24")] * (len(times) - len(shown))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -304,8 +304,11 @@ def _h264_output(
     timing: dict[str, str | int] = {"r": output.fps}
     if output.variable_frame_rate:
         # The time base pinned at 1 / fps: FFmpeg would otherwise take the input's frame rate (an image's 25), in
-        # whose ticks frame times at 30 fps cannot be written.
-        timing = {"fps_mode": "passthrough", "enc_time_base": f"1/{output.fps}"}
+        # whose ticks frame times at 30 fps cannot be written. No B-frames: with frames of uneven length, the
+        # decode times the encoder gives reordered frames start up to a held picture's length before zero, and the
+        # concat demuxer joining the parts would overlap them with the previous part's (duplicate and shifted
+        # timestamps, a shorter video). A held picture is one frame here anyway, where B-frames gained the most.
+        timing = {"fps_mode": "passthrough", "enc_time_base": f"1/{output.fps}", "bf": 0}
     return ffmpeg.output(picture, str(path), **options, **timing, pix_fmt="yuv420p", an=None)
 
 
