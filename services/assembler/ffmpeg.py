@@ -242,9 +242,9 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
 def body_frames_shown(job: SegmentJob) -> list[int]:
     """The frames of a still's body (numbered from the body's first) where its picture changes, and its last frame.
 
-    The picture changes where a caption run starts and on every frame of a fade; all other frames repeat the one
-    before. The last frame is kept too, though it repeats, so that the body ends at its true duration: a frame's
-    duration is the gap to the next one, and the last has only its own 1 / fps.
+    The picture changes where a caption run starts, on every frame of a fade and on the first after a fade-in; all
+    other frames repeat the one before. The last frame is kept too, though it repeats, so that the body ends at its
+    true duration: a frame's duration is the gap to the next one, and the last has only its own 1 / fps.
     """
     first, end = job.head_frames, job.plan.frames - job.tail_frames
     changes = {first, end - 1}
@@ -252,7 +252,8 @@ def body_frames_shown(job: SegmentJob) -> list[int]:
     for frames, _caption in job.still_runs:
         changes.add(start)
         start += frames
-    changes.update(range(job.fade_in_frames))
+    # Every fade-in frame, and the first at full brightness after them.
+    changes.update(range(job.fade_in_frames + 1))
     changes.update(range(job.plan.frames - job.fade_out_frames, job.plan.frames))
     return sorted(frame - first for frame in changes if first <= frame < end)
 

@@ -27,9 +27,6 @@ def _start(mode: int) -> pb.AssembleRequest:
     output = types_pb2.OutputSettings()
     output.CopyFrom(OUTPUT_16_9)
     output.frame_rate_mode = mode
-    # At draft quality (x264 ultrafast, crf 28) two encodes of a fade differ by up to 40 dB of PSNR: standard
-    # quality, the default of scripts, leaves the comparison a margin.
-    output.quality = types_pb2.QUALITY_STANDARD
     finishing = types_pb2.Finishing(
         transition=types_pb2.TRANSITION_CROSSFADE,
         title_card=types_pb2.Card(title="Ladders", duration_ms=1000),

@@ -61,7 +61,7 @@ def test_the_script_field_reaches_the_request_and_a_wrong_value_names_it(tmp_pat
 
 def test_a_variable_rate_still_keeps_fades_caption_changes_and_its_last_frame() -> None:
     job = _job(fade_in_frames=3, fade_out_frames=2)
-    assert body_frames_shown(job) == [0, 1, 2, 9, 36, 88, 89]
+    assert body_frames_shown(job) == [0, 1, 2, 3, 9, 36, 88, 89]
     # With cross-fade parts the body is numbered from its own first frame, which is kept.
     assert body_frames_shown(_job(head_frames=5, tail_frames=5)) == [0, 4, 31, 79]
 
@@ -69,8 +69,8 @@ def test_a_variable_rate_still_keeps_fades_caption_changes_and_its_last_frame() 
 def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps() -> None:
     argv = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), VARIABLE, Encoder.LIBX264)
     graph = argv[argv.index("-filter_complex") + 1]
-    assert "select=between(n\\,0\\,2)+eq(n\\,9)+eq(n\\,36)+between(n\\,88\\,89)" in graph
-    assert argv[argv.index("-frames:v") + 1] == "7"
+    assert "select=between(n\\,0\\,3)+eq(n\\,9)+eq(n\\,36)+between(n\\,88\\,89)" in graph
+    assert argv[argv.index("-frames:v") + 1] == "8"
     assert argv[argv.index("-fps_mode") + 1] == "passthrough" and "-r" not in argv
     assert argv[argv.index("-enc_time_base") + 1] == "1/30"
     # A clip keeps every frame, on the same time base as the stills it is joined with.
