@@ -1,11 +1,15 @@
-"""`output.frame_rate_mode`: the script field, its validation, and the frames a variable-rate still keeps."""
+"""Frame timing: `output.frame_rate_mode` (script field, validation, the frames a variable-rate still keeps) and the
+held stills of a constant-rate video encoded without B-frames."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
+import av
 import pytest
+from PIL import Image
 from scenecast.v1 import render_service_pb2, types_pb2
 
 from gateway.validation import validate_render
@@ -13,6 +17,7 @@ from scenecast_cli.script import ScriptError, load_script
 from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, segment_command
 from services.assembler.plan import ScenePlan
 from services.common.errors import InvalidArgument
+from services.common.media import ffmpeg_exe
 from services.common.output import OutputFormat, output_format
 from services.common.providers import Quality
 
@@ -79,3 +84,19 @@ def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps()
     assert clip[clip.index("-fps_mode") + 1] == "passthrough"
     constant = segment_command("ffmpeg", _job(), CONSTANT, Encoder.LIBX264)
     assert "select=" not in constant[constant.index("-filter_complex") + 1] and "-fps_mode" not in constant
+
+
+def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Path) -> None:
+    """B-frames over a held still cost x264 their analysis for frames that repeat the one before (see Encoder)."""
+    still = tmp_path / "still.png"
+    Image.new("RGB", (320, 180), (200, 120, 40)).save(still)
+    for quality in (Quality.STANDARD, Quality.HD):
+        output = dataclasses.replace(CONSTANT, width=320, height=180, quality=quality)
+        plan = ScenePlan(index=0, frames=45, fps=30, lead_ms=0, cues=())
+        job = SegmentJob(still, False, plan, tmp_path / f"{quality}.mp4", fade_in_frames=5, fade_out_frames=5)
+        subprocess.run(segment_command(ffmpeg_exe(), job, output, Encoder.LIBX264), check=True, capture_output=True)
+        with av.open(str(job.output_path)) as container:
+            packets = [packet for packet in container.demux(container.streams.video[0]) if packet.size]
+        # 45 pictures, each decoded in the order shown: nothing reordered, so no B-frame.
+        assert len(packets) == 45
+        assert [packet.dts for packet in packets] == [packet.pts for packet in packets]
