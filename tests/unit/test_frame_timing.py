@@ -14,7 +14,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from gateway.validation import validate_render
 from scenecast_cli.script import ScriptError, load_script
-from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, segment_command
+from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, held_frames, segment_command
 from services.assembler.plan import ScenePlan
 from services.common.errors import InvalidArgument
 from services.common.media import ffmpeg_exe
@@ -84,6 +84,19 @@ def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps()
     assert clip[clip.index("-fps_mode") + 1] == "passthrough"
     constant = segment_command("ffmpeg", _job(), CONSTANT, Encoder.LIBX264)
     assert "select=" not in constant[constant.index("-filter_complex") + 1] and "-fps_mode" not in constant
+
+
+def test_the_held_frames_of_a_constant_rate_still_are_searched_less_by_x264() -> None:
+    job = _job(fade_in_frames=3, fade_out_frames=2)
+    assert held_frames(job) == [(4, 8), (10, 35), (37, 87)]
+    argv = segment_command("ffmpeg", job, CONSTANT, Encoder.LIBX264)
+    held = "subme=0,me=dia,partitions=none"
+    assert argv[argv.index("-x264-params") + 1] == f"zones=4,8,{held}/10,35,{held}/37,87,{held}"
+    # Only x264 takes zones; a variable-rate still has no held frames; a clip's frames are all its own.
+    assert "-x264-params" not in segment_command("ffmpeg", job, CONSTANT, Encoder.H264_NVENC)
+    assert "-x264-params" not in segment_command("ffmpeg", job, VARIABLE, Encoder.LIBX264)
+    clip = _job(is_clip=True, still_runs=())
+    assert "-x264-params" not in segment_command("ffmpeg", clip, CONSTANT, Encoder.LIBX264)
 
 
 def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Path) -> None:
