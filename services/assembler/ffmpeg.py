@@ -59,9 +59,9 @@ _NVENC_PROBE_SECONDS = 20
 # x264's analysis for frames that repeat the one before (a held still between caption changes and fades), as zone
 # options (x264 reconfigures itself at each zone's edges): no sub-pixel refinement, the diamond motion search, no
 # partitions below 16x16. Every block of such a frame is a skip; searching finer found nothing. On the 12 slides of
-# bench/assembly.py, with no B-frames (Encoder.options), the encode took 0.71x the CPU time of today's, the file was
-# 2 % larger and the whole video within 46.0 dB (PSNR) of today's.
-_HELD_X264 = "subme=0,me=dia,partitions=none"
+# bench/assembly.py (1820 frames at 1080p), with no B-frames (Encoder.options), the encode took 0.71x the CPU time
+# of the one before (x264's veryfast preset alone), the file was 5 % larger, and every frame within 46.0 dB (PSNR).
+HELD_X264 = "subme=0,me=dia,partitions=none"
 
 
 class Encoder(str, Enum):
@@ -268,6 +268,11 @@ def held_frames(job: SegmentJob) -> list[tuple[int, int]]:
     return [(a + 1, b - 1) for a, b in zip(changes, [*changes[1:], job.body_frames], strict=True) if b - a > 1]
 
 
+def held_zones(held: Sequence[tuple[int, int]]) -> str:
+    """libx264's `x264-params` value giving the held frames (first and last, inclusive) the HELD_X264 analysis."""
+    return "zones=" + "/".join(f"{first},{last},{HELD_X264}" for first, last in held)
+
+
 def _picture_changes(job: SegmentJob) -> set[int]:
     """The frames of a still's body (numbered from the body's first) whose picture differs from the frame before.
 
@@ -341,7 +346,7 @@ def _h264_output(
         # timestamps, a shorter video).
         options.update({"fps_mode": "passthrough", "enc_time_base": f"1/{output.fps}", "bf": 0})
     if held and encoder is Encoder.LIBX264:
-        options["x264-params"] = "zones=" + "/".join(f"{first},{last},{_HELD_X264}" for first, last in held)
+        options["x264-params"] = held_zones(held)
     return ffmpeg.output(picture, str(path), **options, pix_fmt="yuv420p", an=None)
 
 
