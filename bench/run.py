@@ -233,6 +233,22 @@ REASONS: dict[str, str] = {
         "segment finishing alone), and the soundtrack's passes (mix and measure, then gain, limiter at 192 kHz, "
         "AAC and measure) competing with the segment encodes for the 2 cores"
     ),
+    "moviepy-speedup-20": (
+        "15x needs the assembly under MoviePy's time / 15 (13.8 s for its 207 s on the quiet 2-core machine of "
+        "issue 20); the held stills now cost x264 less (figure 1a), the fading frames and the rest of the call as "
+        "much as before"
+    ),
+    "vfr-speedup": (
+        "a variable-rate scene's encode took 0.65 s of CPU against 1.2 s at a constant rate (measured once: 26 "
+        "pictures of 150 at 1080p, 24 of them fade frames, about 20 ms each for x264), but the rest of the call "
+        "does not shrink with the frames (12 FFmpeg processes, probing the assets, the soundtrack's two passes "
+        "over the minute of audio, the mux): 3x needs the whole call under a third of the bare encode"
+    ),
+    "vfr-speedup-before": ("as for figure 2c, against the bare encode with the x264 settings before issue 20"),
+    "vfr-size": (
+        "not investigated yet: the held pictures are encoded once instead of refined over the frames that "
+        "repeat them, and x264's rate control may spend more on a picture that lasts seconds"
+    ),
 }
 
 
