@@ -239,10 +239,11 @@ REASONS: dict[str, str] = {
         "much as before"
     ),
     "vfr-speedup": (
-        "a variable-rate scene's encode took 0.65 s of CPU against 1.2 s at a constant rate (measured once: 26 "
-        "pictures of 150 at 1080p, 24 of them fade frames, about 20 ms each for x264), but the rest of the call "
-        "does not shrink with the frames (12 FFmpeg processes, probing the assets, the soundtrack's two passes "
-        "over the minute of audio, the mux): 3x needs the whole call under a third of the bare encode"
+        "profiled once (FFmpeg behind a logging wrapper): the 12 variable-rate segment encodes took 0.73 to 0.83 s "
+        "of CPU each (9.1 s; 28 pictures a scene, 24 of them fade frames at about 20 ms each for x264, plus the "
+        "PNG decode and x264's start-up), against 1.2 to 1.6 s at a constant rate; the soundtrack's two passes "
+        "took 3.8 s of CPU alongside. About 13 s of CPU on 2 cores cannot finish under a third of the bare "
+        "encode: the fade frames, not the held ones, are now the cost"
     ),
     "vfr-speedup-before": ("as for figure 2c, against the bare encode with the x264 settings before issue 20"),
     "vfr-size": (
