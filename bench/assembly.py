@@ -1,8 +1,10 @@
-"""Figures 1 and 2: the assembler against MoviePy 2.2 and against one bare FFmpeg encode of the same frames."""
+"""Figures 1 and 2: the assembler against MoviePy 2.2 and against one bare FFmpeg encode of the same frames; 2c: the
+same job at a variable frame rate."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -12,11 +14,15 @@ from pathlib import Path
 
 import av
 from scenecast.v1 import assembler_service_pb2 as asm_pb
+from scenecast.v1 import types_pb2
 
 from bench.common import OUTPUT_1080, Figure, assemble, generate_image, log, scene, stack_env, synthesize, timed
 from scenecast_cli.stack import LocalStack
 from services.assembler.config import AssemblerSettings
+from services.assembler.ffmpeg import SegmentJob, held_frames, held_zones
+from services.assembler.plan import ScenePlan
 from services.common.media import ffmpeg_exe
+from tests.probe import frames_shown, psnr
 
 BENCH = Path(__file__).resolve().parent
 MOVIEPY_VENV = BENCH / ".venv-moviepy"
@@ -24,6 +30,11 @@ MOVIEPY_PIN = "moviepy==2.2.*"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 RUNS = 3
 FPS = 30
+# The pictures of the variable-rate render are compared with the constant-rate render's at this many times.
+SAMPLED_TIMES = 50
+VARIABLE_1080 = types_pb2.OutputSettings()
+VARIABLE_1080.CopyFrom(OUTPUT_1080)
+VARIABLE_1080.frame_rate_mode = types_pb2.FRAME_RATE_MODE_VARIABLE
 
 
 def ensure_moviepy() -> Path:
@@ -56,25 +67,36 @@ def run(work: Path) -> list[Figure]:
             wavs[-1].write_bytes(narration[1])
         # Each assembly run is paired with the bare encodes right after it, so that a load from other work on the
         # machine weighs on both sides of a ratio alike.
-        assembly_s, same_s, still_s = [], [], []
+        assembly_s, variable_s, same_s, today_s, still_s = [], [], [], [], []
         for attempt in range(RUNS):
             seconds, summary = timed(
                 lambda: assemble(stack.addresses["assembler"], scenes, images, speech, OUTPUT_1080, work / "sc.mp4")
             )
             assembly_s.append(seconds)
+            variable_s.append(
+                timed(
+                    lambda: assemble(
+                        stack.addresses["assembler"], scenes, images, speech, VARIABLE_1080, work / "vfr.mp4"
+                    )
+                )[0]
+            )
             frames = scene_frames(summary)
             fades = [min(round(settings.fade_ms * FPS / 1000), count // 3) for count in frames]
             same_s.append(_run_seconds(same_frames_command(slides, frames, fades, wavs, work)))
+            today_s.append(_run_seconds(same_frames_command(slides, frames, fades, wavs, work, today=True)))
             still_s.append(_run_seconds(one_still_command(slides[0], wavs, sum(frames), work)))
             log(
-                f"run {attempt + 1}/{RUNS}: assembly {seconds:.1f} s, bare encode of the same frames "
-                f"{same_s[-1]:.1f} s, of one still {still_s[-1]:.1f} s"
+                f"run {attempt + 1}/{RUNS}: assembly {seconds:.1f} s, at a variable frame rate {variable_s[-1]:.1f} s,"
+                f" bare encode of the same frames {same_s[-1]:.1f} s (with the x264 settings before issue 20 "
+                f"{today_s[-1]:.1f} s), of one still {still_s[-1]:.1f} s"
             )
-    for movie in ("sc.mp4", "same.mp4", "still.mp4"):
+    for movie in ("sc.mp4", "same.mp4", "today.mp4", "still.mp4"):
         if _frame_count(work / movie) != sum(frames):
             raise RuntimeError(f"{movie} does not have the {sum(frames)} frames the assembler reported")
     total_frames = sum(frames)
     video_s = summary.duration_ms / 1000
+    variable = variable_figures(work / "sc.mp4", work / "vfr.mp4", variable_s, same_s, today_s, total_frames)
+    held = held_figures(work / "same.mp4", work / "today.mp4", same_s, today_s)
 
     manifest = {
         "width": 1920,
@@ -164,7 +186,134 @@ def run(work: Path) -> list[Figure]:
             f"{total_frames}), the ones that cost x264 the most, so it is a floor below what this video can cost"
         ],
     )
-    return [raw, moviepy, speedup, limit, ratio, still, still_ratio]
+    speedup_20 = Figure(
+        "moviepy-speedup-20",
+        "1'. MoviePy time / scenecast assembly time, issue 20's target",
+        "x",
+        ">= 15",
+        lambda value: value >= 15,
+        speedup.samples,
+    )
+    return [raw, moviepy, speedup, speedup_20, limit, ratio, still, still_ratio, *held, *variable]
+
+
+def held_figures(new: Path, today: Path, new_s: list[float], today_s: list[float]) -> list[Figure]:
+    """1a-1c: the bare encode of the same frames with the assembler's x264 settings against the settings before
+    issue 20 (B-frames, the same analysis for every frame): time (paired runs), size, and PSNR over every frame."""
+    result = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-i",
+            str(new),
+            "-i",
+            str(today),
+            "-lavfi",
+            "psnr",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # The psnr filter's summary: "PSNR y:... u:... v:... average:47.1 min:... max:..."; "inf" when equal.
+    average = float(result.stderr.rsplit("average:", 1)[1].split()[0])
+    speed = Figure(
+        "held-ratio",
+        "1a. bare encode of the same frames, x264 settings before issue 20 / the assembler's (paired runs)",
+        "x",
+        "",
+        lambda _: True,
+        [old / seconds for old, seconds in zip(today_s, new_s, strict=True)],
+        [
+            "the assembler's: no B-frames, and x264 zones giving the frames that repeat the one before subme=0, "
+            "me=dia, partitions=none (services/assembler/ffmpeg.py)"
+        ],
+    )
+    size = Figure(
+        "held-size",
+        "1b. MP4 size with the assembler's x264 settings / before issue 20, same frames",
+        "x",
+        "<= 1.1",
+        lambda value: value <= 1.1,
+        [new.stat().st_size / today.stat().st_size],
+    )
+    pictures = Figure(
+        "held-psnr",
+        "1c. PSNR of every frame with the assembler's x264 settings against before issue 20, dB",
+        "dB",
+        ">= 45",
+        lambda value: value >= 45,
+        [average],
+    )
+    return [speed, size, pictures]
+
+
+def variable_figures(
+    constant: Path,
+    variable: Path,
+    variable_s: list[float],
+    same_s: list[float],
+    today_s: list[float],
+    total_frames: int,
+) -> list[Figure]:
+    """2c: the variable-frame-rate render against the bare constant-rate encode of the same frames (paired runs),
+    with the assembler's x264 settings and with those before issue 20 (the issue's baseline), its size against the
+    constant-rate render's, and its pictures against the constant-rate render's."""
+    with av.open(str(constant)) as a, av.open(str(variable)) as b:
+        durations = [float(c.streams.video[0].duration * c.streams.video[0].time_base) for c in (a, b)]
+        packets = sum(1 for packet in b.demux(b.streams.video[0]) if packet.size)
+    if durations[0] != durations[1]:
+        raise RuntimeError(f"the variable-rate video lasts {durations[1]} s, the constant-rate one {durations[0]} s")
+    times = [durations[0] * (index + 0.5) / SAMPLED_TIMES for index in range(SAMPLED_TIMES)]
+    psnrs = [psnr(x, y) for x, y in zip(frames_shown(constant, times), frames_shown(variable, times), strict=True)]
+    raw = Figure(
+        "vfr-seconds",
+        "scenecast assembly at `frame_rate_mode: variable`, seconds",
+        "s",
+        "",
+        lambda _: True,
+        variable_s,
+        [f"{packets} pictures encoded for the {total_frames} frames; video {durations[1]:.3f} s as at a constant rate"],
+    )
+    speedup = Figure(
+        "vfr-speedup",
+        "2c. bare constant-rate encode of the same frames / variable-rate assembly (paired runs)",
+        "x",
+        ">= 3",
+        lambda value: value >= 3,
+        [bare / seconds for bare, seconds in zip(same_s, variable_s, strict=True)],
+    )
+    against_today = Figure(
+        "vfr-speedup-before",
+        "2c'. the same bare encode with the x264 settings before issue 20 / variable-rate assembly (paired runs)",
+        "x",
+        ">= 3",
+        lambda value: value >= 3,
+        [bare / seconds for bare, seconds in zip(today_s, variable_s, strict=True)],
+        ["the baseline of issue 20 (17.9 s there): figure 1a's held-still settings made the bare encode cheaper"],
+    )
+    size = Figure(
+        "vfr-size",
+        "2d. variable-rate MP4 size / constant-rate MP4 size",
+        "x",
+        "<= 1",
+        lambda value: value <= 1,
+        [variable.stat().st_size / constant.stat().st_size],
+    )
+    pictures = Figure(
+        "vfr-psnr",
+        f"2e. lowest PSNR of the variable-rate pictures against the constant-rate ones at {SAMPLED_TIMES} times, dB",
+        "dB",
+        ">= 40",
+        lambda value: value >= 40,
+        [min(psnrs)],
+        [f"median over the {SAMPLED_TIMES} times {statistics.median(psnrs):.1f} dB"],
+    )
+    return [raw, speedup, against_today, size, pictures]
 
 
 def scene_frames(summary: asm_pb.AssemblySummary) -> list[int]:
@@ -188,10 +337,12 @@ def _narrations(wavs: list[Path], first_input: int) -> str:
 
 
 def same_frames_command(
-    slides: list[Path], frames: list[int], fades: list[int], wavs: list[Path], work: Path
+    slides: list[Path], frames: list[int], fades: list[int], wavs: list[Path], work: Path, today: bool = False
 ) -> list[str]:
     """The least work that yields the assembly's frames, in one FFmpeg run: each slide decoded and framed once,
     repeated for its scene's frames, faded in and out like the scene, the scenes joined; the narrations joined.
+    Encoded with the assembler's x264 settings (no B-frames, less analysis for the held frames), or with those
+    before issue 20 when `today` (x264's preset alone: B-frames, the same analysis for every frame).
 
     Only the burnt captions are left out: the assembler draws each caption once per run of frames that shows it, and
     its segments took no more CPU time with them than without (18.8 s against 19.4 s, within the spread).
@@ -205,10 +356,18 @@ def same_frames_command(
     joined = "".join(f"[v{i}]" for i in range(len(slides)))
     graph = ";".join([*chains, f"{joined}concat=n={len(slides)}:v=1:a=0[v]", _narrations(wavs, len(slides))])
     inputs = [arg for path in [*slides, *wavs] for arg in ("-i", str(path))]
+    held: list[tuple[int, int]] = []
+    start = 0
+    for count, fade in zip(frames, fades, strict=True):
+        plan = ScenePlan(index=0, frames=count, fps=FPS, lead_ms=0, cues=())
+        job = SegmentJob(slides[0], False, plan, work / "unused.mp4", fade_in_frames=fade, fade_out_frames=fade)
+        held += [(start + first, start + last) for first, last in held_frames(job)]
+        start += count
+    x264 = [] if today else ["-bf", "0", "-x264-params", held_zones(held)]
     return [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *inputs,
         "-filter_complex", graph, "-map", "[v]", "-map", "[a]", "-frames:v", str(sum(frames)),
-        *_OUTPUT_ARGS, str(work / "same.mp4"),
+        *_OUTPUT_ARGS, *x264, str(work / ("today.mp4" if today else "same.mp4")),
     ]  # fmt: skip
 
 

@@ -70,7 +70,14 @@ Total run time: {total:.0f} s.
    joined; libx264 veryfast crf 23 at 1080p30 (x264 choosing its own threads), AAC 192k, `+faststart`. Only the
    burnt captions are left out (they cost the segments no measurable time; see `bench/assembly.py`). Each assembly
    run is divided by the bare encode run right after it. Figure 2b divides by the earlier baseline, one still
-   repeated for every frame without fades, which skips the fading frames, the most costly ones to encode.
+   repeated for every frame without fades, which skips the fading frames, the most costly ones to encode. The bare
+   encode uses the assembler's x264 settings (no B-frames; x264 zones with less analysis for the frames that repeat
+   the one before). Figures 1a-1c encode the same frames once more with the settings before issue 20 (the veryfast
+   preset alone) right after: the time ratio (paired runs), the size ratio, and FFmpeg's `psnr` filter over every
+   frame of the two files. Figures 2c-2e: each run also renders the job at `output.frame_rate_mode: variable`;
+   2c divides the bare constant-rate encode by it (paired runs), 2d divides its MP4 by the constant-rate one, 2e
+   decodes the picture shown at 50 evenly spaced times from both renders (the last frame starting at or before
+   each time) and gives the lowest PSNR; the two videos must last exactly as long, or the group fails.
 3. **Parallel fan-out.** `bench/slow_openai.py` wraps the test suite's fake OpenAI API with a 1.5 s sleep per image
    and speech request; a LocalStack points `IMAGE_PROVIDER=gpt-image-1-mini` and `TTS_PROVIDER=openai` at it with
    `MAX_CONCURRENT_SCENES=12`. The bound is measured in the same stack: each scene's image and speech requested
@@ -131,6 +138,41 @@ Tried and left out: `-tune stillimage` and x264 `weightp=2` or `0` (within the r
 they change the picture); one encode at a time with x264's threads (11.8 s for the 12 segments against 9.1 s);
 `aac_coder=fast` (1.0 s instead of 1.4 s of CPU, off the critical path once the AAC is encoded alongside the video).
 
+## Held stills at a constant frame rate: what was tried (issue 20)
+
+Measured once, for issue 20 (not re-measured by `bench/run.py`, whose figures 1a-1c measure the settings kept), on
+a 2-core machine shared with other test runs (load average 12 to 23): the bare encode of figure 2 (12 slides, 1820
+frames at 1080p, fades of 12 frames, no audio), each setting's run paired with a run of the veryfast preset alone.
+CPU time rather than wall time (the load made wall times swing 3x); the same pairing of the preset with itself
+gave 0.94 to 0.95, the spread to allow. Ratios are CPU time against the preset's, size against the preset's file,
+PSNR of every frame against the preset's file.
+
+| x264 settings (veryfast, crf 23, plus) | CPU ratio | size | PSNR dB |
+|---|---|---|---|
+| `mbtree=0` | 1.04 | 1.55 | 47.1 |
+| `rc-lookahead=0` (also turns off mbtree) | 1.10 | 1.55 | 47.1 |
+| `bframes=0` | 0.82, 0.87, 0.88 | 0.965 | 46.6 |
+| `ref=1` (the preset's own) | 0.97 | 1.00 | identical |
+| `me=dia` | 0.99 | 1.00 | 54.8 |
+| `subme=0` (every frame) | 0.76 | 1.17 | 45.7 |
+| `partitions=none` | 0.89 | 0.99 | 57.4 |
+| `scenecut=0` | 1.02 | 1.25 | 46.2 |
+| `bframes=16:b-adapt=0:b-pyramid=none` (held frames as disposable B-frames) | 1.09 | 2.75 | 42.9 |
+| `bframes=8:b-adapt=0:b-pyramid=none` | 0.98 | 1.34 | 45.1 |
+| `b-pyramid=none` | 1.01 | 1.00 | 50.6 |
+| zones on the held frames only: `subme=0,me=dia,partitions=none` | 0.89 | 1.03 | 47.6 |
+| `bframes=0` + `partitions=none` | 0.90 | 0.99 | 46.6 |
+| `bframes=0` + `partitions=none` + zones `subme=0,me=dia` | 0.71, 0.77 | 1.02 | 46.0 |
+| **kept:** `bframes=0` + zones on the held frames `subme=0,me=dia,partitions=none` | 0.71 | 1.05 | 46.0 |
+
+One 1080p still repeated 600 times, wall time on a less loaded moment: the preset 2.3 to 2.5 s, `-tune stillimage`
+3.1 s, `-tune zerolatency` 2.6 s, `rc-lookahead=0:mbtree=0` 2.2 s (33 % larger), every analysis option at its
+cheapest 1.7 s (24 % larger); the filter graph alone (no encode) 0.04 s: the time is x264's. Left out: a held
+stretch split into its own file and joined by stream copy (each part must start with a key frame, 30 to 60 KB
+each at 1080p against a few hundred bytes for a held P-frame: the size target rules it out). B-frames cannot be
+kept for clips alone: every part of a video must share them to be joined by stream copy (a part with B-frames
+starts its decode times before its first picture, which would overlap a part without them).
+
 ## Profile of the fan-out render (figure 3)
 
 Profiled once, for issue 9 (not re-measured by `bench/run.py`): `python -m bench.run fanout` with
@@ -190,6 +232,23 @@ REASONS: dict[str, str] = {
         "the assembly's work beyond one FFmpeg run: 12 FFmpeg processes (start-up, a key frame each, the last "
         "segment finishing alone), and the soundtrack's passes (mix and measure, then gain, limiter at 192 kHz, "
         "AAC and measure) competing with the segment encodes for the 2 cores"
+    ),
+    "moviepy-speedup-20": (
+        "15x needs the assembly under MoviePy's time / 15 (13.8 s for its 207 s on the quiet 2-core machine of "
+        "issue 20); the held stills now cost x264 less (figure 1a), the fading frames and the rest of the call as "
+        "much as before"
+    ),
+    "vfr-speedup": (
+        "profiled once (FFmpeg behind a logging wrapper): the 12 variable-rate segment encodes took 0.73 to 0.83 s "
+        "of CPU each (9.1 s; 28 pictures a scene, 24 of them fade frames at about 20 ms each for x264, plus the "
+        "PNG decode and x264's start-up), against 1.2 to 1.6 s at a constant rate; the soundtrack's two passes "
+        "took 3.8 s of CPU alongside. About 13 s of CPU on 2 cores cannot finish under a third of the bare "
+        "encode: the fade frames, not the held ones, are now the cost"
+    ),
+    "vfr-speedup-before": ("as for figure 2c, against the bare encode with the x264 settings before issue 20"),
+    "vfr-size": (
+        "not investigated yet: the held pictures are encoded once instead of refined over the frames that "
+        "repeat them, and x264's rate control may spend more on a picture that lasts seconds"
     ),
 }
 

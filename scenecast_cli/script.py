@@ -26,6 +26,7 @@ _VISUAL_KINDS = {
     "clip": types_pb2.VISUAL_KIND_CLIP,
 }
 _QUALITIES = {"draft": types_pb2.QUALITY_DRAFT, "standard": types_pb2.QUALITY_STANDARD, "hd": types_pb2.QUALITY_HD}
+_FRAME_RATE_MODES = {"constant": types_pb2.FRAME_RATE_MODE_CONSTANT, "variable": types_pb2.FRAME_RATE_MODE_VARIABLE}
 _TRANSITIONS = {
     "fade": types_pb2.TRANSITION_FADE_BLACK,
     "crossfade": types_pb2.TRANSITION_CROSSFADE,
@@ -255,6 +256,7 @@ def to_request(script: ScriptModel) -> render_service_pb2.RenderRequest:
             fps=output.fps,
             captions=output.captions,
             quality=_QUALITIES[output.quality],
+            frame_rate_mode=_FRAME_RATE_MODES[output.frame_rate_mode],
         ),
         providers=types_pb2.ProviderOverrides(**script.providers.model_dump()),
         voice=script.voice,

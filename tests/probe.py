@@ -77,3 +77,28 @@ def audio_rms(path: Path, start_s: float, end_s: float) -> float:
         return 0.0
     data = np.concatenate(samples)
     return float(np.sqrt(np.mean(data**2)))
+
+
+def frames_shown(path: Path, times: list[float]) -> list[np.ndarray]:
+    """The picture on screen at each of `times` (seconds, ascending): the last frame that starts at or before it.
+
+    A frame lasts until the next one starts, so this reads constant- and variable-frame-rate files alike.
+    """
+    shown: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        previous = None
+        for frame in container.decode(container.streams.video[0]):
+            while len(shown) < len(times) and frame.time > times[len(shown)]:
+                assert previous is not None, f"no frame at {times[len(shown)]} s in {path}"
+                shown.append(previous.to_ndarray(format="rgb24"))
+            if len(shown) == len(times):
+                return shown
+            previous = frame
+    assert previous is not None, f"no frames in {path}"
+    return shown + [previous.to_ndarray(format="rgb24")] * (len(times) - len(shown))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit pictures of the same size, in decibels (infinite when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)

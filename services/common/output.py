@@ -32,6 +32,13 @@ QUALITIES = {
     types_pb2.QUALITY_HD: Quality.HD,
 }
 
+# Unspecified means constant: clients written before the field existed keep the frames every program handles.
+FRAME_RATE_MODES = {
+    types_pb2.FRAME_RATE_MODE_UNSPECIFIED: False,
+    types_pb2.FRAME_RATE_MODE_CONSTANT: False,
+    types_pb2.FRAME_RATE_MODE_VARIABLE: True,
+}
+
 
 @dataclass(frozen=True)
 class OutputFormat:
@@ -42,6 +49,8 @@ class OutputFormat:
     quality: Quality
     # The ratio as written in scripts and provider APIs, for example "16:9".
     aspect_name: str
+    # Each distinct picture encoded once and held for its real duration (`output.frame_rate_mode: variable`).
+    variable_frame_rate: bool = False
 
 
 def frame_width(height: int, aspect: tuple[int, int]) -> int:
@@ -61,6 +70,10 @@ def output_format(settings: types_pb2.OutputSettings, field: str = "output") -> 
         raise InvalidArgument(f"{field}.fps must be 1 to {MAX_FPS}, or 0 for {DEFAULT_FPS} (got {settings.fps})")
     if settings.quality not in QUALITIES:
         raise InvalidArgument(f"{field}.quality must be draft, standard or hd (got {settings.quality})")
+    if settings.frame_rate_mode not in FRAME_RATE_MODES:
+        raise InvalidArgument(
+            f"{field}.frame_rate_mode must be constant, variable or unspecified (got {settings.frame_rate_mode})"
+        )
     return OutputFormat(
         width=frame_width(settings.height, _RATIOS[settings.aspect_ratio]),
         height=settings.height,
@@ -68,4 +81,5 @@ def output_format(settings: types_pb2.OutputSettings, field: str = "output") -> 
         captions=settings.captions if settings.HasField("captions") else True,
         quality=QUALITIES[settings.quality],
         aspect_name=next(name for name, value in ASPECT_NAMES.items() if value == settings.aspect_ratio),
+        variable_frame_rate=FRAME_RATE_MODES[settings.frame_rate_mode],
     )

@@ -33,6 +33,9 @@ class OutputModel(_Strict):
     fps: int = Field(30, ge=1, le=60)
     captions: bool = True
     quality: Literal["draft", "standard", "hd"] = "standard"
+    # "variable": each distinct picture encoded once, held for its real duration (faster, smaller; some editing
+    # programs expect every frame to last the same).
+    frame_rate_mode: Literal["constant", "variable"] = "constant"
 
 
 class ProvidersModel(_Strict):

@@ -1,0 +1,115 @@
+"""Frame timing: `output.frame_rate_mode` (script field, validation, the frames a variable-rate still keeps) and the
+held stills of a constant-rate video encoded without B-frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+from PIL import Image
+from scenecast.v1 import render_service_pb2, types_pb2
+
+from gateway.validation import validate_render
+from scenecast_cli.script import ScriptError, load_script
+from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, held_frames, segment_command
+from services.assembler.plan import ScenePlan
+from services.common.errors import InvalidArgument
+from services.common.media import ffmpeg_exe
+from services.common.output import OutputFormat, output_format
+from services.common.providers import Quality
+
+CONSTANT = OutputFormat(1280, 720, 30, True, Quality.STANDARD, "16:9")
+VARIABLE = dataclasses.replace(CONSTANT, variable_frame_rate=True)
+RUNS = ((9, None), (27, Path("/w/caption-1.ass")), (54, None))
+
+
+def _job(**changes: object) -> SegmentJob:
+    plan = ScenePlan(index=0, frames=90, fps=30, lead_ms=300, cues=())
+    job = SegmentJob(Path("/w/visual-0.png"), False, plan, Path("/w/piece-0.mp4"), still_runs=RUNS)
+    return dataclasses.replace(job, **changes)
+
+
+def _request(mode: int) -> render_service_pb2.RenderRequest:
+    return render_service_pb2.RenderRequest(
+        scenes=[types_pb2.Scene(id="a", narration="Hello.", visual_prompt="A slide.")],
+        output=types_pb2.OutputSettings(
+            aspect_ratio=types_pb2.ASPECT_RATIO_16_9,
+            height=720,
+            quality=types_pb2.QUALITY_STANDARD,
+            frame_rate_mode=mode,
+        ),
+    )
+
+
+def test_the_gateway_refuses_an_unknown_frame_rate_mode_naming_the_field() -> None:
+    with pytest.raises(InvalidArgument, match=r"output.frame_rate_mode must be constant, variable or unspecified"):
+        validate_render(_request(7), max_scenes=10)
+    assert validate_render(_request(types_pb2.FRAME_RATE_MODE_VARIABLE), max_scenes=10).variable_frame_rate
+    # Requests from before the field existed keep the constant frame rate.
+    assert not validate_render(_request(types_pb2.FRAME_RATE_MODE_UNSPECIFIED), max_scenes=10).variable_frame_rate
+    assert not output_format(_request(types_pb2.FRAME_RATE_MODE_CONSTANT).output).variable_frame_rate
+
+
+def test_the_script_field_reaches_the_request_and_a_wrong_value_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "script.yaml"
+    path.write_text("output: {frame_rate_mode: variable}\nscenes:\n  - {id: a, narration: Hi}\n")
+    assert load_script(path).request.output.frame_rate_mode == types_pb2.FRAME_RATE_MODE_VARIABLE
+    path.write_text("scenes:\n  - {id: a, narration: Hi}\n")
+    assert load_script(path).request.output.frame_rate_mode == types_pb2.FRAME_RATE_MODE_CONSTANT
+    path.write_text("output: {frame_rate_mode: sometimes}\nscenes:\n  - {id: a, narration: Hi}\n")
+    with pytest.raises(ScriptError, match="output.frame_rate_mode"):
+        load_script(path)
+
+
+def test_a_variable_rate_still_keeps_fades_caption_changes_and_its_last_frame() -> None:
+    job = _job(fade_in_frames=3, fade_out_frames=2)
+    assert body_frames_shown(job) == [0, 1, 2, 3, 9, 36, 88, 89]
+    # With cross-fade parts the body is numbered from its own first frame, which is kept.
+    assert body_frames_shown(_job(head_frames=5, tail_frames=5)) == [0, 4, 31, 79]
+
+
+def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps() -> None:
+    argv = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), VARIABLE, Encoder.LIBX264)
+    graph = argv[argv.index("-filter_complex") + 1]
+    assert "select=between(n\\,0\\,3)+eq(n\\,9)+eq(n\\,36)+between(n\\,88\\,89)" in graph
+    assert argv[argv.index("-frames:v") + 1] == "8"
+    assert argv[argv.index("-fps_mode") + 1] == "passthrough" and "-r" not in argv
+    assert argv[argv.index("-enc_time_base") + 1] == "1/30"
+    # A clip keeps every frame, on the same time base as the stills it is joined with.
+    clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), VARIABLE, Encoder.LIBX264)
+    assert "select=" not in clip[clip.index("-filter_complex") + 1] and clip[clip.index("-frames:v") + 1] == "90"
+    assert clip[clip.index("-fps_mode") + 1] == "passthrough"
+    constant = segment_command("ffmpeg", _job(), CONSTANT, Encoder.LIBX264)
+    assert "select=" not in constant[constant.index("-filter_complex") + 1] and "-fps_mode" not in constant
+
+
+def test_the_held_frames_of_a_constant_rate_still_are_searched_less_by_x264() -> None:
+    job = _job(fade_in_frames=3, fade_out_frames=2)
+    assert held_frames(job) == [(4, 8), (10, 35), (37, 87)]
+    argv = segment_command("ffmpeg", job, CONSTANT, Encoder.LIBX264)
+    held = "subme=0,me=dia,partitions=none"
+    assert argv[argv.index("-x264-params") + 1] == f"zones=4,8,{held}/10,35,{held}/37,87,{held}"
+    # Only x264 takes zones; a variable-rate still has no held frames; a clip's frames are all its own.
+    assert "-x264-params" not in segment_command("ffmpeg", job, CONSTANT, Encoder.H264_NVENC)
+    assert "-x264-params" not in segment_command("ffmpeg", job, VARIABLE, Encoder.LIBX264)
+    clip = _job(is_clip=True, still_runs=())
+    assert "-x264-params" not in segment_command("ffmpeg", clip, CONSTANT, Encoder.LIBX264)
+
+
+def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Path) -> None:
+    """B-frames over a held still cost x264 their analysis for frames that repeat the one before (see Encoder)."""
+    still = tmp_path / "still.png"
+    Image.new("RGB", (320, 180), (200, 120, 40)).save(still)
+    for quality in (Quality.STANDARD, Quality.HD):
+        output = dataclasses.replace(CONSTANT, width=320, height=180, quality=quality)
+        plan = ScenePlan(index=0, frames=45, fps=30, lead_ms=0, cues=())
+        job = SegmentJob(still, False, plan, tmp_path / f"{quality}.mp4", fade_in_frames=5, fade_out_frames=5)
+        subprocess.run(segment_command(ffmpeg_exe(), job, output, Encoder.LIBX264), check=True, capture_output=True)
+        with av.open(str(job.output_path)) as container:
+            packets = [packet for packet in container.demux(container.streams.video[0]) if packet.size]
+        # 45 pictures, each decoded in the order shown: nothing reordered, so no B-frame.
+        assert len(packets) == 45
+        assert [packet.dts for packet in packets] == [packet.pts for packet in packets]
