@@ -345,8 +345,17 @@ def _h264_output(
         # the concat demuxer joining the parts overlapped them with the previous part's (duplicate and shifted
         # timestamps, a shorter video).
         options.update({"fps_mode": "passthrough", "enc_time_base": f"1/{output.fps}", "bf": 0})
+    x264_params = []
+    if output.variable_frame_rate and encoder is Encoder.LIBX264:
+        # x264's rate control otherwise weighs each frame by how long it shows and spends more bits on a held
+        # picture, unlike the constant-rate encode whose repeats cost nothing: measured on a 10 s 1080p still with
+        # caption changes and fades, 202 KB against 126 KB with force-cfr, and 47.9 dB against 53.1 dB PSNR to the
+        # constant-rate video. The timestamps are kept either way.
+        x264_params.append("force-cfr=1")
     if held and encoder is Encoder.LIBX264:
-        options["x264-params"] = held_zones(held)
+        x264_params.append(held_zones(held))
+    if x264_params:
+        options["x264-params"] = ":".join(x264_params)
     return ffmpeg.output(picture, str(path), **options, pix_fmt="yuv420p", an=None)
 
 

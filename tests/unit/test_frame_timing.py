@@ -92,9 +92,11 @@ def test_the_held_frames_of_a_constant_rate_still_are_searched_less_by_x264() ->
     argv = segment_command("ffmpeg", job, CONSTANT, Encoder.LIBX264)
     held = "subme=0,me=dia,partitions=none"
     assert argv[argv.index("-x264-params") + 1] == f"zones=4,8,{held}/10,35,{held}/37,87,{held}"
-    # Only x264 takes zones; a variable-rate still has no held frames; a clip's frames are all its own.
+    # Only x264 takes zones; a variable-rate still has no held frames (x264 is only told not to weigh its frames by
+    # their length); a clip's frames are all its own.
     assert "-x264-params" not in segment_command("ffmpeg", job, CONSTANT, Encoder.H264_NVENC)
-    assert "-x264-params" not in segment_command("ffmpeg", job, VARIABLE, Encoder.LIBX264)
+    variable = segment_command("ffmpeg", job, VARIABLE, Encoder.LIBX264)
+    assert variable[variable.index("-x264-params") + 1] == "force-cfr=1"
     clip = _job(is_clip=True, still_runs=())
     assert "-x264-params" not in segment_command("ffmpeg", clip, CONSTANT, Encoder.LIBX264)
 
