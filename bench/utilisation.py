@@ -72,14 +72,14 @@ class _Sampler(threading.Thread):
     def __init__(self, processes: dict[str, psutil.Process], started: float) -> None:
         super().__init__(daemon=True)
         self._processes = processes
-        self._started = started
+        self._origin = started
         self._stop_event = threading.Event()
         # (service, pid) -> (label, first seen, last seen), in seconds from the render's start.
         self.children: dict[tuple[str, int], tuple[str, float, float]] = {}
 
     def run(self) -> None:
         while not self._stop_event.wait(SAMPLE_SECONDS):
-            now = time.perf_counter() - self._started
+            now = time.perf_counter() - self._origin
             for name, process in self._processes.items():
                 with contextlib.suppress(psutil.NoSuchProcess):
                     for child in process.children():
