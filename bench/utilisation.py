@@ -89,12 +89,17 @@ class _Sampler(threading.Thread):
                             self.children[key] = (label, first, now)
                             continue
                         with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                            argv = child.cmdline()
-                            self.children[key] = (f"{name} ffmpeg {Path(argv[-1]).name if argv else '?'}", now, now)
+                            self.children[key] = (f"{name} ffmpeg {_output_name(child.cmdline())}", now, now)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+
+def _output_name(argv: list[str]) -> str:
+    """What an FFmpeg run writes (its last file argument: a scene's segment, the mix, the soundtrack, the movie)."""
+    files = [Path(arg).name for arg in argv[1:] if "/" in arg and Path(arg).suffix]
+    return files[-1] if files else "?"
 
 
 _ASSET_KINDS = {types_pb2.MEDIA_KIND_IMAGE: "slide", types_pb2.MEDIA_KIND_SPEECH: "speech"}
@@ -249,6 +254,8 @@ def run(work: Path) -> list[Figure]:
             f"12 scenes with MAX_CONCURRENT_SCENES={scenes}: wall {_spread([m.wall for m in measured])} s, utilisation "
             f"{_spread([m.utilisation for m in measured])}, CPU {_spread([sum(m.cpu.values()) for m in measured])} s"
         )
+    for note in figures[0].notes:
+        log(note)
     for (variant, job), measured in results.items():
         typical = sorted(measured, key=lambda m: m.wall)[len(measured) // 2]
         log(f"where the time goes, {job}, {variant} (the median run):\n{_timeline(typical)}")
