@@ -63,9 +63,12 @@ class _Sound:
 
 class PiperSettings(ProviderSettings):
     # Narrations piper speaks at the same time in this process; 0 means the number of cores. They share the one
-    # loaded voice (onnxruntime runs one session from several threads), each inference on cores / PIPER_CONCURRENCY
-    # threads: a piece of speech barely gains from a second thread, so one narration at a time left a core idle.
-    # Each narration in flight adds the memory of one piece's inference (about +150 MiB at MAX_PIECE_PHONEMES).
+    # loaded voice (onnxruntime runs a session from several threads at once; piper guards espeak with its own lock),
+    # each inference on cores / PIPER_CONCURRENCY threads. A piece of speech gains nothing from a second thread:
+    # six demo sentences on 2 busy cores took 12.0 s (3.4 s of CPU) one at a time on two threads, 2.7 s (1.8 s) one
+    # at a time on one thread, 5.3 s (2.0 s) two at a time on one thread each. Each narration in flight adds one
+    # piece's inference memory: two long sentences at once peaked the service at 631 MiB, 320 MiB at rest
+    # (tests/e2e/test_worstcase_memory.py; the pod's limit is 1 GiB).
     piper_concurrency: int = Field(default=0, ge=0)
 
     @property
