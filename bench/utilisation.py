@@ -49,6 +49,8 @@ class Measured:
     wall: float
     cpu: dict[str, float]
     events: list[tuple[float, str]] = field(default_factory=list)
+    # Each FFmpeg run ("assembler piece-3.mp4") with when it was first and last seen.
+    runs: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
     def utilisation(self) -> float:
@@ -89,7 +91,7 @@ class _Sampler(threading.Thread):
                             self.children[key] = (label, first, now)
                             continue
                         with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                            self.children[key] = (f"{name} ffmpeg {_output_name(child.cmdline())}", now, now)
+                            self.children[key] = (f"{name} {_output_name(child.cmdline())}", now, now)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -97,7 +99,7 @@ class _Sampler(threading.Thread):
 
 
 def _output_name(argv: list[str]) -> str:
-    """What an FFmpeg run writes (its last file argument: a scene's segment, the mix, the soundtrack, the movie)."""
+    """What a child (FFmpeg) writes: its last file argument (a scene's segment, the mix, the soundtrack, the movie)."""
     files = [Path(arg).name for arg in argv[1:] if "/" in arg and Path(arg).suffix]
     return files[-1] if files else "?"
 
@@ -128,12 +130,13 @@ def _render(stack: LocalStack, request: render_service_pb2.RenderRequest, movie:
     finally:
         sampler.stop()
     cpu = {name: _cpu(process) - before[name] for name, process in processes.items()}
-    for label, first, last in sampler.children.values():
+    runs = sorted(sampler.children.values(), key=lambda run: run[1])
+    for label, first, last in runs:
         events.append((first, f"{label} starts"))
         events.append((last, f"{label} ends (last seen)"))
     events.append((wall, "summary received"))
     movie.unlink()
-    return Measured(wall, cpu, sorted(events))
+    return Measured(wall, cpu, sorted(events), runs)
 
 
 def _twelve_scenes() -> render_service_pb2.RenderRequest:
@@ -191,6 +194,17 @@ def _timeline(measured: Measured) -> str:
     lines = [f"wall {measured.wall:.2f} s, CPU {cpu}, utilisation {measured.utilisation:.2f}"]
     lines += [f"  {at:6.2f} s  {what}" for at, what in measured.events]
     return "\n".join(lines)
+
+
+def _where_the_time_goes(measured: Measured) -> str:
+    """The timeline in one line: when each scene's speech arrived, and each FFmpeg run's span."""
+    speech = [f"{at:.1f}" for at, what in measured.events if what.endswith("speech ready")]
+    runs = ", ".join(f"{label.split()[-1]} {first:.1f}-{last:.1f}" for label, first, last in measured.runs)
+    cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in measured.cpu.items() if seconds >= 0.05)
+    return (
+        f"wall {measured.wall:.1f} s; CPU s {cpu}; speech ready at {', '.join(speech)} s; FFmpeg runs (s): {runs}; "
+        f"summary at {measured.wall:.1f} s"
+    )
 
 
 def run(work: Path) -> list[Figure]:
@@ -254,9 +268,10 @@ def run(work: Path) -> list[Figure]:
             f"12 scenes with MAX_CONCURRENT_SCENES={scenes}: wall {_spread([m.wall for m in measured])} s, utilisation "
             f"{_spread([m.utilisation for m in measured])}, CPU {_spread([sum(m.cpu.values()) for m in measured])} s"
         )
-    for note in figures[0].notes:
-        log(note)
     for (variant, job), measured in results.items():
         typical = sorted(measured, key=lambda m: m.wall)[len(measured) // 2]
         log(f"where the time goes, {job}, {variant} (the median run):\n{_timeline(typical)}")
+        figures[0].notes.append(f"where the time goes, {job}, {variant} (median run): {_where_the_time_goes(typical)}")
+    for note in figures[0].notes:
+        log(note)
     return figures
