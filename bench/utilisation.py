@@ -165,13 +165,21 @@ def _baseline_tree(work: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _stack(work: Path, name: str, tree: Path, extra: dict[str, str]) -> Iterator[LocalStack]:
-    """A LocalStack whose services run from `tree`: `python -m` puts the working directory first on the path."""
+def _stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> Iterator[LocalStack]:
+    """A LocalStack whose services run from `tree` (`python -m` puts the working folder first on the path), or from
+    this tree's installed packages when None.
+
+    Both run in a folder without a .env (this tree's could choose other providers for one side only), with the
+    offline providers named, whatever the caller's environment says.
+    """
     logs = work / f"logs-{name}"
     logs.mkdir()
-    stack = LocalStack(env=stack_env(work / name, extra), log_dir=logs)
+    folder = tree or work / f"cwd-{name}"
+    folder.mkdir(exist_ok=True)
+    env = {"IMAGE_PROVIDER": "slides", "TTS_PROVIDER": "piper", "VIDEO_PROVIDER": "", **extra}
+    stack = LocalStack(env=stack_env(work / name, env), log_dir=logs)
     here = Path.cwd()
-    os.chdir(tree)
+    os.chdir(folder)
     try:
         stack.start(timeout_seconds=120)
     finally:
@@ -215,7 +223,7 @@ def run(work: Path) -> list[Figure]:
         tree = stacks.enter_context(_baseline_tree(work))
         variants = {
             "today": stacks.enter_context(_stack(work, "today", tree, {})),
-            "now": stacks.enter_context(_stack(work, "now", ROOT, {})),
+            "now": stacks.enter_context(_stack(work, "now", None, {})),
         }
         for attempt in range(RUNS):
             for job, request in jobs.items():
@@ -225,7 +233,7 @@ def run(work: Path) -> list[Figure]:
                     log(f"{job} {variant} {attempt + 1}/{RUNS}: {measured.wall:.2f} s, {measured.utilisation:.2f}")
     in_flight: dict[int, list[Measured]] = {}
     for scenes in IN_FLIGHT:
-        with _stack(work, f"in-flight-{scenes}", ROOT, {"MAX_CONCURRENT_SCENES": str(scenes)}) as stack:
+        with _stack(work, f"in-flight-{scenes}", None, {"MAX_CONCURRENT_SCENES": str(scenes)}) as stack:
             in_flight[scenes] = [_render(stack, twelve, work / "movie.mp4") for _ in range(2)]
 
     figures = []
