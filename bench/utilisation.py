@@ -2,8 +2,8 @@
 
 The offline demo (`examples/safety-ladder.yaml`, what `make demo` renders) and a 12-scene script (bench.common's
 narrations, 1080p30 with captions) are rendered through a LocalStack of this tree and one of BASELINE, the commit
-before issue 20 (unpacked with `git archive`, run with this tree's interpreter and generated code), runs alternating
-between the two. The CPU of a render is read from every stack process's `cpu_times()` before and after it: its own
+before issue 20 (unpacked with `git archive`; its own LocalStack and services, run with this tree's interpreter and
+generated code), runs alternating between the two. The CPU of a render is read from every stack process's `cpu_times()` before and after it: its own
 user and system time (piper's onnxruntime threads included) and that of its exited, reaped children (FFmpeg), with
 any child still running counted as well. Utilisation is that CPU divided by (cores x wall time).
 
@@ -15,9 +15,11 @@ of the render run alone.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +32,6 @@ from scenecast.v1 import render_service_pb2, types_pb2
 from bench.common import NARRATIONS, Figure, log, scene, stack_env
 from scenecast_cli.client import render_to_file
 from scenecast_cli.script import load_script
-from scenecast_cli.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "safety-ladder.yaml"
@@ -107,8 +108,8 @@ def _output_name(argv: list[str]) -> str:
 _ASSET_KINDS = {types_pb2.MEDIA_KIND_IMAGE: "slide", types_pb2.MEDIA_KIND_SPEECH: "speech"}
 
 
-def _render(stack: LocalStack, request: render_service_pb2.RenderRequest, movie: Path) -> Measured:
-    processes = {name: psutil.Process(process.pid) for name, process in stack.processes.items()}
+def _render(stack: _Stack, request: render_service_pb2.RenderRequest, movie: Path) -> Measured:
+    processes = {name: psutil.Process(pid) for name, pid in stack.pids.items()}
     before = {name: _cpu(process) for name, process in processes.items()}
     events: list[tuple[float, str]] = []
     started = time.perf_counter()
@@ -164,10 +165,29 @@ def _baseline_tree(work: Path) -> Iterator[Path]:
     yield tree
 
 
+# Run in the tree under test by its own interpreter: starts that tree's LocalStack (whatever services it has), prints
+# the gateway's address and the services' process ids, and stops the stack when its standard input closes.
+_SERVE = """
+import json, sys
+from pathlib import Path
+from scenecast_cli.stack import LocalStack
+stack = LocalStack(env=json.loads(sys.argv[1]), log_dir=Path(sys.argv[2])).start(timeout_seconds=120)
+print(json.dumps([stack.gateway_address, {name: p.pid for name, p in stack.processes.items()}]), flush=True)
+sys.stdin.read()
+stack.stop()
+"""
+
+
+@dataclass
+class _Stack:
+    gateway_address: str
+    pids: dict[str, int]
+
+
 @contextlib.contextmanager
-def _stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> Iterator[LocalStack]:
-    """A LocalStack whose services run from `tree` (`python -m` puts the working folder first on the path), or from
-    this tree's installed packages when None.
+def _stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> Iterator[_Stack]:
+    """The LocalStack of `tree` (`python -c` puts the working folder first on the path), or of this tree's installed
+    packages when None, each with its own list of services.
 
     Both run in a folder without a .env (this tree's could choose other providers for one side only), with the
     offline providers named, whatever the caller's environment says.
@@ -176,21 +196,27 @@ def _stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> I
     logs.mkdir()
     folder = tree or work / f"cwd-{name}"
     folder.mkdir(exist_ok=True)
-    env = {"IMAGE_PROVIDER": "slides", "TTS_PROVIDER": "piper", "VIDEO_PROVIDER": "", **extra}
-    stack = LocalStack(env=stack_env(work / name, env), log_dir=logs)
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        stack.start(timeout_seconds=120)
-    finally:
-        os.chdir(here)
-    try:
-        # One short render first: lazy start-up work (fonts, first connections) is not the render's.
-        warm = render_service_pb2.RenderRequest(scenes=[scene(0)], output=_twelve_scenes().output, no_cache=True)
-        render_to_file(stack.gateway_address, warm, work / f"warm-{name}.mp4", timeout_seconds=300)
-        yield stack
-    finally:
-        stack.stop()
+    env = stack_env(work / name, {"IMAGE_PROVIDER": "slides", "TTS_PROVIDER": "piper", "VIDEO_PROVIDER": "", **extra})
+    with subprocess.Popen(
+        [sys.executable, "-c", _SERVE, json.dumps(env), str(logs)],
+        cwd=folder,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as server:
+        assert server.stdin is not None and server.stdout is not None
+        try:
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {name} stack did not start; see {logs}")
+            address, pids = json.loads(line)
+            stack = _Stack(address, pids)
+            # One short render first: lazy start-up work (fonts, first connections) is not the render's.
+            warm = render_service_pb2.RenderRequest(scenes=[scene(0)], output=_twelve_scenes().output, no_cache=True)
+            render_to_file(stack.gateway_address, warm, work / f"warm-{name}.mp4", timeout_seconds=300)
+            yield stack
+        finally:
+            server.stdin.close()
+            server.wait(timeout=60)
 
 
 def _spread(values: list[float]) -> str:
