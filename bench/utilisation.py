@@ -3,13 +3,15 @@
 The offline demo (`examples/safety-ladder.yaml`, what `make demo` renders) and a 12-scene script (bench.common's
 narrations, 1080p30 with captions) are rendered through a LocalStack of this tree and one of BASELINE, the commit
 before issue 20 (unpacked with `git archive`; its own LocalStack and services, run with this tree's interpreter and
-generated code), runs alternating between the two. The CPU of a render is read from every stack process's `cpu_times()` before and after it: its own
-user and system time (piper's onnxruntime threads included) and that of its exited, reaped children (FFmpeg), with
-any child still running counted as well. Utilisation is that CPU divided by (cores x wall time).
+generated code), runs alternating between the two. The CPU of a render is read from every stack process's
+`cpu_times()` before and after it: its own user and system time (piper's onnxruntime threads included) and that of
+its exited, reaped children (FFmpeg), with any child still running counted as well. Utilisation is that CPU divided
+by (cores x wall time). Then two stacks of this tree, with 2 and with 4 scenes in flight (MAX_CONCURRENT_SCENES),
+render the 12 scenes twice each, alternating: more scenes in flight must not cost more CPU for the same work.
 
 While a render runs, a sampler lists each stack process's children every 50 ms (FFmpeg runs, named by their output
-file) and the Render stream's progress events are time-stamped: the timeline printed at the end shows which parts
-of the render run alone.
+file) and the Render stream's progress events are time-stamped: the timeline printed at the end, and the one-line
+"where the time goes" notes, show which parts of the render run alone.
 """
 
 from __future__ import annotations
@@ -257,10 +259,17 @@ def run(work: Path) -> list[Figure]:
                     measured = _render(stack, request, work / "movie.mp4")
                     results.setdefault((variant, job), []).append(measured)
                     log(f"{job} {variant} {attempt + 1}/{RUNS}: {measured.wall:.2f} s, {measured.utilisation:.2f}")
-    in_flight: dict[int, list[Measured]] = {}
-    for scenes in IN_FLIGHT:
-        with _stack(work, f"in-flight-{scenes}", None, {"MAX_CONCURRENT_SCENES": str(scenes)}) as stack:
-            in_flight[scenes] = [_render(stack, twelve, work / "movie.mp4") for _ in range(2)]
+    in_flight: dict[int, list[Measured]] = {scenes: [] for scenes in IN_FLIGHT}
+    with contextlib.ExitStack() as stacks:
+        limited = {
+            scenes: stacks.enter_context(
+                _stack(work, f"in-flight-{scenes}", None, {"MAX_CONCURRENT_SCENES": str(scenes)})
+            )
+            for scenes in IN_FLIGHT
+        }
+        for _ in range(2):
+            for scenes, stack in limited.items():
+                in_flight[scenes].append(_render(stack, twelve, work / "movie.mp4"))
 
     figures = []
     for job in jobs:
