@@ -41,6 +41,7 @@ def assert_offline_config(result: subprocess.CompletedProcess[str]) -> None:
         "MEDIA_KIND_SPEECH": "piper",
         "MEDIA_KIND_VIDEO": "",
         "MEDIA_KIND_AVATAR": "",
+        "MEDIA_KIND_SCRIPT": "outline",
     }
     names = {provider["name"] for provider_set in config["providerSets"] for provider in provider_set["providers"]}
     assert "slides" in names

@@ -60,7 +60,7 @@ def test_start_services_is_quiet_and_names_the_private_file_with_the_logs(tmp_pa
     assert log.parent == tmp_path / "state" / "scenecast" / "logs"
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700 and stat.S_IMODE(log.stat().st_mode) == 0o600
     services = {json.loads(line)["service"] for line in log.read_text().splitlines()}
-    assert services == {"image", "audio", "video", "assembler", "gateway"}
+    assert services == {"image", "audio", "video", "assembler", "script", "gateway"}
 
 
 def test_a_draft_of_one_scene_is_its_own_short_low_video(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from tests.fakes.otlp_collector import OtlpHttpCollector
 from tests.probe import probe_mp4
 
 SERVICES = ("gateway", "image", "audio", "video", "assembler")
+# Every process of the stack: the script service (drafts) takes no part in a render, but starts and stops with it.
+PROCESSES = (*SERVICES, "script")
 COLLECTOR_KEY = "collector-key-8c41a7e2b9"
 
 
@@ -39,7 +41,7 @@ def _render_and_stop(stack: LocalStack, render_id: str, output: Path) -> None:
         render_to_file(stack.gateway_address, _request(render_id), output, timeout_seconds=120)
     finally:
         stack.stop()
-    assert {name: p.returncode for name, p in stack.processes.items()} == dict.fromkeys(SERVICES, 0), [
+    assert {name: p.returncode for name, p in stack.processes.items()} == dict.fromkeys(PROCESSES, 0), [
         (path.name, path.read_text()[-2000:]) for path in stack.log_dir.iterdir()
     ]
     assert probe_mp4(output).video_codec == "h264"
@@ -102,7 +104,7 @@ def test_an_unknown_exporter_and_a_dead_collector_never_stop_a_service(
     # zipkin is not bundled; the OTLP collector's port is closed.
     env = {"OTEL_TRACES_EXPORTER": "zipkin,otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     _render_and_stop(LocalStack(log_dir=logs, env=env).start(), "untraced-1", tmp_path / "untraced.mp4")
-    for service in SERVICES:
+    for service in PROCESSES:
         warnings = [
             entry["message"]
             for entry in map(json.loads, (logs / f"{service}.log").read_text().splitlines())
