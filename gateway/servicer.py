@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -39,7 +39,7 @@ from gateway.render import (
     speech_request,
 )
 from gateway.validation import check_provider, check_render_id, effective_cap, validate_render
-from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
+from services.common.errors import BILLED_CALLS_KEY, FailedPrecondition, InvalidArgument, rpc_method
 from services.common.finishing import finishing_options
 from services.common.observability import call_metadata, render_id_var
 from services.common.output import OutputFormat
@@ -314,21 +314,28 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
                 metadata=call_metadata(),
             )
         except grpc.aio.AioRpcError as error:
+            # A failed draft may have been billed (an unusable answer asked again): its calls come in the trailers.
+            billed = dict(error.trailing_metadata() or ()).get(BILLED_CALLS_KEY)
+            if isinstance(billed, bytes):
+                calls = script_service_pb2.DraftCalls.FromString(billed).calls
+                await self._record_draft(draft_id, estimate.estimate.provider, calls)
             raise downstream_error(error, "drafting the script") from error
-        await self._record_draft(draft_id, answer)
+        await self._record_draft(draft_id, answer.provider, answer.calls)
         return render_service_pb2.RenderServiceDraftScriptResponse(draft=answer, draft_id=draft_id)
 
-    async def _record_draft(self, draft_id: str, answer: script_service_pb2.DraftScriptResponse) -> None:
+    async def _record_draft(
+        self, draft_id: str, provider: str, calls: Iterable[script_service_pb2.DraftCall]
+    ) -> None:
         """One paid ledger row per call the provider billed (an offline draft makes none), under the draft's id.
         A failed write is logged, not raised: the money is spent either way, and the caller should get the draft."""
         if self._ledger is None:
             return
-        for call in answer.calls:
+        for call in calls:
             entry = SpendEntry(
                 render_id=draft_id,
                 scene_id="",
                 media_kind="script",
-                provider=answer.provider,
+                provider=provider,
                 model=call.model,
                 units=float(call.input_tokens + call.output_tokens),
                 unit="token",

@@ -18,9 +18,11 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class ScenecastError(Exception):
-    """An error whose message is written for the caller: it names the field or cause and the fix."""
+    """An error whose message is written for the caller: it names the field or cause and the fix. `trailers` is
+    trailing metadata sent with its status, for what the caller must know beside the message (what was billed)."""
 
     code = grpc.StatusCode.INTERNAL
+    trailers: tuple[tuple[str, str | bytes], ...] = ()
 
 
 class InvalidArgument(ScenecastError):
@@ -120,6 +122,8 @@ def status_message(message: str) -> str:
 
 # Trailing metadata key set on every status a servicer returns itself.
 ORIGIN_KEY = "x-scenecast-error-origin"
+# Trailing metadata of a failed call that was billed anyway: the serialized calls, so the caller records the spend.
+BILLED_CALLS_KEY = "scenecast-billed-calls-bin"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -141,7 +145,7 @@ def rpc_method(method: Method) -> Method:
             _LOGGER.info("%s: %s %s", name, error.code.name, error)
             # Marks the status as the service's own answer (its retries already spent), so a caller's replica
             # failover retries only UNAVAILABLE that comes from the transport, never multiplying provider attempts.
-            await context.abort(error.code, status_message(str(error)), ((ORIGIN_KEY, "service"),))
+            await context.abort(error.code, status_message(str(error)), ((ORIGIN_KEY, "service"), *error.trailers))
         record.code = grpc.StatusCode.INTERNAL.name
         _LOGGER.exception("%s failed", name, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see service logs")

@@ -6,7 +6,7 @@ import grpc
 from scenecast.v1 import script_service_pb2, script_service_pb2_grpc, types_pb2
 
 from services.common.convert import provider_set
-from services.common.errors import FailedPrecondition, InvalidArgument, rpc_method
+from services.common.errors import BILLED_CALLS_KEY, FailedPrecondition, InvalidArgument, rpc_method
 from services.common.limits import (
     DEFAULT_MAX_SCENES,
     MAX_DOCUMENT_CHARS,
@@ -18,7 +18,7 @@ from services.common.observability import record_spend
 from services.common.providers import ProviderRegistry, check_cost_cap
 from services.common.retry import call_deadline
 from services.common.text import checked_text
-from services.script.providers.base import DocumentFormat, DraftJob, ScriptProvider
+from services.script.providers.base import DocumentFormat, DraftCall, DraftJob, ScriptProvider, UnusableDraft
 
 _FORMATS: dict[int, DocumentFormat] = {
     script_service_pb2.DOCUMENT_FORMAT_MARKDOWN: "markdown",
@@ -44,7 +44,14 @@ class ScriptServicer(script_service_pb2_grpc.ScriptServiceServicer):
                 f"the draft is estimated at up to ${estimate:.4f}, over max_cost_usd ${request.max_cost_usd:.4f}; "
                 "raise the cap, ask for fewer seconds, or choose the offline outline provider"
             )
-        draft = await provider.draft(job)
+        try:
+            draft = await provider.draft(job)
+        except UnusableDraft as failure:
+            for call in failure.calls:
+                record_spend(name, call.model, call.cost_usd)
+            calls = script_service_pb2.DraftCalls(calls=[_call_message(call) for call in failure.calls])
+            failure.error.trailers = ((BILLED_CALLS_KEY, calls.SerializeToString()),)
+            raise failure.error from failure
         for call in draft.calls:
             record_spend(name, call.model, call.cost_usd)
         return script_service_pb2.DraftScriptResponse(
@@ -56,16 +63,7 @@ class ScriptServicer(script_service_pb2_grpc.ScriptServiceServicer):
             provider=name,
             model=draft.model,
             cost_usd=draft.cost_usd,
-            calls=[
-                script_service_pb2.DraftCall(
-                    id=call.id,
-                    model=call.model,
-                    input_tokens=call.input_tokens,
-                    output_tokens=call.output_tokens,
-                    cost_usd=call.cost_usd,
-                )
-                for call in draft.calls
-            ],
+            calls=[_call_message(call) for call in draft.calls],
         )
 
     @rpc_method
@@ -121,4 +119,14 @@ def _draft_job(
         max_scenes=request.max_scenes or DEFAULT_MAX_SCENES,
         deadline=deadline,
         attempts=attempts,
+    )
+
+
+def _call_message(call: DraftCall) -> script_service_pb2.DraftCall:
+    return script_service_pb2.DraftCall(
+        id=call.id,
+        model=call.model,
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        cost_usd=call.cost_usd,
     )

@@ -176,6 +176,22 @@ def test_a_draft_retried_once_records_both_paid_calls(model_stack: LocalStack, o
     assert spend.total_usd == pytest.approx(sum(_cost(call) for call in openai_fake.chat_calls))
 
 
+def test_a_draft_that_fails_after_billed_calls_still_records_them(
+    model_stack: LocalStack, openai_fake: FakeOpenAI
+) -> None:
+    openai_fake.reset()
+    openai_fake.chat_answers = ["not_json", "not_json"]
+    by_render = render_service_pb2.GetSpendRequest(group_by=render_service_pb2.SPEND_GROUPING_RENDER)
+    before = {row.key for row in get_spend(model_stack.gateway_address, by_render).rows}
+    with pytest.raises(grpc.RpcError) as error:
+        draft_script(model_stack.gateway_address, script_service_pb2.DraftScriptRequest(topic="tides"))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert "answered twice without a usable script" in error.value.details()  # type: ignore[attr-defined]
+    [new] = [row for row in get_spend(model_stack.gateway_address, by_render).rows if row.key not in before]
+    assert new.key.startswith("draft-") and (new.calls, new.cache_hits) == (2, 0)
+    assert new.usd == pytest.approx(sum(_cost(call) for call in openai_fake.chat_calls))
+
+
 @pytest.mark.parametrize(
     ("fields", "code", "message"),
     [

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import ValidationError
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ScenecastError
 from services.common.limits import MAX_PROMPT_CHARS, MAX_TITLE_CHARS
 from services.common.providers import ProviderDescription
 from services.common.script_format import ScriptModel
@@ -65,11 +65,22 @@ class Draft:
         return sum(call.cost_usd for call in self.calls)
 
 
+class UnusableDraft(Exception):
+    """Billed calls that made no draft: `error` is the status the caller gets, `calls` what the vendor billed (the
+    caller records them; a failure must not hide money spent)."""
+
+    def __init__(self, error: ScenecastError, calls: tuple[DraftCall, ...]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.calls = calls
+
+
 class ScriptProvider(Protocol):
     description: ClassVar[ProviderDescription]
 
     async def draft(self, job: DraftJob) -> Draft:
-        """Drafts the script; raises services.common.errors domain errors on failure."""
+        """Drafts the script; raises services.common.errors domain errors on failure, wrapped in UnusableDraft
+        once a call was billed."""
         ...
 
 

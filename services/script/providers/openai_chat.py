@@ -18,13 +18,14 @@ from services.common.errors import (
     JobFailed,
     ProviderUnavailable,
     RateLimited,
+    ScenecastError,
 )
 from services.common.limits import MAX_NARRATION_CHARS, MAX_PROMPT_CHARS, MAX_TITLE_CHARS
 from services.common.openai_errors import OpenAISettings, map_openai_error, openai_client
 from services.common.providers import SPOKEN_CHARS_PER_SECOND, Price, Provider, ProviderDescription
 from services.common.retry import call_with_retries
 from services.common.script_format import SceneModel, ScriptModel
-from services.script.providers.base import Draft, DraftCall, DraftJob, InvalidDraft, checked_draft
+from services.script.providers.base import Draft, DraftCall, DraftJob, InvalidDraft, UnusableDraft, checked_draft
 
 NAME = "openai"
 DEFAULT_MODEL = "gpt-4.1-mini"
@@ -187,12 +188,21 @@ class OpenAIChatProvider(Provider[OpenAIChatSettings, DraftJob]):
         return (input_tokens * usd_in + 2 * output * usd_out) / 1_000_000
 
     async def draft(self, job: DraftJob) -> Draft:
+        calls: list[DraftCall] = []
+        try:
+            return await self._draft(job, calls)
+        except ScenecastError as error:
+            if not calls:
+                raise
+            raise UnusableDraft(error, tuple(calls)) from error
+
+    async def _draft(self, job: DraftJob, calls: list[DraftCall]) -> Draft:
+        """The draft; each billed call is appended to `calls` as soon as it is answered."""
         model = self.settings.script_openai_model
         usd_in, usd_out = _usd_per_million_tokens(self.settings)
         client = openai_client(self.settings, NAME)
         field = "topic" if job.topic else "document.text"
         messages = _messages(job)
-        calls: list[DraftCall] = []
         for _ in range(2):  # the first answer, and one more when it is not a usable script
             completion = await call_with_retries(
                 functools.partial(self._complete, client, messages, _output_cap(job), field),
