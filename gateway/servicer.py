@@ -323,9 +323,7 @@ class RenderServicer(render_service_pb2_grpc.RenderServiceServicer):
         await self._record_draft(draft_id, answer.provider, answer.calls)
         return render_service_pb2.RenderServiceDraftScriptResponse(draft=answer, draft_id=draft_id)
 
-    async def _record_draft(
-        self, draft_id: str, provider: str, calls: Iterable[script_service_pb2.DraftCall]
-    ) -> None:
+    async def _record_draft(self, draft_id: str, provider: str, calls: Iterable[script_service_pb2.DraftCall]) -> None:
         """One paid ledger row per call the provider billed (an offline draft makes none), under the draft's id.
         A failed write is logged, not raised: the money is spent either way, and the caller should get the draft."""
         if self._ledger is None:
