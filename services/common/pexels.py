@@ -107,6 +107,22 @@ class PexelsClient:
         )
 
 
+class PexelsProvider:
+    """What the Pexels photo and clip providers declare alike: each mixes it in before its service's stock base,
+    which sets `price_kind`."""
+
+    settings_class = PexelsSettings
+    required_settings = (KEY_FIELD,)
+    output_settings = ("pexels_base_url",)
+    vendor = VENDOR
+    client_class = PexelsClient
+    price_kind: str
+
+    @classmethod
+    def prices(cls, settings: PexelsSettings) -> tuple[Price, ...]:
+        return prices(cls.price_kind)
+
+
 def _photo(item: dict[str, Any]) -> stock.Candidate:
     """A photo's renditions: `large2x` (within LARGE2X_BOX) and the original, whose size the search gives."""
     width, height, sources = int(item["width"]), int(item["height"]), item.get("src") or {}

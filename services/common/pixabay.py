@@ -82,6 +82,22 @@ class PixabayClient:
         return hits
 
 
+class PixabayProvider:
+    """What the Pixabay photo and clip providers declare alike: each mixes it in before its service's stock base,
+    which sets `price_kind`."""
+
+    settings_class = PixabaySettings
+    required_settings = (KEY_FIELD,)
+    output_settings = ("pixabay_base_url",)
+    vendor = VENDOR
+    client_class = PixabayClient
+    price_kind: str
+
+    @classmethod
+    def prices(cls, settings: PixabaySettings) -> tuple[Price, ...]:
+        return prices(cls.price_kind)
+
+
 def _image(hit: dict[str, Any]) -> stock.Candidate:
     """`largeImageURL`, the largest size the API gives without full access: the original scaled to 1280 pixels."""
     width, height = int(hit["imageWidth"]), int(hit["imageHeight"])

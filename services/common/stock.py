@@ -6,13 +6,14 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import httpx
 from pydantic import Field
 
 from services.common.download import DownloadSettings, fetch_output
 from services.common.errors import InvalidArgument, NotFound, ProviderUnavailable
+from services.common.providers import JobT, Provider
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -187,6 +188,22 @@ class StockClient(Protocol):
     async def images(self, query: str, width: int, height: int) -> list[Candidate]: ...
 
     async def videos(self, query: str, width: int, height: int) -> list[Candidate]: ...
+
+
+class StockProvider(Provider[Any, JobT]):
+    """A stock library's provider in a media service: its search client, and a price of 0 (the credits are the
+    price). The library's mixin (pexels.PexelsProvider, pixabay.PixabayProvider) says which library."""
+
+    vendor: ClassVar[str]
+    client_class: ClassVar[type[Any]]
+
+    def __init__(self, settings: StockSettings) -> None:
+        super().__init__(settings)
+        self._client: StockClient = self.client_class(settings, self.description.name)
+
+    @classmethod
+    def estimate_usd(cls, settings: StockSettings, job: JobT) -> float:
+        return 0.0
 
 
 async def search(client: httpx.AsyncClient, url: str, vendor: str, **kwargs: object) -> httpx.Response:

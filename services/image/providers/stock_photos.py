@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from services.common import pexels, pixabay, stock
-from services.common.providers import Price, Provider, ProviderDescription
+from services.common.providers import ProviderDescription
 from services.image.providers.base import ImageJob, ImageResult, decoded_image
 
 
-class _StockPhotoProvider(Provider[Any, ImageJob]):
+class _StockPhotoProvider(stock.StockProvider[ImageJob]):
     """Searches with the scene's words, takes the photo that fits the frame best, and keeps its credit."""
 
-    vendor: ClassVar[str]
-    client_class: ClassVar[type[Any]]
-
-    def __init__(self, settings: stock.StockSettings) -> None:
-        super().__init__(settings)
-        self._client: stock.StockClient = self.client_class(settings, self.description.name)
-
-    @classmethod
-    def estimate_usd(cls, settings: stock.StockSettings, job: ImageJob) -> float:
-        return 0.0
+    price_kind: ClassVar[str] = "image"
 
     async def generate(self, job: ImageJob) -> ImageResult:
         query = stock.search_query(job.prompt, job.title)
@@ -34,35 +25,17 @@ class _StockPhotoProvider(Provider[Any, ImageJob]):
         return replace(result, credit=chosen.candidate.credit)
 
 
-class PexelsPhotoProvider(_StockPhotoProvider):
+class PexelsPhotoProvider(pexels.PexelsProvider, _StockPhotoProvider):
     description = ProviderDescription(
         name="pexels",
         description="Pexels stock photos searched from the visual description; free, credited",
         offline=False,
     )
-    settings_class = pexels.PexelsSettings
-    required_settings = (pexels.KEY_FIELD,)
-    output_settings = ("pexels_base_url",)
-    vendor = pexels.VENDOR
-    client_class = pexels.PexelsClient
-
-    @classmethod
-    def prices(cls, settings: pexels.PexelsSettings) -> tuple[Price, ...]:
-        return pexels.prices("image")
 
 
-class PixabayImageProvider(_StockPhotoProvider):
+class PixabayImageProvider(pixabay.PixabayProvider, _StockPhotoProvider):
     description = ProviderDescription(
         name="pixabay",
         description="Pixabay stock photos searched from the visual description, up to 1280 px; free, credited",
         offline=False,
     )
-    settings_class = pixabay.PixabaySettings
-    required_settings = (pixabay.KEY_FIELD,)
-    output_settings = ("pixabay_base_url",)
-    vendor = pixabay.VENDOR
-    client_class = pixabay.PixabayClient
-
-    @classmethod
-    def prices(cls, settings: pixabay.PixabaySettings) -> tuple[Price, ...]:
-        return pixabay.prices("image")
