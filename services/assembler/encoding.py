@@ -6,12 +6,39 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.assembler import segments
-from services.assembler.ffmpeg import SegmentJob, encoder_threads, segment_command, select_encoder, transition_command
+from services.assembler import repeats, segments
+from services.assembler.ffmpeg import (
+    Encoder,
+    SegmentJob,
+    body_frames_shown,
+    encoder_threads,
+    fills_repeats,
+    segment_command,
+    select_encoder,
+    transition_command,
+)
 from services.assembler.timeline import Timeline
 from services.common.cache import AssetCache
 from services.common.media import run_ffmpeg
 from services.common.output import OutputFormat
+
+
+async def encode_segment(
+    exe: str,
+    job: SegmentJob,
+    output: OutputFormat,
+    encoder: Encoder,
+    timeout_seconds: float,
+    threads: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Encodes a segment's files; for a still whose repeats are pictures of skips, FFmpeg encodes its distinct
+    pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are built once)."""
+    await run_ffmpeg(segment_command(exe, job, output, encoder, threads), timeout_seconds, env)
+    if fills_repeats(job, output, encoder):
+        shown = body_frames_shown(job)
+        await asyncio.to_thread(repeats.fill, job.shown_path, shown, job.body_frames, output.fps, job.output_path)
+        job.shown_path.unlink()
 
 
 class EncodeScheduler:
@@ -44,7 +71,7 @@ class EncodeScheduler:
             self._running += 1
             try:
                 threads = encoder_threads(self._slot_count, self._running)
-                await run_ffmpeg(segment_command(self._exe, job, output, self._encoder, threads), self._timeout, env)
+                await encode_segment(self._exe, job, output, self._encoder, self._timeout, threads, env)
             finally:
                 self._running -= 1
         if cache is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import ffmpeg
 
 from services.assembler.plan import ScenePlan
-from services.assembler.soundtrack import AAC_BITRATE, SAMPLE_RATE, SOUNDTRACK_SUFFIX
+from services.assembler.soundtrack import AAC_OPTIONS, SAMPLE_RATE, SOUNDTRACK_SUFFIX
 from services.common.errors import FailedPrecondition
 from services.common.output import OutputFormat
 from services.common.providers import Quality
@@ -26,12 +26,16 @@ class RateControl:
     preset: str
     # Constant quality: x264's CRF or NVENC's CQ; 0-51, lower is better and bigger.
     level: int
+    # The preset keeps one reference frame (without B-frames), so a held still's repeats can be written as pictures
+    # of skips (repeats.py) instead of encoded.
+    one_reference: bool = False
 
 
-# x264: draft favours speed, hd favours detail per bit. Stills compress well at any preset.
+# x264: draft favours speed, hd favours detail per bit. Stills compress well at any preset. medium searches three
+# reference frames, so its repeats are encoded (with HELD_X264).
 X264_BY_QUALITY = {
-    Quality.DRAFT: RateControl("ultrafast", 28),
-    Quality.STANDARD: RateControl("veryfast", 23),
+    Quality.DRAFT: RateControl("ultrafast", 28, one_reference=True),
+    Quality.STANDARD: RateControl("veryfast", 23, one_reference=True),
     Quality.HD: RateControl("medium", 20),
 }
 # NVENC runs on the GPU's own encoder block and leaves the CPU to decoding and filters, so a slower preset costs
@@ -199,6 +203,11 @@ class SegmentJob:
     def body_frames(self) -> int:
         return self.plan.frames - self.head_frames - self.tail_frames
 
+    @property
+    def shown_path(self) -> Path:
+        """Where the encoder writes a still's distinct pictures when `repeats.fill` writes the body from them."""
+        return self.output_path.with_name(f"{self.output_path.stem}-shown{self.output_path.suffix}")
+
     def _part_path(self, part: str) -> Path:
         return self.output_path.with_name(f"{self.output_path.stem}-{part}{_PART_SUFFIX}")
 
@@ -231,9 +240,10 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
         for path, start, end in ((job.head_path, 0, job.head_frames), (job.tail_path, frames - job.tail_frames, frames))
         if path is not None
     ]
-    # A still's body at a variable frame rate: only the frames that show a new picture go to the encoder, each
-    # keeping its timestamp, so it lasts until the next one.
-    shown = body_frames_shown(job) if output.variable_frame_rate and not job.is_clip else None
+    # A still's body at a variable frame rate, or one whose repeats `repeats.fill` writes: only the frames that show
+    # a new picture go to the encoder, each keeping its timestamp, so it lasts until the next one.
+    variable = output.variable_frame_rate and not job.is_clip
+    shown = body_frames_shown(job) if variable or fills_repeats(job, output, encoder) else None
     if parts:
         copies = picture.filter_multi_output("split", 1 + len(parts))
         body = _trim(copies.stream(0), job.head_frames, frames - job.tail_frames)
@@ -249,8 +259,20 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
     elif not job.is_clip:
         held = held_frames(job)
     body_count = len(shown) if shown is not None else job.body_frames
-    outputs = [_h264_output(body, job.output_path, body_count, output, encoder, threads, held), *lossless]
+    body_path = job.shown_path if fills_repeats(job, output, encoder) else job.output_path
+    outputs = [_h264_output(body, body_path, body_count, output, encoder, threads, held, shown is not None), *lossless]
     return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
+
+
+def fills_repeats(job: SegmentJob, output: OutputFormat, encoder: Encoder) -> bool:
+    """Whether a segment's body is written by `repeats.fill` from its distinct pictures, which `segment_command`
+    then encodes to `job.shown_path`: a still at a constant frame rate, encoded by x264 with one reference frame."""
+    return (
+        not job.is_clip
+        and not output.variable_frame_rate
+        and encoder is Encoder.LIBX264
+        and X264_BY_QUALITY[output.quality].one_reference
+    )
 
 
 def body_frames_shown(job: SegmentJob) -> list[int]:
@@ -328,16 +350,18 @@ def _h264_output(
     encoder: Encoder,
     threads: int = 0,
     held: Sequence[tuple[int, int]] = (),
+    shown_only: bool = False,
 ) -> ffmpeg.nodes.OutputStream:
     """The settings every part of the joined video shares, so the concat demuxer can join them by stream copy.
 
     The thread count changes how x264 schedules its work, not the stream's parameters, so it may differ by part;
     so do the x264 zones that search the `held` frames (first and last, inclusive) less.
     At a variable frame rate every part, clips and cross-fades too, keeps its frames' own timestamps (all of them
-    multiples of 1 / fps), so that all parts have the same stream parameters.
+    multiples of 1 / fps), so that all parts have the same stream parameters. `shown_only`: the picture is a
+    still's distinct frames only, encoded as at a variable frame rate whatever the output's.
     """
     options: dict[str, str | int] = {"frames:v": frames, **encoder.options(output.quality, threads), "r": output.fps}
-    if output.variable_frame_rate:
+    if output.variable_frame_rate or shown_only:
         del options["r"]
         # The time base pinned at 1 / fps: FFmpeg would otherwise take the input's frame rate (an image's 25), in
         # whose ticks frame times at 30 fps cannot be written. No B-frames, whichever the encoder: with frames of
@@ -346,12 +370,15 @@ def _h264_output(
         # timestamps, a shorter video).
         options.update({"fps_mode": "passthrough", "enc_time_base": f"1/{output.fps}", "bf": 0})
     x264_params = []
-    if output.variable_frame_rate and encoder is Encoder.LIBX264:
-        # x264's rate control otherwise weighs each frame by how long it shows and spends more bits on a held
-        # picture, unlike the constant-rate encode whose repeats cost nothing: measured on a 10 s 1080p still with
-        # caption changes and fades, 202 KB against 126 KB with force-cfr, and 47.9 dB against 53.1 dB PSNR to the
-        # constant-rate video. The timestamps are kept either way.
-        x264_params.append("force-cfr=1")
+    if encoder is Encoder.LIBX264:
+        # Every part declares the same fixed frame rate, so that all parts have one SPS (the joined video keeps the
+        # first part's): x264 otherwise takes the rate from its input (an image's 25) for a part with its own
+        # timestamps. And force-cfr, because x264's rate control otherwise weighs each frame by how long it shows
+        # and spends more bits on a held picture, unlike the constant-rate encode whose repeats cost nothing:
+        # measured on a 10 s 1080p still with caption changes and fades, 202 KB against 126 KB with force-cfr, and
+        # 47.9 dB against 53.1 dB PSNR to the constant-rate video. The timestamps are kept either way; for frames
+        # evenly spaced it changes nothing.
+        x264_params.append(f"fps={output.fps}:force-cfr=1")
     if held and encoder is Encoder.LIBX264:
         x264_params.append(held_zones(held))
     if x264_params:
@@ -470,7 +497,7 @@ def mux_command(exe: str, job: MuxJob) -> list[str]:
     ]
     audio: dict[str, object] = {"c:a": "copy"}
     if job.audio.suffix != SOUNDTRACK_SUFFIX:
-        audio = {"c:a": "aac", "b:a": AAC_BITRATE, "ar": SAMPLE_RATE}
+        audio = {**AAC_OPTIONS, "ar": SAMPLE_RATE}
     options: dict[str, object] = {"c:v": "copy", **audio, "movflags": "+faststart"}
     if job.title:
         # An argv element, never a shell string: any text is safe here.

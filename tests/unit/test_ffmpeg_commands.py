@@ -58,11 +58,13 @@ def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
     assert "fade=nb_frames=12:start_frame=0:type=in" in graph
     assert "fade=nb_frames=6:start_frame=84:type=out" in graph
     assert "trim=" not in graph and "ffv1" not in argv
-    assert _after(argv, "-frames:v") == "90"
+    # x264 encodes the 20 distinct pictures (fades, caption changes, the last frame); repeats.fill writes the 90.
+    assert "select=between(n\\,0\\,12)+eq(n\\,36)+between(n\\,84\\,89)" in graph
+    assert _after(argv, "-frames:v") == "20"
     assert _after(argv, "-c:v") == "libx264"
     assert _after(argv, "-pix_fmt") == "yuv420p"
     assert "-an" in argv
-    assert argv[-1] == "-y" and "/w/segment-0.mp4" in argv
+    assert argv[-1] == "-y" and "/w/segment-0-shown.mp4" in argv and "/w/segment-0.mp4" not in argv
 
 
 def test_clip_is_looped_resampled_and_cut_to_the_frame_count() -> None:
@@ -118,9 +120,10 @@ def test_head_and_tail_are_split_off_to_lossless_files_in_the_same_run() -> None
     assert "trim=end_frame=78:start_frame=10" in graph
     assert "trim=end_frame=10:start_frame=0" in graph
     assert "trim=end_frame=90:start_frame=78" in graph
-    body, head, tail = (argv.index(path) for path in ("/w/segment-2.mp4", str(job.head_path), str(job.tail_path)))
+    body, head, tail = (argv.index(path) for path in (str(job.shown_path), str(job.head_path), str(job.tail_path)))
     assert body < head < tail
-    assert _after(argv, "-frames:v") == "68" and _after(argv, "-c:v") == "libx264"
+    # The body's distinct pictures: its first (after the fade-in, which is in the head) and its last.
+    assert _after(argv, "-frames:v") == "2" and _after(argv, "-c:v") == "libx264"
     head_start = argv.index("-map", body)
     assert argv[head_start:head].count("ffv1") == 1 and _after(argv, "-frames:v", head_start) == "10"
     tail_start = argv.index("-map", head)
@@ -147,9 +150,9 @@ def test_transition_cross_fades_with_the_segment_encoder_settings() -> None:
     # duration (12 + 1) / 30 s starting one frame early: frame k shows (k + 1) / 13 of the head.
     assert "xfade=duration=0.433333:offset=-0.033333:transition=fade" in graph
     segment = segment_command(
-        "ffmpeg", SegmentJob(Path("/w/v.png"), False, PLAN, Path("/w/s.mp4")), OUTPUT, Encoder.LIBX264
+        "ffmpeg", SegmentJob(Path("/w/v.mp4"), True, PLAN, Path("/w/s.mp4")), OUTPUT, Encoder.LIBX264
     )
-    for flag in ("-c:v", "-preset", "-crf", "-pix_fmt", "-r"):
+    for flag in ("-c:v", "-preset", "-crf", "-pix_fmt", "-r", "-x264-params"):
         assert _after(argv, flag) == _after(segment, flag)
     assert _after(argv, "-frames:v") == "12" and "-an" in argv
 
@@ -176,7 +179,7 @@ def test_threads_cap_libx264_only_and_share_the_cores() -> None:
     one = segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264, threads=1)
     # The H.264 body gets the cap; the lossless head is not x264's.
     assert _after(one, "-threads") == "1" and one.count("-threads") == 1
-    assert one.index("-threads") < one.index("/w/s.mp4") < one.index("/w/s-head.mkv")
+    assert one.index("-threads") < one.index("/w/s-shown.mp4") < one.index("/w/s-head.mkv")
     assert "-threads" not in segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
     assert "-threads" not in segment_command("ffmpeg", job, OUTPUT, Encoder.H264_NVENC, threads=1)
     assert [encoder_threads(2, running) for running in (0, 1, 2, 3)] == [2, 2, 1, 1]

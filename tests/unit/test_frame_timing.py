@@ -3,8 +3,8 @@ held stills of a constant-rate video encoded without B-frames."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import av
@@ -14,6 +14,7 @@ from scenecast.v1 import render_service_pb2, types_pb2
 
 from gateway.validation import validate_render
 from scenecast_cli.script import ScriptError, load_script
+from services.assembler.encoding import encode_segment
 from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, held_frames, segment_command
 from services.assembler.plan import ScenePlan
 from services.common.errors import InvalidArgument
@@ -82,23 +83,35 @@ def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps()
     clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), VARIABLE, Encoder.LIBX264)
     assert "select=" not in clip[clip.index("-filter_complex") + 1] and clip[clip.index("-frames:v") + 1] == "90"
     assert clip[clip.index("-fps_mode") + 1] == "passthrough"
-    constant = segment_command("ffmpeg", _job(), CONSTANT, Encoder.LIBX264)
-    assert "select=" not in constant[constant.index("-filter_complex") + 1] and "-fps_mode" not in constant
+    # At a constant rate x264 gets the same frames, and repeats.fill writes the body from them; at hd (three
+    # reference frames) or with NVENC every frame is encoded.
+    constant = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), CONSTANT, Encoder.LIBX264)
+    assert constant[constant.index("-filter_complex") + 1] == graph and "/w/piece-0-shown.mp4" in constant
+    hd = dataclasses.replace(CONSTANT, quality=Quality.HD)
+    for every in (
+        segment_command("ffmpeg", _job(), hd, Encoder.LIBX264),
+        segment_command("ffmpeg", _job(), CONSTANT, Encoder.H264_NVENC),
+    ):
+        assert "select=" not in every[every.index("-filter_complex") + 1] and "-fps_mode" not in every
+        assert every[every.index("-frames:v") + 1] == "90" and "/w/piece-0.mp4" in every
 
 
-def test_the_held_frames_of_a_constant_rate_still_are_searched_less_by_x264() -> None:
+def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
     job = _job(fade_in_frames=3, fade_out_frames=2)
     assert held_frames(job) == [(4, 8), (10, 35), (37, 87)]
-    argv = segment_command("ffmpeg", job, CONSTANT, Encoder.LIBX264)
+    hd = dataclasses.replace(CONSTANT, quality=Quality.HD)
+    argv = segment_command("ffmpeg", job, hd, Encoder.LIBX264)
     held = "subme=0,me=dia,partitions=none"
-    assert argv[argv.index("-x264-params") + 1] == f"zones=4,8,{held}/10,35,{held}/37,87,{held}"
-    # Only x264 takes zones; a variable-rate still has no held frames (x264 is only told not to weigh its frames by
-    # their length); a clip's frames are all its own.
-    assert "-x264-params" not in segment_command("ffmpeg", job, CONSTANT, Encoder.H264_NVENC)
-    variable = segment_command("ffmpeg", job, VARIABLE, Encoder.LIBX264)
-    assert variable[variable.index("-x264-params") + 1] == "force-cfr=1"
-    clip = _job(is_clip=True, still_runs=())
-    assert "-x264-params" not in segment_command("ffmpeg", clip, CONSTANT, Encoder.LIBX264)
+    every_part = "fps=30:force-cfr=1"
+    assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=4,8,{held}/10,35,{held}/37,87,{held}"
+    # Only x264 takes zones; a still whose repeats are pictures of skips, or at a variable rate, has no held frames
+    # to encode; a clip's frames are all its own. Every x264 part declares the same fixed frame rate.
+    assert "-x264-params" not in segment_command("ffmpeg", job, hd, Encoder.H264_NVENC)
+    for output in (CONSTANT, VARIABLE):
+        argv = segment_command("ffmpeg", job, output, Encoder.LIBX264)
+        assert argv[argv.index("-x264-params") + 1] == every_part
+    clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), hd, Encoder.LIBX264)
+    assert clip[clip.index("-x264-params") + 1] == every_part
 
 
 def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Path) -> None:
@@ -109,7 +122,7 @@ def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Pat
         output = dataclasses.replace(CONSTANT, width=320, height=180, quality=quality)
         plan = ScenePlan(index=0, frames=45, fps=30, lead_ms=0, cues=())
         job = SegmentJob(still, False, plan, tmp_path / f"{quality}.mp4", fade_in_frames=5, fade_out_frames=5)
-        subprocess.run(segment_command(ffmpeg_exe(), job, output, Encoder.LIBX264), check=True, capture_output=True)
+        asyncio.run(encode_segment(ffmpeg_exe(), job, output, Encoder.LIBX264, 60))
         with av.open(str(job.output_path)) as container:
             packets = [packet for packet in container.demux(container.streams.video[0]) if packet.size]
         # 45 pictures, each decoded in the order shown: nothing reordered, so no B-frame.

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+import asyncio
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from services.assembler.cards import BACKGROUND, SAFE_MARGIN_RATIO, render_card
+from services.assembler.encoding import encode_segment
 from services.assembler.ffmpeg import (
     Encoder,
     Fit,
@@ -21,7 +21,6 @@ from services.assembler.ffmpeg import (
     concat_list,
     mux_command,
     nvenc_works,
-    segment_command,
     select_encoder,
     subtitle_track_command,
     transition_command,
@@ -90,7 +89,7 @@ def _without_parameter_sets(packet: bytes) -> bytes:
 
 
 async def _encode(job: SegmentJob) -> None:
-    await run_ffmpeg(segment_command(EXE, job, OUTPUT, Encoder.LIBX264), 60)
+    await encode_segment(EXE, job, OUTPUT, Encoder.LIBX264, 60)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +210,7 @@ async def test_segments_at_any_thread_count_and_an_aac_soundtrack_join_by_stream
     jobs = [SegmentJob(bright, False, _plan(i, 30), tmp_path / f"s{i}.mp4", fade_in_frames=10) for i in range(3)]
     # Thread counts as encoder_threads hands them out: the first encode alone, the rest sharing, x264's own choice.
     for job, threads in zip(jobs, (2, 1, 0), strict=True):
-        await run_ffmpeg(segment_command(EXE, job, OUTPUT, Encoder.LIBX264, threads), 60)
+        await encode_segment(EXE, job, OUTPUT, Encoder.LIBX264, 60, threads)
     segment_list = tmp_path / "segments.txt"
     segment_list.write_text(concat_list([job.output_path for job in jobs]))
     mix = tmp_path / "mix.wav"
@@ -308,8 +307,7 @@ def test_captions_find_the_cjk_font_through_the_assemblers_fontconfig_file(tmp_p
             tmp_path / f"{label}.mp4",
             still_runs=((2, captions),),
         )
-        env = {**os.environ, "FONTCONFIG_FILE": str(config)}
-        subprocess.run(segment_command(EXE, job, OUTPUT, Encoder.LIBX264), env=env, check=True, capture_output=True)
+        asyncio.run(encode_segment(EXE, job, OUTPUT, Encoder.LIBX264, 60, env={"FONTCONFIG_FILE": str(config)}))
         ink[label] = int((_frames(job.output_path, "gray")[0] > 128).sum())
     assert ink["without"] == 0 and ink["with"] > 300, ink
 
@@ -344,7 +342,7 @@ async def test_card_has_the_output_size_and_ink_only_inside_the_safe_area(
     print(f"{size}: ink box x {columns[0]}-{columns[-1]}, y {rows[0]}-{rows[-1]}; safe from ({margin_x}, {margin_y})")
     # Encoded like any still scene.
     job = SegmentJob(path, False, _plan(0, 4), tmp_path / "card.mp4")
-    await run_ffmpeg(segment_command(EXE, job, output, Encoder.LIBX264), 60)
+    await encode_segment(EXE, job, output, Encoder.LIBX264, 60)
     decoded = _frames(job.output_path)
     assert len(decoded) == 4 and decoded[0].shape == (size[1], size[0], 3)
 

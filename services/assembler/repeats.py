@@ -1,0 +1,416 @@
+"""A held still at a constant frame rate without encoding its repeats: x264 encodes each distinct picture once, and
+every frame that repeats the one before is written here as an H.264 picture whose macroblocks are all skipped.
+
+A skipped macroblock with no coded neighbour moving is predicted from the same place in the reference picture (its
+motion vector is zero), and an edge between two skipped macroblocks is not filtered, so such a picture decodes to an
+exact copy of the previous one. It is a few bytes, costs no analysis, and x264's per-frame cost for a repeat (its
+look-ahead and a skip decision for every macroblock, about 3 ms at 1080p) goes away.
+
+The inserted pictures are reference pictures, so every picture after them gets its frame_num (and, for a stream
+with picture order count type 0, its pic_order_cnt_lsb) rewritten in place: both are fixed-width fields near the
+start of the slice header, so the rest of the slice is kept byte for byte. This needs a stream with one reference
+frame (x264's veryfast and ultrafast presets without B-frames): with more, a picture could refer past the inserted
+ones to an older picture that they would have pushed out of the decoder's buffer; `fill` refuses such a stream.
+
+References: ITU-T H.264 (08/2021) 7.3 (syntax), 8.4.1.1 (P_Skip motion vector), 8.7.2.1 (bS 0 between skipped
+macroblocks), 9.3 (CABAC: Tables 9-12/9-13 for mb_skip_flag's context, 9-44 and 9-45 for the engine).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from services.common.errors import MediaError
+
+_NAL_SLICE, _NAL_IDR, _NAL_SPS, _NAL_PPS = 1, 5, 7, 8
+_P_SLICE = 5  # slice_type 5: P, and every other slice of the picture P too
+# Table 9-44: rangeTabLPS by pStateIdx and (codIRange >> 6) & 3.
+_RANGE_LPS = (
+    (128, 176, 208, 240), (128, 167, 197, 227), (128, 158, 187, 216), (123, 150, 178, 205),
+    (116, 142, 169, 195), (111, 135, 160, 185), (105, 128, 152, 175), (100, 122, 144, 166),
+    (95, 116, 137, 158), (90, 110, 130, 150), (85, 104, 123, 142), (81, 99, 117, 135),
+    (77, 94, 111, 128), (73, 89, 105, 122), (69, 85, 100, 116), (66, 80, 95, 110),
+    (62, 76, 90, 104), (59, 72, 86, 99), (56, 69, 81, 94), (53, 65, 77, 89),
+    (51, 62, 73, 85), (48, 59, 69, 80), (46, 56, 66, 76), (43, 53, 63, 72),
+    (41, 50, 59, 69), (39, 48, 56, 65), (37, 45, 54, 62), (35, 43, 51, 59),
+    (33, 41, 48, 56), (32, 39, 46, 53), (30, 37, 43, 50), (29, 35, 41, 48),
+    (27, 33, 39, 45), (26, 31, 37, 43), (24, 30, 35, 41), (23, 28, 33, 39),
+    (22, 27, 32, 37), (21, 26, 30, 35), (20, 24, 29, 33), (19, 23, 27, 31),
+    (18, 22, 26, 30), (17, 21, 25, 28), (16, 20, 23, 27), (15, 19, 22, 25),
+    (14, 18, 21, 24), (14, 17, 20, 23), (13, 16, 19, 22), (12, 15, 18, 21),
+    (12, 14, 17, 20), (11, 14, 16, 19), (11, 13, 15, 18), (10, 12, 15, 17),
+    (10, 12, 14, 16), (9, 11, 13, 15), (9, 11, 12, 14), (8, 10, 12, 14),
+    (8, 9, 11, 13), (7, 9, 11, 12), (7, 9, 10, 12), (7, 8, 10, 11),
+    (6, 8, 9, 11), (6, 7, 9, 10), (6, 7, 8, 9), (2, 2, 2, 2),
+)  # fmt: skip
+# Table 9-45: transIdxLPS by pStateIdx (transIdxMPS is pStateIdx + 1, at most 62).
+_TRANS_LPS = (
+    0, 0, 1, 2, 2, 4, 4, 5, 6, 7, 8, 9, 9, 11, 11, 12, 13, 13, 15, 15, 16, 16, 18, 18, 19, 19, 21, 21, 22, 22, 23,
+    24, 24, 25, 26, 26, 27, 27, 28, 29, 29, 30, 30, 30, 31, 32, 32, 33, 33, 33, 34, 34, 35, 35, 35, 36, 36, 36, 37,
+    37, 37, 38, 38, 63,
+)  # fmt: skip
+# Table 9-13, cabac_init_idc 0: (m, n) of mb_skip_flag in a P slice when neither neighbour is coded (ctxIdx 11),
+# the only context a picture of skips uses.
+_SKIP_CONTEXT = (23, 33)
+# Emulation prevention (7.4.1): within a NAL unit, 0x000003 stands for 0x0000 where the next byte is 0 to 3.
+_ESCAPED = re.compile(b"\x00\x00\x03")
+_NEEDS_ESCAPE = re.compile(b"\x00\x00(?=[\x00-\x03])")
+
+
+class _Reader:
+    """Reads an RBSP bit by bit: fixed-width fields and Exp-Golomb codes (7.2, 9.1)."""
+
+    def __init__(self, rbsp: bytes) -> None:
+        self._value = int.from_bytes(rbsp, "big")
+        self._size = len(rbsp) * 8
+        self.position = 0
+
+    def u(self, width: int) -> int:
+        if self.position + width > self._size:
+            raise MediaError("an H.264 header ended early")
+        self.position += width
+        return (self._value >> (self._size - self.position)) & ((1 << width) - 1)
+
+    def ue(self) -> int:
+        zeros = 0
+        while not self.u(1):
+            zeros += 1
+            if zeros > 31:
+                raise MediaError("an H.264 header has an Exp-Golomb code longer than 32 bits")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        code = self.ue()
+        return (code + 1) // 2 if code % 2 else -(code // 2)
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self._bits: list[str] = []
+
+    def u(self, width: int, value: int) -> None:
+        if width:
+            self._bits.append(format(value, f"0{width}b"))
+
+    def ue(self, value: int) -> None:
+        code = format(value + 1, "b")
+        self._bits.append("0" * (len(code) - 1) + code)
+
+    def se(self, value: int) -> None:
+        self.ue(2 * value - 1 if value > 0 else -2 * value)
+
+    def bits(self, text: str) -> None:
+        self._bits.append(text)
+
+    def length(self) -> int:
+        return sum(map(len, self._bits))
+
+    def rbsp(self) -> bytes:
+        text = "".join(self._bits)
+        text += "0" * (-len(text) % 8)
+        return int(text, 2).to_bytes(len(text) // 8, "big")
+
+
+def _unescape(nal: bytes) -> bytes:
+    return _ESCAPED.sub(b"\x00\x00", nal)
+
+
+def _escape(rbsp: bytes) -> bytes:
+    return _NEEDS_ESCAPE.sub(b"\x00\x00\x03", rbsp)
+
+
+@dataclass(frozen=True)
+class StreamParameters:
+    """What a slice header's layout depends on, from the stream's one SPS and one PPS."""
+
+    log2_max_frame_num: int
+    poc_type: int
+    log2_max_poc_lsb: int
+    max_reference_frames: int
+    macroblocks: int
+    has_chroma: bool
+    cabac: bool
+    weighted_prediction: bool
+    pic_init_qp: int
+    deblocking_control: bool
+    length_size: int
+
+    @classmethod
+    def from_avcc(cls, extradata: bytes) -> StreamParameters:
+        """Reads an MP4's avcC box body (ISO/IEC 14496-15 5.3.3.1): exactly one SPS and one PPS, as x264 writes."""
+        if len(extradata) < 7 or extradata[0] != 1:
+            raise MediaError("the H.264 stream has no avcC parameter sets")
+        length_size = (extradata[4] & 3) + 1
+        position, sets = 5, []
+        for _ in range(2):
+            count = extradata[position] & (0x1F if not sets else 0xFF)
+            position += 1
+            if count != 1:
+                raise MediaError(f"the H.264 stream has {count} parameter sets of a kind; one is supported")
+            size = int.from_bytes(extradata[position : position + 2], "big")
+            sets.append(extradata[position + 2 : position + 2 + size])
+            position += 2 + size
+        return cls._parse(sets[0], sets[1], length_size)
+
+    @classmethod
+    def _parse(cls, sps_nal: bytes, pps_nal: bytes, length_size: int) -> StreamParameters:
+        sps = _Reader(_unescape(sps_nal[1:]))
+        profile = sps.u(8)
+        sps.u(16)  # constraint flags, level
+        sps.ue()  # seq_parameter_set_id
+        chroma_format = 1
+        if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
+            chroma_format = sps.ue()
+            if chroma_format == 3 and sps.u(1):
+                raise MediaError("separate colour planes are not supported")
+            sps.ue()  # bit depths
+            sps.ue()
+            sps.u(1)
+            if sps.u(1):
+                raise MediaError("H.264 scaling matrices are not supported")
+        log2_max_frame_num = sps.ue() + 4
+        poc_type = sps.ue()
+        log2_max_poc_lsb = sps.ue() + 4 if poc_type == 0 else 0
+        if poc_type == 1:
+            raise MediaError("picture order count type 1 is not supported")
+        max_reference_frames = sps.ue()
+        sps.u(1)  # gaps_in_frame_num_value_allowed_flag
+        width, height = sps.ue() + 1, sps.ue() + 1
+        if not sps.u(1):
+            raise MediaError("interlaced H.264 is not supported")
+        pps = _Reader(_unescape(pps_nal[1:]))
+        pps.ue()
+        pps.ue()
+        cabac = bool(pps.u(1))
+        if pps.u(1):
+            raise MediaError("bottom_field_pic_order_in_frame_present_flag is not supported")
+        if pps.ue():
+            raise MediaError("slice groups are not supported")
+        pps.ue()  # num_ref_idx_l0_default_active_minus1: every stand-in overrides it
+        pps.ue()
+        weighted_prediction = bool(pps.u(1))
+        pps.u(2)
+        pic_init_qp = 26 + pps.se()
+        pps.se()
+        pps.se()
+        deblocking_control = bool(pps.u(1))
+        pps.u(1)
+        if pps.u(1):
+            raise MediaError("redundant pictures are not supported")
+        return cls(
+            log2_max_frame_num,
+            poc_type,
+            log2_max_poc_lsb,
+            max_reference_frames,
+            width * height,
+            chroma_format != 0,
+            cabac,
+            weighted_prediction,
+            pic_init_qp,
+            deblocking_control,
+            length_size,
+        )
+
+
+def _nal_units(sample: bytes, length_size: int) -> list[bytes]:
+    units, position = [], 0
+    while position < len(sample):
+        size = int.from_bytes(sample[position : position + length_size], "big")
+        units.append(sample[position + length_size : position + length_size + size])
+        position += length_size + size
+    return units
+
+
+def _sample(units: list[bytes], length_size: int) -> bytes:
+    return b"".join(len(unit).to_bytes(length_size, "big") + unit for unit in units)
+
+
+def _renumbered(nal: bytes, params: StreamParameters, frame_num: int, poc_lsb: int) -> bytes:
+    """A slice with its frame_num and, for picture order count type 0, its pic_order_cnt_lsb set; else the same.
+
+    Both are fixed-width, so only their bits change: the escaped NAL is unescaped, the bits replaced, escaped again.
+    """
+    rbsp = bytearray(_unescape(nal[1:]))
+    header = _Reader(bytes(rbsp[:64]))
+    header.ue()  # first_mb_in_slice
+    header.ue()  # slice_type
+    header.ue()  # pic_parameter_set_id
+    fields = [(header.position, params.log2_max_frame_num, frame_num)]
+    header.u(params.log2_max_frame_num)
+    if params.poc_type == 0:
+        if nal[0] & 0x1F == _NAL_IDR:
+            header.ue()  # idr_pic_id
+        fields.append((header.position, params.log2_max_poc_lsb, poc_lsb))
+    for start, width, value in fields:
+        for bit in range(width):
+            index, shift = divmod(start + bit, 8)
+            mask = 0x80 >> shift
+            if (value >> (width - 1 - bit)) & 1:
+                rbsp[index] |= mask
+            else:
+                rbsp[index] &= ~mask
+    return nal[:1] + _escape(bytes(rbsp))
+
+
+def _cabac_skips(macroblocks: int, slice_qp: int) -> str:
+    """The slice data of `macroblocks` skipped macroblocks, as bits: each mb_skip_flag 1 and end_of_slice_flag,
+    the last 1, then the arithmetic coder's flush (9.3.4.5), whose last bit is the RBSP's stop bit."""
+    m, n = _SKIP_CONTEXT
+    state = max(1, min(126, ((m * max(0, min(51, slice_qp))) >> 4) + n))
+    state, mps = (63 - state, 0) if state <= 63 else (state - 64, 1)
+    low, span, outstanding, first = 0, 510, 0, True
+    bits: list[str] = []
+
+    def put(bit: int) -> None:
+        nonlocal first, outstanding
+        if first:
+            first = False
+        else:
+            bits.append(str(bit))
+        bits.append(str(1 - bit) * outstanding)
+        outstanding = 0
+
+    def renormalise() -> None:
+        nonlocal low, span, outstanding
+        while span < 256:
+            if low < 256:
+                put(0)
+            elif low >= 512:
+                low -= 512
+                put(1)
+            else:
+                low -= 256
+                outstanding += 1
+            span <<= 1
+            low <<= 1
+
+    for index in range(macroblocks):
+        lps = _RANGE_LPS[state][(span >> 6) & 3]
+        span -= lps
+        if mps == 1:  # mb_skip_flag 1 is the more probable symbol
+            state = min(state + 1, 62)
+        else:
+            low += span
+            span = lps
+            if state == 0:
+                mps = 1
+            state = _TRANS_LPS[state]
+        renormalise()
+        span -= 2  # end_of_slice_flag, a terminating bin
+        if index < macroblocks - 1:
+            renormalise()
+    low += span
+    span = 2
+    renormalise()
+    put((low >> 9) & 1)
+    bits.append(format(((low >> 7) & 3) | 1, "02b"))
+    return "".join(bits)
+
+
+class _SkipPictures:
+    """Builds a stream's all-skip P pictures; the slice data depends only on the stream, so it is built once."""
+
+    def __init__(self, params: StreamParameters) -> None:
+        self._params = params
+        self._data = _cabac_skips(params.macroblocks, params.pic_init_qp) if params.cabac else None
+
+    def picture(self, nal_ref_idc: int, frame_num: int, poc_lsb: int) -> bytes:
+        params, header = self._params, _Writer()
+        header.ue(0)  # first_mb_in_slice
+        header.ue(_P_SLICE)
+        header.ue(0)  # pic_parameter_set_id
+        header.u(params.log2_max_frame_num, frame_num)
+        if params.poc_type == 0:
+            header.u(params.log2_max_poc_lsb, poc_lsb)
+        header.u(1, 1)  # num_ref_idx_active_override_flag: one reference, the picture just before
+        header.ue(0)
+        header.u(1, 0)  # ref_pic_list_modification_flag_l0
+        if params.weighted_prediction:
+            header.ue(0)  # luma_log2_weight_denom
+            if params.has_chroma:
+                header.ue(0)
+            header.u(1, 0)  # luma_weight_l0_flag: the default weight, an exact copy
+            if params.has_chroma:
+                header.u(1, 0)
+        header.u(1, 0)  # adaptive_ref_pic_marking_mode_flag: the sliding window, as x264's own pictures
+        if params.cabac:
+            header.ue(0)  # cabac_init_idc
+        header.se(0)  # slice_qp_delta: the slice QP is pic_init_qp, which _cabac_skips started from
+        if params.deblocking_control:
+            header.ue(1)  # disable_deblocking_filter_idc: nothing to filter
+        if self._data is not None:
+            header.bits("1" * (-header.length() % 8))  # cabac_alignment_one_bit
+            header.bits(self._data)
+        else:
+            header.ue(params.macroblocks)  # mb_skip_run: the whole picture
+            header.bits("1")  # rbsp_stop_one_bit
+        return bytes([nal_ref_idc << 5 | _NAL_SLICE]) + _escape(header.rbsp())
+
+
+def fill(source: Path, shown: list[int], frames: int, fps: int, target: Path) -> None:
+    """Writes `target`, `frames` long at `fps`, from `source`, whose pictures are frames `shown` (ascending, the first
+    0) of it: each frame not shown repeats the one before it, as a picture of skips.
+
+    `source` must be H.264 in MP4 with one reference frame and no B-frames, one picture per packet (x264's output).
+    """
+    if not shown or shown[0] != 0 or shown[-1] >= frames or sorted(set(shown)) != shown:
+        raise ValueError(f"shown frames {shown[:5]}... do not start at 0 and rise within {frames} frames")
+    with av.open(str(source)) as inputs, av.open(str(target), "w", format="mp4") as output:
+        stream = inputs.streams.video[0]
+        params = StreamParameters.from_avcc(bytes(stream.codec_context.extradata or b""))
+        if params.max_reference_frames != 1:
+            raise MediaError(f"repeats need one reference frame; the stream has {params.max_reference_frames}")
+        skips = _SkipPictures(params)
+        copy = output.add_stream_from_template(stream)
+        copy.time_base = Fraction(1, fps)
+        ends = [*shown[1:], frames]
+        since_idr = count = 0
+        for packet in inputs.demux(stream):
+            if not packet.size:
+                continue
+            if count == len(shown):
+                raise MediaError(f"the H.264 stream has more pictures than the {len(shown)} encoded")
+            end = ends[count]
+            units = _nal_units(bytes(packet), params.length_size)
+            slices = [unit for unit in units if unit[0] & 0x1F in (_NAL_SLICE, _NAL_IDR)]
+            if not slices:
+                raise MediaError(f"picture {count} of the H.264 stream has no slice")
+            if slices[0][0] & 0x1F == _NAL_IDR:
+                since_idr = 0
+            units = [
+                _renumbered(unit, params, *_numbers(params, since_idr)) if unit in slices else unit for unit in units
+            ]
+            _write(output, copy, _sample(units, params.length_size), shown[count], fps, packet.is_keyframe)
+            reference = slices[0][0] >> 5
+            for frame in range(shown[count] + 1, end):
+                since_idr += 1
+                picture = skips.picture(reference, *_numbers(params, since_idr))
+                _write(output, copy, _sample([picture], params.length_size), frame, fps, False)
+            since_idr += 1
+            count += 1
+        if count != len(shown):
+            raise MediaError(f"the H.264 stream has {count} pictures; {len(shown)} were encoded")
+
+
+def _numbers(params: StreamParameters, since_idr: int) -> tuple[int, int]:
+    """frame_num and pic_order_cnt_lsb of the picture `since_idr` after the last IDR, every picture a reference."""
+    frame_num = since_idr % (1 << params.log2_max_frame_num)
+    poc_lsb = (2 * since_idr) % (1 << params.log2_max_poc_lsb) if params.poc_type == 0 else 0
+    return frame_num, poc_lsb
+
+
+def _write(
+    output: av.container.OutputContainer, stream: av.stream.Stream, data: bytes, frame: int, fps: int, key: bool
+) -> None:
+    packet = av.Packet(data)
+    packet.stream = stream
+    packet.time_base = Fraction(1, fps)
+    packet.pts = packet.dts = frame
+    packet.duration = 1
+    packet.is_keyframe = key
+    output.mux(packet)
