@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import io
 import json
 import logging
@@ -28,8 +29,8 @@ from services.common.text import split_sentences
 
 _LOGGER = logging.getLogger(__name__)
 
-# Shows on /metrics whether piper is the audio service's bottleneck: at PIPER_CONCURRENCY, narrations queue.
-SPEAKING = Gauge("scenecast_piper_narrations_speaking", "Narrations piper is speaking now (at most PIPER_CONCURRENCY).")
+# Shows on /metrics whether piper is the audio service's bottleneck: at PIPER_CONCURRENCY, sentences queue.
+SPEAKING = Gauge("scenecast_piper_sentences_speaking", "Sentences piper is speaking now (at most PIPER_CONCURRENCY).")
 
 VOICE_NAME = "en_US-joe-medium"
 # Unicode categories of espeak phonemes that are sounds; other letters and marks (stress ˈˌ, length ː, ʲ, combining
@@ -53,6 +54,14 @@ _ZERO_WIDTH_JOINER = "\u200d"
 
 
 @dataclass(frozen=True)
+class _Spoken:
+    """One sentence as piper spoke it: 16-bit mono samples and its word timings from its own start."""
+
+    pcm: bytes
+    words: list[Timing] | None
+
+
+@dataclass(frozen=True)
 class _Sound:
     """One spoken phoneme with the marks that modify it, in samples from the start of the narration."""
 
@@ -62,13 +71,13 @@ class _Sound:
 
 
 class PiperSettings(ProviderSettings):
-    # Narrations piper speaks at the same time in this process; 0 means the number of cores. They share the one
-    # loaded voice (onnxruntime runs a session from several threads at once; piper guards espeak with its own lock),
-    # each inference on cores / PIPER_CONCURRENCY threads. A piece of speech gains nothing from a second thread:
-    # six demo sentences on 2 busy cores took 12.0 s (3.4 s of CPU) one at a time on two threads, 2.7 s (1.8 s) one
-    # at a time on one thread, 5.3 s (2.0 s) two at a time on one thread each. Each narration in flight adds one
-    # piece's inference memory: two long sentences at once peaked the service at 631 MiB, 320 MiB at rest
-    # (tests/e2e/test_worstcase_memory.py; the pod's limit is 1 GiB).
+    # Sentences piper speaks at the same time in this process, from one narration or several; 0 means the number of
+    # cores. They share the one loaded voice (onnxruntime runs a session from several threads at once; piper guards
+    # espeak with its own lock), each inference on cores / PIPER_CONCURRENCY threads. A piece of speech gains nothing
+    # from a second thread: six demo sentences on 2 busy cores took 12.0 s (3.4 s of CPU) one at a time on two
+    # threads, 2.7 s (1.8 s) one at a time on one thread, 5.3 s (2.0 s) two at a time on one thread each. Each
+    # sentence in flight adds one piece's inference memory: two long sentences at once peaked the service at 631 MiB,
+    # 320 MiB at rest (tests/e2e/test_worstcase_memory.py; the pod's limit is 1 GiB).
     piper_concurrency: int = Field(default=0, ge=0)
 
     @property
@@ -97,56 +106,102 @@ class PiperProvider(Provider[PiperSettings, SpeechJob]):
         slots = settings.concurrency
         # Loading takes about a second; the registry builds the provider once and keeps it.
         self._voice = _load_voice(max(1, (os.cpu_count() or 1) // slots))
-        # Narrations past the bound wait here, in their worker threads, for one in flight to end.
-        self._slots = threading.BoundedSemaphore(slots)
+        # Sentences past the bound wait here for one in flight to end, first come first served (asyncio's semaphore
+        # wakes its waiters in order).
+        self._slots = asyncio.Semaphore(slots)
+        self._lanes = slots
 
     async def synthesize(self, job: SpeechJob) -> SpeechResult:
+        """Speaks the narration's sentences in order on up to PIPER_CONCURRENCY lanes, each taking the next sentence
+        and a slot for it in turn: a narration alone keeps every core busy to its last sentence (one narration at a
+        time per slot left a render's last scene speaking on one core while the other waited), and narrations that
+        arrive together share the slots a sentence at a time, so a short one is not kept waiting by a long one."""
         if job.voice and job.voice != VOICE_NAME:
             raise InvalidArgument(f"voice {job.voice!r} is not installed for piper; valid: {VOICE_NAME}")
-        # Set when the call is cancelled or past its deadline (the awaiting task is then cancelled), so the worker
-        # thread stops at the next piece instead of speaking on, holding a slot, for a caller that has gone.
-        stop = threading.Event()
-        try:
-            return await asyncio.to_thread(self._synthesize, job.text, stop)
-        finally:
-            stop.set()
-
-    def _synthesize(self, text: str, stop: threading.Event) -> SpeechResult:
         # Counted piece by piece, as spoken: espeak's count for a long run of text falls short of what its parts make
         # (500 seven-digit numbers: 7734 phonemes at once, about 43,000 one by one).
-        sentences = [(sentence, self._pieces(sentence)) for sentence in split_sentences(text)]
+        sentences = await asyncio.to_thread(lambda: [(s, self._pieces(s)) for s in split_sentences(job.text)])
         phonemes = sum(count for _, pieces in sentences for _, count in pieces)
         if phonemes > MAX_NARRATION_PHONEMES:
             raise InvalidArgument(
                 f"text makes {phonemes} speech sounds; piper speaks at most {MAX_NARRATION_PHONEMES} (about 4-6 "
                 "minutes of speech) per narration, so shorten it or split the scene"
             )
+        spoken: list[_Spoken | None] = [None] * len(sentences)
+        untaken = iter(range(len(sentences)))
+        # Set when the call is cancelled or past its deadline (the awaiting task is then cancelled), so a worker
+        # thread stops at its next piece instead of speaking on, holding a slot, for a caller that has gone.
+        stop = threading.Event()
+
+        async def lane() -> None:
+            for index in untaken:
+                await self._slots.acquire()
+                SPEAKING.inc()
+                speaking = asyncio.ensure_future(asyncio.to_thread(self._speak, sentences[index][1], stop))
+                # The slot is held until the thread is done, also when this call is cancelled meanwhile (the thread
+                # then stops at its next piece): a thread no call waits for still takes a core and memory.
+                speaking.add_done_callback(self._free_slot)
+                spoken[index] = await asyncio.shield(speaking)
+
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                for _ in range(min(self._lanes, len(sentences))):
+                    lanes.create_task(lane())
+        except BaseExceptionGroup as group:
+            # The first lane's error, as speaking the narration on one lane would have raised it.
+            raise group.exceptions[0] from None
+        finally:
+            stop.set()
+        return self._joined([sentence for sentence, _ in sentences], [part for part in spoken if part is not None])
+
+    def _free_slot(self, speaking: asyncio.Future[_Spoken]) -> None:
+        SPEAKING.dec()
+        self._slots.release()
+        if not speaking.cancelled():
+            # Read here, so that an error no cancelled call is left to read is not reported as never retrieved.
+            speaking.exception()
+
+    def _speak(self, pieces: list[tuple[str, int]], stop: threading.Event) -> _Spoken:
+        """One sentence's audio and word timings (None when a piece has no alignments), timed from its start."""
+        sample_rate = self._voice.config.sample_rate
+        pcm = bytearray()
+        words: list[Timing] | None = []
+        try:
+            for piece, _ in pieces:
+                if stop.is_set():
+                    raise Cancelled("the call ended before its narration was spoken")
+                # espeak may cut a piece further ("Dr. Smith"): piper then gives a chunk per part.
+                sounds: list[_Sound] | None = []
+                for chunk in self._voice.synthesize(piece, include_alignments=True):
+                    chunk_sounds = _sounds(chunk, len(pcm) // 2)
+                    sounds = None if sounds is None or chunk_sounds is None else sounds + chunk_sounds
+                    pcm += chunk.audio_int16_bytes
+                if words is not None and sounds is not None:
+                    words += self._word_timings(piece, sounds, sample_rate)
+                else:
+                    words = None
+        finally:
+            _release_freed_memory()
+        return _Spoken(bytes(pcm), words)
+
+    def _joined(self, texts: list[str], spoken: list[_Spoken]) -> SpeechResult:
+        """The sentences' audio end to end, each sentence's timings moved to where it starts."""
         sample_rate = self._voice.config.sample_rate
         pcm = bytearray()
         sentence_timings: list[Timing] = []
         # Words for every sentence, or none: the assembler uses word timings only when all of them are words.
         word_timings: list[Timing] | None = []
-        with self._slots, SPEAKING.track_inprogress():
-            try:
-                # Sentence by sentence, so each sentence's timing is tied to the exact text the captions will show.
-                for sentence, pieces in sentences:
-                    start = len(pcm) // 2
-                    for piece, _ in pieces:
-                        if stop.is_set():
-                            raise Cancelled("the call ended before its narration was spoken")
-                        # espeak may cut a piece further ("Dr. Smith"): piper then gives a chunk per part.
-                        sounds: list[_Sound] | None = []
-                        for chunk in self._voice.synthesize(piece, include_alignments=True):
-                            chunk_sounds = _sounds(chunk, len(pcm) // 2)
-                            sounds = None if sounds is None or chunk_sounds is None else sounds + chunk_sounds
-                            pcm += chunk.audio_int16_bytes
-                        if word_timings is not None and sounds is not None:
-                            word_timings += self._word_timings(piece, sounds, sample_rate)
-                        else:
-                            word_timings = None
-                    sentence_timings.append(Timing(sentence, _ms(start, sample_rate), _ms(len(pcm) // 2, sample_rate)))
-            finally:
-                _release_freed_memory()
+        for text, part in zip(texts, spoken, strict=True):
+            start = _ms(len(pcm) // 2, sample_rate)
+            pcm += part.pcm
+            # Sentence by sentence, so each sentence's timing is tied to the exact text the captions will show.
+            sentence_timings.append(Timing(text, start, _ms(len(pcm) // 2, sample_rate)))
+            if word_timings is not None and part.words is not None:
+                word_timings += [
+                    dataclasses.replace(t, start_ms=t.start_ms + start, end_ms=t.end_ms + start) for t in part.words
+                ]
+            else:
+                word_timings = None
         if not pcm:
             # Nothing piper can pronounce (only symbols, say): retrying would only give nothing again.
             raise InvalidArgument("text has nothing piper can speak (no words); give the narration as words")
