@@ -36,9 +36,11 @@ async def encode_segment(
     pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are built once)."""
     await run_ffmpeg(segment_command(exe, job, output, encoder, threads), timeout_seconds, env)
     if fills_repeats(job, output, encoder):
-        shown = body_frames_shown(job)
-        await asyncio.to_thread(repeats.fill, job.shown_path, shown, job.body_frames, output.fps, job.output_path)
-        job.shown_path.unlink()
+        try:
+            shown = body_frames_shown(job)
+            await asyncio.to_thread(repeats.fill, job.shown_path, shown, job.body_frames, output.fps, job.output_path)
+        finally:
+            job.shown_path.unlink(missing_ok=True)
 
 
 class EncodeScheduler:

@@ -6,11 +6,12 @@ motion vector is zero), and an edge between two skipped macroblocks is not filte
 exact copy of the previous one. It is a few bytes, costs no analysis, and x264's per-frame cost for a repeat (its
 look-ahead and a skip decision for every macroblock, about 3 ms at 1080p) goes away.
 
-The inserted pictures are reference pictures, so every picture after them gets its frame_num (and, for a stream
-with picture order count type 0, its pic_order_cnt_lsb) rewritten in place: both are fixed-width fields near the
-start of the slice header, so the rest of the slice is kept byte for byte. This needs a stream with one reference
-frame (x264's veryfast and ultrafast presets without B-frames): with more, a picture could refer past the inserted
-ones to an older picture that they would have pushed out of the decoder's buffer; `fill` refuses such a stream.
+The inserted pictures are reference pictures, so every picture after them gets its frame_num rewritten in place: a
+fixed-width field near the start of the slice header, so the rest of the slice is kept byte for byte. Picture order
+follows frame_num (picture order count type 2, which x264 writes without B-frames). This needs a stream with one
+reference frame, every picture a reference (x264's veryfast and ultrafast presets without B-frames): with more, a
+picture could refer past the inserted ones to an older picture that they would have pushed out of the decoder's
+buffer. `fill` refuses any other stream.
 
 References: ITU-T H.264 (08/2021) 7.3 (syntax), 8.4.1.1 (P_Skip motion vector), 8.7.2.1 (bS 0 between skipped
 macroblocks), 9.3 (CABAC: Tables 9-12/9-13 for mb_skip_flag's context, 9-44 and 9-45 for the engine).
@@ -129,8 +130,6 @@ class StreamParameters:
     """What a slice header's layout depends on, from the stream's one SPS and one PPS."""
 
     log2_max_frame_num: int
-    poc_type: int
-    log2_max_poc_lsb: int
     max_reference_frames: int
     macroblocks: int
     has_chroma: bool
@@ -174,10 +173,8 @@ class StreamParameters:
             if sps.u(1):
                 raise MediaError("H.264 scaling matrices are not supported")
         log2_max_frame_num = sps.ue() + 4
-        poc_type = sps.ue()
-        log2_max_poc_lsb = sps.ue() + 4 if poc_type == 0 else 0
-        if poc_type == 1:
-            raise MediaError("picture order count type 1 is not supported")
+        if (poc_type := sps.ue()) != 2:
+            raise MediaError(f"picture order count type {poc_type} is not supported (type 2: no B-frames)")
         max_reference_frames = sps.ue()
         sps.u(1)  # gaps_in_frame_num_value_allowed_flag
         width, height = sps.ue() + 1, sps.ue() + 1
@@ -204,8 +201,6 @@ class StreamParameters:
             raise MediaError("redundant pictures are not supported")
         return cls(
             log2_max_frame_num,
-            poc_type,
-            log2_max_poc_lsb,
             max_reference_frames,
             width * height,
             chroma_format != 0,
@@ -230,30 +225,21 @@ def _sample(units: list[bytes], length_size: int) -> bytes:
     return b"".join(len(unit).to_bytes(length_size, "big") + unit for unit in units)
 
 
-def _renumbered(nal: bytes, params: StreamParameters, frame_num: int, poc_lsb: int) -> bytes:
-    """A slice with its frame_num and, for picture order count type 0, its pic_order_cnt_lsb set; else the same.
-
-    Both are fixed-width, so only their bits change: the escaped NAL is unescaped, the bits replaced, escaped again.
-    """
+def _renumbered(nal: bytes, params: StreamParameters, frame_num: int) -> bytes:
+    """A slice with its frame_num set: only its bits change (the escaped NAL is unescaped, the field replaced,
+    escaped again)."""
     rbsp = bytearray(_unescape(nal[1:]))
     header = _Reader(bytes(rbsp[:64]))
     header.ue()  # first_mb_in_slice
     header.ue()  # slice_type
     header.ue()  # pic_parameter_set_id
-    fields = [(header.position, params.log2_max_frame_num, frame_num)]
-    header.u(params.log2_max_frame_num)
-    if params.poc_type == 0:
-        if nal[0] & 0x1F == _NAL_IDR:
-            header.ue()  # idr_pic_id
-        fields.append((header.position, params.log2_max_poc_lsb, poc_lsb))
-    for start, width, value in fields:
-        for bit in range(width):
-            index, shift = divmod(start + bit, 8)
-            mask = 0x80 >> shift
-            if (value >> (width - 1 - bit)) & 1:
-                rbsp[index] |= mask
-            else:
-                rbsp[index] &= ~mask
+    start, width = header.position, params.log2_max_frame_num
+    for bit in range(width):
+        index, shift = divmod(start + bit, 8)
+        if (frame_num >> (width - 1 - bit)) & 1:
+            rbsp[index] |= 0x80 >> shift
+        else:
+            rbsp[index] &= ~(0x80 >> shift)
     return nal[:1] + _escape(bytes(rbsp))
 
 
@@ -319,14 +305,12 @@ class _SkipPictures:
         self._params = params
         self._data = _cabac_skips(params.macroblocks, params.pic_init_qp) if params.cabac else None
 
-    def picture(self, nal_ref_idc: int, frame_num: int, poc_lsb: int) -> bytes:
+    def picture(self, nal_ref_idc: int, frame_num: int) -> bytes:
         params, header = self._params, _Writer()
         header.ue(0)  # first_mb_in_slice
         header.ue(_P_SLICE)
         header.ue(0)  # pic_parameter_set_id
         header.u(params.log2_max_frame_num, frame_num)
-        if params.poc_type == 0:
-            header.u(params.log2_max_poc_lsb, poc_lsb)
         header.u(1, 1)  # num_ref_idx_active_override_flag: one reference, the picture just before
         header.ue(0)
         header.u(1, 0)  # ref_pic_list_modification_flag_l0
@@ -357,9 +341,18 @@ def fill(source: Path, shown: list[int], frames: int, fps: int, target: Path) ->
     0) of it: each frame not shown repeats the one before it, as a picture of skips.
 
     `source` must be H.264 in MP4 with one reference frame and no B-frames, one picture per packet (x264's output).
+    On any error no `target` is left.
     """
     if not shown or shown[0] != 0 or shown[-1] >= frames or sorted(set(shown)) != shown:
         raise ValueError(f"shown frames {shown[:5]}... do not start at 0 and rise within {frames} frames")
+    try:
+        _fill(source, shown, frames, fps, target)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _fill(source: Path, shown: list[int], frames: int, fps: int, target: Path) -> None:
     with av.open(str(source)) as inputs, av.open(str(target), "w", format="mp4") as output:
         stream = inputs.streams.video[0]
         params = StreamParameters.from_avcc(bytes(stream.codec_context.extradata or b""))
@@ -369,39 +362,28 @@ def fill(source: Path, shown: list[int], frames: int, fps: int, target: Path) ->
         copy = output.add_stream_from_template(stream)
         copy.time_base = Fraction(1, fps)
         ends = [*shown[1:], frames]
-        since_idr = count = 0
+        frame_num = count = 0
         for packet in inputs.demux(stream):
             if not packet.size:
                 continue
             if count == len(shown):
                 raise MediaError(f"the H.264 stream has more pictures than the {len(shown)} encoded")
-            end = ends[count]
             units = _nal_units(bytes(packet), params.length_size)
             slices = [unit for unit in units if unit[0] & 0x1F in (_NAL_SLICE, _NAL_IDR)]
-            if not slices:
-                raise MediaError(f"picture {count} of the H.264 stream has no slice")
+            if not slices or not slices[0][0] >> 5:
+                raise MediaError(f"picture {count} of the H.264 stream is not a reference picture")
             if slices[0][0] & 0x1F == _NAL_IDR:
-                since_idr = 0
-            units = [
-                _renumbered(unit, params, *_numbers(params, since_idr)) if unit in slices else unit for unit in units
-            ]
+                frame_num = 0
+            units = [_renumbered(unit, params, frame_num) if unit in slices else unit for unit in units]
             _write(output, copy, _sample(units, params.length_size), shown[count], fps, packet.is_keyframe)
-            reference = slices[0][0] >> 5
-            for frame in range(shown[count] + 1, end):
-                since_idr += 1
-                picture = skips.picture(reference, *_numbers(params, since_idr))
+            for frame in range(shown[count] + 1, ends[count]):
+                frame_num = (frame_num + 1) % (1 << params.log2_max_frame_num)
+                picture = skips.picture(slices[0][0] >> 5, frame_num)
                 _write(output, copy, _sample([picture], params.length_size), frame, fps, False)
-            since_idr += 1
+            frame_num = (frame_num + 1) % (1 << params.log2_max_frame_num)
             count += 1
         if count != len(shown):
             raise MediaError(f"the H.264 stream has {count} pictures; {len(shown)} were encoded")
-
-
-def _numbers(params: StreamParameters, since_idr: int) -> tuple[int, int]:
-    """frame_num and pic_order_cnt_lsb of the picture `since_idr` after the last IDR, every picture a reference."""
-    frame_num = since_idr % (1 << params.log2_max_frame_num)
-    poc_lsb = (2 * since_idr) % (1 << params.log2_max_poc_lsb) if params.poc_type == 0 else 0
-    return frame_num, poc_lsb
 
 
 def _write(

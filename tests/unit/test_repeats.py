@@ -1,0 +1,201 @@
+"""repeats.fill: a held still's repeats written as H.264 pictures of skips, checked on real encodes by decoding."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.assembler import repeats
+from services.assembler.encoding import encode_segment
+from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, segment_command
+from services.assembler.plan import ScenePlan
+from services.assembler.repeats import StreamParameters
+from services.common.errors import MediaError
+from services.common.media import ffmpeg_exe
+from services.common.output import OutputFormat
+from services.common.providers import Quality
+from tests.probe import psnr
+
+EXE = ffmpeg_exe()
+FPS = 30
+WIDTH, HEIGHT = 320, 180
+# A slice header's field in trace_headers' output: "[trace_headers @ 0x...] 17   frame_num   0011 = 3".
+_TRACED = re.compile(r"\]\s+\d+\s+(nal_unit_type|frame_num)\s+[01]+ = (\d+)$")
+
+
+def _detailed_still(path: Path) -> Path:
+    """A gradient with text-like dark blocks and blotchy noise: real work for x264, unlike a flat colour."""
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    picture = np.stack([cols * 255 / WIDTH, rows * 255 / HEIGHT, np.full_like(rows, 120)], axis=2).astype(float)
+    for top in range(20, HEIGHT - 20, 24):
+        for left in range(16, WIDTH - 40, 36):
+            picture[top : top + 12, left : left + 4 + (left * 7 + top) % 26] = 20
+    blotches = np.random.default_rng(5).normal(0, 25, (HEIGHT // 4, WIDTH // 4, 1))
+    picture += np.kron(blotches, np.ones((4, 4, 1)))
+    Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _decoded(path: Path) -> tuple[list[Fraction], list[np.ndarray]]:
+    """Each frame's time and yuv420p planes."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [frame.pts * frame.time_base for frame in frames], [frame.to_ndarray(format="yuv420p") for frame in frames]
+
+
+def _strict_slice_headers(path: Path) -> tuple[int, list[tuple[bool, int]]]:
+    """Decodes `path` with every error fatal, traces its headers, and returns log2_max_frame_num and each slice's
+    (IDR, frame_num); asserts that neither run complains."""
+    strict = [EXE, "-hide_banner", "-nostdin", "-xerror", "-err_detect", "explode", "-i", str(path), "-f", "null", "-"]
+    decode = subprocess.run(strict, capture_output=True, text=True, check=False)
+    assert decode.returncode == 0, decode.stderr[-2000:]
+    trace_argv = [EXE, "-hide_banner", "-nostdin", "-i", str(path), "-c", "copy", "-bsf:v", "trace_headers"]
+    trace = subprocess.run([*trace_argv, "-f", "null", "-"], capture_output=True, text=True, check=False)
+    assert trace.returncode == 0, trace.stderr[-2000:]
+    complaints = [line for line in trace.stderr.splitlines() if re.search("error|invalid", line, re.IGNORECASE)]
+    assert not complaints, complaints[:5]
+    slices, nal_type = [], 0
+    for match in filter(None, map(_TRACED.search, trace.stderr.splitlines())):
+        if match[1] == "nal_unit_type":
+            nal_type = int(match[2])
+        else:
+            slices.append((nal_type == 5, int(match[2])))
+    return _parameters(path).log2_max_frame_num, slices
+
+
+def _parameters(path: Path) -> StreamParameters:
+    with av.open(str(path)) as container:
+        return StreamParameters.from_avcc(bytes(container.streams.video[0].codec_context.extradata))
+
+
+def _check_filled(body: Path, pictures: Path, shown: list[int], frames: int) -> list[np.ndarray]:
+    """Asserts that `body` is `frames` long at FPS, frame `shown[k]` being picture k of `pictures` and every other
+    frame an exact copy of the one before, and that its frame_num counts pictures since the last IDR, wrapping."""
+    times, decoded = _decoded(body)
+    assert times == [Fraction(frame, FPS) for frame in range(frames)]
+    _, encoded = _decoded(pictures)
+    for frame, picture in enumerate(decoded):
+        expected = encoded[shown.index(frame)] if frame in shown else decoded[frame - 1]
+        assert np.array_equal(picture, expected), f"frame {frame} of {frames} (shown: {frame in shown})"
+    log2_max_frame_num, slices = _strict_slice_headers(body)
+    assert len(slices) == frames  # one slice per picture, x264's and the skips alike
+    since_idr = 0
+    for frame, (idr, frame_num) in enumerate(slices):
+        since_idr = 0 if idr else since_idr + 1
+        assert frame_num == since_idr % 2**log2_max_frame_num, f"frame {frame}"
+    return decoded
+
+
+def _x264(path: Path, frames: int, *options: str, size: str = f"{WIDTH}x{HEIGHT}") -> Path:
+    """`frames` moving pictures encoded by libx264 without B-frames into MP4 (a stand-in for a shown_path)."""
+    source = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}"]
+    argv = [EXE, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *source, "-frames:v", str(frames)]
+    subprocess.run([*argv, "-c:v", "libx264", "-bf", "0", *options, "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def _lossless(job: SegmentJob) -> list[np.ndarray]:
+    """The job's frames as the filters draw them, before any encoder: scaled, yuv420p, faded."""
+    frames, fade_out = job.plan.frames, job.plan.frames - job.fade_out_frames
+    fades = f"fade=in:0:{job.fade_in_frames},fade=out:{fade_out}:{job.fade_out_frames}"
+    graph = f"scale={WIDTH}:{HEIGHT},setsar=1,format=yuv420p,{fades}"
+    argv = [EXE, "-hide_banner", "-nostdin", "-loglevel", "error", "-loop", "1", "-i", str(job.visual), "-vf", graph]
+    raw = subprocess.run([*argv, "-frames:v", str(frames), "-f", "rawvideo", "-"], capture_output=True, check=True)
+    return list(np.frombuffer(raw.stdout, np.uint8).reshape(frames, HEIGHT * 3 // 2, WIDTH))
+
+
+@pytest.mark.parametrize("quality", [Quality.STANDARD, Quality.DRAFT])
+async def test_a_filled_still_repeats_exactly_keeps_x264s_pictures_and_decodes_strictly(
+    tmp_path: Path, quality: Quality
+) -> None:
+    """Standard quality is x264's veryfast (CABAC skips), draft its ultrafast (CAVLC skips)."""
+    output = OutputFormat(WIDTH, HEIGHT, FPS, False, quality, "16:9")
+    plan = ScenePlan(index=0, frames=75, fps=FPS, lead_ms=0, cues=())
+    runs = ((20, None), (30, None), (25, None))
+    still = _detailed_still(tmp_path / "still.png")
+    job = SegmentJob(still, False, plan, tmp_path / "body.mp4", still_runs=runs, fade_in_frames=4, fade_out_frames=5)
+    await encode_segment(EXE, job, output, Encoder.LIBX264, 60, threads=1)
+    assert not job.shown_path.exists()
+    # The distinct pictures again, as encode_segment had them before filling (x264 is deterministic).
+    subprocess.run(segment_command(EXE, job, output, Encoder.LIBX264, threads=1), check=True)
+    shown = body_frames_shown(job)
+    assert shown == [0, 1, 2, 3, 4, 20, 50, 70, 71, 72, 73, 74]
+    decoded = _check_filled(job.output_path, job.shown_path, shown, job.body_frames)
+    # Measured: standard 37.0 dB at worst (a fade frame), draft (CRF 28) 34.1 dB; the first frame is black, exact.
+    psnrs = [psnr(a, b) for a, b in zip(decoded, _lossless(job), strict=True)]
+    sizes = job.shown_path.stat().st_size, job.output_path.stat().st_size
+    print(f"{quality.name}: PSNR min {min(psnrs):.1f} dB, median {np.median(psnrs):.1f} dB, shown/body bytes {sizes}")
+    assert min(psnrs) >= {Quality.STANDARD: 36, Quality.DRAFT: 33}[quality]
+
+
+@pytest.mark.parametrize("preset", ["veryfast", "ultrafast"])
+def test_frame_num_wraps_around_in_a_long_held_run(tmp_path: Path, preset: str) -> None:
+    source = _x264(tmp_path / "shown.mp4", 5, "-preset", preset)
+    shown, frames = [0, 1, 150, 151, 199], 200
+    repeats.fill(source, shown, frames, FPS, tmp_path / "body.mp4")
+    _check_filled(tmp_path / "body.mp4", source, shown, frames)
+    log2_max_frame_num = _parameters(tmp_path / "body.mp4").log2_max_frame_num
+    # x264 writes the smallest field it may (16 frames with one reference): the held run wraps it several times.
+    assert 2**log2_max_frame_num * 4 < 150
+    print(f"{preset}: frame_num wraps every {2**log2_max_frame_num} frames")
+
+
+@pytest.mark.parametrize("preset", ["veryfast", "ultrafast"])
+def test_a_full_hd_picture_of_skips_copies_the_one_before(tmp_path: Path, preset: str) -> None:
+    """8160 macroblocks: CABAC's skip flag runs long past the most probable state, CAVLC's skip run is long."""
+    source = _x264(tmp_path / "shown.mp4", 3, "-preset", preset, size="1920x1080")
+    shown, frames = [0, 5, 6], 8
+    repeats.fill(source, shown, frames, FPS, tmp_path / "body.mp4")
+    _check_filled(tmp_path / "body.mp4", source, shown, frames)
+
+
+@pytest.mark.parametrize("preset", ["veryfast", "ultrafast"])
+def test_an_idr_in_the_middle_restarts_frame_num_and_repeats_stay_exact(tmp_path: Path, preset: str) -> None:
+    source = _x264(tmp_path / "shown.mp4", 12, "-preset", preset, "-x264-params", "keyint=5:min-keyint=5:scenecut=0")
+    shown, frames = [0, 3, 4, 9, 10, 11, 20, 21, 22, 30, 31, 40], 60
+    repeats.fill(source, shown, frames, FPS, tmp_path / "body.mp4")
+    _check_filled(tmp_path / "body.mp4", source, shown, frames)
+    _, slices = _strict_slice_headers(tmp_path / "body.mp4")
+    # Pictures 0, 5 and 10 are IDRs: frames 0, 11 and 31.
+    assert [frame for frame, (idr, _) in enumerate(slices) if idr] == [0, 11, 31]
+
+
+def test_a_stream_with_several_reference_frames_is_refused(tmp_path: Path) -> None:
+    source = _x264(tmp_path / "medium.mp4", 4, "-preset", "medium")
+    assert _parameters(source).max_reference_frames == 3
+    with pytest.raises(MediaError, match="one reference frame; the stream has 3"):
+        repeats.fill(source, [0, 1, 2, 3], 10, FPS, tmp_path / "body.mp4")
+    # Checked before anything is written: PyAV creates the file only when the first packet is muxed.
+    assert not (tmp_path / "body.mp4").exists()
+
+
+@pytest.mark.parametrize("shown", [[0, 1, 2], [0, 1, 2, 3, 5]], ids=["more-pictures", "fewer-pictures"])
+def test_a_stream_with_more_or_fewer_pictures_than_shown_is_refused(tmp_path: Path, shown: list[int]) -> None:
+    source = _x264(tmp_path / "shown.mp4", 4, "-preset", "veryfast")
+    with pytest.raises(MediaError, match="pictures"):
+        repeats.fill(source, shown, 10, FPS, tmp_path / "body.mp4")
+
+
+def test_a_stream_refused_after_muxing_began_leaves_no_target_behind(tmp_path: Path) -> None:
+    source = _x264(tmp_path / "shown.mp4", 4, "-preset", "veryfast")
+    with pytest.raises(MediaError):
+        repeats.fill(source, [0, 1, 2], 10, FPS, tmp_path / "body.mp4")
+    assert not (tmp_path / "body.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [[], [1, 2], [0, 3, 2], [0, 2, 2], [0, 10], [0, 4, 12]],
+    ids=["empty", "not-from-0", "descending", "repeated", "at-the-end", "past-the-end"],
+)
+def test_shown_frames_that_do_not_rise_from_0_within_the_body_are_refused(tmp_path: Path, shown: list[int]) -> None:
+    with pytest.raises(ValueError, match="do not start at 0 and rise within 10 frames"):
+        repeats.fill(tmp_path / "missing.mp4", shown, 10, FPS, tmp_path / "body.mp4")
+    assert not (tmp_path / "body.mp4").exists()
