@@ -15,7 +15,14 @@ from scenecast.v1 import render_service_pb2, types_pb2
 from gateway.validation import validate_render
 from scenecast_cli.script import ScriptError, load_script
 from services.assembler.encoding import encode_segment
-from services.assembler.ffmpeg import Encoder, SegmentJob, body_frames_shown, held_frames, segment_command
+from services.assembler.ffmpeg import (
+    Encoder,
+    SegmentJob,
+    body_frames_shown,
+    fading_frames,
+    held_frames,
+    segment_command,
+)
 from services.assembler.plan import ScenePlan
 from services.common.errors import InvalidArgument
 from services.common.media import ffmpeg_exe
@@ -105,11 +112,13 @@ def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
     every_part = "fps=30:force-cfr=1"
     assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=4,8,{held}/10,35,{held}/37,87,{held}"
     # Only x264 takes zones; a still whose repeats are pictures of skips, or at a variable rate, has no held frames
-    # to encode; a clip's frames are all its own. Every x264 part declares the same fixed frame rate.
+    # to encode, only its fade-out searched less (distinct pictures 6 and 7 of [0, 1, 2, 3, 9, 36, 88, 89]); a
+    # clip's frames are all its own. Every x264 part declares the same fixed frame rate.
     assert "-x264-params" not in segment_command("ffmpeg", job, hd, Encoder.H264_NVENC)
     for output in (CONSTANT, VARIABLE):
         argv = segment_command("ffmpeg", job, output, Encoder.LIBX264)
-        assert argv[argv.index("-x264-params") + 1] == every_part
+        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=6,7,{held}"
+    assert fading_frames(_job(fade_out_frames=4, head_frames=5, tail_frames=2), [0, 4, 31, 81, 82]) == [(3, 4)]
     clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), hd, Encoder.LIBX264)
     assert clip[clip.index("-x264-params") + 1] == every_part
 
