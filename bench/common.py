@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import statistics
@@ -146,6 +148,76 @@ def machine() -> dict[str, str]:
         else "libx264: NVENC not available (no NVIDIA GPU or driver: FFmpeg's h264_nvenc test encode fails)",
         "OS": platform.platform(),
     }
+
+
+# --- another tree's stack -------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+# main before issue 20: the "today" of its targets.
+BASELINE = "69436f3c3f366d087d8eb9ace035ac9b70b2b0d6"
+
+
+@contextlib.contextmanager
+def baseline_tree(work: Path) -> Iterator[Path]:
+    """BASELINE's files, unpacked from this repository's history."""
+    tree = work / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    yield tree
+
+
+# Run in the tree under test by its own interpreter: starts that tree's LocalStack (whatever services it has), prints
+# the gateway's address, the services' process ids and addresses, and stops the stack when its standard input closes.
+_SERVE = """
+import json, sys
+from pathlib import Path
+from scenecast_cli.stack import LocalStack
+stack = LocalStack(env=json.loads(sys.argv[1]), log_dir=Path(sys.argv[2])).start(timeout_seconds=120)
+processes = {name: p.pid for name, p in stack.processes.items()}
+print(json.dumps([stack.gateway_address, processes, stack.addresses]), flush=True)
+sys.stdin.read()
+stack.stop()
+"""
+
+
+@dataclass
+class TreeStack:
+    gateway_address: str
+    pids: dict[str, int]
+    # Each service's address ("assembler": "127.0.0.1:50054"), as LocalStack names them.
+    addresses: dict[str, str]
+
+
+@contextlib.contextmanager
+def tree_stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> Iterator[TreeStack]:
+    """The LocalStack of `tree` (`python -c` puts the working folder first on the path), or of this tree's installed
+    packages when None, each with its own list of services.
+
+    Both run in a folder without a .env (this tree's could choose other providers for one side only), with the
+    offline providers named, whatever the caller's environment says.
+    """
+    logs = work / f"logs-{name}"
+    logs.mkdir()
+    folder = tree or work / f"cwd-{name}"
+    folder.mkdir(exist_ok=True)
+    env = stack_env(work / name, {"IMAGE_PROVIDER": "slides", "TTS_PROVIDER": "piper", "VIDEO_PROVIDER": "", **extra})
+    with subprocess.Popen(
+        [sys.executable, "-c", _SERVE, json.dumps(env), str(logs)],
+        cwd=folder,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as server:
+        assert server.stdin is not None and server.stdout is not None
+        try:
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {name} stack did not start; see {logs}")
+            address, pids, addresses = json.loads(line)
+            yield TreeStack(address, pids, addresses)
+        finally:
+            server.stdin.close()
+            server.wait(timeout=60)
 
 
 # --- gRPC calls -----------------------------------------------------------------------------------------------------

@@ -72,11 +72,14 @@ Total run time: {total:.0f} s.
    burnt captions are left out (they cost the segments no measurable time; see `bench/assembly.py`). Each assembly
    run is divided by the bare encode run right after it. Figure 2b divides by the earlier baseline, one still
    repeated for every frame without fades, which skips the fading frames, the most costly ones to encode. The bare
-   encode uses the assembler's x264 settings (no B-frames; x264 zones with less analysis for the frames that repeat
-   the one before). Figures 1a-1c encode the same frames once more with the settings before issue 20 (the veryfast
-   preset alone) right after: the time ratio (paired runs), the size ratio, and FFmpeg's `psnr` filter over every
-   frame of the two files. Figures 2c-2e: each run also renders the job at `output.frame_rate_mode: variable`;
-   2c divides the bare constant-rate encode by it (paired runs), 2d divides its MP4 by the constant-rate one, 2e
+   encode is the best x264 alone found for held stills (no B-frames; x264 zones with less analysis for the frames
+   that repeat the one before; what the assembler does at hd quality); it is run a second time with the veryfast
+   preset alone (x264's settings before issue 20) for figure 2c'. Figures 1a-1c: each run also sends the same assets
+   to the assembler before issue 20 (BASELINE, unpacked from this repository's history and run as its own
+   LocalStack): the time ratio (paired runs), the size ratio, and FFmpeg's `psnr` filter over every frame of the two
+   MP4s (its average; the worst frame in a note). Figures 2c-2e: each run also renders the job at
+   `output.frame_rate_mode: variable`; 2c divides the bare constant-rate encode by it (paired runs), 2d divides its
+   MP4 by the constant-rate one, 2e
    decodes the picture shown at 50 evenly spaced times from both renders (the last frame starting at or before
    each time) and gives the lowest PSNR; the two videos must last exactly as long, or the group fails.
 3. **Parallel fan-out.** `bench/slow_openai.py` wraps the test suite's fake OpenAI API with a 1.5 s sleep per image
@@ -136,8 +139,10 @@ of the cores as x264 threads (`ffmpeg.encoder_threads`) and writing the soundtra
   probe them, while the first segments encode.
 
 Tried and left out: `-tune stillimage` and x264 `weightp=2` or `0` (within the run-to-run spread of 5 %, and
-they change the picture); one encode at a time with x264's threads (11.8 s for the 12 segments against 9.1 s);
-`aac_coder=fast` (1.0 s instead of 1.4 s of CPU, off the critical path once the AAC is encoded alongside the video).
+they change the picture); one encode at a time with x264's threads (11.8 s for the 12 segments against 9.1 s).
+`aac_coder=fast` was left out then (1.0 s instead of 1.4 s of CPU, off the critical path once the AAC is encoded
+alongside the video) and taken for issue 20, once the soundtrack's last pass had become the serial tail of a render
+(61 s of narration and music: 1.37 s of CPU against 2.07 s).
 
 ## Held stills at a constant frame rate: what was tried (issue 20)
 
@@ -173,6 +178,39 @@ stretch split into its own file and joined by stream copy (each part must start 
 each at 1080p against a few hundred bytes for a held P-frame: the size target rules it out). B-frames cannot be
 kept for clips alone: every part of a video must share them to be joined by stream copy (a part with B-frames
 starts its decode times before its first picture, which would overlap a part without them).
+
+## Held stills as pictures of skips (issue 20)
+
+Measured once on this machine, quiet, for the change (not re-measured by `bench/run.py`, whose figures 1, 1a-1c, 2,
+2c and 9 measure the result). FFmpeg ran behind a wrapper logging each process's CPU time (`IMAGEIO_FFMPEG_EXE`).
+
+- x264's cost per held frame cannot go much lower (the table above: every analysis option at its cheapest still took
+  1.7 s for 600 frames at 1080p). So x264 now encodes only a still's distinct pictures, as at a variable frame rate,
+  and `services/assembler/repeats.py` writes every frame that repeats the one before as a P picture whose macroblocks
+  are all skipped: with no coded neighbour moving, a skipped block's motion vector is zero and an edge between two
+  skipped blocks is not filtered, so it decodes to an exact copy (byte-identical, tested by decoding). A picture of
+  skips is 15 bytes of slice at 320x180, about 70 at 1080p; it is built once per stream and copied, and the pictures
+  after it get their frame_num rewritten in place (a fixed-width field; the rest of each slice is kept byte for
+  byte). It needs one reference frame: standard and draft quality (veryfast, ultrafast); hd (medium, three
+  reference frames) keeps encoding every frame with the zones above.
+- 12 scenes at 1080p (figure 1's assets), constant rate: the `Assemble` call 8.43 s before, 5.08 s after; the MP4
+  2.59 MB before, 2.26 MB after; FFmpeg's psnr against the render before: average 48.6 dB, worst frame 46.1 dB.
+  A scene's segment encode took 0.7 to 1.1 s of CPU at 720p before (the demo), 0.3 s after.
+- Every x264 part now declares `fps` and `force-cfr` (x264-params): a part encoded from its own timestamps otherwise
+  declared the image's 25 fps and a variable rate in its SPS, unlike the clips' parts; the joined video keeps the
+  first part's SPS, so they must be the same.
+- The fades: 24 of a scene's 28 distinct pictures. x264 zones with the held frames' cheaper analysis on every fade
+  frame took a scene's encode from 0.75 s to 0.45 s of CPU but the held picture after a fade-in came out worse
+  (psnr against the render before 44.9 dB on average); on the fade-outs only, 0.62 s and 48.6 dB: kept
+  (`ffmpeg.fading_frames`). Also tried: a key frame forced on the first full picture after the fade-in, so that the
+  fade-in could be searched less without the held picture depending on it: the MP4 1.18x larger (1.09x the render
+  before issue 20) and psnr 45.9 dB: left out. A fade-out could also be written as weighted pictures of skips (the
+  picture before, scaled); a fade-in cannot (its first picture is black, and without B-frames nothing can refer to
+  the picture it fades into), so that was left.
+- Piper: a narration's sentences are spoken on every free slot (`PIPER_CONCURRENCY`), narrations sharing the slots
+  a sentence at a time: the last scene of the demo no longer speaks alone on one core.
+- The demo (`examples/safety-ladder.yaml`, 5 scenes, 720p), paired runs on this machine: 7.4 to 8.5 s before issue
+  20, 4.4 to 5.0 s after all of the above.
 
 ## Profile of the fan-out render (figure 3)
 

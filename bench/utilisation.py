@@ -17,11 +17,8 @@ file) and the Render stream's progress events are time-stamped: the timeline pri
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,14 +28,12 @@ from pathlib import Path
 import psutil
 from scenecast.v1 import render_service_pb2, types_pb2
 
-from bench.common import NARRATIONS, Figure, log, scene, stack_env
+from bench.common import NARRATIONS, Figure, TreeStack, baseline_tree, log, scene, tree_stack
 from scenecast_cli.client import render_to_file
 from scenecast_cli.script import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "safety-ladder.yaml"
-# main before issue 20: the "today" of its targets.
-BASELINE = "69436f3c3f366d087d8eb9ace035ac9b70b2b0d6"
 RUNS = 3
 SAMPLE_SECONDS = 0.05
 # Scenes in flight (the gateway's MAX_CONCURRENT_SCENES) for the two extra runs of this tree.
@@ -110,7 +105,7 @@ def _output_name(argv: list[str]) -> str:
 _ASSET_KINDS = {types_pb2.MEDIA_KIND_IMAGE: "slide", types_pb2.MEDIA_KIND_SPEECH: "speech"}
 
 
-def _render(stack: _Stack, request: render_service_pb2.RenderRequest, movie: Path) -> Measured:
+def _render(stack: TreeStack, request: render_service_pb2.RenderRequest, movie: Path) -> Measured:
     processes = {name: psutil.Process(pid) for name, pid in stack.pids.items()}
     before = {name: _cpu(process) for name, process in processes.items()}
     events: list[tuple[float, str]] = []
@@ -158,67 +153,12 @@ def _no_cache(request: render_service_pb2.RenderRequest) -> render_service_pb2.R
 
 
 @contextlib.contextmanager
-def _baseline_tree(work: Path) -> Iterator[Path]:
-    """BASELINE's files, unpacked from this repository's history."""
-    tree = work / "baseline"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    yield tree
-
-
-# Run in the tree under test by its own interpreter: starts that tree's LocalStack (whatever services it has), prints
-# the gateway's address and the services' process ids, and stops the stack when its standard input closes.
-_SERVE = """
-import json, sys
-from pathlib import Path
-from scenecast_cli.stack import LocalStack
-stack = LocalStack(env=json.loads(sys.argv[1]), log_dir=Path(sys.argv[2])).start(timeout_seconds=120)
-print(json.dumps([stack.gateway_address, {name: p.pid for name, p in stack.processes.items()}]), flush=True)
-sys.stdin.read()
-stack.stop()
-"""
-
-
-@dataclass
-class _Stack:
-    gateway_address: str
-    pids: dict[str, int]
-
-
-@contextlib.contextmanager
-def _stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> Iterator[_Stack]:
-    """The LocalStack of `tree` (`python -c` puts the working folder first on the path), or of this tree's installed
-    packages when None, each with its own list of services.
-
-    Both run in a folder without a .env (this tree's could choose other providers for one side only), with the
-    offline providers named, whatever the caller's environment says.
-    """
-    logs = work / f"logs-{name}"
-    logs.mkdir()
-    folder = tree or work / f"cwd-{name}"
-    folder.mkdir(exist_ok=True)
-    env = stack_env(work / name, {"IMAGE_PROVIDER": "slides", "TTS_PROVIDER": "piper", "VIDEO_PROVIDER": "", **extra})
-    with subprocess.Popen(
-        [sys.executable, "-c", _SERVE, json.dumps(env), str(logs)],
-        cwd=folder,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    ) as server:
-        assert server.stdin is not None and server.stdout is not None
-        try:
-            line = server.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the {name} stack did not start; see {logs}")
-            address, pids = json.loads(line)
-            stack = _Stack(address, pids)
-            # One short render first: lazy start-up work (fonts, first connections) is not the render's.
-            warm = render_service_pb2.RenderRequest(scenes=[scene(0)], output=_twelve_scenes().output, no_cache=True)
-            render_to_file(stack.gateway_address, warm, work / f"warm-{name}.mp4", timeout_seconds=300)
-            yield stack
-        finally:
-            server.stdin.close()
-            server.wait(timeout=60)
+def _stack(work: Path, name: str, tree: Path | None, extra: dict[str, str]) -> Iterator[TreeStack]:
+    """`tree_stack` after one short render: lazy start-up work (fonts, first connections) is not the render's."""
+    with tree_stack(work, name, tree, extra) as stack:
+        warm = render_service_pb2.RenderRequest(scenes=[scene(0)], output=_twelve_scenes().output, no_cache=True)
+        render_to_file(stack.gateway_address, warm, work / f"warm-{name}.mp4", timeout_seconds=300)
+        yield stack
 
 
 def _spread(values: list[float]) -> str:
@@ -248,7 +188,7 @@ def run(work: Path) -> list[Figure]:
     jobs = {"demo": demo, "12 scenes": twelve}
     results: dict[tuple[str, str], list[Measured]] = {}
     with contextlib.ExitStack() as stacks:
-        tree = stacks.enter_context(_baseline_tree(work))
+        tree = stacks.enter_context(baseline_tree(work))
         variants = {
             "today": stacks.enter_context(_stack(work, "today", tree, {})),
             "now": stacks.enter_context(_stack(work, "now", None, {})),
