@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,8 +20,17 @@ from services.assembler.ffmpeg import (
 )
 from services.assembler.timeline import Timeline
 from services.common.cache import AssetCache
+from services.common.errors import MediaError
 from services.common.media import run_ffmpeg
 from services.common.output import OutputFormat
+
+_LOGGER = logging.getLogger(__name__)
+
+# Segment encodes and cross-fade blends run below the soundtrack's passes and, on a machine shared with the audio
+# service, below piper: they only have to be done by the final join, while the last narration and the soundtrack
+# after it are each render's serial tail. CFS then gives a niced encode a third of a core against a normal process
+# (weights 335 and 1024), and all of an idle one.
+ENCODE_NICENESS = 5
 
 
 async def encode_segment(
@@ -33,14 +43,23 @@ async def encode_segment(
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Encodes a segment's files; for a still whose repeats are pictures of skips, FFmpeg encodes its distinct
-    pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are built once)."""
-    await run_ffmpeg(segment_command(exe, job, output, encoder, threads), timeout_seconds, env)
-    if fills_repeats(job, output, encoder):
-        try:
-            shown = body_frames_shown(job)
-            await asyncio.to_thread(repeats.fill, job.shown_path, shown, job.body_frames, output.fps, job.output_path)
-        finally:
-            job.shown_path.unlink(missing_ok=True)
+    pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are built once).
+
+    A stream `repeats.fill` refuses (an FFmpeg whose x264 wrote something it does not know) costs only the speed:
+    the segment is encoded again with every frame, and the reason logged.
+    """
+    await run_ffmpeg(segment_command(exe, job, output, encoder, threads), timeout_seconds, env, ENCODE_NICENESS)
+    if not fills_repeats(job, output, encoder):
+        return
+    try:
+        shown = body_frames_shown(job)
+        await asyncio.to_thread(repeats.fill, job.shown_path, shown, job.body_frames, output.fps, job.output_path)
+    except MediaError as error:
+        _LOGGER.warning("scene %d: repeats not written as skips (%s); encoding every frame", job.plan.index, error)
+        every_frame = segment_command(exe, job, output, encoder, threads, every_frame=True)
+        await run_ffmpeg(every_frame, timeout_seconds, env, ENCODE_NICENESS)
+    finally:
+        job.shown_path.unlink(missing_ok=True)
 
 
 class EncodeScheduler:
@@ -93,7 +112,7 @@ class EncodeScheduler:
                 self._exe, tail, head, timeline.crossfade_frames, timeline.output, path, self._encoder
             )
             async with self._slots:
-                await run_ffmpeg(command, self._timeout)
+                await run_ffmpeg(command, self._timeout, niceness=ENCODE_NICENESS)
             return path
 
         blends = await asyncio.gather(*(blend(position) for position in range(len(jobs) - 1)))

@@ -61,13 +61,14 @@ _BLUR_SIGMA = 4
 _BACKDROP_GAIN = 0.5
 _NVENC_PROBE_SECONDS = 20
 # x264's analysis for frames that repeat the one before (a held still between caption changes and fades, when every
-# frame is encoded) and for a still's fade frames, as zone options (x264 reconfigures itself at each zone's edges): no
-# sub-pixel refinement, the diamond motion search, no partitions below 16x16. Every block of a repeat is a skip, and
-# of a fade frame the picture before scaled (weighted prediction): searching finer found nothing. On the 12 slides
-# of bench/assembly.py (1820 frames at 1080p), with no B-frames (Encoder.options), the encode of every frame took
-# 0.71x the CPU time of the one before (x264's veryfast preset alone), the file was 5 % larger, and every frame
-# within 46.0 dB (PSNR). On those 12 scenes' distinct pictures (28 each, 24 of them fade frames), the zones on the
-# fade-outs took each scene's encode from about 0.75 s to 0.62 s of CPU (fading_frames).
+# frame is encoded) and for a still's fade-out frames, as zone options (x264 reconfigures itself at each zone's
+# edges): no sub-pixel refinement, the diamond motion search, no partitions below 16x16. Every block of a repeat is a
+# skip, and a fade frame is the picture before, darker (at standard quality x264's weighted prediction codes it as
+# such): searching finer found nothing. On the 12 slides of bench/assembly.py (1820 frames at 1080p), with no
+# B-frames (Encoder.options), the encode of every frame took 0.71x the CPU time of the one before (x264's veryfast
+# preset alone), the file was 5 % larger, and every frame within 46.0 dB (PSNR). On those 12 scenes' distinct
+# pictures (28 each, 24 of them fade frames), the zones on the fade-outs took each scene's encode from about 0.75 s
+# to 0.62 s of CPU (fading_frames).
 HELD_X264 = "subme=0,me=dia,partitions=none"
 
 
@@ -215,7 +216,9 @@ class SegmentJob:
         return self.output_path.with_name(f"{self.output_path.stem}-{part}{_PART_SUFFIX}")
 
 
-def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: Encoder, threads: int = 0) -> list[str]:
+def segment_command(
+    exe: str, job: SegmentJob, output: OutputFormat, encoder: Encoder, threads: int = 0, every_frame: bool = False
+) -> list[str]:
     """Encodes a scene's silent H.264 segment, and its lossless head and tail when asked, in one FFmpeg run.
 
     A still is decoded and framed once and repeated with the `loop` filter (far cheaper than `-loop 1`, which
@@ -246,7 +249,8 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
     # A still's body at a variable frame rate, or one whose repeats `repeats.fill` writes: only the frames that show
     # a new picture go to the encoder, each keeping its timestamp, so it lasts until the next one.
     variable = output.variable_frame_rate and not job.is_clip
-    shown = body_frames_shown(job) if variable or fills_repeats(job, output, encoder) else None
+    fills = fills_repeats(job, output, encoder) and not every_frame
+    shown = body_frames_shown(job) if variable or fills else None
     if parts:
         copies = picture.filter_multi_output("split", 1 + len(parts))
         body = _trim(copies.stream(0), job.head_frames, frames - job.tail_frames)
@@ -263,7 +267,7 @@ def segment_command(exe: str, job: SegmentJob, output: OutputFormat, encoder: En
     elif not job.is_clip:
         light = held_frames(job)
     body_count = len(shown) if shown is not None else job.body_frames
-    body_path = job.shown_path if fills_repeats(job, output, encoder) else job.output_path
+    body_path = job.shown_path if fills else job.output_path
     outputs = [_h264_output(body, body_path, body_count, output, encoder, threads, light, shown is not None), *lossless]
     return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
 

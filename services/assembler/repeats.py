@@ -28,7 +28,7 @@ import av
 
 from services.common.errors import MediaError
 
-_NAL_SLICE, _NAL_IDR, _NAL_SPS, _NAL_PPS = 1, 5, 7, 8
+_NAL_SLICE, _NAL_IDR = 1, 5
 _P_SLICE = 5  # slice_type 5: P, and every other slice of the picture P too
 # Table 9-44: rangeTabLPS by pStateIdx and (codIRange >> 6) & 3.
 _RANGE_LPS = (
@@ -122,7 +122,9 @@ def _unescape(nal: bytes) -> bytes:
 
 
 def _escape(rbsp: bytes) -> bytes:
-    return _NEEDS_ESCAPE.sub(b"\x00\x00\x03", rbsp)
+    escaped = _NEEDS_ESCAPE.sub(b"\x00\x00\x03", rbsp)
+    # An RBSP ending in a zero byte (a slice's cabac_zero_words) takes a final 0x03: a NAL unit cannot end in 0x00.
+    return escaped + b"\x03" if escaped.endswith(b"\x00") else escaped
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class StreamParameters:
     """What a slice header's layout depends on, from the stream's one SPS and one PPS."""
 
     log2_max_frame_num: int
+    pps_id: int
     max_reference_frames: int
     macroblocks: int
     has_chroma: bool
@@ -181,7 +184,7 @@ class StreamParameters:
         if not sps.u(1):
             raise MediaError("interlaced H.264 is not supported")
         pps = _Reader(_unescape(pps_nal[1:]))
-        pps.ue()
+        pps_id = pps.ue()
         pps.ue()
         cabac = bool(pps.u(1))
         if pps.u(1):
@@ -201,6 +204,7 @@ class StreamParameters:
             raise MediaError("redundant pictures are not supported")
         return cls(
             log2_max_frame_num,
+            pps_id,
             max_reference_frames,
             width * height,
             chroma_format != 0,
@@ -309,7 +313,7 @@ class _SkipPictures:
         params, header = self._params, _Writer()
         header.ue(0)  # first_mb_in_slice
         header.ue(_P_SLICE)
-        header.ue(0)  # pic_parameter_set_id
+        header.ue(params.pps_id)
         header.u(params.log2_max_frame_num, frame_num)
         header.u(1, 1)  # num_ref_idx_active_override_flag: one reference, the picture just before
         header.ue(0)

@@ -19,10 +19,10 @@ SAMPLE_RATE = 48000
 # copy. Encoding it in the soundtrack's last pass, alongside the video encodes, takes the AAC encoder (1.4 s of CPU
 # for a minute of stereo, measured) off the serial tail of an assembly, where the mux waits for it.
 AAC_BITRATE = "192k"
-# The native encoder's fast coder: FFmpeg's maintainers found it better sounding than the default twoloop coder at
-# bitrates this high, for less CPU (FFmpeg commit fcb681ac, 2018, which made it the default then). Measured on
-# 61 s of piper narration with music: 1.37 s of CPU against 2.07 s, on the serial tail of every assembly.
-AAC_OPTIONS = {"c:a": "aac", "aac_coder": "fast", "b:a": AAC_BITRATE}
+# The native encoder with its default twoloop coder. Its fast coder took 1.37 s of CPU against 2.07 s for 61 s of
+# narration and music, on the serial tail of every assembly, but FFmpeg went back from fast to twoloop as its default
+# in 2021 for twoloop's better rate control and sound (OBS followed), so the sound is not traded for it.
+AAC_OPTIONS = {"c:a": "aac", "b:a": AAC_BITRATE}
 SOUNDTRACK_SUFFIX = ".m4a"
 # ebur128 prints its summary at the info level; -nostats keeps the progress lines out of the parsed text.
 _MEASURE_ARGS = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "info")

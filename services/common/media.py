@@ -42,6 +42,11 @@ def _dies_with_parent() -> tuple[str, ...]:
     return (setpriv, "--pdeathsig", "KILL", "--")
 
 
+def _niced(niceness: int) -> tuple[str, ...]:
+    nice = shutil.which("nice") if niceness > 0 else None
+    return (nice, "-n", str(niceness)) if nice else ()
+
+
 @dataclass(frozen=True)
 class MediaInfo:
     """What a file holds, read from its streams."""
@@ -109,15 +114,19 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-async def run_ffmpeg(argv: list[str], timeout_seconds: float, env: Mapping[str, str] | None = None) -> str:
+async def run_ffmpeg(
+    argv: list[str], timeout_seconds: float, env: Mapping[str, str] | None = None, niceness: int = 0
+) -> str:
     """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and raises MediaError on failure.
 
-    `env` adds variables to this process's environment (FONTCONFIG_FILE, say). Returns FFmpeg's stderr, where
-    analysis filters (ebur128) print what they measured. The error carries the command and stderr's tail, also when
-    the timeout stopped FFmpeg: what it printed last shows where it was stuck.
+    `env` adds variables to this process's environment (FONTCONFIG_FILE, say). `niceness` above 0 runs FFmpeg at a
+    lower CPU priority (coreutils' `nice`, like `setpriv` a prefix rather than a `preexec_fn`). Returns FFmpeg's
+    stderr, where analysis filters (ebur128) print what they measured. The error carries the command and stderr's
+    tail, also when the timeout stopped FFmpeg: what it printed last shows where it was stuck.
     """
     process = await asyncio.create_subprocess_exec(
         *_dies_with_parent(),
+        *_niced(niceness),
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,

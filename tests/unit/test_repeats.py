@@ -135,6 +135,28 @@ async def test_a_filled_still_repeats_exactly_keeps_x264s_pictures_and_decodes_s
     assert min(psnrs) >= {Quality.STANDARD: 36, Quality.DRAFT: 33}[quality]
 
 
+async def test_a_stream_fill_refuses_is_encoded_again_with_every_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an FFmpeg whose x264 wrote a stream repeats.fill does not know would cost: the speed, not the render."""
+
+    def refuse(*_: object) -> None:
+        raise MediaError("the H.264 stream has 2 parameter sets of a kind; one is supported")
+
+    monkeypatch.setattr(repeats, "fill", refuse)
+    output = OutputFormat(WIDTH, HEIGHT, FPS, False, Quality.STANDARD, "16:9")
+    plan = ScenePlan(index=3, frames=40, fps=FPS, lead_ms=0, cues=())
+    still = _detailed_still(tmp_path / "still.png")
+    job = SegmentJob(still, False, plan, tmp_path / "body.mp4", fade_in_frames=4, fade_out_frames=3)
+    await encode_segment(EXE, job, output, Encoder.LIBX264, 60, threads=1)
+    assert not job.shown_path.exists()
+    times, decoded = _decoded(job.output_path)
+    assert times == [Fraction(frame, FPS) for frame in range(40)]
+    psnrs = [psnr(a, b) for a, b in zip(decoded, _lossless(job), strict=True)]
+    assert min(psnrs) >= 36
+    assert "scene 3: repeats not written as skips (the H.264 stream has 2 parameter sets" in caplog.text
+
+
 @pytest.mark.parametrize("preset", ["veryfast", "ultrafast"])
 def test_frame_num_wraps_around_in_a_long_held_run(tmp_path: Path, preset: str) -> None:
     source = _x264(tmp_path / "shown.mp4", 5, "-preset", preset)

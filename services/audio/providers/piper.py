@@ -107,7 +107,7 @@ class PiperProvider(Provider[PiperSettings, SpeechJob]):
         # Loading takes about a second; the registry builds the provider once and keeps it.
         self._voice = _load_voice(max(1, (os.cpu_count() or 1) // slots))
         # Sentences past the bound wait here for one in flight to end, first come first served (asyncio's semaphore
-        # wakes its waiters in order).
+        # wakes its waiters in order). It belongs to the one event loop that serves the calls (the service's).
         self._slots = asyncio.Semaphore(slots)
         self._lanes = slots
 
