@@ -140,9 +140,10 @@ of the cores as x264 threads (`ffmpeg.encoder_threads`) and writing the soundtra
 
 Tried and left out: `-tune stillimage` and x264 `weightp=2` or `0` (within the run-to-run spread of 5 %, and
 they change the picture); one encode at a time with x264's threads (11.8 s for the 12 segments against 9.1 s).
-`aac_coder=fast` was left out then (1.0 s instead of 1.4 s of CPU, off the critical path once the AAC is encoded
-alongside the video) and taken for issue 20, once the soundtrack's last pass had become the serial tail of a render
-(61 s of narration and music: 1.37 s of CPU against 2.07 s).
+`aac_coder=fast` (1.0 s instead of 1.4 s of CPU, off the critical path once the AAC is encoded alongside the
+video). Tried again for issue 20, where the soundtrack's last pass is a render's serial tail (61 s of narration and
+music: 1.37 s of CPU against 2.07 s), and left out again: FFmpeg made it its default in 2018 and went back to
+twoloop in 2021 for twoloop's better rate control and sound.
 
 ## Held stills at a constant frame rate: what was tried (issue 20)
 
@@ -207,6 +208,8 @@ Measured once on this machine, quiet, for the change (not re-measured by `bench/
   before issue 20) and psnr 45.9 dB: left out. A fade-out could also be written as weighted pictures of skips (the
   picture before, scaled); a fade-in cannot (its first picture is black, and without B-frames nothing can refer to
   the picture it fades into), so that was left.
+- Segment encodes and cross-fade blends run at niceness 5 (`encoding.ENCODE_NICENESS`): they only have to be done
+  by the final join, while piper's last narration and the soundtrack after it are the render's serial tail.
 - Piper: a narration's sentences are spoken on every free slot (`PIPER_CONCURRENCY`), narrations sharing the slots
   a sentence at a time: the last scene of the demo no longer speaks alone on one core.
 - The demo (`examples/safety-ladder.yaml`, 5 scenes, 720p), paired runs on this machine: 7.4 to 8.5 s before issue
