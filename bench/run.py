@@ -278,10 +278,10 @@ REASONS: dict[str, str] = {
         "base is higher than in the table of 2026-11-28 (84 MiB) since it decodes scene previews with Pillow"
     ),
     "utilisation-demo-wall": (
-        "before issue 20 the offline demo already kept both cores 0.92 busy on a quiet machine (the issue's 0.5 "
-        "was measured under load), so running piper's narrations in parallel saves only the CPU piper's second "
-        "onnxruntime thread wasted (figure 9's CPU seconds 0.69x): the render is CPU-bound, and what is left is "
-        "the assembler's segment encodes and its two serial soundtrack passes after the last narration"
+        "the render is CPU-bound (0.9 of both cores before and after); issue 20 took its CPU from about 16 s to "
+        "about 8.5 s (held frames as pictures of skips, piper's sentences on both cores), and what is left on the "
+        "serial tail after the last narration is the soundtrack's last pass, whose AAC encode (twoloop, kept for "
+        "the sound) takes about 1.6 s of one core for the demo's 49 s while the other has little left to do"
     ),
     "moviepy-speedup": (
         "MoviePy 2.2 ran this job in 113 to 125 s here, so 10x needs the assembly under 11.3 to 12.5 s; most of "
@@ -299,13 +299,18 @@ REASONS: dict[str, str] = {
         "much as before"
     ),
     "vfr-speedup": (
-        "profiled once (FFmpeg behind a logging wrapper): the 12 variable-rate segment encodes took 0.73 to 0.83 s "
-        "of CPU each (9.1 s; 28 pictures a scene, 24 of them fade frames at about 20 ms each for x264, plus the "
-        "PNG decode and x264's start-up), against 1.2 to 1.6 s at a constant rate; the soundtrack's two passes "
-        "took 3.8 s of CPU alongside. About 13 s of CPU on 2 cores cannot finish under a third of the bare "
-        "encode: the fade frames, not the held ones, are now the cost"
+        "profiled (FFmpeg behind a logging wrapper): each variable-rate segment encode takes about 0.6 s of CPU (28 "
+        "distinct pictures a scene, 24 of them fade frames at 15 to 20 ms each for x264, plus FFmpeg's and x264's "
+        "start-up), 7.4 s for the 12, and the soundtrack's passes about 2.9 s (2.1 s of it the AAC encode, twoloop, "
+        "kept for the sound): about 10.5 s of CPU on 2 cores cannot finish under a third of the bare encode. The "
+        "fade-ins are the cost left: they cannot be pictures of skips (without B-frames nothing refers forward to "
+        "the picture they fade into) and searching them less made the held picture after them worse (BENCHMARKS, "
+        "'Held stills as pictures of skips')"
     ),
-    "vfr-speedup-before": ("as for figure 2c, against the bare encode with the x264 settings before issue 20"),
+    "vfr-speedup-before": (
+        "as for figure 2c, against the bare encode with x264's settings before issue 20: 3x needs the variable-rate "
+        "assembly about 1 s faster than it is"
+    ),
 }
 
 
