@@ -307,14 +307,7 @@ def fading_frames(job: SegmentJob, shown: list[int]) -> list[tuple[int, int]]:
     without; fading out only, 48.6).
     """
     fading = set(range(job.plan.frames - job.fade_out_frames, job.plan.frames))
-    positions = [k for k, frame in enumerate(shown) if frame + job.head_frames in fading]
-    runs: list[list[int]] = []
-    for position in positions:
-        if runs and runs[-1][1] == position - 1:
-            runs[-1][1] = position
-        else:
-            runs.append([position, position])
-    return [(first, last) for first, last in runs]
+    return _runs([k for k, frame in enumerate(shown) if frame + job.head_frames in fading])
 
 
 def light_zones(light: Sequence[tuple[int, int]]) -> str:
@@ -342,13 +335,18 @@ def _picture_changes(job: SegmentJob) -> set[int]:
 
 def _select_expression(frames: list[int]) -> str:
     """The `select` filter's expression keeping exactly `frames`, consecutive ones as one range."""
-    ranges: list[list[int]] = []
-    for frame in frames:
-        if ranges and ranges[-1][1] == frame - 1:
-            ranges[-1][1] = frame
+    return "+".join(f"eq(n,{a})" if a == b else f"between(n,{a},{b})" for a, b in _runs(frames))
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """Ascending `numbers` as runs of consecutive ones, (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for number in numbers:
+        if runs and runs[-1][1] == number - 1:
+            runs[-1] = (runs[-1][0], number)
         else:
-            ranges.append([frame, frame])
-    return "+".join(f"eq(n,{a})" if a == b else f"between(n,{a},{b})" for a, b in ranges)
+            runs.append((number, number))
+    return runs
 
 
 def _check_counts(job: SegmentJob) -> None:

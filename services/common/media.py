@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import shlex
 import shutil
 import sys
@@ -40,6 +39,14 @@ def _dies_with_parent() -> tuple[str, ...]:
         _LOGGER.warning("setpriv not found: an FFmpeg may outlive this service if it is killed")
         return ()
     return (setpriv, "--pdeathsig", "KILL", "--")
+
+
+def _with_env(env: Mapping[str, str]) -> tuple[str, ...]:
+    if not env:
+        return ()
+    if any(not name or "=" in name for name in env):
+        raise ValueError(f"not environment variable names: {sorted(env)}")
+    return ("env", *(f"{name}={value}" for name, value in env.items()))
 
 
 def _niced(niceness: int) -> tuple[str, ...]:
@@ -119,19 +126,20 @@ async def run_ffmpeg(
 ) -> str:
     """Runs FFmpeg; kills it if the caller is cancelled or the timeout passes, and raises MediaError on failure.
 
-    `env` adds variables to this process's environment (FONTCONFIG_FILE, say). `niceness` above 0 runs FFmpeg at a
-    lower CPU priority (coreutils' `nice`, like `setpriv` a prefix rather than a `preexec_fn`). Returns FFmpeg's
+    `env` adds variables to the environment FFmpeg inherits (FONTCONFIG_FILE, say), through coreutils' `env`.
+    `niceness` above 0 runs FFmpeg at a lower CPU priority (coreutils' `nice`). Both are argv prefixes, like
+    `setpriv`, rather than a `preexec_fn` or an environment built from this process's. Returns FFmpeg's
     stderr, where analysis filters (ebur128) print what they measured. The error carries the command and stderr's
     tail, also when the timeout stopped FFmpeg: what it printed last shows where it was stuck.
     """
     process = await asyncio.create_subprocess_exec(
         *_dies_with_parent(),
         *_niced(niceness),
+        *_with_env(env or {}),
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env} if env else None,
     )
     stderr = bytearray()
 
