@@ -8,9 +8,11 @@ the bytes it streamed. Outgoing calls carry the same context with `call_metadata
 from __future__ import annotations
 
 import contextvars
+import io
 import json
 import logging
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -87,6 +89,8 @@ def configure(
     handler.addFilter(RedactingFilter())  # last, so that it sees every field the others add
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # library warnings become log records too, so every line stays JSON
+    if log_format == "json":
+        sys.stderr = StrayLines(logging.getLogger("stderr"), sys.stderr)
     bound_port = 0
     if metrics_port:
         http_server, _ = start_http_server(0 if metrics_port == "auto" else metrics_port, addr=metrics_address)
@@ -197,6 +201,42 @@ def _add_context(record: logging.LogRecord) -> bool:
     span_context = trace.get_current_span().get_span_context()
     record.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
     return True
+
+
+class StrayLines(io.TextIOBase):
+    """sys.stderr of a service logging JSON: each line a library prints there becomes a WARNING record, so every line
+    of the log stays one JSON object. gRPC's aio server, for one, prints a traceback after logging it when a call is
+    cancelled before its handler started (a health Watch at shutdown). The handler itself writes to `stream`."""
+
+    def __init__(self, logger: logging.Logger, stream: Any) -> None:
+        self._logger = logger
+        self._stream = stream
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._local = threading.local()  # set while this thread logs, so logging's own complaints go out raw
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        if getattr(self._local, "logging", False):
+            return int(self._stream.write(text))
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+        self._local.logging = True
+        try:
+            for line in lines:
+                if line.strip():
+                    self._logger.warning("%s", line.rstrip())
+        finally:
+            self._local.logging = False
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 class JsonFormatter(logging.Formatter):
