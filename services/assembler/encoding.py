@@ -11,9 +11,10 @@ from services.assembler import repeats, segments
 from services.assembler.ffmpeg import (
     Encoder,
     SegmentJob,
-    body_frames_shown,
+    encoded_frames,
     encoder_threads,
-    fills_repeats,
+    faded_frames,
+    fills_body,
     segment_command,
     select_encoder,
     transition_command,
@@ -42,24 +43,35 @@ async def encode_segment(
     threads: int = 0,
     env: Mapping[str, str] | None = None,
 ) -> None:
-    """Encodes a segment's files; for a still whose repeats are pictures of skips, FFmpeg encodes its distinct
-    pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are built once).
+    """Encodes a segment's files; for a still whose repeats and fade-out are pictures of skips, FFmpeg encodes its
+    other distinct pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are
+    built once, a fade's weights fitted on histograms).
 
     A stream `repeats.fill` refuses (an FFmpeg whose x264 wrote something it does not know) costs only the speed:
-    the segment is encoded again with every frame, and the reason logged.
+    the segment is encoded again with every frame it shows, and the reason logged.
     """
     await run_ffmpeg(segment_command(exe, job, output, encoder, threads), timeout_seconds, env, ENCODE_NICENESS)
-    if not fills_repeats(job, output, encoder):
+    if not fills_body(job, output, encoder):
         return
     try:
-        shown = body_frames_shown(job)
-        await asyncio.to_thread(repeats.fill, job.shown_path, shown, job.body_frames, output.fps, job.output_path)
+        await asyncio.to_thread(
+            repeats.fill,
+            job.shown_path,
+            encoded_frames(job, output),
+            job.body_frames,
+            output.fps,
+            job.output_path,
+            faded=faded_frames(job, output),
+            fade_base=job.fade_base_path,
+            variable=output.variable_frame_rate,
+        )
     except MediaError as error:
         _LOGGER.warning("scene %d: repeats not written as skips (%s); encoding every frame", job.plan.index, error)
         every_frame = segment_command(exe, job, output, encoder, threads, every_frame=True)
         await run_ffmpeg(every_frame, timeout_seconds, env, ENCODE_NICENESS)
     finally:
         job.shown_path.unlink(missing_ok=True)
+        job.fade_base_path.unlink(missing_ok=True)
 
 
 class EncodeScheduler:

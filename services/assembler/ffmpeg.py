@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -29,13 +30,16 @@ class RateControl:
     # The preset keeps one reference frame (without B-frames), so a held still's repeats can be written as pictures
     # of skips (repeats.py) instead of encoded.
     one_reference: bool = False
+    # Its PPS declares weighted prediction (x264's weightp, off in ultrafast), so a still's fade-out can be written
+    # as pictures of weighted skips too.
+    weighted_fades: bool = False
 
 
 # x264: draft favours speed, hd favours detail per bit. Stills compress well at any preset. medium searches three
 # reference frames, so its repeats are encoded (with HELD_X264).
 X264_BY_QUALITY = {
     Quality.DRAFT: RateControl("ultrafast", 28, one_reference=True),
-    Quality.STANDARD: RateControl("veryfast", 23, one_reference=True),
+    Quality.STANDARD: RateControl("veryfast", 23, one_reference=True, weighted_fades=True),
     Quality.HD: RateControl("medium", 20),
 }
 # NVENC runs on the GPU's own encoder block and leaves the CPU to decoding and filters, so a slower preset costs
@@ -212,6 +216,11 @@ class SegmentJob:
         """Where the encoder writes a still's distinct pictures when `repeats.fill` writes the body from them."""
         return self.output_path.with_name(f"{self.output_path.stem}-shown{self.output_path.suffix}")
 
+    @property
+    def fade_base_path(self) -> Path:
+        """Where the encoder writes the picture a fade-out written by `repeats.fill` starts from, raw yuv420p."""
+        return self.output_path.with_name(f"{self.output_path.stem}-fade-base.yuv")
+
     def _part_path(self, part: str) -> Path:
         return self.output_path.with_name(f"{self.output_path.stem}-{part}{_PART_SUFFIX}")
 
@@ -246,41 +255,74 @@ def segment_command(
         for path, start, end in ((job.head_path, 0, job.head_frames), (job.tail_path, frames - job.tail_frames, frames))
         if path is not None
     ]
-    # A still's body at a variable frame rate, or one whose repeats `repeats.fill` writes: only the frames that show
-    # a new picture go to the encoder, each keeping its timestamp, so it lasts until the next one.
+    # A still's body at a variable frame rate, or one that `repeats.fill` writes: only the frames that show a new
+    # picture go to the encoder (less the fade-out that fill writes), each keeping its timestamp.
     variable = output.variable_frame_rate and not job.is_clip
-    fills = fills_repeats(job, output, encoder) and not every_frame
-    shown = body_frames_shown(job) if variable or fills else None
+    fills = fills_body(job, output, encoder) and not every_frame
+    shown = encoded_frames(job, output) if fills else body_frames_shown(job) if variable else None
     if parts:
         copies = picture.filter_multi_output("split", 1 + len(parts))
         body = _trim(copies.stream(0), job.head_frames, frames - job.tail_frames)
-        lossless = [
+        side_outputs = [
             _lossless_output(_trim(copies.stream(index), start, end), path, end - start)
             for index, (path, start, end) in enumerate(parts, start=1)
         ]
     else:
-        body, lossless = picture, []
+        body, side_outputs = picture, []
     light: list[tuple[int, int]] = []
     if shown is not None:
         body = body.filter("select", _select_expression(shown))
         light = fading_frames(job, shown)
     elif not job.is_clip:
         light = held_frames(job)
+    if fills and faded_frames(job, output):
+        # The picture the fade-out starts from, the last encoded, for fill to fit the fade's weights on.
+        copies = body.filter_multi_output("split", 2)
+        body = copies.stream(0)
+        base = copies.stream(1).filter("select", f"eq(n,{len(shown or ()) - 1})")
+        side_outputs.append(
+            ffmpeg.output(base, str(job.fade_base_path), **{"frames:v": 1}, f="rawvideo", pix_fmt="yuv420p", an=None)
+        )
     body_count = len(shown) if shown is not None else job.body_frames
     body_path = job.shown_path if fills else job.output_path
-    outputs = [_h264_output(body, body_path, body_count, output, encoder, threads, light, shown is not None), *lossless]
-    return ffmpeg.merge_outputs(*outputs).global_args(*_GLOBAL_ARGS).compile(cmd=exe, overwrite_output=True)
-
-
-def fills_repeats(job: SegmentJob, output: OutputFormat, encoder: Encoder) -> bool:
-    """Whether a segment's body is written by `repeats.fill` from its distinct pictures, which `segment_command`
-    then encodes to `job.shown_path`: a still at a constant frame rate, encoded by x264 with one reference frame."""
+    body_output = _h264_output(body, body_path, body_count, output, encoder, threads, light, shown is not None)
     return (
-        not job.is_clip
-        and not output.variable_frame_rate
-        and encoder is Encoder.LIBX264
-        and X264_BY_QUALITY[output.quality].one_reference
+        ffmpeg.merge_outputs(body_output, *side_outputs)
+        .global_args(*_GLOBAL_ARGS)
+        .compile(cmd=exe, overwrite_output=True)
     )
+
+
+def fills_body(job: SegmentJob, output: OutputFormat, encoder: Encoder) -> bool:
+    """Whether `repeats.fill` writes a segment's body (its repeats and fade-out as pictures of skips) from the pictures
+    `segment_command` encodes to `job.shown_path` (`encoded_frames`): a still encoded by x264 with one reference
+    frame, at either frame rate."""
+    return not job.is_clip and encoder is Encoder.LIBX264 and X264_BY_QUALITY[output.quality].one_reference
+
+
+def encoded_frames(job: SegmentJob, output: OutputFormat) -> list[int]:
+    """The frames of a still's body x264 encodes when `repeats.fill` writes the body: those that show a new picture,
+    less the fade-out `faded_frames` gives fill."""
+    faded = faded_frames(job, output)
+    return [frame for frame in body_frames_shown(job) if frame not in faded]
+
+
+def faded_frames(job: SegmentJob, output: OutputFormat) -> dict[int, int]:
+    """The fade-out frames of a still's body `repeats.fill` writes as pictures of weighted skips, each with the fade
+    filter's factor (in 1/65536; fade_per_frame and the out-fade's inversion as in FFmpeg's vf_fade.c).
+
+    The fade's first frame has the factor 1 and shows the held picture, which the others are scaled from: none when
+    a caption or the fade-in still changes the picture within the fade-out, or the fade-out starts outside the body.
+    """
+    if not (X264_BY_QUALITY[output.quality].weighted_fades and job.fade_out_frames > 1):
+        return {}
+    start = job.plan.frames - job.fade_out_frames  # the fade's first frame, in the scene's numbering
+    caption_starts = itertools.accumulate(frames for frames, _caption in job.still_runs[:-1])
+    if start < job.head_frames or max([job.fade_in_frames, *caption_starts]) > start:
+        return {}
+    step = (1 << 16) // job.fade_out_frames
+    end = job.plan.frames - job.tail_frames
+    return {frame - job.head_frames: 0xFFFF - min(0xFFFF, (frame - start) * step) for frame in range(start + 1, end)}
 
 
 def body_frames_shown(job: SegmentJob) -> list[int]:

@@ -13,18 +13,29 @@ reference frame, every picture a reference (x264's veryfast and ultrafast preset
 picture could refer past the inserted ones to an older picture that they would have pushed out of the decoder's
 buffer. `fill` refuses any other stream.
 
-References: ITU-T H.264 (08/2021) 7.3 (syntax), 8.4.1.1 (P_Skip motion vector), 8.7.2.1 (bS 0 between skipped
-macroblocks), 9.3 (CABAC: Tables 9-12/9-13 for mb_skip_flag's context, 9-44 and 9-45 for the engine).
+A fade-out is written the same way, as pictures of skips with explicit weighted prediction (x264's veryfast
+declares it in its PPS): each predicts the picture before it scaled by one weight and offset per plane,
+((x * w + 64) >> 7) + o. Fading is a per-value map of the picture the fade starts from, and so is every picture of
+the chain, so the weights are fitted on that picture's histograms (256 values per plane, a few microseconds) to land
+on FFmpeg's fade filter's values, the decoder's integer arithmetic reproduced exactly; measured within a level or two
+of the filter. A fade-in cannot be written so: without B-frames nothing can predict from the picture it ends on.
+
+References: ITU-T H.264 (08/2021) 7.3 (syntax), 7.4.3.2 (pred_weight_table), 8.4.1.1 (P_Skip motion vector), 8.4.2.3
+(weighted sample prediction), 8.7.2.1 (bS 0 between skipped macroblocks), 9.3 (CABAC: Tables 9-12/9-13 for
+mb_skip_flag's context, 9-44 and 9-45 for the engine).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from services.common.errors import MediaError
 
@@ -58,6 +69,12 @@ _TRANS_LPS = (
 # Table 9-13, cabac_init_idc 0: (m, n) of mb_skip_flag in a P slice when neither neighbour is coded (ctxIdx 11),
 # the only context a picture of skips uses.
 _SKIP_CONTEXT = (23, 33)
+# Weights in 1/128 (the finest denominator, 7.4.3.2), for luma and chroma alike.
+_WEIGHT_DENOM = 7
+# Weights and offsets are 8-bit signed (7.4.3.2, for 8-bit samples).
+_WEIGHT_RANGE = (-128, 127)
+# A plane's weight and offset: None for the default, which copies the reference as it is.
+Weight = tuple[int, int] | None
 # Emulation prevention (7.4.1): within a NAL unit, 0x000003 stands for 0x0000 where the next byte is 0 to 3.
 _ESCAPED = re.compile(b"\x00\x00\x03")
 _NEEDS_ESCAPE = re.compile(b"\x00\x00(?=[\x00-\x03])")
@@ -247,6 +264,7 @@ def _renumbered(nal: bytes, params: StreamParameters, frame_num: int) -> bytes:
     return nal[:1] + _escape(bytes(rbsp))
 
 
+@functools.lru_cache(maxsize=8)
 def _cabac_skips(macroblocks: int, slice_qp: int) -> str:
     """The slice data of `macroblocks` skipped macroblocks, as bits: each mb_skip_flag 1 and end_of_slice_flag,
     the last 1, then the arithmetic coder's flush (9.3.4.5), whose last bit is the RBSP's stop bit."""
@@ -303,13 +321,15 @@ def _cabac_skips(macroblocks: int, slice_qp: int) -> str:
 
 
 class _SkipPictures:
-    """Builds a stream's all-skip P pictures; the slice data depends only on the stream, so it is built once."""
+    """Builds a stream's all-skip P pictures; the slice data depends only on the picture size and QP, so it is built
+    once for all of a process's segments of one size."""
 
     def __init__(self, params: StreamParameters) -> None:
         self._params = params
         self._data = _cabac_skips(params.macroblocks, params.pic_init_qp) if params.cabac else None
 
-    def picture(self, nal_ref_idc: int, frame_num: int) -> bytes:
+    def picture(self, nal_ref_idc: int, frame_num: int, weights: Weights | None = None) -> bytes:
+        """A picture of skips: a copy of the picture before, or with `weights` that picture scaled."""
         params, header = self._params, _Writer()
         header.ue(0)  # first_mb_in_slice
         header.ue(_P_SLICE)
@@ -319,12 +339,9 @@ class _SkipPictures:
         header.ue(0)
         header.u(1, 0)  # ref_pic_list_modification_flag_l0
         if params.weighted_prediction:
-            header.ue(0)  # luma_log2_weight_denom
-            if params.has_chroma:
-                header.ue(0)
-            header.u(1, 0)  # luma_weight_l0_flag: the default weight, an exact copy
-            if params.has_chroma:
-                header.u(1, 0)
+            _weight_table(header, weights or Weights(None, None, None), params.has_chroma)
+        elif weights is not None:
+            raise MediaError("the H.264 stream's PPS has no weighted prediction; a fade needs it")
         header.u(1, 0)  # adaptive_ref_pic_marking_mode_flag: the sliding window, as x264's own pictures
         if params.cabac:
             header.ue(0)  # cabac_init_idc
@@ -340,63 +357,205 @@ class _SkipPictures:
         return bytes([nal_ref_idc << 5 | _NAL_SLICE]) + _escape(header.rbsp())
 
 
-def fill(source: Path, shown: list[int], frames: int, fps: int, target: Path) -> None:
-    """Writes `target`, `frames` long at `fps`, from `source`, whose pictures are frames `shown` (ascending, the first
-    0) of it: each frame not shown repeats the one before it, as a picture of skips.
+@dataclass(frozen=True)
+class Weights:
+    """A weighted picture's weight and offset for each plane (None: the default, a copy of that plane)."""
 
-    `source` must be H.264 in MP4 with one reference frame and no B-frames, one picture per packet (x264's output).
-    On any error no `target` is left.
+    luma: Weight
+    cb: Weight
+    cr: Weight
+
+
+def _weight_table(header: _Writer, weights: Weights, has_chroma: bool) -> None:
+    """pred_weight_table (7.3.3.2) for the one reference."""
+    header.ue(_WEIGHT_DENOM)  # luma_log2_weight_denom
+    if has_chroma:
+        header.ue(_WEIGHT_DENOM)  # chroma_log2_weight_denom
+    planes = [[weights.luma]] + ([[weights.cb, weights.cr]] if has_chroma else [])
+    for pair in planes:
+        explicit = [weight for weight in pair if weight is not None]
+        if explicit and len(explicit) != len(pair):
+            raise ValueError("both chroma planes take an explicit weight, or neither")
+        header.u(1, bool(explicit))  # luma_weight_l0_flag, then chroma_weight_l0_flag
+        for w, o in explicit:
+            header.se(w)
+            header.se(o)
+
+
+def _fade_target(values: np.ndarray, factor: int, chroma: bool) -> np.ndarray:
+    """FFmpeg's fade filter on 8-bit studio-range YUV: luma towards 16 and chroma towards 128, `factor` in 1/65536
+    (its integer arithmetic, rounding included; checked against the filter for every value)."""
+    if chroma:
+        return ((values - 128) * factor + 8421367) >> 16
+    return np.clip(((values - 16) * factor + (16 << 16) + 32768) >> 16, 0, 255)
+
+
+def _predicted(levels: np.ndarray, weight: Weight) -> np.ndarray:
+    """What the decoder makes of reference samples `levels` with `weight` (8.4.2.3.2, logWD >= 1)."""
+    if weight is None:
+        return levels
+    w, o = weight
+    return np.clip(((levels * w + (1 << (_WEIGHT_DENOM - 1))) >> _WEIGHT_DENOM) + o, 0, 255)
+
+
+def _fit(counts: np.ndarray, levels: np.ndarray, target: np.ndarray, default: bool = True) -> Weight:
+    """The weight taking reference samples `levels` closest to `target` (both by the value v each pixel had in the
+    picture the fade starts from, `counts[v]` pixels): the best explicit one near the least-squares line, or if
+    `default` may be and is no worse, the default, by squared error."""
+    total = counts.sum()
+    mean_x, mean_y = (counts * levels).sum() / total, (counts * target).sum() / total
+    spread = (counts * (levels - mean_x) ** 2).sum()
+    slope = (counts * (levels - mean_x) * (target - mean_y)).sum() / spread if spread else 1.0
+    low, high = _WEIGHT_RANGE
+    center = min(high - 2, max(low + 2, round(slope * (1 << _WEIGHT_DENOM))))
+    weights = np.arange(center - 2, center + 3)[:, None]
+    scaled = (levels * weights + (1 << (_WEIGHT_DENOM - 1))) >> _WEIGHT_DENOM
+    # Each weight's best offset is near the mean of what it leaves to make up.
+    nearest = np.rint((counts * (target - scaled)).sum(axis=1) / total).astype(np.int64)
+    offsets = np.clip(nearest[:, None] + np.arange(-1, 2), low, high)
+    predicted = np.clip(scaled[:, None, :] + offsets[..., None], 0, 255)
+    errors = (counts * (predicted - target) ** 2).sum(axis=-1)
+    best = np.unravel_index(np.argmin(errors), errors.shape)
+    if default and (counts * (levels - target) ** 2).sum() <= errors[best]:
+        return None
+    return int(weights[best[0], 0]), int(offsets[best])
+
+
+def fade_weights(histograms: tuple[np.ndarray, np.ndarray, np.ndarray], factors: list[int]) -> list[Weights]:
+    """Each picture's weights for a fade by `factors` (in 1/65536) of a picture whose Y, Cb and Cr planes have
+    `histograms` (pixels per value), each picture predicted from the one before."""
+    values = np.arange(256, dtype=np.int64)
+    levels = [values.copy() for _ in histograms]  # what each plane's value v has become in the picture before
+    chain = []
+    for factor in factors:
+        targets = [_fade_target(values, factor, chroma=plane > 0) for plane in range(3)]
+        weights = [
+            _fit(counts, level, target) for counts, level, target in zip(histograms, levels, targets, strict=True)
+        ]
+        if (weights[1] is None) != (weights[2] is None):
+            # One flag covers both chroma planes, and the default weight (1 << 7) is out of an explicit one's range.
+            weights[1:] = [_fit(histograms[plane], levels[plane], targets[plane], default=False) for plane in (1, 2)]
+        levels = [_predicted(level, weight) for level, weight in zip(levels, weights, strict=True)]
+        chain.append(Weights(*weights))
+    return chain
+
+
+def fill(
+    source: Path,
+    encoded: list[int],
+    frames: int,
+    fps: int,
+    target: Path,
+    *,
+    faded: Mapping[int, int] | None = None,
+    fade_base: Path | None = None,
+    variable: bool = False,
+) -> None:
+    """Writes `target`, a body `frames` long at `fps`, from `source`, whose pictures are its frames `encoded`
+    (ascending, the first 0).
+
+    The frames of `faded` (frame: FFmpeg's fade factor, in 1/65536, of the picture before the fade) run to the end of
+    the body after the last encoded frame; each is a picture of weighted skips. Every other frame repeats the one
+    before it as a picture of skips; at a `variable` frame rate it is left out instead, and each picture lasts until
+    the next.
+
+    `source` must be H.264 in MP4 with one reference frame and no B-frames, one picture per packet (x264's output),
+    and for `faded`, weighted prediction; `fade_base` is then the picture the fade starts from, raw yuv420p as the
+    encoder got it (its histograms are all the weights need, and reading them costs far less than decoding the
+    stream). On any error no `target` is left.
     """
-    if not shown or shown[0] != 0 or shown[-1] >= frames or sorted(set(shown)) != shown:
-        raise ValueError(f"shown frames {shown[:5]}... do not start at 0 and rise within {frames} frames")
+    faded = dict(faded or {})
+    if not encoded or encoded[0] != 0 or encoded[-1] >= frames or sorted(set(encoded)) != encoded:
+        raise ValueError(f"encoded frames {encoded[:5]}... do not start at 0 and rise within {frames} frames")
+    if faded and (min(faded) <= encoded[-1] or sorted(faded) != list(range(min(faded), frames))):
+        raise ValueError(f"faded frames {sorted(faded)[:5]}... do not run from after the last encoded to {frames}")
+    if faded and fade_base is None:
+        raise ValueError("a fade needs the picture it starts from")
     try:
-        _fill(source, shown, frames, fps, target)
+        _fill(source, encoded, frames, fps, target, faded, fade_base, variable)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
 
 
-def _fill(source: Path, shown: list[int], frames: int, fps: int, target: Path) -> None:
+def _fill(
+    source: Path,
+    encoded: list[int],
+    frames: int,
+    fps: int,
+    target: Path,
+    faded: dict[int, int],
+    fade_base: Path | None,
+    variable: bool,
+) -> None:
     with av.open(str(source)) as inputs, av.open(str(target), "w", format="mp4") as output:
         stream = inputs.streams.video[0]
         params = StreamParameters.from_avcc(bytes(stream.codec_context.extradata or b""))
         if params.max_reference_frames != 1:
             raise MediaError(f"repeats need one reference frame; the stream has {params.max_reference_frames}")
+        if faded and not params.weighted_prediction:
+            raise MediaError("the H.264 stream's PPS has no weighted prediction; a fade needs it")
+        fading = sorted(faded)
+        chain = []
+        if fade_base is not None and fading:
+            histograms = _histograms(fade_base, stream.codec_context.width, stream.codec_context.height)
+            chain = fade_weights(histograms, [faded[frame] for frame in fading])
+        weights = dict(zip(fading, chain, strict=True))
         skips = _SkipPictures(params)
         copy = output.add_stream_from_template(stream)
         copy.time_base = Fraction(1, fps)
-        ends = [*shown[1:], frames]
-        frame_num = count = 0
-        for packet in inputs.demux(stream):
-            if not packet.size:
-                continue
-            if count == len(shown):
-                raise MediaError(f"the H.264 stream has more pictures than the {len(shown)} encoded")
-            units = _nal_units(bytes(packet), params.length_size)
-            slices = [unit for unit in units if unit[0] & 0x1F in (_NAL_SLICE, _NAL_IDR)]
-            if not slices or not slices[0][0] >> 5:
-                raise MediaError(f"picture {count} of the H.264 stream is not a reference picture")
-            if slices[0][0] & 0x1F == _NAL_IDR:
-                frame_num = 0
-            units = [_renumbered(unit, params, frame_num) if unit in slices else unit for unit in units]
-            _write(output, copy, _sample(units, params.length_size), shown[count], fps, packet.is_keyframe)
-            for frame in range(shown[count] + 1, ends[count]):
-                frame_num = (frame_num + 1) % (1 << params.log2_max_frame_num)
-                picture = skips.picture(slices[0][0] >> 5, frame_num)
-                _write(output, copy, _sample([picture], params.length_size), frame, fps, False)
+        written = sorted([*encoded, *fading]) if variable else list(range(frames))
+        pictures = (packet for packet in inputs.demux(stream) if packet.size)
+        pending = set(encoded)
+        frame_num = count = reference = 0
+        for frame, end in zip(written, [*written[1:], frames], strict=True):
+            if frame in pending:
+                packet = next(pictures, None)
+                if packet is None:
+                    raise MediaError(f"the H.264 stream has {count} pictures; {len(encoded)} were encoded")
+                units = _nal_units(bytes(packet), params.length_size)
+                slices = [unit for unit in units if unit[0] & 0x1F in (_NAL_SLICE, _NAL_IDR)]
+                if not slices or not slices[0][0] >> 5:
+                    raise MediaError(f"picture {count} of the H.264 stream is not a reference picture")
+                reference = slices[0][0] >> 5
+                if slices[0][0] & 0x1F == _NAL_IDR:
+                    frame_num = 0
+                units = [_renumbered(unit, params, frame_num) if unit in slices else unit for unit in units]
+                _write(output, copy, _sample(units, params.length_size), frame, end - frame, fps, packet.is_keyframe)
+                count += 1
+            else:
+                picture = skips.picture(reference, frame_num, weights.get(frame))
+                _write(output, copy, _sample([picture], params.length_size), frame, end - frame, fps, False)
             frame_num = (frame_num + 1) % (1 << params.log2_max_frame_num)
-            count += 1
-        if count != len(shown):
-            raise MediaError(f"the H.264 stream has {count} pictures; {len(shown)} were encoded")
+        if next(pictures, None) is not None:
+            raise MediaError(f"the H.264 stream has more pictures than the {len(encoded)} encoded")
+
+
+def _histograms(picture: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels per value in each plane of a raw yuv420p picture."""
+    luma, chroma = width * height, ((width + 1) // 2) * ((height + 1) // 2)
+    samples = np.fromfile(picture, np.uint8)
+    if samples.size != luma + 2 * chroma:
+        raise MediaError(f"the fade's first picture has {samples.size} bytes, not a {width}x{height} yuv420p picture")
+    y, cb, cr = (
+        np.bincount(plane, minlength=256).astype(np.int64) for plane in np.split(samples, [luma, luma + chroma])
+    )
+    return y, cb, cr
 
 
 def _write(
-    output: av.container.OutputContainer, stream: av.stream.Stream, data: bytes, frame: int, fps: int, key: bool
+    output: av.container.OutputContainer,
+    stream: av.stream.Stream,
+    data: bytes,
+    frame: int,
+    duration: int,
+    fps: int,
+    key: bool,
 ) -> None:
     packet = av.Packet(data)
     packet.stream = stream
     packet.time_base = Fraction(1, fps)
     packet.pts = packet.dts = frame
-    packet.duration = 1
+    packet.duration = duration
     packet.is_keyframe = key
     output.mux(packet)

@@ -58,9 +58,11 @@ def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
     assert "fade=nb_frames=12:start_frame=0:type=in" in graph
     assert "fade=nb_frames=6:start_frame=84:type=out" in graph
     assert "trim=" not in graph and "ffv1" not in argv
-    # x264 encodes the 20 distinct pictures (fades, caption changes, the last frame); repeats.fill writes the 90.
-    assert "select=between(n\\,0\\,12)+eq(n\\,36)+between(n\\,84\\,89)" in graph
-    assert _after(argv, "-frames:v") == "20"
+    # x264 encodes the 15 distinct pictures (the fade-in, caption changes, the fade-out's first frame); repeats.fill
+    # writes the 90, the fade-out's other 5 as weighted skips from the raw picture of its first frame.
+    assert "select=between(n\\,0\\,12)+eq(n\\,36)+eq(n\\,84)" in graph
+    assert _after(argv, "-frames:v") == "15"
+    assert "select=eq(n\\,14)" in graph and "/w/segment-0-fade-base.yuv" in argv
     assert _after(argv, "-c:v") == "libx264"
     assert _after(argv, "-pix_fmt") == "yuv420p"
     assert "-an" in argv

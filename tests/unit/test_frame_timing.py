@@ -19,6 +19,8 @@ from services.assembler.ffmpeg import (
     Encoder,
     SegmentJob,
     body_frames_shown,
+    encoded_frames,
+    faded_frames,
     fading_frames,
     held_frames,
     segment_command,
@@ -82,8 +84,12 @@ def test_a_variable_rate_still_keeps_fades_caption_changes_and_its_last_frame() 
 def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps() -> None:
     argv = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), VARIABLE, Encoder.LIBX264)
     graph = argv[argv.index("-filter_complex") + 1]
-    assert "select=between(n\\,0\\,3)+eq(n\\,9)+eq(n\\,36)+between(n\\,88\\,89)" in graph
-    assert argv[argv.index("-frames:v") + 1] == "8"
+    # Less the fade-out after its first frame, which repeats.fill writes as weighted skips from the raw picture of
+    # the fade's first frame (the last encoded, 7th).
+    assert "select=between(n\\,0\\,3)+eq(n\\,9)+eq(n\\,36)+eq(n\\,88)" in graph
+    assert "select=eq(n\\,6)" in graph and argv[-argv[::-1].index("-f")] == "rawvideo"
+    assert "/w/piece-0-shown.mp4" in argv and "/w/piece-0-fade-base.yuv" in argv
+    assert argv[argv.index("-frames:v") + 1] == "7"
     assert argv[argv.index("-fps_mode") + 1] == "passthrough" and "-r" not in argv
     assert argv[argv.index("-enc_time_base") + 1] == "1/30"
     # A clip keeps every frame, on the same time base as the stills it is joined with.
@@ -103,6 +109,22 @@ def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps()
         assert every[every.index("-frames:v") + 1] == "90" and "/w/piece-0.mp4" in every
 
 
+def test_a_fade_out_after_its_first_frame_is_left_to_weighted_skips_when_nothing_else_changes() -> None:
+    # FFmpeg's fade: 1/65536 steps of 65536 // frames, the out-fade's first frame at 65535 (the held picture).
+    assert faded_frames(_job(fade_out_frames=4), CONSTANT) == {87: 49151, 88: 32767, 89: 16383}
+    assert faded_frames(_job(fade_out_frames=3), VARIABLE) == {88: 43690, 89: 21845}
+    # Numbered from the body's first frame; the tail's frames are the cross-fade's.
+    assert faded_frames(_job(fade_out_frames=4, head_frames=5, tail_frames=1), CONSTANT) == {82: 49151, 83: 32767}
+    # None where a caption starts inside the fade, the fade-in is still going, the fade starts in the head, or at
+    # draft quality (ultrafast: no weighted prediction in its PPS) and hd (three reference frames).
+    assert faded_frames(_job(fade_out_frames=60), CONSTANT) == {}
+    assert faded_frames(_job(fade_out_frames=4, fade_in_frames=87), CONSTANT) == {}
+    assert faded_frames(_job(fade_out_frames=50, head_frames=45, still_runs=((90, None),)), CONSTANT) == {}
+    for quality in (Quality.DRAFT, Quality.HD):
+        assert faded_frames(_job(fade_out_frames=4), dataclasses.replace(CONSTANT, quality=quality)) == {}
+    assert encoded_frames(_job(fade_in_frames=3, fade_out_frames=4), CONSTANT) == [0, 1, 2, 3, 9, 36, 86]
+
+
 def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
     job = _job(fade_in_frames=3, fade_out_frames=2)
     assert held_frames(job) == [(4, 8), (10, 35), (37, 87)]
@@ -117,7 +139,7 @@ def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
     assert "-x264-params" not in segment_command("ffmpeg", job, hd, Encoder.H264_NVENC)
     for output in (CONSTANT, VARIABLE):
         argv = segment_command("ffmpeg", job, output, Encoder.LIBX264)
-        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=6,7,{held}"
+        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=6,6,{held}"
     assert fading_frames(_job(fade_out_frames=4, head_frames=5, tail_frames=2), [0, 4, 31, 81, 82]) == [(3, 4)]
     clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), hd, Encoder.LIBX264)
     assert clip[clip.index("-x264-params") + 1] == every_part
