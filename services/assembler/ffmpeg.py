@@ -244,9 +244,13 @@ def segment_command(
     else:
         framed = _frame(ffmpeg.input(str(job.visual)).video, output, job.fit, job.pad_color)
         picture = _still(framed, job.still_runs or ((frames, None),), output)
+    fills = fills_body(job, output, encoder) and not every_frame
+    faded = faded_frames(job, output) if fills else {}
     if job.fade_in_frames > 0:
         picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_in_frames)
-    if job.fade_out_frames > 0:
+    # A fade-out that fill writes shows nothing of the filter's unless a cross-fade's tail is cut from it: its first
+    # frame is the held picture, and x264 gets no other (3 ms of CPU a 1080p frame saved).
+    if job.fade_out_frames > 0 and not (faded and job.tail_frames == 0):
         picture = picture.filter(
             "fade", type="out", start_frame=frames - job.fade_out_frames, nb_frames=job.fade_out_frames
         )
@@ -258,7 +262,6 @@ def segment_command(
     # A still's body at a variable frame rate, or one that `repeats.fill` writes: only the frames that show a new
     # picture go to the encoder (less the fade-out that fill writes), each keeping its timestamp.
     variable = output.variable_frame_rate and not job.is_clip
-    fills = fills_body(job, output, encoder) and not every_frame
     shown = encoded_frames(job, output) if fills else body_frames_shown(job) if variable else None
     if parts:
         copies = picture.filter_multi_output("split", 1 + len(parts))
@@ -275,7 +278,7 @@ def segment_command(
         light = fading_frames(job, shown)
     elif not job.is_clip:
         light = held_frames(job)
-    if fills and faded_frames(job, output):
+    if faded:
         # The picture the fade-out starts from, the last encoded, for fill to fit the fade's weights on.
         copies = body.filter_multi_output("split", 2)
         body = copies.stream(0)

@@ -1,5 +1,6 @@
 """The FFmpeg command lines, checked as data."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,13 @@ def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
     assert "scale=1280:720:force_original_aspect_ratio=decrease" in graph
     assert "pad=1280:720:(ow-iw)/2:(oh-ih)/2:color=black" in graph
     assert "fade=nb_frames=12:start_frame=0:type=in" in graph
-    assert "fade=nb_frames=6:start_frame=84:type=out" in graph
+    # The fade-out is left to repeats.fill (weighted skips from its first frame, the held picture): no filter. With a
+    # cross-fade's tail cut from it, or at draft quality (no weighted prediction), the filter draws it.
+    assert "type=out" not in graph
+    fade_out = "fade=nb_frames=6:start_frame=84:type=out"
+    with_tail = segment_command("ffmpeg", dataclasses.replace(job, tail_frames=3), OUTPUT, Encoder.LIBX264)
+    draft = segment_command("ffmpeg", job, dataclasses.replace(OUTPUT, quality=Quality.DRAFT), Encoder.LIBX264)
+    assert fade_out in _filter_graph(with_tail) and fade_out in _filter_graph(draft)
     assert "trim=" not in graph and "ffv1" not in argv
     # x264 encodes the 15 distinct pictures (the fade-in, caption changes, the fade-out's first frame); repeats.fill
     # writes the 90, the fade-out's other 5 as weighted skips from the raw picture of its first frame.
