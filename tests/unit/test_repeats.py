@@ -322,3 +322,57 @@ def test_a_weighted_fade_stays_within_a_few_levels_of_the_fade_filter_for_any_pi
             else:
                 target = np.clip(((values - 16) * factor + (16 << 16) + 32768) >> 16, 0, 255)
             assert np.abs(levels[plane][values] - target).max() <= (3 if counts.all() else 2), (factor, plane)
+
+
+def test_at_a_variable_rate_only_pictures_are_written_each_lasting_until_the_next(tmp_path: Path) -> None:
+    source = _x264(tmp_path / "shown.mp4", 3, "-preset", "veryfast")
+    base = tmp_path / "base.yuv"
+    subprocess.run(
+        [
+            EXE,
+            "-v",
+            "error",
+            "-i",
+            str(source),
+            "-vf",
+            "select=eq(n\\,2)",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            str(base),
+        ],
+        check=True,
+    )
+    faded = {8: 43690, 9: 21845}
+    repeats.fill(source, [0, 4, 7], 10, FPS, tmp_path / "body.mp4", faded=faded, fade_base=base, variable=True)
+    with av.open(str(tmp_path / "body.mp4")) as container:
+        packets = [
+            (packet.pts * packet.time_base * FPS, packet.duration * packet.time_base * FPS)
+            for packet in container.demux(video=0)
+            if packet.size
+        ]
+    assert packets == [(0, 4), (4, 3), (7, 1), (8, 1), (9, 1)]  # in frames
+    times, decoded = _decoded(tmp_path / "body.mp4")
+    assert times == [Fraction(frame, FPS) for frame in (0, 4, 7, 8, 9)]
+    _, pictures = _decoded(source)
+    assert [np.array_equal(a, b) for a, b in zip(decoded, pictures, strict=False)] == [True] * 3
+    weights = repeats.fade_weights(_histograms(base), [43690, 21845])
+    assert np.array_equal(decoded[3], _weighted(decoded[2], weights[0]))
+    assert np.array_equal(decoded[4], _weighted(decoded[3], weights[1]))
+    _strict_slice_headers(tmp_path / "body.mp4")
+
+
+def test_a_fade_without_weighted_prediction_or_its_first_picture_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    ultrafast = _x264(tmp_path / "ultrafast.mp4", 3, "-preset", "ultrafast")
+    veryfast = _x264(tmp_path / "veryfast.mp4", 3, "-preset", "veryfast")
+    short = tmp_path / "short.yuv"
+    short.write_bytes(bytes(100))
+    faded = {3: 32767}
+    with pytest.raises(MediaError, match="no weighted prediction"):
+        repeats.fill(ultrafast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", faded=faded, fade_base=short)
+    with pytest.raises(MediaError, match="100 bytes, not a 320x180 yuv420p picture"):
+        repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", faded=faded, fade_base=short)
+    with pytest.raises(ValueError, match="do not run from after the last encoded to 4"):
+        repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", faded={2: 32767, 3: 0}, fade_base=short)
+    assert not (tmp_path / "body.mp4").exists()
