@@ -314,8 +314,9 @@ def faded_frames(job: SegmentJob, output: OutputFormat) -> dict[int, int]:
     """The fade-out frames of a still's body `repeats.fill` writes as pictures of weighted skips, each with the fade
     filter's factor (in 1/65536; fade_per_frame and the out-fade's inversion as in FFmpeg's vf_fade.c).
 
-    The fade's first frame has the factor 1 and shows the held picture, which the others are scaled from: none when
-    a caption or the fade-in still changes the picture within the fade-out, or the fade-out starts outside the body.
+    The fade's first frame has the factor 65535/65536, which leaves every value as it is: it shows the held picture,
+    which the others are scaled from. None when a caption or the fade-in still changes the picture within the
+    fade-out, or the fade-out starts outside the body.
     """
     if not (X264_BY_QUALITY[output.quality].weighted_fades and job.fade_out_frames > 1):
         return {}

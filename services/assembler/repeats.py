@@ -16,7 +16,7 @@ buffer. `fill` refuses any other stream.
 A fade-out is written the same way, as pictures of skips with explicit weighted prediction (x264's veryfast
 declares it in its PPS): each predicts the picture before it scaled by one weight and offset per plane,
 ((x * w + 64) >> 7) + o. Fading is a per-value map of the picture the fade starts from, and so is every picture of
-the chain, so the weights are fitted on that picture's histograms (256 values per plane, a few microseconds) to land
+the chain, so the weights are fitted on that picture's histograms (256 values per plane, milliseconds a fade) to land
 on FFmpeg's fade filter's values, the decoder's integer arithmetic reproduced exactly; measured within a level or two
 of the filter. A fade-in cannot be written so: without B-frames nothing can predict from the picture it ends on.
 
