@@ -338,10 +338,8 @@ class _SkipPictures:
         header.u(1, 1)  # num_ref_idx_active_override_flag: one reference, the picture just before
         header.ue(0)
         header.u(1, 0)  # ref_pic_list_modification_flag_l0
-        if params.weighted_prediction:
+        if params.weighted_prediction:  # fill refuses weights for a stream without it
             _weight_table(header, weights or Weights(None, None, None), params.has_chroma)
-        elif weights is not None:
-            raise MediaError("the H.264 stream's PPS has no weighted prediction; a fade needs it")
         header.u(1, 0)  # adaptive_ref_pic_marking_mode_flag: the sliding window, as x264's own pictures
         if params.cabac:
             header.ue(0)  # cabac_init_idc
