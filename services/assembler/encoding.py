@@ -7,14 +7,16 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.assembler import repeats, segments
+from services.assembler import h264, repeats, segments
 from services.assembler.ffmpeg import (
     Encoder,
     SegmentJob,
     encoded_frames,
     encoder_threads,
     faded_frames,
+    faded_in_frames,
     fills_body,
+    reorders,
     segment_command,
     select_encoder,
     transition_command,
@@ -43,35 +45,47 @@ async def encode_segment(
     threads: int = 0,
     env: Mapping[str, str] | None = None,
 ) -> None:
-    """Encodes a segment's files; for a still whose repeats and fade-out are pictures of skips, FFmpeg encodes its
+    """Encodes a segment's files; for a still whose repeats and fades are pictures of skips, FFmpeg encodes its
     other distinct pictures and `repeats.fill` then writes the body from them (a few milliseconds: the skips are
-    built once, a fade's weights fitted on histograms).
+    built once, a fade's weights fitted on histograms). Any other body of a video whose parts declare reordering
+    (`reorders`) is rewritten so by `h264.reorder`.
 
     A stream `repeats.fill` refuses (an FFmpeg whose x264 wrote something it does not know) costs only the speed:
     the segment is encoded again with every frame it shows, and the reason logged.
     """
     await run_ffmpeg(segment_command(exe, job, output, encoder, threads), timeout_seconds, env, ENCODE_NICENESS)
-    if not fills_body(job, output, encoder):
-        return
+    reordering = reorders(output, encoder)
     try:
-        await asyncio.to_thread(
-            repeats.fill,
-            job.shown_path,
-            encoded_frames(job, output),
-            job.body_frames,
-            output.fps,
-            job.output_path,
-            faded=faded_frames(job, output),
-            fade_base=job.fade_base_path,
-            variable=output.variable_frame_rate,
-        )
-    except MediaError as error:
-        _LOGGER.warning("scene %d: repeats not written as skips (%s); encoding every frame", job.plan.index, error)
-        every_frame = segment_command(exe, job, output, encoder, threads, every_frame=True)
-        await run_ffmpeg(every_frame, timeout_seconds, env, ENCODE_NICENESS)
+        if fills_body(job, output, encoder):
+            try:
+                await asyncio.to_thread(_fill, job, output, reordering)
+                return
+            except MediaError as error:
+                _LOGGER.warning(
+                    "scene %d: repeats not written as skips (%s); encoding every frame", job.plan.index, error
+                )
+                every_frame = segment_command(exe, job, output, encoder, threads, every_frame=True)
+                await run_ffmpeg(every_frame, timeout_seconds, env, ENCODE_NICENESS)
+        if reordering:
+            await asyncio.to_thread(h264.reorder, job.encoded_path, job.output_path, output.fps)
     finally:
-        job.shown_path.unlink(missing_ok=True)
-        job.fade_base_path.unlink(missing_ok=True)
+        for path in (job.encoded_path, job.fade_in_base_path, job.fade_out_base_path):
+            path.unlink(missing_ok=True)
+
+
+def _fill(job: SegmentJob, output: OutputFormat, reordering: bool) -> None:
+    faded_in, faded_out = faded_in_frames(job, output), faded_frames(job, output)
+    repeats.fill(
+        job.encoded_path,
+        encoded_frames(job, output),
+        job.body_frames,
+        output.fps,
+        job.output_path,
+        fade_in=repeats.Fade(faded_in, job.fade_in_base_path) if faded_in else None,
+        fade_out=repeats.Fade(faded_out, job.fade_out_base_path) if faded_out else None,
+        variable=output.variable_frame_rate,
+        reordering=reordering,
+    )
 
 
 class EncodeScheduler:
@@ -120,11 +134,19 @@ class EncodeScheduler:
             tail, head = jobs[position].tail_path, jobs[position + 1].head_path
             assert tail is not None and head is not None
             path = timeline.folder / f"crossfade-{position}.mp4"
+            reordering = reorders(timeline.output, self._encoder)
+            encoded = path.with_name(f"{path.stem}-encoded{path.suffix}") if reordering else path
             command = transition_command(
-                self._exe, tail, head, timeline.crossfade_frames, timeline.output, path, self._encoder
+                self._exe, tail, head, timeline.crossfade_frames, timeline.output, encoded, self._encoder
             )
-            async with self._slots:
-                await run_ffmpeg(command, self._timeout, niceness=ENCODE_NICENESS)
+            try:
+                async with self._slots:
+                    await run_ffmpeg(command, self._timeout, niceness=ENCODE_NICENESS)
+                if reordering:
+                    await asyncio.to_thread(h264.reorder, encoded, path, timeline.output.fps)
+            finally:
+                if reordering:
+                    encoded.unlink(missing_ok=True)
             return path
 
         blends = await asyncio.gather(*(blend(position) for position in range(len(jobs) - 1)))

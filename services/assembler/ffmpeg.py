@@ -30,8 +30,9 @@ class RateControl:
     # The preset keeps one reference frame (without B-frames), so a held still's repeats can be written as pictures
     # of skips (repeats.py) instead of encoded.
     one_reference: bool = False
-    # Its PPS declares weighted prediction (x264's weightp, off in ultrafast), so a still's fade-out can be written
-    # as pictures of weighted skips too.
+    # Its PPS declares weighted prediction (x264's weightp, off in ultrafast), so a still's fades can be written as
+    # pictures of weighted skips too: the fade-out in display order, the fade-in decoded after the picture it fades
+    # into, for which every part of the video declares one frame of reordering (h264.py).
     weighted_fades: bool = False
 
 
@@ -212,14 +213,20 @@ class SegmentJob:
         return self.plan.frames - self.head_frames - self.tail_frames
 
     @property
-    def shown_path(self) -> Path:
-        """Where the encoder writes a still's distinct pictures when `repeats.fill` writes the body from them."""
-        return self.output_path.with_name(f"{self.output_path.stem}-shown{self.output_path.suffix}")
+    def encoded_path(self) -> Path:
+        """Where the encoder writes the body when it is rewritten into `output_path` (`rewrites_body`): a still's
+        distinct pictures for `repeats.fill`, or any body for `h264.reorder`."""
+        return self.output_path.with_name(f"{self.output_path.stem}-encoded{self.output_path.suffix}")
 
     @property
-    def fade_base_path(self) -> Path:
+    def fade_in_base_path(self) -> Path:
+        """Where the encoder writes the picture a fade-in written by `repeats.fill` fades into, raw yuv420p."""
+        return self.output_path.with_name(f"{self.output_path.stem}-fade-in-base.yuv")
+
+    @property
+    def fade_out_base_path(self) -> Path:
         """Where the encoder writes the picture a fade-out written by `repeats.fill` starts from, raw yuv420p."""
-        return self.output_path.with_name(f"{self.output_path.stem}-fade-base.yuv")
+        return self.output_path.with_name(f"{self.output_path.stem}-fade-out-base.yuv")
 
     def _part_path(self, part: str) -> Path:
         return self.output_path.with_name(f"{self.output_path.stem}-{part}{_PART_SUFFIX}")
@@ -246,6 +253,13 @@ def segment_command(
         picture = _still(framed, job.still_runs or ((frames, None),), output)
     fills = fills_body(job, output, encoder) and not every_frame
     faded = faded_frames(job, output) if fills else {}
+    faded_in = faded_in_frames(job, output) if fills else {}
+    side_outputs: list[ffmpeg.nodes.OutputStream] = []
+    if faded_in:
+        # The first run's picture before the fade-in, for fill to fit the fade-in's weights on.
+        copies = picture.filter_multi_output("split", 2)
+        picture = copies.stream(0)
+        side_outputs.append(_raw_picture(copies.stream(1), 0, job.fade_in_base_path))
     if job.fade_in_frames > 0:
         picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_in_frames)
     # A fade-out that fill writes shows nothing of the filter's unless a cross-fade's tail is cut from it: its first
@@ -266,12 +280,12 @@ def segment_command(
     if parts:
         copies = picture.filter_multi_output("split", 1 + len(parts))
         body = _trim(copies.stream(0), job.head_frames, frames - job.tail_frames)
-        side_outputs = [
+        side_outputs += [
             _lossless_output(_trim(copies.stream(index), start, end), path, end - start)
             for index, (path, start, end) in enumerate(parts, start=1)
         ]
     else:
-        body, side_outputs = picture, []
+        body = picture
     light: list[tuple[int, int]] = []
     if shown is not None:
         body = body.filter("select", _select_expression(shown))
@@ -279,15 +293,12 @@ def segment_command(
     elif not job.is_clip:
         light = held_frames(job)
     if faded:
-        # The picture the fade-out starts from, the last encoded, for fill to fit the fade's weights on.
+        # The picture the fade-out starts from, the last encoded, for fill to fit the fade-out's weights on.
         copies = body.filter_multi_output("split", 2)
         body = copies.stream(0)
-        base = copies.stream(1).filter("select", f"eq(n,{len(shown or ()) - 1})")
-        side_outputs.append(
-            ffmpeg.output(base, str(job.fade_base_path), **{"frames:v": 1}, f="rawvideo", pix_fmt="yuv420p", an=None)
-        )
+        side_outputs.append(_raw_picture(copies.stream(1), len(shown or ()) - 1, job.fade_out_base_path))
     body_count = len(shown) if shown is not None else job.body_frames
-    body_path = job.shown_path if fills else job.output_path
+    body_path = job.encoded_path if fills or reorders(output, encoder) else job.output_path
     body_output = _h264_output(body, body_path, body_count, output, encoder, threads, light, shown is not None)
     return (
         ffmpeg.merge_outputs(body_output, *side_outputs)
@@ -297,17 +308,45 @@ def segment_command(
 
 
 def fills_body(job: SegmentJob, output: OutputFormat, encoder: Encoder) -> bool:
-    """Whether `repeats.fill` writes a segment's body (its repeats and fade-out as pictures of skips) from the pictures
-    `segment_command` encodes to `job.shown_path` (`encoded_frames`): a still encoded by x264 with one reference
+    """Whether `repeats.fill` writes a segment's body (its repeats and fades as pictures of skips) from the pictures
+    `segment_command` encodes to `job.encoded_path` (`encoded_frames`): a still encoded by x264 with one reference
     frame, at either frame rate."""
     return not job.is_clip and encoder is Encoder.LIBX264 and X264_BY_QUALITY[output.quality].one_reference
 
 
+def reorders(output: OutputFormat, encoder: Encoder) -> bool:
+    """Whether every part of a video declares one frame of reordering (h264.py), for its stills' fade-ins decoded
+    after the picture they fade into: x264 with weighted prediction. Parts that `repeats.fill` does not write are
+    rewritten so by `h264.reorder` (clips, cross-fades, a still encoded every frame)."""
+    return encoder is Encoder.LIBX264 and X264_BY_QUALITY[output.quality].weighted_fades
+
+
 def encoded_frames(job: SegmentJob, output: OutputFormat) -> list[int]:
     """The frames of a still's body x264 encodes when `repeats.fill` writes the body: those that show a new picture,
-    less the fade-out `faded_frames` gives fill."""
-    faded = faded_frames(job, output)
+    less the fades `faded_in_frames` (but the picture it is weighted from) and `faded_frames` give fill."""
+    faded_in = sorted(faded_in_frames(job, output))
+    faded = faded_frames(job, output).keys() | set(faded_in[:-1])
     return [frame for frame in body_frames_shown(job) if frame not in faded]
+
+
+def faded_in_frames(job: SegmentJob, output: OutputFormat) -> dict[int, int]:
+    """The fade-in frames of a still's body `repeats.fill` writes as pictures of weighted skips, and the one they
+    are weighted from, each with the fade filter's factor (in 1/65536; fade_per_frame as in FFmpeg's vf_fade.c).
+
+    Frames 1 to the last that shows the first caption run's picture, before the fade ends on the frame at full
+    brightness (or where the next run starts): x264 encodes the first (black) and that last one, which the others are
+    decoded after. None when the body does not start with the fade-in (a cross-fade's head), or when the fade-out
+    starts within it, or when fewer than two frames would be left to fill.
+    """
+    end = job.fade_in_frames  # the first frame at full brightness
+    if not (X264_BY_QUALITY[output.quality].weighted_fades and end > 1) or job.head_frames:
+        return {}
+    first_run = job.still_runs[0][0] if job.still_runs else job.plan.frames
+    last = min(end, first_run - 1)
+    if last < 2 or last >= min(job.body_frames, job.plan.frames - job.fade_out_frames):
+        return {}
+    step = (1 << 16) // end
+    return {frame: min(0xFFFF, frame * step) for frame in range(1, last + 1)}
 
 
 def faded_frames(job: SegmentJob, output: OutputFormat) -> dict[int, int]:
@@ -455,6 +494,12 @@ def _h264_output(
     if x264_params:
         options["x264-params"] = ":".join(x264_params)
     return ffmpeg.output(picture, str(path), **options, pix_fmt="yuv420p", an=None)
+
+
+def _raw_picture(picture: ffmpeg.nodes.FilterableStream, index: int, path: Path) -> ffmpeg.nodes.OutputStream:
+    """Picture `index` of the stream, raw yuv420p."""
+    selected = picture.filter("select", f"eq(n,{index})")
+    return ffmpeg.output(selected, str(path), **{"frames:v": 1}, f="rawvideo", pix_fmt="yuv420p", an=None)
 
 
 def _lossless_output(picture: ffmpeg.nodes.FilterableStream, path: Path, frames: int) -> ffmpeg.nodes.OutputStream:

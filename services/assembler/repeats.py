@@ -6,19 +6,25 @@ motion vector is zero), and an edge between two skipped macroblocks is not filte
 exact copy of the previous one. It is a few bytes, costs no analysis, and x264's per-frame cost for a repeat (its
 look-ahead and a skip decision for every macroblock, about 3 ms at 1080p) goes away.
 
-The inserted pictures are reference pictures, so every picture after them gets its frame_num rewritten in place: a
-fixed-width field near the start of the slice header, so the rest of the slice is kept byte for byte. Picture order
-follows frame_num (picture order count type 2, which x264 writes without B-frames). This needs a stream with one
-reference frame, every picture a reference (x264's veryfast and ultrafast presets without B-frames): with more, a
-picture could refer past the inserted ones to an older picture that they would have pushed out of the decoder's
-buffer. `fill` refuses any other stream.
+The inserted pictures are reference pictures, so every picture after them gets its frame_num rewritten: a
+fixed-width field near the start of the slice header, so the rest of the slice is kept byte for byte. This needs a
+stream with one reference frame, every picture a reference (x264's veryfast and ultrafast presets without B-frames):
+with more, a picture could refer past the inserted ones to an older picture that they would have pushed out of the
+decoder's buffer. `fill` refuses any other stream.
 
 A fade-out is written the same way, as pictures of skips with explicit weighted prediction (x264's veryfast
 declares it in its PPS): each predicts the picture before it scaled by one weight and offset per plane,
 ((x * w + 64) >> 7) + o. Fading is a per-value map of the picture the fade starts from, and so is every picture of
 the chain, so the weights are fitted on that picture's histograms (256 values per plane, milliseconds a fade) to land
 on FFmpeg's fade filter's values, the decoder's integer arithmetic reproduced exactly; measured within a level or two
-of the filter. A fade-in cannot be written so: without B-frames nothing can predict from the picture it ends on.
+of the filter.
+
+A fade-in starts from black, which nothing can be weighted into a picture from; so it is decoded out of order: x264
+encodes its first frame (black, the IDR) and its last before the first caption shows (a scene cut from black, which
+x264 makes an I picture), and the frames between follow that one in decoding order, as non-reference pictures of
+skips each weighting it (frame_num then stays, as after any non-reference picture). Display order is no longer
+decoding order, so the stream declares one frame of reordering and each slice header its picture order count
+(h264.py), and so must every part of the video joined with it.
 
 References: ITU-T H.264 (08/2021) 7.3 (syntax), 7.4.3.2 (pred_weight_table), 8.4.1.1 (P_Skip motion vector), 8.4.2.3
 (weighted sample prediction), 8.7.2.1 (bS 0 between skipped macroblocks), 9.3 (CABAC: Tables 9-12/9-13 for
@@ -28,7 +34,6 @@ mb_skip_flag's context, 9-44 and 9-45 for the engine).
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,9 +42,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from services.assembler import h264
 from services.common.errors import MediaError
 
-_NAL_SLICE, _NAL_IDR = 1, 5
 _P_SLICE = 5  # slice_type 5: P, and every other slice of the picture P too
 # Table 9-44: rangeTabLPS by pStateIdx and (codIRange >> 6) & 3.
 _RANGE_LPS = (
@@ -75,193 +80,6 @@ _WEIGHT_DENOM = 7
 _WEIGHT_RANGE = (-128, 127)
 # A plane's weight and offset: None for the default, which copies the reference as it is.
 Weight = tuple[int, int] | None
-# Emulation prevention (7.4.1): within a NAL unit, 0x000003 stands for 0x0000 where the next byte is 0 to 3.
-_ESCAPED = re.compile(b"\x00\x00\x03")
-_NEEDS_ESCAPE = re.compile(b"\x00\x00(?=[\x00-\x03])")
-
-
-class _Reader:
-    """Reads an RBSP bit by bit: fixed-width fields and Exp-Golomb codes (7.2, 9.1)."""
-
-    def __init__(self, rbsp: bytes) -> None:
-        self._value = int.from_bytes(rbsp, "big")
-        self._size = len(rbsp) * 8
-        self.position = 0
-
-    def u(self, width: int) -> int:
-        if self.position + width > self._size:
-            raise MediaError("an H.264 header ended early")
-        self.position += width
-        return (self._value >> (self._size - self.position)) & ((1 << width) - 1)
-
-    def ue(self) -> int:
-        zeros = 0
-        while not self.u(1):
-            zeros += 1
-            if zeros > 31:
-                raise MediaError("an H.264 header has an Exp-Golomb code longer than 32 bits")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        code = self.ue()
-        return (code + 1) // 2 if code % 2 else -(code // 2)
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self._bits: list[str] = []
-
-    def u(self, width: int, value: int) -> None:
-        if width:
-            self._bits.append(format(value, f"0{width}b"))
-
-    def ue(self, value: int) -> None:
-        code = format(value + 1, "b")
-        self._bits.append("0" * (len(code) - 1) + code)
-
-    def se(self, value: int) -> None:
-        self.ue(2 * value - 1 if value > 0 else -2 * value)
-
-    def bits(self, text: str) -> None:
-        self._bits.append(text)
-
-    def length(self) -> int:
-        return sum(map(len, self._bits))
-
-    def rbsp(self) -> bytes:
-        text = "".join(self._bits)
-        text += "0" * (-len(text) % 8)
-        return int(text, 2).to_bytes(len(text) // 8, "big")
-
-
-def _unescape(nal: bytes) -> bytes:
-    return _ESCAPED.sub(b"\x00\x00", nal)
-
-
-def _escape(rbsp: bytes) -> bytes:
-    escaped = _NEEDS_ESCAPE.sub(b"\x00\x00\x03", rbsp)
-    # An RBSP ending in a zero byte (a slice's cabac_zero_words) takes a final 0x03: a NAL unit cannot end in 0x00.
-    return escaped + b"\x03" if escaped.endswith(b"\x00") else escaped
-
-
-@dataclass(frozen=True)
-class StreamParameters:
-    """What a slice header's layout depends on, from the stream's one SPS and one PPS."""
-
-    log2_max_frame_num: int
-    pps_id: int
-    max_reference_frames: int
-    macroblocks: int
-    has_chroma: bool
-    cabac: bool
-    weighted_prediction: bool
-    pic_init_qp: int
-    deblocking_control: bool
-    length_size: int
-
-    @classmethod
-    def from_avcc(cls, extradata: bytes) -> StreamParameters:
-        """Reads an MP4's avcC box body (ISO/IEC 14496-15 5.3.3.1): exactly one SPS and one PPS, as x264 writes."""
-        if len(extradata) < 7 or extradata[0] != 1:
-            raise MediaError("the H.264 stream has no avcC parameter sets")
-        length_size = (extradata[4] & 3) + 1
-        position, sets = 5, []
-        for _ in range(2):
-            count = extradata[position] & (0x1F if not sets else 0xFF)
-            position += 1
-            if count != 1:
-                raise MediaError(f"the H.264 stream has {count} parameter sets of a kind; one is supported")
-            size = int.from_bytes(extradata[position : position + 2], "big")
-            sets.append(extradata[position + 2 : position + 2 + size])
-            position += 2 + size
-        return cls._parse(sets[0], sets[1], length_size)
-
-    @classmethod
-    def _parse(cls, sps_nal: bytes, pps_nal: bytes, length_size: int) -> StreamParameters:
-        sps = _Reader(_unescape(sps_nal[1:]))
-        profile = sps.u(8)
-        sps.u(16)  # constraint flags, level
-        sps.ue()  # seq_parameter_set_id
-        chroma_format = 1
-        if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
-            chroma_format = sps.ue()
-            if chroma_format == 3 and sps.u(1):
-                raise MediaError("separate colour planes are not supported")
-            sps.ue()  # bit depths
-            sps.ue()
-            sps.u(1)
-            if sps.u(1):
-                raise MediaError("H.264 scaling matrices are not supported")
-        log2_max_frame_num = sps.ue() + 4
-        if (poc_type := sps.ue()) != 2:
-            raise MediaError(f"picture order count type {poc_type} is not supported (type 2: no B-frames)")
-        max_reference_frames = sps.ue()
-        sps.u(1)  # gaps_in_frame_num_value_allowed_flag
-        width, height = sps.ue() + 1, sps.ue() + 1
-        if not sps.u(1):
-            raise MediaError("interlaced H.264 is not supported")
-        pps = _Reader(_unescape(pps_nal[1:]))
-        pps_id = pps.ue()
-        pps.ue()
-        cabac = bool(pps.u(1))
-        if pps.u(1):
-            raise MediaError("bottom_field_pic_order_in_frame_present_flag is not supported")
-        if pps.ue():
-            raise MediaError("slice groups are not supported")
-        pps.ue()  # num_ref_idx_l0_default_active_minus1: every stand-in overrides it
-        pps.ue()
-        weighted_prediction = bool(pps.u(1))
-        pps.u(2)
-        pic_init_qp = 26 + pps.se()
-        pps.se()
-        pps.se()
-        deblocking_control = bool(pps.u(1))
-        pps.u(1)
-        if pps.u(1):
-            raise MediaError("redundant pictures are not supported")
-        return cls(
-            log2_max_frame_num,
-            pps_id,
-            max_reference_frames,
-            width * height,
-            chroma_format != 0,
-            cabac,
-            weighted_prediction,
-            pic_init_qp,
-            deblocking_control,
-            length_size,
-        )
-
-
-def _nal_units(sample: bytes, length_size: int) -> list[bytes]:
-    units, position = [], 0
-    while position < len(sample):
-        size = int.from_bytes(sample[position : position + length_size], "big")
-        units.append(sample[position + length_size : position + length_size + size])
-        position += length_size + size
-    return units
-
-
-def _sample(units: list[bytes], length_size: int) -> bytes:
-    return b"".join(len(unit).to_bytes(length_size, "big") + unit for unit in units)
-
-
-def _renumbered(nal: bytes, params: StreamParameters, frame_num: int) -> bytes:
-    """A slice with its frame_num set: only its bits change (the escaped NAL is unescaped, the field replaced,
-    escaped again)."""
-    rbsp = bytearray(_unescape(nal[1:]))
-    header = _Reader(bytes(rbsp[:64]))
-    header.ue()  # first_mb_in_slice
-    header.ue()  # slice_type
-    header.ue()  # pic_parameter_set_id
-    start, width = header.position, params.log2_max_frame_num
-    for bit in range(width):
-        index, shift = divmod(start + bit, 8)
-        if (frame_num >> (width - 1 - bit)) & 1:
-            rbsp[index] |= 0x80 >> shift
-        else:
-            rbsp[index] &= ~(0x80 >> shift)
-    return nal[:1] + _escape(bytes(rbsp))
 
 
 @functools.lru_cache(maxsize=8)
@@ -324,23 +142,27 @@ class _SkipPictures:
     """Builds a stream's all-skip P pictures; the slice data depends only on the picture size and QP, so it is built
     once for all of a process's segments of one size."""
 
-    def __init__(self, params: StreamParameters) -> None:
+    def __init__(self, params: h264.StreamParameters) -> None:
         self._params = params
         self._data = _cabac_skips(params.macroblocks, params.pic_init_qp) if params.cabac else None
 
-    def picture(self, nal_ref_idc: int, frame_num: int, weights: Weights | None = None) -> bytes:
-        """A picture of skips: a copy of the picture before, or with `weights` that picture scaled."""
-        params, header = self._params, _Writer()
+    def picture(self, nal_ref_idc: int, frame_num: int, poc_lsb: int, weights: Weights | None = None) -> bytes:
+        """A picture of skips: a copy of the last reference picture, or with `weights` that picture scaled.
+        `poc_lsb` is written only in a stream with picture order count type 0."""
+        params, header = self._params, h264.Writer()
         header.ue(0)  # first_mb_in_slice
         header.ue(_P_SLICE)
         header.ue(params.pps_id)
         header.u(params.log2_max_frame_num, frame_num)
-        header.u(1, 1)  # num_ref_idx_active_override_flag: one reference, the picture just before
+        if params.poc_type == 0:
+            header.u(params.log2_max_poc_lsb, poc_lsb)
+        header.u(1, 1)  # num_ref_idx_active_override_flag: one reference, the last reference picture
         header.ue(0)
         header.u(1, 0)  # ref_pic_list_modification_flag_l0
         if params.weighted_prediction:  # fill refuses weights for a stream without it
             _weight_table(header, weights or Weights(None, None, None), params.has_chroma)
-        header.u(1, 0)  # adaptive_ref_pic_marking_mode_flag: the sliding window, as x264's own pictures
+        if nal_ref_idc:
+            header.u(1, 0)  # adaptive_ref_pic_marking_mode_flag: the sliding window, as x264's own pictures
         if params.cabac:
             header.ue(0)  # cabac_init_idc
         header.se(0)  # slice_qp_delta: the slice QP is pic_init_qp, which _cabac_skips started from
@@ -352,7 +174,7 @@ class _SkipPictures:
         else:
             header.ue(params.macroblocks)  # mb_skip_run: the whole picture
             header.bits("1")  # rbsp_stop_one_bit
-        return bytes([nal_ref_idc << 5 | _NAL_SLICE]) + _escape(header.rbsp())
+        return bytes([nal_ref_idc << 5 | h264.NAL_SLICE]) + h264.escape(header.rbsp())
 
 
 @dataclass(frozen=True)
@@ -364,7 +186,7 @@ class Weights:
     cr: Weight
 
 
-def _weight_table(header: _Writer, weights: Weights, has_chroma: bool) -> None:
+def _weight_table(header: h264.Writer, weights: Weights, has_chroma: bool) -> None:
     """pred_weight_table (7.3.3.2) for the one reference."""
     header.ue(_WEIGHT_DENOM)  # luma_log2_weight_denom
     if has_chroma:
@@ -419,12 +241,21 @@ def _fit(counts: np.ndarray, levels: np.ndarray, target: np.ndarray, default: bo
     return int(weights[best[0], 0]), int(offsets[best])
 
 
-def fade_weights(histograms: tuple[np.ndarray, np.ndarray, np.ndarray], factors: list[int]) -> list[Weights]:
+def fade_weights(
+    histograms: tuple[np.ndarray, np.ndarray, np.ndarray],
+    factors: list[int],
+    *,
+    chain: bool = True,
+    reference_factor: int = 0xFFFF,
+) -> list[Weights]:
     """Each picture's weights for a fade by `factors` (in 1/65536) of a picture whose Y, Cb and Cr planes have
-    `histograms` (pixels per value), each picture predicted from the one before."""
+    `histograms` (pixels per value): with `chain`, each picture predicted from the one before (a fade-out), else each
+    from one reference picture (a fade-in, decoded after it). The first reference is the picture faded by
+    `reference_factor` (65535 leaves every value as it is)."""
     values = np.arange(256, dtype=np.int64)
-    levels = [values.copy() for _ in histograms]  # what each plane's value v has become in the picture before
-    chain = []
+    # What each plane's value v has become in the reference.
+    levels = [_fade_target(values, reference_factor, chroma=plane > 0) for plane in range(3)]
+    weights_by_picture = []
     for factor in factors:
         targets = [_fade_target(values, factor, chroma=plane > 0) for plane in range(3)]
         weights = [
@@ -433,9 +264,20 @@ def fade_weights(histograms: tuple[np.ndarray, np.ndarray, np.ndarray], factors:
         if (weights[1] is None) != (weights[2] is None):
             # One flag covers both chroma planes, and the default weight (1 << 7) is out of an explicit one's range.
             weights[1:] = [_fit(histograms[plane], levels[plane], targets[plane], default=False) for plane in (1, 2)]
-        levels = [_predicted(level, weight) for level, weight in zip(levels, weights, strict=True)]
-        chain.append(Weights(*weights))
-    return chain
+        if chain:
+            levels = [_predicted(level, weight) for level, weight in zip(levels, weights, strict=True)]
+        weights_by_picture.append(Weights(*weights))
+    return weights_by_picture
+
+
+@dataclass(frozen=True)
+class Fade:
+    """A still's fade: frames with FFmpeg's fade factor (in 1/65536) of the picture the fade is of, `base`, raw
+    yuv420p as the encoder got it before fading (its histograms are all the weights need, and reading them costs far
+    less than decoding the stream)."""
+
+    factors: Mapping[int, int]
+    base: Path
 
 
 def fill(
@@ -445,35 +287,49 @@ def fill(
     fps: int,
     target: Path,
     *,
-    faded: Mapping[int, int] | None = None,
-    fade_base: Path | None = None,
+    fade_in: Fade | None = None,
+    fade_out: Fade | None = None,
     variable: bool = False,
+    reordering: bool = False,
 ) -> None:
     """Writes `target`, a body `frames` long at `fps`, from `source`, whose pictures are its frames `encoded`
     (ascending, the first 0).
 
-    The frames of `faded` (frame: FFmpeg's fade factor, in 1/65536, of the picture before the fade) run to the end of
-    the body after the last encoded frame; each is a picture of weighted skips. Every other frame repeats the one
-    before it as a picture of skips; at a `variable` frame rate it is left out instead, and each picture lasts until
-    the next.
+    Every frame that repeats the one before is a picture of skips; at a `variable` frame rate it is left out
+    instead, and each picture lasts until the next. `fade_out` frames run from after the last encoded frame to the
+    end of the body, each the one before weighted. With `reordering` the stream declares one frame of it
+    (h264.reordering_avcc), as every part of a video whose stills fade in so: `fade_in` frames run from 1 to the
+    second encoded (the first is black), and all but that last one are decoded after it as non-reference pictures,
+    each that picture weighted.
 
     `source` must be H.264 in MP4 with one reference frame and no B-frames, one picture per packet (x264's output),
-    and for `faded`, weighted prediction; `fade_base` is then the picture the fade starts from, raw yuv420p as the
-    encoder got it (its histograms are all the weights need, and reading them costs far less than decoding the
-    stream). On any error no `target` is left.
+    and for fades, weighted prediction. On any error no `target` is left.
     """
-    faded = dict(faded or {})
     if not encoded or encoded[0] != 0 or encoded[-1] >= frames or sorted(set(encoded)) != encoded:
         raise ValueError(f"encoded frames {encoded[:5]}... do not start at 0 and rise within {frames} frames")
-    if faded and (min(faded) <= encoded[-1] or sorted(faded) != list(range(min(faded), frames))):
-        raise ValueError(f"faded frames {sorted(faded)[:5]}... do not run from after the last encoded to {frames}")
-    if faded and fade_base is None:
-        raise ValueError("a fade needs the picture it starts from")
+    fading_out = sorted(fade_out.factors) if fade_out else []
+    if fading_out and (fading_out[0] <= encoded[-1] or fading_out != list(range(fading_out[0], frames))):
+        raise ValueError(f"faded frames {fading_out[:5]}... do not run from after the last encoded to {frames}")
+    fading_in = sorted(fade_in.factors) if fade_in else []
+    if fading_in and (len(encoded) < 2 or fading_in != list(range(1, encoded[1] + 1))):
+        raise ValueError(f"fade-in frames {fading_in[:5]}... do not run from 1 to the second encoded")
+    if fading_in and not reordering:
+        raise ValueError("a fade-in decoded after the picture it fades into needs a reordering stream")
     try:
-        _fill(source, encoded, frames, fps, target, faded, fade_base, variable)
+        _fill(source, encoded, frames, fps, target, fade_in, fade_out, variable, reordering)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """A frame of the body as written: x264's next picture, or a picture of skips (weighted, or a reference)."""
+
+    frame: int
+    encoded: bool
+    weights: Weights | None = None
+    reference: bool = True
 
 
 def _fill(
@@ -482,51 +338,117 @@ def _fill(
     frames: int,
     fps: int,
     target: Path,
-    faded: dict[int, int],
-    fade_base: Path | None,
+    fade_in: Fade | None,
+    fade_out: Fade | None,
     variable: bool,
+    reordering: bool,
 ) -> None:
     with av.open(str(source)) as inputs, av.open(str(target), "w", format="mp4") as output:
         stream = inputs.streams.video[0]
-        params = StreamParameters.from_avcc(bytes(stream.codec_context.extradata or b""))
+        extradata = bytes(stream.codec_context.extradata or b"")
+        params = h264.StreamParameters.from_avcc(extradata)
         if params.max_reference_frames != 1:
             raise MediaError(f"repeats need one reference frame; the stream has {params.max_reference_frames}")
-        if faded and not params.weighted_prediction:
+        if (fade_in or fade_out) and not params.weighted_prediction:
             raise MediaError("the H.264 stream's PPS has no weighted prediction; a fade needs it")
-        fading = sorted(faded)
-        chain = []
-        if fade_base is not None and fading:
-            histograms = _histograms(fade_base, stream.codec_context.width, stream.codec_context.height)
-            chain = fade_weights(histograms, [faded[frame] for frame in fading])
-        weights = dict(zip(fading, chain, strict=True))
-        skips = _SkipPictures(params)
+        size = stream.codec_context.width, stream.codec_context.height
+        weights = {}
+        if fade_in is not None:
+            *fading, reference = sorted(fade_in.factors)
+            factors = [fade_in.factors[frame] for frame in fading]
+            histograms = _histograms(fade_in.base, *size)
+            fitted = fade_weights(histograms, factors, chain=False, reference_factor=fade_in.factors[reference])
+            weights.update(zip(fading, fitted, strict=True))
+        if fade_out is not None:
+            fading = sorted(fade_out.factors)
+            fitted = fade_weights(_histograms(fade_out.base, *size), [fade_out.factors[frame] for frame in fading])
+            weights.update(zip(fading, fitted, strict=True))
         copy = output.add_stream_from_template(stream)
         copy.time_base = Fraction(1, fps)
-        written = sorted([*encoded, *fading]) if variable else list(range(frames))
+        written = params
+        if reordering:
+            copy.codec_context.extradata = h264.reordering_avcc(extradata)
+            written = params.reordering()
+        fading_in = set(fade_in.factors) - {encoded[1]} if fade_in else set()
+        order = _decoding_order(encoded, frames, fading_in, weights, variable)
+        durations = _durations([picture.frame for picture in order], frames, variable)
+        decoded = h264.decode_times([picture.frame for picture in order]) if reordering else None
+        shown_order = sorted(picture.frame for picture in order)
+        positions = {frame: index for index, frame in enumerate(shown_order)}
+        skips = _SkipPictures(written)
         pictures = (packet for packet in inputs.demux(stream) if packet.size)
-        pending = set(encoded)
-        frame_num = count = reference = 0
-        for frame, end in zip(written, [*written[1:], frames], strict=True):
-            if frame in pending:
+        frame_num = count = reference = idr_position = 0
+        for index, picture in enumerate(order):
+            frame = picture.frame
+            key = False
+            if picture.encoded:
                 packet = next(pictures, None)
                 if packet is None:
                     raise MediaError(f"the H.264 stream has {count} pictures; {len(encoded)} were encoded")
-                units = _nal_units(bytes(packet), params.length_size)
-                slices = [unit for unit in units if unit[0] & 0x1F in (_NAL_SLICE, _NAL_IDR)]
+                units = h264.nal_units(bytes(packet), params.length_size)
+                slices = [unit for unit in units if unit[0] & 0x1F in (h264.NAL_SLICE, h264.NAL_IDR)]
                 if not slices or not slices[0][0] >> 5:
                     raise MediaError(f"picture {count} of the H.264 stream is not a reference picture")
                 reference = slices[0][0] >> 5
-                if slices[0][0] & 0x1F == _NAL_IDR:
-                    frame_num = 0
-                units = [_renumbered(unit, params, frame_num) if unit in slices else unit for unit in units]
-                _write(output, copy, _sample(units, params.length_size), frame, end - frame, fps, packet.is_keyframe)
+                if slices[0][0] & 0x1F == h264.NAL_IDR:
+                    if fade_in and frame == encoded[1]:
+                        raise MediaError("the picture the fade-in fades into is an IDR, which nothing shown before")
+                    frame_num, idr_position = 0, positions[frame]
+                poc_lsb = _poc_lsb(positions[frame], idr_position)
+                units = [
+                    _rewritten(unit, params, frame_num, poc_lsb, reordering) if unit in slices else unit
+                    for unit in units
+                ]
+                data, key = h264.sample(units, params.length_size), packet.is_keyframe
                 count += 1
             else:
-                picture = skips.picture(reference, frame_num, weights.get(frame))
-                _write(output, copy, _sample([picture], params.length_size), frame, end - frame, fps, False)
-            frame_num = (frame_num + 1) % (1 << params.log2_max_frame_num)
+                nal_ref_idc = reference if picture.reference else 0
+                skip = skips.picture(nal_ref_idc, frame_num, _poc_lsb(positions[frame], idr_position), picture.weights)
+                data = h264.sample([skip], params.length_size)
+            decode_time = frame if decoded is None else decoded[index]
+            h264.write_packet(output, copy, data, frame, decode_time, durations[frame], fps, key)
+            if picture.reference:
+                frame_num = (frame_num + 1) % (1 << params.log2_max_frame_num)
         if next(pictures, None) is not None:
             raise MediaError(f"the H.264 stream has more pictures than the {len(encoded)} encoded")
+
+
+def _decoding_order(
+    encoded: list[int], frames: int, fading_in: set[int], weights: Mapping[int, Weights], variable: bool
+) -> list[_Picture]:
+    """The body's pictures in decoding order: the fade-in (non-reference pictures weighting the picture it fades
+    into) right after that picture, every other frame in display order; at a `variable` rate no repeats."""
+    shown = set(encoded)
+    frames_written = sorted(shown | set(weights)) if variable else range(frames)
+    order, held_back = [], []
+    for frame in frames_written:
+        if frame in fading_in:
+            held_back.append(_Picture(frame, False, weights[frame], reference=False))
+            continue
+        order.append(_Picture(frame, frame in shown, weights.get(frame)))
+        if held_back and frame == encoded[1]:
+            order += held_back
+            held_back = []
+    return order
+
+
+def _durations(written: list[int], frames: int, variable: bool) -> dict[int, int]:
+    """Each written frame's duration in frames: until the next written, at a variable rate; else one."""
+    if not variable:
+        return dict.fromkeys(written, 1)
+    shown = sorted(written)
+    return {frame: end - frame for frame, end in zip(shown, [*shown[1:], frames], strict=True)}
+
+
+def _poc_lsb(position: int, idr_position: int) -> int:
+    """pic_order_cnt_lsb of the picture at `position` in display order: counted in twos from the last IDR's."""
+    return (2 * (position - idr_position)) % (1 << h264.POC_LSB_BITS)
+
+
+def _rewritten(unit: bytes, params: h264.StreamParameters, frame_num: int, poc_lsb: int, reordering: bool) -> bytes:
+    if reordering:
+        return h264.reordered_slice(unit, params, poc_lsb, frame_num)
+    return h264.renumbered(unit, params, frame_num)
 
 
 def _histograms(picture: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -534,26 +456,8 @@ def _histograms(picture: Path, width: int, height: int) -> tuple[np.ndarray, np.
     luma, chroma = width * height, ((width + 1) // 2) * ((height + 1) // 2)
     samples = np.fromfile(picture, np.uint8)
     if samples.size != luma + 2 * chroma:
-        raise MediaError(f"the fade's first picture has {samples.size} bytes, not a {width}x{height} yuv420p picture")
+        raise MediaError(f"the fade's picture has {samples.size} bytes, not a {width}x{height} yuv420p picture")
     y, cb, cr = (
         np.bincount(plane, minlength=256).astype(np.int64) for plane in np.split(samples, [luma, luma + chroma])
     )
     return y, cb, cr
-
-
-def _write(
-    output: av.container.OutputContainer,
-    stream: av.stream.Stream,
-    data: bytes,
-    frame: int,
-    duration: int,
-    fps: int,
-    key: bool,
-) -> None:
-    packet = av.Packet(data)
-    packet.stream = stream
-    packet.time_base = Fraction(1, fps)
-    packet.pts = packet.dts = frame
-    packet.duration = duration
-    packet.is_keyframe = key
-    output.mux(packet)

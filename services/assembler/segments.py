@@ -3,7 +3,7 @@
 The key is a SHA-256 of everything the segment's frames follow from: the visual's bytes, the caption files' text
 (they hold every cue, word time, line break, font and style), the frame count and rate, fades, framing, the
 cross-fade parts asked for, the output format, the encoder, the FFmpeg build and PyAV's, and the source of the
-command builder, repeats.py and encoding.py.
+command builder, repeats.py, h264.py and encoding.py.
 The narration is not in the key: its part in the picture is the scene's length and captions, both in the key. The
 soundtrack is always mixed again (it is one cheap pass over the whole video). Entries live in the same
 content-addressed folder cache as generated assets (atomic writes, hash-checked reads, LRU within a byte budget).
@@ -43,7 +43,7 @@ def segment_key(job: SegmentJob, output: OutputFormat, encoder: Encoder, exe: st
         "format": FORMAT_VERSION,
         # The imageio-ffmpeg binary's file name carries its version.
         "ffmpeg": Path(exe).name,
-        "code": [source_digest(f"services.assembler.{module}") for module in ("ffmpeg", "repeats", "encoding")],
+        "code": [source_digest(f"services.assembler.{module}") for module in ("ffmpeg", "repeats", "h264", "encoding")],
         # PyAV (its own FFmpeg libraries) writes the bodies of stills whose repeats are pictures of skips.
         "pyav": av.__version__,
         "encoder": encoder.value,

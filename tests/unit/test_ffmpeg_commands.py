@@ -65,15 +65,17 @@ def test_still_is_decoded_once_and_repeated_by_the_loop_filter() -> None:
     draft = segment_command("ffmpeg", job, dataclasses.replace(OUTPUT, quality=Quality.DRAFT), Encoder.LIBX264)
     assert fade_out in _filter_graph(with_tail) and fade_out in _filter_graph(draft)
     assert "trim=" not in graph and "ffv1" not in argv
-    # x264 encodes the 15 distinct pictures (the fade-in, caption changes, the fade-out's first frame); repeats.fill
-    # writes the 90, the fade-out's other 5 as weighted skips from the raw picture of its first frame.
-    assert "select=between(n\\,0\\,12)+eq(n\\,36)+eq(n\\,84)" in graph
-    assert _after(argv, "-frames:v") == "15"
-    assert "select=eq(n\\,14)" in graph and "/w/segment-0-fade-base.yuv" in argv
+    # x264 encodes 8 distinct pictures (black, the fade-in's last frames before and after the first caption, caption
+    # changes, the fade-out's first frame); repeats.fill writes the 90: the fade-in's frames 1 to 7 as weighted skips
+    # of frame 8, fitted on the raw still before the fade, and the fade-out's other 5 weighted from its first frame.
+    assert "select=eq(n\\,0)+between(n\\,8\\,12)+eq(n\\,36)+eq(n\\,84)" in graph
+    assert _after(argv, "-frames:v") == "8"
+    assert "select=eq(n\\,7)" in graph and "/w/segment-0-fade-out-base.yuv" in argv
+    assert graph.index("split=2") < graph.index("fade=nb_frames=12") and "/w/segment-0-fade-in-base.yuv" in argv
     assert _after(argv, "-c:v") == "libx264"
     assert _after(argv, "-pix_fmt") == "yuv420p"
     assert "-an" in argv
-    assert argv[-1] == "-y" and "/w/segment-0-shown.mp4" in argv and "/w/segment-0.mp4" not in argv
+    assert argv[-1] == "-y" and "/w/segment-0-encoded.mp4" in argv and "/w/segment-0.mp4" not in argv
 
 
 def test_clip_is_looped_resampled_and_cut_to_the_frame_count() -> None:
@@ -129,7 +131,7 @@ def test_head_and_tail_are_split_off_to_lossless_files_in_the_same_run() -> None
     assert "trim=end_frame=78:start_frame=10" in graph
     assert "trim=end_frame=10:start_frame=0" in graph
     assert "trim=end_frame=90:start_frame=78" in graph
-    body, head, tail = (argv.index(path) for path in (str(job.shown_path), str(job.head_path), str(job.tail_path)))
+    body, head, tail = (argv.index(path) for path in (str(job.encoded_path), str(job.head_path), str(job.tail_path)))
     assert body < head < tail
     # The body's distinct pictures: its first (after the fade-in, which is in the head) and its last.
     assert _after(argv, "-frames:v") == "2" and _after(argv, "-c:v") == "libx264"
@@ -188,7 +190,7 @@ def test_threads_cap_libx264_only_and_share_the_cores() -> None:
     one = segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264, threads=1)
     # The H.264 body gets the cap; the lossless head is not x264's.
     assert _after(one, "-threads") == "1" and one.count("-threads") == 1
-    assert one.index("-threads") < one.index("/w/s-shown.mp4") < one.index("/w/s-head.mkv")
+    assert one.index("-threads") < one.index("/w/s-encoded.mp4") < one.index("/w/s-head.mkv")
     assert "-threads" not in segment_command("ffmpeg", job, OUTPUT, Encoder.LIBX264)
     assert "-threads" not in segment_command("ffmpeg", job, OUTPUT, Encoder.H264_NVENC, threads=1)
     assert [encoder_threads(2, running) for running in (0, 1, 2, 3)] == [2, 2, 1, 1]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import pytest
+from av.video.frame import PictureType
 from PIL import Image
 from scenecast.v1 import render_service_pb2, types_pb2
 
@@ -21,6 +22,7 @@ from services.assembler.ffmpeg import (
     body_frames_shown,
     encoded_frames,
     faded_frames,
+    faded_in_frames,
     fading_frames,
     held_frames,
     segment_command,
@@ -84,12 +86,15 @@ def test_a_variable_rate_still_keeps_fades_caption_changes_and_its_last_frame() 
 def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps() -> None:
     argv = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), VARIABLE, Encoder.LIBX264)
     graph = argv[argv.index("-filter_complex") + 1]
-    # Less the fade-out after its first frame, which repeats.fill writes as weighted skips from the raw picture of
-    # the fade's first frame (the last encoded, 7th).
-    assert "select=between(n\\,0\\,3)+eq(n\\,9)+eq(n\\,36)+eq(n\\,88)" in graph
-    assert "select=eq(n\\,6)" in graph and argv[-argv[::-1].index("-f")] == "rawvideo"
-    assert "/w/piece-0-shown.mp4" in argv and "/w/piece-0-fade-base.yuv" in argv
-    assert argv[argv.index("-frames:v") + 1] == "7"
+    # Less the fade-in's frames between black and full brightness and the fade-out after its first frame, which
+    # repeats.fill writes as weighted skips: fitted on the raw pictures of the still before the fade-in (the
+    # first frame before the fade filter) and of the fade-out's first frame (the last encoded, 5th).
+    assert "select=eq(n\\,0)+eq(n\\,3)+eq(n\\,9)+eq(n\\,36)+eq(n\\,88)" in graph
+    assert graph.count("select=eq(n\\,0)[") == 1 and "select=eq(n\\,4)" in graph
+    assert argv[-argv[::-1].index("-f")] == "rawvideo"
+    assert "/w/piece-0-encoded.mp4" in argv
+    assert "/w/piece-0-fade-in-base.yuv" in argv and "/w/piece-0-fade-out-base.yuv" in argv
+    assert argv[argv.index("-frames:v") + 1] == "5"
     assert argv[argv.index("-fps_mode") + 1] == "passthrough" and "-r" not in argv
     assert argv[argv.index("-enc_time_base") + 1] == "1/30"
     # A clip keeps every frame, on the same time base as the stills it is joined with.
@@ -99,7 +104,7 @@ def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps()
     # At a constant rate x264 gets the same frames, and repeats.fill writes the body from them; at hd (three
     # reference frames) or with NVENC every frame is encoded.
     constant = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), CONSTANT, Encoder.LIBX264)
-    assert constant[constant.index("-filter_complex") + 1] == graph and "/w/piece-0-shown.mp4" in constant
+    assert constant[constant.index("-filter_complex") + 1] == graph and "/w/piece-0-encoded.mp4" in constant
     hd = dataclasses.replace(CONSTANT, quality=Quality.HD)
     for every in (
         segment_command("ffmpeg", _job(), hd, Encoder.LIBX264),
@@ -122,7 +127,24 @@ def test_a_fade_out_after_its_first_frame_is_left_to_weighted_skips_when_nothing
     assert faded_frames(_job(fade_out_frames=50, head_frames=45, still_runs=((90, None),)), CONSTANT) == {}
     for quality in (Quality.DRAFT, Quality.HD):
         assert faded_frames(_job(fade_out_frames=4), dataclasses.replace(CONSTANT, quality=quality)) == {}
-    assert encoded_frames(_job(fade_in_frames=3, fade_out_frames=4), CONSTANT) == [0, 1, 2, 3, 9, 36, 86]
+    assert encoded_frames(_job(fade_in_frames=3, fade_out_frames=4), CONSTANT) == [0, 3, 9, 36, 86]
+
+
+def test_a_fade_in_is_left_to_weighted_skips_up_to_the_last_frame_of_the_first_picture() -> None:
+    # FFmpeg's fade-in: frame n at n * (65536 // frames), at most 65535; fill writes all but the last, x264's,
+    # which they weigh.
+    assert faded_in_frames(_job(fade_in_frames=4), CONSTANT) == {1: 16384, 2: 32768, 3: 49152, 4: 65535}
+    # The first caption starts at frame 9: the fade-in's last frames show it, x264's.
+    assert faded_in_frames(_job(fade_in_frames=12), VARIABLE) == {frame: frame * 5461 for frame in range(1, 9)}
+    assert encoded_frames(_job(fade_in_frames=12), VARIABLE) == [0, *range(8, 13), 36, 89]
+    # None with a cross-fade's head, a fade-out starting within it, nothing left to fill between black and the
+    # picture it is weighted from, or at draft and hd quality.
+    assert faded_in_frames(_job(fade_in_frames=4, head_frames=5), CONSTANT) == {}
+    assert faded_in_frames(_job(fade_in_frames=4, fade_out_frames=88, still_runs=()), CONSTANT) == {}
+    assert faded_in_frames(_job(fade_in_frames=4, still_runs=((2, None), (88, None))), CONSTANT) == {}
+    assert faded_in_frames(_job(fade_in_frames=1), CONSTANT) == {}
+    for quality in (Quality.DRAFT, Quality.HD):
+        assert faded_in_frames(_job(fade_in_frames=4), dataclasses.replace(CONSTANT, quality=quality)) == {}
 
 
 def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
@@ -134,19 +156,20 @@ def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
     every_part = "fps=30:force-cfr=1"
     assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=4,8,{held}/10,35,{held}/37,87,{held}"
     # Only x264 takes zones; a still whose repeats are pictures of skips, or at a variable rate, has no held frames
-    # to encode, only its fade-out searched less (distinct pictures 6 and 7 of [0, 1, 2, 3, 9, 36, 88, 89]); a
-    # clip's frames are all its own. Every x264 part declares the same fixed frame rate.
+    # to encode, only its fade-out searched less (the last of the pictures encoded, [0, 3, 9, 36, 88]); a clip's
+    # frames are all its own. Every x264 part declares the same fixed frame rate.
     assert "-x264-params" not in segment_command("ffmpeg", job, hd, Encoder.H264_NVENC)
     for output in (CONSTANT, VARIABLE):
         argv = segment_command("ffmpeg", job, output, Encoder.LIBX264)
-        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=6,6,{held}"
+        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=4,4,{held}"
     assert fading_frames(_job(fade_out_frames=4, head_frames=5, tail_frames=2), [0, 4, 31, 81, 82]) == [(3, 4)]
     clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), hd, Encoder.LIBX264)
     assert clip[clip.index("-x264-params") + 1] == every_part
 
 
 def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Path) -> None:
-    """B-frames over a held still cost x264 their analysis for frames that repeat the one before (see Encoder)."""
+    """B-frames over a held still cost x264 their analysis for frames that repeat the one before (see Encoder).
+    The only pictures out of order are a standard still's fade-in, decoded after the picture it fades into."""
     still = tmp_path / "still.png"
     Image.new("RGB", (320, 180), (200, 120, 40)).save(still)
     for quality in (Quality.STANDARD, Quality.HD):
@@ -155,7 +178,10 @@ def test_a_held_still_is_encoded_without_b_frames_at_every_quality(tmp_path: Pat
         job = SegmentJob(still, False, plan, tmp_path / f"{quality}.mp4", fade_in_frames=5, fade_out_frames=5)
         asyncio.run(encode_segment(ffmpeg_exe(), job, output, Encoder.LIBX264, 60))
         with av.open(str(job.output_path)) as container:
-            packets = [packet for packet in container.demux(container.streams.video[0]) if packet.size]
-        # 45 pictures, each decoded in the order shown: nothing reordered, so no B-frame.
-        assert len(packets) == 45
-        assert [packet.dts for packet in packets] == [packet.pts for packet in packets]
+            stream = container.streams.video[0]
+            shown = [packet.pts * stream.time_base * 30 for packet in container.demux(stream) if packet.size]
+            container.seek(0)
+            types = {PictureType(frame.pict_type) for frame in container.decode(stream)}
+        assert len(shown) == 45 and PictureType.B not in types
+        reordered = [0, 5, 1, 2, 3, 4] if quality is Quality.STANDARD else [0, 1, 2, 3, 4, 5]
+        assert shown == [*reordered, *range(6, 45)]

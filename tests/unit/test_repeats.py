@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,10 +23,11 @@ from services.assembler.ffmpeg import (
     body_frames_shown,
     encoded_frames,
     faded_frames,
+    faded_in_frames,
     segment_command,
 )
+from services.assembler.h264 import StreamParameters
 from services.assembler.plan import ScenePlan
-from services.assembler.repeats import StreamParameters
 from services.common.errors import MediaError
 from services.common.media import ffmpeg_exe
 from services.common.output import OutputFormat
@@ -34,8 +37,16 @@ from tests.probe import psnr
 EXE = ffmpeg_exe()
 FPS = 30
 WIDTH, HEIGHT = 320, 180
-# A slice header's field in trace_headers' output: "[trace_headers @ 0x...] 17   frame_num   0011 = 3".
-_TRACED = re.compile(r"\]\s+\d+\s+(nal_unit_type|frame_num)\s+[01]+ = (\d+)$")
+# A header's field in trace_headers' output: "[trace_headers @ 0x...] 17   frame_num   0011 = 3".
+_TRACED = re.compile(r"\]\s+\d+\s+(nal_ref_idc|nal_unit_type|frame_num|pic_order_cnt_lsb)\s+[01]+ = (\d+)$")
+
+
+@dataclass(frozen=True)
+class _Slice:
+    idr: bool
+    reference: bool
+    frame_num: int
+    poc_lsb: int | None
 
 
 def _detailed_still(path: Path) -> Path:
@@ -58,9 +69,9 @@ def _decoded(path: Path) -> tuple[list[Fraction], list[np.ndarray]]:
     return [frame.pts * frame.time_base for frame in frames], [frame.to_ndarray(format="yuv420p") for frame in frames]
 
 
-def _strict_slice_headers(path: Path) -> tuple[int, list[tuple[bool, int]]]:
-    """Decodes `path` with every error fatal, traces its headers, and returns log2_max_frame_num and each slice's
-    (IDR, frame_num); asserts that neither run complains."""
+def _strict_slice_headers(path: Path) -> tuple[int, list[_Slice]]:
+    """Decodes `path` with every error fatal, traces its headers, and returns log2_max_frame_num and each slice in
+    decoding order; asserts that neither run complains."""
     strict = [EXE, "-hide_banner", "-nostdin", "-xerror", "-err_detect", "explode", "-i", str(path), "-f", "null", "-"]
     decode = subprocess.run(strict, capture_output=True, text=True, check=False)
     assert decode.returncode == 0, decode.stderr[-2000:]
@@ -69,12 +80,16 @@ def _strict_slice_headers(path: Path) -> tuple[int, list[tuple[bool, int]]]:
     assert trace.returncode == 0, trace.stderr[-2000:]
     complaints = [line for line in trace.stderr.splitlines() if re.search("error|invalid", line, re.IGNORECASE)]
     assert not complaints, complaints[:5]
-    slices, nal_type = [], 0
+    slices: list[_Slice] = []
+    fields: dict[str, int] = {}
     for match in filter(None, map(_TRACED.search, trace.stderr.splitlines())):
-        if match[1] == "nal_unit_type":
-            nal_type = int(match[2])
-        else:
-            slices.append((nal_type == 5, int(match[2])))
+        if match[1] == "nal_ref_idc":
+            fields = {}
+        fields[match[1]] = int(match[2])
+        if match[1] == "frame_num" and fields["nal_unit_type"] in (1, 5):
+            slices.append(_Slice(fields["nal_unit_type"] == 5, fields["nal_ref_idc"] > 0, int(match[2]), None))
+        elif match[1] == "pic_order_cnt_lsb":
+            slices[-1] = dataclasses.replace(slices[-1], poc_lsb=int(match[2]))
     return _parameters(path).log2_max_frame_num, slices
 
 
@@ -90,31 +105,53 @@ def _check_filled(
     frames: int,
     faded: Mapping[int, int] | None = None,
     fade_base: Path | None = None,
+    faded_in: Mapping[int, int] | None = None,
+    fade_in_base: Path | None = None,
 ) -> list[np.ndarray]:
     """Asserts that `body` is `frames` long at FPS, frame `shown[k]` being picture k of `pictures`, every frame of
-    `faded` the one before as the decoder weighs it (by the weights fitted on `fade_base`), every other frame an exact
-    copy of the one before, and that its frame_num counts pictures since the last IDR, wrapping."""
-    faded = dict(faded or {})
+    `faded` the one before as the decoder weighs it (by the weights fitted on `fade_base`), every frame of `faded_in`
+    but its last that last one weighed (fitted on `fade_in_base`), every other frame an exact copy of the one before;
+    that frame_num counts reference pictures since the last IDR, wrapping, and that a reordering stream's picture
+    order counts give each picture's place in display order."""
+    faded, faded_in = dict(faded or {}), dict(faded_in or {})
     times, decoded = _decoded(body)
     assert times == [Fraction(frame, FPS) for frame in range(frames)]
     _, encoded = _decoded(pictures)
     fading = sorted(faded)
     chain = repeats.fade_weights(_histograms(fade_base), [faded[frame] for frame in fading]) if faded else []
     weights = dict(zip(fading, chain, strict=True))
+    if faded_in:
+        *fading_in, anchor = sorted(faded_in)
+        factors = [faded_in[frame] for frame in fading_in]
+        fitted = repeats.fade_weights(
+            _histograms(fade_in_base), factors, chain=False, reference_factor=faded_in[anchor]
+        )
+        weights.update(zip(fading_in, fitted, strict=True))
     for frame, picture in enumerate(decoded):
         if frame in shown:
             expected = encoded[shown.index(frame)]
         elif frame in faded:
             expected = _weighted(decoded[frame - 1], weights[frame])
+        elif frame in faded_in:
+            expected = _weighted(decoded[anchor], weights[frame])
         else:
             expected = decoded[frame - 1]
         assert np.array_equal(picture, expected), f"frame {frame} of {frames} (shown: {frame in shown})"
     log2_max_frame_num, slices = _strict_slice_headers(body)
     assert len(slices) == frames  # one slice per picture, x264's and the skips alike
-    since_idr = 0
-    for frame, (idr, frame_num) in enumerate(slices):
-        since_idr = 0 if idr else since_idr + 1
-        assert frame_num == since_idr % 2**log2_max_frame_num, f"frame {frame}"
+    with av.open(str(body)) as container:
+        stream = container.streams.video[0]
+        decoding = [int(packet.pts * stream.time_base * FPS) for packet in container.demux(stream) if packet.size]
+    references = idr_frame = 0
+    for frame, piece in zip(decoding, slices, strict=True):
+        if piece.idr:
+            references, idr_frame = 0, frame
+        assert piece.frame_num == references % 2**log2_max_frame_num, f"frame {frame}"
+        references += piece.reference
+        reordering = _parameters(body).poc_type == 0
+        assert (piece.poc_lsb is not None) == reordering
+        if reordering:
+            assert piece.poc_lsb == 2 * (frame - idr_frame) % 2**16, f"frame {frame}"
     return decoded
 
 
@@ -147,7 +184,7 @@ def _faded(picture: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _x264(path: Path, frames: int, *options: str, size: str = f"{WIDTH}x{HEIGHT}") -> Path:
-    """`frames` moving pictures encoded by libx264 without B-frames into MP4 (a stand-in for a shown_path)."""
+    """`frames` moving pictures encoded by libx264 without B-frames into MP4 (a stand-in for a encoded_path)."""
     source = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}"]
     argv = [EXE, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *source, "-frames:v", str(frames)]
     subprocess.run([*argv, "-c:v", "libx264", "-bf", "0", *options, "-pix_fmt", "yuv420p", str(path)], check=True)
@@ -175,27 +212,41 @@ async def test_a_filled_still_repeats_exactly_keeps_x264s_pictures_and_decodes_s
     still = _detailed_still(tmp_path / "still.png")
     job = SegmentJob(still, False, plan, tmp_path / "body.mp4", still_runs=runs, fade_in_frames=4, fade_out_frames=5)
     await encode_segment(EXE, job, output, Encoder.LIBX264, 60, threads=1)
-    assert not job.shown_path.exists()
-    assert not job.fade_base_path.exists()
+    for path in (job.encoded_path, job.fade_in_base_path, job.fade_out_base_path):
+        assert not path.exists()
     # The distinct pictures again, as encode_segment had them before filling (x264 is deterministic).
     subprocess.run(segment_command(EXE, job, output, Encoder.LIBX264, threads=1), check=True)
     assert body_frames_shown(job) == [0, 1, 2, 3, 4, 20, 50, 70, 71, 72, 73, 74]
-    # At standard quality the fade-out after its first frame (factor 1: the held picture) is weighted skips.
-    faded = faded_frames(job, output)
-    assert faded == ({71: 52428, 72: 39321, 73: 26214, 74: 13107} if quality is Quality.STANDARD else {})
-    assert encoded_frames(job, output) == [0, 1, 2, 3, 4, 20, 50, 70, *([] if faded else [71, 72, 73, 74])]
+    # At standard quality the fade-out after its first frame (factor 1: the held picture) is weighted skips, and so
+    # is the fade-in between black and its last frame (at full brightness), decoded after that one.
+    faded, faded_in = faded_frames(job, output), faded_in_frames(job, output)
+    standard = quality is Quality.STANDARD
+    assert faded == ({71: 52428, 72: 39321, 73: 26214, 74: 13107} if standard else {})
+    assert faded_in == ({1: 16384, 2: 32768, 3: 49152, 4: 65535} if standard else {})
     encoded = encoded_frames(job, output)
-    decoded = _check_filled(job.output_path, job.shown_path, encoded, job.body_frames, faded, job.fade_base_path)
-    # Measured: standard 35.8 dB at worst (the held picture: with the fade-out no longer encoded, x264's macroblock
-    # tree sees less refer to it; 37.0 dB before), draft (CRF 28) 34.1 dB; the first frame is black, exact.
+    assert encoded == ([0, 4, 20, 50, 70] if standard else [0, 1, 2, 3, 4, 20, 50, 70, 71, 72, 73, 74])
+    decoded = _check_filled(
+        job.output_path,
+        job.encoded_path,
+        encoded,
+        job.body_frames,
+        faded,
+        job.fade_out_base_path,
+        faded_in,
+        job.fade_in_base_path,
+    )
+    # Measured: standard 39.1 dB at worst (the held picture is x264's second, an I picture after black; 35.8 dB as
+    # a P picture after an encoded fade-in), draft (CRF 28) 34.1 dB; the first frame is black, exact.
     lossless = _lossless(job)
     psnrs = [psnr(a, b) for a, b in zip(decoded, lossless, strict=True)]
-    sizes = job.shown_path.stat().st_size, job.output_path.stat().st_size
+    sizes = job.encoded_path.stat().st_size, job.output_path.stat().st_size
     print(f"{quality.name}: PSNR min {min(psnrs):.1f} dB, median {np.median(psnrs):.1f} dB, shown/body bytes {sizes}")
     assert min(psnrs) >= {Quality.STANDARD: 35, Quality.DRAFT: 33}[quality]
     # A weighted fade frame is FFmpeg's fade of the held picture as decoded, within two levels.
     for frame, factor in faded.items():
         assert np.abs(decoded[frame].astype(int) - _faded(decoded[70], factor)).max() <= 2, frame
+    for frame, factor in faded_in.items():
+        assert np.abs(decoded[frame].astype(int) - _faded(decoded[4], factor)).max() <= 2, frame
 
 
 async def test_a_stream_fill_refuses_is_encoded_again_with_every_frame(
@@ -212,7 +263,7 @@ async def test_a_stream_fill_refuses_is_encoded_again_with_every_frame(
     still = _detailed_still(tmp_path / "still.png")
     job = SegmentJob(still, False, plan, tmp_path / "body.mp4", fade_in_frames=4, fade_out_frames=3)
     await encode_segment(EXE, job, output, Encoder.LIBX264, 60, threads=1)
-    assert not job.shown_path.exists()
+    assert not job.encoded_path.exists()
     times, decoded = _decoded(job.output_path)
     assert times == [Fraction(frame, FPS) for frame in range(40)]
     psnrs = [psnr(a, b) for a, b in zip(decoded, _lossless(job), strict=True)]
@@ -249,7 +300,7 @@ def test_an_idr_in_the_middle_restarts_frame_num_and_repeats_stay_exact(tmp_path
     _check_filled(tmp_path / "body.mp4", source, shown, frames)
     _, slices = _strict_slice_headers(tmp_path / "body.mp4")
     # Pictures 0, 5 and 10 are IDRs: frames 0, 11 and 31.
-    assert [frame for frame, (idr, _) in enumerate(slices) if idr] == [0, 11, 31]
+    assert [frame for frame, piece in enumerate(slices) if piece.idr] == [0, 11, 31]
 
 
 def test_a_stream_with_several_reference_frames_is_refused(tmp_path: Path) -> None:
@@ -344,8 +395,8 @@ def test_at_a_variable_rate_only_pictures_are_written_each_lasting_until_the_nex
         ],
         check=True,
     )
-    faded = {8: 43690, 9: 21845}
-    repeats.fill(source, [0, 4, 7], 10, FPS, tmp_path / "body.mp4", faded=faded, fade_base=base, variable=True)
+    fade_out = repeats.Fade({8: 43690, 9: 21845}, base)
+    repeats.fill(source, [0, 4, 7], 10, FPS, tmp_path / "body.mp4", fade_out=fade_out, variable=True)
     with av.open(str(tmp_path / "body.mp4")) as container:
         packets = [
             (packet.pts * packet.time_base * FPS, packet.duration * packet.time_base * FPS)
@@ -368,11 +419,48 @@ def test_a_fade_without_weighted_prediction_or_its_first_picture_is_refused_and_
     veryfast = _x264(tmp_path / "veryfast.mp4", 3, "-preset", "veryfast")
     short = tmp_path / "short.yuv"
     short.write_bytes(bytes(100))
-    faded = {3: 32767}
+    fade_out = repeats.Fade({3: 32767}, short)
     with pytest.raises(MediaError, match="no weighted prediction"):
-        repeats.fill(ultrafast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", faded=faded, fade_base=short)
+        repeats.fill(ultrafast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", fade_out=fade_out)
     with pytest.raises(MediaError, match="100 bytes, not a 320x180 yuv420p picture"):
-        repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", faded=faded, fade_base=short)
+        repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", fade_out=fade_out)
     with pytest.raises(ValueError, match="do not run from after the last encoded to 4"):
-        repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", faded={2: 32767, 3: 0}, fade_base=short)
+        repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", fade_out=repeats.Fade({2: 1, 3: 0}, short))
+    fade_in = repeats.Fade({1: 21845, 2: 43690}, short)
+    with pytest.raises(ValueError, match="do not run from 1 to the second encoded"):
+        repeats.fill(veryfast, [0, 3], 4, FPS, tmp_path / "body.mp4", fade_in=fade_in, reordering=True)
+    with pytest.raises(ValueError, match="needs a reordering stream"):
+        repeats.fill(veryfast, [0, 2], 4, FPS, tmp_path / "body.mp4", fade_in=fade_in)
     assert not (tmp_path / "body.mp4").exists()
+
+
+def test_at_a_variable_rate_a_fade_in_is_decoded_after_the_picture_it_fades_into(tmp_path: Path) -> None:
+    source = _x264(tmp_path / "shown.mp4", 3, "-preset", "veryfast")
+    base = tmp_path / "base.yuv"
+    subprocess.run(
+        [EXE, "-v", "error", "-i", str(source), "-vf", "select=eq(n\\,1)", "-f", "rawvideo", str(base)], check=True
+    )
+    factors = {1: 16384, 2: 32768, 3: 49152, 4: 65535}
+    fade_in = repeats.Fade(factors, base)
+    repeats.fill(source, [0, 4, 7], 10, FPS, tmp_path / "body.mp4", fade_in=fade_in, variable=True, reordering=True)
+    with av.open(str(tmp_path / "body.mp4")) as container:
+        stream = container.streams.video[0]
+        packets = [
+            (int(packet.pts * stream.time_base * FPS), int(packet.dts * stream.time_base * FPS))
+            for packet in container.demux(stream)
+            if packet.size
+        ]
+        duration = stream.duration * stream.time_base
+    # (shown, decoded) in frames, in decoding order: the last decoded a frame before it is shown, so that the
+    # track's decoding span ends where its display does, the body's 10 frames.
+    assert packets == [(0, -1), (4, 0), (1, 1), (2, 2), (3, 3), (7, 6)]
+    assert duration == Fraction(10, FPS)
+    times, decoded = _decoded(tmp_path / "body.mp4")
+    assert times == [Fraction(frame, FPS) for frame in (0, 1, 2, 3, 4, 7)]
+    _, pictures = _decoded(source)
+    assert [np.array_equal(decoded[k], pictures[n]) for k, n in ((0, 0), (4, 1), (5, 2))] == [True] * 3
+    weights = repeats.fade_weights(_histograms(base), [16384, 32768, 49152], chain=False, reference_factor=65535)
+    for frame, weight in zip((1, 2, 3), weights, strict=True):
+        assert np.array_equal(decoded[frame], _weighted(decoded[4], weight)), frame
+        assert np.abs(decoded[frame].astype(int) - _faded(decoded[4], factors[frame])).max() <= 2, frame
+    _strict_slice_headers(tmp_path / "body.mp4")
