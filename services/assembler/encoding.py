@@ -14,7 +14,7 @@ from services.assembler.ffmpeg import (
     encoded_frames,
     encoder_threads,
     faded_frames,
-    faded_in_frames,
+    faded_in_runs,
     fills_body,
     reorders,
     segment_command,
@@ -69,19 +69,23 @@ async def encode_segment(
         if reordering:
             await asyncio.to_thread(h264.reorder, job.encoded_path, job.output_path, output.fps)
     finally:
-        for path in (job.encoded_path, job.fade_in_base_path, job.fade_out_base_path):
+        runs = len(faded_in_runs(job, output))
+        for path in (job.encoded_path, job.fade_out_base_path, *map(job.fade_in_base_path, range(runs))):
             path.unlink(missing_ok=True)
 
 
 def _fill(job: SegmentJob, output: OutputFormat, reordering: bool) -> None:
-    faded_in, faded_out = faded_in_frames(job, output), faded_frames(job, output)
+    faded_out = faded_frames(job, output)
+    fade_ins = [
+        repeats.Fade(frames, job.fade_in_base_path(run)) for run, frames in enumerate(faded_in_runs(job, output))
+    ]
     repeats.fill(
         job.encoded_path,
         encoded_frames(job, output),
         job.body_frames,
         output.fps,
         job.output_path,
-        fade_in=repeats.Fade(faded_in, job.fade_in_base_path) if faded_in else None,
+        fade_ins=fade_ins,
         fade_out=repeats.Fade(faded_out, job.fade_out_base_path) if faded_out else None,
         variable=output.variable_frame_rate,
         reordering=reordering,

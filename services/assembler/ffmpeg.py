@@ -218,10 +218,10 @@ class SegmentJob:
         distinct pictures for `repeats.fill`, or any body for `h264.reorder`."""
         return self.output_path.with_name(f"{self.output_path.stem}-encoded{self.output_path.suffix}")
 
-    @property
-    def fade_in_base_path(self) -> Path:
-        """Where the encoder writes the picture a fade-in written by `repeats.fill` fades into, raw yuv420p."""
-        return self.output_path.with_name(f"{self.output_path.stem}-fade-in-base.yuv")
+    def fade_in_base_path(self, run: int) -> Path:
+        """Where the encoder writes the picture a fade-in written by `repeats.fill` shows in its `run`-th caption run
+        (before fading), raw yuv420p."""
+        return self.output_path.with_name(f"{self.output_path.stem}-fade-in-base-{run}.yuv")
 
     @property
     def fade_out_base_path(self) -> Path:
@@ -253,15 +253,21 @@ def segment_command(
         picture = _still(framed, job.still_runs or ((frames, None),), output)
     fills = fills_body(job, output, encoder) and not every_frame
     faded = faded_frames(job, output) if fills else {}
-    faded_in = faded_in_frames(job, output) if fills else {}
+    faded_in = faded_in_runs(job, output) if fills else []
     side_outputs: list[ffmpeg.nodes.OutputStream] = []
     if faded_in:
-        # The first run's picture before the fade-in, for fill to fit the fade-in's weights on.
-        copies = picture.filter_multi_output("split", 2)
+        # Each caption run's picture before the fade-in, for fill to fit its part of the fade-in's weights on.
+        copies = picture.filter_multi_output("split", 1 + len(faded_in))
         picture = copies.stream(0)
-        side_outputs.append(_raw_picture(copies.stream(1), 0, job.fade_in_base_path))
+        for run, shown_in_run in enumerate(faded_in):
+            side_outputs.append(_raw_picture(copies.stream(1 + run), min(shown_in_run), job.fade_in_base_path(run)))
     if job.fade_in_frames > 0:
-        picture = picture.filter("fade", type="in", start_frame=0, nb_frames=job.fade_in_frames)
+        fade = {"type": "in", "start_frame": 0, "nb_frames": job.fade_in_frames}
+        if faded_in:
+            # Only the frames x264 gets: the filter numbers frames it passes by as well, so their factors stay.
+            encoded = encoded_frames(job, output)
+            fade["enable"] = _select_expression([frame for frame in encoded if frame <= job.fade_in_frames])
+        picture = picture.filter("fade", **fade)
     # A fade-out that fill writes shows nothing of the filter's unless a cross-fade's tail is cut from it: its first
     # frame is the held picture, and x264 gets no other (3 ms of CPU a 1080p frame saved).
     if job.fade_out_frames > 0 and not (faded and job.tail_frames == 0):
@@ -323,30 +329,37 @@ def reorders(output: OutputFormat, encoder: Encoder) -> bool:
 
 def encoded_frames(job: SegmentJob, output: OutputFormat) -> list[int]:
     """The frames of a still's body x264 encodes when `repeats.fill` writes the body: those that show a new picture,
-    less the fades `faded_in_frames` (but the picture it is weighted from) and `faded_frames` give fill."""
-    faded_in = sorted(faded_in_frames(job, output))
-    faded = faded_frames(job, output).keys() | set(faded_in[:-1])
+    less the fades `faded_in_runs` (but each run's last, which the others weight) and `faded_frames` give fill."""
+    faded = set(faded_frames(job, output))
+    for frames in faded_in_runs(job, output):
+        faded |= set(frames) - {max(frames)}
     return [frame for frame in body_frames_shown(job) if frame not in faded]
 
 
-def faded_in_frames(job: SegmentJob, output: OutputFormat) -> dict[int, int]:
-    """The fade-in frames of a still's body `repeats.fill` writes as pictures of weighted skips, and the one they
-    are weighted from, each with the fade filter's factor (in 1/65536; fade_per_frame as in FFmpeg's vf_fade.c).
+def faded_in_runs(job: SegmentJob, output: OutputFormat) -> list[dict[int, int]]:
+    """The fade-in frames of a still's body `repeats.fill` writes as pictures of weighted skips, by the caption run
+    they show, each with the fade filter's factor (in 1/65536; fade_per_frame as in FFmpeg's vf_fade.c).
 
-    Frames 1 to the last that shows the first caption run's picture, before the fade ends on the frame at full
-    brightness (or where the next run starts): x264 encodes the first (black) and that last one, which the others are
-    decoded after. None when the body does not start with the fade-in (a cross-fade's head), or when the fade-out
-    starts within it, or when fewer than two frames would be left to fill.
+    Each run's frames within the fade-in, up to its last there (or the first at full brightness): x264 encodes that
+    last one, and the others weight it, decoded after it; x264 also encodes the first frame, black. None when the
+    body does not start with the fade-in (a cross-fade's head) or the fade-out starts within it; a run with no frame
+    to fill before its last is left to x264.
     """
     end = job.fade_in_frames  # the first frame at full brightness
     if not (X264_BY_QUALITY[output.quality].weighted_fades and end > 1) or job.head_frames:
-        return {}
-    first_run = job.still_runs[0][0] if job.still_runs else job.plan.frames
-    last = min(end, first_run - 1)
-    if last < 2 or last >= min(job.body_frames, job.plan.frames - job.fade_out_frames):
-        return {}
+        return []
+    if end >= min(job.body_frames, job.plan.frames - job.fade_out_frames):
+        return []
     step = (1 << 16) // end
-    return {frame: min(0xFFFF, frame * step) for frame in range(1, last + 1)}
+    runs, start = [], 0
+    for frames, _caption in job.still_runs or ((job.plan.frames, None),):
+        first, last = max(start, 1), min(start + frames - 1, end)
+        if first < last:
+            runs.append({frame: min(0xFFFF, frame * step) for frame in range(first, last + 1)})
+        start += frames
+        if start > end:
+            break
+    return runs
 
 
 def faded_frames(job: SegmentJob, output: OutputFormat) -> dict[int, int]:

@@ -22,7 +22,7 @@ from services.assembler.ffmpeg import (
     body_frames_shown,
     encoded_frames,
     faded_frames,
-    faded_in_frames,
+    faded_in_runs,
     fading_frames,
     held_frames,
     segment_command,
@@ -87,13 +87,13 @@ def test_a_variable_rate_still_selects_those_frames_and_keeps_their_timestamps()
     argv = segment_command("ffmpeg", _job(fade_in_frames=3, fade_out_frames=2), VARIABLE, Encoder.LIBX264)
     graph = argv[argv.index("-filter_complex") + 1]
     # Less the fade-in's frames between black and full brightness and the fade-out after its first frame, which
-    # repeats.fill writes as weighted skips: fitted on the raw pictures of the still before the fade-in (the
-    # first frame before the fade filter) and of the fade-out's first frame (the last encoded, 5th).
+    # repeats.fill writes as weighted skips: fitted on the raw pictures of the still before the fade-in (its
+    # frame 1 before the fade filter) and of the fade-out's first frame (the last encoded, 5th).
     assert "select=eq(n\\,0)+eq(n\\,3)+eq(n\\,9)+eq(n\\,36)+eq(n\\,88)" in graph
-    assert graph.count("select=eq(n\\,0)[") == 1 and "select=eq(n\\,4)" in graph
+    assert graph.count("select=eq(n\\,1)[") == 1 and "select=eq(n\\,4)" in graph
     assert argv[-argv[::-1].index("-f")] == "rawvideo"
     assert "/w/piece-0-encoded.mp4" in argv
-    assert "/w/piece-0-fade-in-base.yuv" in argv and "/w/piece-0-fade-out-base.yuv" in argv
+    assert "/w/piece-0-fade-in-base-0.yuv" in argv and "/w/piece-0-fade-out-base.yuv" in argv
     assert argv[argv.index("-frames:v") + 1] == "5"
     assert argv[argv.index("-fps_mode") + 1] == "passthrough" and "-r" not in argv
     assert argv[argv.index("-enc_time_base") + 1] == "1/30"
@@ -130,21 +130,24 @@ def test_a_fade_out_after_its_first_frame_is_left_to_weighted_skips_when_nothing
     assert encoded_frames(_job(fade_in_frames=3, fade_out_frames=4), CONSTANT) == [0, 3, 9, 36, 86]
 
 
-def test_a_fade_in_is_left_to_weighted_skips_up_to_the_last_frame_of_the_first_picture() -> None:
-    # FFmpeg's fade-in: frame n at n * (65536 // frames), at most 65535; fill writes all but the last, x264's,
+def test_a_fade_in_is_left_to_weighted_skips_but_the_last_frame_of_each_picture_it_shows() -> None:
+    # FFmpeg's fade-in: frame n at n * (65536 // frames), at most 65535; fill writes all but each run's last, x264's,
     # which they weigh.
-    assert faded_in_frames(_job(fade_in_frames=4), CONSTANT) == {1: 16384, 2: 32768, 3: 49152, 4: 65535}
-    # The first caption starts at frame 9: the fade-in's last frames show it, x264's.
-    assert faded_in_frames(_job(fade_in_frames=12), VARIABLE) == {frame: frame * 5461 for frame in range(1, 9)}
-    assert encoded_frames(_job(fade_in_frames=12), VARIABLE) == [0, *range(8, 13), 36, 89]
-    # None with a cross-fade's head, a fade-out starting within it, nothing left to fill between black and the
-    # picture it is weighted from, or at draft and hd quality.
-    assert faded_in_frames(_job(fade_in_frames=4, head_frames=5), CONSTANT) == {}
-    assert faded_in_frames(_job(fade_in_frames=4, fade_out_frames=88, still_runs=()), CONSTANT) == {}
-    assert faded_in_frames(_job(fade_in_frames=4, still_runs=((2, None), (88, None))), CONSTANT) == {}
-    assert faded_in_frames(_job(fade_in_frames=1), CONSTANT) == {}
+    assert faded_in_runs(_job(fade_in_frames=4), CONSTANT) == [{1: 16384, 2: 32768, 3: 49152, 4: 65535}]
+    # The first caption starts at frame 9: frames 1 to 8 weigh frame 8 (no caption), 9 to 12 frame 12 (the caption).
+    by_run = faded_in_runs(_job(fade_in_frames=12), VARIABLE)
+    assert by_run == [{frame: frame * 5461 for frame in range(1, 9)}, {frame: frame * 5461 for frame in range(9, 13)}]
+    assert encoded_frames(_job(fade_in_frames=12), VARIABLE) == [0, 8, 12, 36, 89]
+    # A run of one frame within the fade is left to x264.
+    assert faded_in_runs(_job(fade_in_frames=4, still_runs=((2, None), (88, None))), CONSTANT) == [
+        {2: 32768, 3: 49152, 4: 65535}
+    ]
+    # None with a cross-fade's head, a fade-out starting within it, no fade to speak of, or at draft and hd quality.
+    assert faded_in_runs(_job(fade_in_frames=4, head_frames=5), CONSTANT) == []
+    assert faded_in_runs(_job(fade_in_frames=4, fade_out_frames=88, still_runs=()), CONSTANT) == []
+    assert faded_in_runs(_job(fade_in_frames=1), CONSTANT) == []
     for quality in (Quality.DRAFT, Quality.HD):
-        assert faded_in_frames(_job(fade_in_frames=4), dataclasses.replace(CONSTANT, quality=quality)) == {}
+        assert faded_in_runs(_job(fade_in_frames=4), dataclasses.replace(CONSTANT, quality=quality)) == []
 
 
 def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:

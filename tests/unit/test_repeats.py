@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,7 +23,7 @@ from services.assembler.ffmpeg import (
     body_frames_shown,
     encoded_frames,
     faded_frames,
-    faded_in_frames,
+    faded_in_runs,
     segment_command,
 )
 from services.assembler.h264 import StreamParameters
@@ -105,35 +105,36 @@ def _check_filled(
     frames: int,
     faded: Mapping[int, int] | None = None,
     fade_base: Path | None = None,
-    faded_in: Mapping[int, int] | None = None,
-    fade_in_base: Path | None = None,
+    fade_ins: Sequence[repeats.Fade] = (),
 ) -> list[np.ndarray]:
     """Asserts that `body` is `frames` long at FPS, frame `shown[k]` being picture k of `pictures`, every frame of
-    `faded` the one before as the decoder weighs it (by the weights fitted on `fade_base`), every frame of `faded_in`
-    but its last that last one weighed (fitted on `fade_in_base`), every other frame an exact copy of the one before;
-    that frame_num counts reference pictures since the last IDR, wrapping, and that a reordering stream's picture
-    order counts give each picture's place in display order."""
-    faded, faded_in = dict(faded or {}), dict(faded_in or {})
+    `faded` the one before as the decoder weighs it (by the weights fitted on `fade_base`), every frame of each of
+    `fade_ins` but its last that last one weighed (fitted on its base), every other frame an exact copy of the one
+    before; that frame_num counts reference pictures since the last IDR, wrapping, and that a reordering stream's
+    picture order counts give each picture's place in display order."""
+    faded = dict(faded or {})
     times, decoded = _decoded(body)
     assert times == [Fraction(frame, FPS) for frame in range(frames)]
     _, encoded = _decoded(pictures)
     fading = sorted(faded)
     chain = repeats.fade_weights(_histograms(fade_base), [faded[frame] for frame in fading]) if faded else []
     weights = dict(zip(fading, chain, strict=True))
-    if faded_in:
-        *fading_in, anchor = sorted(faded_in)
-        factors = [faded_in[frame] for frame in fading_in]
+    weighed: dict[int, int] = {}  # a fade-in frame: the frame it weighs
+    for fade_in in fade_ins:
+        *fading_in, last = sorted(fade_in.factors)
+        factors = [fade_in.factors[frame] for frame in fading_in]
         fitted = repeats.fade_weights(
-            _histograms(fade_in_base), factors, chain=False, reference_factor=faded_in[anchor]
+            _histograms(fade_in.base), factors, chain=False, reference_factor=fade_in.factors[last]
         )
         weights.update(zip(fading_in, fitted, strict=True))
+        weighed.update(dict.fromkeys(fading_in, last))
     for frame, picture in enumerate(decoded):
         if frame in shown:
             expected = encoded[shown.index(frame)]
         elif frame in faded:
             expected = _weighted(decoded[frame - 1], weights[frame])
-        elif frame in faded_in:
-            expected = _weighted(decoded[anchor], weights[frame])
+        elif frame in weighed:
+            expected = _weighted(decoded[weighed[frame]], weights[frame])
         else:
             expected = decoded[frame - 1]
         assert np.array_equal(picture, expected), f"frame {frame} of {frames} (shown: {frame in shown})"
@@ -212,17 +213,16 @@ async def test_a_filled_still_repeats_exactly_keeps_x264s_pictures_and_decodes_s
     still = _detailed_still(tmp_path / "still.png")
     job = SegmentJob(still, False, plan, tmp_path / "body.mp4", still_runs=runs, fade_in_frames=4, fade_out_frames=5)
     await encode_segment(EXE, job, output, Encoder.LIBX264, 60, threads=1)
-    for path in (job.encoded_path, job.fade_in_base_path, job.fade_out_base_path):
-        assert not path.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["body.mp4", "still.png"]
     # The distinct pictures again, as encode_segment had them before filling (x264 is deterministic).
     subprocess.run(segment_command(EXE, job, output, Encoder.LIBX264, threads=1), check=True)
     assert body_frames_shown(job) == [0, 1, 2, 3, 4, 20, 50, 70, 71, 72, 73, 74]
     # At standard quality the fade-out after its first frame (factor 1: the held picture) is weighted skips, and so
     # is the fade-in between black and its last frame (at full brightness), decoded after that one.
-    faded, faded_in = faded_frames(job, output), faded_in_frames(job, output)
+    faded, faded_in = faded_frames(job, output), faded_in_runs(job, output)
     standard = quality is Quality.STANDARD
     assert faded == ({71: 52428, 72: 39321, 73: 26214, 74: 13107} if standard else {})
-    assert faded_in == ({1: 16384, 2: 32768, 3: 49152, 4: 65535} if standard else {})
+    assert faded_in == ([{1: 16384, 2: 32768, 3: 49152, 4: 65535}] if standard else [])
     encoded = encoded_frames(job, output)
     assert encoded == ([0, 4, 20, 50, 70] if standard else [0, 1, 2, 3, 4, 20, 50, 70, 71, 72, 73, 74])
     decoded = _check_filled(
@@ -232,8 +232,7 @@ async def test_a_filled_still_repeats_exactly_keeps_x264s_pictures_and_decodes_s
         job.body_frames,
         faded,
         job.fade_out_base_path,
-        faded_in,
-        job.fade_in_base_path,
+        [repeats.Fade(frames, job.fade_in_base_path(run)) for run, frames in enumerate(faded_in)],
     )
     # Measured: standard 39.1 dB at worst (the held picture is x264's second, an I picture after black; 35.8 dB as
     # a P picture after an encoded fade-in), draft (CRF 28) 34.1 dB; the first frame is black, exact.
@@ -245,8 +244,29 @@ async def test_a_filled_still_repeats_exactly_keeps_x264s_pictures_and_decodes_s
     # A weighted fade frame is FFmpeg's fade of the held picture as decoded, within two levels.
     for frame, factor in faded.items():
         assert np.abs(decoded[frame].astype(int) - _faded(decoded[70], factor)).max() <= 2, frame
-    for frame, factor in faded_in.items():
+    for frame, factor in (faded_in[0] if faded_in else {}).items():
         assert np.abs(decoded[frame].astype(int) - _faded(decoded[4], factor)).max() <= 2, frame
+
+
+async def test_a_fade_in_across_a_caption_change_weighs_the_last_frame_of_each_run(tmp_path: Path) -> None:
+    output = OutputFormat(WIDTH, HEIGHT, FPS, False, Quality.STANDARD, "16:9")
+    plan = ScenePlan(index=0, frames=60, fps=FPS, lead_ms=0, cues=())
+    runs = ((3, None), (40, None), (17, None))
+    still = _detailed_still(tmp_path / "still.png")
+    job = SegmentJob(still, False, plan, tmp_path / "body.mp4", still_runs=runs, fade_in_frames=8, fade_out_frames=4)
+    await encode_segment(EXE, job, output, Encoder.LIBX264, 60, threads=1)
+    subprocess.run(segment_command(EXE, job, output, Encoder.LIBX264, threads=1), check=True)
+    by_run = faded_in_runs(job, output)
+    assert [sorted(frames) for frames in by_run] == [[1, 2], [3, 4, 5, 6, 7, 8]]
+    assert encoded_frames(job, output) == [0, 2, 8, 43, 56]
+    fade_ins = [repeats.Fade(frames, job.fade_in_base_path(run)) for run, frames in enumerate(by_run)]
+    encoded, faded = encoded_frames(job, output), faded_frames(job, output)
+    decoded = _check_filled(job.output_path, job.encoded_path, encoded, 60, faded, job.fade_out_base_path, fade_ins)
+    # Frame 2 is x264's frame faded to 2/8; each of 3 to 7 is the full picture of frame 8 faded, within two levels.
+    for frame, factor in by_run[1].items():
+        assert np.abs(decoded[frame].astype(int) - _faded(decoded[8], factor)).max() <= 2, frame
+    lossless = _lossless(job)
+    assert min(psnr(a, b) for a, b in zip(decoded, lossless, strict=True)) >= 35
 
 
 async def test_a_stream_fill_refuses_is_encoded_again_with_every_frame(
@@ -426,11 +446,11 @@ def test_a_fade_without_weighted_prediction_or_its_first_picture_is_refused_and_
         repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", fade_out=fade_out)
     with pytest.raises(ValueError, match="do not run from after the last encoded to 4"):
         repeats.fill(veryfast, [0, 1, 2], 4, FPS, tmp_path / "body.mp4", fade_out=repeats.Fade({2: 1, 3: 0}, short))
-    fade_in = repeats.Fade({1: 21845, 2: 43690}, short)
-    with pytest.raises(ValueError, match="do not run from 1 to the second encoded"):
-        repeats.fill(veryfast, [0, 3], 4, FPS, tmp_path / "body.mp4", fade_in=fade_in, reordering=True)
+    fade_ins = [repeats.Fade({1: 21845, 2: 43690}, short)]
+    with pytest.raises(ValueError, match="do not run to an encoded frame, 2"):
+        repeats.fill(veryfast, [0, 3], 4, FPS, tmp_path / "body.mp4", fade_ins=fade_ins, reordering=True)
     with pytest.raises(ValueError, match="needs a reordering stream"):
-        repeats.fill(veryfast, [0, 2], 4, FPS, tmp_path / "body.mp4", fade_in=fade_in)
+        repeats.fill(veryfast, [0, 2], 4, FPS, tmp_path / "body.mp4", fade_ins=fade_ins)
     assert not (tmp_path / "body.mp4").exists()
 
 
@@ -441,8 +461,8 @@ def test_at_a_variable_rate_a_fade_in_is_decoded_after_the_picture_it_fades_into
         [EXE, "-v", "error", "-i", str(source), "-vf", "select=eq(n\\,1)", "-f", "rawvideo", str(base)], check=True
     )
     factors = {1: 16384, 2: 32768, 3: 49152, 4: 65535}
-    fade_in = repeats.Fade(factors, base)
-    repeats.fill(source, [0, 4, 7], 10, FPS, tmp_path / "body.mp4", fade_in=fade_in, variable=True, reordering=True)
+    fade_ins = [repeats.Fade(factors, base)]
+    repeats.fill(source, [0, 4, 7], 10, FPS, tmp_path / "body.mp4", fade_ins=fade_ins, variable=True, reordering=True)
     with av.open(str(tmp_path / "body.mp4")) as container:
         stream = container.streams.video[0]
         packets = [
