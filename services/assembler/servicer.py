@@ -272,7 +272,9 @@ class AssemblerServicer(assembler_service_pb2_grpc.AssemblerServiceServicer):
         # Every scene's length is known once it is planned; a scene whose planning fails stops the whole call.
         await asyncio.gather(*(scene.planned.wait() for scene in assembly.scenes.values()))
         music = assembly.music.path if assembly.music is not None else None
-        return await mux.mix_soundtrack(assembly.timeline, music, self._exe, self._settings.ffmpeg_timeout_seconds)
+        return await mux.mix_soundtrack(
+            assembly.timeline, music, self._exe, self._settings.ffmpeg_timeout_seconds, self._settings.encoders
+        )
 
 
 def _scene_assets(scene: _Scene) -> SceneAssets:

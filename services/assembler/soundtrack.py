@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -16,14 +17,29 @@ from services.common.errors import InvalidArgument, MediaError
 
 SAMPLE_RATE = 48000
 # The deliverable's sound: AAC at this bitrate, in an MP4 audio file (M4A) that the mux joins to the video by stream
-# copy. Encoding it in the soundtrack's last pass, alongside the video encodes, takes the AAC encoder (1.4 s of CPU
-# for a minute of stereo, measured) off the serial tail of an assembly, where the mux waits for it.
+# copy. Encoding it before the mux, alongside the video encodes, takes the AAC encoder (2.1 s of CPU for a minute of
+# stereo, measured) off the mux, which waits for the last segment; it is encoded in parts at once (`aac_parts`).
 AAC_BITRATE = "192k"
 # The native encoder with its default twoloop coder. Its fast coder took 1.37 s of CPU against 2.07 s for 61 s of
 # narration and music, on the serial tail of every assembly, but FFmpeg went back from fast to twoloop as its default
 # in 2021 for twoloop's better rate control and sound (OBS followed), so the sound is not traded for it.
 AAC_OPTIONS = {"c:a": "aac", "b:a": AAC_BITRATE}
 SOUNDTRACK_SUFFIX = ".m4a"
+# The last pass's float samples, raw (f32le, stereo, SAMPLE_RATE) so that each AAC part's encoder seeks to its
+# start by bytes.
+RAW_SUFFIX = ".f32"
+_RAW_FORMAT = {"f": "f32le", "ar": SAMPLE_RATE, "ch_layout": "stereo"}
+_RAW_FRAME_BYTES = 8
+# AAC codes 1024 samples a frame over a window of two frames. The soundtrack is encoded in parts where it is
+# digitally silent for _AAC_JOIN_MARGIN samples either side, so that every frame near a join codes silence in both
+# parts' streams (silence decodes to silence, whatever each encoder's state) and no window spans the join's two
+# encoders; each part's encoder also starts and ends that margin beyond the samples it keeps. Scenes start with
+# their lead's silence (300 ms by default), so narration alone gives such places between scenes; music does not, and
+# such a soundtrack is encoded whole.
+_AAC_FRAME = 1024
+_AAC_JOIN_MARGIN = 4 * _AAC_FRAME
+# Shorter parts are not worth an encoder's start-up (an FFmpeg run, a part's own priming frames).
+_AAC_MIN_PART_SECONDS = 5
 # ebur128 prints its summary at the info level; -nostats keeps the progress lines out of the parsed text.
 _MEASURE_ARGS = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "info")
 # Speech is found in 10 ms windows: fine enough to place its edges within 20 ms, long enough to hold a whole period
@@ -192,14 +208,13 @@ def mix_command(
 def _measured_output(stream: ffmpeg.nodes.FilterableStream, out_path: Path) -> ffmpeg.nodes.OutputStream:
     """Writes the stream to `out_path` and measures it on the way (the ebur128 summary on stderr).
 
-    The file is a 32-bit float WAV, or the deliverable's AAC when `out_path` ends in SOUNDTRACK_SUFFIX. Either way
-    the measurement is of the float samples, before any lossy encoding.
+    The file is 32-bit float: raw when `out_path` ends in RAW_SUFFIX (for `aac_part_command`), else a WAV.
     """
+    formats = {RAW_SUFFIX: "f32le", ".wav": "wav"}
+    if out_path.suffix not in formats:
+        raise ValueError(f"a measured pass writes {' or '.join(formats)}, not {out_path.name}")
     copies = stream.filter_multi_output("asplit", 2)
-    if out_path.suffix == SOUNDTRACK_SUFFIX:
-        codec = {**AAC_OPTIONS, "f": "mp4"}
-    else:
-        codec = {"acodec": "pcm_f32le", "f": "wav"}
+    codec = {"acodec": "pcm_f32le", "f": formats[out_path.suffix]}
     written = ffmpeg.output(copies.stream(0), str(out_path), **codec, ar=SAMPLE_RATE, ac=2)
     return ffmpeg.merge_outputs(written, _null_output(_ebur128(copies.stream(1)))).global_args(*_MEASURE_ARGS)
 
@@ -300,9 +315,9 @@ def normalize_command(
 ) -> list[str]:
     """The second pass: one gain for the whole mix, then, only if that gain lifts a peak over the limit, a limiter.
 
-    The result is measured in the same run, like the mix. With `out_path` ending in SOUNDTRACK_SUFFIX, the pass
-    also encodes the deliverable's AAC, and the mux has only to copy it; `target` None then skips the gain, for a
-    video whose loudness is left as mixed.
+    The result is measured in the same run, like the mix; `aac_parts` and `aac_part_command` then encode the
+    deliverable's AAC from it, which the mux only copies. `target` None skips the gain, for a video whose loudness
+    is left as mixed.
 
     One gain from the whole programme's loudness lands on the target and keeps the narration's own dynamics.
     loudnorm in one pass (dynamic mode) only knows the loudness heard so far; in two passes it carries its first
@@ -340,3 +355,81 @@ def normalize_command(
                 .filter("aresample", SAMPLE_RATE)
             )
     return _measured_output(stream, out_path).compile(cmd=exe, overwrite_output=True)
+
+
+@dataclass(frozen=True)
+class AacPart:
+    """One encoder's share of the soundtrack, in samples: it encodes from `start - lead` and its packets from
+    `start` to `end` (None: the last part, to the end) are kept."""
+
+    start: int
+    end: int | None
+    lead: int
+
+
+def aac_parts(raw: Path, parts: int) -> list[AacPart]:
+    """Splits a raw soundtrack (RAW_SUFFIX) into at most `parts` for as many encoders at once, each join in silence
+    (see _AAC_JOIN_MARGIN) at the place nearest an equal share; one part when there is no such place.
+
+    Read a few megabytes at a time, whatever the soundtrack's length: only a flag per AAC frame is kept.
+    """
+    samples = np.memmap(raw, dtype=np.float32, mode="r")
+    length = samples.size // 2
+    shortest = _AAC_MIN_PART_SECONDS * SAMPLE_RATE
+    if parts < 2 or length < 2 * shortest:
+        return [AacPart(0, None, 0)]
+    frames = length // _AAC_FRAME
+    heard = np.empty(frames, dtype=bool)
+    step = 1024  # AAC frames per read: 8 MiB
+    for first in range(0, frames, step):
+        count = min(step, frames - first)
+        block = samples[first * _AAC_FRAME * 2 : (first + count) * _AAC_FRAME * 2]
+        heard[first : first + count] = block.reshape(count, _AAC_FRAME * 2).any(axis=1)
+    heard_before = np.concatenate([[0], np.cumsum(heard)])
+    # A join at frame k needs the margin's frames either side silent.
+    margin = _AAC_JOIN_MARGIN // _AAC_FRAME
+    candidates = np.arange(margin, frames - margin)
+    places = candidates[heard_before[candidates + margin] == heard_before[candidates - margin]] * _AAC_FRAME
+    joins: list[int] = []
+    for share in range(1, parts):
+        if not places.size:
+            break
+        place = int(places[np.argmin(np.abs(places - length * share // parts))])
+        if place - (joins[-1] if joins else 0) >= shortest and length - place >= shortest:
+            joins.append(place)
+    starts, ends = [0, *joins], [*joins, None]
+    return [AacPart(start, end, _AAC_JOIN_MARGIN if start else 0) for start, end in zip(starts, ends, strict=True)]
+
+
+def aac_part_command(exe: str, raw: Path, part: AacPart, out_path: Path) -> list[str]:
+    """Encodes a part of a raw soundtrack to AAC in MP4, with the margins `join_aac` cuts."""
+    first = part.start - part.lead
+    source = ffmpeg.input(str(raw), **_RAW_FORMAT, skip_initial_bytes=first * _RAW_FRAME_BYTES).audio
+    if part.end is not None:
+        source = source.filter("atrim", end_sample=part.end + _AAC_JOIN_MARGIN - first)
+    stream = ffmpeg.output(source, str(out_path), **AAC_OPTIONS, f="mp4")
+    return stream.global_args("-hide_banner", "-nostdin", "-loglevel", "error").compile(cmd=exe, overwrite_output=True)
+
+
+def join_aac(encoded: list[tuple[AacPart, Path]], out_path: Path) -> None:
+    """Writes the AAC packets each part keeps, in order, to one M4A, with the first part's priming (the edit list
+    that cuts the encoder's first frame of padding)."""
+    with av.open(str(encoded[0][1])) as first, av.open(str(out_path), "w", format="mp4") as output:
+        joined = output.add_stream_from_template(first.streams.audio[0])
+        for part, path in encoded:
+            with av.open(str(path)) as source:
+                stream = source.streams.audio[0]
+                if stream.time_base != Fraction(1, SAMPLE_RATE):
+                    raise MediaError(f"an AAC part has the time base {stream.time_base}, not 1/{SAMPLE_RATE}")
+                for packet in source.demux(stream):
+                    if not packet.size:
+                        continue
+                    at = packet.pts + part.start - part.lead
+                    if (part.start and at < part.start) or (part.end is not None and at >= part.end):
+                        continue
+                    copy = av.Packet(bytes(packet))
+                    copy.stream = joined
+                    copy.time_base = stream.time_base
+                    copy.pts = copy.dts = at
+                    copy.duration = packet.duration
+                    output.mux(copy)

@@ -9,12 +9,17 @@ import av
 import numpy as np
 import pytest
 
+from services.assembler.mux import encode_aac
 from services.assembler.soundtrack import (
+    RAW_SUFFIX,
     SAMPLE_RATE,
     SOUNDTRACK_SUFFIX,
+    AacPart,
     LoudnessTarget,
     MusicBed,
     SceneAudio,
+    aac_part_command,
+    aac_parts,
     kept_span,
     measure_command,
     mix_command,
@@ -225,16 +230,17 @@ async def test_the_mix_is_measured_as_it_is_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("normalise", [True, False])
-async def test_last_pass_writes_the_deliverable_aac_and_measures_it(tmp_path: Path, normalise: bool) -> None:
+async def test_last_pass_measures_what_the_deliverable_aac_is_encoded_from(tmp_path: Path, normalise: bool) -> None:
     mix = await _mix_at(tmp_path, -25.0)
     measurement = parse_measurement(await run_ffmpeg(measure_command(EXE, mix), TIMEOUT_S))
     target = LoudnessTarget() if normalise else None
-    out = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
-    argv = normalize_command(EXE, mix, target, measurement, out)
+    raw, out = tmp_path / f"soundtrack{RAW_SUFFIX}", tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
+    argv = normalize_command(EXE, mix, target, measurement, raw)
     printed = parse_measurement(await run_ffmpeg(argv, TIMEOUT_S))
+    await encode_aac(EXE, raw, out, 2, TIMEOUT_S)
 
-    assert argv[argv.index("-b:a") + 1] == "192k"
     assert ("-filter_complex" in argv and "volume=" in argv[argv.index("-filter_complex") + 1]) == normalise
+    assert [path.name for path in tmp_path.glob("soundtrack*")] == ["soundtrack.m4a"]  # the raw and parts removed
     with av.open(str(out)) as container:
         stream = container.streams.audio[0]
         assert stream.codec_context.name == "aac" and stream.codec_context.sample_rate == SAMPLE_RATE
@@ -249,6 +255,67 @@ async def test_last_pass_writes_the_deliverable_aac_and_measures_it(tmp_path: Pa
     if normalise:
         assert true_peak <= LoudnessTarget().true_peak_dbtp + 0.5, true_peak
     print(f"AAC soundtrack: printed {printed.integrated_lufs} LUFS, decoded {integrated} LUFS, peak {true_peak} dBTP")
+
+
+def _raw(path: Path, samples: np.ndarray) -> Path:
+    """A stereo raw soundtrack (RAW_SUFFIX), both channels `samples`."""
+    path.write_bytes(np.repeat(samples.astype(np.float32), 2).tobytes())
+    return path
+
+
+def _decoded_aac(path: Path, samples: int) -> np.ndarray:
+    """Both channels of an M4A's first `samples` as decoded (the decoder skips the encoder's priming; its last
+    frame's padding is left to the player, which reads the track's length)."""
+    with av.open(str(path)) as container:
+        return np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)[:, :samples]
+
+
+async def test_the_aac_is_encoded_in_parts_joined_where_the_soundtrack_is_silent(tmp_path: Path) -> None:
+    """Two scenes of speech with a lead's silence between: encoded in two parts at once, joined in the silence."""
+    speech = np.concatenate([_speech(6.2, 0.5), _silence(0.3), _speech(5.5, 0.5), _silence(0.4)])
+    raw = _raw(tmp_path / f"soundtrack{RAW_SUFFIX}", speech)
+    parts = aac_parts(raw, 2)
+    assert len(parts) == 2 and parts[0].start == 0 and parts[0].end == parts[1].start
+    join = parts[1].start
+    # In the silence, on AAC's 1024-sample frames, four frames from any sound: 6.2 s is sample 297600.
+    assert join % 1024 == 0 and 297600 + 4096 <= join <= 297600 + 0.3 * SAMPLE_RATE - 4096
+    # The second part's encoder starts four frames early, by seeking the raw samples, and keeps the deliverable's
+    # codec and bitrate.
+    second = aac_part_command(EXE, raw, parts[1], tmp_path / "unused.m4a")
+    assert second[second.index("-skip_initial_bytes") + 1] == str((join - 4096) * 8)
+    assert second[second.index("-c:a") + 1] == "aac" and second[second.index("-b:a") + 1] == "192k"
+    whole = tmp_path / "whole.m4a"
+    await run_ffmpeg(aac_part_command(EXE, raw, AacPart(0, None, 0), whole), TIMEOUT_S)
+    joined = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
+    await encode_aac(EXE, raw, joined, 2, TIMEOUT_S)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["soundtrack.m4a", "whole.m4a"]
+
+    decoded, reference = _decoded_aac(joined, len(speech)), _decoded_aac(whole, len(speech))
+    assert decoded.shape == reference.shape == (2, len(speech))
+    # The join is as silent as the soundtrack there, below -80 dBFS (AAC's own noise after the speech, the whole
+    # encode's too): neither part's encoder leaks into it.
+    around = slice(join - 2048, join + 2048)
+    assert np.abs(decoded[:, around]).max() < 1e-4 and np.abs(reference[:, around]).max() < 1e-4
+    # Both encodes are as faithful to the float samples, everywhere.
+    for encoded in (decoded, reference):
+        noise = encoded[0] - speech
+        assert 10 * np.log10(np.sum(speech**2) / np.sum(noise**2)) > 25
+    with av.open(str(joined)) as container:
+        stream = container.streams.audio[0]
+        assert stream.duration * stream.time_base * SAMPLE_RATE == len(speech)
+
+
+@pytest.mark.parametrize(
+    ("samples", "parts"),
+    [(_tone(12, 440, 0.3), 2), (np.concatenate([_speech(3, 0.5), _silence(0.3), _speech(3, 0.5)]), 2), (None, 1)],
+    ids=["no-silence", "too-short", "one-encoder"],
+)
+def test_the_aac_is_encoded_whole_without_a_silence_long_parts_or_a_second_encoder(
+    tmp_path: Path, samples: np.ndarray | None, parts: int
+) -> None:
+    if samples is None:
+        samples = np.concatenate([_speech(6, 0.5), _silence(0.5), _speech(6, 0.5)])
+    assert aac_parts(_raw(tmp_path / f"soundtrack{RAW_SUFFIX}", samples), parts) == [AacPart(0, None, 0)]
 
 
 async def test_a_silent_mix_stays_silent(tmp_path: Path) -> None:

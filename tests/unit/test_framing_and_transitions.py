@@ -25,8 +25,10 @@ from services.assembler.ffmpeg import (
     subtitle_track_command,
     transition_command,
 )
+from services.assembler.mux import encode_aac
 from services.assembler.plan import ScenePlan
 from services.assembler.soundtrack import (
+    RAW_SUFFIX,
     SOUNDTRACK_SUFFIX,
     LoudnessTarget,
     measure_command,
@@ -220,8 +222,9 @@ async def test_segments_at_any_thread_count_and_an_aac_soundtrack_join_by_stream
         60,
     )
     measured = parse_measurement(await run_ffmpeg(measure_command(EXE, mix), 60))
-    soundtrack = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
-    await run_ffmpeg(normalize_command(EXE, mix, LoudnessTarget(), measured, soundtrack), 60)
+    raw, soundtrack = tmp_path / f"soundtrack{RAW_SUFFIX}", tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
+    await run_ffmpeg(normalize_command(EXE, mix, LoudnessTarget(), measured, raw), 60)
+    await encode_aac(EXE, raw, soundtrack, 2, 60)
     movie = tmp_path / "movie.mp4"
     await run_ffmpeg(mux_command(EXE, MuxJob(segment_list, soundtrack, None, movie)), 60)
 
