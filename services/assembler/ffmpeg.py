@@ -530,7 +530,8 @@ def transition_command(
     """
     first, second = (
         # Timestamps counted in frames: Matroska stores milliseconds, and xfade times the blend from timestamps.
-        ffmpeg.input(str(path)).video.filter("settb", f"1/{output.fps}").filter("setpts", "N")
+        # The frame rate too: a still's part declares its image's (25), and xfade refuses inputs whose rates differ.
+        ffmpeg.input(str(path)).video.filter("settb", f"1/{output.fps}").filter("setpts", "N").filter("fps", output.fps)
         for path in (tail, head)
     )
     blended = ffmpeg.filter(

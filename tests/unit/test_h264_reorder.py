@@ -12,12 +12,15 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from scenecast.v1 import types_pb2
 
 from services.assembler import h264
-from services.assembler.encoding import encode_segment
+from services.assembler.encoding import EncodeScheduler, encode_segment
 from services.assembler.ffmpeg import Encoder, SegmentJob, concat_list, reorders
 from services.assembler.plan import ScenePlan
+from services.assembler.timeline import Piece, Timeline
 from services.common.errors import MediaError
+from services.common.finishing import finishing_options
 from services.common.media import ffmpeg_exe
 from services.common.output import OutputFormat
 from services.common.providers import Quality
@@ -144,3 +147,38 @@ async def test_reordering_stills_and_clips_join_by_stream_copy_into_one_strictly
     with av.open(str(joined)) as container:
         stream = container.streams.video[0]
         assert stream.duration * stream.time_base == Fraction(95, FPS)
+
+
+async def test_cross_faded_standard_scenes_join_with_their_blends_rewritten_to_reorder(tmp_path: Path) -> None:
+    """EncodeScheduler.join_parts: the blend between two scenes is x264's too, rewritten like the scenes. From a still
+    into a clip: the still's tail declared its image's 25 fps, which xfade refused against the clip's 30 (fixed in
+    transition_command)."""
+    finishing = finishing_options(types_pb2.Finishing(transition=types_pb2.TRANSITION_CROSSFADE))
+    timeline = Timeline.open(tmp_path, STANDARD, 2, "", 300, 500, finishing, default_transition_ms=400)
+    blend = timeline.crossfade_frames
+    assert blend == 12
+    still = _still(tmp_path / "still.png")
+    clip = _x264(tmp_path / "clip-source.mp4", 60, "-preset", "veryfast")
+    jobs = [
+        SegmentJob(still, False, ScenePlan(index=0, frames=40, fps=FPS, lead_ms=0, cues=()), tmp_path / "piece-0.mp4",
+                   fade_in_frames=6, tail_frames=blend),
+        SegmentJob(clip, True, ScenePlan(index=1, frames=45, fps=FPS, lead_ms=0, cues=()), tmp_path / "piece-1.mp4",
+                   head_frames=blend),
+    ]  # fmt: skip
+    scheduler = EncodeScheduler(EXE, "libx264", 2, None, 60)
+    for job in jobs:
+        timeline.scenes[job.plan.index] = Piece(job.plan, job.visual, job.is_clip, job=job)
+        await scheduler.encode(job, STANDARD, {})
+    parts = await scheduler.join_parts(timeline)
+    assert parts == [jobs[0].output_path, tmp_path / "crossfade-0.mp4", jobs[1].output_path]
+    assert not (tmp_path / "crossfade-0-encoded.mp4").exists()
+    assert _packets(parts[1]) == [(frame, frame - 1) for frame in range(blend)]
+    listing = tmp_path / "parts.txt"
+    listing.write_text(concat_list(parts))
+    joined = tmp_path / "joined.mp4"
+    concat = [EXE, "-hide_banner", "-nostdin", "-loglevel", "warning", "-f", "concat", "-safe", "0", "-i", str(listing)]
+    result = subprocess.run([*concat, "-c", "copy", "-y", str(joined)], capture_output=True, text=True, check=True)
+    assert result.stderr == ""
+    _traced(joined)
+    times, _pictures_joined = _pictures(joined)
+    assert times == [Fraction(frame, FPS) for frame in range(40 + 45 - blend)]
