@@ -32,7 +32,7 @@ from bench.common import (
 )
 from scenecast_cli.stack import LocalStack
 from services.assembler.config import AssemblerSettings
-from services.assembler.ffmpeg import SegmentJob, held_frames, light_zones
+from services.assembler.ffmpeg import SegmentJob, held_frames, x264_zones
 from services.assembler.plan import ScenePlan
 from services.common.media import ffmpeg_exe
 from tests.probe import frames_shown, psnr
@@ -376,7 +376,7 @@ def same_frames_command(
         job = SegmentJob(slides[0], False, plan, work / "unused.mp4", fade_in_frames=fade, fade_out_frames=fade)
         held += [(start + first, start + last) for first, last in held_frames(job)]
         start += count
-    x264 = [] if today else ["-bf", "0", "-x264-params", light_zones(held)]
+    x264 = [] if today else ["-bf", "0", "-x264-params", x264_zones(held)]
     return [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *inputs,
         "-filter_complex", graph, "-map", "[v]", "-map", "[a]", "-frames:v", str(sum(frames)),

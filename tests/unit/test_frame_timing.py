@@ -159,12 +159,15 @@ def test_the_held_frames_of_an_hd_still_are_searched_less_by_x264() -> None:
     every_part = "fps=30:force-cfr=1"
     assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=4,8,{held}/10,35,{held}/37,87,{held}"
     # Only x264 takes zones; a still whose repeats are pictures of skips, or at a variable rate, has no held frames
-    # to encode, only its fade-out searched less (the last of the pictures encoded, [0, 3, 9, 36, 88]); a clip's
-    # frames are all its own. Every x264 part declares the same fixed frame rate.
+    # to encode, only its fade-out searched less (the last of the pictures encoded, [0, 3, 9, 36, 88]), and the
+    # pictures the repeats then hold (3, 9 and 36) get twice the bits at standard quality, none more at draft. A
+    # clip's frames are all its own. Every x264 part declares the same fixed frame rate.
     assert "-x264-params" not in segment_command("ffmpeg", job, hd, Encoder.H264_NVENC)
     for output in (CONSTANT, VARIABLE):
         argv = segment_command("ffmpeg", job, output, Encoder.LIBX264)
-        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=4,4,{held}"
+        assert argv[argv.index("-x264-params") + 1] == f"{every_part}:zones=1,1,b=2/2,2,b=2/3,3,b=2/4,4,{held}"
+    draft = segment_command("ffmpeg", job, dataclasses.replace(CONSTANT, quality=Quality.DRAFT), Encoder.LIBX264)
+    assert "b=" not in draft[draft.index("-x264-params") + 1]
     assert fading_frames(_job(fade_out_frames=4, head_frames=5, tail_frames=2), [0, 4, 31, 81, 82]) == [(3, 4)]
     clip = segment_command("ffmpeg", _job(is_clip=True, still_runs=()), hd, Encoder.LIBX264)
     assert clip[clip.index("-x264-params") + 1] == every_part
