@@ -59,17 +59,19 @@ async def mix_soundtrack(
 
 async def encode_aac(exe: str, raw: Path, out_path: Path, encoders: int, timeout_seconds: float) -> None:
     """The deliverable's AAC from a raw soundtrack, in up to `encoders` parts at once, joined in silence (a minute
-    of narration on 2 cores: 1.2 s against 2.2 s whole). The raw file and the parts are removed."""
-    parts = await asyncio.to_thread(soundtrack.aac_parts, raw, encoders)
+    of narration on 2 cores: 1.2 s against 2.2 s whole); one channel when both are the same. The raw file and the
+    parts are removed."""
+    plan = await asyncio.to_thread(soundtrack.aac_plan, raw, encoders)
+    parts = plan.parts
     paths = [out_path.with_name(f"{out_path.stem}-part-{index}{out_path.suffix}") for index in range(len(parts))]
     try:
         if len(parts) == 1:
-            await run_ffmpeg(soundtrack.aac_part_command(exe, raw, parts[0], out_path), timeout_seconds)
+            await run_ffmpeg(soundtrack.aac_part_command(exe, raw, parts[0], plan.channels, out_path), timeout_seconds)
             return
-        commands = [soundtrack.aac_part_command(exe, raw, part, path) for part, path in zip(parts, paths, strict=True)]
         # A task group: one encoder failing stops the others before their files are removed.
         async with asyncio.TaskGroup() as encodes:
-            for command in commands:
+            for part, path in zip(parts, paths, strict=True):
+                command = soundtrack.aac_part_command(exe, raw, part, plan.channels, path)
                 encodes.create_task(run_ffmpeg(command, timeout_seconds))
         await asyncio.to_thread(soundtrack.join_aac, list(zip(parts, paths, strict=True)), out_path)
     finally:

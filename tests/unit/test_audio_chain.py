@@ -15,11 +15,12 @@ from services.assembler.soundtrack import (
     SAMPLE_RATE,
     SOUNDTRACK_SUFFIX,
     AacPart,
+    AacPlan,
     LoudnessTarget,
     MusicBed,
     SceneAudio,
     aac_part_command,
-    aac_parts,
+    aac_plan,
     kept_span,
     measure_command,
     mix_command,
@@ -82,9 +83,11 @@ def _level_db(signal: np.ndarray, hz: float, start_s: float, seconds: float = 0.
 
 
 async def _ebur128(path: Path) -> tuple[float, float]:
-    """Integrated loudness (LUFS) and true peak (dBTP) as FFmpeg's ebur128 filter reports them in its summary."""
+    """Integrated loudness (LUFS) and true peak (dBTP) as FFmpeg's ebur128 filter reports them in its summary, a mono
+    file as it sounds from two speakers (dual mono)."""
+    meter = "ebur128=peak=true:dualmono=true"
     stderr = await run_ffmpeg(
-        [EXE, "-hide_banner", "-nostats", "-i", str(path), "-af", "ebur128=peak=true", "-f", "null", "-"], TIMEOUT_S
+        [EXE, "-hide_banner", "-nostats", "-i", str(path), "-af", meter, "-f", "null", "-"], TIMEOUT_S
     )
     summary = stderr[stderr.rindex("Summary:") :]
     integrated = re.search(r"I:\s+(\S+) LUFS", summary)
@@ -244,7 +247,8 @@ async def test_last_pass_measures_what_the_deliverable_aac_is_encoded_from(tmp_p
     with av.open(str(out)) as container:
         stream = container.streams.audio[0]
         assert stream.codec_context.name == "aac" and stream.codec_context.sample_rate == SAMPLE_RATE
-        assert stream.codec_context.channels == 2
+        # The speech is the same on both channels: one channel, at half the bits.
+        assert stream.codec_context.channels == 1
         # The MP4's edit list cuts the encoder's padding: the track is exactly as long as the mix.
         assert stream.duration * stream.time_base * SAMPLE_RATE == len(_decode(mix))
     integrated, true_peak = await _ebur128(out)
@@ -257,9 +261,9 @@ async def test_last_pass_measures_what_the_deliverable_aac_is_encoded_from(tmp_p
     print(f"AAC soundtrack: printed {printed.integrated_lufs} LUFS, decoded {integrated} LUFS, peak {true_peak} dBTP")
 
 
-def _raw(path: Path, samples: np.ndarray) -> Path:
-    """A stereo raw soundtrack (RAW_SUFFIX), both channels `samples`."""
-    path.write_bytes(np.repeat(samples.astype(np.float32), 2).tobytes())
+def _raw(path: Path, samples: np.ndarray, right: float = 0.8) -> Path:
+    """A stereo raw soundtrack (RAW_SUFFIX): `samples` on the left, `right` times them on the right."""
+    path.write_bytes(np.stack([samples, right * samples], axis=1).astype(np.float32).tobytes())
     return path
 
 
@@ -274,18 +278,19 @@ async def test_the_aac_is_encoded_in_parts_joined_where_the_soundtrack_is_silent
     """Two scenes of speech with a lead's silence between: encoded in two parts at once, joined in the silence."""
     speech = np.concatenate([_speech(6.2, 0.5), _silence(0.3), _speech(5.5, 0.5), _silence(0.4)])
     raw = _raw(tmp_path / f"soundtrack{RAW_SUFFIX}", speech)
-    parts = aac_parts(raw, 2)
-    assert len(parts) == 2 and parts[0].start == 0 and parts[0].end == parts[1].start
+    plan = aac_plan(raw, 2)
+    parts = plan.parts
+    assert plan.channels == 2 and len(parts) == 2 and parts[0].start == 0 and parts[0].end == parts[1].start
     join = parts[1].start
     # In the silence, on AAC's 1024-sample frames, four frames from any sound: 6.2 s is sample 297600.
     assert join % 1024 == 0 and 297600 + 4096 <= join <= 297600 + 0.3 * SAMPLE_RATE - 4096
     # The second part's encoder starts four frames early, by seeking the raw samples, and keeps the deliverable's
     # codec and bitrate.
-    second = aac_part_command(EXE, raw, parts[1], tmp_path / "unused.m4a")
+    second = aac_part_command(EXE, raw, parts[1], 2, tmp_path / "unused.m4a")
     assert second[second.index("-skip_initial_bytes") + 1] == str((join - 4096) * 8)
     assert second[second.index("-c:a") + 1] == "aac" and second[second.index("-b:a") + 1] == "192k"
     whole = tmp_path / "whole.m4a"
-    await run_ffmpeg(aac_part_command(EXE, raw, AacPart(0, None, 0), whole), TIMEOUT_S)
+    await run_ffmpeg(aac_part_command(EXE, raw, AacPart(0, None, 0), 2, whole), TIMEOUT_S)
     joined = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
     await encode_aac(EXE, raw, joined, 2, TIMEOUT_S)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["soundtrack.m4a", "whole.m4a"]
@@ -296,10 +301,11 @@ async def test_the_aac_is_encoded_in_parts_joined_where_the_soundtrack_is_silent
     # encode's too): neither part's encoder leaks into it.
     around = slice(join - 2048, join + 2048)
     assert np.abs(decoded[:, around]).max() < 1e-4 and np.abs(reference[:, around]).max() < 1e-4
-    # Both encodes are as faithful to the float samples, everywhere.
+    # Both encodes are as faithful to the float samples, everywhere, on both channels.
     for encoded in (decoded, reference):
-        noise = encoded[0] - speech
-        assert 10 * np.log10(np.sum(speech**2) / np.sum(noise**2)) > 25
+        for channel, level in ((0, 1.0), (1, 0.8)):
+            noise = encoded[channel] - level * speech
+            assert 10 * np.log10(np.sum((level * speech) ** 2) / np.sum(noise**2)) > 25
     with av.open(str(joined)) as container:
         stream = container.streams.audio[0]
         assert stream.duration * stream.time_base * SAMPLE_RATE == len(speech)
@@ -315,7 +321,35 @@ def test_the_aac_is_encoded_whole_without_a_silence_long_parts_or_a_second_encod
 ) -> None:
     if samples is None:
         samples = np.concatenate([_speech(6, 0.5), _silence(0.5), _speech(6, 0.5)])
-    assert aac_parts(_raw(tmp_path / f"soundtrack{RAW_SUFFIX}", samples), parts) == [AacPart(0, None, 0)]
+    assert aac_plan(_raw(tmp_path / f"soundtrack{RAW_SUFFIX}", samples), parts) == AacPlan([AacPart(0, None, 0)], 2)
+
+
+async def test_a_soundtrack_the_same_on_both_channels_is_encoded_as_one(tmp_path: Path) -> None:
+    """Narration without music: every voice is mono, so the stereo mix is too; one channel at half the bits."""
+    speech = np.concatenate([_speech(6, 0.5), _silence(0.5), _speech(6, 0.5)])
+    raw = _raw(tmp_path / f"soundtrack{RAW_SUFFIX}", speech, right=1.0)
+    plan = aac_plan(raw, 2)
+    assert plan.channels == 1 and len(plan.parts) == 2
+    argv = aac_part_command(EXE, raw, plan.parts[0], 1, tmp_path / "unused.m4a")
+    assert argv[argv.index("-b:a") + 1] == "96k"
+    out = tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}"
+    await encode_aac(EXE, raw, out, 2, TIMEOUT_S)
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.channels == 1
+    decoded = _decoded_aac(out, len(speech))[0]
+    assert 10 * np.log10(np.sum(speech**2) / np.sum((decoded - speech) ** 2)) > 25
+    # Measured as it sounds from two speakers: as loud as the stereo samples it was encoded from.
+    stereo_wav = tmp_path / "stereo.wav"
+    with av.open(str(stereo_wav), "w", format="wav") as container:
+        stream = container.add_stream("pcm_f32le", rate=SAMPLE_RATE, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(
+            np.stack([speech, speech]).astype(np.float32).T.reshape(1, -1), format="flt", layout="stereo"
+        )
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    (mono_lufs, _), (stereo_lufs, _) = [await _ebur128(path) for path in (out, stereo_wav)]
+    assert abs(mono_lufs - stereo_lufs) < 0.3, (mono_lufs, stereo_lufs)
 
 
 async def test_a_silent_mix_stays_silent(tmp_path: Path) -> None:
