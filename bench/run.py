@@ -213,12 +213,34 @@ Measured once on this machine, quiet, for the change (not re-measured by `bench/
   12 scenes at a constant rate against the render before this change: psnr average 50.7 dB, worst frame 48.0 dB,
   MP4 2.43 MB before, 2.18 MB after. One cost: x264's macroblock tree no longer sees the fade-out refer to the held
   picture, which gets fewer bits (a noisy 320x180 test still: 35.8 dB against 37.0 dB; figure 1c 45.7 dB against
-  46.0). The fade-in cannot be written so without reordering: its first picture is black, and without B-frames
-  nothing can refer to the picture it fades into. Written in decoding order after that picture (an IDR shown 12
-  frames late, the fade-in as non-reference pictures of weighted skips predicting from it, picture order count
-  type 0 and one frame of reordering in the SPS), it would need every part of a video rewritten to that SPS (x264
-  writes type 0 only with B-frames) and each slice header given its pic_order_cnt_lsb: the next step for figure 2c
-  (about 0.3 s of a scene's 0.54 s is its 13 fade-in frames).
+  46.0).
+- The fade-in is written by `repeats.fill` too, decoded out of order. x264 encodes black (the IDR) and, for each
+  caption run the fade-in shows, its last frame there (the lead's at 9/12 of full brightness, an I picture after
+  black; the first caption's at full); the frames between follow that picture in decoding order as non-reference
+  pictures of weighted skips, each weighting it (fitted on the run's raw picture before the fade). Display order is
+  then no longer decoding order, which x264 without B-frames never writes (picture order count type 2), so every
+  part of a standard video (stills, clips, cross-fades) declares one frame of reordering: `services/assembler/h264.py`
+  rewrites the SPS (type 0, max_num_reorder_frames 1) and adds pic_order_cnt_lsb to each slice header (CABAC slice
+  data starts byte-aligned after the header, so only headers change; CAVLC's is shifted), and every part is decoded
+  a frame ahead of display so that the joined video's decoding times keep rising. Rewriting a 10 s 1080p clip's
+  part took 29 ms. The fade filter now draws only the frames x264 gets (its `enable`, which keeps the filter's frame
+  numbering): one scene's FFmpeg run took 0.30 s of CPU with the filter on every fade-in frame, 0.17 s without.
+  One 1080p scene's encode: 17 pictures for x264 and 0.54 s of CPU before, 5 to 7 and about 0.23 s after; the fill
+  35 ms (23 of them the histograms, by Pillow: numpy's bincount took 4x as long).
+- With so few pictures, the held ones lost x264's macroblock tree (it no longer sees the repeats refer to them): the
+  12 scenes against the render before issue 20 read 44.7 dB on average (worst frame 43.2, against the target of
+  45). The held pictures now get twice the bits (an x264 zone, `RateControl.held_bits`): 47.5 dB (45.8), the MP4
+  0.83x the size of the render before issue 20 (1.5 times the bits: 46.1 dB, 0.79x).
+- The soundtrack's AAC (2.1 s of one core for the 12 scenes' minute, twoloop) is encoded in parts at once, joined
+  where the soundtrack is digitally silent for four AAC frames either side (silence codes to silence in either
+  encoder, so nothing marks the join; with music, which has no such place, it is encoded whole): 1.2 s of wall time
+  against 2.2 s. A soundtrack the same on both channels (narration alone: every voice is mono) is encoded as one
+  channel at 96 kb/s, the same bits per channel: 1.0 s of CPU against 2.1 s, half the bytes, the same sound from two
+  speakers (its loudness measured as dual mono). The bare encodes of figure 2 keep their stereo AAC, which their
+  FFmpeg runs beside x264.
+- The 12 scenes at `frame_rate_mode: variable`, paired with the bare encode of figure 2c: 5.4 to 6.0 s and 1.9x to
+  2.2x before this round of changes; 3.7 to 3.8 s and 2.6x to 2.8x with the fade-in and the AAC in parts; 2.5 to
+  2.6 s and 3.3x to 3.5x with the mono AAC.
 - Segment encodes and cross-fade blends run at niceness 5 (`encoding.ENCODE_NICENESS`): they only have to be done
   by the final join, while piper's last narration and the soundtrack after it are the render's serial tail.
 - Piper: a narration's sentences are spoken on every free slot (`PIPER_CONCURRENCY`), narrations sharing the slots
@@ -308,17 +330,6 @@ REASONS: dict[str, str] = {
         "15x needs the assembly under MoviePy's time / 15 (13.8 s for its 207 s on the quiet 2-core machine of "
         "issue 20); the held stills now cost x264 less (figure 1a), the fading frames and the rest of the call as "
         "much as before"
-    ),
-    "vfr-speedup": (
-        "profiled (FFmpeg behind a logging wrapper): a variable-rate segment encode is now 17 pictures for x264 "
-        "(the fade-out is weighted skips), about 0.5 s of CPU, 13 of them the fade-in at 15 to 20 ms each, with "
-        "FFmpeg's and x264's start-up; the soundtrack's passes take 3.5 to 4 s of one core (2.4 s of it the AAC "
-        "encode, twoloop, kept for the sound). The fade-in is what is left to take off x264: only reordered (its "
-        "pictures decoded after the one they fade into; BENCHMARKS, 'Held stills as pictures of skips')"
-    ),
-    "vfr-speedup-before": (
-        "as for figure 2c, against the bare encode with x264's settings before issue 20 (2.28x in the previous "
-        "table): 3x needs the variable-rate assembly about 0.65 s faster (of 5.4 s), about the fade-in's share"
     ),
 }
 

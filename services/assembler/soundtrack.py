@@ -389,17 +389,17 @@ def aac_plan(raw: Path, parts: int) -> AacPlan:
 
     Read a few megabytes at a time, whatever the soundtrack's length: only a flag per AAC frame is kept.
     """
-    samples = np.memmap(raw, dtype=np.float32, mode="r")
-    length = samples.size // 2
+    length = raw.stat().st_size // _RAW_FRAME_BYTES
     frames = -(-length // _AAC_FRAME)
     heard = np.empty(frames, dtype=bool)
     same = True
-    step = 1024  # AAC frames per read: 8 MiB
-    for first in range(0, frames, step):
-        block = samples[first * _AAC_FRAME * 2 : (first + step) * _AAC_FRAME * 2].reshape(-1, 2)
-        same = same and bool(np.array_equal(block[:, 0], block[:, 1]))
-        padded = np.pad(block.any(axis=1), (0, -len(block) % _AAC_FRAME))
-        heard[first : first + len(padded) // _AAC_FRAME] = padded.reshape(-1, _AAC_FRAME).any(axis=1)
+    step = 128  # AAC frames per read: 1 MiB (read, not mapped: mapped pages would count as the process's memory)
+    with raw.open("rb") as source:
+        for first in range(0, frames, step):
+            block = np.frombuffer(source.read(step * _AAC_FRAME * _RAW_FRAME_BYTES), np.float32).reshape(-1, 2)
+            same = same and bool(np.array_equal(block[:, 0], block[:, 1]))
+            padded = np.pad(block.any(axis=1), (0, -len(block) % _AAC_FRAME))
+            heard[first : first + len(padded) // _AAC_FRAME] = padded.reshape(-1, _AAC_FRAME).any(axis=1)
     channels = 1 if same else 2
     shortest = _AAC_MIN_PART_SECONDS * SAMPLE_RATE
     if parts < 2 or length < 2 * shortest:
