@@ -299,22 +299,16 @@ def write_doc(figures: list[Figure], total: float, reasons: dict[str, str]) -> N
 # One-line reasons for targets this machine misses, written after reading the measurements (see the notes).
 REASONS: dict[str, str] = {
     "fanout-ratio": (
-        "the render is no faster than in the previous table (5.72 s, runs 5.24 to 6.01 s, against 5.35 s) while the "
-        "bound shrank again: this job's assembly took 2.6 s against 3.0 s (fade-outs as weighted skips), but only "
-        "the part of it that runs while the scenes arrive got faster, not what follows the last narration (the "
-        "soundtrack's pass with its AAC encode, the join); the runs spread from 1.19 to 1.37 on a machine whose "
-        "bare encodes (figure 2) varied by a third between runs of this session"
+        "the render took 4.03 s (5.72 s in the previous table) against a bound that shrank more: 3.41 s, the slowest "
+        "scene's 1.71 s and this job's assembly, 1.7 s (2.6 s before this round: fade-ins as weighted skips, the AAC "
+        "in parts, mono narration); what the bound leaves out (the gateway handing the 12 scenes over, the image "
+        "and audio services finishing their results on the same 2 cores as the first segment encodes, the MP4 "
+        "streamed back) is about the same 0.4 to 0.6 s, and so a larger share; not profiled this session"
     ),
     "memory-gateway": (
         "the growth is noise around the 10 MiB line, not a leak: the same pair of renders with the segment cache "
         "off grew the gateway by 6.9 MiB (113.6 to 120.5 MiB), and the peak stays under 150 MiB; the gateway's "
         "base is higher than in the table of 2026-11-28 (84 MiB) since it decodes scene previews with Pillow"
-    ),
-    "utilisation-demo-wall": (
-        "the render is CPU-bound (0.9 of both cores before and after); issue 20 took its CPU from about 16 s to "
-        "about 8.5 s (held frames as pictures of skips, piper's sentences on both cores), and what is left on the "
-        "serial tail after the last narration is the soundtrack's last pass, whose AAC encode (twoloop, kept for "
-        "the sound) takes about 1.6 s of one core for the demo's 49 s while the other has little left to do"
     ),
     "moviepy-speedup": (
         "MoviePy 2.2 ran this job in 113 to 125 s here, so 10x needs the assembly under 11.3 to 12.5 s; most of "

@@ -220,8 +220,8 @@ class SegmentJob:
 
     @property
     def encoded_path(self) -> Path:
-        """Where the encoder writes the body when it is rewritten into `output_path` (`rewrites_body`): a still's
-        distinct pictures for `repeats.fill`, or any body for `h264.reorder`."""
+        """Where the encoder writes the body when it is rewritten into `output_path`: a still's distinct pictures
+        for `repeats.fill` (`fills_body`), or any body for `h264.reorder` (`reorders`)."""
         return self.output_path.with_name(f"{self.output_path.stem}-encoded{self.output_path.suffix}")
 
     def fade_in_base_path(self, run: int) -> Path:

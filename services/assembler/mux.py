@@ -68,11 +68,15 @@ async def encode_aac(exe: str, raw: Path, out_path: Path, encoders: int, timeout
         if len(parts) == 1:
             await run_ffmpeg(soundtrack.aac_part_command(exe, raw, parts[0], plan.channels, out_path), timeout_seconds)
             return
-        # A task group: one encoder failing stops the others before their files are removed.
-        async with asyncio.TaskGroup() as encodes:
-            for part, path in zip(parts, paths, strict=True):
-                command = soundtrack.aac_part_command(exe, raw, part, plan.channels, path)
-                encodes.create_task(run_ffmpeg(command, timeout_seconds))
+        # A task group: one encoder failing stops the others before their files are removed. Its error is raised as
+        # itself (a MediaError the caller maps to a status), not inside the group's ExceptionGroup.
+        try:
+            async with asyncio.TaskGroup() as encodes:
+                for part, path in zip(parts, paths, strict=True):
+                    command = soundtrack.aac_part_command(exe, raw, part, plan.channels, path)
+                    encodes.create_task(run_ffmpeg(command, timeout_seconds))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         await asyncio.to_thread(soundtrack.join_aac, list(zip(parts, paths, strict=True)), out_path)
     finally:
         for path in (raw, *paths):

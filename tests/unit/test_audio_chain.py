@@ -29,7 +29,7 @@ from services.assembler.soundtrack import (
     parse_measurement,
     speech_bounds,
 )
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MediaError
 from services.common.media import ffmpeg_exe, run_ffmpeg
 
 EXE = ffmpeg_exe()
@@ -369,3 +369,16 @@ def test_scenes_shorter_than_their_crossfades_are_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"scenes \[1\]"):
         mix_command(EXE, [outer, inner, outer], 0.4, None, Path("/w/mix.wav"))
     assert mix_command(EXE, [outer, SceneAudio(None, 0, 0, 0, 0.8), outer], 0.4, None, Path("/w/mix.wav"))
+
+
+async def test_an_aac_part_that_fails_raises_its_own_error_and_leaves_no_file(tmp_path: Path) -> None:
+    speech = np.concatenate([_speech(6.2, 0.5), _silence(0.3), _speech(5.5, 0.5)])
+    raw = _raw(tmp_path / f"soundtrack{RAW_SUFFIX}", speech)
+    assert len(aac_plan(raw, 2).parts) == 2
+    # An FFmpeg that fails as FFmpeg does: a message on stderr, a non-zero exit.
+    failing = tmp_path / "ffmpeg"
+    failing.write_text("#!/bin/sh\necho 'Invalid argument' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(MediaError, match="ffmpeg exited with 1: Invalid argument"):
+        await encode_aac(str(failing), raw, tmp_path / f"soundtrack{SOUNDTRACK_SUFFIX}", 2, TIMEOUT_S)
+    assert [path.name for path in tmp_path.iterdir()] == ["ffmpeg"]
