@@ -357,12 +357,12 @@ def _fill(
         weights = {}
         held_back: dict[int, int] = {}  # a fade-in's frame: the frame of the picture it weights, decoded before it
         for fade_in in fade_ins:
-            *fading, reference = sorted(fade_in.factors)
+            *fading, weighed = sorted(fade_in.factors)
             factors = [fade_in.factors[frame] for frame in fading]
             histograms = _histograms(fade_in.base, *size)
-            fitted = fade_weights(histograms, factors, chain=False, reference_factor=fade_in.factors[reference])
+            fitted = fade_weights(histograms, factors, chain=False, reference_factor=fade_in.factors[weighed])
             weights.update(zip(fading, fitted, strict=True))
-            held_back.update(dict.fromkeys(fading, reference))
+            held_back.update(dict.fromkeys(fading, weighed))
         if fade_out is not None:
             fading = sorted(fade_out.factors)
             fitted = fade_weights(_histograms(fade_out.base, *size), [fade_out.factors[frame] for frame in fading])
