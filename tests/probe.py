@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+from services.common.media import ffmpeg_exe
+
+# A header field in FFmpeg's trace_headers output: "[trace_headers @ 0x...] 41   pic_order_cnt_type   1 = 0".
+_TRACED = re.compile(r"\]\s+\d+\s+(\w+)\s+[01]+ = (\d+)$")
 
 
 @dataclass
@@ -102,3 +109,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two 8-bit pictures of the same size, in decibels (infinite when equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def h264_header_fields(path: Path) -> list[tuple[str, int]]:
+    """Every H.264 header field (parameter sets, slice headers) FFmpeg's trace_headers prints for `path`, in order.
+
+    Asserts that FFmpeg decodes the file with every error fatal, and that neither run complains.
+    """
+    exe = ffmpeg_exe()
+    strict = [exe, "-hide_banner", "-nostdin", "-xerror", "-err_detect", "explode", "-i", str(path), "-f", "null", "-"]
+    decode = subprocess.run(strict, capture_output=True, text=True, check=False)
+    assert decode.returncode == 0, decode.stderr[-2000:]
+    trace_argv = [exe, "-hide_banner", "-nostdin", "-i", str(path), "-c", "copy", "-bsf:v", "trace_headers"]
+    trace = subprocess.run([*trace_argv, "-f", "null", "-"], capture_output=True, text=True, check=False)
+    assert trace.returncode == 0, trace.stderr[-2000:]
+    complaints = [line for line in trace.stderr.splitlines() if re.search("error|invalid", line, re.IGNORECASE)]
+    assert not complaints, complaints[:5]
+    return [(match[1], int(match[2])) for match in map(_TRACED.search, trace.stderr.splitlines()) if match]

@@ -3,7 +3,6 @@ count type 0), checked on real x264 encodes by strict decoding and FFmpeg's own 
 
 from __future__ import annotations
 
-import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -24,12 +23,11 @@ from services.common.finishing import finishing_options
 from services.common.media import ffmpeg_exe
 from services.common.output import OutputFormat
 from services.common.providers import Quality
+from tests.probe import h264_header_fields
 
 EXE = ffmpeg_exe()
 FPS = 30
 STANDARD = OutputFormat(320, 180, FPS, False, Quality.STANDARD, "16:9")
-# "[trace_headers @ 0x...] 41   pic_order_cnt_type   1 = 0"
-_TRACED = re.compile(r"\]\s+\d+\s+(\w+)\s+[01]+ = (\d+)$")
 
 
 def _x264(path: Path, frames: int, *options: str) -> Path:
@@ -37,18 +35,6 @@ def _x264(path: Path, frames: int, *options: str) -> Path:
     argv = [EXE, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *source, "-c:v", "libx264", "-bf", "0"]
     subprocess.run([*argv, *options, "-pix_fmt", "yuv420p", str(path)], check=True)
     return path
-
-
-def _traced(path: Path) -> list[tuple[str, int]]:
-    """Every header field FFmpeg's trace_headers prints, in order; asserts a strict decode and no complaint."""
-    strict = [EXE, "-hide_banner", "-nostdin", "-xerror", "-err_detect", "explode", "-i", str(path), "-f", "null", "-"]
-    decode = subprocess.run(strict, capture_output=True, text=True, check=False)
-    assert decode.returncode == 0, decode.stderr[-2000:]
-    trace_argv = [EXE, "-hide_banner", "-nostdin", "-i", str(path), "-c", "copy", "-bsf:v", "trace_headers"]
-    trace = subprocess.run([*trace_argv, "-f", "null", "-"], capture_output=True, text=True, check=False)
-    assert trace.returncode == 0, trace.stderr[-2000:]
-    assert not re.search("error|invalid", trace.stderr, re.IGNORECASE), trace.stderr[-2000:]
-    return [(match[1], int(match[2])) for match in map(_TRACED.search, trace.stderr.splitlines()) if match]
 
 
 def _pictures(path: Path) -> tuple[list[Fraction], list[np.ndarray]]:
@@ -77,7 +63,7 @@ def test_a_reordered_part_shows_the_same_pictures_and_each_slice_carries_its_ord
     assert times == [Fraction(frame, FPS) for frame in range(24)]
     _, originals = _pictures(source)
     assert all(np.array_equal(a, b) for a, b in zip(pictures, originals, strict=True))
-    fields = _traced(tmp_path / "reordered.mp4")
+    fields = h264_header_fields(tmp_path / "reordered.mp4")
     sps = dict(fields[: next(i for i, (name, _) in enumerate(fields) if name == "pic_parameter_set_id")])
     assert sps["pic_order_cnt_type"] == 0 and sps["log2_max_pic_order_cnt_lsb_minus4"] == 12
     assert sps["max_num_reorder_frames"] == 1 and sps["max_dec_frame_buffering"] == 2
@@ -137,7 +123,7 @@ async def test_reordering_stills_and_clips_join_by_stream_copy_into_one_strictly
     concat = [EXE, "-hide_banner", "-nostdin", "-loglevel", "warning", "-f", "concat", "-safe", "0", "-i", str(listing)]
     result = subprocess.run([*concat, "-c", "copy", "-y", str(joined)], capture_output=True, text=True, check=True)
     assert result.stderr == ""  # no "non monotonically increasing dts", no timestamp fixed up
-    _traced(joined)
+    h264_header_fields(joined)
     times, pictures = _pictures(joined)
     assert times == [Fraction(frame, FPS) for frame in range(95)]
     parts = [picture for job in jobs for picture in _pictures(job.output_path)[1]]
@@ -179,6 +165,6 @@ async def test_cross_faded_standard_scenes_join_with_their_blends_rewritten_to_r
     concat = [EXE, "-hide_banner", "-nostdin", "-loglevel", "warning", "-f", "concat", "-safe", "0", "-i", str(listing)]
     result = subprocess.run([*concat, "-c", "copy", "-y", str(joined)], capture_output=True, text=True, check=True)
     assert result.stderr == ""
-    _traced(joined)
+    h264_header_fields(joined)
     times, _pictures_joined = _pictures(joined)
     assert times == [Fraction(frame, FPS) for frame in range(40 + 45 - blend)]
